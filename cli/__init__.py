@@ -1,0 +1,1 @@
+"""cli: the ``sensitivity`` command line, a thin click layer over ``systems``."""

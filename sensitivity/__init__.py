@@ -1,0 +1,19 @@
+"""sensitivity: automatic implicit differentiation of optimization solutions in JAX.
+
+Write a map ``F(x, *args)`` whose root is the solution of your problem, decorate any
+solver with :func:`custom_root` (or :func:`custom_fixed_point`), and ``jax.jvp``,
+``jax.grad``, ``jax.jacfwd``, ``jax.jacrev`` and ``jax.hessian`` differentiate the
+solution through the implicit function theorem (Blondel et al., "Efficient and Modular
+Implicit Differentiation", NeurIPS 2022) without unrolling the solver.
+
+The public API is what this module re-exports; every other module is private.
+"""
+
+__version__ = "0.1.0"
+
+# --- linear solvers (sensitivity/_linear_solve.py) ---
+# --- implicit differentiation (sensitivity/_implicit_diff.py) ---
+# --- optimality conditions (sensitivity/_optimality.py) ---
+# --- proximal operators (sensitivity/_prox.py) ---
+# --- projections (sensitivity/_projection.py) ---
+# --- solvers (sensitivity/_solvers.py) ---

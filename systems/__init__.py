@@ -1,0 +1,11 @@
+"""systems: particle packings, their relaxation and the sensitivity of their energy minima.
+
+Importing this package turns on JAX's 64-bit mode (``jax_enable_x64``): the physics is
+done in float64, and jax-md must see x64 enabled before it is imported. jax-md itself is
+imported lazily, only by the modules that run physics, so that reading and writing files
+stays fast.
+"""
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
