@@ -13,6 +13,12 @@ __version__ = "0.1.0"
 
 # --- linear solvers (sensitivity/_linear_solve.py) ---
 # --- implicit differentiation (sensitivity/_implicit_diff.py) ---
+from sensitivity._implicit_diff import ClosureError as ClosureError
+from sensitivity._implicit_diff import custom_fixed_point as custom_fixed_point
+from sensitivity._implicit_diff import custom_root as custom_root
+from sensitivity._implicit_diff import record_solves as record_solves
+from sensitivity._implicit_diff import root_jvp as root_jvp
+from sensitivity._implicit_diff import root_vjp as root_vjp
 # --- optimality conditions (sensitivity/_optimality.py) ---
 # --- proximal operators (sensitivity/_prox.py) ---
 # --- projections (sensitivity/_projection.py) ---

@@ -1,0 +1,413 @@
+"""Automatic implicit differentiation of the solutions of root and fixed-point problems.
+
+The user writes an optimality map ``F(x, *args)`` whose root is the solution:
+``F(x*(θ), θ) = 0``. Differentiating that identity gives the implicit function theorem
+
+    -∂₁F(x*, θ) · ∂x*/∂θ = ∂₂F(x*, θ),
+
+a linear system in ``∂x*/∂θ`` that is solved matrix-free with Jacobian-vector products of
+``F`` and any linear solver of :mod:`sensitivity._linear_solve`. The solver that produced
+``x*`` is never differentiated (nothing is unrolled), so it may be any code at all.
+
+Design: one ``jax.custom_jvp`` rule whose tangent is a ``jax.lax.custom_linear_solve``.
+JAX transposes that linear solve for reverse mode, so the single rule gives ``jax.jvp``,
+``jax.jacfwd``, ``jax.vjp``, ``jax.grad``, ``jax.jacrev`` and ``jax.hessian`` (jaxopt's
+``custom_vjp`` design could not do forward mode or Hessians, jaxopt issue 474).
+
+Reference: M. Blondel, Q. Berthet, M. Cuturi, R. Frostig, S. Hoyer, F. Llinares-López,
+F. Pedregosa, J.-P. Vert, "Efficient and Modular Implicit Differentiation", NeurIPS 2022
+(arXiv:2105.15183).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import threading
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "custom_root",
+    "custom_fixed_point",
+    "root_jvp",
+    "root_vjp",
+    "record_solves",
+    "ClosureError",
+]
+
+
+# ---------------------------------------------------------------------------------------
+# Small pytree helpers.
+
+
+def _tree_neg(tree):
+    return jax.tree.map(jnp.negative, tree)
+
+
+def _tree_sub(a, b):
+    return jax.tree.map(jnp.subtract, a, b)
+
+
+def _zero_tangent(x):
+    """A zero tangent for a primal value (``float0`` for integer and boolean values)."""
+    x = jnp.asarray(x) if not hasattr(x, "dtype") else x
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+        return jnp.zeros_like(x)
+    return np.zeros(np.shape(x), dtype=jax.dtypes.float0)
+
+
+def _default_solve():
+    from sensitivity._linear_solve import solve_gmres
+
+    return solve_gmres
+
+
+def _accepts_full_output(solve: Callable) -> bool:
+    try:
+        return "full_output" in inspect.signature(solve).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+# ---------------------------------------------------------------------------------------
+# Recording the linear solves made inside autodiff transformations.
+
+_recorders = threading.local()
+
+
+def _active_recorders() -> list:
+    if not hasattr(_recorders, "stack"):
+        _recorders.stack = []
+    return _recorders.stack
+
+
+@contextlib.contextmanager
+def record_solves():
+    """Collect the report of every implicit-differentiation linear solve that runs inside.
+
+    The derivative of a decorated solver is computed inside JAX's transformations
+    (``jax.grad``, ``jax.jacfwd``, ``jit``, ``vmap``), where a report cannot be returned.
+    This context manager gathers them instead, as they execute::
+
+        with sensitivity.record_solves() as reports:
+            jac = jax.jacrev(solver)(init, theta)
+        assert all(r.converged.all() for r in reports)
+
+    Each entry is a :class:`~sensitivity.LinearSolveInfo` of NumPy arrays (batched arrays
+    under ``vmap``) and one entry is added per executed solve (one per tangent or
+    cotangent batch). Solvers that do not accept ``full_output`` are not recorded.
+
+    Yields:
+        The list that receives the reports.
+    """
+    reports: list = []
+    stack = _active_recorders()
+    stack.append(reports)
+    try:
+        yield reports
+    finally:
+        stack.remove(reports)
+
+
+def _record(info) -> None:
+    for reports in _active_recorders():
+        reports.append(jax.tree.map(np.asarray, info))
+
+
+def _instrumented(solve: Callable) -> Callable:
+    """Wrap ``solve(matvec, b)`` so that its report reaches :func:`record_solves`."""
+    if not _accepts_full_output(solve):
+        return solve
+
+    def solve_and_record(matvec, b):
+        x, info = solve(matvec, b, full_output=True)
+        jax.debug.callback(_record, info)
+        return x
+
+    return solve_and_record
+
+
+# ---------------------------------------------------------------------------------------
+# Lower-level building blocks: JVP and VJP of a root.
+
+
+def _split_args(args) -> tuple:
+    if not isinstance(args, (tuple, list)):
+        raise TypeError(
+            f"args must be a tuple of the optimality function's extra arguments, got "
+            f"{type(args).__name__}; wrap a single argument as (arg,)"
+        )
+    return tuple(args)
+
+
+def root_jvp(
+    optimality_fun: Callable,
+    sol: Any,
+    args: Sequence[Any],
+    tangents: Sequence[Any],
+    solve: Callable | None = None,
+    full_output: bool = False,
+):
+    """Jacobian-vector product of a root ``x*(args)`` of ``optimality_fun``.
+
+    Solves ``∂₁F(x*, args) · v = -∂₂F(x*, args) · tangents`` for ``v`` with ``solve``,
+    using only JVPs of ``F``.
+
+    Args:
+        optimality_fun: ``F(x, *args)``, zero at the solution; returns a pytree like ``x``.
+        sol: the solution ``x*`` (a pytree).
+        args: tuple of the extra arguments of ``optimality_fun``.
+        tangents: tuple of tangents, one per entry of ``args`` (same structures; use
+            zeros for arguments that do not vary).
+        solve: a linear solver ``solve(matvec, b, ...)``; default :func:`solve_gmres`.
+        full_output: also return the solver's :class:`LinearSolveInfo` (the solver must
+            accept ``full_output``).
+
+    Returns:
+        The tangent of ``x*`` (a pytree like ``sol``), and the report if ``full_output``.
+    """
+    solve = _default_solve() if solve is None else solve
+    args = _split_args(args)
+    tangents = _split_args(tangents)
+    if len(args) != len(tangents):
+        raise ValueError(f"got {len(args)} args but {len(tangents)} tangents; pass one tangent per argument")
+
+    def fun_of_sol(x):
+        return optimality_fun(x, *args)
+
+    def matvec(u):
+        return jax.jvp(fun_of_sol, (sol,), (u,))[1]
+
+    _, rhs = jax.jvp(lambda *a: optimality_fun(sol, *a), args, tangents)
+    rhs = _tree_neg(rhs)
+    if full_output:
+        return solve(matvec, rhs, full_output=True)
+    return solve(matvec, rhs)
+
+
+def root_vjp(
+    optimality_fun: Callable,
+    sol: Any,
+    args: Sequence[Any],
+    cotangent: Any,
+    solve: Callable | None = None,
+    full_output: bool = False,
+):
+    """Vector-Jacobian product of a root ``x*(args)`` of ``optimality_fun``.
+
+    Solves the adjoint system ``∂₁F(x*, args)ᵀ u = cotangent``, then returns
+    ``-uᵀ ∂₂F(x*, args)`` for every argument, using only VJPs of ``F``.
+
+    Args:
+        optimality_fun: ``F(x, *args)``, zero at the solution.
+        sol: the solution ``x*``.
+        args: tuple of the extra arguments of ``optimality_fun``.
+        cotangent: a pytree like ``sol``.
+        solve: a linear solver ``solve(matvec, b, ...)``; default :func:`solve_gmres`.
+        full_output: also return the solver's :class:`LinearSolveInfo`.
+
+    Returns:
+        A tuple with one VJP per entry of ``args``, and the report if ``full_output``.
+    """
+    solve = _default_solve() if solve is None else solve
+    args = _split_args(args)
+    _, vjp_sol = jax.vjp(lambda x: optimality_fun(x, *args), sol)
+
+    def matvec_transposed(u):
+        return vjp_sol(u)[0]
+
+    if full_output:
+        u, info = solve(matvec_transposed, cotangent, full_output=True)
+    else:
+        u = solve(matvec_transposed, cotangent)
+    _, vjp_args = jax.vjp(lambda *a: optimality_fun(sol, *a), *args)
+    vjps = tuple(_tree_neg(v) for v in vjp_args(u))
+    return (vjps, info) if full_output else vjps
+
+
+# ---------------------------------------------------------------------------------------
+# The decorators.
+
+
+class ClosureError(TypeError):
+    """A decorated solver or its optimality function closed over a differentiated value."""
+
+
+def _check_signature(reference_signature, solver_name, args, kwargs):
+    """Fail early, with the reason, when the solver's arguments cannot reach ``F``."""
+    try:
+        reference_signature.bind(*args, **kwargs)
+    except TypeError as err:
+        raise TypeError(
+            f"the arguments given to {solver_name} do not match the optimality function's "
+            f"signature {reference_signature}: {err}. The optimality function must take "
+            f"the solver's arguments, F(x, *args, **kwargs) for solver(init, *args, **kwargs); "
+            f"pass reference_signature= if they are spelled differently"
+        ) from None
+
+
+def _implicit_solver(solver_fun, optimality_fun, solve, has_aux, kwarg_keys, symmetric):
+    """A ``custom_jvp`` version of ``solver_fun(init, *args, **kwargs)`` for fixed kwarg names."""
+    n_kw = len(kwarg_keys)
+
+    def unflatten(flat_args):
+        positional = flat_args[: len(flat_args) - n_kw]
+        kwargs = dict(zip(kwarg_keys, flat_args[len(flat_args) - n_kw :]))
+        return positional, kwargs
+
+    @jax.custom_jvp
+    def solver_flat(*flat_args):
+        positional, kwargs = unflatten(flat_args)
+        return solver_fun(*positional, **kwargs)
+
+    @solver_flat.defjvp
+    def solver_flat_jvp(primals, tangents):
+        out = solver_flat(*primals)
+        sol = out[0] if has_aux else out
+        # init_params (primals[0]) has no influence on x*, so its tangent is dropped.
+        rest, rest_dot = primals[1:], tangents[1:]
+
+        def fun(x, *flat_rest):
+            positional, kwargs = unflatten((None,) + tuple(flat_rest))
+            return optimality_fun(x, *positional[1:], **kwargs)
+
+        def matvec(u):
+            return jax.jvp(lambda x: fun(x, *rest), (sol,), (u,))[1]
+
+        _, rhs = jax.jvp(lambda *a: fun(sol, *a), rest, rest_dot)
+        rhs = _tree_neg(rhs)
+        linear_solve = _instrumented(solve)
+        sol_dot = jax.lax.custom_linear_solve(
+            matvec,
+            rhs,
+            solve=lambda mv, b: linear_solve(mv, b),
+            transpose_solve=lambda vm, b: linear_solve(vm, b),
+            symmetric=symmetric,
+        )
+        if has_aux:
+            aux_dot = jax.tree.map(_zero_tangent, out[1])
+            return out, (sol_dot, aux_dot)
+        return out, sol_dot
+
+    return solver_flat
+
+
+def custom_root(
+    optimality_fun: Callable,
+    has_aux: bool = False,
+    solve: Callable | None = None,
+    reference_signature: Callable | inspect.Signature | None = None,
+    symmetric: bool = False,
+):
+    """Decorator that makes a root-finding solver differentiable by implicit differentiation.
+
+    Decorates ``solver(init_params, *args, **kwargs) -> x*`` where
+    ``optimality_fun(x*, *args, **kwargs) = 0``. Derivatives of ``x*`` with respect to
+    ``args`` and ``kwargs`` come from the implicit function theorem
+    ``-∂₁F · ∂x* = ∂₂F``, solved matrix-free by ``solve``; the solver itself is never
+    differentiated, so it may run any algorithm (or call non-JAX code through
+    ``jax.pure_callback``).
+
+    Every JAX transformation works through the decorated solver: ``jax.jvp``,
+    ``jax.jacfwd``, ``jax.vjp``, ``jax.grad``, ``jax.jacrev``, ``jax.hessian``, ``jit`` and
+    ``vmap``, with pytrees for ``x`` and every argument.
+
+    ``init_params`` gets a zero derivative: where the root is unique (the theorem's
+    assumption, ``∂₁F`` invertible), ``x*`` does not depend on where the solver started.
+
+    Values being differentiated must be passed as arguments: a solver or optimality
+    function that closes over one raises :class:`ClosureError` (never a silent zero).
+    Closing over constants (data that is not differentiated) is fine.
+
+    Args:
+        optimality_fun: ``F(x, *args, **kwargs)`` returning a pytree like ``x``.
+        has_aux: the solver returns ``(x*, aux)``; ``aux`` gets a zero derivative.
+        solve: the linear solver, ``solve(matvec, b)``; default :func:`solve_gmres`
+            (``∂₁F`` is not symmetric in general). For a minimum (``F = ∇f``) use
+            :func:`solve_cg`, or :func:`solve_minres` when the Hessian is singular or
+            indefinite; set options with ``functools.partial``, e.g.
+            ``partial(solve_cg, tol=1e-12, nullspace=basis, on_failure="nan")``.
+        reference_signature: the signature the solver's arguments are checked against
+            (default: ``optimality_fun``'s).
+        symmetric: ``∂₁F`` is symmetric (e.g. a Hessian), so reverse mode reuses the
+            forward linear operator instead of transposing it.
+
+    Returns:
+        A decorator.
+
+    Example:
+        >>> def ridge_objective_grad(x, lam, X, y):
+        ...     return X.T @ (X @ x - y) + lam * x
+        >>> @custom_root(ridge_objective_grad)
+        ... def ridge(init, lam, X, y):
+        ...     return jnp.linalg.solve(X.T @ X + lam * jnp.eye(X.shape[1]), X.T @ y)
+    """
+    solve = _default_solve() if solve is None else solve
+    if reference_signature is None:
+        reference_signature = inspect.signature(optimality_fun)
+    elif not isinstance(reference_signature, inspect.Signature):
+        reference_signature = inspect.signature(reference_signature)
+
+    def decorator(solver_fun: Callable) -> Callable:
+        name = getattr(solver_fun, "__name__", "solver")
+        cache: dict = {}
+
+        @functools.wraps(solver_fun)
+        def wrapped(*args, **kwargs):
+            if not args:
+                raise TypeError(f"{name} needs init_params as its first positional argument")
+            _check_signature(reference_signature, name, args, kwargs)
+            keys = tuple(kwargs)
+            if keys not in cache:
+                cache[keys] = _implicit_solver(
+                    solver_fun, optimality_fun, solve, has_aux, keys, symmetric
+                )
+            try:
+                return cache[keys](*args, *(kwargs[k] for k in keys))
+            except jax.errors.UnexpectedTracerError as err:
+                raise ClosureError(
+                    f"{name} or its optimality function closes over a value that is being "
+                    f"differentiated; implicit differentiation only sees explicit arguments. "
+                    f"Pass that value as an argument: {name}(init, theta, ...) and "
+                    f"F(x, theta, ...)"
+                ) from err
+
+        return wrapped
+
+    return decorator
+
+
+def custom_fixed_point(
+    fixed_point_fun: Callable,
+    has_aux: bool = False,
+    solve: Callable | None = None,
+    reference_signature: Callable | inspect.Signature | None = None,
+):
+    """Decorator for a solver of the fixed point ``x = T(x, *args, **kwargs)``.
+
+    Equivalent to :func:`custom_root` with ``F(x, *args) = T(x, *args) - x``.
+
+    Args:
+        fixed_point_fun: ``T(x, *args, **kwargs)`` returning a pytree like ``x``.
+        has_aux, solve, reference_signature: as for :func:`custom_root`.
+
+    Returns:
+        A decorator.
+    """
+    if reference_signature is None:
+        reference_signature = inspect.signature(fixed_point_fun)
+
+    def optimality_fun(x, *args, **kwargs):
+        return _tree_sub(fixed_point_fun(x, *args, **kwargs), x)
+
+    return custom_root(
+        optimality_fun,
+        has_aux=has_aux,
+        solve=solve,
+        reference_signature=reference_signature,
+    )
