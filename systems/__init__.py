@@ -9,3 +9,9 @@ stays fast.
 import jax
 
 jax.config.update("jax_enable_x64", True)
+
+# --- io / data (io helper) ---
+from ._errors import ConvergenceError, InputError
+from ._system import ParticleSystem, wrap_positions
+from .generate import random_packing
+from .io import file_sha256, read_packing, write_packing

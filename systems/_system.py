@@ -1,0 +1,148 @@
+"""The particle system: positions, diameters, species and a box.
+
+A :class:`ParticleSystem` is a plain, immutable container of NumPy arrays -- the exchange
+format between file IO (:mod:`systems.io`), the generator (:mod:`systems.generate`) and the
+physics modules. It does no physics itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+__all__ = ["ParticleSystem", "wrap_positions"]
+
+
+def wrap_positions(positions: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """Wrap ``positions`` ``(n, d)`` into ``[0, L)`` along every axis of edge lengths ``box``.
+
+    ``np.mod`` can round a tiny negative coordinate up to exactly ``L``; such values are
+    mapped to 0 (the same point modulo ``L``) so the result is always strictly below ``L``.
+    """
+    box = np.asarray(box, dtype=np.float64)
+    wrapped = np.mod(np.asarray(positions, dtype=np.float64), box)
+    return np.where(wrapped >= box, 0.0, wrapped)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ParticleSystem:
+    """A configuration of ``n`` spherical particles in ``d`` = 2 or 3 dimensions.
+
+    Attributes:
+        positions: ``(n, d)`` float64 particle centres. For a periodic box they lie in
+            ``[0, L)`` along each axis (wrap them with :func:`wrap_positions`).
+        diameters: ``(n,)`` float64, positive.
+        species: ``(n,)`` int32, values ``0 .. n_species - 1`` (a species may be absent).
+        box: ``(d,)`` float64 edge lengths of a cuboid box, or ``None`` for free
+            (non-periodic) boundaries.
+        periodic: ``True`` for a periodic cuboid box.
+
+    The constructor converts the arrays to these dtypes and checks their shapes
+    (``ValueError`` on a mismatch: a programming error, not a user input error -- files are
+    validated by :func:`systems.io.read_packing`, which raises ``InputError``).
+    """
+
+    positions: np.ndarray
+    diameters: np.ndarray
+    species: np.ndarray
+    box: np.ndarray | None
+    periodic: bool
+
+    def __post_init__(self) -> None:
+        positions = np.array(self.positions, dtype=np.float64)
+        if positions.ndim != 2 or positions.shape[1] not in (2, 3):
+            raise ValueError(f"positions must have shape (n, 2) or (n, 3), got {positions.shape}")
+        n, dim = positions.shape
+        diameters = np.array(self.diameters, dtype=np.float64)
+        if diameters.shape != (n,):
+            raise ValueError(f"diameters must have shape ({n},), got {diameters.shape}")
+        species = np.array(self.species)
+        if species.shape != (n,):
+            raise ValueError(f"species must have shape ({n},), got {species.shape}")
+        if species.size and (
+            not np.all(np.equal(np.mod(species, 1), 0)) or np.min(species) < 0
+        ):
+            raise ValueError("species must be non-negative integers")
+        species = species.astype(np.int32)
+        box = self.box
+        if box is not None:
+            box = np.array(box, dtype=np.float64)
+            if box.shape != (dim,):
+                raise ValueError(f"box must have shape ({dim},), got {box.shape}")
+        periodic = bool(self.periodic)
+        if periodic and box is None:
+            raise ValueError("a periodic system needs box edge lengths")
+        for array in (positions, diameters, species, box):
+            if array is not None:
+                array.setflags(write=False)
+        object.__setattr__(self, "positions", positions)
+        object.__setattr__(self, "diameters", diameters)
+        object.__setattr__(self, "species", species)
+        object.__setattr__(self, "box", box)
+        object.__setattr__(self, "periodic", periodic)
+
+    @property
+    def n(self) -> int:
+        """Number of particles."""
+        return int(self.positions.shape[0])
+
+    @property
+    def dim(self) -> int:
+        """Spatial dimension (2 or 3)."""
+        return int(self.positions.shape[1])
+
+    @property
+    def n_species(self) -> int:
+        """Number of species, ``max(species) + 1`` (0 for an empty system)."""
+        return int(self.species.max()) + 1 if self.n else 0
+
+    @property
+    def particle_volume(self) -> float:
+        """Total volume of the particles: disks (2D, π d²/4) or spheres (3D, π d³/6)."""
+        return particle_volume(self.diameters, self.dim)
+
+    @property
+    def packing_fraction(self) -> float | None:
+        """Particle volume over box volume φ (``None`` without a box)."""
+        if self.box is None:
+            return None
+        return self.particle_volume / float(np.prod(self.box))
+
+    def replace(self, **changes) -> "ParticleSystem":
+        """A copy with some fields replaced (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ParticleSystem):
+            return NotImplemented
+        same_box = (self.box is None and other.box is None) or (
+            self.box is not None and other.box is not None and np.array_equal(self.box, other.box)
+        )
+        return (
+            self.periodic == other.periodic
+            and same_box
+            and np.array_equal(self.positions, other.positions)
+            and np.array_equal(self.diameters, other.diameters)
+            and np.array_equal(self.species, other.species)
+        )
+
+    __hash__ = None  # arrays are not hashable
+
+    def __repr__(self) -> str:
+        box = None if self.box is None else self.box.tolist()
+        return (
+            f"ParticleSystem(n={self.n}, dim={self.dim}, n_species={self.n_species}, "
+            f"box={box}, periodic={self.periodic})"
+        )
+
+
+def particle_volume(diameters: np.ndarray, dim: int) -> float:
+    """Total volume of disks (``dim`` = 2) or spheres (``dim`` = 3) with these diameters."""
+    diameters = np.asarray(diameters, dtype=np.float64)
+    if dim == 2:
+        return float(math.pi / 4.0 * np.sum(diameters**2))
+    if dim == 3:
+        return float(math.pi / 6.0 * np.sum(diameters**3))
+    raise ValueError(f"dim must be 2 or 3, got {dim}")
