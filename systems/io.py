@@ -126,6 +126,12 @@ def _open_for_reading(path: str | os.PathLike) -> Iterator[tuple[h5py.File, str]
         yield handle, label
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def _atomic_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
     """Write an HDF5 file under a temporary name in the same folder, then rename it."""
@@ -137,6 +143,7 @@ def _atomic_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
     try:
         with h5py.File(tmp_name, "w") as handle:
             yield handle
+        os.chmod(tmp_name, 0o666 & ~_current_umask())  # mkstemp made it 0600
         os.replace(tmp_name, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -334,7 +341,11 @@ class _Reader:
                 "(expected 0 or -1)"
             )
         if positions.ndim != 2 or positions.shape[1] not in (2, 3):
-            raise self.error(f"{position_path} has shape {positions.shape}, expected (N, d) with d = 2 or 3")
+            if info["time_dependent"]:
+                shape, expected = (n_frames,) + positions.shape, "(T, N, d)"
+            else:
+                shape, expected = positions.shape, "(N, d)"
+            raise self.error(f"{position_path} has shape {shape}, expected {expected} with d = 2 or 3")
         if positions.dtype.kind not in "fiu":
             raise self.error(f"{position_path} has dtype {positions.dtype}, expected floating point")
         positions = positions.astype(np.float64)
