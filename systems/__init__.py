@@ -14,4 +14,4 @@ jax.config.update("jax_enable_x64", True)
 from ._errors import ConvergenceError, InputError
 from ._system import ParticleSystem, wrap_positions
 from .generate import random_packing
-from .io import file_sha256, read_packing, write_packing
+from .io import Result, file_sha256, read_packing, read_result, write_packing, write_result

@@ -609,3 +609,297 @@ def write_packing(
         _write_particles(handle, system, group, time_dependent)
         _write_potential(handle, potential)
     return Path(path)
+
+
+# --------------------------------------------------------------------------------------
+# results
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Result:
+    """Everything a ``sensitivity.h5`` result file holds (see :func:`write_result`).
+
+    Attributes:
+        system: the relaxed packing (``/particles/all``).
+        relaxation: minimizer report (steps, energy, max_force, stop_reason, converged, ...).
+        responses: ``{name: {"dx_dtheta": array, "attrs": {...}}}``, one entry per parameter
+            θ: ``dx_dtheta`` is ``[N][d]`` for a scalar θ and ``[P][N][d]`` for a θ with P
+            components; rattler rows are NaN. ``attrs`` holds θ's value, the solver,
+            iterations, residual, converged, ...
+        rattlers: ``[N]`` bool mask.
+        zero_modes: zero-mode and conditioning figures.
+        parameters: ``{"config": dict, "provenance": dict, ...}`` (``/parameters``).
+        timings: wall-clock timings in seconds (``time_relax_s``, ``time_sensitivity_s``,
+            ``time_compile_s``, ...).
+        audit: the finite-difference audit, or ``None`` when it was not run.
+        path: the file it was read from (``None`` if built in memory).
+    """
+
+    system: ParticleSystem
+    relaxation: dict
+    responses: dict
+    rattlers: np.ndarray
+    zero_modes: dict
+    parameters: dict
+    timings: dict
+    audit: dict | None = None
+    path: Path | None = None
+
+    @property
+    def names(self) -> list[str]:
+        """The parameter names, in the order they were written."""
+        return list(self.responses)
+
+    def dx_dtheta(self, name: str) -> np.ndarray:
+        """``dx*/dθ`` for parameter ``name`` (``[N][d]`` or ``[P][N][d]``)."""
+        return self.responses[name]["dx_dtheta"]
+
+    @property
+    def converged(self) -> bool:
+        """True when the relaxation and every linear solve report convergence."""
+        ok = bool(self.relaxation.get("converged", True))
+        for response in self.responses.values():
+            ok = ok and bool(response.get("attrs", {}).get("converged", True))
+        return ok
+
+
+def _check_name(name: Any, where: str) -> str:
+    name = str(name)
+    if not name or "/" in name or name in (".", ".."):
+        raise InputError(f"{where}: name {name!r} cannot be an HDF5 group/attribute name (no '/', not empty)")
+    return name
+
+
+def _write_tree(group: h5py.Group, mapping: Mapping, where: str) -> None:
+    """Store a nested mapping: sub-mappings as groups, small values as attributes, large
+    arrays as datasets. :func:`_read_tree` reads it back."""
+    for key, value in mapping.items():
+        key = _check_name(key, where)
+        if isinstance(value, Mapping):
+            _write_tree(group.create_group(key, track_order=True), value, f"{where}/{key}")
+            continue
+        encoded = _encode(value, f"{where} attribute {key}")
+        if isinstance(encoded, np.ndarray) and encoded.size > _MAX_ATTRIBUTE_ELEMENTS:
+            group.create_dataset(key, data=encoded)
+        else:
+            group.attrs[key] = encoded
+
+
+def _read_tree(group: h5py.Group, skip: tuple[str, ...] = ()) -> dict:
+    tree: dict = {key: _decode(value) for key, value in group.attrs.items() if key not in skip}
+    for key, item in group.items():
+        if key in skip:
+            continue
+        if isinstance(item, h5py.Group):
+            tree[key] = _read_tree(item)
+        else:
+            tree[key] = _decode(item[()])
+    return tree
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray) or hasattr(value, "__array__"):
+        return np.asarray(value).tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot store {type(value).__name__} in the configuration JSON")
+
+
+def write_result(
+    path: str | os.PathLike,
+    *,
+    system: ParticleSystem,
+    relaxation: Mapping,
+    responses: Mapping[str, Mapping],
+    rattlers: np.ndarray,
+    zero_modes: Mapping,
+    parameters: Mapping,
+    timings: Mapping,
+    audit: Mapping | None = None,
+    author: str | None = None,
+    creator: Any = None,
+) -> Path:
+    """Write a sensitivity result as a valid H5MD 1.1 file (float64; atomic).
+
+    Layout (see the module docstring): ``/h5md``; ``/particles/all`` = the relaxed
+    ``system``; ``/sensitivity/<name>/dx_dtheta`` with ``attrs`` on the ``<name>`` group;
+    ``/sensitivity/rattlers``; ``timings`` and ``zero_modes`` as attributes of
+    ``/sensitivity``; ``relaxation`` in ``/relaxation``; ``audit`` in ``/audit``;
+    ``parameters`` under ``/parameters``: ``config`` (a mapping, stored as the JSON string
+    attribute ``json``, or a string stored as ``text``), ``config_text`` (the configuration
+    as the user wrote it, attribute ``text``), and every other mapping entry as a group
+    (``provenance``, ``potential``...). Nested mappings become groups, values attributes,
+    arrays of more than 256 elements datasets; ``None`` is an empty attribute.
+
+    Args:
+        responses: ``{name: {"dx_dtheta": [N][d] or [P][N][d] array, "attrs": {...}}}``;
+            other entries are kept in ``/sensitivity/<name>/extra``.
+        rattlers: ``[N]`` bool.
+
+    Returns:
+        The path written. :func:`read_result` reads everything back.
+    """
+    n, dim = system.n, system.dim
+    rattlers = np.asarray(rattlers)
+    if rattlers.shape != (n,):
+        raise ValueError(f"rattlers must have shape ({n},), got {rattlers.shape}")
+    overlap = set(timings) & set(zero_modes)
+    if overlap:
+        raise ValueError(f"timings and zero_modes share keys {sorted(overlap)}")
+    with _atomic_h5(path) as handle:
+        _write_h5md_header(handle, author, creator)
+        _write_particles(handle, system, "all", time_dependent=True)
+
+        sensitivity = handle.create_group("sensitivity", track_order=True)
+        sensitivity.attrs["format"] = RESULT_FORMAT
+        sensitivity.attrs["format_version"] = np.int32(RESULT_FORMAT_VERSION)
+        for key in ("timings", "zero_modes"):
+            figures = timings if key == "timings" else zero_modes
+            sensitivity.attrs[f"{key}_keys"] = np.array(
+                [_check_name(k, f"/sensitivity {key}") for k in figures], dtype=h5py.string_dtype()
+            )
+            for name, value in figures.items():
+                if isinstance(value, Mapping):
+                    raise TypeError(f"/sensitivity attribute {name}: {key} values must not be mappings")
+                sensitivity.attrs[str(name)] = _encode(value, f"/sensitivity attribute {name}")
+        sensitivity.create_dataset("rattlers", data=rattlers.astype(bool))
+        for name, response in responses.items():
+            name = _check_name(name, "/sensitivity")
+            if name == "rattlers":
+                raise InputError("/sensitivity: a parameter cannot be named 'rattlers' (reserved)")
+            if "dx_dtheta" not in response:
+                raise ValueError(f"responses[{name!r}] has no 'dx_dtheta'")
+            dx_dtheta = np.asarray(response["dx_dtheta"], dtype=np.float64)
+            if dx_dtheta.shape[-2:] != (n, dim) or dx_dtheta.ndim not in (2, 3):
+                raise ValueError(
+                    f"responses[{name!r}]['dx_dtheta'] has shape {dx_dtheta.shape}, expected "
+                    f"({n}, {dim}) or (P, {n}, {dim})"
+                )
+            group = sensitivity.create_group(name, track_order=True)
+            group.create_dataset("dx_dtheta", data=dx_dtheta)
+            attrs = dict(response.get("attrs") or {})
+            for reserved in ("dx_dtheta", "extra"):
+                if reserved in attrs:
+                    raise ValueError(f"responses[{name!r}]['attrs'] uses the reserved key {reserved!r}")
+            _write_tree(group, attrs, f"/sensitivity/{name}")
+            extra = {k: v for k, v in response.items() if k not in ("dx_dtheta", "attrs")}
+            if extra:
+                _write_tree(group.create_group("extra", track_order=True), extra, f"/sensitivity/{name}/extra")
+
+        _write_tree(handle.create_group("relaxation", track_order=True), relaxation, "/relaxation")
+        if audit is not None:
+            _write_tree(handle.create_group("audit", track_order=True), audit, "/audit")
+
+        group = handle.create_group("parameters", track_order=True)
+        rest = dict(parameters)
+        config, config_text = rest.pop("config", None), rest.pop("config_text", None)
+        if config is not None or config_text is not None:
+            config_group = group.create_group("config", track_order=True)
+            if isinstance(config, str):
+                config_group.attrs["text"] = config
+            elif config is not None:
+                config_group.attrs["json"] = json.dumps(config, default=_json_default)
+            if config_text is not None:
+                config_group.attrs["text"] = str(config_text)
+        _write_tree(group, rest, "/parameters")
+    return Path(path)
+
+
+def _require(handle: h5py.File, label: str, name: str, kind: type, expected: str):
+    item = handle.get(name)
+    if item is None:
+        raise InputError(f"{label}: {name} is missing, expected {expected}")
+    if not isinstance(item, kind):
+        raise InputError(f"{label}: {name} is not a {kind.__name__.lower()}, expected {expected}")
+    return item
+
+
+def read_result(path: str | os.PathLike) -> Result:
+    """Read a result file written by :func:`write_result` (the output of ``sensitivity run``).
+
+    Raises:
+        InputError: the file is missing, not HDF5, not a sensitivity result (for example an
+            input packing), or a required item is malformed.
+    """
+    with _open_for_reading(path) as (handle, label):
+        sensitivity = handle.get("/sensitivity")
+        if not isinstance(sensitivity, h5py.Group) or sensitivity.attrs.get("format") != RESULT_FORMAT:
+            hint = " (this looks like an input packing)" if "particles" in handle else ""
+            raise InputError(
+                f"{label}: /sensitivity is missing or has no attribute format = '{RESULT_FORMAT}', "
+                f"expected a result file written by `sensitivity run`{hint}"
+            )
+        version = _decode(sensitivity.attrs.get("format_version", 0))
+        if not isinstance(version, int) or version > RESULT_FORMAT_VERSION:
+            raise InputError(
+                f"{label}: /sensitivity attribute format_version = {version!r}, expected at most "
+                f"{RESULT_FORMAT_VERSION} (written by a newer sensitivity; upgrade to read it)"
+            )
+        system = _Reader(handle, label, "all").read_system(-1)
+        rattlers_item = _require(handle, label, "/sensitivity/rattlers", h5py.Dataset, f"[{system.n}] bool")
+        rattlers = np.asarray(rattlers_item[()]).astype(bool)
+        if rattlers.shape != (system.n,):
+            raise InputError(
+                f"{label}: /sensitivity/rattlers has shape {rattlers.shape}, expected ({system.n},) "
+                "to match /particles/all/position"
+            )
+        figures = {}
+        for key in ("timings", "zero_modes"):
+            names = _decode(sensitivity.attrs.get(f"{key}_keys", np.array([], dtype="S1")))
+            figures[key] = {
+                name: _decode(sensitivity.attrs[name]) for name in names if name in sensitivity.attrs
+            }
+        responses = {}
+        for name, group in sensitivity.items():
+            if not isinstance(group, h5py.Group):
+                continue
+            where = f"/sensitivity/{name}/dx_dtheta"
+            dataset = _require(handle, label, where, h5py.Dataset, f"[N][d] or [P][N][d] float")
+            dx_dtheta = np.asarray(dataset[()], dtype=np.float64)
+            if dx_dtheta.ndim not in (2, 3) or dx_dtheta.shape[-2:] != (system.n, system.dim):
+                raise InputError(
+                    f"{label}: {where} has shape {dx_dtheta.shape}, expected ({system.n}, "
+                    f"{system.dim}) or (P, {system.n}, {system.dim})"
+                )
+            response = {"dx_dtheta": dx_dtheta, "attrs": _read_tree(group, skip=("dx_dtheta", "extra"))}
+            if isinstance(group.get("extra"), h5py.Group):
+                response.update(_read_tree(group["extra"]))
+            responses[name] = response
+        relaxation = _read_tree(handle["relaxation"]) if isinstance(handle.get("relaxation"), h5py.Group) else {}
+        audit = _read_tree(handle["audit"]) if isinstance(handle.get("audit"), h5py.Group) else None
+        parameters: dict = {}
+        if isinstance(handle.get("parameters"), h5py.Group):
+            parameters_group = handle["parameters"]
+            parameters = _read_tree(parameters_group, skip=("config",))
+            config_group = parameters_group.get("config")
+            if isinstance(config_group, h5py.Group):
+                attrs = {key: _decode(value) for key, value in config_group.attrs.items()}
+                if "json" in attrs:
+                    try:
+                        parameters["config"] = json.loads(attrs["json"])
+                    except (TypeError, ValueError) as error:
+                        raise InputError(
+                            f"{label}: /parameters/config attribute json is not valid JSON ({error})"
+                        ) from None
+                    if "text" in attrs:
+                        parameters["config_text"] = attrs["text"]
+                elif "text" in attrs:
+                    parameters["config"] = attrs["text"]
+            # keep the written order: config first
+            parameters = {
+                **{k: parameters[k] for k in ("config", "config_text") if k in parameters},
+                **{k: v for k, v in parameters.items() if k not in ("config", "config_text")},
+            }
+    return Result(
+        system=system,
+        relaxation=relaxation,
+        responses=responses,
+        rattlers=rattlers,
+        zero_modes=figures["zero_modes"],
+        parameters=parameters,
+        timings=figures["timings"],
+        audit=audit,
+        path=Path(path),
+    )

@@ -480,3 +480,259 @@ def test_empty_position_element(packing_file):
 def test_input_error_is_a_value_error():
     assert issubclass(InputError, ValueError)
     assert str(InputError("a\n  b")) == "a b"
+
+
+# --------------------------------------------------------------------------------------
+# result files
+
+from systems import Result, read_result, write_result  # noqa: E402
+
+
+def make_result_inputs(n=9, dim=2, vector=True, audit=True):
+    system = random_packing(n, dim=dim, phi=0.9, seed=5)
+    rng = np.random.default_rng(0)
+    rattlers = np.zeros(n, dtype=bool)
+    rattlers[2] = True
+    scalar = rng.normal(size=(n, dim))
+    scalar[rattlers] = np.nan
+    responses = {
+        "small_diameter": {
+            "dx_dtheta": scalar,
+            "attrs": {
+                "theta": 1.0,
+                "kind": "diameter",
+                "species": 0,
+                "solver": "cg",
+                "iterations": 42,
+                "residual": 3.5e-11,
+                "converged": True,
+            },
+        }
+    }
+    if vector:
+        jacobian = rng.normal(size=(n, n, dim))
+        jacobian[:, rattlers] = np.nan
+        responses["diameters"] = {
+            "dx_dtheta": jacobian,
+            "attrs": {
+                "theta": system.diameters,
+                "kind": "diameters",
+                "species": None,
+                "solver": "cg",
+                "iterations": np.arange(n),
+                "residual": 1e-10,
+                "converged": False,
+            },
+        }
+    kwargs = dict(
+        system=system,
+        relaxation={
+            "steps": 1234,
+            "energy": 1.5e-3,
+            "max_force": 8e-13,
+            "stop_reason": "ftol",
+            "converged": True,
+        },
+        responses=responses,
+        rattlers=rattlers,
+        zero_modes={
+            "n_zero_modes": 4,
+            "n_zero_modes_expected": 4,
+            "n_rattlers": 1,
+            "lambda_min": 2.1e-3,
+            "lanczos_estimate": None,
+            "smallest_gap": 0.01,
+            "largest_overlap": 0.02,
+        },
+        parameters={
+            "config": {
+                "system": {"path": "packing.h5", "group": "all", "frame": -1},
+                "potential": {"kind": "soft_sphere", "sigma": None, "alpha": 2.0},
+                "parameters": [{"name": "small_diameter", "kind": "diameter", "species": 0}],
+                "seed": np.int64(0),
+            },
+            "config_text": "system:\n  path: packing.h5\n",
+            "provenance": {
+                "versions": {"jax": "0.10.2", "numpy": np.__version__},
+                "input_sha256": "ab" * 32,
+                "device": "cpu",
+                "x64": True,
+                "seed": 0,
+                "command_line": ["sensitivity", "run", "config.yaml"],
+            },
+            "potential": {"kind": "soft_sphere", "epsilon": 1.0, "alpha": 2.0, "sigma": None},
+        },
+        timings={"time_relax_s": 0.35, "time_sensitivity_s": 0.02, "time_compile_s": 0.9},
+        audit=(
+            {"small_diameter": {"relative_difference": 3e-8, "fd_step": 1e-5, "passed": True}}
+            if audit
+            else None
+        ),
+    )
+    return kwargs
+
+
+def assert_tree_equal(actual, expected):
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and sorted(actual) == sorted(str(k) for k in expected), (actual, expected)
+        for key in expected:
+            assert_tree_equal(actual[str(key)], expected[key])
+    elif isinstance(expected, np.ndarray):
+        np.testing.assert_array_equal(actual, expected)
+    elif isinstance(expected, (list, tuple)) and expected and all(isinstance(e, str) for e in expected):
+        assert list(actual) == list(expected)
+    else:
+        assert actual == expected and type(actual) is type(expected.item() if isinstance(expected, np.generic) else expected), (
+            actual,
+            expected,
+        )
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("vector", [True, False])
+def test_result_round_trip(tmp_path, dim, vector):
+    inputs = make_result_inputs(dim=dim, vector=vector, audit=vector)
+    path = tmp_path / "out" / "sensitivity.h5"
+    assert write_result(path, **inputs) == path
+    result = read_result(path)
+    assert isinstance(result, Result) and result.path == path
+    assert result.system == inputs["system"]
+    np.testing.assert_array_equal(result.rattlers, inputs["rattlers"])
+    assert result.rattlers.dtype == bool
+    assert result.names == list(inputs["responses"])
+    for name, response in inputs["responses"].items():
+        np.testing.assert_array_equal(result.dx_dtheta(name), response["dx_dtheta"])  # NaN-aware
+        assert result.dx_dtheta(name).dtype == np.float64
+        assert_tree_equal(result.responses[name]["attrs"], response["attrs"])
+    assert_tree_equal(result.relaxation, inputs["relaxation"])
+    assert_tree_equal(result.zero_modes, inputs["zero_modes"])
+    assert_tree_equal(result.timings, inputs["timings"])
+    config = dict(inputs["parameters"]["config"], seed=0)
+    assert result.parameters["config"] == config
+    assert result.parameters["config_text"] == inputs["parameters"]["config_text"]
+    assert_tree_equal(result.parameters["provenance"], inputs["parameters"]["provenance"])
+    assert_tree_equal(result.parameters["potential"], inputs["parameters"]["potential"])
+    if vector:
+        assert_tree_equal(result.audit, inputs["audit"])
+        assert not result.converged  # the vector solve reports converged=False
+    else:
+        assert result.audit is None
+        assert result.converged
+
+
+def test_result_is_valid_h5md_and_a_packing(tmp_path):
+    inputs = make_result_inputs()
+    path = tmp_path / "sensitivity.h5"
+    write_result(path, **inputs)
+    with h5py.File(path) as f:
+        assert list(f["h5md"].attrs["version"]) == [1, 1]
+        assert "name" in f["h5md/author"].attrs and "version" in f["h5md/creator"].attrs
+        assert f["particles/all/box"].attrs["dimension"] == 2
+        assert f["particles/all/position/value"].dtype == np.float64
+        assert f["sensitivity/small_diameter/dx_dtheta"].shape == (9, 2)
+        assert f["sensitivity/diameters/dx_dtheta"].shape == (9, 9, 2)
+        assert f["sensitivity/rattlers"].shape == (9,)
+        assert f["sensitivity"].attrs["time_relax_s"] == 0.35
+        assert f["relaxation"].attrs["stop_reason"] == "ftol"
+        assert "json" in f["parameters/config"].attrs
+    system, potential = read_packing(path)  # the relaxed state reads as a packing
+    assert system == inputs["system"]
+    assert potential == {"kind": "soft_sphere", "alpha": 2.0, "epsilon": 1.0, "sigma": None}
+
+
+def test_result_large_vector_theta_goes_to_datasets(tmp_path):
+    n = 300
+    system = random_packing(n, seed=0)
+    path = tmp_path / "big.h5"
+    write_result(
+        path,
+        system=system,
+        relaxation={},
+        responses={"diameters": {"dx_dtheta": np.zeros((2, n, 2)), "attrs": {"theta": system.diameters}}},
+        rattlers=np.zeros(n, bool),
+        zero_modes={},
+        parameters={},
+        timings={},
+    )
+    result = read_result(path)
+    np.testing.assert_array_equal(result.responses["diameters"]["attrs"]["theta"], system.diameters)
+    assert result.zero_modes == {} and result.timings == {} and result.parameters == {}
+
+
+def test_result_extra_response_entries_and_text_config(tmp_path):
+    inputs = make_result_inputs(vector=False)
+    inputs["responses"]["small_diameter"]["mask"] = ~inputs["rattlers"]
+    inputs["parameters"] = {"config": "seed: 0\n"}
+    path = tmp_path / "r.h5"
+    write_result(path, **inputs)
+    result = read_result(path)
+    np.testing.assert_array_equal(result.responses["small_diameter"]["mask"], ~inputs["rattlers"])
+    assert result.parameters == {"config": "seed: 0\n"}
+
+
+def test_result_write_rejects_bad_shapes(tmp_path):
+    inputs = make_result_inputs(vector=False)
+    bad = dict(inputs, rattlers=np.zeros(3, bool))
+    with pytest.raises(ValueError):
+        write_result(tmp_path / "r.h5", **bad)
+    bad = dict(inputs, responses={"x": {"dx_dtheta": np.zeros((9, 3))}})
+    with pytest.raises(ValueError):
+        write_result(tmp_path / "r.h5", **bad)
+    with pytest.raises(InputError):
+        write_result(tmp_path / "r.h5", **dict(inputs, responses={"a/b": {"dx_dtheta": np.zeros((9, 2))}}))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_read_result_of_a_packing_is_an_input_error(packing_file):
+    path, _ = packing_file
+    with pytest.raises(InputError) as info:
+        read_result(path)
+    message = str(info.value)
+    assert os.fspath(path) in message and "/sensitivity" in message and "input packing" in message
+
+
+@pytest.mark.parametrize(
+    "mutation, fragments",
+    [
+        (lambda f: f.__delitem__("sensitivity/rattlers"), ["/sensitivity/rattlers is missing"]),
+        (
+            lambda f: _replace(f, "sensitivity/rattlers", np.zeros(4, bool)),
+            ["/sensitivity/rattlers has shape (4,), expected (9,)"],
+        ),
+        (
+            lambda f: _replace(f, "sensitivity/small_diameter/dx_dtheta", np.zeros((9, 3))),
+            ["/sensitivity/small_diameter/dx_dtheta has shape (9, 3)"],
+        ),
+        (
+            lambda f: f.__delitem__("sensitivity/small_diameter/dx_dtheta"),
+            ["/sensitivity/small_diameter/dx_dtheta is missing"],
+        ),
+        (
+            lambda f: f["sensitivity"].attrs.__setitem__("format_version", 99),
+            ["format_version = 99", "newer"],
+        ),
+        (lambda f: f.__delitem__("particles/all/position"), ["/particles/all/position is missing"]),
+        (
+            lambda f: f["parameters/config"].attrs.__setitem__("json", "{bad"),
+            ["/parameters/config", "JSON"],
+        ),
+    ],
+)
+def test_bad_result_files(tmp_path, mutation, fragments):
+    path = tmp_path / "sensitivity.h5"
+    write_result(path, **make_result_inputs())
+    _mutate(path, mutation)
+    with pytest.raises(InputError) as info:
+        read_result(path)
+    message = str(info.value)
+    assert "\n" not in message and os.fspath(path) in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_read_result_missing_and_not_hdf5(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        read_result(tmp_path / "missing.h5")
+    (tmp_path / "x.h5").write_bytes(b"\x00" * 10)
+    with pytest.raises(InputError, match="not an HDF5 file"):
+        read_result(tmp_path / "x.h5")
