@@ -12,6 +12,20 @@ The public API is what this module re-exports; every other module is private.
 __version__ = "0.1.0"
 
 # --- linear solvers (sensitivity/_linear_solve.py) ---
+from sensitivity._linear_solve import (  # noqa: E402
+    LinearSolveError,
+    LinearSolveInfo,
+    LinearSolveWarning,
+    get_solver,
+    solve_bicgstab,
+    solve_cg,
+    solve_cholesky,
+    solve_gmres,
+    solve_lstsq,
+    solve_lu,
+    solve_minres,
+    solve_normal_cg,
+)
 # --- implicit differentiation (sensitivity/_implicit_diff.py) ---
 from sensitivity._implicit_diff import ClosureError as ClosureError
 from sensitivity._implicit_diff import custom_fixed_point as custom_fixed_point
