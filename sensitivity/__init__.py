@@ -37,3 +37,6 @@ from sensitivity._implicit_diff import root_vjp as root_vjp
 # --- proximal operators (sensitivity/_prox.py) ---
 # --- projections (sensitivity/_projection.py) ---
 # --- solvers (sensitivity/_solvers.py) ---
+# --- precision (sensitivity/_precision.py) ---
+from sensitivity._precision import JacobianErrorEstimate as JacobianErrorEstimate
+from sensitivity._precision import jacobian_error_estimate as jacobian_error_estimate
