@@ -67,11 +67,25 @@ def _default_solve():
     return solve_gmres
 
 
-def _accepts_full_output(solve: Callable) -> bool:
+def _accepts(solve: Callable, keyword: str) -> bool:
     try:
-        return "full_output" in inspect.signature(solve).parameters
+        return keyword in inspect.signature(solve).parameters
     except (TypeError, ValueError):
         return False
+
+
+def _adjoint(solve: Callable) -> Callable:
+    """The solve to use for the adjoint (transposed) system ``Aᵀ u = cotangent``.
+
+    A cotangent may have any component along a null space of ``A``: that component does
+    not reach the gauge-fixed solution, whose derivative maps into the orthogonal
+    complement of the null space, so it is projected out rather than reported as an
+    inconsistent right-hand side. (In forward mode a right-hand side with such a component
+    is a real inconsistency and stays reported.)
+    """
+    if _accepts(solve, "consistency_tol"):
+        return functools.partial(solve, consistency_tol=float("inf"))
+    return solve
 
 
 # ---------------------------------------------------------------------------------------
@@ -121,7 +135,7 @@ def _record(info) -> None:
 
 def _instrumented(solve: Callable) -> Callable:
     """Wrap ``solve(matvec, b)`` so that its report reaches :func:`record_solves`."""
-    if not _accepts_full_output(solve):
+    if not _accepts(solve, "full_output"):
         return solve
 
     def solve_and_record(matvec, b):
@@ -214,7 +228,7 @@ def root_vjp(
     Returns:
         A tuple with one VJP per entry of ``args``, and the report if ``full_output``.
     """
-    solve = _default_solve() if solve is None else solve
+    solve = _adjoint(_default_solve() if solve is None else solve)
     args = _split_args(args)
     _, vjp_sol = jax.vjp(lambda x: optimality_fun(x, *args), sol)
 
@@ -236,6 +250,44 @@ def root_vjp(
 
 class ClosureError(TypeError):
     """A decorated solver or its optimality function closed over a differentiated value."""
+
+
+def _differentiated_tracers(fn: Callable, depth: int = 3) -> list:
+    """Values being differentiated that ``fn`` closes over (JVP or linearize tracers).
+
+    Closing over constants, and over values traced only by ``jit`` or ``vmap``, is fine;
+    closing over a value that an enclosing ``jvp``/``grad`` differentiates is not, because
+    the implicit rule only sees explicit arguments.
+    """
+    from jax._src.interpreters import ad
+
+    found = []
+    cells = []
+    if isinstance(fn, functools.partial):
+        cells.extend(fn.args)
+        cells.extend(fn.keywords.values())
+        fn = fn.func
+    cells.extend(c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if _filled(c))
+    for value in cells:
+        if callable(value) and depth > 0 and not isinstance(value, jax.Array):
+            found.extend(_differentiated_tracers(value, depth - 1))
+            continue
+        try:
+            leaves = jax.tree.leaves(value)
+        except Exception:  # not a pytree: cannot hold a tracer we could see
+            continue
+        found.extend(
+            leaf for leaf in leaves if isinstance(leaf, (ad.JVPTracer, ad.LinearizeTracer))
+        )
+    return found
+
+
+def _filled(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:  # an empty cell (a name assigned later in the enclosing scope)
+        return False
+    return True
 
 
 def _check_signature(reference_signature, solver_name, args, kwargs):
@@ -282,11 +334,12 @@ def _implicit_solver(solver_fun, optimality_fun, solve, has_aux, kwarg_keys, sym
         _, rhs = jax.jvp(lambda *a: fun(sol, *a), rest, rest_dot)
         rhs = _tree_neg(rhs)
         linear_solve = _instrumented(solve)
+        adjoint_solve = _instrumented(_adjoint(solve))
         sol_dot = jax.lax.custom_linear_solve(
             matvec,
             rhs,
             solve=lambda mv, b: linear_solve(mv, b),
-            transpose_solve=lambda vm, b: linear_solve(vm, b),
+            transpose_solve=lambda vm, b: adjoint_solve(vm, b),
             symmetric=symmetric,
         )
         if has_aux:
@@ -295,6 +348,14 @@ def _implicit_solver(solver_fun, optimality_fun, solve, has_aux, kwarg_keys, sym
         return out, sol_dot
 
     return solver_flat
+
+
+def _closure_message(name: str) -> str:
+    return (
+        f"{name} or its optimality function closes over a value that is being "
+        f"differentiated; implicit differentiation only sees explicit arguments. "
+        f"Pass that value as an argument: {name}(init, theta, ...) and F(x, theta, ...)"
+    )
 
 
 def custom_root(
@@ -362,6 +423,8 @@ def custom_root(
             if not args:
                 raise TypeError(f"{name} needs init_params as its first positional argument")
             _check_signature(reference_signature, name, args, kwargs)
+            if _differentiated_tracers(solver_fun) or _differentiated_tracers(optimality_fun):
+                raise ClosureError(_closure_message(name))
             keys = tuple(kwargs)
             if keys not in cache:
                 cache[keys] = _implicit_solver(
@@ -370,12 +433,7 @@ def custom_root(
             try:
                 return cache[keys](*args, *(kwargs[k] for k in keys))
             except jax.errors.UnexpectedTracerError as err:
-                raise ClosureError(
-                    f"{name} or its optimality function closes over a value that is being "
-                    f"differentiated; implicit differentiation only sees explicit arguments. "
-                    f"Pass that value as an argument: {name}(init, theta, ...) and "
-                    f"F(x, theta, ...)"
-                ) from err
+                raise ClosureError(_closure_message(name)) from err
 
         return wrapped
 
