@@ -1,0 +1,205 @@
+"""``sensitivity collect``: one table (CSV) and one HDF5 file from the results of a sweep.
+
+The tasks come from ``<dir>/sweep.json`` (written by ``run`` and ``submit``) when it exists, so
+that tasks without a result are listed as missing; otherwise every ``sensitivity.h5`` below
+``<dir>`` is a task. One CSV row per task: the swept values, the relaxation (steps, energy,
+max force, stopping criterion), rattlers, timings, and per θ the solver's iterations, residual,
+convergence and the largest and rms |dx_i*/dθ|.
+
+The HDF5 summary holds the same table (``/table/<column>``, one dataset per column) and, for each
+task, a copy of its result file's groups under ``/tasks/<task folder>/`` (``particles``,
+``sensitivity``, ``relaxation``, ``parameters``, ``audit``), so one file carries every Jacobian.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import ConfigError
+
+__all__ = ["collect_results", "summary_paths"]
+
+RESULT_NAME = "sensitivity.h5"
+SUMMARY_FORMAT = "sensitivity-summary"
+
+
+def summary_paths(output: Path) -> tuple[Path, Path]:
+    """``summary`` / ``summary.csv`` / ``summary.h5`` -> (``summary.csv``, ``summary.h5``)."""
+    stem = output.with_suffix("") if output.suffix.lower() in (".csv", ".h5", ".hdf5") else output
+    return stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".h5")
+
+
+def _find_tasks(directory: Path) -> list[dict]:
+    manifest = directory / "sweep.json"
+    if manifest.is_file():
+        try:
+            data = json.loads(manifest.read_text())
+            return [
+                {
+                    "index": int(t["index"]),
+                    "directory": directory / t["directory"],
+                    "values": dict(t.get("values") or {}),
+                }
+                for t in data["tasks"]
+            ]
+        except (ValueError, KeyError, TypeError) as error:
+            raise ConfigError(f"{manifest}: not a sweep manifest written by `sensitivity run` ({error})") from None
+    found = sorted(p for p in directory.rglob(RESULT_NAME) if p.is_file())
+    return [
+        {"index": i, "directory": path.parent, "values": {}}
+        for i, path in enumerate(found)
+    ]
+
+
+def _column_value(value: Any) -> Any:
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, default=str)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def collect_results(directory: Path, output: Path, reporter=None) -> tuple[Path, Path, list[dict]]:
+    """Write the CSV and HDF5 summaries of the results under ``directory``.
+
+    Returns:
+        (csv path, hdf5 path, the table rows).
+
+    Raises:
+        ConfigError: ``directory`` is missing or holds no result at all.
+    """
+    import h5py
+
+    from systems._errors import InputError
+    from systems.io import read_result
+
+    from ._inspect import response_magnitudes
+
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: no such folder; give the output folder of a run or sweep")
+    tasks = _find_tasks(directory)
+    if not tasks or not any((t["directory"] / RESULT_NAME).is_file() for t in tasks):
+        raise ConfigError(
+            f"{directory}: no {RESULT_NAME} found below it; run `sensitivity run CONFIG` first "
+            "(or give the folder of output.directory)"
+        )
+    keys: list[str] = []
+    for task in tasks:
+        for key in task["values"]:
+            if key not in keys:
+                keys.append(key)
+
+    rows: list[dict] = []
+    results = []
+    for task in tasks:
+        path = task["directory"] / RESULT_NAME
+        row: dict[str, Any] = {
+            "task": task["index"],
+            "directory": os.path.relpath(task["directory"], directory),
+        }
+        for key in keys:
+            row[key] = _column_value(task["values"].get(key))
+        if not path.is_file():
+            row["status"] = "missing"
+            rows.append(row)
+            results.append(None)
+            if reporter is not None:
+                reporter.warning(f"task {task['index']}: no result in {task['directory']}")
+            continue
+        try:
+            result = read_result(path)
+        except InputError as error:
+            row["status"] = "unreadable"
+            rows.append(row)
+            results.append(None)
+            if reporter is not None:
+                reporter.warning(f"task {task['index']}: {error}")
+            continue
+        relaxation = result.relaxation
+        row["status"] = "ok" if result.converged else "not_converged"
+        row["n"] = result.system.n
+        row["dim"] = result.system.dim
+        for key in ("steps", "energy", "max_force", "stop_reason", "converged"):
+            row[f"relax_{key}"] = _column_value(relaxation.get(key))
+        row["rattlers"] = int(np.asarray(result.rattlers).sum())
+        for key, value in result.timings.items():
+            row[key] = _column_value(value)
+        for name, response in result.responses.items():
+            attrs = response.get("attrs", {})
+            magnitude = response_magnitudes(response["dx_dtheta"])
+            finite = magnitude[np.isfinite(magnitude)]
+            row[f"{name}.theta"] = _column_value(attrs.get("theta"))
+            for key in ("iterations", "residual", "converged"):
+                row[f"{name}.{key}"] = _column_value(attrs.get(key))
+            row[f"{name}.max_response"] = float(finite.max()) if finite.size else None
+            row[f"{name}.rms_response"] = float(np.sqrt(np.mean(finite**2))) if finite.size else None
+        rows.append(row)
+        results.append(path)
+
+    columns: list[str] = []
+    for row in rows:
+        for key in row:
+            if key not in columns:
+                columns.append(key)
+    csv_path, h5_path = summary_paths(output)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_csv = csv_path.with_name(f".{csv_path.name}.{os.getpid()}.tmp")
+    with open(tmp_csv, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+    os.replace(tmp_csv, csv_path)
+
+    tmp_h5 = h5_path.with_name(f".{h5_path.name}.{os.getpid()}.tmp")
+    try:
+        with h5py.File(tmp_h5, "w") as out:
+            out.attrs["format"] = SUMMARY_FORMAT
+            out.attrs["source"] = str(directory.resolve())
+            out.attrs["sweep_keys"] = json.dumps(keys)
+            table = out.create_group("table", track_order=True)
+            for column in columns:
+                values = [row.get(column) for row in rows]
+                table.create_dataset(column, data=_as_array(values))
+            group = out.create_group("tasks", track_order=True)
+            for row, path in zip(rows, results):
+                if path is None:
+                    continue
+                name = Path(row["directory"]).name if row["directory"] != "." else "task"
+                if name in group:
+                    name = f"task-{row['task']:04d}"
+                target = group.create_group(name)
+                target.attrs["task"] = int(row["task"])
+                target.attrs["source"] = str(path.resolve())
+                with h5py.File(path, "r") as source:
+                    for item in ("particles", "sensitivity", "relaxation", "parameters", "audit"):
+                        if item in source:
+                            source.copy(source[item], target, name=item)
+        os.replace(tmp_h5, h5_path)
+    except BaseException:
+        if tmp_h5.exists():
+            tmp_h5.unlink()
+        raise
+    return csv_path, h5_path, rows
+
+
+def _as_array(values: list) -> np.ndarray:
+    """A column as a numeric array where every value is a number (None -> NaN), else strings."""
+    def numeric(v):
+        return v is None or (isinstance(v, (int, float, np.number)) and not isinstance(v, str))
+
+    if all(numeric(v) for v in values):
+        if all(isinstance(v, (bool, np.bool_)) for v in values):
+            return np.asarray(values, dtype=bool)
+        if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+            return np.asarray(values, dtype=np.int64)
+        return np.asarray([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    import h5py
+
+    return np.asarray(["" if v is None else str(v) for v in values], dtype=h5py.string_dtype())

@@ -1,0 +1,238 @@
+"""``sensitivity inspect`` and the audit table of ``sensitivity check``: summaries as text.
+
+Reads result files with :func:`systems.io.read_result` (h5py + numpy; no jax-md).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._report import format_value, stats_block
+
+__all__ = ["summarize", "render_summary", "render_audit", "response_magnitudes"]
+
+
+def response_magnitudes(dx_dtheta: np.ndarray) -> np.ndarray:
+    """|dx_i*/dθ| per particle: ``[N][d]`` -> ``[N]``; ``[P][N][d]`` -> ``[N]`` (norm over P, d).
+
+    Rattler rows (NaN) stay NaN.
+    """
+    field = np.asarray(dx_dtheta, dtype=np.float64)
+    if field.ndim == 2:
+        return np.linalg.norm(field, axis=-1)
+    return np.sqrt(np.sum(field**2, axis=(0, 2)))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist() if value.size <= 16 else f"array{list(value.shape)}"
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def summarize(path: str | Path, *, top: int = 5) -> dict:
+    """A JSON-friendly summary of a result file."""
+    from systems.io import read_result
+
+    result = read_result(path)
+    system = result.system
+    species, counts = np.unique(np.asarray(system.species), return_counts=True)
+    rattlers = np.asarray(result.rattlers, dtype=bool)
+    thetas = []
+    for name, response in result.responses.items():
+        field = np.asarray(response["dx_dtheta"])
+        attrs = dict(response.get("attrs", {}))
+        magnitude = response_magnitudes(field)
+        finite = np.where(np.isfinite(magnitude), magnitude, -np.inf)
+        order = np.argsort(-finite, kind="stable")[: min(top, int(np.isfinite(magnitude).sum()))]
+        valid = magnitude[np.isfinite(magnitude)]
+        thetas.append(
+            {
+                "name": name,
+                "kind": attrs.get("kind"),
+                "theta": _plain(attrs.get("theta")),
+                "shape": list(field.shape),
+                "solver": attrs.get("solver"),
+                "iterations": _plain(attrs.get("iterations")),
+                "residual": _plain(attrs.get("residual")),
+                "converged": _plain(attrs.get("converged")),
+                "max_response": float(valid.max()) if valid.size else None,
+                "rms_response": float(np.sqrt(np.mean(valid**2))) if valid.size else None,
+                "largest": [
+                    {
+                        "particle": int(i),
+                        "species": int(system.species[i]),
+                        "magnitude": float(magnitude[i]),
+                    }
+                    for i in order
+                ],
+                "attrs": _plain(attrs),
+            }
+        )
+    config = result.parameters.get("config")
+    config = config if isinstance(config, Mapping) else {}
+    provenance = result.parameters.get("provenance", {})
+    return {
+        "file": str(path),
+        "converged": bool(result.converged),
+        "system": {
+            "n": int(system.n),
+            "dim": int(system.dim),
+            "periodic": bool(system.periodic),
+            "box": None if system.box is None else [float(b) for b in system.box],
+            "packing_fraction": _plain(system.packing_fraction),
+            "species": {int(s): int(c) for s, c in zip(species, counts)},
+            "input": (config.get("system") or {}).get("path"),
+        },
+        "potential": _plain(result.parameters.get("potential") or config.get("potential") or {}),
+        "relaxation": _plain(result.relaxation),
+        "thetas": thetas,
+        "rattlers": {
+            "count": int(rattlers.sum()),
+            "indices": [int(i) for i in np.flatnonzero(rattlers)[:50]],
+        },
+        "zero_modes": _plain(result.zero_modes),
+        "timings": _plain(result.timings),
+        "audit": _plain(result.audit),
+        "provenance": _plain(provenance),
+    }
+
+
+def _kv(mapping: Mapping, indent: str = "  ") -> list[str]:
+    if not mapping:
+        return [f"{indent}-"]
+    width = max(len(str(k)) for k in mapping)
+    return [f"{indent}{str(k):<{width}} = {format_value(v)}" for k, v in mapping.items()]
+
+
+def render_summary(summary: Mapping) -> str:
+    """The text ``sensitivity inspect`` prints."""
+    s = summary["system"]
+    lines = [f"Result {summary['file']}"]
+    box = "free boundaries" if s["box"] is None else (
+        ("periodic box " if s["periodic"] else "box ") + " x ".join(f"{b:.6g}" for b in s["box"])
+    )
+    species = ", ".join(f"{c} of species {k}" for k, c in s["species"].items())
+    phi = s.get("packing_fraction")
+    lines.append(
+        f"System: {s['n']} particles in {s['dim']}D ({species}), {box}"
+        + (f", phi {phi:.4f}" if isinstance(phi, (int, float)) else "")
+    )
+    if s.get("input"):
+        lines.append(f"Input: {s['input']}")
+    potential = summary.get("potential") or {}
+    if potential:
+        shown = ", ".join(f"{k} {format_value(v)}" for k, v in potential.items() if v is not None)
+        lines.append(f"Potential: {shown}")
+    responses = {
+        t["name"]: {
+            "solver": t["solver"],
+            "iterations": t["iterations"],
+            "residual": t["residual"],
+            "converged": t["converged"],
+        }
+        for t in summary["thetas"]
+    }
+    lines.append("")
+    lines.append(
+        stats_block(
+            summary["relaxation"],
+            responses,
+            summary.get("timings"),
+            rattlers=summary["rattlers"]["count"],
+            n=s["n"],
+        )
+    )
+    lines.append("")
+    lines.append("Thetas:")
+    for t in summary["thetas"]:
+        theta = t["theta"]
+        theta_text = format_value(theta) if not isinstance(theta, list) else f"[{len(theta)} values]"
+        lines.append(
+            f"  {t['name']}: kind {t['kind'] or '?'}, theta = {theta_text}, dx/dtheta "
+            f"{'x'.join(str(d) for d in t['shape'])}, max |dx_i/dtheta| "
+            f"{format_value(t['max_response'])}, rms {format_value(t['rms_response'])}"
+        )
+        if t["largest"]:
+            largest = ", ".join(
+                f"#{p['particle']} (species {p['species']}) {p['magnitude']:.3e}" for p in t["largest"]
+            )
+            lines.append(f"    largest: {largest}")
+    rattlers = summary["rattlers"]
+    if rattlers["count"]:
+        shown = ", ".join(str(i) for i in rattlers["indices"][:20])
+        more = " ..." if rattlers["count"] > 20 else ""
+        lines.append(f"Rattlers ({rattlers['count']}): {shown}{more}")
+    else:
+        lines.append("Rattlers: none")
+    if summary.get("zero_modes"):
+        lines.append("Zero modes and conditioning:")
+        lines += _kv(summary["zero_modes"])
+    if summary.get("audit"):
+        text, _ = render_audit(summary["audit"])
+        lines.append(text)
+    provenance = summary.get("provenance") or {}
+    if provenance:
+        keys = [k for k in provenance if not isinstance(provenance[k], Mapping)][:12]
+        lines.append("Provenance:")
+        lines += _kv({k: provenance[k] for k in keys})
+    lines.append(f"Converged: {format_value(summary['converged'])}")
+    return "\n".join(lines)
+
+
+_ERROR_KEYS = ("rel_error", "relative_error", "max_rel_error", "error", "max_abs_error", "abs_error")
+
+
+def _entry_ok(entry: Mapping, tolerance: float | None) -> bool | None:
+    if tolerance is not None:
+        for key in _ERROR_KEYS[:4]:
+            value = entry.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return bool(math.isfinite(value) and value <= tolerance)
+    for key in ("passed", "ok", "agree", "agrees"):
+        if key in entry and entry[key] is not None:
+            return bool(entry[key])
+    return None
+
+
+def render_audit(audit: Mapping, *, tolerance: float | None = None) -> tuple[str, bool]:
+    """The finite-difference audit as a table, and whether it passed.
+
+    ``audit`` is ``audit_task``'s dict: per-θ mappings (errors, the step used, pass flag)
+    and possibly overall scalars. With ``tolerance``, an entry passes when its relative
+    error is at most ``tolerance``; otherwise the audit's own verdict is used.
+    """
+    lines = ["Finite-difference audit:"]
+    entries = {k: v for k, v in audit.items() if isinstance(v, Mapping)}
+    overall = {k: v for k, v in audit.items() if not isinstance(v, Mapping)}
+    verdicts = []
+    for name, entry in entries.items():
+        scalars = {k: v for k, v in entry.items() if not isinstance(v, (list, Mapping, np.ndarray))}
+        ok = _entry_ok(entry, tolerance)
+        verdicts.append(ok)
+        status = {True: "PASS", False: "FAIL", None: "?"}[ok]
+        fields = ", ".join(f"{k} {format_value(v)}" for k, v in scalars.items())
+        lines.append(f"  {name}: {status}  {fields}")
+    for key, value in overall.items():
+        if isinstance(value, (list, np.ndarray)):
+            continue
+        lines.append(f"  {key} = {format_value(value)}")
+    ok_overall = _entry_ok(overall, tolerance) if tolerance is None else None
+    if ok_overall is None:
+        known = [v for v in verdicts if v is not None]
+        ok_overall = all(known) if known else True
+    if tolerance is not None:
+        known = [v for v in verdicts if v is not None]
+        ok_overall = all(known) if known else ok_overall
+    lines.append(f"  verdict: {'PASS' if ok_overall else 'FAIL'}")
+    return "\n".join(lines), bool(ok_overall)

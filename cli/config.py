@@ -1,0 +1,918 @@
+"""The YAML configuration: schema, validation, defaults, ``--set`` overrides and sweeps.
+
+A config file is read into the *resolved config dict* that ``systems.pipeline.run_task`` takes
+(see the systems/CLI contract): every section present, every default filled in, every value
+checked, every path absolute. Unknown keys are rejected; each error names the file, the key path,
+the value found and what is allowed, one line per mistake, and suggests the closest known key for
+a typo.
+
+Paths written in a config file are relative to the file's folder; paths given on the command line
+(``--set system.path=...``, ``--output``) are relative to the current directory.
+
+A ``sweep`` section maps dotted key paths to lists of values; the sweep expands to the cartesian
+product of those lists (the first key varies slowest), one *task* per combination, numbered from
+0, each with its own output folder ``<output.directory>/task-0003/``. Without a sweep there is one
+task, whose output folder is ``output.directory`` itself.
+
+This module imports only the standard library and PyYAML, so that ``sensitivity --help`` and
+``sensitivity validate`` stay instant.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import itertools
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "LoadedConfig",
+    "Task",
+    "EXAMPLE_CONFIG",
+    "load_config",
+    "parse_override",
+    "resolve_config",
+    "task_directory_name",
+    "dump_yaml",
+]
+
+MAX_TASKS = 100_000
+
+
+class ConfigError(ValueError):
+    """A mistake in a config file or a ``--set`` override (exit code 2 on the command line).
+
+    Attributes:
+        errors: one complete, one-line message per mistake.
+    """
+
+    def __init__(self, errors: str | Sequence[str]):
+        self.errors = [errors] if isinstance(errors, str) else list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+# ---------------------------------------------------------------------------------------------
+# Value checkers: each turns a raw YAML value into the resolved one, or raises _Bad.
+# ---------------------------------------------------------------------------------------------
+
+
+class _Bad(Exception):
+    """Raised by a checker; ``allowed`` says what the key accepts."""
+
+    def __init__(self, allowed: str):
+        super().__init__(allowed)
+        self.allowed = allowed
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    check: Callable[[Any], Any]
+    allowed: str
+
+    def __call__(self, value: Any) -> Any:
+        return self.check(value)
+
+
+def _bounds_text(gt=None, ge=None, lt=None, le=None) -> str:
+    parts = []
+    if gt is not None:
+        parts.append(f"> {gt:g}")
+    if ge is not None:
+        parts.append(f">= {ge:g}")
+    if lt is not None:
+        parts.append(f"< {lt:g}")
+    if le is not None:
+        parts.append(f"<= {le:g}")
+    return " and ".join(parts)
+
+
+def _in_bounds(x: float, gt=None, ge=None, lt=None, le=None) -> bool:
+    return not (
+        (gt is not None and not x > gt)
+        or (ge is not None and not x >= ge)
+        or (lt is not None and not x < lt)
+        or (le is not None and not x <= le)
+    )
+
+
+def _as_float(value: Any) -> float | None:
+    """A number, or a string that reads as one (YAML 1.1 reads ``1e-12`` as a string)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
+def _number(*, gt=None, ge=None, lt=None, le=None) -> _Spec:
+    bounds = _bounds_text(gt, ge, lt, le)
+    allowed = f"a number {bounds}" if bounds else "a number"
+
+    def check(value):
+        x = _as_float(value)
+        if x is None or not math.isfinite(x) or not _in_bounds(x, gt, ge, lt, le):
+            raise _Bad(allowed)
+        return x
+
+    return _Spec(check, allowed)
+
+
+def _integer(*, ge=None, le=None) -> _Spec:
+    bounds = _bounds_text(ge=ge, le=le)
+    allowed = f"an integer {bounds}" if bounds else "an integer"
+
+    def check(value):
+        x = _as_float(value)
+        if x is None or not math.isfinite(x) or not x.is_integer():
+            raise _Bad(allowed)
+        x = int(x)
+        if not _in_bounds(x, ge=ge, le=le):
+            raise _Bad(allowed)
+        return x
+
+    return _Spec(check, allowed)
+
+
+def _matrix(*, gt=None, ge=None) -> _Spec:
+    """A number, or a square nested list of numbers (a per-species-pair matrix)."""
+    scalar = _number(gt=gt, ge=ge)
+    allowed = f"{scalar.allowed}, or a square [S][S] list of such numbers"
+
+    def check(value):
+        if isinstance(value, list):
+            rows = value
+            if not rows or not all(isinstance(r, list) and len(r) == len(rows) for r in rows):
+                raise _Bad(allowed)
+            try:
+                return [[scalar(x) for x in row] for row in rows]
+            except _Bad:
+                raise _Bad(allowed) from None
+        try:
+            return scalar(value)
+        except _Bad:
+            raise _Bad(allowed) from None
+
+    return _Spec(check, allowed)
+
+
+def _boolean() -> _Spec:
+    def check(value):
+        if not isinstance(value, bool):
+            raise _Bad("true or false")
+        return value
+
+    return _Spec(check, "true or false")
+
+
+def _choice(*options: Any) -> _Spec:
+    allowed = "one of " + ", ".join(str(o) for o in options)
+
+    def check(value):
+        for option in options:
+            if value == option and type(value) is type(option):
+                return option
+        raise _Bad(allowed)
+
+    return _Spec(check, allowed)
+
+
+def _string(pattern: str | None = None, what: str = "a non-empty string") -> _Spec:
+    regex = re.compile(pattern) if pattern else None
+
+    def check(value):
+        if not isinstance(value, str) or not value.strip():
+            raise _Bad(what)
+        if regex is not None and not regex.fullmatch(value):
+            raise _Bad(what)
+        return value
+
+    return _Spec(check, what)
+
+
+def _nullable(spec: _Spec) -> _Spec:
+    allowed = f"null or {spec.allowed}"
+
+    def check(value):
+        if value is None:
+            return None
+        try:
+            return spec(value)
+        except _Bad:
+            raise _Bad(allowed) from None
+
+    return _Spec(check, allowed)
+
+
+def _any_of(*specs: _Spec) -> _Spec:
+    allowed = " or ".join(s.allowed for s in specs)
+
+    def check(value):
+        for spec in specs:
+            try:
+                return spec(value)
+            except _Bad:
+                pass
+        raise _Bad(allowed)
+
+    return _Spec(check, allowed)
+
+
+def _string_list() -> _Spec:
+    allowed = "a list of strings"
+
+    def check(value):
+        if value is None:
+            return []
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise _Bad(allowed)
+        return list(value)
+
+    return _Spec(check, allowed)
+
+
+# A path: resolved against the config file's folder (the base passed to the resolver).
+_PATH = _string(what="a file path (string)")
+_DIRECTORY = _string(what="a folder path (string)")
+
+_NAME = _string(
+    r"[A-Za-z_][A-Za-z0-9_.\-]*",
+    "a name of letters, digits, '_', '-' or '.', starting with a letter or '_'",
+)
+_TIME = _string(
+    r"(\d+-)?\d+(:\d{1,2}){0,2}|\d+-\d+",
+    "a Slurm time limit such as 30, 01:00:00 or 2-00:00:00",
+)
+_MEMORY = _string(r"\d+[KMGT]?", "a Slurm memory size such as 4000, 500M or 4G")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Field:
+    spec: _Spec
+    default: Any = None
+    required: bool = False
+    doc: str = ""
+
+
+_REQUIRED = object()
+
+
+def _f(spec: _Spec, default: Any = _REQUIRED, doc: str = "") -> _Field:
+    if default is _REQUIRED:
+        return _Field(spec, None, True, doc)
+    return _Field(spec, default, False, doc)
+
+
+SOLVERS = ("cg", "minres", "gmres", "bicgstab", "normal_cg", "dense", "lstsq", "lu", "cholesky")
+POTENTIALS = ("soft_sphere", "lennard_jones", "morse")
+MINIMIZERS = ("fire", "gradient_descent")
+PARAMETER_KINDS = ("diameter", "diameters", "epsilon", "box")
+
+# The schema of every section whose keys are fixed. ``parameters`` (a list) and ``sweep`` (a
+# mapping of key paths) are checked by hand below.
+SCHEMA: dict[str, dict[str, _Field]] = {
+    "system": {
+        "path": _f(_PATH, doc="H5MD input file"),
+        "group": _f(_string(), "all", "particles group in the H5MD file"),
+        "frame": _f(_integer(), -1, "frame of a time-dependent file (-1: the last)"),
+    },
+    # Potential keys left out (null) take the input file's /parameters/potential value, else
+    # the systems default (shown in the comment); an explicit value overrides the file.
+    # epsilon, alpha, sigma and morse_alpha also take an [S][S] per-species-pair matrix.
+    "potential": {
+        "kind": _f(_nullable(_choice(*POTENTIALS)), None, "null: soft_sphere"),
+        "epsilon": _f(_nullable(_matrix(gt=0)), None, "energy scale (null: 1.0)"),
+        "alpha": _f(_nullable(_matrix(gt=1)), None, "soft-sphere exponent (null: 2.0)"),
+        "sigma": _f(_nullable(_matrix(gt=0)), None, "LJ/Morse length (null: pair diameters)"),
+        "r_onset": _f(_nullable(_number(gt=0)), None, "LJ/Morse smoothing onset / sigma (null: 2.0)"),
+        "r_cutoff": _f(_nullable(_number(gt=0)), None, "LJ/Morse cutoff / sigma (null: 2.5)"),
+        "morse_alpha": _f(_nullable(_matrix(gt=0)), None, "Morse stiffness (null: 5.0)"),
+        "neighbor_list": _f(_nullable(_any_of(_choice("auto"), _boolean())), None, "null: auto"),
+        "capacity_multiplier": _f(_nullable(_number(ge=1)), None, "null: 1.25"),
+    },
+    "minimizer": {
+        "kind": _f(_choice(*MINIMIZERS), "fire"),
+        "ftol": _f(_number(ge=0), 1.0e-12, "stop when max |force| <= ftol"),
+        "etol": _f(_number(ge=0), 0.0, "stop on relative energy change < etol (0: off)"),
+        "max_steps": _f(_integer(ge=1), 200_000),
+        "dt_start": _f(_number(gt=0), 0.1, "FIRE"),
+        "dt_max": _f(_number(gt=0), 0.4, "FIRE"),
+        "n_min": _f(_integer(ge=1), 5, "FIRE"),
+        "f_inc": _f(_number(gt=1), 1.1, "FIRE"),
+        "f_dec": _f(_number(gt=0, lt=1), 0.5, "FIRE"),
+        "alpha_start": _f(_number(gt=0, le=1), 0.1, "FIRE"),
+        "f_alpha": _f(_number(gt=0, lt=1), 0.99, "FIRE"),
+        "step_size": _f(_number(gt=0), 0.01, "gradient descent"),
+        "report_every": _f(_integer(ge=1), 1000, "progress every this many steps"),
+    },
+    "sensitivity": {
+        "solver": _f(_choice(*SOLVERS), "cg"),
+        "tol": _f(_number(gt=0, lt=1), 1.0e-10, "relative residual of the linear solves"),
+        "maxiter": _f(_nullable(_integer(ge=1)), None),
+        "rattler_contacts": _f(_nullable(_integer(ge=1)), None, "null: dimension + 1"),
+        "audit": _f(_boolean(), False, "finite-difference audit after the run"),
+        "fd_step": _f(_number(gt=0, lt=1), 1.0e-5, "finite-difference step of the audit"),
+        "preconditioner": _f(_choice("block_jacobi", "jacobi", "none"), "block_jacobi"),
+        "dense_max_dof": _f(_integer(ge=1), 4096, "dense solves up to this many unknowns"),
+        "lanczos_steps": _f(_integer(ge=0), 40, "Lanczos steps for the conditioning estimate"),
+    },
+    "output": {
+        "directory": _f(_DIRECTORY, "out"),
+        "plots": _f(_boolean(), True),
+    },
+    "slurm": {
+        "partition": _f(_nullable(_string()), None),
+        "time": _f(_TIME, "01:00:00"),
+        "cpus_per_task": _f(_integer(ge=1), 1),
+        "mem": _f(_MEMORY, "4G"),
+        "gpus": _f(_integer(ge=0), 0, "GPUs per task (--gres=gpu:N)"),
+        "job_name": _f(_NAME, "sensitivity"),
+        "max_parallel": _f(_nullable(_integer(ge=1)), None, "array throttle (--array=0-N%M)"),
+        "extra": _f(_string_list(), [], "extra '#SBATCH' option lines, e.g. --account=abc"),
+    },
+}
+
+PARAMETER_SCHEMA: dict[str, _Field] = {
+    "name": _f(_NAME, doc="name of the result group /sensitivity/<name>"),
+    "kind": _f(_choice(*PARAMETER_KINDS)),
+    "species": _f(_nullable(_integer(ge=0)), None, "species index (diameter; optional for epsilon)"),
+}
+DEFAULT_PARAMETERS = [{"name": "small_diameter", "kind": "diameter", "species": 0}]
+
+TOP_LEVEL = (*SCHEMA, "parameters", "seed", "sweep")
+SEED = _integer(ge=0)
+
+# Keys whose values are paths; relative ones are resolved against a base folder.
+PATH_KEYS = {("system", "path"), ("output", "directory")}
+
+# Keys a sweep may vary: every leaf of the schema except slurm's, plus seed and parameters.
+SWEEPABLE = sorted(
+    [f"{s}.{k}" for s, fields in SCHEMA.items() if s != "slurm" for k in fields]
+    + ["seed", "parameters"]
+)
+
+
+EXAMPLE_CONFIG = """\
+system:
+  path: packing.h5          # H5MD input (relative to this file's folder)
+potential:
+  kind: soft_sphere         # soft_sphere | lennard_jones | morse
+  alpha: 2.0
+  epsilon: 1.0
+minimizer:
+  kind: fire                # fire | gradient_descent
+  ftol: 1.0e-12
+  max_steps: 200000
+parameters:                 # the thetas to differentiate x* with respect to
+  - {name: small_diameter, kind: diameter, species: 0}
+  - {name: stiffness, kind: epsilon}
+sensitivity:
+  solver: cg                # cg | minres | gmres | bicgstab | normal_cg | dense
+  tol: 1.0e-10
+output:
+  directory: out
+  plots: true
+sweep:                      # optional: one task per combination
+  system.path: [a.h5, b.h5]
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolution of one (sweep-free) config
+# ---------------------------------------------------------------------------------------------
+
+
+def _show(value: Any) -> str:
+    """A value as the user would have typed it (YAML flow style, one line)."""
+    if isinstance(value, str):
+        text = repr(value)
+    else:
+        try:
+            text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+            if text.endswith("\n..."):
+                text = text[: -len("\n...")]
+            text = text.removesuffix("...").strip()
+        except yaml.YAMLError:
+            text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _unknown_key(where: str, key: Any, known: Iterable[str]) -> str:
+    known = list(known)
+    full = f"{where}.{key}" if where else str(key)
+    hint = difflib.get_close_matches(str(key), known, n=1)
+    prefix = f"{where}." if where else ""
+    suggestion = f"did you mean '{prefix}{hint[0]}'? " if hint else ""
+    return f"unknown key '{full}': {suggestion}allowed keys{' in ' + where if where else ''}: " + (
+        ", ".join(known)
+    )
+
+
+def _resolve_path(value: str, base: Path) -> str:
+    path = Path(os.path.expanduser(value))
+    if not path.is_absolute():
+        path = base / path
+    return os.path.normpath(str(path))
+
+
+def resolve_config(
+    raw: Any, base_dir: str | os.PathLike = ".", *, check_files: bool = True
+) -> tuple[dict, list[str]]:
+    """Validate one config mapping (without ``sweep``) and fill in the defaults.
+
+    Args:
+        raw: the parsed YAML (a mapping).
+        base_dir: folder that relative paths are resolved against (the config file's folder).
+        check_files: check that ``system.path`` names an existing file.
+
+    Returns:
+        ``(resolved, errors)``: the resolved config dict of the systems contract (with the
+        ``slurm`` section, without ``sweep``), and one message per mistake, each starting with
+        the key path. ``resolved`` is only meaningful when ``errors`` is empty.
+    """
+    base = Path(base_dir)
+    errors: list[str] = []
+    resolved: dict[str, Any] = {}
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        return {}, [f"the config must be a mapping of sections ({', '.join(TOP_LEVEL)}); got {_show(raw)}"]
+
+    for key in raw:
+        if key not in TOP_LEVEL:
+            errors.append(_unknown_key("", key, TOP_LEVEL))
+
+    for section, fields in SCHEMA.items():
+        given = raw.get(section)
+        if given is None:
+            given = {}
+        if not isinstance(given, Mapping):
+            errors.append(f"{section} = {_show(given)}: must be a mapping with keys {', '.join(fields)}")
+            given = {}
+        out: dict[str, Any] = {}
+        for key in given:
+            if key not in fields:
+                errors.append(_unknown_key(section, key, fields))
+        for key, field in fields.items():
+            where = f"{section}.{key}"
+            value = given.get(key)
+            if key not in given or (value is None and field.default is not None):
+                # A key left empty (``ftol:``) takes its default like a missing one.
+                if field.required:
+                    errors.append(f"{where} is required: {field.doc or field.spec.allowed}")
+                out[key] = copy.deepcopy(field.default)
+                if (section, key) in PATH_KEYS and isinstance(out[key], str):
+                    out[key] = _resolve_path(out[key], base)
+                continue
+            try:
+                out[key] = field.spec(value)
+            except _Bad as bad:
+                errors.append(f"{where} = {_show(given[key])}: must be {bad.allowed}")
+                out[key] = copy.deepcopy(field.default)
+                continue
+            if (section, key) in PATH_KEYS and isinstance(out[key], str):
+                out[key] = _resolve_path(out[key], base)
+        resolved[section] = out
+
+    resolved["parameters"] = _resolve_parameters(raw.get("parameters", None), errors)
+
+    if "seed" in raw:
+        try:
+            resolved["seed"] = SEED(raw["seed"])
+        except _Bad as bad:
+            errors.append(f"seed = {_show(raw['seed'])}: must be {bad.allowed}")
+            resolved["seed"] = 0
+    else:
+        resolved["seed"] = 0
+
+    # Cross-field checks.
+    pot = resolved["potential"]
+    onset = 2.0 if pot["r_onset"] is None else pot["r_onset"]
+    cutoff = 2.5 if pot["r_cutoff"] is None else pot["r_cutoff"]
+    if not errors and pot["kind"] in ("lennard_jones", "morse") and cutoff <= onset:
+        errors.append(
+            f"potential.r_cutoff = {cutoff:g}: must be > potential.r_onset = {onset:g}"
+        )
+    if not errors and pot["kind"] in (None, "soft_sphere") and pot["sigma"] is not None:
+        errors.append(
+            f"potential.sigma = {_show(pot['sigma'])}: sigma is for lennard_jones/morse; "
+            "soft spheres use the particle diameters: remove it or set potential.kind"
+        )
+    mini = resolved["minimizer"]
+    if not errors and mini["ftol"] == 0 and mini["etol"] == 0:
+        errors.append("minimizer.ftol = 0: ftol and etol cannot both be 0 (nothing would stop "
+                      "the minimizer before max_steps)")
+    if not errors and mini["dt_max"] < mini["dt_start"]:
+        errors.append(
+            f"minimizer.dt_max = {mini['dt_max']:g}: must be >= minimizer.dt_start "
+            f"= {mini['dt_start']:g}"
+        )
+    path = resolved["system"].get("path")
+    if check_files and isinstance(path, str) and "system.path" not in " ".join(errors):
+        if not os.path.isfile(path):
+            given = raw["system"]["path"]
+            shown = _show(given) if given == path else f"{_show(given)} ({path})"
+            problem = "is a folder, not a file" if os.path.isdir(path) else "no such file"
+            errors.append(
+                f"system.path = {shown}: {problem}; give an H5MD packing, e.g. one written by "
+                "`sensitivity generate`"
+            )
+    order = ("system", "potential", "minimizer", "parameters", "sensitivity", "output", "seed", "slurm")
+    return {key: resolved[key] for key in order}, errors
+
+
+def _resolve_parameters(given: Any, errors: list[str]) -> list[dict]:
+    if given is None:
+        return copy.deepcopy(DEFAULT_PARAMETERS)
+    if isinstance(given, Mapping) and given:
+        given = [given]  # a single θ written as a mapping
+    if not isinstance(given, list) or not given:
+        errors.append(
+            f"parameters = {_show(given)}: must be a non-empty list of "
+            "{name, kind, species} entries, e.g. [{name: small_diameter, kind: diameter, species: 0}]"
+        )
+        return copy.deepcopy(DEFAULT_PARAMETERS)
+    out = []
+    names: dict[str, int] = {}
+    for i, entry in enumerate(given):
+        where = f"parameters[{i}]"
+        if not isinstance(entry, Mapping):
+            errors.append(
+                f"{where} = {_show(entry)}: must be a mapping such as "
+                "{name: small_diameter, kind: diameter, species: 0}"
+            )
+            continue
+        item: dict[str, Any] = {}
+        for key in entry:
+            if key not in PARAMETER_SCHEMA:
+                errors.append(_unknown_key(where, key, PARAMETER_SCHEMA))
+        for key, field in PARAMETER_SCHEMA.items():
+            if key not in entry:
+                if field.required:
+                    errors.append(f"{where}.{key} is required: {field.spec.allowed}")
+                item[key] = copy.deepcopy(field.default)
+                continue
+            try:
+                item[key] = field.spec(entry[key])
+            except _Bad as bad:
+                errors.append(f"{where}.{key} = {_show(entry[key])}: must be {bad.allowed}")
+                item[key] = None
+        kind, species = item.get("kind"), item.get("species")
+        if kind == "diameter" and species is None and "species" not in entry:
+            errors.append(
+                f"{where}.species is required for kind diameter: the species whose diameter "
+                "is theta (an integer >= 0)"
+            )
+        if kind in ("diameters", "box") and species is not None:
+            errors.append(
+                f"{where}.species = {species}: kind {kind} takes no species; remove it"
+            )
+        name = item.get("name")
+        if isinstance(name, str):
+            if name in names:
+                errors.append(
+                    f"{where}.name = {_show(name)}: already used by parameters[{names[name]}]; "
+                    "names must be unique"
+                )
+            names.setdefault(name, i)
+        out.append(item)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Overrides (--set key.path=value)
+# ---------------------------------------------------------------------------------------------
+
+
+def parse_override(text: str) -> tuple[list[str | int], Any]:
+    """Parse ``key.path=value``: the value is read as a YAML scalar (or flow list/mapping).
+
+    ``sweep.system.path=[a.h5, b.h5]`` sets the sweep key ``system.path``; ``parameters.0.species=1``
+    indexes into the list of parameters.
+
+    Raises:
+        ConfigError: the text has no ``=`` or the value is not valid YAML.
+    """
+    if "=" not in text:
+        raise ConfigError(
+            f"--set {text!r}: expected key.path=value, e.g. --set minimizer.ftol=1e-13"
+        )
+    key, _, value_text = text.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {text!r}: the key path {key!r} is empty or has an empty part")
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else None
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({first})") from None
+    parts: list[str | int]
+    if key.startswith("sweep.") and key != "sweep.":
+        parts = ["sweep", key[len("sweep.") :]]
+    else:
+        parts = [int(p) if p.isdigit() else p for p in key.split(".")]
+    return parts, value
+
+
+def _apply_override(raw: dict, parts: list[str | int], value: Any, text: str) -> None:
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        where = ".".join(str(p) for p in parts[: depth + 1])
+        if isinstance(node, list):
+            if not isinstance(part, int) or part >= len(node):
+                raise ConfigError(f"--set {text!r}: {where}: no such list entry (the list has {len(node)})")
+            node = node[part]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {text!r}: {where} is not a mapping")
+        if part == "parameters" and node.get("parameters") is None:
+            node["parameters"] = copy.deepcopy(DEFAULT_PARAMETERS)
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        node = child
+    last = parts[-1]
+    if isinstance(node, list):
+        if not isinstance(last, int) or last >= len(node):
+            raise ConfigError(f"--set {text!r}: no such list entry (the list has {len(node)})")
+        node[last] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"--set {text!r}: cannot set a key inside {_show(node)}")
+
+
+def _absolute_from_cwd(parts: list[str | int], value: Any) -> Any:
+    """Paths typed on the command line are relative to the current directory."""
+    key = tuple(parts)
+
+    def fix(v):
+        return _resolve_path(v, Path.cwd()) if isinstance(v, str) else v
+
+    if key in PATH_KEYS:
+        return fix(value)
+    if len(parts) == 2 and parts[0] == "sweep" and isinstance(parts[1], str):
+        sub = tuple(parts[1].split("."))
+        if sub in PATH_KEYS and isinstance(value, list):
+            return [fix(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, sweeps and tasks
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One unit of work: a resolved config and the folder its outputs go to.
+
+    Attributes:
+        index: 0-based task number (the Slurm array index).
+        count: number of tasks in the sweep.
+        config: the resolved config dict (``output.directory`` is the task's folder).
+        directory: the task's output folder.
+        sweep_values: the swept key paths and this task's values (empty without a sweep).
+    """
+
+    index: int
+    count: int
+    config: dict
+    directory: Path
+    sweep_values: dict
+
+    @property
+    def result_path(self) -> Path:
+        return self.directory / "sensitivity.h5"
+
+    @property
+    def label(self) -> str:
+        if not self.sweep_values:
+            return f"task {self.index}"
+        values = ", ".join(f"{k}={_show_short(v)}" for k, v in self.sweep_values.items())
+        return f"task {self.index} ({values})"
+
+
+def _show_short(value: Any) -> str:
+    if isinstance(value, str) and os.sep in value:
+        return os.path.basename(value)
+    return _show(value).strip("'")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedConfig:
+    """A config file, resolved and expanded.
+
+    Attributes:
+        path: the config file.
+        text: its text (saved as provenance beside the results).
+        base: the resolved config of the first task with the top-level ``output.directory``
+            and the ``slurm`` section.
+        sweep: swept key path -> list of resolved values (empty without a sweep).
+        tasks: the tasks, in order.
+        overrides: the ``--set`` texts applied.
+    """
+
+    path: Path
+    text: str
+    base: dict
+    sweep: dict
+    tasks: list[Task]
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def output_directory(self) -> Path:
+        return Path(self.base["output"]["directory"])
+
+    def task(self, index: int) -> Task:
+        if not 0 <= index < len(self.tasks):
+            last = len(self.tasks) - 1
+            raise ConfigError(
+                f"--task-index {index}: this config has {len(self.tasks)} task(s); "
+                f"use 0..{last}"
+            )
+        return self.tasks[index]
+
+
+def task_directory_name(index: int, count: int) -> str:
+    width = max(4, len(str(max(count - 1, 0))))
+    return f"task-{index:0{width}d}"
+
+
+def _get(raw: Mapping, dotted: str) -> Any:
+    node: Any = raw
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _set(raw: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value
+
+
+def _check_sweep(sweep: Any, label: str) -> tuple[dict, list[str]]:
+    if sweep is None:
+        return {}, []
+    if not isinstance(sweep, Mapping):
+        return {}, [
+            f"sweep = {_show(sweep)}: must map dotted key paths to lists of values, "
+            "e.g. {system.path: [a.h5, b.h5]}"
+        ]
+    errors = []
+    out = {}
+    for key, values in sweep.items():
+        if not isinstance(key, str) or key not in SWEEPABLE:
+            hint = difflib.get_close_matches(str(key), SWEEPABLE, n=1)
+            suggestion = f"did you mean '{hint[0]}'? " if hint else ""
+            errors.append(
+                f"sweep key '{key}' is not a config key a sweep can vary: {suggestion}"
+                "use a dotted path such as system.path, potential.alpha or seed"
+            )
+            continue
+        if not isinstance(values, list) or not values:
+            errors.append(
+                f"sweep.{key} = {_show(values)}: must be a non-empty list of values, "
+                f"e.g. [{_show(_get(_example_values(), key) or 1)}, ...]"
+            )
+            continue
+        out[key] = values
+    count = math.prod(len(v) for v in out.values()) if out else 1
+    if count > MAX_TASKS:
+        errors.append(f"sweep: {count} tasks is more than the {MAX_TASKS} allowed; split the sweep")
+    return out, errors
+
+
+def _example_values() -> dict:
+    return {s: {k: f.default for k, f in fields.items()} for s, fields in SCHEMA.items()}
+
+
+def load_config(
+    path: str | os.PathLike,
+    overrides: Sequence[str] = (),
+    *,
+    output: str | os.PathLike | None = None,
+    check_files: bool = True,
+) -> LoadedConfig:
+    """Read, override, validate and expand a config file.
+
+    Args:
+        path: the YAML file.
+        overrides: ``key.path=value`` texts (``--set``), applied in order before validation.
+        output: replaces ``output.directory`` (relative to the current directory).
+        check_files: check that every input file exists.
+
+    Raises:
+        ConfigError: with one line per mistake, each naming the file, key path, value and what
+            is allowed.
+    """
+    path = Path(path)
+    label = str(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{label}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{label}: is a folder, not a config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{label}: cannot read the config file ({exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{label}:{where} not valid YAML ({problem})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"{label}: the config must be a mapping of sections "
+            f"({', '.join(TOP_LEVEL)}), not {type(raw).__name__}"
+        )
+    raw = copy.deepcopy(raw)
+    base_dir = path.resolve().parent
+
+    for override in overrides:
+        parts, value = parse_override(override)
+        _apply_override(raw, parts, _absolute_from_cwd(parts, value), override)
+    if output is not None:
+        raw.setdefault("output", {})
+        if not isinstance(raw["output"], dict):
+            raw["output"] = {}
+        raw["output"]["directory"] = _resolve_path(os.fspath(output), Path.cwd())
+
+    sweep, errors = _check_sweep(raw.pop("sweep", None), label)
+    if errors:
+        raise ConfigError([f"{label}: {e}" for e in errors])
+
+    keys = list(sweep)
+    combos = list(itertools.product(*(range(len(sweep[k])) for k in keys))) if keys else [()]
+    count = len(combos)
+    tasks: list[Task] = []
+    seen: list[str] = []
+    first_resolved: dict | None = None
+    resolved_sweep: dict[str, list] = {k: [None] * len(sweep[k]) for k in keys}
+    for index, combo in enumerate(combos):
+        raw_task = copy.deepcopy(raw)
+        for key, which in zip(keys, combo):
+            _set(raw_task, key, copy.deepcopy(sweep[key][which]))
+        resolved, task_errors = resolve_config(raw_task, base_dir, check_files=check_files)
+        for error in task_errors:
+            error = _attribute_to_sweep(error, keys, combo)
+            if error not in seen:
+                seen.append(error)
+        if task_errors:
+            continue
+        if first_resolved is None:
+            first_resolved = copy.deepcopy(resolved)
+        values = {}
+        for key, which in zip(keys, combo):
+            value = _get(resolved, key) if key != "parameters" else resolved["parameters"]
+            resolved_sweep[key][which] = value
+            values[key] = value
+        top = Path(resolved["output"]["directory"])
+        directory = top / task_directory_name(index, count) if keys else top
+        resolved["output"]["directory"] = str(directory)
+        tasks.append(Task(index, count, resolved, directory, values))
+    if seen:
+        raise ConfigError([f"{label}: {e}" for e in seen])
+    assert first_resolved is not None
+    return LoadedConfig(path, text, first_resolved, resolved_sweep, tasks, tuple(overrides))
+
+
+def _attribute_to_sweep(error: str, keys: list[str], combo: tuple) -> str:
+    """Rewrite ``system.path = ...: msg`` as ``sweep.system.path[1] = ...: msg`` for swept keys."""
+    for key, which in zip(keys, combo):
+        if error.startswith(key + " ") or error.startswith(key + "[") or error.startswith(key + "."):
+            return f"sweep.{key}[{which}]" + error[len(key) :]
+    return error
+
+
+def dump_yaml(data: Any) -> str:
+    """YAML in block style, keys in schema order."""
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=100)
+

@@ -1,0 +1,826 @@
+"""The ``sensitivity`` command: relax packings, differentiate them, batch sweeps on Slurm.
+
+A thin click layer over :mod:`systems`: each command turns its arguments into library calls and
+renders the result. Nothing heavy is imported at module level (no jax, jax-md, matplotlib or
+``systems`` physics), so ``sensitivity --help`` is instant; commands import what they need.
+
+Exit codes: 0 success; 1 a numerical failure (a relaxation or linear solve that did not
+converge, a failed audit); 2 a usage or input mistake (one line naming the fix; ``--debug``
+shows the traceback); 143 / 130 when stopped by SIGTERM / Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .config import EXAMPLE_CONFIG, ConfigError, LoadedConfig, Task, dump_yaml, load_config
+
+EXIT_OK, EXIT_NUMERICAL, EXIT_USAGE = 0, 1, 2
+EXIT_SIGTERM, EXIT_SIGINT = 128 + signal.SIGTERM, 128 + signal.SIGINT
+RESULT_NAME = "sensitivity.h5"
+MANIFEST_NAME = "sweep.json"
+
+EPILOG = f"""\b
+Quick start:
+  sensitivity generate --n 256 --dim 2 --phi 0.9 --seed 0 -o packing.h5
+  sensitivity run config.yaml          # writes out/sensitivity.h5 and plots
+  sensitivity inspect out/sensitivity.h5
+
+\b
+Example config (paths are relative to the config file's folder):
+{EXAMPLE_CONFIG}
+\b
+Batch: a sweep expands into numbered tasks (out/task-0000, ...); `run` without
+--task-index runs them in turn, with it (or with SLURM_ARRAY_TASK_ID set) one;
+finished tasks are skipped, so rerunning resumes. `submit` writes and sbatch-es
+an array job, one element per unfinished task.
+
+\b
+Environment:
+  SENSITIVITY_CACHE_DIR       JAX compilation cache (default
+                              $XDG_CACHE_HOME/sensitivity/jax or ~/.cache/...;
+                              'off' disables; JAX_COMPILATION_CACHE_DIR also works)
+  JAX_PLATFORMS=cpu           force the CPU even where a GPU is visible
+  XLA_PYTHON_CLIENT_PREALLOCATE=false
+                              on a shared GPU: do not reserve 75% of its memory
+                              (submit's scripts set it)
+
+\b
+GPU: pip install 'sensitivity[cuda]' (jax[cuda12]); the same commands then run
+on the GPU. Exit codes: 0 ok, 1 not converged, 2 usage or input error.
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared state, options and error handling
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class State:
+    verbose: int = 0
+    quiet: bool = False
+    debug: bool = False
+    cache_dir: str | None = None
+    no_cache: bool = False
+
+    def reporter(self):
+        from ._report import Reporter
+
+        return Reporter("quiet" if self.quiet else None, self.verbose)
+
+
+def _state(ctx: click.Context | None = None) -> State:
+    ctx = ctx or click.get_current_context()
+    return ctx.find_root().ensure_object(State)
+
+
+def _store(name: str):
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        state = _state(ctx)
+        if name == "verbose":
+            state.verbose += value or 0
+        elif value not in (None, False):
+            setattr(state, name, value)
+        return value
+
+    return callback
+
+
+def common_options(function):
+    """-v/-q/--debug, accepted before or after the command name."""
+    function = click.option(
+        "--debug", is_flag=True, expose_value=False, callback=_store("debug"),
+        help="Show full tracebacks.",
+    )(function)
+    function = click.option(
+        "-q", "--quiet", is_flag=True, expose_value=False, callback=_store("quiet"),
+        help="Print nothing but errors.",
+    )(function)
+    function = click.option(
+        "-v", "--verbose", count=True, expose_value=False, callback=_store("verbose"),
+        help="More detail (every progress event).",
+    )(function)
+    return function
+
+
+def cache_options(function):
+    function = click.option(
+        "--no-cache", is_flag=True, expose_value=False, callback=_store("no_cache"),
+        help="Do not use the persistent JAX compilation cache.",
+    )(function)
+    function = click.option(
+        "--cache-dir", type=click.Path(file_okay=False), envvar="SENSITIVITY_CACHE_DIR",
+        expose_value=False, callback=_store("cache_dir"),
+        help="JAX compilation cache folder [env SENSITIVITY_CACHE_DIR; default "
+        "~/.cache/sensitivity/jax].",
+    )(function)
+    return function
+
+
+def config_options(function):
+    """CONFIG, --set and --output, shared by run, validate, check and submit."""
+    function = click.option(
+        "-o", "--output", type=click.Path(file_okay=False), default=None,
+        help="Output folder (replaces output.directory; relative to the current folder).",
+    )(function)
+    function = click.option(
+        "--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+        help="Override a config value (a YAML scalar or [list]); repeatable. "
+        "E.g. --set minimizer.ftol=1e-13 --set sweep.seed=[0,1,2].",
+    )(function)
+    function = click.argument("config", type=click.Path(dir_okay=False))(function)
+    return function
+
+
+class UserError(click.ClickException):
+    """A usage or input mistake: one line per mistake, exit code 2."""
+
+    exit_code = EXIT_USAGE
+
+    def show(self, file=None) -> None:
+        file = file or sys.stderr
+        for line in self.message.splitlines() or [""]:
+            click.echo(f"error: {line}", file=file)
+
+
+class NumericalFailure(click.ClickException):
+    """A numerical failure (not converged): exit code 1."""
+
+    exit_code = EXIT_NUMERICAL
+
+    def show(self, file=None) -> None:
+        file = file or sys.stderr
+        for line in self.message.splitlines() or [""]:
+            click.echo(f"error: {line}", file=file)
+
+
+def _input_error_types() -> tuple[type, ...]:
+    types: list[type] = [ConfigError]
+    if "systems._errors" in sys.modules:  # only then can systems have raised one
+        types.append(sys.modules["systems._errors"].InputError)
+    from .slurm import SlurmError
+
+    types.append(SlurmError)
+    return tuple(types)
+
+
+def _convergence_error_types() -> tuple[type, ...]:
+    types: list[type] = []
+    if "systems._errors" in sys.modules:
+        types.append(sys.modules["systems._errors"].ConvergenceError)
+    if "sensitivity" in sys.modules:
+        error = getattr(sys.modules["sensitivity"], "LinearSolveError", None)
+        if isinstance(error, type):
+            types.append(error)
+    return tuple(types)
+
+
+def translate_error(error: BaseException) -> click.ClickException | None:
+    """The CLI form of an exception from a command (None: not ours to translate)."""
+    if isinstance(error, click.ClickException):
+        return error
+    if isinstance(error, _input_error_types()):
+        return UserError(str(error))
+    convergence = _convergence_error_types()
+    if convergence and isinstance(error, convergence):
+        return NumericalFailure(" ".join(str(error).split()))
+    return None
+
+
+class SensitivityGroup(click.Group):
+    """Turns library errors into one-line messages and exit codes (unless --debug)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as error:
+            if _state(ctx).debug:
+                raise
+            translated = translate_error(error)
+            if translated is not None:
+                raise translated from None
+            message = " ".join(str(error).split()) or type(error).__name__
+            raise NumericalFailure(
+                f"unexpected {type(error).__name__}: {message} (rerun with --debug for the "
+                "traceback, and report it)"
+            ) from None
+
+
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib import metadata
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    own = version("sensitivity")
+    if own == "not installed":
+        try:
+            text = (Path(__file__).resolve().parents[1] / "sensitivity" / "__init__.py").read_text()
+            own = text.split('__version__ = "', 1)[1].split('"', 1)[0]
+        except (OSError, IndexError):
+            own = "unknown"
+    others = ", ".join(f"{name} {version(name)}" for name in ("jax", "jaxlib", "jax-md"))
+    click.echo(f"sensitivity {own} ({others}; python {sys.version.split()[0]})")
+    ctx.exit()
+
+
+@click.group(
+    cls=SensitivityGroup,
+    epilog=EPILOG,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.option(
+    "--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+    help="Show the versions of sensitivity, jax and jax-md, and exit.",
+)
+@common_options
+def main() -> None:
+    """Sensitivity of particle packings: relax a packing to its energy minimum x*, then
+    compute dx*/dtheta for chosen parameters theta (diameters, energy scale, box) by implicit
+    differentiation, for single runs, sweeps and Slurm job arrays."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers shared by the commands
+# ---------------------------------------------------------------------------------------------
+
+
+def _load(config: str, overrides: Sequence[str], output: str | None, *, check_files=True) -> LoadedConfig:
+    return load_config(config, overrides, output=output, check_files=check_files)
+
+
+def _selected_index(task_index: int | None) -> int | None:
+    if task_index is not None:
+        return task_index
+    env = os.environ.get("SLURM_ARRAY_TASK_ID")
+    if env is None or env == "":
+        return None
+    try:
+        return int(env)
+    except ValueError:
+        raise UserError(
+            f"SLURM_ARRAY_TASK_ID = {env!r} is not a task number; pass --task-index N"
+        ) from None
+
+
+def _select_tasks(loaded: LoadedConfig, task_index: int | None) -> list[Task]:
+    index = _selected_index(task_index)
+    if index is None:
+        return list(loaded.tasks)
+    return [loaded.task(index)]
+
+
+def cache_directory(state: State) -> Path | None:
+    """Where JAX's persistent compilation cache lives (None: off)."""
+    if state.no_cache:
+        return None
+    if state.cache_dir is not None:
+        if state.cache_dir.strip().lower() in ("", "off", "none", "0", "false"):
+            return None
+        return Path(state.cache_dir).expanduser()
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return Path(os.environ["JAX_COMPILATION_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sensitivity" / "jax"
+
+
+def setup_jax(state: State, reporter=None) -> None:
+    """Import jax (64-bit) and turn the persistent compilation cache on."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    directory = cache_directory(state)
+    if directory is None:
+        return
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        if reporter is not None:
+            reporter.warning(f"compilation cache off: cannot create {directory} ({error})")
+        return
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    # Cache every compilation: on small packings each one takes well under JAX's 1 s default.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    with contextlib.suppress(AttributeError, KeyError, ValueError):
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    if reporter is not None:
+        reporter.detail(f"JAX compilation cache: {directory}")
+
+
+def result_is_complete(path: Path) -> bool:
+    """A result file that was renamed into place and reads as a sensitivity result."""
+    if not path.is_file():
+        return False
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as handle:
+            group = handle.get("/sensitivity")
+            return group is not None and group.attrs.get("format") in (
+                "sensitivity-result",
+                b"sensitivity-result",
+            )
+    except Exception:
+        return False
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_manifest(loaded: LoadedConfig) -> Path | None:
+    """``<output.directory>/sweep.json``: the tasks of a sweep, for ``collect``."""
+    if not loaded.sweep:
+        return None
+    top = loaded.output_directory
+    manifest = {
+        "format": "sensitivity-sweep",
+        "config": str(loaded.path.resolve()),
+        "overrides": list(loaded.overrides),
+        "keys": list(loaded.sweep),
+        "count": len(loaded.tasks),
+        "tasks": [
+            {
+                "index": task.index,
+                "directory": os.path.relpath(task.directory, top),
+                "values": task.sweep_values,
+            }
+            for task in loaded.tasks
+        ],
+    }
+    path = top / MANIFEST_NAME
+    _atomic_write_text(path, json.dumps(manifest, indent=1, default=str) + "\n")
+    return path
+
+
+class Terminated(BaseException):
+    """Raised in the main thread by SIGTERM (Slurm's time limit) to stop a task cleanly."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` (a BaseException, so cleanup handlers run)."""
+
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _remove_partial_files(directory: Path) -> None:
+    """Temporary files a killed writer may have left (``.sensitivity.h5.XXXX.tmp``)."""
+    if not directory.is_dir():
+        return
+    for leftover in directory.glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+
+
+def _summary_fields(summary: Any) -> dict:
+    if summary is None:
+        return {}
+    if isinstance(summary, dict):
+        return summary
+    if dataclasses.is_dataclass(summary):
+        return {f.name: getattr(summary, f.name) for f in dataclasses.fields(summary)}
+    return dict(getattr(summary, "__dict__", {}))
+
+
+def _stats_from_result(path: Path, *, title: str | None = None) -> tuple[str, bool]:
+    """The stats block of a result file, and whether everything converged."""
+    from systems.io import read_result
+
+    from ._report import stats_block
+
+    result = read_result(path)
+    responses = {name: dict(r.get("attrs", {})) for name, r in result.responses.items()}
+    rattlers = int(sum(bool(r) for r in result.rattlers))
+    text = stats_block(
+        result.relaxation,
+        responses,
+        result.timings,
+        rattlers=rattlers,
+        n=result.system.n,
+        result_path=str(path),
+        title=title,
+    )
+    return text, bool(result.converged)
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------
+
+
+@main.command(short_help="Relax and differentiate the packing(s) of a config.")
+@config_options
+@click.option(
+    "--task-index", type=click.IntRange(min=0), default=None,
+    help="Run only this task of the sweep [default: $SLURM_ARRAY_TASK_ID; unset: every task].",
+)
+@click.option("--overwrite", is_flag=True, help="Recompute tasks whose result already exists.")
+@cache_options
+@common_options
+def run(config: str, overrides: tuple[str, ...], output: str | None, task_index: int | None,
+        overwrite: bool) -> None:
+    """Relax the packing(s) of CONFIG and compute their sensitivities.
+
+    Writes OUTPUT/sensitivity.h5 (the relaxed packing, dx*/dtheta for every theta, rattlers,
+    the resolved config and provenance), OUTPUT/config.yaml and plots. A sweep writes one
+    folder per task (OUTPUT/task-0000, ...) and OUTPUT/sweep.json.
+    """
+    state = _state()
+    reporter = state.reporter()
+    loaded = _load(config, overrides, output)
+    tasks = _select_tasks(loaded, task_index)
+    write_manifest(loaded)
+
+    todo = []
+    for task in tasks:
+        if not overwrite and result_is_complete(task.result_path):
+            reporter.info(f"{task.label}: skipped, complete result exists ({task.result_path})")
+        else:
+            todo.append(task)
+    if not todo:
+        reporter.info(f"nothing to do: all {len(tasks)} task(s) complete (--overwrite recomputes)")
+        return
+
+    started = time.perf_counter()
+    setup_jax(state, reporter)
+    import systems  # noqa: F401  (turns on x64 before jax-md loads)
+    from systems.pipeline import run_task
+
+    failures: dict[int, tuple[int, str]] = {}
+    single = len(todo) == 1 and len(loaded.tasks) == 1
+    try:
+        with stop_on_sigterm():
+            for task in todo:
+                code, message = _run_one(task, loaded, run_task, reporter, state, single)
+                if code != EXIT_OK:
+                    failures[task.index] = (code, message)
+    except (Terminated, KeyboardInterrupt) as stop:
+        signum = getattr(stop, "signum", signal.SIGINT)
+        name = signal.Signals(signum).name
+        reporter.warning(
+            f"stopped by {name}: the running task wrote no result; rerun the same command to "
+            "resume (finished tasks are skipped)"
+        )
+        sys.exit(128 + signum)
+    elapsed = time.perf_counter() - started
+    done = len(todo) - len(failures)
+    if len(todo) > 1:
+        per_task = elapsed / len(todo)
+        reporter.info(f"{done} of {len(todo)} task(s) done in {elapsed:.1f} s ({per_task:.2f} s per task)")
+    if failures:
+        code = max(c for c, _ in failures.values())
+        if single:
+            message = next(iter(failures.values()))[1]
+            raise (UserError if code == EXIT_USAGE else NumericalFailure)(message)
+        lines = [f"task {i}: {m}" for i, (c, m) in sorted(failures.items())]
+        raise (UserError if code == EXIT_USAGE else NumericalFailure)(
+            f"{len(failures)} of {len(todo)} task(s) failed:\n" + "\n".join(lines)
+        )
+
+
+def _run_one(task: Task, loaded: LoadedConfig, run_task, reporter, state: State, single: bool):
+    """Run one task; returns (exit code, message) and never raises for a task's own failure."""
+    from systems._errors import ConvergenceError, InputError
+
+    directory = task.directory
+    directory.mkdir(parents=True, exist_ok=True)
+    _remove_partial_files(directory)
+    _atomic_write_text(directory / "config.yaml", dump_yaml(task.config))
+    label = task.label if len(loaded.tasks) > 1 else Path(loaded.path).name
+    ftol = task.config["minimizer"]["ftol"]
+    try:
+        with reporter.task(label, ftol=ftol):
+            reporter.info(f"start: {task.config['system']['path']} -> {directory}")
+            summary = run_task(
+                task.config, directory, progress=reporter.progress, config_text=loaded.text
+            )
+    except InputError as error:
+        if state.debug:
+            raise
+        return EXIT_USAGE, str(error)
+    except ConvergenceError as error:
+        if state.debug:
+            raise
+        return EXIT_NUMERICAL, " ".join(str(error).split())
+    fields = _summary_fields(summary)
+    result_path = Path(fields.get("result_path") or fields.get("path") or task.result_path)
+    converged = fields.get("converged")
+    if result_path.is_file():
+        text, file_converged = _stats_from_result(result_path, title=None)
+        converged = file_converged if converged is None else converged
+        if not state.quiet:
+            if len(loaded.tasks) > 1:
+                click.echo(f"--- {task.label}")
+            click.echo(text)
+    if converged is False:
+        message = fields.get("message") or "did not converge (see the stats above)"
+        return EXIT_NUMERICAL, " ".join(str(message).split())
+    return EXIT_OK, ""
+
+
+@main.command(short_help="Check a config; print the resolved configuration.")
+@config_options
+@click.option("--task-index", type=click.IntRange(min=0), default=None,
+              help="Print this task's resolved config.")
+@click.option("--no-file-check", is_flag=True, help="Do not check that input files exist.")
+@common_options
+def validate(config: str, overrides: tuple[str, ...], output: str | None, task_index: int | None,
+             no_file_check: bool) -> None:
+    """Check CONFIG without running it; print the resolved configuration.
+
+    Every key is checked (unknown keys, types, ranges, choices, input files); a sweep is
+    expanded and its tasks listed.
+    """
+    state = _state()
+    loaded = _load(config, overrides, output, check_files=not no_file_check)
+    if task_index is not None:
+        task = loaded.task(task_index)
+        if not state.quiet:
+            click.echo(f"# task {task.index} of {task.count}: {task.directory}")
+            click.echo(dump_yaml(task.config), nl=False)
+        return
+    if state.quiet:
+        return
+    if not loaded.sweep:
+        click.echo(dump_yaml(loaded.tasks[0].config), nl=False)
+    else:
+        base = dict(loaded.base)
+        click.echo("# resolved config of task 0; the sweep varies the keys listed below")
+        click.echo(dump_yaml(base), nl=False)
+        click.echo(f"sweep:  # {len(loaded.tasks)} tasks")
+        for task in loaded.tasks:
+            values = ", ".join(f"{k}: {json.dumps(v, default=str)}" for k, v in task.sweep_values.items())
+            click.echo(f"  # {task.directory.name}: {values}")
+    click.echo(f"config OK: {len(loaded.tasks)} task(s), output in {loaded.output_directory}", err=True)
+
+
+@main.command(short_help="Write a random bidisperse packing (H5MD).")
+@click.option("--n", "n", type=click.IntRange(min=2), required=True, help="Number of particles.")
+@click.option("--dim", type=click.Choice(["2", "3"]), default="2", show_default=True,
+              help="2: disks, 3: spheres.")
+@click.option("--phi", type=click.FloatRange(min=0, max=2, min_open=True), default=0.9,
+              show_default=True, help="Packing fraction.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--size-ratio", type=click.FloatRange(min=0, min_open=True), default=1.4,
+              show_default=True, help="Large over small diameter (50:50 mixture).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
+              help="The H5MD file to write.")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@common_options
+def generate(n: int, dim: str, phi: float, seed: int, size_ratio: float, output: str,
+             force: bool) -> None:
+    """Write a random bidisperse packing (H5MD) to start from.
+
+    Half the particles are small (species 0, diameter 1), half large (species 1, diameter
+    SIZE_RATIO), uniform at random in a periodic box sized for packing fraction PHI. They
+    overlap: `sensitivity run` relaxes them.
+    """
+    state = _state()
+    path = Path(output)
+    if path.exists() and not force:
+        raise UserError(f"{path} exists; pass --force to overwrite it or choose another -o")
+    from systems.generate import random_packing
+    from systems.io import write_packing
+
+    system = random_packing(n, dim=int(dim), phi=phi, seed=seed, size_ratio=size_ratio)
+    write_packing(path, system)
+    if not state.quiet:
+        click.echo(
+            f"wrote {path}: {n} {'disks' if dim == '2' else 'spheres'}, phi {phi:g}, seed {seed}, "
+            f"box {' x '.join(f'{edge:.6g}' for edge in system.box)}"
+        )
+
+
+@main.command(short_help="Summarize a result file.")
+@click.argument("result", type=click.Path(dir_okay=False))
+@click.option("--top", type=click.IntRange(min=0), default=5, show_default=True,
+              help="How many of the largest responses to list per theta.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@common_options
+def inspect(result: str, top: int, as_json: bool) -> None:
+    """Summarize a result file: system, thetas, convergence, residuals, zero modes and the
+    largest responses."""
+    from ._inspect import summarize, render_summary
+
+    summary = summarize(result, top=top)
+    if as_json:
+        click.echo(json.dumps(summary, indent=1, default=str))
+    else:
+        click.echo(render_summary(summary))
+
+
+@main.command(short_help="Redraw the figures of a result file.")
+@click.argument("result", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
+              help="Folder for the figures [default: plots/ beside RESULT].")
+@common_options
+def plot(result: str, output: str | None) -> None:
+    """Redraw the figures of a result file: the response field dx*/dtheta as arrows on the
+    packing, and the histogram of |dx*/dtheta| per particle, for every theta."""
+    state = _state()
+    from systems.io import read_result
+    from systems.plots import plot_result
+
+    loaded = read_result(result)
+    directory = Path(output) if output else Path(result).resolve().parent / "plots"
+    paths = plot_result(loaded, directory)
+    if not state.quiet:
+        for path in paths:
+            click.echo(str(path))
+
+
+@main.command(short_help="Finite-difference audit of the derivatives.")
+@config_options
+@click.option("--task-index", type=click.IntRange(min=0), default=None,
+              help="Audit only this task [default: $SLURM_ARRAY_TASK_ID; unset: every task].")
+@click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Largest relative error accepted [default: the audit's own].")
+@cache_options
+@common_options
+def check(config: str, overrides: tuple[str, ...], output: str | None, task_index: int | None,
+          tolerance: float | None) -> None:
+    """Audit the implicit derivatives of CONFIG against finite differences.
+
+    Re-minimizes at theta +/- h (sensitivity.fd_step) from x* and compares the central
+    difference with dx*/dtheta on the non-rattlers, after the same gauge fixing. Exit code 1
+    when they disagree.
+    """
+    state = _state()
+    reporter = state.reporter()
+    loaded = _load(config, overrides, output)
+    tasks = _select_tasks(loaded, task_index)
+    setup_jax(state, reporter)
+    import systems  # noqa: F401
+    from systems.pipeline import audit_task
+
+    from ._inspect import render_audit
+
+    failed = []
+    with stop_on_sigterm():
+        for task in tasks:
+            label = task.label if len(loaded.tasks) > 1 else Path(loaded.path).name
+            with reporter.task(label, ftol=task.config["minimizer"]["ftol"]):
+                audit = audit_task(task.config, progress=reporter.progress)
+            text, ok = render_audit(audit, tolerance=tolerance)
+            if not state.quiet:
+                if len(loaded.tasks) > 1:
+                    click.echo(f"--- {task.label}")
+                click.echo(text)
+            if not ok:
+                failed.append(task.index)
+    if failed:
+        which = ", ".join(str(i) for i in failed)
+        raise NumericalFailure(
+            f"finite-difference audit failed for task(s) {which}: the implicit derivative and "
+            "the finite difference disagree (see the table); tighten minimizer.ftol and "
+            "sensitivity.tol, or try another sensitivity.fd_step"
+        )
+
+
+@main.command(short_help="Gather a sweep's results into CSV + HDF5.")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
+              help="Summary path: writes SUMMARY.csv and SUMMARY.h5 (a .csv/.h5 suffix is "
+              "replaced).")
+@common_options
+def collect(directory: str, output: str) -> None:
+    """Gather the results under DIRECTORY (a sweep's output folder) into one CSV table and one
+    HDF5 file with every task's relaxed packing and dx*/dtheta."""
+    state = _state()
+    from ._collect import collect_results
+
+    reporter = state.reporter()
+    csv_path, h5_path, table = collect_results(Path(directory), Path(output), reporter)
+    if not state.quiet:
+        missing = sum(1 for row in table if row["status"] == "missing")
+        click.echo(f"wrote {csv_path} and {h5_path}: {len(table)} task(s)"
+                   + (f", {missing} without a result" if missing else ""))
+
+
+@main.command(short_help="Submit a sweep as a Slurm job array.")
+@config_options
+@click.option("--dry-run", is_flag=True, help="Write and print the script; do not submit.")
+@click.option("--all", "all_tasks", is_flag=True,
+              help="Put every task in the array, also those with a complete result.")
+@click.option("--script", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the sbatch script [default: OUTPUT/submit.sbatch].")
+@click.option("--partition", default=None, help="Slurm partition (slurm.partition).")
+@click.option("--time", "time_limit", default=None, help="Time limit per task (slurm.time).")
+@click.option("--mem", default=None, help="Memory per task (slurm.mem).")
+@click.option("--cpus-per-task", type=click.IntRange(min=1), default=None,
+              help="CPUs per task (slurm.cpus_per_task).")
+@click.option("--gpus", type=click.IntRange(min=0), default=None,
+              help="GPUs per task (slurm.gpus).")
+@click.option("--max-parallel", type=click.IntRange(min=1), default=None,
+              help="At most this many tasks at once (slurm.max_parallel).")
+@cache_options
+@common_options
+def submit(config: str, overrides: tuple[str, ...], output: str | None, dry_run: bool,
+           all_tasks: bool, script: str | None, partition, time_limit, mem, cpus_per_task, gpus,
+           max_parallel) -> None:
+    """Submit the tasks of CONFIG as a Slurm job array (sbatch --array).
+
+    Resources come from the config's slurm section, overridden by the options. Tasks whose
+    complete result exists are left out (resubmitting resumes a sweep).
+    """
+    from .slurm import render_script, submit_script
+
+    state = _state()
+    options = {
+        "partition": partition, "time": time_limit, "mem": mem, "cpus_per_task": cpus_per_task,
+        "gpus": gpus, "max_parallel": max_parallel,
+    }
+    overrides = tuple(overrides) + tuple(
+        f"slurm.{key}={json.dumps(value)}" for key, value in options.items() if value is not None
+    )
+    loaded = _load(config, overrides, output)
+    top = loaded.output_directory
+    if all_tasks:
+        indices = [task.index for task in loaded.tasks]
+    else:
+        indices = [t.index for t in loaded.tasks if not result_is_complete(t.result_path)]
+    if not indices:
+        if not state.quiet:
+            click.echo(f"nothing to submit: all {len(loaded.tasks)} task(s) have a complete result "
+                       "(--all resubmits them)")
+        return
+    run_arguments: list[str] = []
+    for override in overrides:
+        run_arguments += ["--set", override]
+    run_arguments += ["--output", str(top)]
+    if state.quiet:
+        run_arguments.append("-q")
+    if state.verbose:
+        run_arguments.append("-" + "v" * state.verbose)
+    environment = {}
+    cache = cache_directory(state)
+    environment["SENSITIVITY_CACHE_DIR"] = str(cache) if cache is not None else "off"
+    text = render_script(
+        config_path=loaded.path,
+        indices=indices,
+        slurm=loaded.base["slurm"],
+        log_directory=top / "logs",
+        workdir=Path.cwd(),
+        run_arguments=run_arguments,
+        environment=environment,
+        task_count=len(loaded.tasks),
+    )
+    script_path = Path(script) if script else top / "submit.sbatch"
+    _atomic_write_text(script_path, text)
+    (top / "logs").mkdir(parents=True, exist_ok=True)
+    write_manifest(loaded)
+    if dry_run:
+        if not state.quiet:
+            click.echo(text, nl=False)
+        click.echo(f"wrote {script_path} ({len(indices)} task(s)); not submitted (--dry-run)",
+                   err=True)
+        return
+    job_id = submit_script(script_path)
+    if state.quiet:
+        click.echo(job_id)
+    else:
+        click.echo(f"submitted job {job_id}: {len(indices)} task(s) of {len(loaded.tasks)}, "
+                   f"script {script_path}, logs {top / 'logs'}")
+        click.echo(f"when done: sensitivity collect {top} -o {top / 'summary'}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
