@@ -125,6 +125,7 @@ def record_solves():
     try:
         yield reports
     finally:
+        jax.effects_barrier()  # callbacks run asynchronously: wait for those still pending
         stack.remove(reports)
 
 
