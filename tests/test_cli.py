@@ -1,0 +1,310 @@
+"""The ``sensitivity`` command line, driven through click's CliRunner in isolated folders.
+
+Commands that only read or write files (generate, validate, inspect, plot, collect) run on
+files written here; ``run`` and ``check`` run real relaxations of tiny packings (N = 16), few
+times: one process compiles once.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli.main import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _compilation_cache(tmp_path_factory, monkeypatch):
+    """One compilation cache for the whole session, never the user's own."""
+    cache = tmp_path_factory.getbasetemp() / "jax-cache"
+    monkeypatch.setenv("SENSITIVITY_CACHE_DIR", str(cache))
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+
+
+def invoke(args, **kwargs):
+    result = CliRunner().invoke(main, [str(a) for a in args], **kwargs)
+    return result
+
+
+def fake_result(path: Path, *, n: int = 8, converged: bool = True, seed: int = 0) -> Path:
+    """A result file as `run` writes it, without running anything."""
+    from systems import random_packing, write_result
+
+    system = random_packing(n, phi=0.9, seed=seed)
+    rng = np.random.default_rng(seed)
+    dx = rng.normal(size=(n, 2))
+    rattlers = np.zeros(n, bool)
+    rattlers[1] = True
+    dx[1] = np.nan
+    write_result(
+        path,
+        system=system,
+        relaxation={"minimizer": "fire", "steps": 321, "energy": 1.5e-3, "max_force": 3e-13,
+                    "stop_reason": "ftol" if converged else "max_steps", "converged": converged,
+                    "ftol": 1e-12, "max_steps": 1000},
+        responses={"small_diameter": {"dx_dtheta": dx, "attrs": {
+            "theta": 1.0, "kind": "diameter", "solver": "cg", "iterations": 17,
+            "residual": 2.5e-11, "converged": True}}},
+        rattlers=rattlers,
+        zero_modes={"n_zero_modes": 4, "condition_number": 2.4e3},
+        parameters={"config": {"system": {"path": "in.h5"}, "potential": {"kind": "soft_sphere"}},
+                    "provenance": {"jax": "0.10.2", "device": "cpu"}},
+        timings={"time_relax_s": 0.12, "time_sensitivity_s": 0.03},
+    )
+    return path
+
+
+# --- help, version, and the import budget -------------------------------------------------------
+
+
+def test_help_shows_commands_and_an_example_config():
+    result = invoke(["--help"])
+    assert result.exit_code == 0
+    for command in ("run", "validate", "generate", "inspect", "plot", "check", "collect", "submit"):
+        assert f"  {command} " in result.output
+    assert "sensitivity run config.yaml" in result.output
+    assert "kind: soft_sphere" in result.output and "sweep:" in result.output
+    assert "XLA_PYTHON_CLIENT_PREALLOCATE" in result.output
+    assert "JAX_COMPILATION_CACHE_DIR" in result.output
+    assert "sensitivity[cuda]" in result.output
+
+
+@pytest.mark.parametrize("command", ["run", "validate", "generate", "inspect", "plot", "check",
+                                     "collect", "submit"])
+def test_every_command_has_help(command):
+    result = invoke([command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage: " in result.output
+
+
+def test_help_imports_no_heavy_module():
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from cli.main import main\n"
+        "r = CliRunner().invoke(main, ['--help'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "heavy = [m for m in ('jax', 'jax_md', 'matplotlib', 'systems', 'h5py', 'numpy', 'scipy')"
+        " if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"--help imported {out.stdout.strip()}"
+
+
+def test_version():
+    result = invoke(["--version"])
+    assert result.exit_code == 0
+    assert result.output.startswith("sensitivity ")
+    assert "jax " in result.output and "jax-md " in result.output
+
+
+def test_python_dash_m_cli_is_the_same_command():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-m", "cli", "--help"], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert out.returncode == 0 and "Usage: sensitivity" in out.stdout
+
+
+def test_unknown_command_and_option_are_usage_errors():
+    assert invoke(["frobnicate"]).exit_code == 2
+    assert invoke(["run", "--no-such-option"]).exit_code == 2
+
+
+# --- generate -----------------------------------------------------------------------------------
+
+
+def test_generate_writes_a_packing(tmp_path: Path):
+    from systems import read_packing
+
+    out = tmp_path / "p.h5"
+    result = invoke(["generate", "--n", 20, "--dim", 2, "--phi", 0.85, "--seed", 4, "-o", out])
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output and "20 disks" in result.output
+    system, _ = read_packing(out)
+    assert system.n == 20 and system.dim == 2 and system.periodic
+    assert system.packing_fraction == pytest.approx(0.85)
+    # Refuses to overwrite without --force.
+    again = invoke(["generate", "--n", 20, "-o", out])
+    assert again.exit_code == 2 and "--force" in again.output
+    assert invoke(["generate", "--n", 12, "--dim", 3, "-o", out, "--force", "-q"]).output == ""
+    assert read_packing(out)[0].dim == 3
+
+
+@pytest.mark.parametrize("args", [["--n", 1], ["--n", 10, "--phi", 0], ["--n", 10, "--dim", 4], []])
+def test_generate_rejects_bad_options(tmp_path: Path, args):
+    result = invoke(["generate", *args, "-o", tmp_path / "p.h5"])
+    assert result.exit_code == 2
+    assert not (tmp_path / "p.h5").exists()
+
+
+# --- validate -----------------------------------------------------------------------------------
+
+
+def write_config(folder: Path, text: str, name: str = "config.yaml") -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def test_validate_prints_the_resolved_config(tmp_path: Path):
+    import yaml
+
+    (tmp_path / "p.h5").write_bytes(b"")
+    config = write_config(tmp_path, "system: {path: p.h5}\nminimizer: {ftol: 1e-11}\n")
+    result = invoke(["validate", config])
+    assert result.exit_code == 0, result.output
+    resolved = yaml.safe_load(result.stdout)
+    assert resolved["minimizer"]["ftol"] == 1e-11
+    assert resolved["system"]["path"] == str(tmp_path / "p.h5")
+    assert "config OK: 1 task(s)" in result.stderr
+    quiet = invoke(["validate", config, "-q"])
+    assert quiet.exit_code == 0 and quiet.output == ""
+
+
+def test_validate_lists_the_tasks_of_a_sweep(tmp_path: Path):
+    (tmp_path / "p.h5").write_bytes(b"")
+    config = write_config(tmp_path, "system: {path: p.h5}\nsweep: {seed: [1, 2, 3]}\n")
+    result = invoke(["validate", config, "--set", "sweep.potential.alpha=[2, 2.5]"])
+    assert result.exit_code == 0, result.output
+    assert "# 6 tasks" in result.stdout
+    assert "task-0005: seed: 3, potential.alpha: 2.5" in result.stdout
+    one = invoke(["validate", config, "--task-index", 2])
+    assert one.exit_code == 0 and "seed: 3" in one.stdout
+    bad = invoke(["validate", config, "--task-index", 3])
+    assert bad.exit_code == 2
+    assert "error: --task-index 3: this config has 3 task(s); use 0..2" in bad.output
+
+
+def test_config_mistakes_are_one_line_each_and_exit_2(tmp_path: Path):
+    (tmp_path / "p.h5").write_bytes(b"")
+    config = write_config(tmp_path, "system: {path: p.h5}\nminimizer: {ftol: -1, kindd: fire}\n")
+    for command in ("validate", "run", "check", "submit"):
+        result = invoke([command, config])
+        assert result.exit_code == 2, (command, result.output)
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 2, result.output
+        assert all(line.startswith(f"error: {config}: ") for line in lines)
+        assert "did you mean 'minimizer.kind'?" in lines[0]
+        assert "minimizer.ftol = -1: must be a number >= 0" in lines[1]
+        assert "Traceback" not in result.output
+
+
+def test_debug_shows_the_traceback(tmp_path: Path):
+    config = write_config(tmp_path, "system: {path: missing.h5}\n")
+    result = invoke(["--debug", "validate", config])
+    assert result.exit_code != 0
+    assert result.exception is not None  # raised, not turned into a one-line message
+    assert "no such file" in str(result.exception)
+
+
+def test_missing_config_file(tmp_path: Path):
+    result = invoke(["validate", tmp_path / "none.yaml"])
+    assert result.exit_code == 2
+    assert "no such config file" in result.output
+
+
+def test_bad_set_is_a_usage_error(tmp_path: Path):
+    (tmp_path / "p.h5").write_bytes(b"")
+    config = write_config(tmp_path, "system: {path: p.h5}\n")
+    result = invoke(["validate", config, "--set", "minimizer.ftol"])
+    assert result.exit_code == 2
+    assert "expected key.path=value" in result.output
+
+
+def test_bad_slurm_array_task_id(tmp_path: Path, monkeypatch):
+    (tmp_path / "p.h5").write_bytes(b"")
+    config = write_config(tmp_path, "system: {path: p.h5}\n")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "x")
+    result = invoke(["run", config])
+    assert result.exit_code == 2
+    assert "SLURM_ARRAY_TASK_ID = 'x'" in result.output
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "5")
+    result = invoke(["run", config])
+    assert result.exit_code == 2
+    assert "--task-index 5: this config has 1 task(s)" in result.output
+
+
+# --- inspect, plot, collect on written result files --------------------------------------------
+
+
+def test_inspect_summarizes_a_result(tmp_path: Path):
+    path = fake_result(tmp_path / "r.h5")
+    result = invoke(["inspect", path])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    for expected in ("8 particles in 2D", "Stopping criterion", "ftol", "Steps", "321",
+                     "small_diameter", "largest: #", "Rattlers (1): 1", "condition_number",
+                     "Converged"):
+        assert expected in text, (expected, text)
+    data = json.loads(invoke(["inspect", path, "--json", "--top", 2]).output)
+    assert data["converged"] is True
+    assert data["rattlers"]["count"] == 1
+    theta = data["thetas"][0]
+    assert theta["name"] == "small_diameter" and theta["iterations"] == 17
+    assert len(theta["largest"]) == 2
+    assert theta["largest"][0]["magnitude"] >= theta["largest"][1]["magnitude"]
+
+
+def test_inspect_errors(tmp_path: Path):
+    missing = invoke(["inspect", tmp_path / "none.h5"])
+    assert missing.exit_code == 2 and "file not found" in missing.output
+    (tmp_path / "text.h5").write_text("not hdf5")
+    assert invoke(["inspect", tmp_path / "text.h5"]).exit_code == 2
+    from systems import random_packing, write_packing
+
+    write_packing(tmp_path / "packing.h5", random_packing(4))
+    packing = invoke(["inspect", tmp_path / "packing.h5"])
+    assert packing.exit_code == 2 and "input packing" in packing.output
+    assert len(packing.output.strip().splitlines()) == 1
+
+
+def test_plot_redraws_the_figures(tmp_path: Path):
+    path = fake_result(tmp_path / "run" / "sensitivity.h5")
+    result = invoke(["plot", path, "-o", tmp_path / "figs"])
+    assert result.exit_code == 0, result.output
+    written = [Path(line) for line in result.output.split()]
+    assert written and all(p.is_file() and p.stat().st_size > 0 for p in written)
+    assert all(p.parent == tmp_path / "figs" for p in written)
+    default = invoke(["plot", path, "-q"])
+    assert default.exit_code == 0 and default.output == ""
+    assert any((tmp_path / "run" / "plots").iterdir())
+
+
+def test_collect_gathers_results_without_a_manifest(tmp_path: Path):
+    fake_result(tmp_path / "runs" / "a" / "sensitivity.h5", seed=1)
+    fake_result(tmp_path / "runs" / "b" / "sensitivity.h5", seed=2, converged=False)
+    result = invoke(["collect", tmp_path / "runs", "-o", tmp_path / "summary.csv"])
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "summary.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert [r["directory"] for r in rows] == ["a", "b"]
+    assert [r["status"] for r in rows] == ["ok", "not_converged"]
+    assert rows[0]["small_diameter.iterations"] == "17"
+    with h5py.File(tmp_path / "summary.h5") as f:
+        assert f.attrs["format"] == "sensitivity-summary"
+        assert list(f["table/task"][()]) == [0, 1]
+        assert f["tasks/a/sensitivity/small_diameter/dx_dtheta"].shape == (8, 2)
+        assert f["tasks/b/particles/all/position/value"].shape == (1, 8, 2)
+
+
+def test_collect_errors(tmp_path: Path):
+    assert invoke(["collect", tmp_path / "none", "-o", tmp_path / "s"]).exit_code == 2
+    (tmp_path / "empty").mkdir()
+    result = invoke(["collect", tmp_path / "empty", "-o", tmp_path / "s"])
+    assert result.exit_code == 2 and "no sensitivity.h5 found" in result.output
