@@ -91,13 +91,14 @@ def _adjoint(solve: Callable) -> Callable:
 # ---------------------------------------------------------------------------------------
 # Recording the linear solves made inside autodiff transformations.
 
-_recorders = threading.local()
+# A process-wide stack, not a thread-local one: XLA runs host callbacks on its own threads.
+_recorder_stack: list = []
+_recorder_lock = threading.Lock()
 
 
 def _active_recorders() -> list:
-    if not hasattr(_recorders, "stack"):
-        _recorders.stack = []
-    return _recorders.stack
+    with _recorder_lock:
+        return list(_recorder_stack)
 
 
 @contextlib.contextmanager
@@ -120,13 +121,14 @@ def record_solves():
         The list that receives the reports.
     """
     reports: list = []
-    stack = _active_recorders()
-    stack.append(reports)
+    with _recorder_lock:
+        _recorder_stack.append(reports)
     try:
         yield reports
     finally:
         jax.effects_barrier()  # callbacks run asynchronously: wait for those still pending
-        stack.remove(reports)
+        with _recorder_lock:
+            _recorder_stack.remove(reports)
 
 
 def _record(info) -> None:
