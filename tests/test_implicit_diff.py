@@ -314,3 +314,24 @@ def test_singular_spring_chain_with_nullspace_both_modes(solver):
     grad = jax.grad(lambda r: relax(None, r) @ cot)(rest)
     assert bool(jnp.all(jnp.isfinite(grad)))
     np.testing.assert_allclose(grad, want.T @ np.asarray(cot), atol=1e-9)
+
+
+def test_same_jacobian_as_jaxopt_on_the_same_problem():
+    jaxopt = pytest.importorskip("jaxopt")
+
+    # jaxopt's default tol=1e-5 would differ from the exact answer by ~1e-5 relative.
+    jaxopt_cg = partial(jaxopt.linear_solve.solve_cg, tol=1e-12)
+
+    @jaxopt.implicit_diff.custom_root(ridge_grad, solve=jaxopt_cg)
+    def jaxopt_ridge(init, lam, X, y):
+        del init
+        return ridge_closed_form(lam, X, y)
+
+    lam = 0.7
+    want = jax.jacrev(jaxopt_ridge, argnums=1)(None, lam, X, Y)
+    got_rev = jax.jacrev(ridge_solver, argnums=1)(None, lam, X, Y)
+    got_fwd = jax.jacfwd(ridge_solver, argnums=1)(None, lam, X, Y)  # jaxopt cannot do this one
+    np.testing.assert_allclose(got_rev, want, rtol=1e-8)
+    np.testing.assert_allclose(got_fwd, want, rtol=1e-8)
+    with pytest.raises(TypeError, match="forward-mode"):
+        jax.jacfwd(jaxopt_ridge, argnums=1)(None, lam, X, Y)
