@@ -15,3 +15,4 @@ from ._errors import ConvergenceError, InputError
 from ._system import ParticleSystem, wrap_positions
 from .generate import random_packing
 from .io import Result, file_sha256, read_packing, read_result, write_packing, write_result
+from .plots import plot_magnitudes, plot_response, plot_result
