@@ -346,11 +346,12 @@ def _report_host(name, policy, dense, converged, iterations, residual, tolerance
 
 def _finish(prob: _Problem, x_flat, iterations, on_failure, full_output, r_proj=None,
             dense=False):
-    """Project, recompute the residual, build the info, apply the failure policy."""
-    if prob.Q is not None:
-        x_flat = prob.P(x_flat)
-        r_proj = None  # recompute with the original operator
+    """Project, recompute the residual, build the info, apply the failure policy.
+
+    ``r_proj`` may be given when it is already ``b_proj - A_orig(x_flat)`` at a projected
+    ``x_flat`` (the iterative driver computes exactly that)."""
     if r_proj is None:
+        x_flat = prob.P(x_flat)
         r_proj = prob.b_proj - prob.A_orig(x_flat)
     res = _norm(r_proj)
     converged = (res <= prob.tol_abs) & prob.consistent
@@ -394,37 +395,36 @@ def _check_policy(on_failure):
 
 
 def _drive(prob: _Problem, inner, max_cycles):
-    """Run ``inner`` from the current iterate until the *true* residual meets the tolerance.
+    """Run ``inner`` until the *true* residual meets the tolerance.
 
-    ``inner(x, r, budget) -> (x, iterations)`` starts from ``x`` with true residual ``r``.
-    After each call the residual is recomputed (``b - A x``); if the recurrence said
-    "converged" but the true residual did not, or the method broke down, it is restarted
-    from there (at most ``max_cycles`` calls in all, and never past ``maxiter``).
-    Returns ``(x, iterations, r)``.
+    ``inner(x, r, budget) -> (x, iterations)`` runs the method from ``x`` whose residual is
+    ``r``, for at most ``budget`` iterations, and must return ``x`` unchanged when it does
+    no iteration. Each cycle of the driver projects ``x``, recomputes the true residual
+    ``b_proj - A_orig(x)`` and hands it to ``inner``; so if the recurrence said "converged"
+    but the true residual did not, or the method broke down, it restarts from there. The
+    loop ends with a cycle where ``inner`` does nothing (converged, out of budget, or
+    broken down); at most ``max_cycles`` cycles run ``inner``. The operator appears only
+    twice in the traced program (here and in ``inner``), which keeps compile times down.
+    Returns ``(x, iterations, r)`` with ``r = b_proj - A_orig(x)`` at the returned ``x``.
     """
-    b, A = prob.b_proj, prob.A
-    if prob.x0 is None:
-        x0 = jnp.zeros_like(b)
-        r0 = b
-    else:
-        x0 = prob.x0
-        r0 = b - A(x0)
+    b, P, tol_abs = prob.b_proj, prob.P, prob.tol_abs
+    x0 = jnp.zeros_like(b) if prob.x0 is None else prob.x0
     maxiter = jnp.asarray(prob.maxiter, jnp.int32)
-    tol_abs = prob.tol_abs
+    max_cycles = jnp.asarray(max_cycles, jnp.int32)
 
     def cond(c):
-        x, r, rn, k, cyc, stalled = c
-        return (rn > tol_abs) & (k < maxiter) & (cyc < max_cycles) & ~stalled
+        return ~c[4]
 
     def body(c):
-        x, r, rn, k, cyc, _ = c
-        x, it = inner(x, r, maxiter - k)
-        r = b - A(x)
-        return x, r, _norm(r), k + it, cyc + 1, it == 0
+        x, _, k, cyc, _ = c
+        x = P(x)
+        r = b - prob.A_orig(x)
+        budget = jnp.where((cyc < max_cycles) & (_norm(r) > tol_abs), maxiter - k, 0)
+        x_new, it = inner(x, P(r), budget)
+        return x_new, r, k + it, cyc + 1, it == 0
 
-    init = (x0, r0, _norm(r0), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
-            jnp.array(False))
-    x, r, _, k, _, _ = lax.while_loop(cond, body, init)
+    init = (x0, b, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), jnp.array(False))
+    x, r, k, _, _ = lax.while_loop(cond, body, init)
     return x, k, r
 
 
@@ -594,6 +594,17 @@ def solve_bicgstab(matvec: Callable, b: Any, ridge=None, init=None, *, tol=None,
 # GMRES
 
 
+def _back_substitution(R, g):
+    """Solve the upper-triangular ``R y = g`` (small; a loop compiles faster than trsv)."""
+    m = g.shape[0]
+
+    def step(t, y):
+        i = m - 1 - t
+        return y.at[i].set((g[i] - _dot(R[i], y)) / R[i, i])
+
+    return lax.fori_loop(0, m, step, jnp.zeros_like(g))
+
+
 def solve_gmres(matvec: Callable, b: Any, ridge=None, init=None, *, tol=None, atol=0.0,
                 maxiter=None, M=None, nullspace=None, on_failure="raise",
                 full_output=False, consistency_tol=None, restart=20):
@@ -617,16 +628,15 @@ def solve_gmres(matvec: Callable, b: Any, ridge=None, init=None, *, tol=None, at
         beta = _norm(r)
         V = jnp.zeros((m + 1, n), dtype).at[0].set(_safe_div(r, beta))
         R = jnp.zeros((m + 1, m), dtype)
-        cs = jnp.zeros((m,), dtype)
-        sn = jnp.zeros((m,), dtype)
+        Om = jnp.eye(m + 1, dtype=dtype)  # product of the Givens rotations so far
         g = jnp.zeros((m + 1,), dtype).at[0].set(beta)
 
         def cond(c):
-            V, R, cs, sn, g, j, broke = c
+            V, R, Om, g, j, broke = c
             return (j < m) & (j < budget) & (jnp.abs(g[j]) > tol_abs) & ~broke
 
         def body(c):
-            V, R, cs, sn, g, j, _ = c
+            V, R, Om, g, j, _ = c
             w = A(Mp(V[j]))
             h = jnp.matmul(V, w, precision=_HIGHEST)
             w = w - jnp.matmul(h, V, precision=_HIGHEST)
@@ -637,33 +647,30 @@ def solve_gmres(matvec: Callable, b: Any, ridge=None, init=None, *, tol=None, at
             V = V.at[j + 1].set(jnp.where(hn > tiny, w / jnp.where(hn > tiny, hn, 1), 0))
             col = h.at[j + 1].set(hn)
 
-            def rot(i, col):
-                a, bb = col[i], col[i + 1]
-                return col.at[i].set(cs[i] * a + sn[i] * bb).at[i + 1].set(
-                    -sn[i] * a + cs[i] * bb)
-
-            col = lax.fori_loop(0, j, rot, col)
+            col = jnp.matmul(Om, col, precision=_HIGHEST)  # previous rotations
             a, bb = col[j], col[j + 1]
             den = jnp.hypot(a, bb)
             c_j = jnp.where(den > 0, a / jnp.where(den > 0, den, 1), 1.0)
             s_j = jnp.where(den > 0, bb / jnp.where(den > 0, den, 1), 0.0)
             col = col.at[j].set(den).at[j + 1].set(0.0)
-            cs = cs.at[j].set(c_j)
-            sn = sn.at[j].set(s_j)
+            rows = lax.dynamic_slice_in_dim(Om, j, 2, axis=0)
+            G = jnp.stack([jnp.stack([c_j, s_j]), jnp.stack([-s_j, c_j])])
+            Om = lax.dynamic_update_slice_in_dim(
+                Om, jnp.matmul(G, rows, precision=_HIGHEST), j, axis=0)
             g = g.at[j + 1].set(-s_j * g[j]).at[j].set(c_j * g[j])
             R = R.at[:, j].set(col)
             broke = (hn <= tiny) | ~jnp.isfinite(hn)
-            return V, R, cs, sn, g, j + 1, broke
+            return V, R, Om, g, j + 1, broke
 
-        c = (V, R, cs, sn, g, jnp.zeros((), jnp.int32), beta == 0)
-        V, R, cs, sn, g, j, _ = lax.while_loop(cond, body, c)
+        c = (V, R, Om, g, jnp.zeros((), jnp.int32), beta == 0)
+        V, R, Om, g, j, _ = lax.while_loop(cond, body, c)
         used = jnp.arange(m) < j
         diag = jnp.diagonal(R[:m, :m])
         good = used & (diag != 0)
         Rm = jnp.where(used[None, :] & used[:, None], R[:m, :m], 0.0)
         Rm = Rm.at[jnp.arange(m), jnp.arange(m)].set(jnp.where(good, diag, 1.0))
         gm = jnp.where(good, g[:m], 0.0)
-        y = jax.scipy.linalg.solve_triangular(Rm, gm, lower=False)
+        y = _back_substitution(Rm, gm)
         x = x + Mp(jnp.matmul(y, V[:m], precision=_HIGHEST))
         return x, j
 
