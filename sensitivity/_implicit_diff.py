@@ -30,6 +30,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 __all__ = [
     "custom_root",
@@ -336,15 +337,27 @@ def _implicit_solver(solver_fun, optimality_fun, solve, has_aux, kwarg_keys, sym
 
         _, rhs = jax.jvp(lambda *a: fun(sol, *a), rest, rest_dot)
         rhs = _tree_neg(rhs)
-        linear_solve = _instrumented(solve)
-        adjoint_solve = _instrumented(_adjoint(solve))
-        sol_dot = jax.lax.custom_linear_solve(
-            matvec,
-            rhs,
-            solve=lambda mv, b: linear_solve(mv, b),
-            transpose_solve=lambda vm, b: adjoint_solve(vm, b),
+        # The linear solve runs on one flat vector: custom_linear_solve transposes only a
+        # right-hand side whose every leaf is linear in the tangents, and a block of F that
+        # does not depend on θ (e.g. an equality constraint) gives a constant zero leaf.
+        # The user's solver still sees pytrees shaped like the solution.
+        flat_rhs, _ = ravel_pytree(rhs)
+        _, unravel = ravel_pytree(sol)
+
+        def on_trees(flat_op):
+            return lambda tree: unravel(flat_op(ravel_pytree(tree)[0]))
+
+        def flat_solve_with(tree_solve):
+            return lambda flat_op, b: ravel_pytree(tree_solve(on_trees(flat_op), unravel(b)))[0]
+
+        flat_sol_dot = jax.lax.custom_linear_solve(
+            lambda u: ravel_pytree(matvec(unravel(u)))[0],
+            flat_rhs,
+            solve=flat_solve_with(_instrumented(solve)),
+            transpose_solve=flat_solve_with(_instrumented(_adjoint(solve))),
             symmetric=symmetric,
         )
+        sol_dot = unravel(flat_sol_dot)
         if has_aux:
             aux_dot = jax.tree.map(_zero_tangent, out[1])
             return out, (sol_dot, aux_dot)

@@ -335,3 +335,28 @@ def test_same_jacobian_as_jaxopt_on_the_same_problem():
     np.testing.assert_allclose(got_fwd, want, rtol=1e-8)
     with pytest.raises(TypeError, match="forward-mode"):
         jax.jacfwd(jaxopt_ridge, argnums=1)(None, lam, X, Y)
+
+
+def test_reverse_mode_when_a_block_of_F_does_not_depend_on_theta():
+    # Equality-constrained least squares, KKT residuals (∇L, A x - b): the second block
+    # ignores y, so its part of ∂₂F·dy is a constant zero (custom_linear_solve cannot
+    # transpose such a right-hand side unless it is flattened).
+    A = jnp.asarray(RNG.normal(size=(2, 6)))
+    b = jnp.asarray(RNG.normal(size=2))
+
+    def kkt(z, y):
+        x, nu = z
+        return (X.T @ (X @ x - y) + A.T @ nu, A @ x - b)
+
+    def dense_kkt(y):
+        n = X.shape[1]
+        K = jnp.block([[X.T @ X, A.T], [A, jnp.zeros((2, 2))]])
+        z = jnp.linalg.solve(K, jnp.concatenate([X.T @ y, b]))
+        return z[:n], z[n:]
+
+    @sn.custom_root(kkt, solve=partial(sn.solve_gmres, tol=1e-12))
+    def solver(init, y):
+        return dense_kkt(y)
+
+    got = jax.jacrev(lambda y: solver(None, y)[0])(Y)
+    np.testing.assert_allclose(got, jax.jacfwd(lambda y: dense_kkt(y)[0])(Y), rtol=1e-8, atol=1e-11)
