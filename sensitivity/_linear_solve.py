@@ -57,9 +57,13 @@ Common keyword arguments (all solvers):
     also return a :class:`LinearSolveInfo`.
 
 All solvers work under ``jit`` and ``vmap`` and can be used as the ``solve`` and
-``transpose_solve`` of :func:`jax.lax.custom_linear_solve`. The residual reported in
-:class:`LinearSolveInfo` is always recomputed at the returned ``x`` (never the
-recurrence's estimate).
+``transpose_solve`` of :func:`jax.lax.custom_linear_solve` (this is how the
+implicit-differentiation engine uses them, and how to differentiate a solve: the
+iterative solvers are ``lax.while_loop`` programs, which JAX cannot reverse-differentiate
+directly). The residual reported in :class:`LinearSolveInfo` is always recomputed at the
+returned ``x`` (never the recurrence's estimate); the iterative solvers restart from the
+current iterate when the recurrence claims convergence that the true residual does not
+confirm.
 """
 
 from __future__ import annotations
@@ -496,7 +500,8 @@ def solve_normal_cg(matvec: Callable, b: Any, ridge=None, init=None, *, tol=None
     every solver here), and the stopping test is on the residual of the original system,
     ``||b - A x||``, tracked by recurrence and recomputed at the end. One iteration is one
     ``A`` and one ``A^T`` product. ``M`` preconditions ``A^T A`` (symmetric positive
-    definite).
+    definite). Unlike jaxopt's ``solve_normal_cg`` (ridge on ``A^T A``), the operator must
+    be square (``matvec`` maps ``b``-shaped pytrees to ``b``-shaped pytrees).
     """
     _check_policy(on_failure)
     prob = _Problem("solve_normal_cg", matvec, b, ridge, init, M, nullspace, tol, atol,

@@ -137,12 +137,14 @@ def test_matrix_instead_of_matvec():
 # ------------------------------------------------------------------ null spaces
 
 
-def singular_consistent(n=12, k=2, seed=5):
+def singular_consistent(n=12, k=2, seed=5, indefinite=False):
     """Symmetric matrix with a k-dimensional null space (given by a non-orthonormal basis)
-    and a consistent rhs. ``indefinite`` chooses the sign pattern of the other eigenvalues."""
+    and a consistent rhs. ``indefinite`` flips the sign of every other nonzero eigenvalue."""
     rng = _rng(seed)
     Q, _ = np.linalg.qr(rng.normal(size=(n, n)))
     ev = rng.uniform(0.5, 3.0, size=n)
+    if indefinite:
+        ev[1::2] *= -1.0
     ev[:k] = 0.0
     A = Q @ np.diag(ev) @ Q.T
     basis = (Q[:, :k] @ rng.normal(size=(k, k))).T  # (k, n), not orthonormal
@@ -159,6 +161,43 @@ def test_singular_consistent_min_norm(name):
     np.testing.assert_allclose(basis @ np.asarray(x), 0.0, atol=1e-10)  # gauge-fixed
     assert bool(info.converged)
     assert float(info.inconsistency) < 1e-12
+
+
+@pytest.mark.parametrize("name", SYMMETRIC_INDEFINITE)
+def test_singular_indefinite_min_norm(name):
+    A, basis, b = singular_consistent(indefinite=True, seed=6)
+    x = get_solver(name)(matvec_of(A), jnp.asarray(b), nullspace=jnp.asarray(basis))
+    np.testing.assert_allclose(x, np.linalg.pinv(A) @ b, rtol=1e-7, atol=1e-8)
+
+
+def test_redundant_nullspace_basis_and_ridge():
+    # a dependent third vector is dropped by the internal orthonormalization
+    A, basis, b = singular_consistent(seed=7)
+    redundant = np.vstack([basis, basis[0] + 2.0 * basis[1]])
+    for name in ["cg", "minres", "lu"]:
+        x = get_solver(name)(matvec_of(A), jnp.asarray(b), nullspace=jnp.asarray(redundant))
+        np.testing.assert_allclose(x, np.linalg.pinv(A) @ b, rtol=1e-7, atol=1e-8)
+        # with a ridge: (A + r I) restricted to the range, i.e. pinv(A + r P) P b
+        P = np.eye(12) - np.linalg.pinv(basis) @ basis
+        xr = get_solver(name)(matvec_of(A), jnp.asarray(b), ridge=0.3,
+                              nullspace=jnp.asarray(basis))
+        np.testing.assert_allclose(xr, np.linalg.pinv(A + 0.3 * P) @ (P @ b), rtol=1e-7,
+                                   atol=1e-8)
+
+
+@pytest.mark.parametrize("name", ITERATIVE)
+def test_reported_residual_is_the_true_one(name):
+    # ill-conditioned SPD (cond 1e7; CG and MINRES converge, the others run out of
+    # iterations): whatever happens, the report must match numpy
+    rng = _rng(8)
+    Q, _ = np.linalg.qr(rng.normal(size=(40, 40)))
+    A = Q @ np.diag(np.logspace(-7, 0, 40)) @ Q.T
+    b = rhs(40)
+    x, info = get_solver(name)(matvec_of(A), jnp.asarray(b), tol=1e-9, maxiter=400,
+                               on_failure="ignore", full_output=True)
+    true_res = np.linalg.norm(A @ np.asarray(x) - b)
+    np.testing.assert_allclose(info.residual_norm, true_res, rtol=1e-6, atol=1e-15)
+    assert bool(info.converged) == (true_res <= 1e-9 * np.linalg.norm(b))
 
 
 @pytest.mark.parametrize("name", ALL)
