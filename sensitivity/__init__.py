@@ -34,9 +34,68 @@ from sensitivity._implicit_diff import record_solves as record_solves
 from sensitivity._implicit_diff import root_jvp as root_jvp
 from sensitivity._implicit_diff import root_vjp as root_vjp
 # --- optimality conditions (sensitivity/_optimality.py) ---
+from sensitivity._optimality import (  # noqa: E402
+    ConeSpec,
+    KKTSolution,
+    conic_embed,
+    conic_recover,
+    make_block_proximal_gradient_fixed_point,
+    make_cone_projection,
+    make_conic_residual_map,
+    make_gradient_descent_fixed_point,
+    make_kkt_optimality_fun,
+    make_mirror_descent_fixed_point,
+    make_newton_fixed_point,
+    make_projected_gradient_fixed_point,
+    make_proximal_gradient_fixed_point,
+    make_stationary_condition,
+)
 # --- proximal operators (sensitivity/_prox.py) ---
+from sensitivity._prox import (  # noqa: E402
+    make_prox_from_projection,
+    prox_elastic_net,
+    prox_group_lasso,
+    prox_lasso,
+    prox_non_negative_lasso,
+    prox_non_negative_ridge,
+    prox_none,
+    prox_ridge,
+)
 # --- projections (sensitivity/_projection.py) ---
+from sensitivity._projection import (  # noqa: E402
+    kl_projection_simplex,
+    projection_affine_set,
+    projection_box,
+    projection_box_section,
+    projection_halfspace,
+    projection_hypercube,
+    projection_hyperplane,
+    projection_l1_ball,
+    projection_l2_ball,
+    projection_l2_sphere,
+    projection_linf_ball,
+    projection_non_negative,
+    projection_polyhedron,
+    projection_psd_cone,
+    projection_second_order_cone,
+    projection_simplex,
+    smat,
+    svec,
+)
 # --- solvers (sensitivity/_solvers.py) ---
+from sensitivity._solvers import (  # noqa: E402
+    ConicSolution,
+    SolverResult,
+    block_coordinate_descent,
+    gradient_descent,
+    mirror_descent,
+    newton,
+    projected_gradient,
+    proximal_gradient,
+    scipy_minimize,
+    solve_conic,
+    solve_qp,
+)
 # --- precision (sensitivity/_precision.py) ---
 from sensitivity._precision import JacobianErrorEstimate as JacobianErrorEstimate
 from sensitivity._precision import jacobian_error_estimate as jacobian_error_estimate

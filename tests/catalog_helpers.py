@@ -1,0 +1,34 @@
+"""Shared helpers for the catalog tests (operators, optimality conditions, solvers)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def central_fd_jacobian(fun, theta, h=1e-6):
+    """Central finite-difference Jacobian of ``fun`` at array ``theta``, one jitted vmapped call.
+
+    Returns an array of shape ``out.shape + theta.shape`` (like ``jax.jacfwd``).
+    """
+    theta = jnp.asarray(theta)
+    basis = jnp.eye(theta.size, dtype=theta.dtype).reshape((theta.size,) + theta.shape)
+
+    @jax.jit
+    def columns(basis):
+        return jax.vmap(lambda e: (fun(theta + h * e) - fun(theta - h * e)) / (2 * h))(basis)
+
+    cols = columns(basis)  # (size, *out_shape)
+    out_ndim = cols.ndim - 1
+    cols = jnp.moveaxis(cols, 0, -1)
+    return cols.reshape(cols.shape[:out_ndim] + theta.shape)
+
+
+def jacobians(fun, theta):
+    """``(jacfwd, jacrev)`` of ``fun`` at ``theta``, each jitted once."""
+    return jax.jit(jax.jacfwd(fun))(theta), jax.jit(jax.jacrev(fun))(theta)
+
+
+def assert_close(actual, desired, atol, rtol=0.0, what=""):
+    actual, desired = np.asarray(actual), np.asarray(desired)
+    assert np.all(np.isfinite(actual)), f"{what}: non-finite values {actual}"
+    np.testing.assert_allclose(actual, desired, atol=atol, rtol=rtol, err_msg=what)
