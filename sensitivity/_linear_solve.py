@@ -306,6 +306,9 @@ _HINTS = {
 
 def _failure_message(name, iterations, residual, tolerance, inconsistency, consistent,
                      consistency_tol, rhs_norm, dense):
+    if not np.isfinite(rhs_norm):
+        return (f"{name}: the right-hand side is not finite (its norm is {rhs_norm}); the "
+                "NaN or inf comes from before the solve (the matvec's inputs or b itself).")
     if not consistent:
         return (
             f"{name}: the right-hand side has a component {inconsistency:.1e} of its norm "
@@ -326,7 +329,7 @@ def _failure_message(name, iterations, residual, tolerance, inconsistency, consi
             f"> tolerance {tolerance:.1e}); {hint}")
 
 
-def _report_host(name, policy, dense, converged, iterations, residual, tolerance,
+def _report_host(name, policy, dense, stacklevel, converged, iterations, residual, tolerance,
                  inconsistency, consistent, consistency_tol, rhs_norm):
     converged = np.asarray(converged)
     if converged.all():
@@ -345,7 +348,7 @@ def _report_host(name, policy, dense, converged, iterations, residual, tolerance
         msg += f" ({bad.size} of {converged.size} batched solves failed; the first is shown.)"
     if policy == "raise":
         raise LinearSolveError(msg)
-    warnings.warn(msg, LinearSolveWarning, stacklevel=3)
+    warnings.warn(msg, LinearSolveWarning, stacklevel=stacklevel)
 
 
 def _finish(prob: _Problem, x_flat, iterations, on_failure, full_output, r_proj=None,
@@ -382,10 +385,10 @@ def _apply_policy(prob, x, info, on_failure, dense):
             info.inconsistency, prob.consistent,
             jnp.asarray(prob.consistency_tol, info.residual_norm.dtype), info.rhs_norm)
     if any(_is_tracer(a) for a in args):
-        jax.debug.callback(functools.partial(_report_host, prob.name, on_failure, dense),
+        jax.debug.callback(functools.partial(_report_host, prob.name, on_failure, dense, 2),
                            *args)
-    else:
-        _report_host(prob.name, on_failure, dense, *args)
+    else:  # concrete values: report right here; the warning points at the caller's line
+        _report_host(prob.name, on_failure, dense, 5, *args)
     return x
 
 

@@ -501,6 +501,20 @@ def test_raise_under_vmap_names_the_failures():
         jax.block_until_ready(f(B))
 
 
+def test_warning_points_at_the_caller():
+    with pytest.warns(LinearSolveWarning) as rec:
+        _unconverged("cg", on_failure="warn")
+    assert rec[0].filename == __file__
+
+
+def test_nonfinite_rhs_is_named():
+    b = jnp.asarray(rhs(12)).at[3].set(jnp.nan)
+    with pytest.raises(LinearSolveError, match="right-hand side is not finite"):
+        solve_cg(matvec_of(spd()), b, nullspace=jnp.ones(12))
+    with pytest.raises(LinearSolveError, match="right-hand side is not finite"):
+        solve_lu(matvec_of(spd()), b)
+
+
 def test_bad_policy():
     with pytest.raises(ValueError, match="on_failure"):
         solve_cg(matvec_of(spd()), jnp.asarray(rhs(12)), on_failure="silent")
