@@ -62,10 +62,16 @@ def _zero_tangent(x):
     return np.zeros(np.shape(x), dtype=jax.dtypes.float0)
 
 
-def _default_solve():
-    from sensitivity._linear_solve import solve_gmres
+def _default_solve(symmetric: bool = False):
+    """GMRES for a general ∂₁F; MINRES when it is known to be symmetric.
 
-    return solve_gmres
+    MINRES handles symmetric indefinite and singular operators (Hessians at saddle points,
+    packings with zero modes) in about as many products as CG, where restarted GMRES can
+    stall (benchmarks/bench_linear_solvers.py).
+    """
+    from sensitivity._linear_solve import solve_gmres, solve_minres
+
+    return solve_minres if symmetric else solve_gmres
 
 
 def _accepts(solve: Callable, keyword: str) -> bool:
@@ -405,14 +411,16 @@ def custom_root(
         optimality_fun: ``F(x, *args, **kwargs)`` returning a pytree like ``x``.
         has_aux: the solver returns ``(x*, aux)``; ``aux`` gets a zero derivative.
         solve: the linear solver, ``solve(matvec, b)``; default :func:`solve_gmres`
-            (``∂₁F`` is not symmetric in general). For a minimum (``F = ∇f``) use
+            (``∂₁F`` is not symmetric in general), or :func:`solve_minres` when
+            ``symmetric=True``. For a minimum (``F = ∇f``) use
             :func:`solve_cg`, or :func:`solve_minres` when the Hessian is singular or
             indefinite; set options with ``functools.partial``, e.g.
             ``partial(solve_cg, tol=1e-12, nullspace=basis, on_failure="nan")``.
         reference_signature: the signature the solver's arguments are checked against
             (default: ``optimality_fun``'s).
         symmetric: ``∂₁F`` is symmetric (e.g. a Hessian), so reverse mode reuses the
-            forward linear operator instead of transposing it.
+            forward linear operator instead of transposing it, and the default solver is
+            MINRES.
 
     Returns:
         A decorator.
@@ -424,7 +432,7 @@ def custom_root(
         ... def ridge(init, lam, X, y):
         ...     return jnp.linalg.solve(X.T @ X + lam * jnp.eye(X.shape[1]), X.T @ y)
     """
-    solve = _default_solve() if solve is None else solve
+    solve = _default_solve(symmetric) if solve is None else solve
     if reference_signature is None:
         reference_signature = inspect.signature(optimality_fun)
     elif not isinstance(reference_signature, inspect.Signature):

@@ -360,3 +360,19 @@ def test_reverse_mode_when_a_block_of_F_does_not_depend_on_theta():
 
     got = jax.jacrev(lambda y: solver(None, y)[0])(Y)
     np.testing.assert_allclose(got, jax.jacfwd(lambda y: dense_kkt(y)[0])(Y), rtol=1e-8, atol=1e-11)
+
+
+def test_symmetric_default_is_minres_and_handles_an_indefinite_jacobian():
+    # F = ∇f at a saddle point of f(x, θ) = ½ xᵀ D x - θᵀx with D indefinite: GMRES would do,
+    # but the symmetric default must also get it right.
+    D = jnp.diag(jnp.array([3.0, -2.0, 1.0, -0.5]))
+
+    @sn.custom_root(lambda x, theta: D @ x - theta, symmetric=True)
+    def saddle(init, theta):
+        return theta / jnp.diag(D)
+
+    theta = jnp.arange(1.0, 5.0)
+    with sn.record_solves() as reports:
+        jac = jax.jacrev(saddle, argnums=1)(None, theta)
+    np.testing.assert_allclose(jac, jnp.diag(1 / jnp.diag(D)), rtol=1e-10)
+    assert len(reports) > 0 and all(bool(np.all(r.converged)) for r in reports)
