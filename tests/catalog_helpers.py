@@ -5,22 +5,22 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def central_fd_jacobian(fun, theta, h=1e-6):
-    """Central finite-difference Jacobian of ``fun`` at array ``theta``, one jitted vmapped call.
+def fd_jacobian(fun, theta, h=1e-6):
+    """Central finite-difference Jacobian of ``fun`` at array ``theta`` (traceable: vmapped).
 
     Returns an array of shape ``out.shape + theta.shape`` (like ``jax.jacfwd``).
     """
     theta = jnp.asarray(theta)
     basis = jnp.eye(theta.size, dtype=theta.dtype).reshape((theta.size,) + theta.shape)
-
-    @jax.jit
-    def columns(basis):
-        return jax.vmap(lambda e: (fun(theta + h * e) - fun(theta - h * e)) / (2 * h))(basis)
-
-    cols = columns(basis)  # (size, *out_shape)
+    cols = jax.vmap(lambda e: (fun(theta + h * e) - fun(theta - h * e)) / (2 * h))(basis)
     out_ndim = cols.ndim - 1
-    cols = jnp.moveaxis(cols, 0, -1)
+    cols = jnp.moveaxis(cols, 0, -1)  # (*out_shape, size)
     return cols.reshape(cols.shape[:out_ndim] + theta.shape)
+
+
+def central_fd_jacobian(fun, theta, h=1e-6):
+    """:func:`fd_jacobian` in one jitted call."""
+    return jax.jit(lambda t: fd_jacobian(fun, t, h))(jnp.asarray(theta))
 
 
 def jacobians(fun, theta):
