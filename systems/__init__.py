@@ -16,3 +16,19 @@ from ._system import ParticleSystem, wrap_positions
 from .generate import random_packing
 from .io import Result, file_sha256, read_packing, read_result, write_packing, write_result
 from .plots import plot_magnitudes, plot_response, plot_result
+
+# --- physics (physics helper) ---
+from .pipeline import TaskSummary, audit_task, run_task
+from .potentials import PairModel, Pairs, PotentialParams, PotentialSpec, resolve_potential
+from .relax import MinimizerSpec, RelaxResult, Relaxer, make_relaxer, relax, resolve_minimizer
+from .response import (
+    ParameterSpec,
+    ResponseSolver,
+    find_rattlers,
+    gauge_fix,
+    nullspace_basis,
+    resolve_parameters,
+    resolve_sensitivity,
+    response,
+    theta_apply,
+)

@@ -1,0 +1,439 @@
+"""One task end to end: read a packing, relax it, differentiate it, audit, write the result.
+
+:func:`run_task` is what ``sensitivity run`` calls for each task of a config;
+:func:`audit_task` is ``sensitivity check``. Both take the *resolved config dict* (see
+``cli/config.py``); both report through an optional ``progress(event, **fields)``.
+
+A relaxation that did not converge is never differentiated: the result file is still
+written (relaxed positions, the minimizer's report), its responses are NaN with
+``converged = False`` and the reason, and the summary says ``converged = False`` (the
+command line turns that into exit code 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from ._errors import InputError
+from .potentials import PairModel, resolve_potential
+from .relax import RelaxResult, Relaxer, make_relaxer, resolve_minimizer
+from .response import (ParameterSpec, ResponseSolver, gauge_fix, resolve_parameters,
+                       resolve_sensitivity, theta_apply)
+
+__all__ = ["TaskSummary", "run_task", "audit_task", "provenance", "AUDIT_TOLERANCE"]
+
+#: An audited derivative passes when its relative difference to the finite difference is
+#: at most this (with ftol 1e-12 and h = 1e-5 they agree to about 1e-7).
+AUDIT_TOLERANCE = 1e-4
+
+#: The audit re-minimizes to this max force (or the config's ftol if tighter): the central
+#: difference divides the error of x*(θ ± h) by 2h.
+AUDIT_FTOL = 1e-13
+
+#: Vector θ (every diameter): the audit checks this many components.
+AUDIT_COMPONENTS = 3
+
+
+@dataclasses.dataclass
+class TaskSummary:
+    """What :func:`run_task` did.
+
+    Attributes:
+      converged: relaxation converged and every linear solve converged (and the audit
+        passed, when one ran).
+      message: one line: what happened, or what failed and what to try.
+      result_path: the ``sensitivity.h5`` written; plot_paths: PNGs written.
+      relaxation: the minimizer's report; responses: per-θ attributes (no arrays);
+      zero_modes: zero-mode and conditioning figures; timings: seconds;
+      n, dim, rattlers: sizes; audit: the audit dict or None.
+    """
+
+    converged: bool
+    message: str
+    result_path: Path
+    plot_paths: list
+    relaxation: dict
+    responses: dict
+    zero_modes: dict
+    timings: dict
+    n: int
+    dim: int
+    rattlers: int
+    audit: dict | None = None
+
+
+def provenance(config: Mapping[str, Any], input_path: Path) -> dict:
+    """Package versions, input file SHA-256, device, x64, seed, command line."""
+    import jax
+
+    from .io import file_sha256
+
+    versions = {}
+    for package in ("sensitivity", "jax", "jaxlib", "jax-md", "numpy", "scipy", "h5py"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    device = jax.devices()[0]
+    return {
+        "versions": versions,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "input_path": str(input_path),
+        "input_sha256": file_sha256(input_path),
+        "device": f"{device.platform}:{getattr(device, 'device_kind', '')}",
+        "x64": bool(jax.config.jax_enable_x64),
+        "seed": int(config.get("seed", 0) or 0),
+        "command_line": " ".join(sys.argv),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Shared set-up.
+
+
+@dataclasses.dataclass
+class _Task:
+    config: Mapping[str, Any]
+    input_path: Path
+    system: Any
+    model: PairModel
+    params: Any
+    minimizer: Any
+    settings: dict
+    pspecs: list
+    relaxer: Relaxer
+
+
+def _prepare(config: Mapping[str, Any], *, for_audit: bool) -> _Task:
+    from .io import read_packing
+
+    system_cfg = config.get("system") or {}
+    if not system_cfg.get("path"):
+        raise InputError("config: system.path is required (the H5MD packing to read)")
+    input_path = Path(system_cfg["path"])
+    system, file_potential = read_packing(input_path, group=system_cfg.get("group", "all"),
+                                          frame=system_cfg.get("frame", -1))
+    where = str(input_path)
+    spec = resolve_potential(config.get("potential"), system.n_species, file_potential,
+                             where=where)
+    minimizer = resolve_minimizer(config.get("minimizer"))
+    settings = resolve_sensitivity(config.get("sensitivity"))
+    pspecs = resolve_parameters(config.get("parameters"), system, spec)
+    model = PairModel.build(system, spec)
+    params = model.default_params(system.diameters)
+    # The neighbor cutoff must cover every parameter set the run evaluates: with an audit,
+    # θ ± h as well (jax-md silently drops pairs beyond the cutoff it was built with).
+    seen = [params]
+    if for_audit or settings["audit"]:
+        for pspec in pspecs:
+            h = _fd_step(settings, pspec, params, system)
+            theta0, apply = theta_apply(pspec, params, system.species)
+            for sign in (1.0, -1.0):
+                seen.append(apply(params, theta0 + sign * h))
+    relaxer = make_relaxer(model, minimizer, seen)
+    return _Task(config, input_path, system, model, params, minimizer, settings, pspecs,
+                 relaxer)
+
+
+def _fd_step(settings, pspec, params, system) -> float:
+    """The finite-difference step: ``fd_step × max(1, |θ0|)`` (θ0 the typical value)."""
+    theta0, _ = theta_apply(pspec, params, system.species)
+    scale = float(np.max(np.abs(np.asarray(theta0))))
+    return float(settings["fd_step"]) * max(1.0, scale)
+
+
+def _report_not_converged(relaxed: RelaxResult) -> str:
+    return relaxed.message() + "; no derivative was computed (a non-converged packing is " \
+        "not differentiated)"
+
+
+# ---------------------------------------------------------------------------------------
+# The audit.
+
+
+def _unwrap(y, reference, box):
+    """``y`` moved by whole box vectors to lie next to ``reference`` (periodic)."""
+    if box is None:
+        return y
+    d = y - reference
+    return reference + d - box * np.round(d / box)
+
+
+def _contacts(model: PairModel, y, params) -> set:
+    """Set of (i, j) pairs within interaction range."""
+    from .response import _pair_table
+
+    i, j, r, sigma, _ = _pair_table(model, y, params, model.interacting_pairs(y, params))
+    reach = sigma if model.spec.kind == "soft_sphere" else model.spec.r_cutoff * sigma
+    touching = r < reach
+    return set(zip(i[touching].tolist(), j[touching].tolist()))
+
+
+def _audit(task: _Task, solver: ResponseSolver, responses: Mapping[str, Mapping],
+           progress: Callable[..., None] | None) -> dict:
+    """Central differences by re-minimizing at θ ± h from x*, against the implicit result."""
+    model, params, system = task.model, task.params, task.system
+    y_star = np.asarray(solver.y)
+    box = None if model.box is None else np.asarray(model.box)
+    ftol = min(task.minimizer.ftol, AUDIT_FTOL)
+    rattlers = solver.rattlers
+    backbone = ~rattlers
+    contacts0 = _contacts(model, y_star, params)
+    out: dict[str, Any] = {}
+    worst = 0.0
+    all_passed = True
+    t_start = time.perf_counter()
+    for pspec in task.pspecs:
+        theta0, apply = theta_apply(pspec, params, system.species)
+        h = _fd_step(task.settings, pspec, params, system)
+        implicit_all = np.asarray(responses[pspec.name]["dx_dtheta"])
+        if pspec.kind == "diameters":
+            candidates = np.flatnonzero(backbone)
+            picks = np.unique(candidates[np.linspace(0, len(candidates) - 1,
+                                                     min(AUDIT_COMPONENTS, len(candidates)))
+                                         .round().astype(int)])
+            components = [int(c) for c in picks]
+        else:
+            components = [None]
+        errors, abs_errors, norms, steps, changed, converged = [], [], [], [], 0, True
+        for component in components:
+            if component is None:
+                plus, minus = apply(params, theta0 + h), apply(params, theta0 - h)
+                implicit = implicit_all
+            else:
+                delta = np.zeros(system.n)
+                delta[component] = h
+                plus = apply(params, np.asarray(theta0) + delta)
+                minus = apply(params, np.asarray(theta0) - delta)
+                implicit = implicit_all[component]
+            ends = []
+            for sign, p in (("+", plus), ("-", minus)):
+                r = task.relaxer.run(y_star, p, ftol=ftol)
+                converged &= r.converged
+                steps.append(r.steps)
+                scale = float(np.asarray(p.scale))
+                y = _unwrap(np.asarray(r.positions) / scale, y_star, box)
+                ends.append(scale * y)
+                changed += len(_contacts(model, y, p) ^ contacts0)
+                if progress is not None:
+                    progress("audit", name=pspec.name, side=sign, steps=r.steps,
+                             max_force=r.max_force)
+            fd = gauge_fix((ends[0] - ends[1]) / (2 * h), rattlers, y_star, model.periodic)
+            diff = np.linalg.norm(fd[backbone] - implicit[backbone])
+            norm = np.linalg.norm(implicit[backbone])
+            abs_errors.append(float(diff))
+            norms.append(float(norm))
+            # a θ with no effect (e.g. a uniform ε) has a zero derivative: absolute then
+            errors.append(float(diff / norm) if norm > 1e-12 else float(diff))
+        rel = max(errors)
+        passed = bool(converged and math.isfinite(rel) and rel <= AUDIT_TOLERANCE)
+        entry = {
+            "relative_error": rel,
+            "max_abs_error": max(abs_errors),
+            "norm_implicit": max(norms),
+            "fd_step": h,
+            "components": [-1 if c is None else c for c in components],
+            "relax_steps": int(sum(steps)),
+            "relax_converged": bool(converged),
+            "contacts_changed": int(changed),
+            "tolerance": AUDIT_TOLERANCE,
+            "passed": passed,
+        }
+        if changed:
+            entry["note"] = ("contacts changed between θ-h and θ+h: x*(θ) is only piecewise "
+                             "smooth there; try a smaller sensitivity.fd_step")
+        out[pspec.name] = entry
+        worst = max(worst, rel)
+        all_passed &= passed
+    out["max_relative_error"] = worst
+    out["ftol"] = ftol
+    out["passed"] = bool(all_passed)
+    out["time_s"] = time.perf_counter() - t_start
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Entry points.
+
+
+def _compute(task: _Task, progress, *, audit: bool):
+    """Relax, then (if converged) differentiate and optionally audit."""
+    if progress is not None:
+        progress("start", n=task.system.n, dim=task.system.dim,
+                 neighbor_list=task.relaxer.use_nl)
+    relaxed = task.relaxer.run(task.system.positions, task.params, progress)
+    if progress is not None:
+        progress("relaxed", steps=relaxed.steps, max_force=relaxed.max_force,
+                 converged=relaxed.converged, stop_reason=relaxed.stop_reason)
+    if not relaxed.converged:
+        return relaxed, None, None, None
+    solver = ResponseSolver(task.model, relaxed.positions, task.params,
+                            max_force=relaxed.max_force, settings=task.settings)
+    result = solver.run_all(task.pspecs, progress)
+    audit_result = None
+    if audit:
+        audit_result = _audit(task, solver, result["responses"], progress)
+    return relaxed, solver, result, audit_result
+
+
+def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
+             progress: Callable[..., None] | None = None,
+             config_text: str | None = None) -> TaskSummary:
+    """Relax the configured packing, compute every ∂x*/∂θ, write ``sensitivity.h5``.
+
+    Args:
+      config: the resolved config dict.
+      output_dir: folder for ``sensitivity.h5`` (and ``plots/`` when output.plots).
+      progress: optional ``progress(event, **fields)``.
+      config_text: the configuration as the user wrote it (stored beside the resolved one).
+
+    Returns:
+      A :class:`TaskSummary` (``converged=False`` for a relaxation or solve that did not
+      converge, with the reason in ``message``).
+
+    Raises:
+      InputError: a bad input file or configuration value.
+    """
+    from . import io
+
+    t_total = time.perf_counter()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    task = _prepare(config, for_audit=False)
+    relaxed, solver, result, audit_result = _compute(task, progress,
+                                                     audit=bool(task.settings["audit"]))
+    system = task.system.replace(positions=relaxed.positions)
+    n, d = system.n, system.dim
+    timings = {
+        "time_relax_s": relaxed.time_s,
+        "time_sensitivity_s": 0.0,
+        "time_compile_s": relaxed.time_compile_s,
+    }
+    if result is None:
+        message = _report_not_converged(relaxed)
+        responses = {}
+        for pspec in task.pspecs:
+            shape = (n, n, d) if pspec.kind == "diameters" else (n, d)
+            responses[pspec.name] = {
+                "dx_dtheta": np.full(shape, np.nan),
+                "attrs": {"kind": pspec.kind, "converged": False,
+                          "species": -1 if pspec.species is None else pspec.species,
+                          "skipped": message},
+            }
+        rattlers = np.zeros(n, bool)
+        zero_modes: dict = {"skipped": "relaxation did not converge"}
+        converged = False
+    else:
+        responses = result["responses"]
+        rattlers = result["rattlers"]
+        zero_modes = _flat_zero_modes(result)
+        t = result["timings"]
+        timings["time_sensitivity_s"] = t["time_sensitivity_s"]
+        timings["time_compile_s"] += t["time_sensitivity_compile_s"]
+        timings["time_setup_s"] = t["time_setup_s"]
+        timings["time_diagnostics_s"] = t["time_diagnostics_s"]
+        failed = [name for name, r in responses.items() if not r["attrs"]["converged"]]
+        converged = not failed
+        if failed:
+            first = responses[failed[0]]["attrs"]
+            message = (f"the linear solve for {', '.join(failed)} did not converge "
+                       f"({first['iterations']} iterations, relative residual "
+                       f"{first['relative_residual']:.1e} > tol {first['tol']:.0e}); raise "
+                       "sensitivity.maxiter, loosen sensitivity.tol, or use solver minres/dense")
+        else:
+            message = (f"converged: {relaxed.steps} {relaxed.minimizer} steps, "
+                       f"{len(responses)} derivative(s), {int(rattlers.sum())} rattler(s)")
+        if audit_result is not None:
+            timings["time_audit_s"] = audit_result["time_s"]
+            if not audit_result["passed"]:
+                converged = False
+                message = (f"finite-difference audit failed (max relative error "
+                           f"{audit_result['max_relative_error']:.1e} > "
+                           f"{AUDIT_TOLERANCE:.0e}); tighten minimizer.ftol or change "
+                           "sensitivity.fd_step")
+    timings["time_total_s"] = time.perf_counter() - t_total
+    parameters = {
+        "config": _jsonable(config),
+        "potential": task.model.spec.as_dict(),
+        "provenance": provenance(config, task.input_path),
+    }
+    if config_text is not None:
+        parameters["config_text"] = config_text
+    path = output_dir / "sensitivity.h5"
+    io.write_result(path, system=system, relaxation=relaxed.as_dict(), responses=responses,
+                    rattlers=rattlers, zero_modes=zero_modes, parameters=parameters,
+                    timings=timings, audit=audit_result)
+    plot_paths = []
+    if (config.get("output") or {}).get("plots", True) and result is not None:
+        from .plots import plot_result
+
+        plot_paths = plot_result(io.read_result(path), output_dir / "plots")
+    if progress is not None:
+        progress("done", converged=converged, path=str(path))
+    return TaskSummary(
+        converged=converged,
+        message=message,
+        result_path=path,
+        plot_paths=list(plot_paths),
+        relaxation=relaxed.as_dict(),
+        responses={k: dict(v["attrs"]) for k, v in responses.items()},
+        zero_modes=zero_modes,
+        timings=timings,
+        n=n,
+        dim=d,
+        rattlers=int(np.asarray(rattlers).sum()),
+        audit=audit_result,
+    )
+
+
+def audit_task(config: Mapping[str, Any], *,
+               progress: Callable[..., None] | None = None) -> dict:
+    """The finite-difference audit of one task (``sensitivity check``).
+
+    Relaxes, computes every ∂x*/∂θ, re-minimizes at θ ± h from x* (h =
+    ``sensitivity.fd_step`` × max(1, |θ|), to max force ``min(ftol, 1e-13)``), and compares
+    the central difference with the implicit derivative on the non-rattlers after the same
+    gauge fixing. For the vector θ (every diameter) three components are checked.
+
+    Returns:
+      ``{name: {"relative_error", "max_abs_error", "passed", ...}, "max_relative_error",
+      "passed", ...}``. A relaxation that did not converge gives ``passed = False`` and the
+      reason.
+    """
+    task = _prepare(config, for_audit=True)
+    relaxed, solver, result, audit_result = _compute(task, progress, audit=True)
+    if result is None:
+        return {"passed": False, "reason": _report_not_converged(relaxed),
+                "max_relative_error": math.nan}
+    failed = [name for name, r in result["responses"].items() if not r["attrs"]["converged"]]
+    if failed:
+        audit_result["passed"] = False
+        audit_result["reason"] = f"linear solve did not converge for {', '.join(failed)}"
+    return audit_result
+
+
+def _flat_zero_modes(result: Mapping) -> dict:
+    """Zero-mode and contact figures as flat ``/sensitivity`` attributes (no time keys)."""
+    z = dict(result["zero_modes"])
+    z.pop("time_s", None)
+    out = {f"zero_modes_{k}" if k in ("expected", "found", "matches", "method") else k: v
+           for k, v in z.items()}
+    out.update(result["contacts"])
+    return out
+
+
+def _jsonable(config: Mapping[str, Any]) -> dict:
+    """The config as plain JSON types."""
+    return json.loads(json.dumps(config, default=lambda v: v.tolist()
+                                 if hasattr(v, "tolist") else str(v)))
