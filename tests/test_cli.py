@@ -308,3 +308,225 @@ def test_collect_errors(tmp_path: Path):
     (tmp_path / "empty").mkdir()
     result = invoke(["collect", tmp_path / "empty", "-o", tmp_path / "s"])
     assert result.exit_code == 2 and "no sensitivity.h5 found" in result.output
+
+
+# --- run, resume, check: real relaxations of tiny packings ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def packings(tmp_path_factory) -> Path:
+    """Two 16-disk packings in a folder shared by the tests below."""
+    from systems import random_packing, write_packing
+
+    folder = tmp_path_factory.mktemp("packings")
+    for seed in (0, 1):
+        write_packing(folder / f"p{seed}.h5", random_packing(16, phi=0.9, seed=seed))
+    return folder
+
+
+def sweep_config(folder: Path, packings: Path, extra: str = "") -> Path:
+    return write_config(
+        folder,
+        f"system: {{path: {packings / 'p0.h5'}}}\n"
+        "parameters: [{name: small_diameter, kind: diameter, species: 0}]\n"
+        "minimizer: {ftol: 1.0e-10}\n"
+        "output: {directory: out, plots: false}\n"
+        f"sweep:\n  system.path: [{packings / 'p0.h5'}, {packings / 'p1.h5'}]\n"
+        "  potential.alpha: [2.0, 2.5]\n" + extra,
+    )
+
+
+def test_run_writes_result_config_and_plots_then_skips(tmp_path: Path, packings: Path):
+    config = write_config(
+        tmp_path,
+        f"system: {{path: {packings / 'p0.h5'}}}\n"
+        "parameters:\n  - {name: small_diameter, kind: diameter, species: 0}\n"
+        "  - {name: stiffness, kind: epsilon, species: 0}\n"
+        "minimizer: {ftol: 1.0e-10}\n",
+    )
+    result = invoke(["run", config])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    assert (out / "sensitivity.h5").is_file()
+    assert (out / "config.yaml").is_file()
+    assert not list(out.glob(".*.tmp"))
+    for expected in ("Minimization stats (FIRE):", "Stopping criterion", "ftol", "Energy final",
+                     "Max |force| final", "Sensitivity stats", "small_diameter", "stiffness",
+                     f"Result: {out / 'sensitivity.h5'}"):
+        assert expected in result.stdout, (expected, result.stdout)
+    assert "relax step" in result.stderr  # log lines when not a terminal
+    assert any(p.suffix == ".png" for p in out.rglob("*.png"))
+
+    from systems import read_result
+
+    saved = read_result(out / "sensitivity.h5")
+    assert saved.converged
+    assert set(saved.names) == {"small_diameter", "stiffness"}
+    assert saved.parameters["config"]["minimizer"]["ftol"] == 1e-10
+
+    again = invoke(["run", config])
+    assert again.exit_code == 0
+    assert "skipped, complete result exists" in again.output
+    assert "nothing to do" in again.output
+
+    summary = invoke(["inspect", out / "sensitivity.h5"])
+    assert summary.exit_code == 0 and "small_diameter" in summary.output
+
+    quiet = invoke(["-q", "run", config, "--overwrite", "--set", "minimizer.ftol=1e-11",
+                    "--output", tmp_path / "elsewhere"])
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.output == ""
+    assert read_result(tmp_path / "elsewhere" / "sensitivity.h5").relaxation["max_force"] <= 1e-11
+
+
+def test_sweep_interrupted_then_resumed_then_collected(tmp_path: Path, packings: Path, monkeypatch):
+    import systems.pipeline
+
+    from cli.main import Terminated
+
+    config = sweep_config(tmp_path, packings)
+    real = systems.pipeline.run_task
+    calls = []
+
+    def interrupted_on_the_third(cfg, directory, **kwargs):
+        calls.append(Path(directory).name)
+        if len(calls) == 3:
+            raise Terminated(signal.SIGTERM)  # what the SIGTERM handler raises
+        return real(cfg, directory, **kwargs)
+
+    monkeypatch.setattr(systems.pipeline, "run_task", interrupted_on_the_third)
+    result = invoke(["run", config])
+    assert result.exit_code == 128 + signal.SIGTERM, result.output
+    assert "stopped by SIGTERM" in result.output
+    out = tmp_path / "out"
+    done = sorted(p.parent.name for p in out.glob("task-*/sensitivity.h5"))
+    assert done == ["task-0000", "task-0001"]
+    assert not list(out.rglob("*.tmp"))
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert manifest["count"] == 4 and manifest["keys"] == ["system.path", "potential.alpha"]
+
+    # A result file that is not complete (e.g. copied half-way) is recomputed, not trusted.
+    (out / "task-0003").mkdir()
+    (out / "task-0003" / "sensitivity.h5").write_bytes(b"truncated")
+
+    monkeypatch.setattr(systems.pipeline, "run_task", real)
+    calls.clear()
+    resumed = invoke(["run", config])
+    assert resumed.exit_code == 0, resumed.output
+    assert resumed.output.count("skipped, complete result exists") == 2
+    assert "2 of 2 task(s) done" in resumed.output
+    assert sorted(p.parent.name for p in out.glob("task-*/sensitivity.h5")) == [
+        "task-0000", "task-0001", "task-0002", "task-0003"]
+
+    collected = invoke(["collect", out, "-o", tmp_path / "summary"])
+    assert collected.exit_code == 0, collected.output
+    with open(tmp_path / "summary.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert [int(r["task"]) for r in rows] == [0, 1, 2, 3]
+    assert [r["potential.alpha"] for r in rows] == ["2.0", "2.5", "2.0", "2.5"]
+    assert [Path(r["system.path"]).name for r in rows] == ["p0.h5", "p0.h5", "p1.h5", "p1.h5"]
+    assert {r["status"] for r in rows} == {"ok"}
+    assert all(float(r["small_diameter.max_response"]) > 0 for r in rows)
+    with h5py.File(tmp_path / "summary.h5") as f:
+        assert list(f["tasks"]) == ["task-0000", "task-0001", "task-0002", "task-0003"]
+        assert f["tasks/task-0002/sensitivity/small_diameter/dx_dtheta"].shape == (16, 2)
+        assert list(f["table/potential.alpha"][()]) == [2.0, 2.5, 2.0, 2.5]
+
+
+def test_collect_lists_missing_tasks(tmp_path: Path, packings: Path):
+    config = sweep_config(tmp_path, packings)
+    result = invoke(["run", config, "--task-index", 1])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.parent.name for p in (tmp_path / "out").glob("task-*/sensitivity.h5")) == ["task-0001"]
+    collected = invoke(["collect", tmp_path / "out", "-o", tmp_path / "s.h5"])
+    assert collected.exit_code == 0, collected.output
+    assert "3 without a result" in collected.output
+    with open(tmp_path / "s.csv") as stream:
+        assert [r["status"] for r in csv.DictReader(stream)] == ["missing", "ok", "missing", "missing"]
+
+
+def test_slurm_array_task_id_selects_the_task(tmp_path: Path, packings: Path, monkeypatch):
+    config = sweep_config(tmp_path, packings)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+    result = invoke(["-q", "run", config])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.parent.name for p in (tmp_path / "out").glob("task-*/sensitivity.h5")) == ["task-0002"]
+
+
+def test_not_converged_is_exit_1_with_the_stats(tmp_path: Path, packings: Path):
+    config = write_config(
+        tmp_path,
+        f"system: {{path: {packings / 'p1.h5'}}}\n"
+        "minimizer: {ftol: 1.0e-10, max_steps: 3, report_every: 1}\n"
+        "output: {plots: false}\n",
+    )
+    result = invoke(["run", config])
+    assert result.exit_code == 1, result.output
+    assert "max_steps" in result.stdout
+    assert "Converged                = no" in result.stdout
+    error_lines = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    assert len(error_lines) == 1 and "max_steps" in error_lines[0], result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_input_errors_from_the_systems_layer_are_one_line(tmp_path: Path, packings: Path):
+    (tmp_path / "text.h5").write_text("not an HDF5 file")
+    config = write_config(tmp_path, "system: {path: text.h5}\noutput: {plots: false}\n")
+    result = invoke(["run", config])
+    assert result.exit_code == 2, result.output
+    errors = [l for l in result.output.splitlines() if l.startswith("error:")]
+    assert len(errors) == 1 and "text.h5" in errors[0] and "HDF5" in errors[0]
+    assert "Traceback" not in result.output
+    config = write_config(
+        tmp_path,
+        f"system: {{path: {packings / 'p0.h5'}}}\n"
+        "parameters: [{name: d, kind: diameter, species: 7}]\noutput: {plots: false}\n",
+        "species.yaml",
+    )
+    result = invoke(["run", config])
+    assert result.exit_code == 2, result.output
+    assert "species" in result.output and "Traceback" not in result.output
+
+
+def test_check_audits_against_finite_differences(tmp_path: Path, packings: Path):
+    config = write_config(
+        tmp_path,
+        f"system: {{path: {packings / 'p0.h5'}}}\n"
+        "parameters: [{name: small_diameter, kind: diameter, species: 0}]\n"
+        "minimizer: {ftol: 1.0e-13}\noutput: {plots: false}\n",
+    )
+    result = invoke(["check", config])
+    assert result.exit_code == 0, result.output
+    assert "Finite-difference audit" in result.stdout
+    assert "small_diameter" in result.stdout and "PASS" in result.stdout
+
+
+def test_sigterm_stops_a_run_cleanly(tmp_path: Path, packings: Path):
+    """A real SIGTERM (what Slurm sends at the time limit) to a run that would never end."""
+    config = write_config(
+        tmp_path,
+        f"system: {{path: {packings / 'p0.h5'}}}\n"
+        "minimizer: {ftol: 1.0e-300, max_steps: 1000000000, report_every: 50}\n"
+        "output: {plots: false}\n",
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli", "run", str(config)], cwd=tmp_path, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    seen = []
+    try:
+        for line in process.stdout:  # log lines: not a terminal
+            seen.append(line)
+            if "relax step" in line:
+                process.send_signal(signal.SIGTERM)
+                break
+        rest, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    output = "".join(seen) + rest
+    assert process.returncode == 128 + signal.SIGTERM, output
+    assert "stopped by SIGTERM" in output
+    assert not (tmp_path / "out" / "sensitivity.h5").exists()
+    assert not list((tmp_path / "out").glob(".*.tmp"))
