@@ -20,7 +20,9 @@ from .plots import plot_magnitudes, plot_response, plot_result
 # --- physics (physics helper) ---
 from .pipeline import TaskSummary, audit_task, run_task
 from .potentials import PairModel, Pairs, PotentialParams, PotentialSpec, resolve_potential
-from .relax import MinimizerSpec, RelaxResult, Relaxer, make_relaxer, relax, resolve_minimizer
+# (the functions relax.relax and response.response are not re-exported: same names as
+# their modules)
+from .relax import MinimizerSpec, RelaxResult, Relaxer, make_relaxer, resolve_minimizer
 from .response import (
     ParameterSpec,
     ResponseSolver,
@@ -29,6 +31,5 @@ from .response import (
     nullspace_basis,
     resolve_parameters,
     resolve_sensitivity,
-    response,
     theta_apply,
 )

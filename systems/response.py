@@ -508,6 +508,11 @@ class ResponseSolver:
         self.contacts = contacts
         self.rattlers = contacts["rattlers"]
         self.backbone = np.flatnonzero(~self.rattlers)
+        if len(self.backbone) == 0:
+            raise InputError(
+                f"every one of the {model.n} particles is a rattler after relaxation (fewer "
+                f"than {contacts['min_contacts']} contacts): the packing is not jammed and "
+                "has no response to differentiate; raise the packing fraction")
         pairs = contacts["pairs"]
         keep = ~self.rattlers[np.asarray(pairs.i)] & ~self.rattlers[np.asarray(pairs.j)]
         self.pairs = Pairs.from_arrays(np.asarray(pairs.i)[keep], np.asarray(pairs.j)[keep])
@@ -545,8 +550,12 @@ class ResponseSolver:
         s = self.settings
         name = solver_name or s["solver"]
         solve = sensitivity.get_solver(name)
+        # consistency_tol=inf: a pair potential's ∂F/∂θ is analytically orthogonal to the
+        # rigid motions (Newton's third law, central forces); what the engine would measure
+        # along them is round-off, which matters when ∂F/∂θ is itself tiny (a uniform ε:
+        # ∂F/∂ε = F/ε, the residual force). It is still reported as "inconsistency".
         options: dict[str, Any] = dict(tol=float(s["tol"]), nullspace=jnp.asarray(self.basis),
-                                       on_failure="ignore")
+                                       on_failure="ignore", consistency_tol=float("inf"))
         if s.get("maxiter") is not None and name not in _DENSE:
             options["maxiter"] = int(s["maxiter"])
         precond = s.get("preconditioner")
@@ -588,7 +597,7 @@ class ResponseSolver:
             t0 = time.perf_counter()
             out = jax.block_until_ready(compiled(*args))
             t_run = time.perf_counter() - t0
-        return np.asarray(out), reports, t_run, t_compile
+        return jax.tree.map(np.asarray, out), reports, t_run, t_compile
 
     def scalar_derivatives(self, pspecs: list[ParameterSpec]) -> dict:
         """∂x*/∂θ for scalar θs, all in one compiled, batched forward-mode solve.
@@ -609,13 +618,24 @@ class ResponseSolver:
                     params = apply(params, thetas[k])
                 return self._positions_of(solver, params, y_backbone)
 
-            return jnp.moveaxis(jax.jacfwd(x_of)(thetas), -1, 0)  # (P, N, d)
+            def forces_of(thetas):
+                params = base
+                for k, (_, apply) in enumerate(maps):
+                    params = apply(params, thetas[k])
+                return self.optimality(y_backbone, params)
 
-        dx, reports, t_run, t_compile = self._compile_and_run(
+            dx = jnp.moveaxis(jax.jacfwd(x_of)(thetas), -1, 0)  # (P, N, d)
+            rhs = jax.jacfwd(forces_of)(thetas)  # (Nb, d, P): -b of each solve
+            return dx, jnp.sqrt(jnp.sum(rhs * rhs, axis=(0, 1)))
+
+        (dx, rhs_norms), reports, t_run, t_compile = self._compile_and_run(
             derivatives, self.y_backbone, thetas0)
+        # vmap reports each column's solve from a host callback; XLA may run them on
+        # several threads, so match them to the θs by their right-hand-side norms.
+        columns = _match_reports(reports, rhs_norms)
         out = {}
         for k, pspec in enumerate(pspecs):
-            info = _merge_reports(reports, k)
+            info = _merge_reports([reports[c] for c in columns[k]])
             attrs = self._attrs(pspec, thetas0[k], s["solver"], "forward mode", info)
             attrs.update(time_s=t_run, time_compile_s=t_compile,
                          batched_with=[p.name for p in pspecs])
@@ -795,19 +815,35 @@ class ResponseSolver:
         }
 
 
-def _merge_reports(reports, column: int | None = None) -> dict:
-    """Fold the engine's LinearSolveInfo reports (maybe batched) into attributes.
+def _match_reports(reports, rhs_norms) -> list[list[int]]:
+    """For each θ, the indices of the reports whose rhs norm is closest to its own."""
+    rhs_norms = np.asarray(rhs_norms, np.float64)
+    matched: list[list[int]] = [[] for _ in rhs_norms]
+    norms = np.array([float(np.asarray(r.rhs_norm).reshape(-1)[0]) for r in reports])
+    gap = np.abs(norms[:, None] - rhs_norms[None, :]) / np.maximum(
+        np.maximum(np.abs(norms[:, None]), rhs_norms[None, :]), 1e-300)
+    if len(reports) == len(rhs_norms):
+        # one report per θ: assign the closest pairs first, each θ once
+        free_reports, free_thetas = set(range(len(reports))), set(range(len(rhs_norms)))
+        for flat in np.argsort(gap, axis=None, kind="stable"):
+            r, t = np.unravel_index(flat, gap.shape)
+            if r in free_reports and t in free_thetas:
+                matched[t].append(int(r))
+                free_reports.discard(r)
+                free_thetas.discard(t)
+        return matched
+    for index in range(len(reports)):
+        matched[int(np.argmin(gap[index]))].append(index)
+    return matched
 
-    ``column`` picks one entry of a batched report (the θ's position in a batch).
-    """
+
+def _merge_reports(reports) -> dict:
+    """Fold the engine's LinearSolveInfo reports (maybe batched) into attributes."""
     if not reports:
         return {"iterations": 0, "iterations_total": 0, "residual": math.nan,
                 "relative_residual": math.nan, "converged": False,
                 "inconsistency": math.nan, "n_solves": 0}
 
-    if column is not None and len(reports) > column:
-        # vmap calls the report callback once per column, in order.
-        reports = [reports[column]]
 
     def gather(field):
         return np.concatenate([np.ravel(np.asarray(getattr(r, field))) for r in reports])

@@ -1,0 +1,204 @@
+"""∂x*/∂θ of relaxed packings: every θ kind against central finite differences and a dense
+pseudo-inverse, rattlers, zero modes, gauge and translation invariance, 2D and 3D, periodic
+and free boundaries."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from _physics import central_difference, relative_error, relaxed
+
+from systems._errors import InputError
+from systems.generate import random_packing
+from systems.potentials import resolve_potential
+from systems.response import (ParameterSpec, ResponseSolver, find_rattlers, gauge_fix,
+                              nullspace_basis, resolve_parameters, resolve_sensitivity,
+                              theta_apply)
+
+KINDS = [
+    ParameterSpec("small_diameter", "diameter", 0),
+    ParameterSpec("large_diameter", "diameter", 1),
+    ParameterSpec("epsilon_small", "epsilon", 0),
+    ParameterSpec("epsilon", "epsilon", None),
+    ParameterSpec("box", "box", None),
+]
+
+
+@pytest.fixture(scope="module")
+def packing_2d():
+    """32 disks, φ = 0.9, particle 0 shrunk to a rattler; every scalar θ at once."""
+    system, model, params, relaxer, result, solver = relaxed(32, 2, 0.9, 1, shrink=0.3)
+    scalars = solver.scalar_derivatives(KINDS)
+    vector = solver.vector_derivative(ParameterSpec("diameters", "diameters"))
+    return system, model, params, relaxer, result, solver, scalars, vector
+
+
+def test_2d_has_the_rattler_and_zero_modes(packing_2d):
+    system, model, params, relaxer, result, solver, scalars, vector = packing_2d
+    assert np.flatnonzero(solver.rattlers).tolist() == [0]
+    zero = solver.zero_modes()
+    assert zero["expected"] == 2 * (1 + 1)
+    assert zero["found"] == zero["expected"] and zero["matches"]
+    assert zero["method"] == "dense eigendecomposition"
+    assert zero["basis_max_residual"] < 1e-12
+    assert 0 < zero["eigenvalue_min_nonzero"] < zero["eigenvalue_max"]
+    assert zero["negative_eigenvalues"] == 0
+    contacts = solver.contacts
+    assert contacts["contact_overlap_min"] > 0 and contacts["contact_gap_min"] > 0
+
+
+@pytest.mark.parametrize("pspec", KINDS, ids=[p.name for p in KINDS])
+def test_2d_scalar_theta_matches_central_differences(packing_2d, pspec):
+    system, model, params, relaxer, result, solver, scalars, vector = packing_2d
+    dx, attrs = scalars[pspec.name]
+    assert attrs["converged"] and attrs["iterations"] >= 0
+    assert attrs["relative_residual"] <= 1e-10 * 1.0001
+    fd = central_difference(system, model, params, relaxer, solver, pspec)
+    backbone = ~solver.rattlers
+    if pspec.kind == "epsilon" and pspec.species is None:
+        # a uniform ε scales the energy: the minimum does not move
+        assert np.max(np.abs(dx[backbone])) < 1e-9  # = -H⁺F_res/ε: the error of x*
+        assert np.max(np.abs(fd[backbone])) < 1e-6
+        return
+    assert relative_error(dx, fd, backbone) < 1e-5
+    # rattler rows are NaN, the backbone's mean response is zero (the gauge)
+    assert np.all(np.isnan(dx[0])) and np.all(np.isfinite(dx[backbone]))
+    assert np.abs(dx[backbone].mean(axis=0)).max() < 1e-10
+
+
+def test_2d_matches_dense_pseudo_inverse(packing_2d):
+    system, model, params, relaxer, result, solver, scalars, vector = packing_2d
+    backbone = ~solver.rattlers
+    y = solver.y_backbone
+    n_b, d = y.shape
+    grad = solver.optimality
+    hessian = np.asarray(jax.hessian(lambda y: model.energy(
+        solver.embed(y), params, solver.pairs))(y)).reshape(n_b * d, n_b * d)
+    for pspec in KINDS[:3] + KINDS[4:]:
+        theta0, apply = theta_apply(pspec, params, system.species)
+        rhs = -np.asarray(jax.jacfwd(lambda t: grad(y, apply(params, t)))(theta0)).reshape(-1)
+        dy = (np.linalg.pinv(hessian, rcond=1e-10, hermitian=True) @ rhs).reshape(n_b, d)
+        expected = np.full((system.n, d), np.nan)
+        expected[backbone] = dy
+        if pspec.kind == "box":  # x = λ y: the affine part
+            expected[backbone] += np.asarray(solver.y)[backbone]
+        expected = gauge_fix(expected, solver.rattlers)
+        assert relative_error(scalars[pspec.name][0], expected, backbone) < 1e-8, pspec.name
+
+
+def test_2d_vector_theta(packing_2d):
+    """Every diameter: [N][N][d], dense factorization, against differences and the scalar θ."""
+    system, model, params, relaxer, result, solver, scalars, vector = packing_2d
+    dx, attrs = vector
+    n, d = system.n, system.dim
+    assert dx.shape == (n, n, d)
+    assert attrs["converged"] and attrs["solver"] == "dense"
+    backbone = ~solver.rattlers
+    for component in (3, 17):
+        fd = central_difference(system, model, params, relaxer, solver,
+                                ParameterSpec("diameters", "diameters"), component=component)
+        assert relative_error(dx[component], fd, backbone) < 1e-5
+    # the species θ moves every diameter of the species: the sum of those rows
+    small = system.species == 0
+    assert relative_error(np.nansum(dx[small], axis=0), scalars["small_diameter"][0],
+                          backbone) < 1e-8
+    # a rattler's own diameter moves nothing
+    assert np.max(np.abs(dx[0][backbone])) < 1e-12
+
+
+def test_vector_theta_batched_iterative_equals_dense(packing_2d):
+    system, model, params, relaxer, result, solver, scalars, vector = packing_2d
+    iterative = ResponseSolver(model, result.positions, params, max_force=result.max_force,
+                               settings=resolve_sensitivity({"dense_max_dof": 1}))
+    dx, attrs = iterative.vector_derivative(ParameterSpec("diameters", "diameters"))
+    assert attrs["solver"] == "cg" and attrs["n_solves"] == system.n and attrs["converged"]
+    backbone = ~solver.rattlers
+    assert relative_error(dx.reshape(-1, 2), vector[0].reshape(-1, 2),
+                          np.tile(backbone, system.n)) < 1e-8
+
+
+def test_translation_gauge(packing_2d):
+    """Translating the packing rigidly does not change the (gauge-fixed) response."""
+    system, model, params, relaxer, result, solver, scalars, vector = packing_2d
+    shift = np.array([1.234, -0.567])
+    moved = np.mod(result.positions + shift, system.box)
+    other = ResponseSolver(model, moved, params, max_force=result.max_force,
+                           settings=resolve_sensitivity({}))
+    dx = other.scalar_derivatives([KINDS[0]])["small_diameter"][0]
+    backbone = ~solver.rattlers
+    assert relative_error(dx, scalars["small_diameter"][0], backbone) < 1e-8
+
+
+def test_3d_packing_with_rattler():
+    system, model, params, relaxer, result, solver = relaxed(32, 3, 0.72, 1, shrink=0.5)
+    assert np.flatnonzero(solver.rattlers).tolist() == [0]
+    kinds = [KINDS[0], KINDS[4]]
+    out = solver.scalar_derivatives(kinds)
+    backbone = ~solver.rattlers
+    for pspec in kinds:
+        fd = central_difference(system, model, params, relaxer, solver, pspec)
+        assert relative_error(out[pspec.name][0], fd, backbone) < 1e-5, pspec.name
+    zero = solver.zero_modes()
+    assert zero["found"] == zero["expected"] == 3 * 2
+
+
+def test_free_boundary_lennard_jones_cluster():
+    """A 2D Lennard-Jones cluster in free space: translations and the rotation are gauge."""
+    rng = np.random.default_rng(3)
+    grid = np.stack(np.meshgrid(np.arange(4), np.arange(4)), -1).reshape(-1, 2) * 1.12
+    system = random_packing(16, dim=2, phi=0.5, seed=0).replace(
+        positions=grid + 0.05 * rng.standard_normal((16, 2)), box=None, periodic=False,
+        diameters=np.ones(16))
+    system, model, params, relaxer, result, solver = relaxed(
+        16, 2, 0, 0, system=system, potential={"kind": "lennard_jones"},
+        minimizer={"dt_start": 0.002, "dt_max": 0.02})
+    assert not solver.rattlers.any()
+    pspec = KINDS[0]
+    dx = solver.scalar_derivatives([pspec])[pspec.name][0]
+    fd = central_difference(system, model, params, relaxer, solver, pspec)
+    assert relative_error(dx, fd, np.ones(16, bool)) < 1e-5
+    zero = solver.zero_modes()
+    assert zero["expected"] == 3 and zero["found"] == 3
+    # no rigid rotation left in the response
+    centred = np.asarray(solver.y) - np.asarray(solver.y).mean(axis=0)
+    rotation = np.stack([-centred[:, 1], centred[:, 0]], -1)
+    assert abs(np.sum(rotation * dx)) < 1e-8 * np.linalg.norm(dx) * np.linalg.norm(rotation)
+
+
+def test_find_rattlers_is_iterative():
+    # a chain 0-1-2 hanging off a rigid triangle 3-4-5 (each with 3 contacts)
+    i = np.array([0, 1, 2, 3, 3, 4, 3, 4, 5])
+    j = np.array([1, 2, 3, 4, 5, 5, 6, 6, 6])
+    rattlers = find_rattlers(7, i, j, np.ones(len(i), bool), 3)
+    assert rattlers.tolist() == [True, True, True, False, False, False, False]
+
+
+def test_nullspace_basis_and_gauge():
+    positions = np.random.default_rng(0).random((5, 2))
+    rattlers = np.array([False, True, False, False, False])
+    basis = nullspace_basis(positions, rattlers, periodic=True)
+    assert basis.shape == (2 + 2, 5, 2)
+    free = nullspace_basis(positions, rattlers, periodic=False)
+    assert free.shape == (2 + 1 + 2, 5, 2)
+    dx = gauge_fix(np.ones((5, 2)), rattlers)
+    assert np.isnan(dx[1]).all() and np.allclose(dx[~rattlers], 0)
+
+
+def test_parameter_validation():
+    system = random_packing(8, dim=2, phi=0.9, seed=0)
+    spec = resolve_potential({}, system.n_species)
+    good = resolve_parameters([{"name": "d", "kind": "diameter", "species": 1}], system, spec)
+    assert good[0].species == 1
+    for bad in ([{"name": "d", "kind": "diameter", "species": 7}],
+                [{"name": "d", "kind": "diameter", "species": None}],
+                [{"name": "d", "kind": "volume", "species": None}],
+                [{"name": "b", "kind": "box", "species": 0}],
+                [{"name": "a/b", "kind": "box", "species": None}],
+                [{"name": "x", "kind": "box"}, {"name": "x", "kind": "epsilon"}]):
+        with pytest.raises(InputError):
+            resolve_parameters(bad, system, spec)
+    free = system.replace(box=None, periodic=False)
+    with pytest.raises(InputError, match="periodic"):
+        resolve_parameters([{"name": "b", "kind": "box", "species": None}], free, spec)
+    with pytest.raises(InputError, match="solver"):
+        resolve_sensitivity({"solver": "qr"})
