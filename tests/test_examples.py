@@ -68,3 +68,11 @@ def test_dictionary_learning(tmp_path):
     for value in r["baselines"].values():
         assert 0.5 < value <= 1.0
     assert r["loss_last"] < r["loss_first"]
+
+
+def test_packing_sensitivity(tmp_path):
+    pytest.importorskip("jax_md")
+    r = _run("packing_sensitivity", tmp_path, "--n", "32", "--no-audit")
+    assert r["converged"]
+    assert Path(r["result"]).is_file()
+    assert 0 < r["mean_response"] < 1e3
