@@ -208,31 +208,52 @@ def _entry_ok(entry: Mapping, tolerance: float | None) -> bool | None:
 def render_audit(audit: Mapping, *, tolerance: float | None = None) -> tuple[str, bool]:
     """The finite-difference audit as a table, and whether it passed.
 
-    ``audit`` is ``audit_task``'s dict: per-θ mappings (errors, the step used, pass flag)
-    and possibly overall scalars. With ``tolerance``, an entry passes when its relative
-    error is at most ``tolerance``; otherwise the audit's own verdict is used.
+    ``audit`` is ``audit_task``'s dict: one mapping per θ (``relative_error``,
+    ``max_abs_error``, ``norm_implicit``, ``fd_step``, ``relax_steps``, ``contacts_changed``,
+    ``passed``, ``note``) and overall scalars (``max_relative_error``, ``passed``, ``reason``).
+    With ``tolerance``, a θ passes when its relative error is at most ``tolerance``;
+    otherwise the audit's own verdict is used.
     """
-    lines = ["Finite-difference audit:"]
     entries = {k: v for k, v in audit.items() if isinstance(v, Mapping)}
     overall = {k: v for k, v in audit.items() if not isinstance(v, Mapping)}
+    first = next(iter(entries.values()), {})
+    limit = tolerance if tolerance is not None else first.get("tolerance")
+    title = "Finite-difference audit (central differences, re-minimized from x*"
+    if overall.get("ftol") is not None:
+        title += f" to ftol {format_value(overall['ftol'])}"
+    title += ")" + (f", tolerance {format_value(limit)}:" if limit is not None else ":")
+    lines = [title]
+    columns = [("relative_error", "rel. error"), ("max_abs_error", "abs. error"),
+               ("norm_implicit", "|dx/dtheta|"), ("fd_step", "h"), ("relax_steps", "steps"),
+               ("contacts_changed", "contacts±")]
+    if entries:
+        width = max(5, *(len(name) for name in entries))
+        lines.append(f"  {'theta':<{width}}  " + "  ".join(f"{label:>10}" for _, label in columns)
+                     + "  verdict")
     verdicts = []
+    notes = []
     for name, entry in entries.items():
-        scalars = {k: v for k, v in entry.items() if not isinstance(v, (list, Mapping, np.ndarray))}
         ok = _entry_ok(entry, tolerance)
         verdicts.append(ok)
-        status = {True: "PASS", False: "FAIL", None: "?"}[ok]
-        fields = ", ".join(f"{k} {format_value(v)}" for k, v in scalars.items())
-        lines.append(f"  {name}: {status}  {fields}")
-    for key, value in overall.items():
-        if isinstance(value, (list, np.ndarray)):
-            continue
-        lines.append(f"  {key} = {format_value(value)}")
-    ok_overall = _entry_ok(overall, tolerance) if tolerance is None else None
-    if ok_overall is None:
-        known = [v for v in verdicts if v is not None]
-        ok_overall = all(known) if known else True
-    if tolerance is not None:
-        known = [v for v in verdicts if v is not None]
-        ok_overall = all(known) if known else ok_overall
-    lines.append(f"  verdict: {'PASS' if ok_overall else 'FAIL'}")
+        cells = "  ".join(f"{format_value(entry.get(key)):>10}" for key, _ in columns)
+        lines.append(f"  {name:<{width}}  {cells}  {({True: 'PASS', False: 'FAIL', None: '?'}[ok])}")
+        if entry.get("note"):
+            notes.append(f"  note ({name}): {entry['note']}")
+        if entry.get("relax_converged") is False:
+            notes.append(f"  note ({name}): a re-minimization at theta +/- h did not converge")
+    lines += notes
+    if overall.get("reason"):
+        lines.append(f"  reason: {overall['reason']}")
+    known = [v for v in verdicts if v is not None]
+    if tolerance is not None and known:
+        ok_overall = all(known) and overall.get("reason") is None
+    else:
+        own = _entry_ok(overall, None)
+        ok_overall = own if own is not None else (all(known) if known else False)
+    extra = []
+    if isinstance(overall.get("max_relative_error"), (int, float)):
+        extra.append(f"max relative error {format_value(overall['max_relative_error'])}")
+    if isinstance(overall.get("time_s"), (int, float)):
+        extra.append(f"{overall['time_s']:.2f} s")
+    lines.append(f"  verdict: {'PASS' if ok_overall else 'FAIL'}" + (f" ({', '.join(extra)})" if extra else ""))
     return "\n".join(lines), bool(ok_overall)

@@ -266,14 +266,13 @@ def stats_block(
 
     if timings:
         shown = []
-        for key, label in (
-            ("time_relax_s", "relax"),
-            ("time_sensitivity_s", "sensitivity"),
-            ("time_compile_s", "compile"),
-            ("time_total_s", "total"),
-        ):
-            if _get(timings, key) is not None:
-                shown.append(f"{label} {float(timings[key]):.3g} s")
+        order = ["time_relax_s", "time_sensitivity_s", "time_compile_s"]
+        order += [k for k in timings if k not in order and k != "time_total_s"] + ["time_total_s"]
+        for key in order:
+            value = _get(timings, key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                label = key.removeprefix("time_").removesuffix("_s")
+                shown.append(f"{label} {float(value):.3g} s")
         if shown:
             lines.append("Timings: " + ", ".join(shown))
     if result_path:

@@ -786,8 +786,6 @@ def submit(config: str, overrides: tuple[str, ...], output: str | None, dry_run:
     for override in overrides:
         run_arguments += ["--set", override]
     run_arguments += ["--output", str(top)]
-    if state.quiet:
-        run_arguments.append("-q")
     if state.verbose:
         run_arguments.append("-" + "v" * state.verbose)
     environment = {}

@@ -499,6 +499,10 @@ def test_check_audits_against_finite_differences(tmp_path: Path, packings: Path)
     assert result.exit_code == 0, result.output
     assert "Finite-difference audit" in result.stdout
     assert "small_diameter" in result.stdout and "PASS" in result.stdout
+    strict = invoke(["check", config, "--tolerance", 1e-30])
+    assert strict.exit_code == 1, strict.output
+    assert "FAIL" in strict.stdout
+    assert "finite-difference audit failed for task(s) 0" in strict.stderr
 
 
 def test_sigterm_stops_a_run_cleanly(tmp_path: Path, packings: Path):
