@@ -72,11 +72,12 @@ def test_2d_matches_dense_pseudo_inverse(packing_2d):
     y = solver.y_backbone
     n_b, d = y.shape
     grad = solver.optimality
-    hessian = np.asarray(jax.hessian(lambda y: model.energy(
-        solver.embed(y), params, solver.pairs))(y)).reshape(n_b * d, n_b * d)
+    hessian = np.asarray(jax.jit(jax.hessian(lambda y: model.energy(
+        solver.embed(y), params, solver.pairs)))(y)).reshape(n_b * d, n_b * d)
     for pspec in KINDS[:3] + KINDS[4:]:
         theta0, apply = theta_apply(pspec, params, system.species)
-        rhs = -np.asarray(jax.jacfwd(lambda t: grad(y, apply(params, t)))(theta0)).reshape(-1)
+        rhs = -np.asarray(jax.jit(jax.jacfwd(lambda t: grad(y, apply(params, t))))(theta0))
+        rhs = rhs.reshape(-1)
         dy = (np.linalg.pinv(hessian, rcond=1e-10, hermitian=True) @ rhs).reshape(n_b, d)
         expected = np.full((system.n, d), np.nan)
         expected[backbone] = dy

@@ -1,0 +1,125 @@
+"""Pair potentials: pair laws against closed forms, periodic images, per-species parameters,
+neighbor lists against every pair, the cutoff, and the sparse Hessian-vector product."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import systems  # noqa: F401
+from systems._errors import InputError
+from systems._system import ParticleSystem
+from systems.generate import random_packing
+from systems.potentials import PairModel, Pairs, resolve_potential
+
+
+def two_particles(distance, box=10.0, diameters=(1.0, 1.0), species=(0, 0)):
+    positions = np.array([[1.0, 5.0], [1.0 + distance, 5.0]])
+    return ParticleSystem(positions=np.mod(positions, box), diameters=np.array(diameters),
+                          species=np.array(species), box=np.array([box, box]), periodic=True)
+
+
+def energy(system, potential, scale=1.0):
+    model = PairModel.build(system, resolve_potential(potential, system.n_species))
+    params = model.default_params(system.diameters)._replace(scale=jnp.asarray(scale))
+    return float(model.energy(jnp.asarray(system.positions), params, Pairs.all_pairs(system.n)))
+
+
+@pytest.mark.parametrize("alpha", [2.0, 2.5])
+def test_soft_sphere_closed_form(alpha):
+    r, sigma = 0.9, 1.2
+    system = two_particles(r, diameters=(1.0, 1.4))
+    expected = 1.0 / alpha * (1 - r / sigma) ** alpha
+    assert energy(system, {"alpha": alpha}) == pytest.approx(expected, rel=1e-14)
+    assert energy(two_particles(1.25, diameters=(1.0, 1.4)), {"alpha": alpha}) == 0.0
+
+
+def test_periodic_image_and_box_scale():
+    # 9.5 apart in a box of 10: the image is 0.5 away
+    assert energy(two_particles(9.5), {}) == pytest.approx(0.5 * 0.5**2, rel=1e-14)
+    # box scale λ at fixed fractional positions: distance 0.5 λ
+    assert energy(two_particles(9.5), {}, scale=1.2) == pytest.approx(0.5 * 0.4**2, rel=1e-13)
+
+
+def test_lennard_jones_and_morse_closed_forms():
+    r = 1.1
+    lj = 4 * ((1 / r) ** 12 - (1 / r) ** 6)
+    assert energy(two_particles(r), {"kind": "lennard_jones"}) == pytest.approx(lj, rel=1e-13)
+    morse = (1 - np.exp(-5.0 * (r - 1.0))) ** 2 - 1
+    assert energy(two_particles(r), {"kind": "morse"}) == pytest.approx(morse, rel=1e-13)
+    # smooth truncation: zero beyond r_cutoff σ
+    assert energy(two_particles(2.6), {"kind": "lennard_jones"}) == 0.0
+    # explicit sigma for Lennard-Jones
+    assert energy(two_particles(r), {"kind": "lennard_jones", "sigma": 1.05}) == pytest.approx(
+        4 * ((1.05 / r) ** 12 - (1.05 / r) ** 6), rel=1e-13)
+
+
+def test_per_species_epsilon():
+    system = two_particles(0.9, species=(0, 1))
+    eps = [[1.0, 3.0], [3.0, 2.0]]
+    assert energy(system, {"epsilon": eps}) == pytest.approx(3.0 * 0.5 * 0.1**2, rel=1e-13)
+
+
+def test_resolve_potential_merges_and_rejects():
+    spec = resolve_potential({"epsilon": None}, 2, {"kind": "morse", "epsilon": 2.0})
+    assert spec.kind == "morse" and spec.epsilon[0, 1] == 2.0
+    spec = resolve_potential({"epsilon": 3.0}, 2, {"kind": "morse", "epsilon": 2.0})
+    assert spec.epsilon[1, 1] == 3.0
+    for bad in ({"kind": "yukawa"}, {"epsilon": [[1, 2], [3, 4]]}, {"epsilon": [1, 2, 3]},
+                {"sigma": 1.0}, {"alpha": 1.0}, {"neighbor_list": "sometimes"},
+                {"kind": "lennard_jones", "r_onset": 3.0}):
+        with pytest.raises(InputError):
+            resolve_potential(bad, 2)
+
+
+def test_neighbor_list_matches_all_pairs_and_cutoff_covers_sigma():
+    system = random_packing(600, dim=2, phi=0.9, seed=2)
+    model = PairModel.build(system, resolve_potential({}, system.n_species))
+    params = model.default_params(system.diameters)
+    y = jnp.asarray(system.positions)
+    reference = model.energy(y, params, Pairs.all_pairs(system.n))
+    grown = params._replace(diameters=params.diameters * 1.05)
+    cutoff = model.reference_cutoff([params, grown])
+    assert cutoff == pytest.approx(1.4 * 1.05)
+    assert model.use_neighbor_list(cutoff)
+    nbrs = model.neighbor_list_fn(cutoff, 0.2).allocate(y)
+    pairs = Pairs.from_sparse_neighbor_list(nbrs)
+    assert float(model.energy(y, params, pairs)) == pytest.approx(float(reference), rel=1e-12)
+    # the list built for the larger σ still holds every pair at that σ
+    assert float(model.energy(y, grown, pairs)) == pytest.approx(
+        float(model.energy(y, grown, Pairs.all_pairs(system.n))), rel=1e-12)
+    half = model.interacting_pairs(y, params)
+    assert float(model.energy(y, params, half)) == pytest.approx(float(reference), rel=1e-12)
+
+
+def test_sparse_hessian_vector_product_is_exact():
+    system = random_packing(24, dim=3, phi=0.7, seed=0)
+    model = PairModel.build(system, resolve_potential({}, system.n_species))
+    params = model.default_params(system.diameters)
+    y = jnp.asarray(system.positions)
+    pairs = model.interacting_pairs(y, params)
+    v = jax.random.normal(jax.random.PRNGKey(0), y.shape)
+
+    def plain(y, p):
+        return jax.grad(model.energy)(y, p, pairs)
+
+    grad = model.gradient_fn(pairs)
+    cached = model.gradient_fn(pairs, None, jax.jit(model.pair_stiffness)(y, params, pairs))
+    tangent = params._replace(diameters=jnp.ones(24), epsilon=jnp.zeros((2, 2)),
+                              scale=jnp.asarray(1.0))
+
+    @jax.jit
+    def products(y, v, params, tangent):
+        out = [plain(y, params), jax.jvp(lambda y: plain(y, params), (y,), (v,))[1],
+               jax.jvp(plain, (y, params), (v, tangent))[1]]
+        for g in (grad, cached):
+            out += [g(y, params), jax.jvp(lambda y: g(y, params), (y,), (v,))[1]]
+        # tangents in the parameters too (diameters and box scale)
+        out.append(jax.jvp(grad, (y, params), (v, tangent))[1])
+        return out
+
+    value, hvp, full, *rest = products(y, v, params, tangent)
+    for g_value, g_hvp in (rest[0:2], rest[2:4]):
+        assert np.allclose(g_value, value, rtol=0, atol=1e-14)
+        assert np.allclose(g_hvp, hvp, rtol=1e-12, atol=1e-12)
+    assert np.allclose(rest[4], full, rtol=1e-12, atol=1e-12)
