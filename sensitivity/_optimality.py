@@ -231,7 +231,11 @@ def make_mirror_descent_fixed_point(
     the Bregman projection of the mirror point ``y``. For the KL geometry on the simplex,
     ``phi(x) = sum x log x``: ``mapping_fun = jnp.log`` (``grad phi`` up to a constant, which
     the normalization absorbs) and ``projection_bregman =``
-    :func:`sensitivity.kl_projection_simplex` (a softmax).
+    :func:`sensitivity.kl_projection_simplex` (a softmax). The KL geometry only reaches
+    interior points: the solution must have ``x > 0`` (``log x`` is infinite on the boundary;
+    a solution with an entry that underflows to 0 gives NaN derivatives). For a solution on
+    the boundary use :func:`make_projected_gradient_fixed_point` with
+    :func:`sensitivity.projection_simplex`.
 
     Args:
       fun: the objective ``f(x, *args)``, scalar.

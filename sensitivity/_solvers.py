@@ -110,8 +110,16 @@ def _iterate(update: Callable, carry: Any, tol: float, maxiter: int, unroll: boo
 
     Returns ``(carry, error, iterations)``. With ``unroll`` a ``scan`` of ``maxiter`` steps
     whose updates are frozen once converged (reverse-differentiable, memory O(maxiter)).
+    The error is a stopping criterion, not differentiated: a norm at exact convergence would
+    otherwise send ``0 * inf = NaN`` into the unrolled derivative.
     """
     error0 = jnp.asarray(jnp.inf)
+    inner = update
+
+    def update(carry):
+        carry, error = inner(carry)
+        return carry, jax.lax.stop_gradient(error)
+
     if not unroll:
 
         def cond(state):
@@ -438,7 +446,10 @@ def mirror_descent(
     ``x <- projection_bregman(mapping_fun(x) - eta grad f(x), hyperparams_proj)``. For the KL
     geometry on the simplex use ``mapping_fun=jnp.log`` and
     ``projection_bregman=kl_projection_simplex`` (exponentiated gradient), with ``init_params``
-    in the interior. Stops when ``||x_{k+1} - x_k|| / eta <= tol``.
+    in the interior; the solution must be interior too (see
+    :func:`sensitivity.make_mirror_descent_fixed_point`). Stops when
+    ``||x_{k+1} - x_k|| / eta <= tol``; the convergence is linear at best, so the distance to
+    the solution can be much larger than ``tol``: tighten it when derivatives must be accurate.
 
     Implicit differentiation: :func:`sensitivity.make_mirror_descent_fixed_point`.
 
@@ -917,7 +928,8 @@ def solve_conic(
             return jnp.where(better, z_new, z)
 
         z = jax.lax.fori_loop(0, refine_steps, refine, z)
-        return z, (iterations, errors(z, c, A, b))
+        error = errors(z, c, A, b)
+        return z, (iterations, jnp.where(jnp.isfinite(error), error, jnp.inf))
 
     if implicit_diff:
         if solve is None:

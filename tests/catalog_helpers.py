@@ -23,6 +23,13 @@ def central_fd_jacobian(fun, theta, h=1e-6):
     return jax.jit(lambda t: fd_jacobian(fun, t, h))(jnp.asarray(theta))
 
 
+def jacobians_and_fd(fun, theta, h=1e-6):
+    """``(jacfwd, jacrev, central FD)`` of ``fun`` at ``theta``, compiled together once."""
+    return jax.jit(lambda t: (jax.jacfwd(fun)(t), jax.jacrev(fun)(t), fd_jacobian(fun, t, h)))(
+        jnp.asarray(theta)
+    )
+
+
 def jacobians(fun, theta):
     """``(jacfwd, jacrev)`` of ``fun`` at ``theta``, each jitted once."""
     return jax.jit(jax.jacfwd(fun))(theta), jax.jit(jax.jacrev(fun))(theta)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-from catalog_helpers import assert_close, fd_jacobian, jacobians
+from catalog_helpers import assert_close, jacobians, jacobians_and_fd
 from sensitivity import (
     block_coordinate_descent,
     gradient_descent,
@@ -40,9 +40,7 @@ def least_squares(x, y):
 
 def check_implicit_jacobian(solution, theta, expected=None, atol=1e-7, h=1e-6):
     """jacfwd and jacrev of ``solution`` at ``theta`` against central FD (and a closed form)."""
-    jac_fwd, jac_rev, fd = jax.jit(
-        lambda t: (jax.jacfwd(solution)(t), jax.jacrev(solution)(t), fd_jacobian(solution, t, h))
-    )(theta)
+    jac_fwd, jac_rev, fd = jacobians_and_fd(solution, theta, h)
     assert np.abs(np.asarray(fd)).max() > 1e-3, "degenerate check: the Jacobian is ~0"
     assert_close(jac_fwd, fd, atol=atol, what="jacfwd vs finite differences")
     assert_close(jac_rev, jac_fwd, atol=1e-9, what="jacrev vs jacfwd")
