@@ -163,6 +163,9 @@ def render_summary(summary: Mapping) -> str:
             f"{'x'.join(str(d) for d in t['shape'])}, max |dx_i/dtheta| "
             f"{format_value(t['max_response'])}, rms {format_value(t['rms_response'])}"
         )
+        skipped = (t.get("attrs") or {}).get("skipped")
+        if skipped:
+            lines.append(f"    not computed: {skipped}")
         if t["largest"]:
             largest = ", ".join(
                 f"#{p['particle']} (species {p['species']}) {p['magnitude']:.3e}" for p in t["largest"]

@@ -250,8 +250,8 @@ def stats_block(
     lines += [f"  {k:<24} = {v}" for k, v in rows]
 
     if responses:
-        solvers = {str(_get(a, "solver", default="?")) for a in responses.values()}
-        lines.append(f"Sensitivity stats (solver {', '.join(sorted(solvers))}):")
+        solvers = {str(a["solver"]) for a in responses.values() if _get(a, "solver") is not None}
+        lines.append(f"Sensitivity stats (solver {', '.join(sorted(solvers)) or '-'}):")
         width = max(12, *(len(name) for name in responses))
         lines.append(f"  {'theta':<{width}}  {'iterations':>10}  {'residual':>10}  converged")
         for name, attrs in responses.items():

@@ -190,10 +190,13 @@ def _choice(*options: Any) -> _Spec:
     return _Spec(check, allowed)
 
 
-def _string(pattern: str | None = None, what: str = "a non-empty string") -> _Spec:
+def _string(pattern: str | None = None, what: str = "a non-empty string", *,
+            numbers: bool = False) -> _Spec:
     regex = re.compile(pattern) if pattern else None
 
     def check(value):
+        if numbers and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            value = str(value)  # Slurm reads a bare number as minutes / megabytes
         if not isinstance(value, str) or not value.strip():
             raise _Bad(what)
         if regex is not None and not regex.fullmatch(value):
@@ -257,8 +260,9 @@ _NAME = _string(
 _TIME = _string(
     r"(\d+-)?\d+(:\d{1,2}){0,2}|\d+-\d+",
     "a Slurm time limit such as 30, 01:00:00 or 2-00:00:00",
+    numbers=True,
 )
-_MEMORY = _string(r"\d+[KMGT]?", "a Slurm memory size such as 4000, 500M or 4G")
+_MEMORY = _string(r"\d+[KMGT]?", "a Slurm memory size such as 4000, 500M or 4G", numbers=True)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -326,8 +326,10 @@ def setup_jax(state: State, reporter=None) -> None:
         reporter.detail(f"JAX compilation cache: {directory}")
 
 
-def result_is_complete(path: Path) -> bool:
-    """A result file that was renamed into place and reads as a sensitivity result."""
+def result_is_complete(path: Path, config: dict | None = None) -> bool:
+    """A result file that was renamed into place, reads as a sensitivity result and, when
+    ``config`` is given, was computed from that same resolved config (so changing a key and
+    rerunning recomputes the task instead of skipping it)."""
     if not path.is_file():
         return False
     try:
@@ -335,12 +337,31 @@ def result_is_complete(path: Path) -> bool:
 
         with h5py.File(path, "r") as handle:
             group = handle.get("/sensitivity")
-            return group is not None and group.attrs.get("format") in (
+            if group is None or group.attrs.get("format") not in (
                 "sensitivity-result",
                 b"sensitivity-result",
-            )
+            ):
+                return False
+            if config is None:
+                return True
+            saved = handle.get("/parameters/config")
+            text = None if saved is None else saved.attrs.get("json")
+            if text is None:
+                return False
+            if isinstance(text, bytes):
+                text = text.decode()
+            return _comparable(json.loads(text)) == _comparable(config)
     except Exception:
         return False
+
+
+def _comparable(config: dict) -> dict:
+    """What decides a task's result: the config less where it is written and how it is queued."""
+    plain = json.loads(json.dumps(config, default=str))
+    plain.pop("slurm", None)
+    if isinstance(plain.get("output"), dict):
+        plain["output"].pop("directory", None)
+    return plain
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -471,10 +492,12 @@ def run(config: str, overrides: tuple[str, ...], output: str | None, task_index:
 
     todo = []
     for task in tasks:
-        if not overwrite and result_is_complete(task.result_path):
+        if not overwrite and result_is_complete(task.result_path, task.config):
             reporter.info(f"{task.label}: skipped, complete result exists ({task.result_path})")
-        else:
-            todo.append(task)
+            continue
+        if not overwrite and result_is_complete(task.result_path):
+            reporter.info(f"{task.label}: the config changed since its result was written; recomputing")
+        todo.append(task)
     if not todo:
         reporter.info(f"nothing to do: all {len(tasks)} task(s) complete (--overwrite recomputes)")
         return
@@ -776,7 +799,7 @@ def submit(config: str, overrides: tuple[str, ...], output: str | None, dry_run:
     if all_tasks:
         indices = [task.index for task in loaded.tasks]
     else:
-        indices = [t.index for t in loaded.tasks if not result_is_complete(t.result_path)]
+        indices = [t.index for t in loaded.tasks if not result_is_complete(t.result_path, t.config)]
     if not indices:
         if not state.quiet:
             click.echo(f"nothing to submit: all {len(loaded.tasks)} task(s) have a complete result "

@@ -372,11 +372,13 @@ def test_run_writes_result_config_and_plots_then_skips(tmp_path: Path, packings:
     summary = invoke(["inspect", out / "sensitivity.h5"])
     assert summary.exit_code == 0 and "small_diameter" in summary.output
 
-    quiet = invoke(["-q", "run", config, "--overwrite", "--set", "minimizer.ftol=1e-11",
-                    "--output", tmp_path / "elsewhere"])
+    # A changed config recomputes the task instead of skipping it (quietly with -q).
+    quiet = invoke(["-q", "run", config, "--set", "minimizer.ftol=1e-11"])
     assert quiet.exit_code == 0, quiet.output
     assert quiet.output == ""
-    assert read_result(tmp_path / "elsewhere" / "sensitivity.h5").relaxation["max_force"] <= 1e-11
+    assert read_result(out / "sensitivity.h5").relaxation["max_force"] <= 1e-11
+    same = invoke(["run", config, "--set", "minimizer.ftol=1e-11", "--set", "slurm.time=5"])
+    assert same.exit_code == 0 and "skipped, complete result exists" in same.output
 
 
 def test_sweep_interrupted_then_resumed_then_collected(tmp_path: Path, packings: Path, monkeypatch):
@@ -448,9 +450,14 @@ def test_collect_lists_missing_tasks(tmp_path: Path, packings: Path):
 def test_slurm_array_task_id_selects_the_task(tmp_path: Path, packings: Path, monkeypatch):
     config = sweep_config(tmp_path, packings)
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
-    result = invoke(["-q", "run", config])
+    result = invoke(["-q", "run", config, "--output", tmp_path / "elsewhere"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.parent.name for p in (tmp_path / "out").glob("task-*/sensitivity.h5")) == ["task-0002"]
+    assert sorted(p.parent.name for p in (tmp_path / "elsewhere").glob("task-*/sensitivity.h5")) == [
+        "task-0002"]
+    assert not (tmp_path / "out").exists()
+    again = invoke(["run", config, "--output", tmp_path / "elsewhere", "--overwrite"])
+    assert again.exit_code == 0, again.output
+    assert "skipped" not in again.output and "Minimization stats" in again.output
 
 
 def test_not_converged_is_exit_1_with_the_stats(tmp_path: Path, packings: Path):

@@ -102,14 +102,14 @@ def test_submit_leaves_out_finished_tasks(sweep_config: Path, tmp_path: Path, mo
     import cli.main as cli_main
 
     done = tmp_path / "out" / "task-0001" / "sensitivity.h5"
-    monkeypatch.setattr(cli_main, "result_is_complete", lambda path: path == done)
+    monkeypatch.setattr(cli_main, "result_is_complete", lambda path, config=None: path == done)
     runner = CliRunner()
     result = runner.invoke(main, ["submit", str(sweep_config), "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "#SBATCH --array=0,2" in (tmp_path / "out" / "submit.sbatch").read_text()
     result = runner.invoke(main, ["submit", str(sweep_config), "--dry-run", "--all"])
     assert "#SBATCH --array=0-2" in (tmp_path / "out" / "submit.sbatch").read_text()
-    monkeypatch.setattr(cli_main, "result_is_complete", lambda path: True)
+    monkeypatch.setattr(cli_main, "result_is_complete", lambda path, config=None: True)
     result = runner.invoke(main, ["submit", str(sweep_config), "--dry-run"])
     assert result.exit_code == 0
     assert "nothing to submit" in result.output
