@@ -541,3 +541,61 @@ def test_sigterm_stops_a_run_cleanly(tmp_path: Path, packings: Path):
     assert "stopped by SIGTERM" in output
     assert not (tmp_path / "out" / "sensitivity.h5").exists()
     assert not list((tmp_path / "out").glob(".*.tmp"))
+
+
+# --- progress rendering ---------------------------------------------------------------------------
+
+
+def test_reporter_modes():
+    import io
+    import re
+
+    from cli._report import Reporter
+
+    stream = io.StringIO()
+    log = Reporter("log", stream=stream)
+    with log.task("task 3", ftol=1e-12):
+        log.progress("relax", step=1000, max_force=3e-7, energy=0.5)
+        log.progress("solve", name="small_diameter", iterations=111, residual=2e-11, converged=True)
+        log.progress("done", converged=True)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3
+    assert all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[task 3\] ", line) for line in lines)
+    assert "relax step 1000: max|F| 3.000e-07 (ftol 1e-12)" in lines[0]
+    assert "solve small_diameter: 111 iterations, residual 2.000e-11" in lines[1]
+
+    quiet_stream = io.StringIO()
+    quiet = Reporter("quiet", stream=quiet_stream)
+    with quiet.task("t", ftol=1e-12):
+        quiet.progress("relax", step=1, max_force=1.0)
+        quiet.info("hello")
+    assert quiet_stream.getvalue() == ""
+    quiet.warning("shown anyway")
+    assert "warning: shown anyway" in quiet_stream.getvalue()
+
+    rich_stream = io.StringIO()
+    fancy = Reporter("rich", stream=rich_stream)
+    with fancy.task("t", ftol=1e-12):
+        for step, force in ((100, 1e-2), (200, 1e-7), (300, 1e-12)):
+            fancy.progress("relax", step=step, max_force=force, energy=1.0)
+        fancy.progress("solve", name="theta", iterations=5, residual=1e-12)
+    assert "solve theta: 5 iterations" in rich_stream.getvalue()
+    assert Reporter(None, stream=io.StringIO()).mode == "log"  # not a terminal
+
+
+def test_stats_block_names_the_stopping_criterion():
+    from cli._report import stats_block
+
+    text = stats_block(
+        {"minimizer": "fire", "steps": 10, "max_steps": 10, "energy": 1.0, "max_force": 1e-3,
+         "stop_reason": "max_steps", "converged": False, "ftol": 1e-12},
+        {"a": {"solver": "cg", "iterations": 3, "residual": 1e-11, "converged": True}},
+        {"time_relax_s": 0.5, "time_total_s": 1.0},
+        rattlers=2, n=16, result_path="r.h5",
+    )
+    assert "Minimization stats (FIRE):" in text
+    assert "max_steps reached (NOT converged)" in text
+    assert "Steps                    = 10 of max 10" in text
+    assert "Rattlers                 = 2 of 16 particles" in text
+    assert "Timings: relax 0.5 s, total 1 s" in text
+    assert text.endswith("Result: r.h5")
