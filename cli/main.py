@@ -144,26 +144,25 @@ def config_options(function):
     return function
 
 
-class UserError(click.ClickException):
+class _LineError(click.ClickException):
+    """An error shown as ``error: ...`` lines, no traceback."""
+
+    def show(self, file=None) -> None:
+        file = file or sys.stderr
+        for line in self.message.splitlines() or [""]:
+            click.echo(f"error: {line}", file=file)
+
+
+class UserError(_LineError):
     """A usage or input mistake: one line per mistake, exit code 2."""
 
     exit_code = EXIT_USAGE
 
-    def show(self, file=None) -> None:
-        file = file or sys.stderr
-        for line in self.message.splitlines() or [""]:
-            click.echo(f"error: {line}", file=file)
 
-
-class NumericalFailure(click.ClickException):
+class NumericalFailure(_LineError):
     """A numerical failure (not converged): exit code 1."""
 
     exit_code = EXIT_NUMERICAL
-
-    def show(self, file=None) -> None:
-        file = file or sys.stderr
-        for line in self.message.splitlines() or [""]:
-            click.echo(f"error: {line}", file=file)
 
 
 def _input_error_types() -> tuple[type, ...]:
