@@ -60,8 +60,9 @@ POTENTIAL_DEFAULTS: dict[str, Any] = {
     "capacity_multiplier": 1.25,
 }
 
-#: Neighbor lists are used ("auto") from this many particles on, where the box allows cells.
-NEIGHBOR_LIST_MIN_PARTICLES = 512
+#: Neighbor lists are used ("auto") from this many particles on, where the box allows cells
+#: (at N = 256 they make FIRE about ten times faster than every pair).
+NEIGHBOR_LIST_MIN_PARTICLES = 128
 
 
 def _species_matrix(value: Any, n_species: int, name: str, where: str) -> np.ndarray:
@@ -488,7 +489,7 @@ class PairModel:
 
     # ---- pair lists -------------------------------------------------------------------
     def use_neighbor_list(self, cutoff: float) -> bool:
-        """Whether a cell-list neighbor list fits (auto: N >= 512 and box >= 3 cells)."""
+        """Whether a cell-list neighbor list fits (auto: N >= 128 and box >= 3 cells)."""
         choice = self.spec.neighbor_list
         fits = self.periodic and bool(np.all(np.asarray(self.box) / 3.0 > cutoff))
         if choice == "auto":

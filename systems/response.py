@@ -514,16 +514,32 @@ class ResponseSolver:
                 f"than {contacts['min_contacts']} contacts): the packing is not jammed and "
                 "has no response to differentiate; raise the packing fraction")
         pairs = contacts["pairs"]
-        keep = ~self.rattlers[np.asarray(pairs.i)] & ~self.rattlers[np.asarray(pairs.j)]
-        self.pairs = Pairs.from_arrays(np.asarray(pairs.i)[keep], np.asarray(pairs.j)[keep])
+        i, j = np.asarray(pairs.i), np.asarray(pairs.j)
+        keep = ~self.rattlers[i] & ~self.rattlers[j]
+        #: the backbone's pairs, numbered as in the whole packing
+        self.pairs = Pairs.from_arrays(i[keep], j[keep])
+        # The linear system lives on the backbone alone: a pair model over the backbone
+        # particles (its pairs renumbered), so a Hessian-vector product touches no rattler.
+        number = np.full(model.n, -1)
+        number[self.backbone] = np.arange(len(self.backbone))
+        self.backbone_pairs = Pairs.from_arrays(number[i[keep]], number[j[keep]])
+        self.backbone_model = dataclasses.replace(
+            model, species=model.species[jnp.asarray(self.backbone)])
+        self._backbone_index = jnp.asarray(self.backbone)
         self.y_backbone = self.y[self.backbone]
         self.basis = nullspace_basis(np.asarray(self.y_backbone),
                                      np.zeros(len(self.backbone), bool), model.periodic)
         # Every Hessian-vector product of the implicit derivative is taken at (y*, θ0):
         # the pair stiffness blocks are computed once, here.
-        self.stiffness = jax.jit(model.pair_stiffness)(self.y, params, self.pairs)
-        self._gradient = model.gradient_fn(self.pairs, None, self.stiffness)
+        self.stiffness = jax.jit(self.backbone_model.pair_stiffness)(
+            self.y_backbone, self._restrict(params), self.backbone_pairs)
+        self._gradient = self.backbone_model.gradient_fn(self.backbone_pairs, None,
+                                                         self.stiffness)
         self.time_setup_s = time.perf_counter() - t0
+
+    def _restrict(self, params: PotentialParams) -> PotentialParams:
+        """The parameters of the backbone particles."""
+        return params._replace(diameters=params.diameters[self._backbone_index])
 
     @property
     def n_dof(self) -> int:
@@ -540,7 +556,7 @@ class ResponseSolver:
 
         Its JVP in ``y`` (the Hessian-vector product) uses the precomputed pair stiffness.
         """
-        return self._gradient(self.embed(y_backbone), params)[self.backbone]
+        return self._gradient(y_backbone, self._restrict(params))
 
     def linear_solve(self, solver_name: str | None = None):
         """The engine's solver with this packing's null space, tolerance and preconditioner,
@@ -560,8 +576,8 @@ class ResponseSolver:
             options["maxiter"] = int(s["maxiter"])
         precond = s.get("preconditioner")
         if name in _TAKES_PRECONDITIONER and precond in ("jacobi", "block_jacobi"):
-            inv = block_jacobi(self.model, self.stiffness, self.pairs,
-                               diagonal_only=precond == "jacobi")[self.backbone]
+            inv = block_jacobi(self.backbone_model, self.stiffness, self.backbone_pairs,
+                               diagonal_only=precond == "jacobi")
             d = self.model.dim
             options["M"] = lambda r: jnp.stack(
                 [sum(inv[:, a, c] * r[:, c] for c in range(d)) for a in range(d)], axis=-1)
