@@ -63,18 +63,32 @@ def _data(n: int, seed: int = 0):
     return X, y, float(np.linalg.eigvalsh(np.asarray(X.T @ X)).max())
 
 
+def _least_squares(X, y):
+    def fun(w, *reg):
+        value = 0.5 * jnp.sum((X @ w - y) ** 2)
+        return value + 0.5 * reg[0] * jnp.sum(w**2) if reg else value
+
+    return fun
+
+
 def gradient_descent_problem(n):
     X, y, L = _data(n)
-    fun = lambda w, lam: 0.5 * jnp.sum((X @ w - y) ** 2) + 0.5 * lam * jnp.sum(w**2)  # noqa: E731
-    run = lambda lam, **kw: sn.gradient_descent(fun, jnp.zeros(n), lam, step_size=1.0 / (L + 0.01), **kw)  # noqa: E731
+    fun = _least_squares(X, y)  # ridge: fun(w, lam)
+
+    def run(lam, **kw):
+        return sn.gradient_descent(fun, jnp.zeros(n), lam, step_size=1.0 / (L + 0.01), **kw)
+
     return Problem(run, jnp.asarray(0.01), lambda w: jnp.sum((X @ w - 0.5 * y) ** 2))
 
 
 def proximal_gradient_problem(n):
     X, y, L = _data(n)
-    fun = lambda w: 0.5 * jnp.sum((X @ w - y) ** 2)  # noqa: E731
+    fun = _least_squares(X, y)
+
+    def run(lam, **kw):
+        return sn.proximal_gradient(fun, sn.prox_lasso, jnp.zeros(n), lam, step_size=1.0 / L, **kw)
+
     lam = 0.1 * float(jnp.max(jnp.abs(X.T @ y)))
-    run = lambda lam, **kw: sn.proximal_gradient(fun, sn.prox_lasso, jnp.zeros(n), lam, step_size=1.0 / L, **kw)  # noqa: E731
     return Problem(run, jnp.asarray(lam), lambda w: jnp.sum((X @ w - 0.5 * y) ** 2))
 
 
@@ -82,10 +96,17 @@ def projected_gradient_problem(n):
     X, noise, L = _data(n)
     # targets from a point of the simplex plus noise: a solution with a large support
     weights = jnp.asarray(np.random.default_rng(2).dirichlet(np.ones(n)))
-    y = X @ weights + 0.01 * noise
-    fun = lambda w, y: 0.5 * jnp.sum((X @ w - y) ** 2)  # noqa: E731
-    run = lambda y, **kw: sn.projected_gradient(fun, sn.projection_simplex, jnp.full(n, 1.0 / n), 1.0, y, step_size=1.0 / L, **kw)  # noqa: E731
-    return Problem(run, y, lambda w: jnp.sum(w**2))
+
+    def fun(w, y):
+        return 0.5 * jnp.sum((X @ w - y) ** 2)
+
+    def run(y, **kw):
+        init = jnp.full(n, 1.0 / n)
+        return sn.projected_gradient(
+            fun, sn.projection_simplex, init, 1.0, y, step_size=1.0 / L, **kw
+        )
+
+    return Problem(run, X @ weights + 0.01 * noise, lambda w: jnp.sum(w**2))
 
 
 def mirror_descent_problem(n):
@@ -93,27 +114,46 @@ def mirror_descent_problem(n):
     rng = np.random.default_rng(1)
     M = rng.normal(size=(n, n)) / np.sqrt(n)
     H = jnp.asarray(M @ M.T + np.eye(n))
+    # the KL metric near the uniform point is ~ n I: steps ~ n / L
+    step = 0.5 * n / float(np.linalg.eigvalsh(np.asarray(H)).max())
+
+    def fun(x, theta):
+        return 0.5 * x @ H @ x - theta @ x
+
+    def run(theta, **kw):
+        init = jnp.full(n, 1.0 / n)
+        return sn.mirror_descent(
+            fun, sn.kl_projection_simplex, jnp.log, init, 1.0, theta, step_size=step, **kw
+        )
+
     theta = jnp.asarray(rng.normal(size=n) * 0.1 / n)
-    fun = lambda x, theta: 0.5 * x @ H @ x - theta @ x  # noqa: E731
-    step = 0.5 / float(np.linalg.eigvalsh(np.asarray(H)).max())
-    run = lambda t, **kw: sn.mirror_descent(fun, sn.kl_projection_simplex, jnp.log, jnp.full(n, 1.0 / n), 1.0, t, step_size=step * n, **kw)  # noqa: E731
     return Problem(run, theta, lambda x: jnp.sum(x * jnp.arange(n)))
 
 
 def block_coordinate_descent_problem(n):
     X, y, _ = _data(n)
-    fun = lambda w: 0.5 * jnp.sum((X @ w - y) ** 2)  # noqa: E731
+    fun = _least_squares(X, y)
+    steps = 1.0 / jnp.diag(X.T @ X)  # coordinate-wise 1 / L_j
+
+    def run(lam, **kw):
+        return sn.block_coordinate_descent(
+            fun, sn.prox_lasso, jnp.zeros(n), lam, step_size=steps, **kw
+        )
+
     lam = 0.1 * float(jnp.max(jnp.abs(X.T @ y)))
-    steps = 1.0 / jnp.diag(X.T @ X)
-    run = lambda lam, **kw: sn.block_coordinate_descent(fun, sn.prox_lasso, jnp.zeros(n), lam, step_size=steps, **kw)  # noqa: E731
     return Problem(run, jnp.asarray(lam), lambda w: jnp.sum((X @ w - 0.5 * y) ** 2))
 
 
 def newton_problem(n):
     X, y, _ = _data(n)
     labels = jnp.sign(y)
-    fun = lambda w, lam: jnp.sum(jnp.logaddexp(0.0, -labels * (X @ w))) + 0.5 * lam * jnp.sum(w**2)  # noqa: E731
-    run = lambda lam, **kw: sn.newton(fun, jnp.zeros(n), lam, line_search=False, **kw)  # noqa: E731
+
+    def fun(w, lam):  # l2-regularized logistic regression
+        return jnp.sum(jnp.logaddexp(0.0, -labels * (X @ w))) + 0.5 * lam * jnp.sum(w**2)
+
+    def run(lam, **kw):
+        return sn.newton(fun, jnp.zeros(n), lam, line_search=False, **kw)
+
     return Problem(run, jnp.asarray(1.0), lambda w: jnp.sum(w**2))
 
 
@@ -132,7 +172,10 @@ def _peak_bytes(compiled) -> float:
     if stats is None:
         return float("nan")
     return float(
-        stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
+        stats.temp_size_in_bytes
+        + stats.argument_size_in_bytes
+        + stats.output_size_in_bytes
+        - stats.alias_size_in_bytes
     )
 
 
@@ -149,14 +192,19 @@ def _time(fn, arg, repeat):
 def measure(problem: Problem, tol: float, maxiter: int, repeat: int) -> dict:
     forward = jax.jit(lambda t: problem.run(t, tol=tol, maxiter=maxiter))(problem.theta)
     if not bool(forward.converged):
-        raise RuntimeError(f"forward solve did not converge in {maxiter} iterations (error {float(forward.error):.1e} > tol {tol:.0e})")
+        raise RuntimeError(
+            f"forward solve did not converge in {maxiter} iterations "
+            f"(error {float(forward.error):.1e} > tol {tol:.0e})"
+        )
     iterations = int(forward.iterations)
 
     def implicit(t):
         return problem.loss(problem.run(t, tol=tol, maxiter=maxiter).params)
 
     def unrolled(t):
-        return problem.loss(problem.run(t, tol=tol, maxiter=iterations, implicit_diff=False, unroll=True).params)
+        return problem.loss(
+            problem.run(t, tol=tol, maxiter=iterations, implicit_diff=False, unroll=True).params
+        )
 
     out = {"iterations": iterations}
     grads = {}
@@ -188,7 +236,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, float64, tol {args.tol:.0e}")
-    print("peak memory: XLA compile-time estimate (compiled.memory_analysis(): temp + args + outputs)")
+    print(
+        "peak memory: XLA compile-time estimate (compiled.memory_analysis(): temp + args + outputs)"
+    )
     header = (
         f"{'solver':<25} {'n':>5} {'iters':>6} {'implicit':>10} {'unrolled':>10} {'time x':>7} "
         f"{'mem implicit':>13} {'mem unrolled':>13} {'mem x':>7} {'rel diff':>9}"
@@ -204,7 +254,8 @@ def main(argv=None):
                 continue
             print(
                 f"{name:<25} {n:>5} {r['iterations']:>6} {r['implicit_time'] * 1e3:>8.2f}ms "
-                f"{r['unrolled_time'] * 1e3:>8.2f}ms {r['unrolled_time'] / r['implicit_time']:>7.2f} "
+                f"{r['unrolled_time'] * 1e3:>8.2f}ms "
+                f"{r['unrolled_time'] / r['implicit_time']:>7.2f} "
                 f"{_fmt_bytes(r['implicit_bytes']):>13} {_fmt_bytes(r['unrolled_bytes']):>13} "
                 f"{r['unrolled_bytes'] / r['implicit_bytes']:>7.1f} {r['grad_diff']:>9.1e}",
                 flush=True,

@@ -35,7 +35,11 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from ._projection import _projection_psd_cone_svec, projection_non_negative, projection_second_order_cone
+from ._projection import (
+    _projection_psd_cone_svec,
+    projection_non_negative,
+    projection_second_order_cone,
+)
 
 __all__ = [
     "KKTSolution",
@@ -373,7 +377,9 @@ def _as_cone_spec(cones: ConeSpec | Mapping[str, Any]) -> ConeSpec:
                 )
             fields[name] = tuple(value) if name in ("soc", "psd") else int(value)
         return ConeSpec(**fields)
-    raise TypeError(f"cones must be a ConeSpec or a dict like {{'z': 1, 'l': 3}}, got {type(cones).__name__}")
+    raise TypeError(
+        f"cones must be a ConeSpec or a dict like {{'z': 1, 'l': 3}}, got {type(cones).__name__}"
+    )
 
 
 def make_cone_projection(cones: ConeSpec | Mapping[str, Any], dual: bool = False) -> Callable:
@@ -393,7 +399,9 @@ def make_cone_projection(cones: ConeSpec | Mapping[str, Any], dual: bool = False
 
     def projection(v):
         if v.shape != (spec.dim,):
-            raise ValueError(f"cone projection: expected a vector of shape ({spec.dim},), got {v.shape}")
+            raise ValueError(
+                f"cone projection: expected a vector of shape ({spec.dim},), got {v.shape}"
+            )
         pieces = []
         start = 0
         block = v[start : start + spec.zero]
@@ -454,9 +462,7 @@ def make_conic_residual_map(cones: ConeSpec | Mapping[str, Any]) -> Callable:
 
 def _project_embedding(z, n, project_dual):
     """``Pi_C(z)`` with ``C = R^n x K* x R_+``."""
-    return jnp.concatenate(
-        [z[:n], project_dual(z[n:-1]), projection_non_negative(z[-1:])]
-    )
+    return jnp.concatenate([z[:n], project_dual(z[n:-1]), projection_non_negative(z[-1:])])
 
 
 def conic_embed(x: jax.Array, y: jax.Array, s: jax.Array) -> jax.Array:

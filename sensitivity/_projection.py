@@ -24,7 +24,7 @@ sparsemax", ICML 2016 (simplex Jacobian); Blondel et al., NeurIPS 2022.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -517,6 +517,3 @@ def smat(v: jax.Array) -> jax.Array:
 
 def _projection_psd_cone_svec(v: jax.Array) -> jax.Array:
     return svec(projection_psd_cone(smat(v)))
-
-
-Projection = Callable[[Any, Any], Any]

@@ -111,7 +111,9 @@ def prox_non_negative_lasso(x: Any, l1reg: Any = 1.0, scaling: float = 1.0) -> A
     return _map_with_hyperparams(fn, x, l1reg)
 
 
-def prox_elastic_net(x: Any, hyperparams: tuple[Any, Any] = (1.0, 1.0), scaling: float = 1.0) -> Any:
+def prox_elastic_net(
+    x: Any, hyperparams: tuple[Any, Any] = (1.0, 1.0), scaling: float = 1.0
+) -> Any:
     r"""Proximal operator of the elastic net penalty.
 
     With ``hyperparams = (l1reg, l2reg)`` and

@@ -145,8 +145,14 @@ def _iterate(update: Callable, carry: Any, tol: float, maxiter: int, unroll: boo
     return state
 
 
-def _finish(run: Callable, optimality_fun: Callable | None, fixed_point: bool,
-            implicit_diff: bool, solve: Callable | None, symmetric: bool = False):
+def _finish(
+    run: Callable,
+    optimality_fun: Callable | None,
+    fixed_point: bool,
+    implicit_diff: bool,
+    solve: Callable | None,
+    symmetric: bool = False,
+):
     """Decorates ``run(init, *args) -> (params, (iterations, error))`` for implicit diff."""
     if implicit_diff:
         from ._implicit_diff import custom_fixed_point, custom_root
@@ -165,7 +171,9 @@ def _result(out, tol) -> SolverResult:
 
 def _check_unroll(implicit_diff: bool, unroll: bool, step_size) -> None:
     if implicit_diff and unroll:
-        raise ValueError("implicit_diff=True and unroll=True are exclusive: pick one way to differentiate")
+        raise ValueError(
+            "implicit_diff=True and unroll=True are exclusive: pick one way to differentiate"
+        )
     if unroll and step_size is None:
         raise ValueError(
             "unroll=True needs a fixed step_size (the backtracking line search is a while_loop, "
@@ -174,7 +182,7 @@ def _check_unroll(implicit_diff: bool, unroll: bool, step_size) -> None:
 
 
 def _precision_slack(value):
-    """Rounding error of an objective value: sufficient-decrease tests ignore differences below it."""
+    """Rounding error of an objective value; sufficient-decrease tests ignore less than this."""
     return 16 * jnp.finfo(value.dtype).eps * (1.0 + jnp.abs(value))
 
 
@@ -187,7 +195,9 @@ def _initial_step(grad_fun: Callable, x, grad):
     norm = _tree_norm(grad)
     t = 1e-4 / jnp.where(norm > 0, norm, 1.0)
     x_probe = _tree_axpy(-t, grad, x)
-    lipschitz = _tree_norm(_tree_sub(grad_fun(x_probe), grad)) / (t * jnp.where(norm > 0, norm, 1.0))
+    lipschitz = _tree_norm(_tree_sub(grad_fun(x_probe), grad)) / (
+        t * jnp.where(norm > 0, norm, 1.0)
+    )
     ok = (norm > 0) & (lipschitz > 0) & jnp.isfinite(lipschitz)
     return jnp.where(ok, 1.0 / jnp.where(ok, lipschitz, 1.0), 1.0).astype(norm.dtype)
 
@@ -289,7 +299,9 @@ def _proximal_gradient_run(fun, prox, step_size, acceleration, tol, maxiter, unr
     def run(init, hyperparams_prox, *args):
         dtype = jnp.result_type(*jax.tree.leaves(init))
         if step_size is None:
-            eta0 = _initial_step(lambda x: jax.grad(fun)(x, *args), init, jax.grad(fun)(init, *args))
+            eta0 = _initial_step(
+                lambda x: jax.grad(fun)(x, *args), init, jax.grad(fun)(init, *args)
+            )
         else:
             eta0 = jnp.asarray(step_size, dtype=dtype)
         t0 = jnp.asarray(1.0, dtype=dtype)
@@ -399,7 +411,7 @@ def projected_gradient(
     unroll: bool = False,
     solve: Callable | None = None,
 ) -> SolverResult:
-    r"""Minimizes ``fun(x, *args)`` over ``C(hyperparams_proj)`` by (accelerated) projected gradient.
+    r"""Minimizes ``fun(x, *args)`` over ``C(hyperparams_proj)`` by projected gradient (FISTA).
 
     Proximal gradient with the prox of C's indicator, ``projection(x, hyperparams_proj)``.
     Implicit differentiation: :func:`sensitivity.make_projected_gradient_fixed_point`.
@@ -468,7 +480,9 @@ def mirror_descent(
       :class:`SolverResult`.
     """
     _check_unroll(implicit_diff, unroll, step_size)
-    fixed_point_fun = make_mirror_descent_fixed_point(fun, projection_bregman, mapping_fun, step_size)
+    fixed_point_fun = make_mirror_descent_fixed_point(
+        fun, projection_bregman, mapping_fun, step_size
+    )
 
     def run(init, hyperparams_proj, *args):
         def update(x):
@@ -580,7 +594,9 @@ def newton(
       :class:`SolverResult`; ``error`` is ``||grad f(params)||``.
     """
     if implicit_diff and unroll:
-        raise ValueError("implicit_diff=True and unroll=True are exclusive: pick one way to differentiate")
+        raise ValueError(
+            "implicit_diff=True and unroll=True are exclusive: pick one way to differentiate"
+        )
     if unroll and line_search:
         raise ValueError("unroll=True needs line_search=False (the line search is a while_loop)")
 
@@ -680,8 +696,11 @@ def _qp_interior_point(Q, c, A, b, G, h, tol, maxiter):
     def error_of(x, nu, lam, s):
         rd, rp, ri = residuals(x, nu, lam, s)
         gap = jnp.vdot(s, lam) / m
-        return jnp.max(jnp.stack([jnp.max(jnp.abs(rd)), jnp.max(jnp.abs(rp), initial=0.0),
-                                  jnp.max(jnp.abs(ri)), gap]))
+        return jnp.max(
+            jnp.stack(
+                [jnp.max(jnp.abs(rd)), jnp.max(jnp.abs(rp), initial=0.0), jnp.max(jnp.abs(ri)), gap]
+            )
+        )
 
     def update(carry):
         x, nu, lam, s = carry

@@ -179,8 +179,9 @@ def lasso_loss(x, y):
 def test_proximal_gradient_fixed_point_lasso_closed_form_on_support(step_scale):
     lam = 2.0
     step = step_scale / float(np.linalg.eigvalsh(X.T @ X).max())
-    x = proximal_gradient(lasso_loss, prox_lasso, jnp.zeros(6), lam, Y, tol=1e-13, maxiter=20000,
-                          implicit_diff=False).params
+    x = proximal_gradient(
+        lasso_loss, prox_lasso, jnp.zeros(6), lam, Y, tol=1e-13, maxiter=20000, implicit_diff=False
+    ).params
     support = np.abs(np.asarray(x)) > 0
     assert 0 < support.sum() < 6  # a non-trivial support
     T = make_proximal_gradient_fixed_point(lasso_loss, prox_lasso, step)
@@ -269,8 +270,12 @@ def test_newton_fixed_point_logistic_regression():
 
     # a user-supplied matrix-free Hessian solve gives the same map
     def cg_hessian_solve(x, g, lam):
-        matvec = lambda v: jax.jvp(lambda u: jax.grad(logistic_objective)(u, lam), (x,), (v,))[1]  # noqa: E731
-        return jax.lax.custom_linear_solve(matvec, g, lambda mv, b: solve_cg(mv, b, tol=1e-14), symmetric=True)
+        def matvec(v):
+            return jax.jvp(lambda u: jax.grad(logistic_objective)(u, lam), (x,), (v,))[1]
+
+        return jax.lax.custom_linear_solve(
+            matvec, g, lambda mv, b: solve_cg(mv, b, tol=1e-14), symmetric=True
+        )
 
     T_cg = make_newton_fixed_point(logistic_objective, hessian_solve=cg_hessian_solve)
     assert_close(T_cg(w + 0.1, lam), T(w + 0.1, lam), atol=1e-10)
@@ -290,12 +295,23 @@ def test_block_proximal_gradient_fixed_point_group_lasso():
     lam = 3.0
     step = 1.0 / float(np.linalg.eigvalsh(X.T @ X).max())
     row_prox = jax.vmap(prox_group_lasso, in_axes=(0, None, None))
-    W = proximal_gradient(multitask_loss, row_prox, jnp.zeros((6, 3)), lam, Yt, step_size=step,
-                          tol=1e-13, maxiter=20000, implicit_diff=False).params
+    W = proximal_gradient(
+        multitask_loss,
+        row_prox,
+        jnp.zeros((6, 3)),
+        lam,
+        Yt,
+        step_size=step,
+        tol=1e-13,
+        maxiter=20000,
+        implicit_diff=False,
+    ).params
     active = np.linalg.norm(np.asarray(W), axis=1) > 0
     assert 0 < active.sum() < 6
     block_steps = 1.0 / np.diag(np.asarray(X.T @ X))  # per-block 1/L_j
-    T_block = make_block_proximal_gradient_fixed_point(multitask_loss, prox_group_lasso, block_steps)
+    T_block = make_block_proximal_gradient_fixed_point(
+        multitask_loss, prox_group_lasso, block_steps
+    )
     T_full = make_proximal_gradient_fixed_point(multitask_loss, row_prox, step)
     assert_close(T_block(W, lam, Yt), W, atol=1e-12)
     # different conditions, same solution map

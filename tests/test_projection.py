@@ -104,7 +104,9 @@ CASES = {
     ),
     "l2_sphere": (
         lambda x: projection_l2_sphere(x, 0.9),
-        lambda x: _scipy_projection(x, [_eq(lambda y: y @ y - 0.81)], y0=0.9 * x / np.linalg.norm(x)),
+        lambda x: _scipy_projection(
+            x, [_eq(lambda y: y @ y - 0.81)], y0=0.9 * x / np.linalg.norm(x)
+        ),
     ),
     "hyperplane": (
         lambda x: projection_hyperplane(x, (jnp.asarray(A_VEC), B_SCALAR)),
@@ -120,7 +122,13 @@ CASES = {
     ),
     "polyhedron": (
         lambda x: projection_polyhedron(
-            x, (jnp.asarray(A_MAT[:1]), jnp.asarray(B_VEC[:1]), jnp.asarray(G_MAT), jnp.asarray(H_VEC))
+            x,
+            (
+                jnp.asarray(A_MAT[:1]),
+                jnp.asarray(B_VEC[:1]),
+                jnp.asarray(G_MAT),
+                jnp.asarray(H_VEC),
+            ),
         ),
         lambda x: _scipy_projection(
             x, [_eq(lambda y: A_MAT[:1] @ y - B_VEC[:1]), _ineq(lambda y: H_VEC - G_MAT @ y)]
@@ -180,7 +188,9 @@ def test_simplex_jacobian_is_the_sparse_closed_form():
     assert_close(jax.jacfwd(projection_simplex)(x, value), expected, atol=1e-15)
     assert_close(jax.jacrev(projection_simplex)(x, value), expected, atol=1e-15)
     assert_close(jax.grad(lambda v: projection_simplex(x, v)[0])(value), 1 / s.sum(), atol=1e-15)
-    assert_close(central_fd_jacobian(lambda u: projection_simplex(u, value), x), expected, atol=1e-8)
+    assert_close(
+        central_fd_jacobian(lambda u: projection_simplex(u, value), x), expected, atol=1e-8
+    )
 
 
 def test_simplex_at_a_kink_and_with_ties():
@@ -188,7 +198,9 @@ def test_simplex_at_a_kink_and_with_ties():
     x = jnp.array([1.0, 0.5, 0.25])  # projection onto the unit simplex: tau = 0.25
     p = projection_simplex(x)
     assert_close(p, [0.75, 0.25, 0.0], atol=1e-15)
-    assert_close(jax.jacfwd(projection_simplex)(x), [[0.5, -0.5, 0], [-0.5, 0.5, 0], [0, 0, 0]], atol=1e-15)
+    assert_close(
+        jax.jacfwd(projection_simplex)(x), [[0.5, -0.5, 0], [-0.5, 0.5, 0], [0, 0, 0]], atol=1e-15
+    )
     # all-equal inputs: uniform output and the centred Jacobian, no NaN
     x = jnp.zeros(4)
     assert_close(projection_simplex(x), np.full(4, 0.25), atol=1e-15)
@@ -217,7 +229,12 @@ def test_boundary_conventions_are_finite():
     assert_close(jnp.diag(jac_up), [0, 0, 1], atol=0)
     # l2 ball, sphere, l1 ball and the second-order cone at 0: finite, no NaN
     zero = jnp.zeros(4)
-    for projection in (projection_l2_ball, projection_l2_sphere, projection_l1_ball, projection_second_order_cone):
+    for projection in (
+        projection_l2_ball,
+        projection_l2_sphere,
+        projection_l1_ball,
+        projection_second_order_cone,
+    ):
         jac = jax.jacfwd(projection)(zero)
         grad = jax.grad(lambda u: jnp.sum(projection(u) ** 2))(zero)
         assert np.all(np.isfinite(jac)) and np.all(np.isfinite(grad)), projection.__name__
@@ -259,23 +276,33 @@ def test_polyhedron_matches_box_section_and_affine_set():
     def as_box_section(x):
         return projection_box_section(x, (-0.4, 0.9, jnp.asarray(W_POS), 0.7))
 
-    both = jax.jit(lambda x: (as_polyhedron(x), as_box_section(x), jax.jacfwd(as_polyhedron)(x),
-                              jax.jacfwd(as_box_section)(x)))
+    both = jax.jit(
+        lambda x: (
+            as_polyhedron(x),
+            as_box_section(x),
+            jax.jacfwd(as_polyhedron)(x),
+            jax.jacfwd(as_box_section)(x),
+        )
+    )
     p_poly, p_box, jac_poly, jac_box = both(x)
     assert_close(p_poly, p_box, atol=1e-8)
     assert_close(jac_poly, jac_box, atol=1e-6)
-    # equality constraints only: the closed-form affine projection, values and Jacobians
-    hyper = (jnp.asarray(A_MAT), jnp.asarray(B_VEC), None, None)
 
+    # equality constraints only: the closed-form affine projection, values and Jacobians
     def poly_of_b(b):
         return projection_polyhedron(x, (jnp.asarray(A_MAT), b, None, None))
 
     def affine_of_b(b):
         return projection_affine_set(x, (jnp.asarray(A_MAT), b))
 
-    assert_close(jax.jit(poly_of_b)(jnp.asarray(B_VEC)), affine_of_b(jnp.asarray(B_VEC)), atol=1e-12)
-    assert_close(jax.jit(jax.jacrev(poly_of_b))(jnp.asarray(B_VEC)),
-                 jax.jacrev(affine_of_b)(jnp.asarray(B_VEC)), atol=1e-10)
+    assert_close(
+        jax.jit(poly_of_b)(jnp.asarray(B_VEC)), affine_of_b(jnp.asarray(B_VEC)), atol=1e-12
+    )
+    assert_close(
+        jax.jit(jax.jacrev(poly_of_b))(jnp.asarray(B_VEC)),
+        jax.jacrev(affine_of_b)(jnp.asarray(B_VEC)),
+        atol=1e-10,
+    )
 
 
 def test_hyperparameter_derivatives():
@@ -285,10 +312,22 @@ def test_hyperparameter_derivatives():
         "simplex value": (lambda v: projection_simplex(x, v), jnp.asarray(1.3)),
         "l2 radius": (lambda r: projection_l2_ball(x, r), jnp.asarray(0.9)),
         "hyperplane a": (lambda a: projection_hyperplane(x, (a, B_SCALAR)), jnp.asarray(A_VEC)),
-        "halfspace b": (lambda b: projection_halfspace(x, (jnp.asarray(A_VEC), b)), jnp.asarray(-1.0)),
-        "affine A": (lambda A: projection_affine_set(x, (A, jnp.asarray(B_VEC))), jnp.asarray(A_MAT)),
-        "box section c": (lambda c: projection_box_section(x, (-0.4, 0.9, jnp.asarray(W_POS), c)), jnp.asarray(0.7)),
-        "box section w": (lambda w: projection_box_section(x, (-0.4, 0.9, w, 0.7)), jnp.asarray(W_POS)),
+        "halfspace b": (
+            lambda b: projection_halfspace(x, (jnp.asarray(A_VEC), b)),
+            jnp.asarray(-1.0),
+        ),
+        "affine A": (
+            lambda A: projection_affine_set(x, (A, jnp.asarray(B_VEC))),
+            jnp.asarray(A_MAT),
+        ),
+        "box section c": (
+            lambda c: projection_box_section(x, (-0.4, 0.9, jnp.asarray(W_POS), c)),
+            jnp.asarray(0.7),
+        ),
+        "box section w": (
+            lambda w: projection_box_section(x, (-0.4, 0.9, w, 0.7)),
+            jnp.asarray(W_POS),
+        ),
         "polyhedron h": (
             lambda h: projection_polyhedron(x, (None, None, jnp.asarray(G_MAT), h)),
             jnp.asarray(H_VEC),
@@ -335,7 +374,12 @@ def test_psd_jacobian_at_repeated_eigenvalues_is_finite():
     for eigenvalues in ([1.0, 1.0, 1.0, 1.0], [2.0, 2.0, -1.0, -1.0], [-1.0, -1.0, -1.0, -3.0]):
         X = jnp.asarray(Q @ np.diag(eigenvalues) @ Q.T)
         jac = jax.jacfwd(projection_psd_cone)(X)
-        assert_close(jac, central_fd_jacobian(projection_psd_cone, X, h=1e-5), atol=1e-7, what=str(eigenvalues))
+        assert_close(
+            jac,
+            central_fd_jacobian(projection_psd_cone, X, h=1e-5),
+            atol=1e-7,
+            what=str(eigenvalues),
+        )
     identity_jac = jax.jacfwd(projection_psd_cone)(jnp.eye(3))
     dX = jnp.asarray(np.random.default_rng(6).normal(size=(3, 3)))
     assert_close(jnp.einsum("ijkl,kl->ij", identity_jac, dX), 0.5 * (dX + dX.T), atol=1e-15)

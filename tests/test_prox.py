@@ -27,7 +27,12 @@ L1, L2 = 0.8, 1.3
 SEPARABLE = {
     "lasso": (prox_lasso, L1, lambda y: L1 * np.abs(y).sum(), False),
     "non_negative_lasso": (prox_non_negative_lasso, L1, lambda y: L1 * y.sum(), True),
-    "elastic_net": (prox_elastic_net, (L1, L2), lambda y: L1 * np.abs(y).sum() + 0.5 * L2 * (y**2).sum(), False),
+    "elastic_net": (
+        prox_elastic_net,
+        (L1, L2),
+        lambda y: L1 * np.abs(y).sum() + 0.5 * L2 * (y**2).sum(),
+        False,
+    ),
     "ridge": (prox_ridge, L2, lambda y: 0.5 * L2 * (y**2).sum(), False),
     "non_negative_ridge": (prox_non_negative_ridge, L2, lambda y: 0.5 * L2 * (y**2).sum(), True),
     "none": (prox_none, None, lambda y: 0.0, False),
@@ -107,7 +112,9 @@ def test_prox_derivatives_match_finite_differences(name):
         prox, hyper = SEPARABLE[name][:2]
     x = jnp.asarray(np.random.default_rng(3).normal(scale=1.5, size=6))
     jac_x = jax.jacfwd(prox)(x, hyper, SCALING)
-    assert_close(jac_x, central_fd_jacobian(lambda u: prox(u, hyper, SCALING), x), atol=1e-8, what=name)
+    assert_close(
+        jac_x, central_fd_jacobian(lambda u: prox(u, hyper, SCALING), x), atol=1e-8, what=name
+    )
     assert_close(jax.jacrev(prox)(x, hyper, SCALING), jac_x, atol=1e-14, what=name)
     if hyper is not None:
         # derivative in the (first) hyperparameter and in the scaling
@@ -117,10 +124,14 @@ def test_prox_derivatives_match_finite_differences(name):
 
         first = hyper[0] if isinstance(hyper, tuple) else hyper
         t0 = jnp.asarray(first)
-        assert_close(jax.jacfwd(of_first)(t0), central_fd_jacobian(of_first, t0), atol=1e-8, what=name)
+        assert_close(
+            jax.jacfwd(of_first)(t0), central_fd_jacobian(of_first, t0), atol=1e-8, what=name
+        )
         s0 = jnp.asarray(SCALING)
         of_scaling = lambda s: prox(x, hyper, s)  # noqa: E731
-        assert_close(jax.jacrev(of_scaling)(s0), central_fd_jacobian(of_scaling, s0), atol=1e-8, what=name)
+        assert_close(
+            jax.jacrev(of_scaling)(s0), central_fd_jacobian(of_scaling, s0), atol=1e-8, what=name
+        )
 
 
 def test_conventions_at_kinks_are_finite_and_documented():
@@ -130,14 +141,24 @@ def test_conventions_at_kinks_are_finite_and_documented():
     assert_close(jnp.diag(jax.jacfwd(prox_lasso)(x, L1, SCALING)), [0, 0, 0, 1], atol=0)
     assert_close(jax.grad(lambda lam: prox_lasso(x, lam, SCALING).sum())(L1), -SCALING, atol=1e-15)
     # non-negative variants at 0 and at the threshold
-    assert_close(jnp.diag(jax.jacfwd(prox_non_negative_ridge)(x, L2, SCALING)), [1 / (1 + SCALING * L2)] * 1 + [0, 0, 1 / (1 + SCALING * L2)], atol=1e-15)
-    assert_close(jnp.diag(jax.jacfwd(prox_non_negative_lasso)(x, L1, SCALING)), [0, 0, 0, 1], atol=0)
+    assert_close(
+        jnp.diag(jax.jacfwd(prox_non_negative_ridge)(x, L2, SCALING)),
+        [1 / (1 + SCALING * L2)] * 1 + [0, 0, 1 / (1 + SCALING * L2)],
+        atol=1e-15,
+    )
+    assert_close(
+        jnp.diag(jax.jacfwd(prox_non_negative_lasso)(x, L1, SCALING)), [0, 0, 0, 1], atol=0
+    )
     # group lasso at x = 0 and on the threshold sphere: output 0, Jacobian 0, no NaN
     for point in (jnp.zeros(3), jnp.array([t, 0.0, 0.0])):
         assert_close(prox_group_lasso(point, L1, SCALING), np.zeros(3), atol=0)
         assert_close(jax.jacfwd(prox_group_lasso)(point, L1, SCALING), np.zeros((3, 3)), atol=0)
-        assert_close(jax.grad(lambda u: prox_group_lasso(u, L1, SCALING).sum())(point), np.zeros(3), atol=0)
-        assert_close(jax.grad(lambda lam: prox_group_lasso(point, lam, SCALING).sum())(L1), 0.0, atol=0)
+        assert_close(
+            jax.grad(lambda u: prox_group_lasso(u, L1, SCALING).sum())(point), np.zeros(3), atol=0
+        )
+        assert_close(
+            jax.grad(lambda lam: prox_group_lasso(point, lam, SCALING).sum())(L1), 0.0, atol=0
+        )
 
 
 def test_prox_from_projection_ignores_scaling():

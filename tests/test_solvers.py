@@ -57,13 +57,17 @@ def ridge_objective(x, lam, y):
 
 def test_gradient_descent_ridge():
     lam = 0.5
-    result = jax.jit(lambda y: gradient_descent(ridge_objective, jnp.zeros(6), lam, y, tol=1e-12, maxiter=5000))(Y)
+    result = jax.jit(
+        lambda y: gradient_descent(ridge_objective, jnp.zeros(6), lam, y, tol=1e-12, maxiter=5000)
+    )(Y)
     assert bool(result.converged) and float(result.error) <= 1e-12
     hess_inv = np.linalg.inv(np.asarray(X.T @ X) + lam * np.eye(6))
     assert_close(result.params, hess_inv @ np.asarray(X.T @ Y), atol=1e-11)
 
     def solution(y):
-        return gradient_descent(ridge_objective, jnp.zeros(6), lam, y, tol=1e-12, maxiter=5000).params
+        return gradient_descent(
+            ridge_objective, jnp.zeros(6), lam, y, tol=1e-12, maxiter=5000
+        ).params
 
     check_implicit_jacobian(solution, Y, expected=hess_inv @ np.asarray(X.T))
 
@@ -99,8 +103,16 @@ def test_proximal_gradient_lasso(acceleration):
     lam = 2.0
 
     def solution(lam):
-        return proximal_gradient(least_squares, prox_lasso, jnp.zeros(6), lam, Y,
-                                 acceleration=acceleration, tol=1e-12, maxiter=20000).params
+        return proximal_gradient(
+            least_squares,
+            prox_lasso,
+            jnp.zeros(6),
+            lam,
+            Y,
+            acceleration=acceleration,
+            tol=1e-12,
+            maxiter=20000,
+        ).params
 
     x = jax.jit(solution)(lam)
     support, expected = lasso_closed_form_jacobian(x, "lam")
@@ -114,8 +126,16 @@ def test_proximal_gradient_lasso(acceleration):
 
 def test_proximal_gradient_lasso_jacobian_in_data_with_fixed_step():
     def solution(y):
-        return proximal_gradient(least_squares, prox_lasso, jnp.zeros(6), 2.0, y,
-                                 step_size=1.0 / LIPSCHITZ, tol=1e-12, maxiter=20000).params
+        return proximal_gradient(
+            least_squares,
+            prox_lasso,
+            jnp.zeros(6),
+            2.0,
+            y,
+            step_size=1.0 / LIPSCHITZ,
+            tol=1e-12,
+            maxiter=20000,
+        ).params
 
     x = jax.jit(solution)(Y)
     _, expected = lasso_closed_form_jacobian(x, "y")
@@ -124,15 +144,29 @@ def test_proximal_gradient_lasso_jacobian_in_data_with_fixed_step():
 
 def test_unrolling_agrees_with_implicit_differentiation_at_convergence():
     def run(lam, **kwargs):
-        return proximal_gradient(least_squares, prox_lasso, jnp.zeros(6), lam, Y,
-                                 step_size=1.0 / LIPSCHITZ, tol=1e-12, **kwargs)
+        return proximal_gradient(
+            least_squares,
+            prox_lasso,
+            jnp.zeros(6),
+            lam,
+            Y,
+            step_size=1.0 / LIPSCHITZ,
+            tol=1e-12,
+            **kwargs,
+        )
 
     implicit = run(2.0, maxiter=20000)
     iterations = int(implicit.iterations)
-    unrolled = jax.jit(jax.grad(lambda lam: run(lam, maxiter=2 * iterations, implicit_diff=False,
-                                                unroll=True).params.sum()))(2.0)
-    unrolled_result = jax.jit(lambda lam: run(lam, maxiter=2 * iterations, implicit_diff=False,
-                                              unroll=True))(2.0)
+    unrolled = jax.jit(
+        jax.grad(
+            lambda lam: run(
+                lam, maxiter=2 * iterations, implicit_diff=False, unroll=True
+            ).params.sum()
+        )
+    )(2.0)
+    unrolled_result = jax.jit(
+        lambda lam: run(lam, maxiter=2 * iterations, implicit_diff=False, unroll=True)
+    )(2.0)
     assert int(unrolled_result.iterations) == iterations  # frozen once converged
     assert_close(unrolled_result.params, implicit.params, atol=1e-14)
     implicit_grad = jax.jit(jax.grad(lambda lam: run(lam, maxiter=20000).params.sum()))(2.0)
@@ -144,8 +178,9 @@ def test_unrolling_agrees_with_implicit_differentiation_at_convergence():
 
 def test_projected_gradient_least_squares_on_the_simplex():
     def solution(y):
-        return projected_gradient(least_squares, projection_simplex, jnp.zeros(6), 1.0, y,
-                                  tol=1e-12, maxiter=20000).params
+        return projected_gradient(
+            least_squares, projection_simplex, jnp.zeros(6), 1.0, y, tol=1e-12, maxiter=20000
+        ).params
 
     x = np.asarray(jax.jit(solution)(Y))
     support = x > 0
@@ -174,8 +209,17 @@ def test_mirror_descent_kl_simplex():
     theta = jnp.array([1.0, 1.2, 0.8, 1.5])
 
     def solution(theta):
-        return mirror_descent(simplex_qp, kl_projection_simplex, jnp.log, jnp.full(4, 0.25), 1.0,
-                              theta, step_size=0.2, tol=1e-12, maxiter=20000).params
+        return mirror_descent(
+            simplex_qp,
+            kl_projection_simplex,
+            jnp.log,
+            jnp.full(4, 0.25),
+            1.0,
+            theta,
+            step_size=0.2,
+            tol=1e-12,
+            maxiter=20000,
+        ).params
 
     h_inv = np.linalg.inv(np.asarray(H))
     ones = np.ones(4)
@@ -192,11 +236,27 @@ def test_block_coordinate_descent_lasso_closed_form():
     steps = 1.0 / np.diag(np.asarray(X.T @ X))  # coordinate-wise 1/L_j
 
     def solution(y):
-        return block_coordinate_descent(least_squares, prox_lasso, jnp.zeros(6), 2.0, y,
-                                        step_size=steps, tol=1e-12, maxiter=5000).params
+        return block_coordinate_descent(
+            least_squares,
+            prox_lasso,
+            jnp.zeros(6),
+            2.0,
+            y,
+            step_size=steps,
+            tol=1e-12,
+            maxiter=5000,
+        ).params
 
-    reference = proximal_gradient(least_squares, prox_lasso, jnp.zeros(6), 2.0, Y, tol=1e-13,
-                                  maxiter=20000, implicit_diff=False).params
+    reference = proximal_gradient(
+        least_squares,
+        prox_lasso,
+        jnp.zeros(6),
+        2.0,
+        Y,
+        tol=1e-13,
+        maxiter=20000,
+        implicit_diff=False,
+    ).params
     x = jax.jit(solution)(Y)
     assert_close(x, reference, atol=1e-10)
     _, expected = lasso_closed_form_jacobian(x, "y")
@@ -212,8 +272,16 @@ def test_block_coordinate_descent_group_lasso():
     steps = 1.0 / np.diag(np.asarray(X.T @ X))
 
     def solution(lam):
-        return block_coordinate_descent(loss, prox_group_lasso, jnp.zeros((6, 3)), lam, Yt,
-                                        step_size=steps, tol=1e-12, maxiter=5000).params
+        return block_coordinate_descent(
+            loss,
+            prox_group_lasso,
+            jnp.zeros((6, 3)),
+            lam,
+            Yt,
+            step_size=steps,
+            tol=1e-12,
+            maxiter=5000,
+        ).params
 
     W = jax.jit(solution)(3.0)
     active = np.linalg.norm(np.asarray(W), axis=1) > 0
@@ -234,8 +302,10 @@ def test_newton_logistic_regression():
     result = jax.jit(lambda o: newton(logistic, jnp.zeros(6), 0.3, o))(offsets)
     assert bool(result.converged) and int(result.iterations) < 20
     reference = scipy.optimize.minimize(
-        lambda w: float(logistic(w, 0.3, offsets)), np.zeros(6),
-        jac=lambda w: np.asarray(jax.grad(logistic)(w, 0.3, offsets)), method="BFGS",
+        lambda w: float(logistic(w, 0.3, offsets)),
+        np.zeros(6),
+        jac=lambda w: np.asarray(jax.grad(logistic)(w, 0.3, offsets)),
+        method="BFGS",
         options={"gtol": 1e-10},
     ).x
     assert_close(result.params, reference, atol=1e-7)
@@ -244,7 +314,9 @@ def test_newton_logistic_regression():
         return newton(logistic, jnp.zeros(6), 0.3, offsets).params
 
     hess = jax.hessian(logistic)(result.params, 0.3, offsets)
-    expected = -np.linalg.solve(hess, jax.jacobian(jax.grad(logistic), 2)(result.params, 0.3, offsets))
+    expected = -np.linalg.solve(
+        hess, jax.jacobian(jax.grad(logistic), 2)(result.params, 0.3, offsets)
+    )
     check_implicit_jacobian(solution, offsets, expected=expected)
 
 
@@ -347,7 +419,7 @@ def test_conic_semidefinite_program():
     check_implicit_jacobian(solution, svec(C), atol=1e-6)
 
 
-# --------------------------------------------------------------------------- SciPy through a callback
+# --------------------------------------------------------------------------- SciPy via a callback
 
 
 def test_scipy_minimize_under_jit_with_implicit_derivatives():
