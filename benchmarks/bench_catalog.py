@@ -110,7 +110,7 @@ def projected_gradient_problem(n):
 
 
 def mirror_descent_problem(n):
-    # interior solution (the KL geometry needs x > 0): a small linear term around uniform
+    # the KL geometry needs an interior solution (x > 0)
     rng = np.random.default_rng(1)
     M = rng.normal(size=(n, n)) / np.sqrt(n)
     H = jnp.asarray(M @ M.T + np.eye(n))
@@ -126,8 +126,9 @@ def mirror_descent_problem(n):
             fun, sn.kl_projection_simplex, jnp.log, init, 1.0, theta, step_size=step, **kw
         )
 
-    theta = jnp.asarray(rng.normal(size=n) * 0.1 / n)
-    return Problem(run, theta, lambda x: jnp.sum(x * jnp.arange(n)))
+    # theta = H x_star puts the minimizer at x_star, well inside the simplex
+    x_star = jnp.asarray(rng.dirichlet(5.0 * np.ones(n)))
+    return Problem(run, H @ x_star, lambda x: jnp.sum(x * jnp.arange(n)))
 
 
 def block_coordinate_descent_problem(n):
