@@ -110,7 +110,7 @@ def child(spec: dict) -> dict:
         return jax.lax.fori_loop(0, iterations, lambda i, x: x - step * F(x, lam), init)
 
     if method == "implicit":
-        solver = custom_root(F, solve=functools.partial(solve_cg, tol=1e-10, maxiter=1000), symmetric=True)(
+        solver = custom_root(F, solve=functools.partial(solve_cg, tol=spec.get("tol", 1e-10), maxiter=1000), symmetric=True)(
             gradient_descent)
     else:
         solver = gradient_descent
@@ -181,6 +181,7 @@ def main(argv=None):
     parser.add_argument("--problems", nargs="+", default=["ridge", "logistic"], choices=["ridge", "logistic"])
     parser.add_argument("--modes", nargs="+", default=["reverse", "forward"], choices=["reverse", "forward"])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--tol", type=float, default=1e-10, help="relative tolerance of the implicit CG solve")
     parser.add_argument("--json", help="also write all measurements to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -195,7 +196,7 @@ def main(argv=None):
     sweeps = [("size", [(d, fixed_T) for d in sizes]), ("iterations", [(fixed_d, T) for T in its])]
 
     print(f"gradient descent, n={N_TRAIN} training samples; one process per measurement; "
-          f"time = best of {args.repeat}; ratios = unrolled / implicit")
+          f"time = best of {args.repeat}; implicit: CG to tol {args.tol:g}; ratios = unrolled / implicit")
     results = []
     for sweep, points in sweeps:
         header = (f"{'problem':<9} {'mode':<8} {'d':>6} {'T':>5} | {'t impl':>9} {'t unroll':>9} {'ratio':>6} | "
@@ -209,7 +210,7 @@ def main(argv=None):
                 for d, T in points:
                     pair = {}
                     for method in ("implicit", "unrolled"):
-                        spec = dict(problem=problem, method=method, mode=mode, d=d, iterations=T, repeat=args.repeat)
+                        spec = dict(problem=problem, method=method, mode=mode, d=d, iterations=T, repeat=args.repeat, tol=args.tol)
                         pair[method] = run_child(spec)
                         results.append(dict(pair[method], sweep=sweep))
                     i, u = pair["implicit"], pair["unrolled"]

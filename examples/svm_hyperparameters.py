@@ -121,7 +121,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--output", default="out/examples", help="folder for the figure")
     parser.add_argument("--log-theta", type=float, default=3.0, help="starting log θ")
     args = parser.parse_args(argv)
-    n_train, n_val, outer_steps, maxiter = (1000, 400, 40, 5000) if args.full else (200, 200, 8, 1500)
+    n_train, n_val, outer_steps, maxiter = (1000, 400, 25, 5000) if args.full else (200, 200, 8, 1500)
     lr = 0.5
 
     X, Y, X_val, y_val, X_te, y_te = load_data(n_train, n_val)
