@@ -77,7 +77,7 @@ def _default_solve():
 
         from sensitivity._linear_solve import solve_gmres
 
-        return partial(solve_gmres, tol=1e-12)
+        return partial(solve_gmres, tol=1e-12, on_failure="warn")
     except ImportError:  # pragma: no cover - the linear solvers ship with the package
         def solve(matvec, b):
             return jax.scipy.sparse.linalg.gmres(matvec, b, tol=1e-12, solve_method="batched")[0]
@@ -127,7 +127,7 @@ def jacobian_error_estimate(
             for the norms); ``"auto"``: dense when ``x`` has at most ``dense_max`` entries.
         dense_max: the size limit of ``"auto"``.
         solve: linear solver ``solve(matvec, b)`` for the iterative method; default
-            :func:`solve_gmres` with ``tol=1e-12``.
+            :func:`solve_gmres` with ``tol=1e-12`` (a solve that misses it warns).
         power_iterations: iterations of the (inverse) power method, iterative method only.
         seed: seed of the power method's starting vector.
 
