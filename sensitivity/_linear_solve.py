@@ -385,8 +385,10 @@ def _apply_policy(prob, x, info, on_failure, dense):
             info.inconsistency, prob.consistent,
             jnp.asarray(prob.consistency_tol, info.residual_norm.dtype), info.rhs_norm)
     if any(_is_tracer(a) for a in args):
-        jax.debug.callback(functools.partial(_report_host, prob.name, on_failure, dense, 2),
-                           *args)
+        # The host round trip costs more than a small solve: make it only on failure.
+        report = functools.partial(_report_host, prob.name, on_failure, dense, 2)
+        lax.cond(jnp.all(info.converged), lambda *a: None,
+                 lambda *a: jax.debug.callback(report, *a), *args)
     else:  # concrete values: report right here; the warning points at the caller's line
         _report_host(prob.name, on_failure, dense, 5, *args)
     return x
