@@ -118,6 +118,18 @@ def test_vector_theta_batched_iterative_equals_dense(packing_2d):
                           np.tile(backbone, system.n)) < 1e-8
 
 
+@pytest.mark.parametrize("options", [{"preconditioner": "two_level"},
+                                     {"preconditioner": "none", "solver": "minres"}],
+                         ids=["cg-two-level", "minres"])
+def test_other_solvers_and_preconditioners_agree(packing_2d, options):
+    system, model, params, relaxer, result, solver, scalars, vector = packing_2d
+    other = ResponseSolver(model, result.positions, params, max_force=result.max_force,
+                           settings=resolve_sensitivity(options))
+    dx, attrs = other.scalar_derivatives([KINDS[0]])["small_diameter"]
+    assert attrs["converged"]
+    assert relative_error(dx, scalars["small_diameter"][0], ~solver.rattlers) < 1e-8
+
+
 def test_translation_gauge(packing_2d):
     """Translating the packing rigidly does not change the (gauge-fixed) response."""
     system, model, params, relaxer, result, solver, scalars, vector = packing_2d
