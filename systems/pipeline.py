@@ -27,7 +27,7 @@ import numpy as np
 from ._errors import InputError
 from .potentials import PairModel, resolve_potential
 from .relax import RelaxResult, Relaxer, make_relaxer, resolve_minimizer
-from .response import (ParameterSpec, ResponseSolver, gauge_fix, resolve_parameters,
+from .response import (ResponseSolver, gauge_fix, resolve_parameters,
                        resolve_sensitivity, theta_apply)
 
 __all__ = ["TaskSummary", "run_task", "audit_task", "provenance", "AUDIT_TOLERANCE"]

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._errors import InputError
+from ._errors import ConvergenceError, InputError
 from .potentials import PairModel, Pairs, PotentialParams, resolve_potential
 
 __all__ = [
@@ -344,7 +344,9 @@ class Relaxer:
                 t_run += time.perf_counter() - t0
                 reallocations += 1
                 if reallocations > 20:
-                    raise RuntimeError("neighbor list kept overflowing after 20 reallocations")
+                    raise ConvergenceError(
+                        "the neighbor list kept overflowing after 20 reallocations; raise "
+                        "potential.capacity_multiplier or set potential.neighbor_list: false")
                 old = int(carry.neighbors.idx.shape[-1])
                 grown = self._allocate(new.state.position,
                                        math.ceil(0.25 * old / self.model.n))

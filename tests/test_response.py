@@ -3,7 +3,6 @@ pseudo-inverse, rattlers, zero modes, gauge and translation invariance, 2D and 3
 and free boundaries."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from _physics import central_difference, relative_error, relaxed
