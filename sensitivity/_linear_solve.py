@@ -76,6 +76,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.experimental import io_callback
 from jax.flatten_util import ravel_pytree
 
 __all__ = [
@@ -385,10 +386,12 @@ def _apply_policy(prob, x, info, on_failure, dense):
             info.inconsistency, prob.consistent,
             jnp.asarray(prob.consistency_tol, info.residual_norm.dtype), info.rhs_norm)
     if any(_is_tracer(a) for a in args):
-        # The host round trip costs more than a small solve: make it only on failure.
+        # io_callback, not jax.debug.callback: under vmap it runs in a rolled loop, where a
+        # debug callback is unrolled once per batch element (slow to compile and to run).
+        # (It cannot sit in a lax.cond taken only on failure: JAX has no vmap-of-cond for
+        # IO effects.)
         report = functools.partial(_report_host, prob.name, on_failure, dense, 2)
-        lax.cond(jnp.all(info.converged), lambda *a: None,
-                 lambda *a: jax.debug.callback(report, *a), *args)
+        io_callback(report, None, *args)
     else:  # concrete values: report right here; the warning points at the caller's line
         _report_host(prob.name, on_failure, dense, 5, *args)
     return x
