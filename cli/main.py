@@ -545,7 +545,6 @@ def _run_one(task: Task, loaded: LoadedConfig, run_task, reporter, state: State,
     directory = task.directory
     directory.mkdir(parents=True, exist_ok=True)
     _remove_partial_files(directory)
-    _atomic_write_text(directory / "config.yaml", dump_yaml(task.config))
     label = task.label if len(loaded.tasks) > 1 else Path(loaded.path).name
     ftol = task.config["minimizer"]["ftol"]
     try:
@@ -562,6 +561,8 @@ def _run_one(task: Task, loaded: LoadedConfig, run_task, reporter, state: State,
         if state.debug:
             raise
         return EXIT_NUMERICAL, " ".join(str(error).split())
+    # Written after the run, so that it always describes the result file beside it.
+    _atomic_write_text(directory / "config.yaml", dump_yaml(task.config))
     fields = _summary_fields(summary)
     result_path = Path(fields.get("result_path") or fields.get("path") or task.result_path)
     converged = fields.get("converged")
