@@ -82,7 +82,7 @@ def render_script(
     option(f"#SBATCH --job-name={slurm.get('job_name') or 'sensitivity'}")
     option(f"#SBATCH --array={array_spec(indices, slurm.get('max_parallel'))}")
     option(f"#SBATCH --time={slurm.get('time') or '01:00:00'}")
-    option(f"#SBATCH --ntasks=1")
+    option("#SBATCH --ntasks=1")
     option(f"#SBATCH --cpus-per-task={int(slurm.get('cpus_per_task') or 1)}")
     if slurm.get("mem"):
         option(f"#SBATCH --mem={slurm['mem']}")

@@ -856,7 +856,7 @@ def read_result(path: str | os.PathLike) -> Result:
             if not isinstance(group, h5py.Group):
                 continue
             where = f"/sensitivity/{name}/dx_dtheta"
-            dataset = _require(handle, label, where, h5py.Dataset, f"[N][d] or [P][N][d] float")
+            dataset = _require(handle, label, where, h5py.Dataset, "[N][d] or [P][N][d] float")
             dx_dtheta = np.asarray(dataset[()], dtype=np.float64)
             if dx_dtheta.ndim not in (2, 3) or dx_dtheta.shape[-2:] != (system.n, system.dim):
                 raise InputError(
