@@ -27,6 +27,7 @@ seconds, and jax-md must see x64 enabled first, which importing :mod:`systems` d
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping, NamedTuple
 
 import jax
@@ -282,7 +283,19 @@ def _instantiate(tangent, primal):
 
 
 def make_space(box: np.ndarray | None, periodic: bool):
-    """jax-md ``(displacement_fn, shift_fn)`` for a periodic cuboid box or free space."""
+    """jax-md ``(displacement_fn, shift_fn)`` for a periodic cuboid box or free space.
+
+    Cached by value: equal boxes get the *same* function objects, so the pair models (and
+    jax-md neighbor lists, whose update functions close over them) of two packings in one
+    box compare equal as static data, and compiled functions are reused between them.
+    """
+    key = None if box is None or not periodic else tuple(
+        float(e) for e in np.asarray(box, np.float64).reshape(-1))
+    return _space(key, bool(periodic))
+
+
+@functools.lru_cache(maxsize=64)
+def _space(box: tuple | None, periodic: bool):
     from jax_md import space
 
     if periodic:
@@ -292,10 +305,15 @@ def make_space(box: np.ndarray | None, periodic: bool):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class PairModel:
-    """A pair-potential energy over a fixed set of particles (species and box are static).
+    """A pair-potential energy over a fixed set of particles.
 
     Positions ``y`` live in the reference box (edges :attr:`box`); the real positions are
     ``x = λ y`` with ``λ = params.scale``. Build it with :meth:`build`.
+
+    A pytree: ``species`` is its one leaf, the rest (potential spec, box, boundary,
+    dimension) is static data compared by value. Passed as an argument of a jitted
+    function, two packings with the same potential and box but different species share
+    one compiled function (:meth:`static_key`).
     """
 
     spec: PotentialSpec
@@ -322,6 +340,19 @@ class PairModel:
     @property
     def n(self) -> int:
         return int(self.species.shape[0])
+
+    def static_key(self) -> tuple:
+        """Everything but the species, as a hashable value (equal for equal settings)."""
+        spec = self.spec
+
+        def arr(a):
+            return None if a is None else (np.asarray(a).shape, np.asarray(a).tobytes())
+
+        box = None if self.box is None else tuple(np.asarray(self.box, np.float64).tolist())
+        return (spec.kind, arr(spec.epsilon), arr(spec.alpha), arr(spec.sigma),
+                float(spec.r_onset), float(spec.r_cutoff), arr(spec.morse_alpha),
+                str(spec.neighbor_list), float(spec.capacity_multiplier), box,
+                self.periodic, self.dim)
 
     # ---- parameters -------------------------------------------------------------------
     def default_params(self, diameters: np.ndarray) -> PotentialParams:
@@ -534,3 +565,33 @@ class PairModel:
         r = np.sqrt(np.sum(d * d, axis=-1))
         keep = r < cutoff
         return Pairs.from_arrays(i[keep], j[keep])
+
+
+class _ModelStatic:
+    """The static part of a :class:`PairModel` pytree, equal (and hashed) by value."""
+
+    __slots__ = ("fields", "key")
+
+    def __init__(self, model: PairModel):
+        self.fields = (model.spec, model.box, model.periodic, model.dim,
+                       model.displacement_fn, model.shift_fn)
+        self.key = model.static_key()
+
+    def __eq__(self, other):
+        return isinstance(other, _ModelStatic) and self.key == other.key
+
+    def __hash__(self):
+        return hash(self.key)
+
+
+def _flatten_model(model: PairModel):
+    return (model.species,), _ModelStatic(model)
+
+
+def _unflatten_model(static: _ModelStatic, children):
+    spec, box, periodic, dim, displacement_fn, shift_fn = static.fields
+    return PairModel(spec=spec, species=children[0], box=box, periodic=periodic, dim=dim,
+                     displacement_fn=displacement_fn, shift_fn=shift_fn)
+
+
+jax.tree_util.register_pytree_node(PairModel, _flatten_model, _unflatten_model)
