@@ -22,7 +22,9 @@ not grow with the number of steps. The chunk is compiled once ahead of time
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
 import math
 import time
 from typing import Any, Callable, Mapping, NamedTuple
@@ -39,6 +41,9 @@ __all__ = [
     "MinimizerSpec",
     "RelaxResult",
     "Relaxer",
+    "clear_compile_cache",
+    "compile_cache_info",
+    "make_relaxer",
     "relax",
     "resolve_minimizer",
 ]
@@ -190,8 +195,293 @@ class _Carry(NamedTuple):
     code: jax.Array
 
 
+# ---------------------------------------------------------------------------------------
+# The compiled pieces, shared by every Relaxer of one process.
+#
+# The traced functions are module-level and take the per-packing data as arguments: the
+# PairModel pytree (its one leaf is ``species``; potential, box and dimension are static and
+# compared by value), positions, parameters and the pair list. What does not change between
+# packings of one sweep (the minimizer settings the loop reads) is the static first
+# argument. A compiled executable is cached under (name, settings, argument tree structure,
+# leaf shapes/dtypes): a second packing with the same N, d, potential, box, minimizer,
+# neighbor cutoff/skin (and list capacity, see ``_NeighborLists``) compiles nothing.
+
+
+@dataclasses.dataclass(frozen=True)
+class _LoopSettings:
+    """The minimizer settings the compiled loop reads (hashable; the static argument)."""
+
+    kind: str
+    etol: float
+    dt_start: float
+    dt_max: float
+    n_min: int
+    f_inc: float
+    f_dec: float
+    alpha_start: float
+    f_alpha: float
+    step_size: float
+    use_nl: bool
+
+    @classmethod
+    def of(cls, spec: MinimizerSpec, use_nl: bool) -> _LoopSettings:
+        return cls(spec.kind, spec.etol, spec.dt_start, spec.dt_max, spec.n_min, spec.f_inc,
+                   spec.f_dec, spec.alpha_start, spec.f_alpha, spec.step_size, bool(use_nl))
+
+
+def _pairs(s: _LoopSettings, neighbors):
+    if s.use_nl:
+        return Pairs.from_sparse_neighbor_list(neighbors)
+    return neighbors
+
+
+def _energy_and_force(s: _LoopSettings, model: PairModel, y, params, neighbors,
+                      with_energy: bool):
+    pairs = _pairs(s, neighbors)
+    if with_energy:
+        e, g = jax.value_and_grad(model.energy)(y, params, pairs)
+        return e, -g
+    return jnp.nan, -jax.grad(model.energy)(y, params, pairs)
+
+
+def _sorted(neighbors):
+    """The list with its pairs in (i, j) order, padding last.
+
+    A jax-md rebuild orders the pairs by cell, and within a cell by a slot that depends on
+    the cell-list capacity; sorted, the list (and so the force summation) is the same
+    whatever capacities the list was built with, so a packing relaxed with another
+    packing's list gives the bitwise result it gets alone.
+    """
+    n = neighbors.reference_position.shape[0]
+    i = neighbors.idx[0].astype(jnp.int64)
+    j = neighbors.idx[1].astype(jnp.int64)
+    key = jnp.where((i < n) & (j < n), i * (n + 1) + j, (n + 1) ** 2)
+    order = jnp.argsort(key, stable=True)
+    return dataclasses.replace(neighbors, idx=neighbors.idx[:, order])
+
+
+def _update(neighbors, y):
+    """jax-md's update, sorted (:func:`_sorted`) where it rebuilt the list."""
+    new = neighbors.update(y)
+    rebuilt = jnp.any(new.reference_position != neighbors.reference_position)
+    return jax.lax.cond(rebuilt, _sorted, lambda nbrs: nbrs, new)
+
+
+def _step(s: _LoopSettings, model: PairModel, state: _FireState, neighbors, params):
+    """One minimizer step; returns the new state, neighbors and the new energy."""
+    shift = model.shift_fn
+    with_energy = s.etol > 0
+    if s.kind == "gradient_descent":
+        y = shift(state.position, s.step_size * state.force)
+        if s.use_nl:
+            neighbors = _update(neighbors, y)
+        e, f = _energy_and_force(s, model, y, params, neighbors, with_energy)
+        return state._replace(position=y, force=f), neighbors, e
+    dt = state.dt
+    v_half = state.velocity + 0.5 * dt * state.force
+    y = shift(state.position, dt * v_half)
+    if s.use_nl:
+        neighbors = _update(neighbors, y)
+    e, f = _energy_and_force(s, model, y, params, neighbors, with_energy)
+    v = v_half + 0.5 * dt * f
+    f_norm = jnp.sqrt(jnp.sum(f * f))
+    v_norm = jnp.sqrt(jnp.sum(v * v))
+    power = jnp.sum(f * v)
+    f_unit = f / jnp.where(f_norm > 0, f_norm, 1.0)
+    v = v + state.alpha * (f_unit * v_norm - v)
+    n_pos = jnp.where(power >= 0, state.n_pos + 1, 0)
+    grow = (power > 0) & (n_pos > s.n_min)
+    dt = jnp.where(grow, jnp.minimum(dt * s.f_inc, s.dt_max), dt)
+    dt = jnp.where(power < 0, dt * s.f_dec, dt)
+    alpha = jnp.where(grow, state.alpha * s.f_alpha, state.alpha)
+    alpha = jnp.where(power < 0, s.alpha_start, alpha)
+    v = jnp.where(power >= 0, v, 0.0)
+    return _FireState(y, v, f, dt, alpha, n_pos), neighbors, e
+
+
+def _max_force(force, params):
+    per_particle = jnp.sqrt(jnp.sum(force * force, axis=-1))
+    return jnp.max(per_particle) / params.scale
+
+
+def _chunk(s: _LoopSettings, model: PairModel, carry: _Carry, params, end_step, ftol):
+    """Steps until a stopping rule fires or ``end_step``; returns the carry and energy."""
+
+    def cond(c: _Carry):
+        return (c.code == _RUNNING) & (c.step < end_step)
+
+    def body(c: _Carry):
+        state, neighbors, e = _step(s, model, c.state, c.neighbors, params)
+        fmax = _max_force(state.force, params)
+        code = jnp.where(fmax <= ftol, _FTOL, _RUNNING)
+        if s.etol > 0:
+            change = jnp.abs(e - c.energy)
+            small = change <= s.etol * 0.5 * (jnp.abs(e) + jnp.abs(c.energy))
+            code = jnp.where((code == _RUNNING) & small, _ETOL, code)
+        code = jnp.where(jnp.isfinite(fmax), code, _NONFINITE)
+        if s.use_nl:
+            code = jnp.where(neighbors.did_buffer_overflow, _OVERFLOW, code)
+        return _Carry(state, neighbors, c.step + 1, jnp.asarray(e, c.energy.dtype), fmax,
+                      code.astype(jnp.int32))
+
+    out = jax.lax.while_loop(cond, body, carry)
+    e_final = model.energy(out.state.position, params, _pairs(s, out.neighbors))
+    return out, e_final
+
+
+def _rebuild(neighbors, y, half_box):
+    """``neighbors`` rebuilt at ``y`` with its capacities (a forced jax-md update).
+
+    jax-md rebuilds a list only where a particle moved more than skin/2 from the list's
+    reference positions; placing those half a box away forces the rebuild, which orders
+    the pairs exactly as a fresh allocation at ``y`` would (the candidate order does not
+    depend on the capacities). The overflow flag tells whether the capacities suffice.
+    """
+    from jax_md import partition
+
+    far = dataclasses.replace(neighbors, reference_position=y + half_box,
+                              error=partition.PartitionError(jnp.zeros((), jnp.uint8)))
+    return _sorted(far.update(y))
+
+
+def _init(s: _LoopSettings, model: PairModel, y, params, neighbors, half_box):
+    """The loop's first carry; with a neighbor list, ``neighbors`` is rebuilt at ``y``."""
+    if s.use_nl:
+        neighbors = _rebuild(neighbors, y, half_box)
+    e, f = _energy_and_force(s, model, y, params, neighbors, True)
+    state = _FireState(y, jnp.zeros_like(y), f, jnp.asarray(s.dt_start),
+                       jnp.asarray(s.alpha_start), jnp.asarray(0, jnp.int32))
+    fmax = _max_force(f, params)
+    return _Carry(state, neighbors, jnp.asarray(0, jnp.int64), e, fmax,
+                  jnp.asarray(_RUNNING, jnp.int32)), e
+
+
+_CACHE_SIZE = 64
+_COMPILED: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+_STATS = {"compiles": 0, "hits": 0, "compile_s": 0.0}
+
+
+def _aval_key(leaf) -> tuple:
+    return (getattr(leaf, "shape", None), str(getattr(leaf, "dtype", type(leaf).__name__)),
+            bool(getattr(leaf, "weak_type", False)))
+
+
+def _compiled(name: str, fn: Callable, settings: Any, *args) -> tuple[Any, float]:
+    """``jit(partial(fn, settings)).lower(*args).compile()``, shared by the process.
+
+    Returns the executable and the seconds spent compiling it now (0.0 on a cache hit).
+    """
+    key = (name, settings, jax.tree.structure(args),
+           tuple(_aval_key(a) for a in jax.tree.leaves(args)))
+    hit = _COMPILED.get(key)
+    if hit is not None:
+        _COMPILED.move_to_end(key)
+        _STATS["hits"] += 1
+        return hit, 0.0
+    t0 = time.perf_counter()
+    compiled = jax.jit(functools.partial(fn, settings)).lower(*args).compile()
+    seconds = time.perf_counter() - t0
+    _COMPILED[key] = compiled
+    if len(_COMPILED) > _CACHE_SIZE:
+        _COMPILED.popitem(last=False)
+    _STATS["compiles"] += 1
+    _STATS["compile_s"] += seconds
+    return compiled, seconds
+
+
+class _NeighborLists:
+    """jax-md neighbor lists whose pytree structure is the same for every packing.
+
+    A jax-md ``NeighborList`` keeps as static pytree data its update function, its cell-list
+    functions (new objects at every allocation) and its two capacities (set from the
+    positions at allocation). Two lists share a compiled function only if all of these
+    are equal, so here: one ``neighbor_list_fn`` per (model static key, cutoff, skin); the
+    first allocation's cell-list functions stand for every later one (they depend only on
+    the box, the cell size and the capacity multiplier, which the key fixes); and the last
+    list allocated for a number of particles is kept as the template of the next packing
+    (rebuilt at its positions inside the compiled ``init``, checked for overflow). A packing
+    that needs more room gets a fresh allocation, padded up to at least the template's
+    capacities, which then becomes the template.
+    """
+
+    def __init__(self, model: PairModel, cutoff: float, skin: float):
+        self.fn = model.neighbor_list_fn(cutoff, skin)
+        self.half_box = jnp.asarray(0.5 * np.asarray(model.box, np.float64))
+        self.cell_list_fn = None
+        self.kept: dict[tuple, Any] = {}  # positions shape -> the template list
+
+    @staticmethod
+    def _key(y) -> tuple:
+        return (tuple(y.shape), str(y.dtype))
+
+    def template(self, y):
+        """The kept list for ``y``'s shape (any positions), or ``None``."""
+        return self.kept.get(self._key(y))
+
+    def allocate(self, y, extra_per_particle: int = 0):
+        """A fresh list at ``y`` (capacities at least the template's); the new template."""
+        key = self._key(y)
+        nbrs = self.fn.allocate(y, extra_capacity=int(extra_per_particle))
+        if self.cell_list_fn is None:
+            self.cell_list_fn = nbrs.cell_list_fn
+        nbrs = dataclasses.replace(nbrs, cell_list_fn=self.cell_list_fn)
+        kept = self.kept.get(key)
+        if kept is not None:
+            nbrs = _grow(nbrs, kept.max_occupancy, kept.cell_list_capacity)
+        self.kept[key] = nbrs
+        return nbrs
+
+
+def _grow(nbrs, max_occupancy: int, cell_list_capacity: int | None):
+    """``nbrs`` with capacities at least the given ones (padded with the index N)."""
+    occupancy = max(int(nbrs.max_occupancy), int(max_occupancy))
+    cells = nbrs.cell_list_capacity
+    if cells is not None and cell_list_capacity is not None:
+        cells = max(int(cells), int(cell_list_capacity))
+    idx = nbrs.idx
+    n = nbrs.reference_position.shape[0]
+    if occupancy > idx.shape[-1]:
+        pad = jnp.full(idx.shape[:-1] + (occupancy - idx.shape[-1],), n, idx.dtype)
+        idx = jnp.concatenate([idx, pad], axis=-1)
+    return dataclasses.replace(nbrs, idx=idx, max_occupancy=occupancy,
+                               cell_list_capacity=cells)
+
+
+_NEIGHBOR_LISTS: dict[tuple, _NeighborLists] = {}
+
+
+def _neighbor_lists(model: PairModel, cutoff: float, skin: float) -> _NeighborLists:
+    key = (model.static_key(), float(cutoff), float(skin))
+    if key not in _NEIGHBOR_LISTS:
+        _NEIGHBOR_LISTS[key] = _NeighborLists(model, cutoff, skin)
+    return _NEIGHBOR_LISTS[key]
+
+
+@functools.lru_cache(maxsize=16)
+def _all_pairs(n: int) -> Pairs:
+    return Pairs.all_pairs(n)
+
+
+def clear_compile_cache() -> None:
+    """Forget every compiled relaxation function and neighbor-list template (and counts)."""
+    _COMPILED.clear()
+    _NEIGHBOR_LISTS.clear()
+    _all_pairs.cache_clear()
+    _STATS.update(compiles=0, hits=0, compile_s=0.0)
+
+
+def compile_cache_info() -> dict[str, Any]:
+    """``{"entries", "compiles", "hits", "compile_s"}`` since the last clear."""
+    return {"entries": len(_COMPILED), **_STATS}
+
+
 class Relaxer:
-    """A compiled minimizer for one :class:`PairModel`, reusable across parameter values.
+    """A minimizer for one :class:`PairModel`, reusable across parameter values.
+
+    The compiled loop is shared by every Relaxer of the process (see
+    :func:`compile_cache_info`): relaxing another packing with the same number of
+    particles, dimension, potential settings, box, minimizer settings and neighbor
+    cutoff/skin compiles nothing (species, diameters and positions are arguments).
 
     Args:
       model: the pair model.
@@ -209,105 +499,23 @@ class Relaxer:
         self.cutoff = float(cutoff)
         self.use_nl = bool(neighbor_list)
         self.skin = 0.25 * self.cutoff if skin is None else float(skin)
-        self._nl_fn = model.neighbor_list_fn(self.cutoff, self.skin) if self.use_nl else None
-        self._all_pairs = None if self.use_nl else Pairs.all_pairs(model.n)
-        self._compiled: dict = {}
+        self._settings = _LoopSettings.of(minimizer, self.use_nl)
+        self._lists = (_neighbor_lists(model, self.cutoff, self.skin) if self.use_nl
+                       else None)
+        self._nl_fn = self._lists.fn if self.use_nl else None
+        self._all_pairs = None if self.use_nl else _all_pairs(model.n)
+        self._run_compile_s = 0.0
+        #: seconds this Relaxer spent compiling (0 for what another one compiled already)
         self.time_compile_s = 0.0
 
-    # -- pieces traced inside the loop ----------------------------------------------------
-    def _pairs(self, neighbors):
-        if self.use_nl:
-            return Pairs.from_sparse_neighbor_list(neighbors)
-        return neighbors
-
-    def _energy_and_force(self, y, params, neighbors, with_energy: bool):
-        model = self.model
-        pairs = self._pairs(neighbors)
-        if with_energy:
-            e, g = jax.value_and_grad(model.energy)(y, params, pairs)
-            return e, -g
-        return jnp.nan, -jax.grad(model.energy)(y, params, pairs)
-
-    def _step(self, state: _FireState, neighbors, params):
-        """One minimizer step; returns the new state, neighbors and the new energy."""
-        s = self.spec
-        shift = self.model.shift_fn
-        with_energy = s.etol > 0
-        if s.kind == "gradient_descent":
-            y = shift(state.position, s.step_size * state.force)
-            if self.use_nl:
-                neighbors = neighbors.update(y)
-            e, f = self._energy_and_force(y, params, neighbors, with_energy)
-            return state._replace(position=y, force=f), neighbors, e
-        dt = state.dt
-        v_half = state.velocity + 0.5 * dt * state.force
-        y = shift(state.position, dt * v_half)
-        if self.use_nl:
-            neighbors = neighbors.update(y)
-        e, f = self._energy_and_force(y, params, neighbors, with_energy)
-        v = v_half + 0.5 * dt * f
-        f_norm = jnp.sqrt(jnp.sum(f * f))
-        v_norm = jnp.sqrt(jnp.sum(v * v))
-        power = jnp.sum(f * v)
-        f_unit = f / jnp.where(f_norm > 0, f_norm, 1.0)
-        v = v + state.alpha * (f_unit * v_norm - v)
-        n_pos = jnp.where(power >= 0, state.n_pos + 1, 0)
-        grow = (power > 0) & (n_pos > s.n_min)
-        dt = jnp.where(grow, jnp.minimum(dt * s.f_inc, s.dt_max), dt)
-        dt = jnp.where(power < 0, dt * s.f_dec, dt)
-        alpha = jnp.where(grow, state.alpha * s.f_alpha, state.alpha)
-        alpha = jnp.where(power < 0, s.alpha_start, alpha)
-        v = jnp.where(power >= 0, v, 0.0)
-        return _FireState(y, v, f, dt, alpha, n_pos), neighbors, e
-
-    def _max_force(self, force, params):
-        per_particle = jnp.sqrt(jnp.sum(force * force, axis=-1))
-        return jnp.max(per_particle) / params.scale
-
-    def _chunk(self, carry: _Carry, params, end_step, ftol):
-        s = self.spec
-
-        def cond(c: _Carry):
-            return (c.code == _RUNNING) & (c.step < end_step)
-
-        def body(c: _Carry):
-            state, neighbors, e = self._step(c.state, c.neighbors, params)
-            fmax = self._max_force(state.force, params)
-            code = jnp.where(fmax <= ftol, _FTOL, _RUNNING)
-            if s.etol > 0:
-                change = jnp.abs(e - c.energy)
-                small = change <= s.etol * 0.5 * (jnp.abs(e) + jnp.abs(c.energy))
-                code = jnp.where((code == _RUNNING) & small, _ETOL, code)
-            code = jnp.where(jnp.isfinite(fmax), code, _NONFINITE)
-            if self.use_nl:
-                code = jnp.where(neighbors.did_buffer_overflow, _OVERFLOW, code)
-            return _Carry(state, neighbors, c.step + 1, jnp.asarray(e, c.energy.dtype), fmax,
-                          code.astype(jnp.int32))
-
-        out = jax.lax.while_loop(cond, body, carry)
-        e_final = self.model.energy(out.state.position, params, self._pairs(out.neighbors))
-        return out, e_final
-
-    def _init(self, y, params, neighbors):
-        e, f = self._energy_and_force(y, params, neighbors, True)
-        state = _FireState(y, jnp.zeros_like(y), f, jnp.asarray(self.spec.dt_start),
-                           jnp.asarray(self.spec.alpha_start), jnp.asarray(0, jnp.int32))
-        fmax = self._max_force(f, params)
-        return _Carry(state, neighbors, jnp.asarray(0, jnp.int64), e, fmax,
-                      jnp.asarray(_RUNNING, jnp.int32)), e
-
     def _compiled_fn(self, name: str, fn: Callable, *args):
-        """``jit(fn).lower(*args).compile()``, cached per name and argument structure."""
-        key = (name, jax.tree.structure(args),
-               tuple(getattr(a, "shape", None) for a in jax.tree.leaves(args)))
-        if key not in self._compiled:
-            t0 = time.perf_counter()
-            self._compiled[key] = jax.jit(fn).lower(*args).compile()
-            self.time_compile_s += time.perf_counter() - t0
-        return self._compiled[key]
+        compiled, seconds = _compiled(name, fn, self._settings, *args)
+        self._run_compile_s += seconds
+        self.time_compile_s += seconds
+        return compiled
 
     def _allocate(self, y, extra_per_particle: int = 0):
-        return self._nl_fn.allocate(y, extra_capacity=int(extra_per_particle))
+        return self._lists.allocate(y, int(extra_per_particle))
 
     def run(self, positions, params: PotentialParams,
             progress: Callable[..., None] | None = None, *,
@@ -318,18 +526,37 @@ class Relaxer:
         compiled loop is the same).
         """
         s = self.spec
+        model = self.model
         max_steps = s.max_steps if max_steps is None else int(max_steps)
         ftol = s.ftol if ftol is None else float(ftol)
         ftol_arg = jnp.asarray(ftol, jnp.float64)
-        compile_before = self.time_compile_s
+        self._run_compile_s = 0.0
         y = jnp.asarray(positions, jnp.float64)
         params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
-        neighbors = self._allocate(y) if self.use_nl else self._all_pairs
         reallocations = 0
-        init = self._compiled_fn("init", self._init, y, params, neighbors)
-        carry, _ = init(y, params, neighbors)
+        if self.use_nl:
+            # The template list (another packing's, same N) rebuilt at y inside init: no
+            # new shapes unless it overflows here.
+            half_box = self._lists.half_box
+            neighbors = self._lists.template(y)
+            if neighbors is None:
+                neighbors = self._allocate(y)
+            init = self._compiled_fn("init", _init, model, y, params, neighbors, half_box)
+            carry, _ = init(model, y, params, neighbors, half_box)
+            while bool(carry.neighbors.did_buffer_overflow):
+                reallocations += 1
+                if reallocations > 20:
+                    raise ConvergenceError(
+                        "the neighbor list kept overflowing after 20 reallocations; raise "
+                        "potential.capacity_multiplier or set potential.neighbor_list: false")
+                neighbors = self._allocate(y)
+                init = self._compiled_fn("init", _init, model, y, params, neighbors, half_box)
+                carry, _ = init(model, y, params, neighbors, half_box)
+        else:
+            init = self._compiled_fn("init", _init, model, y, params, self._all_pairs, None)
+            carry, _ = init(model, y, params, self._all_pairs, None)
         t_run = 0.0
-        chunk_fn = self._compiled_fn("chunk", self._chunk, carry, params,
+        chunk_fn = self._compiled_fn("chunk", _chunk, model, carry, params,
                                      jnp.asarray(0, jnp.int64), ftol_arg)
         t0 = time.perf_counter()
         if float(carry.max_force) <= ftol:
@@ -337,7 +564,8 @@ class Relaxer:
         energy = float(carry.energy)
         while int(carry.code) == _RUNNING and int(carry.step) < max_steps:
             end = min(int(carry.step) + s.report_every, max_steps)
-            new, e_final = chunk_fn(carry, params, jnp.asarray(end, jnp.int64), ftol_arg)
+            new, e_final = chunk_fn(model, carry, params, jnp.asarray(end, jnp.int64),
+                                    ftol_arg)
             if int(new.code) == _OVERFLOW:
                 # The list overflowed somewhere in this chunk: reallocate where it happened
                 # (with head room) and redo the chunk from its start.
@@ -348,11 +576,10 @@ class Relaxer:
                         "the neighbor list kept overflowing after 20 reallocations; raise "
                         "potential.capacity_multiplier or set potential.neighbor_list: false")
                 old = int(carry.neighbors.idx.shape[-1])
-                grown = self._allocate(new.state.position,
-                                       math.ceil(0.25 * old / self.model.n))
-                grown = grown.update(carry.state.position)
+                grown = self._allocate(new.state.position, math.ceil(0.25 * old / model.n))
+                grown = _sorted(grown.update(carry.state.position))
                 carry = carry._replace(neighbors=grown)
-                chunk_fn = self._compiled_fn("chunk", self._chunk, carry, params,
+                chunk_fn = self._compiled_fn("chunk", _chunk, model, carry, params,
                                              jnp.asarray(0, jnp.int64), ftol_arg)
                 t0 = time.perf_counter()
                 continue
@@ -366,8 +593,8 @@ class Relaxer:
         if code == _RUNNING:
             code = _MAX_STEPS
         x = np.asarray(carry.state.position) * float(params.scale)
-        if self.model.periodic:
-            box = np.asarray(self.model.box) * float(params.scale)
+        if model.periodic:
+            box = np.asarray(model.box) * float(params.scale)
             x = np.mod(x, box)
             x = np.where(x >= box, 0.0, x)
         return RelaxResult(
@@ -382,7 +609,7 @@ class Relaxer:
             etol=s.etol,
             max_steps=max_steps,
             time_s=t_run,
-            time_compile_s=self.time_compile_s - compile_before,
+            time_compile_s=self._run_compile_s,
             neighbor_list=self.use_nl,
             reallocations=reallocations,
         )
