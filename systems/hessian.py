@@ -68,6 +68,7 @@ __all__ = [
     "build_block_jacobi",
     "apply_block_jacobi",
     "Schwarz",
+    "COARSE",
     "schwarz_shape",
     "partition",
     "build_schwarz",
@@ -138,18 +139,20 @@ def block_hessian(i, j, K_pairs, n: int, capacity: int | None = None,
     d = K_pairs.shape[-1]
     keep = (i < n) & (j < n) & (i >= 0) & (j >= 0) & (i != j)
     i, j, k = i[keep], j[keep], K_pairs[keep]
-    diag = np.zeros((n, d, d))
-    np.add.at(diag, i, k)
-    np.add.at(diag, j, k)
+    k = 0.5 * (k + np.swapaxes(k, -1, -2))
     rows = np.concatenate([i, j])
     cols = np.concatenate([j, i])
-    vals = -np.concatenate([k, np.swapaxes(k, -1, -2)])
-    # merge duplicates: one entry per (row, col)
     key = rows * n + cols
-    uniq, inverse = np.unique(key, return_inverse=True)
-    merged = np.zeros((len(uniq), d, d))
-    np.add.at(merged, inverse, vals)
-    rows, cols = uniq // n, uniq % n
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    vals = -np.concatenate([k, k])[order]
+    first = np.ones(len(key), bool)
+    first[1:] = key[1:] != key[:-1]
+    if not first.all():  # a pair listed twice: merge its entries
+        starts = np.flatnonzero(first)
+        vals = np.add.reduceat(vals, starts, axis=0)
+        key = key[starts]
+    rows, cols = key // n, key % n
     counts = np.bincount(rows, minlength=n)
     kmax = 1 + (int(counts.max()) if counts.size else 0)
     if capacity is None:
@@ -158,12 +161,13 @@ def block_hessian(i, j, K_pairs, n: int, capacity: int | None = None,
         raise ValueError(f"block_hessian: capacity {capacity} < {kmax} entries in the "
                          "fullest row (diagonal included)")
     start = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    slot = 1 + np.arange(len(rows)) - start[rows]  # rows are sorted (unique keys)
+    slot = 1 + np.arange(len(rows)) - start[rows]
     idx = np.repeat(np.arange(n, dtype=np.int32)[:, None], capacity, axis=1)
     blocks = np.zeros((n, capacity, d, d))
-    blocks[:, 0] = diag
     idx[rows, slot] = cols
-    blocks[rows, slot] = merged
+    blocks[rows, slot] = vals
+    # a pair Hessian's diagonal block is minus the sum of its row's off-diagonal blocks
+    blocks[:, 0] = -blocks[:, 1:].sum(axis=1)
     return BlockHessian(jnp.asarray(idx, jnp.int32), jnp.asarray(_rows_of(blocks)))
 
 
@@ -240,9 +244,7 @@ class Schwarz(NamedTuple):
     coarse: jax.Array    # (P c, P c): pseudo-inverse of Φᵀ H Φ
 
 
-COARSE_SIZES = {"none": lambda d: 0, "translations": lambda d: d,
-                "rigid": lambda d: d + d * (d - 1) // 2, "affine": lambda d: d + d * d,
-                "spectral": None, "spectral_dirichlet": None}
+COARSE = ("none", "translations", "spectral")
 
 
 def schwarz_shape(n: int, per_cell: int = 16) -> tuple[int, int]:
@@ -277,112 +279,132 @@ def partition(positions, box, levels: int) -> np.ndarray:
     return part
 
 
-def _coarse_vectors(y, part, n_parts, kind: str, d: int) -> np.ndarray:
-    """``(N, d, c)`` values of each particle's coarse vectors (on its own part)."""
-    c = COARSE_SIZES[kind](d)
-    phi = np.zeros((len(y), d, c))
-    if c == 0:
-        return phi
-    eye = np.eye(d)
-    phi[:, :, :d] = eye
-    if kind == "translations":
-        return phi
-    centre = np.zeros((n_parts, d))
-    np.add.at(centre, part, y)
-    centre /= np.maximum(np.bincount(part, minlength=n_parts), 1)[:, None]
-    x = y - centre[part]
-    scale = np.sqrt(np.mean(np.sum(x * x, axis=1))) or 1.0
-    x = x / scale
-    col = d
-    if kind == "rigid":
-        for a in range(d):
-            for b in range(a + 1, d):
-                phi[:, a, col] = -x[:, b]
-                phi[:, b, col] = x[:, a]
-                col += 1
-    else:  # affine: u_a = x_b for every (a, b)
-        for a in range(d):
-            for b in range(d):
-                phi[:, a, col] = x[:, b]
-                col += 1
-    return phi
+def _inverse_spd(a: np.ndarray, rcond: float) -> np.ndarray:
+    """Batched inverse of symmetric matrices, by LU; a matrix whose inverse fails the
+    check ``‖A X - I‖ ≤ 1e-8`` (singular, or nearly) gets the pseudo-inverse instead."""
+    if a.ndim == 2:
+        return _inverse_spd(a[None], rcond)[0]
+    a = 0.5 * (a + np.swapaxes(a, -1, -2))
+    eye = np.eye(a.shape[-1])
+    with np.errstate(all="ignore"):
+        try:
+            x = np.linalg.inv(a)
+        except np.linalg.LinAlgError:
+            x = np.full_like(a, np.nan)
+        bad = ~np.all(np.isfinite(x), axis=(-2, -1))
+        ok = ~bad
+        if ok.any():
+            res = np.max(np.abs(a[ok] @ x[ok] - eye), axis=(-2, -1))
+            bad[np.flatnonzero(ok)[res > 1e-8]] = True
+    if bad.any():
+        x[bad] = _sym_pinv(a[bad], rcond)
+    return 0.5 * (x + np.swapaxes(x, -1, -2))
 
 
-def build_schwarz(H: BlockHessian, positions, box, *, per_cell: int = 16,
-                  coarse: str = "translations", modes: int = 8,
+def build_schwarz(H: BlockHessian, positions, box, *, per_cell: int = 32,
+                  coarse: str = "spectral", modes: int = 8,
                   rcond: float = 1e-10) -> Schwarz:
     """Two-level additive Schwarz data (host, numpy).
 
     Args:
-      H: the Hessian.
+      H: the Hessian (rows: particles; its translations are its null space).
       positions: ``(N, d)`` positions (any periodic image; wrapped into ``box``).
       box: the periodic box edges ``(d,)``, or None for free space.
-      per_cell: target particles per part (parts: :func:`schwarz_shape`).
-      coarse: the coarse space per part: ``"none"``, ``"translations"``, ``"rigid"``
-        (translations + rotations) or ``"affine"`` (translations + every linear field).
+      per_cell: target particles per part (parts and capacity: :func:`schwarz_shape`).
+      coarse: the coarse space, per part: ``"none"``; ``"translations"`` (its d rigid
+        translations); ``"spectral"`` (the ``modes`` lowest eigenvectors of the part's
+        Neumann matrix, i.e. the Hessian of its internal pairs alone: its translations
+        and softest motions, which the local solves cannot see).
+      modes: coarse vectors per part for ``"spectral"``.
       rcond: eigenvalues below ``rcond × max`` are dropped in the pseudo-inverses.
     """
-    if coarse not in COARSE_SIZES:
-        raise ValueError(f"build_schwarz: coarse must be one of {', '.join(COARSE_SIZES)}, "
+    if coarse not in COARSE:
+        raise ValueError(f"build_schwarz: coarse must be one of {', '.join(COARSE)}, "
                          f"got {coarse!r}")
-    idx = np.asarray(H.idx)
+    idx = np.asarray(H.idx).astype(np.int64)
     blocks = ell_blocks(H)
     n, cap, d, _ = blocks.shape
     levels, m = schwarz_shape(n, per_cell)
     n_parts = 2 ** levels
+    md = m * d
     y = np.asarray(positions, np.float64)
     part = partition(y, box, levels)
-    # slots: particles of each part in order
+    # slots: the particles of each part, in order
     order = np.argsort(part, kind="stable")
     counts = np.bincount(part, minlength=n_parts)
     start = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    within = np.arange(n) - start[part[order]]
     slot = np.empty(n, np.int64)
-    slot[order] = part[order] * m + within
+    slot[order] = part[order] * m + np.arange(n) - start[part[order]]
     members = np.zeros(n_parts * m, np.int64)
     mask = np.zeros(n_parts * m)
     members[slot] = np.arange(n)
     mask[slot] = 1.0
-    # local blocks: entries of H whose row and column are in the same part
+    pad = np.repeat(1.0 - mask.reshape(n_parts, m), d, axis=1)  # (P, m d)
+    # the entries of H, padding dropped
     rows = np.repeat(np.arange(n), cap)
     cols = idx.ravel()
     vals = blocks.reshape(-1, d, d)
+    live = (cols != rows) | (np.arange(n * cap) % cap == 0)
+    rows, cols, vals = rows[live], cols[live], vals[live]
     same = part[rows] == part[cols]
+    # each part's principal submatrix (Dirichlet matrix), padded slots decoupled
     local = np.zeros((n_parts, m, m, d, d))
-    r_s, c_s = slot[rows[same]], slot[cols[same]]
-    np.add.at(local, (r_s // m, r_s % m, c_s % m), vals[same])
-    local = local.transpose(0, 1, 3, 2, 4).reshape(n_parts, m * d, m * d)
-    local_inv = _sym_pinv(local, rcond)
+    rs, cs = slot[rows[same]], slot[cols[same]]
+    local[rs // m, rs % m, cs % m] = vals[same]
+    local = local.transpose(0, 1, 3, 2, 4).reshape(n_parts, md, md)
+    local_inv = _inverse_spd(local + pad[:, :, None] * np.eye(md), rcond)
+    local_inv *= (1.0 - pad)[:, :, None] * (1.0 - pad)[:, None, :]
     # coarse space
-    if coarse.startswith("spectral"):
-        c = int(modes)
-        if coarse == "spectral":  # Neumann matrix: the part's internal pairs only
-            a = local.reshape(n_parts, m, d, m, d).copy()
-            eye = np.arange(m)
-            a[:, eye, :, eye, :] = 0.0
-            a[:, eye, :, eye, :] = -a.sum(axis=3).transpose(1, 0, 2, 3)
-            a = a.reshape(n_parts, m * d, m * d)
-        else:
-            a = local.copy()
-        big = 1e3 * np.max(np.abs(a))
-        pad = np.repeat(1.0 - mask.reshape(n_parts, m), d, axis=1)
-        a = a + big * pad[:, :, None] * np.eye(m * d)
-        _, vec = np.linalg.eigh(0.5 * (a + np.swapaxes(a, 1, 2)))
-        basis = vec[:, :, :c] * np.repeat(mask.reshape(n_parts, m), d, axis=1)[:, :, None]
-        phi = basis.reshape(n_parts * m, d, c)[slot]
+    if coarse == "none":
+        c = 0
+        basis = np.zeros((n_parts, md, 0))
+    elif coarse == "translations":
+        c = d
+        basis = np.tile(np.eye(d), (n_parts, m, 1)) * (1.0 - pad)[:, :, None]
+        basis /= np.sqrt(np.maximum(counts, 1))[:, None, None]  # orthonormal per part
     else:
-        c = COARSE_SIZES[coarse](d)
-        phi = _coarse_vectors(y if box is None else np.mod(y, box), part, n_parts, coarse, d)
-        basis = np.zeros((n_parts * m, d, c))
-        basis[slot] = phi
-        basis = basis.reshape(n_parts, m * d, c)
+        c = int(modes)
+        # Neumann matrix: the diagonal blocks from the part's internal pairs only
+        neumann = local.reshape(n_parts, m, d, m, d).copy()
+        inner = np.zeros((n_parts * m, d, d))
+        off = same & (rows != cols)
+        np.add.at(inner, slot[rows[off]], vals[off])
+        s_idx = np.arange(m)
+        neumann[:, s_idx, :, s_idx, :] = -inner.reshape(n_parts, m, d, d).transpose(1, 0, 2, 3)
+        neumann = neumann.reshape(n_parts, md, md)
+        big = 1e3 * np.max(np.abs(neumann))
+        neumann += big * pad[:, :, None] * np.eye(md)
+        _, vec = np.linalg.eigh(0.5 * (neumann + np.swapaxes(neumann, 1, 2)))
+        basis = vec[:, :, :c] * (1.0 - pad)[:, :, None]
     if c:
-        # A0[(p, α), (q, β)] = Σ_{entries (n, k)} φ_n[:, α]ᵀ B_nk φ_{idx}[:, β]
-        contrib = np.einsum("eax,eab,eby->exy", phi[rows], vals, phi[cols])
+        phi = basis.reshape(n_parts * m, d, c)[slot]  # (N, d, c)
+        # A0 = Φᵀ H Φ: within a part from its Dirichlet matrix, across parts entry by entry
         a0 = np.zeros((n_parts, n_parts, c, c))
-        np.add.at(a0, (part[rows], part[cols]), contrib)
+        diag = np.swapaxes(basis, 1, 2) @ local @ basis
+        a0[np.arange(n_parts), np.arange(n_parts)] = diag
+        cross = ~same
+        if cross.any():
+            rc, cc = rows[cross], cols[cross]
+            contrib = np.swapaxes(phi[rc], 1, 2) @ (vals[cross] @ phi[cc])
+            key = part[rc] * n_parts + part[cc]
+            o = np.argsort(key, kind="stable")
+            key, contrib = key[o], contrib[o]
+            first = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
+            summed = np.add.reduceat(contrib, first, axis=0)
+            a0[key[first] // n_parts, key[first] % n_parts] = summed
         a0 = a0.transpose(0, 2, 1, 3).reshape(n_parts * c, n_parts * c)
-        coarse_inv = _sym_pinv(a0, rcond)
+        # The global translations are (nearly) null vectors of A0: add them back as a
+        # stiffness, invert, and project them out again (the pseudo-inverse when they span
+        # the null space; SPD either way).
+        # the global translations in coarse coordinates (Φ orthonormal per part)
+        t = basis.reshape(n_parts, m, d, c).sum(axis=1).transpose(0, 2, 1).reshape(-1, d)
+        q, sv, _ = np.linalg.svd(t, full_matrices=False)
+        q = q[:, sv > 1e-8 * max(sv.max(), 1e-300)]
+        shift = np.trace(a0) / a0.shape[0]
+        inv = _inverse_spd(a0 + shift * (q @ q.T), rcond)
+        proj = np.eye(a0.shape[0]) - q @ q.T
+        coarse_inv = proj @ inv @ proj
+        coarse_inv = 0.5 * (coarse_inv + coarse_inv.T)
     else:
         coarse_inv = np.zeros((0, 0))
     return Schwarz(jnp.asarray(members.reshape(n_parts, m), jnp.int32),
