@@ -63,24 +63,56 @@ def rel_error(a, b, mask):
 
 
 def implicit_time(solver, repeat):
-    """Compiled single-θ forward-mode derivative: (seconds, dx, iterations)."""
-    from systems.response import _collect_reports
+    """The tool's own derivative (``ResponseSolver.scalar_derivatives``, compiled once):
+    (solve seconds, dx, iterations, converged), the solve timed without compilation."""
+    times = []
+    for _ in range(repeat):
+        dx, attrs = solver.scalar_derivatives([THETA])[THETA.name]
+        times.append(attrs["time_s"])
+    return min(times), np.asarray(dx), attrs["iterations"], attrs["converged"]
 
+
+def setup_time(model, result, params, repeat):
+    """Building the ResponseSolver again (contacts, rattlers, stiffness blocks): seconds."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        ResponseSolver(model, result.positions, params, max_force=result.max_force,
+                       settings=resolve_sensitivity({}))
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def plain_time(solver, repeat):
+    """The engine used directly: ``custom_root`` on autodiff forces (forward-over-reverse
+    Hessian-vector products), plain CG with the translations as null space."""
+    import sensitivity
+    from systems.response import _nullspace
+
+    pk = solver.data
     theta0, apply = theta_apply(THETA, solver.params, np.asarray(solver.model.species))
-    relaxed = solver.relaxed_solver()
-    base = solver.params
+    model, base = solver.model, solver.params
 
-    def derivative(y_backbone, theta):
-        return jax.jvp(lambda t: solver._positions_of(relaxed, apply(base, t), y_backbone),
-                       (theta,), (jnp.ones_like(theta),))[1]
+    def optimality(y, theta):
+        forces = jax.grad(model.energy)(y, apply(base, theta), pk.pairs)
+        return forces + pk.tether * (1.0 - pk.active)[:, None] * (y - pk.y)
 
-    compiled = jax.jit(derivative).lower(solver.y_backbone, theta0).compile()
-    with _collect_reports() as reports:
-        seconds, dx = best_of(lambda: compiled(solver.y_backbone, theta0), repeat)
-        jax.effects_barrier()
+    solve = functools.partial(sensitivity.solve_cg, tol=1e-10, nullspace=_nullspace(pk),
+                              on_failure="ignore", consistency_tol=float("inf"))
+
+    @sensitivity.custom_root(optimality, solve=solve, symmetric=True)
+    def relaxed(init, theta):
+        return init
+
+    def derivative(y, theta):
+        return jax.jvp(lambda t: relaxed(y, t), (theta,), (jnp.ones_like(theta),))[1]
+
+    compiled = jax.jit(derivative).lower(pk.y, theta0).compile()
+    seconds, dx = best_of(lambda: compiled(pk.y, theta0), repeat)
+    with sensitivity.record_solves() as reports:
+        compiled(pk.y, theta0)
     iterations = int(np.asarray(reports[-1].iterations)) if reports else -1
-    converged = bool(np.asarray(reports[-1].converged)) if reports else False
-    return seconds, np.asarray(dx), iterations, converged
+    return seconds, np.asarray(dx), iterations
 
 
 def unrolled_time(relaxer, system, params, steps, repeat):
@@ -180,11 +212,11 @@ def jaxopt_time(solver, repeat):
     except ImportError:
         return None
     theta0, apply = theta_apply(THETA, solver.params, np.asarray(solver.model.species))
-    model, pairs, base = solver.model, solver.pairs, solver.params
+    pk, model, base = solver.data, solver.model, solver.params
 
-    def optimality(y_backbone, theta):
-        y = solver.y.at[solver.backbone].set(y_backbone)
-        return jax.grad(model.energy)(y, apply(base, theta), pairs)[solver.backbone]
+    def optimality(y, theta):
+        forces = jax.grad(model.energy)(y, apply(base, theta), pk.pairs)
+        return forces + pk.tether * (1.0 - pk.active)[:, None] * (y - pk.y)
 
     solve = functools.partial(jaxopt.linear_solve.solve_cg, tol=1e-10)
 
@@ -192,14 +224,16 @@ def jaxopt_time(solver, repeat):
     def relaxed(init, theta):
         return init
 
-    cotangent = np.random.default_rng(0).standard_normal(solver.y_backbone.shape)
-    cotangent = jnp.asarray(cotangent - cotangent.mean(axis=0))
+    cotangent = np.random.default_rng(0).standard_normal(pk.y.shape) * np.asarray(
+        pk.active)[:, None]
+    cotangent = jnp.asarray(cotangent - cotangent.sum(axis=0) / np.asarray(pk.active).sum()
+                            * np.asarray(pk.active)[:, None])
 
-    def vjp(y_backbone, theta):
-        return jax.grad(lambda t: jnp.sum(cotangent * relaxed(y_backbone, t)))(theta)
+    def vjp(y, theta):
+        return jax.grad(lambda t: jnp.sum(cotangent * relaxed(y, t)))(theta)
 
-    compiled = jax.jit(vjp).lower(solver.y_backbone, theta0).compile()
-    seconds, _ = best_of(lambda: compiled(solver.y_backbone, theta0), repeat)
+    compiled = jax.jit(vjp).lower(pk.y, theta0).compile()
+    seconds, _ = best_of(lambda: compiled(pk.y, theta0), repeat)
     return seconds
 
 
@@ -222,10 +256,9 @@ def run(n, repeat, seed=0):
     backbone = ~solver.rattlers
     t_implicit, dx, iterations, converged = implicit_time(solver, repeat)
 
-    plain = ResponseSolver(model, result.positions, params, max_force=result.max_force,
-                           settings=resolve_sensitivity({"preconditioner": "none"}))
-    plain._gradient = lambda y, p: jax.grad(plain.backbone_model.energy)(y, p, plain.backbone_pairs)
-    t_plain, dx_plain, iterations_plain, _ = implicit_time(plain, repeat)
+    t_setup = setup_time(model, result, params, repeat)
+    t_plain, dx_plain, iterations_plain = plain_time(solver, repeat)
+    dx_plain = np.asarray(params.scale) * dx_plain
 
     t_unrolled, dx_unrolled = unrolled_time(relaxer, system, params, result.steps,
                                             max(1, repeat - 1))
@@ -240,6 +273,7 @@ def run(n, repeat, seed=0):
         "fire_steps": result.steps,
         "fire_s": t_fire,
         "implicit_s": t_implicit,
+        "setup_s": t_setup,
         "iterations": iterations,
         "converged": converged,
         "plain_s": t_plain,
@@ -263,18 +297,20 @@ def main(argv=None):
     print(f"jax {jax.__version__}, device {jax.devices()[0]}, x64 "
           f"{jax.config.jax_enable_x64}; 2D bidisperse phi = 0.9, ftol 1e-12, CG tol 1e-10")
     header = (f"{'N':>5} {'ratt':>4} {'FIRE steps':>10} {'FIRE s':>8} | {'implicit':>9} "
-              f"{'CG it':>6} | {'autodiff HVP':>12} {'it':>5} | {'unrolled':>9} "
+              f"{'CG it':>6} {'+setup':>7} | {'autodiff HVP':>12} {'it':>5} | {'unrolled':>9} "
               f"{'err':>8} | {'FD':>7} {'err':>8} | {'jaxopt':>7} | "
               f"{'jax-md FIRE steps':>17} {'s':>7} {'implicit/that':>13}")
-    print("times as a fraction of the FIRE time (FIRE s); last columns: jax-md's fire_descent "
-          "to the same ftol, and the implicit time as a fraction of it")
+    print("times as a fraction of the FIRE time (FIRE s); +setup: the implicit solve plus "
+          "building the solver (contacts, rattlers, stiffness blocks); last columns: jax-md's "
+          "fire_descent to the same ftol, and the implicit time as a fraction of it")
     print(header)
     print("-" * len(header))
     for n in sizes:
         r = run(n, args.repeat)
         jo = f"{r['jaxopt_s'] / r['fire_s']:7.2%}" if r["jaxopt_s"] is not None else "    n/a"
         print(f"{r['n']:>5} {r['rattlers']:>4} {r['fire_steps']:>10} {r['fire_s']:>8.3f} | "
-              f"{r['implicit_s'] / r['fire_s']:>9.2%} {r['iterations']:>6} | "
+              f"{r['implicit_s'] / r['fire_s']:>9.2%} {r['iterations']:>6} "
+              f"{(r['implicit_s'] + r['setup_s']) / r['fire_s']:>7.2%} | "
               f"{r['plain_s'] / r['fire_s']:>12.2%} {r['plain_iterations']:>5} | "
               f"{r['unrolled_s'] / r['fire_s']:>9.2f}x {r['unrolled_error']:>7.1e} | "
               f"{r['fd_s'] / r['fire_s']:>6.2f}x {r['fd_error']:>8.1e} | {jo} | "

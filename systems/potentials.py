@@ -263,8 +263,9 @@ class Pairs(NamedTuple):
 
     @classmethod
     def from_arrays(cls, i: np.ndarray, j: np.ndarray) -> "Pairs":
-        return cls(jnp.asarray(i, jnp.int32), jnp.asarray(j, jnp.int32),
-                   jnp.ones(len(i), jnp.float64))
+        # host (numpy) arrays: moving them to the device, or casting there, would compile
+        # a small function once per list length; jax takes them as they are
+        return cls(np.asarray(i, np.int32), np.asarray(j, np.int32), np.ones(len(i)))
 
 
 def _is_zero(tangent) -> bool:
@@ -545,27 +546,37 @@ class PairModel:
     def interacting_pairs(self, y, params: PotentialParams, margin: float = 1.02) -> Pairs:
         """The compact half list (i < j) of pairs within ``margin × range`` at ``y``.
 
-        Built on the host (numpy; a cell-list neighbor list first for large N). Used where
-        the pair set stays fixed: derivatives at a minimum, contact analysis.
+        Built on the host with a k-d tree (scipy; periodic boxes through its ``boxsize``):
+        no compilation, so it costs the same for every packing of a sweep. Used where the
+        pair set stays fixed: derivatives at a minimum, contact analysis.
         """
+        from scipy.spatial import cKDTree
+
         y = np.asarray(y, np.float64)
         cutoff = margin * self.interaction_range(params) / float(np.asarray(params.scale))
-        n = y.shape[0]
-        if self.use_neighbor_list(cutoff) and n >= NEIGHBOR_LIST_MIN_PARTICLES:
-            nbrs = self.neighbor_list_fn(cutoff, 0.0).allocate(jnp.asarray(y))
-            i, j = np.asarray(nbrs.idx)
-            keep = (i < n) & (j < n)
-            i, j = i[keep], j[keep]
+        if self.periodic:
+            box = np.asarray(self.box, np.float64)
+            y = np.mod(y, box)
+            y = np.where(y >= box, 0.0, y)
+            if np.all(cutoff < 0.5 * box):
+                tree = cKDTree(y, boxsize=box)
+            else:  # the tree's periodic search needs cutoff < box/2: every pair instead
+                tree = None
         else:
-            i, j = np.triu_indices(n, 1)
+            tree = cKDTree(y)
+        if tree is not None:
+            ij = tree.query_pairs(cutoff, output_type="ndarray")
+            i, j = (ij[:, 0], ij[:, 1]) if len(ij) else (np.zeros(0, int), np.zeros(0, int))
+        else:
+            i, j = np.triu_indices(y.shape[0], 1)
         d = y[i] - y[j]
         if self.periodic:
-            box = np.asarray(self.box)
             d = d - box * np.round(d / box)
         r = np.sqrt(np.sum(d * d, axis=-1))
         keep = r < cutoff
-        return Pairs.from_arrays(i[keep], j[keep])
-
+        i, j = np.minimum(i, j)[keep], np.maximum(i, j)[keep]
+        order = np.lexsort((j, i))
+        return Pairs.from_arrays(i[order], j[order])
 
 class _ModelStatic:
     """The static part of a :class:`PairModel` pytree, equal (and hashed) by value."""

@@ -51,7 +51,7 @@ import functools
 import math
 import threading
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -177,25 +177,65 @@ def resolve_sensitivity(config: Mapping[str, Any] | None, where: str = "config")
 # Contacts, rattlers, zero modes, gauge.
 
 
+# Pair lists are padded (index N, weight 0) to a capacity bucket so that packings with the
+# same N usually share array shapes, hence compiled functions (issue: a sweep in one process
+# compiles once). The buckets used are remembered per (N, list) and reused when they fit.
+_CAPACITIES: dict[tuple, list[int]] = {}
+
+
+def pair_capacity(count: int, n: int, tag: str = "pairs") -> int:
+    """A padded length for a list of ``count`` pairs over ``n`` particles.
+
+    Multiples of ``max(16, n/8)``; a capacity already used for this ``(n, tag)`` is reused
+    when it holds ``count`` with less than ~25% padding, so a sweep over packings of one N
+    keeps its shapes.
+    """
+    step = max(16, -(-n // 8))
+    used = _CAPACITIES.setdefault((n, tag), [])
+    for c in sorted(used):
+        if count <= c <= 1.25 * count + step:
+            return c
+    c = max(step, -(-count // step) * step)
+    used.append(c)
+    return c
+
+
+def padded_pairs(i, j, n: int, capacity: int) -> Pairs:
+    """The half list ``(i, j)`` padded to ``capacity`` with index ``n`` and weight 0."""
+    i = np.asarray(i, np.int64)
+    j = np.asarray(j, np.int64)
+    pad = capacity - len(i)
+    if pad < 0:
+        raise ValueError(f"{len(i)} pairs do not fit a capacity of {capacity}")
+    weight = np.concatenate([np.ones(len(i)), np.zeros(pad)])
+    return Pairs(np.concatenate([i, np.full(pad, n)]).astype(np.int32),
+                 np.concatenate([j, np.full(pad, n)]).astype(np.int32), weight)
+
+
+@jax.jit
+def _pair_geometry(model: PairModel, y, params: PotentialParams, pairs: Pairs):
+    _, r, sigma, valid = model.pair_geometry(y, params, pairs)
+    n = model.n
+    i = jnp.minimum(pairs.i, n - 1)
+    j = jnp.minimum(pairs.j, n - 1)
+    si, sj = model.species[i], model.species[j]
+    eps = params.epsilon[si, sj]
+    dv = jax.vmap(jax.grad(lambda rr, s, e, a, b: model.pair_law(rr, s, e, a, b)))(
+        r, sigma, eps, si, sj)
+    return r, sigma, jnp.abs(dv), valid
+
+
 def _pair_table(model: PairModel, y, params: PotentialParams, pairs: Pairs):
     """Host arrays per pair: i, j, r, σ, |dV/dr| (real units)."""
     n = model.n
     params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
-
-    def geometry(y):
-        _, r, sigma, valid = model.pair_geometry(y, params, pairs)
-        i = jnp.minimum(pairs.i, n - 1)
-        j = jnp.minimum(pairs.j, n - 1)
-        si, sj = model.species[i], model.species[j]
-        eps = params.epsilon[si, sj]
-        dv = jax.vmap(jax.grad(lambda rr, s, e, a, b: model.pair_law(rr, s, e, a, b)))(
-            r, sigma, eps, si, sj)
-        return r, sigma, jnp.abs(dv), valid
-
-    r, sigma, force, valid = jax.jit(geometry)(jnp.asarray(y))
-    valid = np.asarray(valid)
-    return (np.asarray(pairs.i)[valid], np.asarray(pairs.j)[valid], np.asarray(r)[valid],
-            np.asarray(sigma)[valid], np.asarray(force)[valid])
+    i, j = np.asarray(pairs.i), np.asarray(pairs.j)
+    keep = (i < n) & (j < n)
+    i, j = i[keep], j[keep]
+    padded = padded_pairs(i, j, n, pair_capacity(len(i), n, "table"))
+    r, sigma, force, valid = (np.asarray(a)[:len(i)] for a in _pair_geometry(
+        model, jnp.asarray(y, jnp.float64), params, padded))
+    return i[valid], j[valid], r[valid], sigma[valid], force[valid]
 
 
 def _contacts(model: PairModel, table, force_tol: float) -> np.ndarray:
@@ -338,22 +378,21 @@ def contact_analysis(model: PairModel, y, params: PotentialParams, *, max_force:
 # θ → parameters.
 
 
-def theta_apply(pspec: ParameterSpec, base: PotentialParams, species: np.ndarray):
-    """``(theta0, apply)`` with ``apply(params, theta) -> PotentialParams``.
+def theta_data(pspec: ParameterSpec, base: PotentialParams, species: np.ndarray):
+    """``(tag, theta0, member)``: how θ enters the parameters, as data.
 
-    ``apply(base, theta0) == base``; ``apply`` changes only what this θ controls, so
-    several θs compose (``apply_2(apply_1(base, t1), t2)``) and are differentiated together.
-    See the module docstring for what θ means for each kind.
+    ``tag`` (static) names the rule of :func:`apply_theta`; ``theta0`` (θ at ``base``) and
+    ``member`` (which diameters / ε entries θ moves) are arrays, so compiled functions take
+    them as arguments and are shared between packings.
     """
     species = np.asarray(species)
     kind = pspec.kind
     if kind == "diameter":
         member = jnp.asarray(species == pspec.species, jnp.float64)
         theta0 = jnp.asarray(float(np.asarray(base.diameters)[species == pspec.species].mean()))
-        return theta0, lambda p, theta: p._replace(
-            diameters=p.diameters + member * (theta - theta0))
+        return "diameter", theta0, member
     if kind == "diameters":
-        return base.diameters, lambda p, theta: p._replace(diameters=theta)
+        return "diameters", jnp.asarray(base.diameters, jnp.float64), jnp.zeros(())
     if kind == "epsilon":
         eps0 = np.asarray(base.epsilon)
         if pspec.species is not None:
@@ -361,19 +400,41 @@ def theta_apply(pspec: ParameterSpec, base: PotentialParams, species: np.ndarray
             member = np.zeros_like(eps0)
             member[s, :] = 1.0
             member[:, s] = 1.0
-            member = jnp.asarray(member)
-            theta0 = jnp.asarray(float(eps0[s, s]))
-            return theta0, lambda p, theta: p._replace(
-                epsilon=p.epsilon + member * (theta - theta0))
+            return "epsilon_species", jnp.asarray(float(eps0[s, s])), jnp.asarray(member)
         if np.all(eps0 == eps0.flat[0]):
             theta0 = jnp.asarray(float(eps0.flat[0]))
         else:
             theta0 = jnp.asarray(1.0)
-        return theta0, lambda p, theta: p._replace(epsilon=p.epsilon * (theta / theta0))
+        return "epsilon_scale", theta0, jnp.zeros(())
     if kind == "box":
-        theta0 = jnp.asarray(base.scale, jnp.float64)
-        return theta0, lambda p, theta: p._replace(scale=p.scale * (theta / theta0))
+        return "box", jnp.asarray(base.scale, jnp.float64), jnp.zeros(())
     raise ValueError(f"unknown parameter kind {kind!r}")
+
+
+def apply_theta(tag: str, params: PotentialParams, theta, theta0, member) -> PotentialParams:
+    """The parameters with θ set to ``theta`` (see :func:`theta_data`)."""
+    if tag == "diameter":
+        return params._replace(diameters=params.diameters + member * (theta - theta0))
+    if tag == "diameters":
+        return params._replace(diameters=theta)
+    if tag == "epsilon_species":
+        return params._replace(epsilon=params.epsilon + member * (theta - theta0))
+    if tag == "epsilon_scale":
+        return params._replace(epsilon=params.epsilon * (theta / theta0))
+    if tag == "box":
+        return params._replace(scale=params.scale * (theta / theta0))
+    raise ValueError(f"unknown θ rule {tag!r}")
+
+
+def theta_apply(pspec: ParameterSpec, base: PotentialParams, species: np.ndarray):
+    """``(theta0, apply)`` with ``apply(params, theta) -> PotentialParams``.
+
+    ``apply(base, theta0) == base``; ``apply`` changes only what this θ controls, so
+    several θs compose (``apply_2(apply_1(base, t1), t2)``) and are differentiated together.
+    See the module docstring for what θ means for each kind.
+    """
+    tag, theta0, member = theta_data(pspec, base, species)
+    return theta0, lambda p, theta: apply_theta(tag, p, theta, theta0, member)
 
 
 def theta_map(pspec: ParameterSpec, base: PotentialParams, species: np.ndarray):
@@ -452,7 +513,8 @@ def block_jacobi(model: PairModel, blocks, pairs: Pairs, diagonal_only: bool = F
     return jnp.where(ok[:, None, None], inv, jnp.eye(d))
 
 
-def two_level(model: PairModel, blocks, pairs: Pairs, positions, *, per_cell: int = 16):
+def two_level(model: PairModel, blocks, pairs: Pairs, positions, *, per_cell: int = 16,
+              tether: float = 0.0, rattlers=None):
     """A two-level additive preconditioner ``M = D⁻¹ + R A_c⁺ Rᵀ`` (on the host, numpy).
 
     ``D⁻¹`` is block-Jacobi; the coarse space is the rigid translation of each cell of a
@@ -462,10 +524,10 @@ def two_level(model: PairModel, blocks, pairs: Pairs, positions, *, per_cell: in
     are what the coarse space captures.
 
     Returns:
-      (inverse blocks (n, d, d), cell index (n,), A_c⁺ (nc d, nc d)) as jax arrays.
+      (cell index (n,), A_c⁺ (nc d, nc d)) as jax arrays (the block-Jacobi part is
+      computed with the solve).
     """
     n, d = model.n, model.dim
-    inv = block_jacobi(model, blocks, pairs)
     y = np.asarray(positions)
     if model.periodic:
         box = np.asarray(model.box)
@@ -475,8 +537,7 @@ def two_level(model: PairModel, blocks, pairs: Pairs, positions, *, per_cell: in
     g = max(1, int(round((n / per_cell) ** (1.0 / d))))
     cell = np.clip(np.floor((y - lo) / box * g).astype(int), 0, g - 1)
     cid = np.ravel_multi_index(tuple(cell.T), (g,) * d)
-    _, cid = np.unique(cid, return_inverse=True)  # drop empty cells
-    nc = int(cid.max()) + 1
+    nc = g ** d  # empty cells too: the shapes depend on N and d only
     i, j = np.asarray(pairs.i), np.asarray(pairs.j)
     keep = (i < n) & (j < n)
     k = np.asarray(blocks)[keep]
@@ -486,9 +547,20 @@ def two_level(model: PairModel, blocks, pairs: Pairs, positions, *, per_cell: in
     np.add.at(coarse, (cj, cj), k)
     np.add.at(coarse, (ci, cj), -k)
     np.add.at(coarse, (cj, ci), -k)
+    if rattlers is not None and tether > 0:  # the tethered rattler coordinates
+        for c in cid[np.asarray(rattlers)]:
+            coarse[c, c] += tether * np.eye(d)
     coarse = coarse.transpose(0, 2, 1, 3).reshape(nc * d, nc * d)
-    coarse_inv = np.linalg.pinv(coarse, rcond=1e-10, hermitian=True)
-    return inv, jnp.asarray(cid, jnp.int32), jnp.asarray(coarse_inv)
+    # pseudo-inverse with a cutoff on the scale of the fine Hessian: the rigid translation
+    # of every cell together is a (round-off) zero mode of the coarse matrix
+    fine = np.zeros((n, d))
+    np.add.at(fine, i[keep], np.einsum("kaa->ka", k))
+    np.add.at(fine, j[keep], np.einsum("kaa->ka", k))
+    cutoff = 1e-10 * max(float(np.abs(fine).max()) if fine.size else 0.0, float(tether), 1e-300)
+    w, v = np.linalg.eigh(0.5 * (coarse + coarse.T))
+    inv_w = np.where(np.abs(w) > cutoff, 1.0 / np.where(np.abs(w) > cutoff, w, 1.0), 0.0)
+    coarse_inv = (v * inv_w) @ v.T
+    return jnp.asarray(cid, jnp.int32), jnp.asarray(coarse_inv)
 
 
 def lanczos_extremes(matvec, v0, basis_q, steps: int):
@@ -525,18 +597,275 @@ def lanczos_extremes(matvec, v0, basis_q, steps: int):
 
 
 # ---------------------------------------------------------------------------------------
-# The response solver.
+# The response solver. Every compiled function takes the packing's arrays as arguments
+# (:class:`PackingData`) and its settings as a static, hashable :class:`_Config`; compiled
+# executables are cached per (function, config, argument shapes), so the tasks of a sweep
+# that share N, the potential and the box compile once (their pair lists are padded to
+# shared capacity buckets, :func:`pair_capacity`).
+
+
+class PackingData(NamedTuple):
+    """The arrays of one relaxed packing that the response's compiled functions take.
+
+    Attributes:
+      model: the pair model (a pytree: species is traced, the rest static).
+      y: ``(N, d)`` relaxed positions in the reference box.
+      active: ``(N,)`` 1.0 for the backbone, 0.0 for rattlers.
+      pairs: the backbone's interacting pairs, padded (index N, weight 0).
+      stiffness: the pair stiffness blocks at ``(y, θ0)``, one per pair.
+      tether: the stiffness of the spring holding a rattler coordinate in the linear system.
+      precond: preconditioner data (``two_level``: cell index and coarse pseudo-inverse).
+    """
+
+    model: PairModel
+    y: jax.Array
+    active: jax.Array
+    pairs: Pairs
+    stiffness: jax.Array
+    tether: jax.Array
+    precond: Any
+
+
+class _Config(NamedTuple):
+    solver: str
+    tol: float
+    maxiter: int | None
+    preconditioner: str
+    report: bool
+    tags: tuple = ()
+    chunk: int = 0
+    steps: int = 0
+
+
+_COMPILED: "dict[tuple, Any]" = {}
+_COMPILED_MAX = 128
+
+
+def _compiled(fn: Callable, cfg: _Config, *args):
+    """``jit(partial(fn, cfg)).lower(*args).compile()``, cached; returns (exe, seconds)."""
+    leaves = jax.tree.leaves(args)
+    key = (fn, cfg, jax.tree.structure(args),
+           tuple((np.shape(a), str(getattr(a, "dtype", type(a).__name__))) for a in leaves))
+    exe = _COMPILED.get(key)
+    if exe is not None:
+        return exe, 0.0
+    t0 = time.perf_counter()
+    exe = jax.jit(functools.partial(fn, cfg)).lower(*args).compile()
+    if len(_COMPILED) >= _COMPILED_MAX:
+        _COMPILED.pop(next(iter(_COMPILED)))
+    _COMPILED[key] = exe
+    return exe, time.perf_counter() - t0
+
+
+def clear_compile_cache() -> None:
+    """Forget the compiled response functions (and the pair capacities seen)."""
+    _COMPILED.clear()
+    _CAPACITIES.clear()
+
+
+def _nullspace(pk: PackingData):
+    """``(k, N, d)``: the rigid translations of the backbone (and its rotations about its
+    centroid in free space). Rattler coordinates are tethered, so not in the null space."""
+    n, d = pk.y.shape
+    a = pk.active
+    vectors = [jnp.zeros((n, d)).at[:, c].set(a) for c in range(d)]
+    if not pk.model.periodic:
+        centre = jnp.sum(pk.y * a[:, None], axis=0) / jnp.maximum(jnp.sum(a), 1.0)
+        centred = (pk.y - centre) * a[:, None]
+        for p in range(d):
+            for q in range(p + 1, d):
+                vectors.append(jnp.zeros((n, d)).at[:, p].set(-centred[:, q])
+                               .at[:, q].set(centred[:, p]))
+    return jnp.stack(vectors)
+
+
+def _optimality(pk: PackingData, y, params):
+    """``F(y, θ) = ∇_y E(y, θ)`` over the backbone's pairs, plus ``k (y - y*)`` on the
+    rattler coordinates (zero at y*, so their response is zero: reported as NaN)."""
+    grad = pk.model.gradient_fn(pk.pairs, None, pk.stiffness)
+    return grad(y, params) + pk.tether * (1.0 - pk.active)[:, None] * (y - pk.y)
+
+
+def _block_inverse(pk: PackingData, diagonal_only: bool):
+    n, d = pk.y.shape
+    i = jnp.minimum(pk.pairs.i, n - 1)
+    j = jnp.minimum(pk.pairs.j, n - 1)
+    diag = jnp.zeros((n, d, d)).at[i].add(pk.stiffness).at[j].add(pk.stiffness)
+    diag = diag + (pk.tether * (1.0 - pk.active))[:, None, None] * jnp.eye(d)
+    if diagonal_only:
+        diag = diag * jnp.eye(d)
+    scale = jnp.trace(diag, axis1=1, axis2=2)
+    ok = scale > 1e-12 * jnp.max(scale)
+    inv = jnp.linalg.inv(jnp.where(ok[:, None, None], diag, jnp.eye(d)))
+    return jnp.where(ok[:, None, None], inv, jnp.eye(d))
+
+
+def _blocks_apply(inv, r):
+    d = r.shape[-1]
+    # written out per component: XLA fuses it (a batched d×d dot is slower)
+    return jnp.stack([sum(inv[:, a, c] * r[:, c] for c in range(d)) for a in range(d)], -1)
+
+
+def _linear_solve(cfg: _Config, pk: PackingData, name: str, report: bool):
+    """The engine's solver with this packing's null space, tolerance and preconditioner."""
+    import sensitivity
+
+    solve = sensitivity.get_solver(name)
+    # consistency_tol=inf: a pair potential's ∂F/∂θ is analytically orthogonal to the
+    # rigid motions (Newton's third law, central forces); what the engine would measure
+    # along them is round-off, which matters when ∂F/∂θ is itself tiny (a uniform ε:
+    # ∂F/∂ε = F/ε, the residual force). It is still reported as "inconsistency".
+    options: dict[str, Any] = dict(tol=cfg.tol, nullspace=_nullspace(pk), on_failure="ignore",
+                                   consistency_tol=float("inf"))
+    if cfg.maxiter is not None and name not in _DENSE:
+        options["maxiter"] = int(cfg.maxiter)
+    precond = cfg.preconditioner
+    if name in _TAKES_PRECONDITIONER and precond in ("jacobi", "block_jacobi", "two_level"):
+        inv = _block_inverse(pk, diagonal_only=precond == "jacobi")
+        if precond == "two_level":
+            cid, coarse_inv = pk.precond
+            nc = coarse_inv.shape[0] // pk.y.shape[1]
+
+            def apply_m(r):
+                restricted = jax.ops.segment_sum(r, cid, nc).reshape(-1)
+                coarse = (coarse_inv @ restricted).reshape(nc, -1)
+                return _blocks_apply(inv, r) + coarse[cid]
+        else:
+            def apply_m(r):
+                return _blocks_apply(inv, r)
+
+        options["M"] = apply_m
+    solve = functools.partial(solve, **options)
+    if report:
+        return _reporting(solve)
+    return lambda matvec, b: solve(matvec, b)  # no full_output: nothing recorded
+
+
+def _relaxed(cfg: _Config, pk: PackingData, name: str | None = None,
+             report: bool | None = None):
+    """``relaxed(init, params) -> y*`` decorated with ``sensitivity.custom_root``: the
+    relaxation already happened, so it returns ``init``; only its derivative is new."""
+    import sensitivity
+
+    name = name or cfg.solver
+    report = cfg.report if report is None else report
+
+    @sensitivity.custom_root(lambda y, params: _optimality(pk, y, params),
+                             solve=_linear_solve(cfg, pk, name, report), symmetric=True)
+    def relaxed(init, params):
+        return init
+
+    return relaxed
+
+
+def _params_at(cfg: _Config, base, thetas, thetas0, members):
+    params = base
+    for k, tag in enumerate(cfg.tags):
+        params = apply_theta(tag, params, thetas[k], thetas0[k], members[k])
+    return params
+
+
+def _scalar_derivatives(cfg: _Config, pk: PackingData, base, thetas0, members):
+    """(P, N, d) derivatives of the real positions and the norms of the P right-hand sides."""
+    relaxed = _relaxed(cfg, pk)
+
+    def x_of(thetas):
+        params = _params_at(cfg, base, thetas, thetas0, members)
+        return params.scale * relaxed(pk.y, params)
+
+    def forces_of(thetas):
+        return _optimality(pk, pk.y, _params_at(cfg, base, thetas, thetas0, members))
+
+    dx = jnp.moveaxis(jax.jacfwd(x_of)(thetas0), -1, 0)
+    rhs = jax.jacfwd(forces_of)(thetas0)  # (N, d, P)
+    return dx, jnp.sqrt(jnp.sum(rhs * rhs, axis=(0, 1)))
+
+
+def _vector_derivative(cfg: _Config, pk: PackingData, base, theta0, member):
+    """(N, N, d): one forward-mode solve per component of a vector θ."""
+    (tag,) = cfg.tags
+    relaxed = _relaxed(cfg, pk, report=False)
+    n, d = pk.y.shape
+
+    def x_of(theta):
+        params = apply_theta(tag, base, theta, theta0, member)
+        return params.scale * relaxed(pk.y, params)
+
+    if cfg.solver in _DENSE:
+        # vmap keeps the factorization, which does not depend on the right-hand side,
+        # outside the batch: one factorization for every column
+        return jnp.moveaxis(jax.jacfwd(x_of)(theta0), -1, 0)
+    chunk = cfg.chunk
+    n_chunks = -(-n // chunk)
+
+    def columns(k0):
+        tangents = jax.nn.one_hot(k0 + jnp.arange(chunk), n, dtype=jnp.float64)
+        return jax.vmap(lambda t: jax.jvp(x_of, (theta0,), (t,))[1])(tangents)
+
+    out = jax.lax.map(columns, jnp.arange(n_chunks) * chunk)
+    return out.reshape((-1, n, d))[:n]
+
+
+def _column_residuals(cfg: _Config, pk: PackingData, base, theta0, member, dy):
+    """``‖H dy_k - b_k‖`` and ``‖b_k‖`` for every column k of a vector θ."""
+    (tag,) = cfg.tags
+
+    def column(k):
+        tangent = jnp.zeros_like(theta0).at[k].set(1.0)
+        b = -jax.jvp(lambda t: _optimality(pk, pk.y, apply_theta(tag, base, t, theta0,
+                                                                 member)),
+                     (theta0,), (tangent,))[1]
+        hv = jax.jvp(lambda y: _optimality(pk, y, base), (pk.y,), (dy[k],))[1]
+        return jnp.linalg.norm(hv - b), jnp.linalg.norm(b)
+
+    return jax.lax.map(column, jnp.arange(dy.shape[0]))
+
+
+def _stiffness(cfg: _Config, model: PairModel, y, params, pairs):
+    return model.pair_stiffness(y, params, pairs)
+
+
+def _masked_hvp(pk: PackingData, params):
+    """``v -> A H A v`` with ``A`` the backbone mask: the backbone Hessian (rattler
+    coordinates mapped to zero), without the tether, on flat vectors."""
+    n, d = pk.y.shape
+    grad = pk.model.gradient_fn(pk.pairs, None, pk.stiffness)
+    mask = jnp.repeat(pk.active, d)
+
+    def hvp(v):
+        v = (v * mask).reshape(n, d)
+        return jax.jvp(lambda y: grad(y, params), (pk.y,), (v,))[1].reshape(-1) * mask
+
+    return hvp
+
+
+def _null_residuals(cfg: _Config, pk: PackingData, params, q):
+    """``‖H q_k‖`` for the columns of ``q`` (N d, k)."""
+    return jnp.linalg.norm(jax.vmap(_masked_hvp(pk, params))(q.T), axis=1)
+
+
+def _dense_hessian(cfg: _Config, pk: PackingData, params):
+    """The whole Hessian over the backbone's pairs (rattler rows and columns zero)."""
+    grad = pk.model.gradient_fn(pk.pairs)
+    return jax.jacfwd(lambda y: grad(y, params))(pk.y)
+
+
+def _lanczos(cfg: _Config, pk: PackingData, params, v0, q):
+    mask = jnp.repeat(pk.active, pk.y.shape[1])
+    return lanczos_extremes(_masked_hvp(pk, params), v0 * mask, q, cfg.steps)
 
 
 class ResponseSolver:
     """∂x*/∂θ at a relaxed packing, through :func:`sensitivity.custom_root`.
 
-    The unknowns are the positions of the *backbone* (the non-rattlers): rattlers carry no
-    force at the minimum, so they are removed from the linear system (their rows come out
-    NaN), and the pair terms that involve them are dropped. What is left of the null space
-    is the ``d`` rigid translations of the backbone (plus its rigid rotations in free
-    space), handed to the engine's solver as ``nullspace=``; its minimum-norm answer is the
-    gauge (mean response of the backbone zero).
+    Rattlers carry no force at the minimum and their pair terms are dropped; in the linear
+    system each rattler coordinate is held by a spring to its relaxed position (an identity
+    block: its right-hand side is zero, so its response is zero, reported as NaN with a
+    mask) which keeps the unknowns at ``N × d`` for every packing of N particles (shared
+    compiled functions). What is left of the null space is the ``d`` rigid translations of
+    the backbone (plus its rigid rotations in free space), handed to the engine's solver
+    as ``nullspace=``; its minimum-norm answer is the gauge (mean response of the backbone
+    zero).
 
     Args:
       model: the pair model.
@@ -551,8 +880,14 @@ class ResponseSolver:
         t0 = time.perf_counter()
         self.model = model
         self.settings = dict(settings)
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
         self.params = params
-        self.y = jnp.asarray(np.asarray(positions) / float(params.scale), jnp.float64)
+        y = np.asarray(positions, np.float64) / float(params.scale)
+        if model.periodic:
+            box = np.asarray(model.box)
+            y = np.mod(y, box)
+            y = np.where(y >= box, 0.0, y)
+        self.y = jnp.asarray(y)
         self.max_force = float(max_force)
         contacts = contact_analysis(model, self.y, params, max_force=max_force,
                                     min_contacts=settings.get("rattler_contacts"))
@@ -564,123 +899,73 @@ class ResponseSolver:
                 f"every one of the {model.n} particles is a rattler after relaxation (fewer "
                 f"than {contacts['min_contacts']} contacts): the packing is not jammed and "
                 "has no response to differentiate; raise the packing fraction")
+        n, d = model.n, model.dim
         pairs = contacts["pairs"]
         i, j = np.asarray(pairs.i), np.asarray(pairs.j)
         keep = ~self.rattlers[i] & ~self.rattlers[j]
-        #: the backbone's pairs, numbered as in the whole packing
+        #: the backbone's pairs (compact half list, numbered as in the whole packing)
         self.pairs = Pairs.from_arrays(i[keep], j[keep])
-        # The linear system lives on the backbone alone: a pair model over the backbone
-        # particles (its pairs renumbered), so a Hessian-vector product touches no rattler.
-        number = np.full(model.n, -1)
-        number[self.backbone] = np.arange(len(self.backbone))
-        self.backbone_pairs = Pairs.from_arrays(number[i[keep]], number[j[keep]])
-        self.backbone_model = dataclasses.replace(
-            model, species=model.species[jnp.asarray(self.backbone)])
-        self._backbone_index = jnp.asarray(self.backbone)
-        self.y_backbone = self.y[self.backbone]
-        self.basis = nullspace_basis(np.asarray(self.y_backbone),
-                                     np.zeros(len(self.backbone), bool), model.periodic)
+        padded = padded_pairs(i[keep], j[keep], n, pair_capacity(int(keep.sum()), n))
+        cfg = self._config()
         # Every Hessian-vector product of the implicit derivative is taken at (y*, θ0):
         # the pair stiffness blocks are computed once, here.
-        self.stiffness = jax.jit(self.backbone_model.pair_stiffness)(
-            self.y_backbone, self._restrict(params), self.backbone_pairs)
-        self._gradient = self.backbone_model.gradient_fn(self.backbone_pairs, None,
-                                                         self.stiffness)
+        exe, self.time_compile_s = _compiled(_stiffness, cfg, model, self.y, params, padded)
+        stiffness = exe(model, self.y, params, padded)
+        # the tether: the mean diagonal stiffness of a backbone coordinate
+        diag = np.einsum("kaa->k", np.asarray(stiffness))
+        tether = 2.0 * float(diag.sum()) / max(len(self.backbone) * d, 1)
+        tether = tether if tether > 0 else 1.0
+        active = jnp.asarray(~self.rattlers, jnp.float64)
+        precond = ()
+        if self.settings.get("preconditioner") == "two_level":
+            precond = two_level(model, np.asarray(stiffness), padded, np.asarray(self.y),
+                                tether=tether, rattlers=self.rattlers)
+        #: the arrays every compiled function of this packing takes
+        self.data = PackingData(model, self.y, active, padded, stiffness,
+                                jnp.asarray(tether, jnp.float64), precond)
+        self.stiffness = stiffness
         self.time_setup_s = time.perf_counter() - t0
 
-    def _restrict(self, params: PotentialParams) -> PotentialParams:
-        """The parameters of the backbone particles."""
-        return params._replace(diameters=params.diameters[self._backbone_index])
+    def _config(self, solver: str | None = None, *, report: bool = True, tags=(),
+                chunk: int = 0, steps: int = 0) -> _Config:
+        s = self.settings
+        return _Config(solver=solver or s["solver"], tol=float(s["tol"]),
+                       maxiter=None if s.get("maxiter") is None else int(s["maxiter"]),
+                       preconditioner=str(s.get("preconditioner") or "none"), report=report,
+                       tags=tuple(tags), chunk=int(chunk), steps=int(steps))
 
     @property
     def n_dof(self) -> int:
-        """Unknowns of the linear system (backbone coordinates)."""
-        return len(self.backbone) * self.model.dim
+        """Unknowns of the linear system (every coordinate; rattlers' are tethered)."""
+        return self.model.n * self.model.dim
 
     # ---- the optimality condition and the decorated solver -----------------------------
-    def embed(self, y_backbone):
-        """Full reference positions: the backbone from ``y_backbone``, rattlers at y*."""
-        return self.y.at[self.backbone].set(y_backbone)
-
-    def optimality(self, y_backbone, params):
-        """``F(y, θ) = ∇_y E(y, θ)`` on the backbone coordinates (rattler terms dropped).
-
-        Its JVP in ``y`` (the Hessian-vector product) uses the precomputed pair stiffness.
-        """
-        return self._gradient(y_backbone, self._restrict(params))
-
-    def linear_solve(self, solver_name: str | None = None, report: bool = True):
-        """The engine's solver with this packing's null space, tolerance and preconditioner,
-        reporting its LinearSolveInfo (``report``; a host callback per solve)."""
-        import sensitivity
-
-        s = self.settings
-        name = solver_name or s["solver"]
-        solve = sensitivity.get_solver(name)
-        # consistency_tol=inf: a pair potential's ∂F/∂θ is analytically orthogonal to the
-        # rigid motions (Newton's third law, central forces); what the engine would measure
-        # along them is round-off, which matters when ∂F/∂θ is itself tiny (a uniform ε:
-        # ∂F/∂ε = F/ε, the residual force). It is still reported as "inconsistency".
-        options: dict[str, Any] = dict(tol=float(s["tol"]), nullspace=jnp.asarray(self.basis),
-                                       on_failure="ignore", consistency_tol=float("inf"))
-        if s.get("maxiter") is not None and name not in _DENSE:
-            options["maxiter"] = int(s["maxiter"])
-        precond = s.get("preconditioner")
-        if name in _TAKES_PRECONDITIONER and precond == "two_level":
-            d = self.model.dim
-            inv, cid, coarse_inv = two_level(self.backbone_model, self.stiffness,
-                                             self.backbone_pairs, self.y_backbone)
-            nc = coarse_inv.shape[0] // d
-
-            def two_level_apply(r):
-                fine = jnp.stack([sum(inv[:, a, c] * r[:, c] for c in range(d))
-                                  for a in range(d)], axis=-1)
-                restricted = jax.ops.segment_sum(r, cid, nc).reshape(-1)
-                coarse = (coarse_inv @ restricted).reshape(nc, d)
-                return fine + coarse[cid]
-
-            options["M"] = two_level_apply
-        elif name in _TAKES_PRECONDITIONER and precond in ("jacobi", "block_jacobi"):
-            inv = block_jacobi(self.backbone_model, self.stiffness, self.backbone_pairs,
-                               diagonal_only=precond == "jacobi")
-            d = self.model.dim
-            options["M"] = lambda r: jnp.stack(
-                [sum(inv[:, a, c] * r[:, c] for c in range(d)) for a in range(d)], axis=-1)
-        solve = functools.partial(solve, **options)
-        if report:
-            return _reporting(solve)
-        return lambda matvec, b: solve(matvec, b)  # no full_output: nothing recorded
+    def optimality(self, y, params):
+        """``F(y, θ)``: the energy gradient over the backbone's pairs (rattler terms
+        dropped) plus the tether of the rattler coordinates; zero at y*."""
+        return _optimality(self.data, y, params)
 
     def relaxed_solver(self, solver_name: str | None = None, report: bool = True):
-        """``solver(init, params) -> y*_backbone`` decorated with ``sensitivity.custom_root``.
+        """``solver(init, params) -> y*`` decorated with ``sensitivity.custom_root``.
 
         The relaxation already happened: the decorated function returns ``init`` (the
-        relaxed backbone positions), so only the implicit derivative is computed here, and
-        only at the parameters of the relaxation.
+        relaxed reference positions ``self.y``), so only the implicit derivative is
+        computed here, and only at the parameters of the relaxation.
         """
-        import sensitivity
+        return _relaxed(self._config(solver_name, report=report), self.data)
 
-        @sensitivity.custom_root(self.optimality,
-                                 solve=self.linear_solve(solver_name, report),
-                                 symmetric=True)
-        def relaxed(init, params):
-            return init
-
-        return relaxed
-
-    def _positions_of(self, solver, params, y_backbone):
-        """Real positions (N, d) with the backbone from the decorated solver."""
-        return params.scale * self.embed(solver(y_backbone, params))
+    def positions_of(self, solver, params):
+        """Real positions ``(N, d)`` from the decorated solver at ``params``."""
+        return params.scale * solver(self.y, params)
 
     # ---- derivatives -------------------------------------------------------------------
-    def _compile_and_run(self, fn, *args):
-        """Compile ``fn`` ahead of time and run it: (result, reports, t_run, t_compile)."""
-        t0 = time.perf_counter()
-        compiled = jax.jit(fn).lower(*args).compile()
-        t_compile = time.perf_counter() - t0
+    def _run(self, fn, cfg, *args):
+        """Run a cached compiled function: (result, reports, t_run, t_compile)."""
+        exe, t_compile = _compiled(fn, cfg, *args)
         with _collect_reports() as reports:
             t0 = time.perf_counter()
-            out = jax.block_until_ready(compiled(*args))
+            out = jax.block_until_ready(exe(*args))
+            jax.effects_barrier()
             t_run = time.perf_counter() - t0
         return jax.tree.map(np.asarray, out), reports, t_run, t_compile
 
@@ -691,30 +976,12 @@ class ResponseSolver:
         """
         s = self.settings
         species = np.asarray(self.model.species)
-        maps = [theta_apply(p, self.params, species) for p in pspecs]
-        thetas0 = jnp.stack([jnp.asarray(t0, jnp.float64) for t0, _ in maps])
-        solver = self.relaxed_solver()
-        base = self.params
-
-        def derivatives(y_backbone, thetas):
-            def x_of(thetas):
-                params = base
-                for k, (_, apply) in enumerate(maps):
-                    params = apply(params, thetas[k])
-                return self._positions_of(solver, params, y_backbone)
-
-            def forces_of(thetas):
-                params = base
-                for k, (_, apply) in enumerate(maps):
-                    params = apply(params, thetas[k])
-                return self.optimality(y_backbone, params)
-
-            dx = jnp.moveaxis(jax.jacfwd(x_of)(thetas), -1, 0)  # (P, N, d)
-            rhs = jax.jacfwd(forces_of)(thetas)  # (Nb, d, P): -b of each solve
-            return dx, jnp.sqrt(jnp.sum(rhs * rhs, axis=(0, 1)))
-
-        (dx, rhs_norms), reports, t_run, t_compile = self._compile_and_run(
-            derivatives, self.y_backbone, thetas0)
+        data = [theta_data(p, self.params, species) for p in pspecs]
+        cfg = self._config(tags=[tag for tag, _, _ in data])
+        thetas0 = jnp.stack([jnp.asarray(t0, jnp.float64) for _, t0, _ in data])
+        members = tuple(m for _, _, m in data)
+        (dx, rhs_norms), reports, t_run, t_compile = self._run(
+            _scalar_derivatives, cfg, self.data, self.params, thetas0, members)
         # vmap reports each column's solve from a host callback; XLA may run them on
         # several threads, so match them to the θs by their right-hand-side norms.
         columns = _match_reports(reports, rhs_norms)
@@ -732,8 +999,7 @@ class ResponseSolver:
 
         Forward mode: N right-hand sides (reverse mode would need N·d). Where the Hessian
         fits (``n_dof <= dense_max_dof``, or solver dense) one factorization serves all of
-        them (``vmap`` keeps the factorization, which does not depend on the right-hand
-        side, outside the batch); else chunks of batched iterative solves.
+        them; else chunks of batched iterative solves.
         """
         s = self.settings
         n, d = self.model.n, self.model.dim
@@ -743,58 +1009,25 @@ class ResponseSolver:
             method = f"forward mode, one dense factorization for {n} right-hand sides"
         else:
             method = f"forward mode, {n} batched iterative solves"
-        theta0, apply = theta_apply(pspec, self.params, np.asarray(self.model.species))
+        tag, theta0, member = theta_data(pspec, self.params, np.asarray(self.model.species))
+        capacity = int(self.data.pairs.i.shape[0])
+        chunk = max(1, min(n, int(2 ** 22 // max(capacity * d, 1))))
         # No report per column (a host callback each: most of the time of a dense solve for
         # a few hundred columns); the residuals are checked below, all columns at once.
-        solver = self.relaxed_solver(solver_name, report=False)
-        base = self.params
-
-        def x_of(y_backbone, theta):
-            return self._positions_of(solver, apply(base, theta), y_backbone)
-
-        if solver_name in _DENSE:
-            def jacobian(y_backbone, theta):
-                jac = jax.jacfwd(lambda t: x_of(y_backbone, t))(theta)  # (N, d, P)
-                return jnp.moveaxis(jac, -1, 0)
-        else:
-            chunk = max(1, min(n, int(2 ** 22 // max(len(self.pairs.i) * d, 1))))
-            n_chunks = -(-n // chunk)
-
-            def jacobian(y_backbone, theta):
-                def columns(k0):
-                    tangents = jax.nn.one_hot(k0 + jnp.arange(chunk), n, dtype=jnp.float64)
-                    return jax.vmap(lambda t: jax.jvp(lambda th: x_of(y_backbone, th),
-                                                      (theta,), (t,))[1])(tangents)
-
-                out = jax.lax.map(columns, jnp.arange(n_chunks) * chunk)
-                return out.reshape((-1, n, d))[:n]
-
-        dx, reports, t_run, t_compile = self._compile_and_run(
-            jacobian, self.y_backbone, theta0)
+        cfg = self._config(solver_name, report=False, tags=[tag], chunk=chunk)
+        dx, _, t_run, t_compile = self._run(_vector_derivative, cfg, self.data, self.params,
+                                            theta0, member)
         attrs = self._attrs(pspec, theta0, solver_name, method,
-                            self._residuals(dx, theta0, apply))
+                            self._residuals(cfg, dx, theta0, member))
         attrs.update(time_s=t_run, time_compile_s=t_compile)
         return self._gauge(dx), attrs
 
-    def _residuals(self, dx, theta0, apply) -> dict:
+    def _residuals(self, cfg, dx, theta0, member) -> dict:
         """``‖H v_p - b_p‖`` of every column of a vector θ, recomputed (one batched pass)."""
         s = self.settings
-        base = self.params
-        dy = jnp.asarray(np.asarray(dx)[:, self.backbone])  # (P, Nb, d); gauge: H t = 0
-
-        @jax.jit
-        def check(y_backbone, theta, dy):
-            def column(k):
-                tangent = jnp.zeros_like(theta).at[k].set(1.0)
-                b = -jax.jvp(lambda t: self.optimality(y_backbone, apply(base, t)),
-                             (theta,), (tangent,))[1]
-                hv = jax.jvp(lambda y: self.optimality(y, apply(base, theta)),
-                             (y_backbone,), (dy[k],))[1]
-                return jnp.linalg.norm(hv - b), jnp.linalg.norm(b)
-
-            return jax.lax.map(column, jnp.arange(dy.shape[0]))
-
-        res, rhs = (np.asarray(a) for a in check(self.y_backbone, theta0, dy))
+        dy = jnp.asarray(np.asarray(dx))  # (P, N, d); rattler rows 0, H t = 0 on the gauge
+        (res, rhs), _, _, _ = self._run(_column_residuals, cfg, self.data, self.params,
+                                        theta0, member, dy)
         rel = np.where(rhs > 0, res / np.where(rhs > 0, rhs, 1.0), 0.0)
         ok = np.isfinite(res) & (res <= float(s["tol"]) * rhs * (1 + 1e-6) + 1e-300)
         return {
@@ -834,36 +1067,30 @@ class ResponseSolver:
         Up to :data:`DENSE_EIGEN_MAX_DOF` coordinates: a dense eigendecomposition of the
         whole Hessian with the rattler terms dropped (its zero eigenvalues counted, below
         ``1e-8 λ_max``). Beyond: the construction (rattler coordinates are exactly zero
-        rows; the translations are checked by ``‖H t‖``) plus Lanczos on the backbone
-        Hessian with the translations projected out, whose near-zero Ritz values would be
+        rows; the rigid motions are checked by ``‖H t‖``) plus Lanczos on the backbone
+        Hessian with the rigid motions projected out, whose near-zero Ritz values would be
         extra, unexpected zero modes; its smallest Ritz value estimates the smallest
         non-zero eigenvalue from above.
         """
         n, d = self.model.n, self.model.dim
         n_rattlers = int(self.rattlers.sum())
-        k = self.basis.shape[0]
         t0 = time.perf_counter()
         params = self.params
-        nb = len(self.backbone)
-
-        def hvp(v):
-            return jax.jvp(lambda y: self.optimality(y, params), (self.y_backbone,),
-                           (v.reshape(nb, d),))[1].reshape(-1)
-
-        q, _ = np.linalg.qr(self.basis.reshape(k, -1).T)
+        basis = np.asarray(_nullspace(self.data)).reshape(-1, n * d)
+        k = basis.shape[0]
+        q, _ = np.linalg.qr(basis.T)
         q = jnp.asarray(q)
-        null_residual = jax.jit(jax.vmap(hvp))(q.T)
-        null_residual = float(jnp.max(jnp.linalg.norm(null_residual, axis=1)))
+        cfg = self._config()
+        null_residual, _, _, _ = self._run(_null_residuals, cfg, self.data, params, q)
         rigid = d + (0 if self.model.periodic else d * (d - 1) // 2)
         out: dict[str, Any] = {
             "expected": rigid + d * n_rattlers,
             "rattlers": n_rattlers,
-            "basis_size": k,
-            "basis_max_residual": null_residual,
+            "basis_size": k + d * n_rattlers,
+            "basis_max_residual": float(np.max(null_residual)),
         }
         if n * d <= DENSE_EIGEN_MAX_DOF:
-            grad = self.model.gradient_fn(self.pairs)  # rattler terms dropped
-            hess = jax.jit(jax.jacfwd(lambda y: grad(y, params)))(self.y)
+            hess, _, _, _ = self._run(_dense_hessian, cfg, self.data, params)
             evals = np.linalg.eigvalsh(np.asarray(hess).reshape(n * d, n * d))
             top = float(np.max(np.abs(evals)))
             zero = np.abs(evals) <= 1e-8 * top
@@ -876,9 +1103,12 @@ class ResponseSolver:
                 "negative_eigenvalues": int((nonzero < 0).sum()),
             })
         else:
-            steps = int(min(self.settings.get("lanczos_steps", 40), self.n_dof - k))
-            v0 = jax.random.normal(jax.random.PRNGKey(seed), (self.n_dof,))
-            ritz = np.asarray(jax.jit(lambda v0, q: lanczos_extremes(hvp, v0, q, steps))(v0, q))
+            live = len(self.backbone) * d
+            steps = int(min(self.settings.get("lanczos_steps", 40), live - k))
+            v0 = jax.random.normal(jax.random.PRNGKey(seed), (n * d,))
+            ritz, _, _, _ = self._run(_lanczos, self._config(steps=steps), self.data, params,
+                                      v0, q)
+            ritz = np.asarray(ritz)
             top = float(ritz.max())
             tiny = np.abs(ritz) <= 1e-8 * top
             out.update({
@@ -894,6 +1124,7 @@ class ResponseSolver:
         out["matches"] = bool(out["found"] == out["expected"])
         out["time_s"] = time.perf_counter() - t0
         return out
+
 
     def run_all(self, pspecs: list[ParameterSpec],
                 progress: Callable[..., None] | None = None) -> dict:
