@@ -18,8 +18,12 @@ import pytest
 import systems  # noqa: F401
 from systems.generate import random_packing
 from systems.potentials import PairModel, Pairs, resolve_potential
-from systems.relax import (clear_compile_cache, compile_cache_info, make_relaxer,
-                           resolve_minimizer)
+from systems.relax import (
+    clear_compile_cache,
+    compile_cache_info,
+    make_relaxer,
+    resolve_minimizer,
+)
 
 # species matter only through a non-uniform ε matrix
 POTENTIAL = {"epsilon": [[1.0, 1.3], [1.3, 0.8]]}
