@@ -49,6 +49,8 @@ Public names:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from typing import NamedTuple
 
@@ -77,6 +79,30 @@ __all__ = [
 
 #: Row capacities of :class:`BlockHessian` are rounded up to a multiple of this.
 ELL_STEP = 4
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # optional
+        return None
+    return ThreadpoolController()
+
+
+def _single_threaded_blas(fn):
+    """Run a builder with one BLAS thread: its matrices are small and many, and a
+    multi-threaded BLAS beside XLA's threads was measured up to 30x slower under load."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        controller = _blas_controller()
+        ctx = (controller.limit(limits=1, user_api="blas") if controller is not None
+               else contextlib.nullcontext())
+        with ctx:
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 # ---------------------------------------------------------------------------------------
@@ -115,7 +141,7 @@ def ell_capacity(k: int, step: int = ELL_STEP) -> int:
 
 
 def block_hessian(i, j, K_pairs, n: int, capacity: int | None = None,
-                  step: int = ELL_STEP) -> BlockHessian:
+                  step: int = ELL_STEP, diagonal=None) -> BlockHessian:
     """The ELL Hessian from a half pair list and its pair stiffness blocks (host, numpy).
 
     Every pair adds ``K`` to the diagonal blocks of ``i`` and ``j`` and ``-K`` to the
@@ -129,6 +155,8 @@ def block_hessian(i, j, K_pairs, n: int, capacity: int | None = None,
       capacity: row capacity ``K`` (entries per row, diagonal included); default the
         largest row rounded up by :func:`ell_capacity`. Too small raises ValueError.
       step: the rounding of the default capacity.
+      diagonal: optional ``(n, d, d)`` blocks added to the diagonal (e.g. the tether
+        ``k I`` of rattler coordinates).
 
     Returns:
       :class:`BlockHessian` of jax arrays.
@@ -168,7 +196,9 @@ def block_hessian(i, j, K_pairs, n: int, capacity: int | None = None,
     blocks[rows, slot] = vals
     # a pair Hessian's diagonal block is minus the sum of its row's off-diagonal blocks
     blocks[:, 0] = -blocks[:, 1:].sum(axis=1)
-    return BlockHessian(jnp.asarray(idx, jnp.int32), jnp.asarray(_rows_of(blocks)))
+    if diagonal is not None:
+        blocks[:, 0] += np.asarray(diagonal, np.float64)
+    return jax.device_put(BlockHessian(idx, _rows_of(blocks)))
 
 
 def hessian_matvec(H: BlockHessian, v):
@@ -215,13 +245,14 @@ class BlockJacobi(NamedTuple):
     inverse: jax.Array  # (N, d, d)
 
 
+@_single_threaded_blas
 def build_block_jacobi(H: BlockHessian, positions=None, box=None, *,
                        rcond: float = 1e-10) -> BlockJacobi:
     """Pseudo-inverses of the diagonal blocks of ``H`` (``positions``, ``box`` unused;
     accepted for a uniform signature)."""
     d = H.rows.shape[1]
     diag = np.asarray(H.rows[:, :, :d])
-    return BlockJacobi(jnp.asarray(_sym_pinv(diag, rcond)))
+    return jax.device_put(BlockJacobi(_sym_pinv(diag, rcond)))
 
 
 def apply_block_jacobi(data: BlockJacobi, r):
@@ -301,8 +332,9 @@ def _inverse_spd(a: np.ndarray, rcond: float) -> np.ndarray:
     return 0.5 * (x + np.swapaxes(x, -1, -2))
 
 
+@_single_threaded_blas
 def build_schwarz(H: BlockHessian, positions, box, *, per_cell: int = 32,
-                  coarse: str = "spectral", modes: int = 8,
+                  coarse: str = "spectral", modes: int = 8, active=None,
                   rcond: float = 1e-10) -> Schwarz:
     """Two-level additive Schwarz data (host, numpy).
 
@@ -316,6 +348,8 @@ def build_schwarz(H: BlockHessian, positions, box, *, per_cell: int = 32,
         Neumann matrix, i.e. the Hessian of its internal pairs alone: its translations
         and softest motions, which the local solves cannot see).
       modes: coarse vectors per part for ``"spectral"``.
+      active: optional ``(N,)`` bool, the particles whose common translation is H's null
+        space (default all; e.g. the backbone when rattler rows are tethered).
       rcond: eigenvalues below ``rcond × max`` are dropped in the pseudo-inverses.
     """
     if coarse not in COARSE:
@@ -364,13 +398,15 @@ def build_schwarz(H: BlockHessian, positions, box, *, per_cell: int = 32,
         basis /= np.sqrt(np.maximum(counts, 1))[:, None, None]  # orthonormal per part
     else:
         c = int(modes)
-        # Neumann matrix: the diagonal blocks from the part's internal pairs only
+        # Neumann matrix: the diagonal blocks without the pairs leaving the part (a pair
+        # Hessian's diagonal block is minus its row's off-diagonal sum; any extra diagonal
+        # term, such as a tether, stays)
         neumann = local.reshape(n_parts, m, d, m, d).copy()
-        inner = np.zeros((n_parts * m, d, d))
-        off = same & (rows != cols)
-        np.add.at(inner, slot[rows[off]], vals[off])
+        outer = np.zeros((n_parts * m, d, d))
+        off = ~same
+        np.add.at(outer, slot[rows[off]], vals[off])
         s_idx = np.arange(m)
-        neumann[:, s_idx, :, s_idx, :] = -inner.reshape(n_parts, m, d, d).transpose(1, 0, 2, 3)
+        neumann[:, s_idx, :, s_idx, :] += outer.reshape(n_parts, m, d, d).transpose(1, 0, 2, 3)
         neumann = neumann.reshape(n_parts, md, md)
         big = 1e3 * np.max(np.abs(neumann))
         neumann += big * pad[:, :, None] * np.eye(md)
@@ -397,7 +433,11 @@ def build_schwarz(H: BlockHessian, positions, box, *, per_cell: int = 32,
         # stiffness, invert, and project them out again (the pseudo-inverse when they span
         # the null space; SPD either way).
         # the global translations in coarse coordinates (Φ orthonormal per part)
-        t = basis.reshape(n_parts, m, d, c).sum(axis=1).transpose(0, 2, 1).reshape(-1, d)
+        on = np.ones(n) if active is None else np.asarray(active, np.float64)
+        on_slot = np.zeros(n_parts * m)
+        on_slot[slot] = on
+        t = (basis.reshape(n_parts, m, d, c) * on_slot.reshape(n_parts, m, 1, 1)).sum(
+            axis=1).transpose(0, 2, 1).reshape(-1, d)
         q, sv, _ = np.linalg.svd(t, full_matrices=False)
         q = q[:, sv > 1e-8 * max(sv.max(), 1e-300)]
         shift = np.trace(a0) / a0.shape[0]
@@ -407,9 +447,9 @@ def build_schwarz(H: BlockHessian, positions, box, *, per_cell: int = 32,
         coarse_inv = 0.5 * (coarse_inv + coarse_inv.T)
     else:
         coarse_inv = np.zeros((0, 0))
-    return Schwarz(jnp.asarray(members.reshape(n_parts, m), jnp.int32),
-                   jnp.asarray(mask.reshape(n_parts, m)), jnp.asarray(slot, jnp.int32),
-                   jnp.asarray(local_inv), jnp.asarray(basis), jnp.asarray(coarse_inv))
+    return jax.device_put(Schwarz(members.reshape(n_parts, m).astype(np.int32),
+                                  mask.reshape(n_parts, m), slot.astype(np.int32),
+                                  local_inv, basis, coarse_inv))
 
 
 def apply_schwarz(data: Schwarz, r):

@@ -3,6 +3,8 @@
 complement of the translations, and CG with it reaching the dense pseudo-inverse answer in
 fewer iterations than without."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,7 +33,7 @@ def _backbone(n, seed):
     assert result.converged
     y = jnp.asarray(result.positions)
     pairs = Pairs.all_pairs(n)
-    _, r, sigma, valid = model.pair_geometry(y, params, pairs)
+    _, r, sigma, valid = jax.jit(model.pair_geometry)(y, params, pairs)
     contact = np.asarray(valid) & (np.asarray(r) < np.asarray(sigma))
     i, j = np.asarray(pairs.i)[contact], np.asarray(pairs.j)[contact]
     rattler = np.zeros(n, bool)
@@ -44,7 +46,7 @@ def _backbone(n, seed):
         rattler |= new
     live = ~rattler[i] & ~rattler[j]
     i, j = i[live], j[live]
-    stiffness = np.asarray(model.pair_stiffness(y, params, Pairs.from_arrays(i, j)))
+    stiffness = np.asarray(jax.jit(model.pair_stiffness)(y, params, Pairs.from_arrays(i, j)))
     number = np.cumsum(~rattler) - 1
     return (np.asarray(y)[~rattler], number[i], number[j], stiffness,
             np.asarray(model.box))
@@ -63,13 +65,13 @@ def packing():
 
 def test_ell_product_equals_the_dense_hessian_of_the_energy():
     # an unrelaxed packing (many overlaps), every pair: the Hessian is not PSD, still exact
-    n = 24
+    n = 16
     system, model, params = _model(n, 0)
     y = jnp.asarray(system.positions)
     pairs = Pairs.all_pairs(n)
-    K = model.pair_stiffness(y, params, pairs)
+    K = jax.jit(model.pair_stiffness)(y, params, pairs)
     H = hs.block_hessian(pairs.i, pairs.j, K, n, capacity=n + 3)  # with padding
-    ref = np.asarray(jax.hessian(model.energy)(y, params, pairs)).reshape(2 * n, 2 * n)
+    ref = np.asarray(jax.jit(jax.hessian(model.energy))(y, params, pairs)).reshape(2 * n, 2 * n)
     scale = np.abs(ref).max()
     assert scale > 1.0  # there are overlaps
     np.testing.assert_allclose(hs.dense_hessian(H), ref, rtol=0, atol=1e-12 * scale)
@@ -129,9 +131,9 @@ def _model_pairs(n, seed):
     system, model, params = _model(n, seed)
     y = jnp.asarray(system.positions)
     pairs = Pairs.all_pairs(n)
-    _, r, sigma, valid = model.pair_geometry(y, params, pairs)
+    _, r, sigma, valid = jax.jit(model.pair_geometry)(y, params, pairs)
     keep = np.asarray(valid) & (np.asarray(r) < np.asarray(sigma))
-    K = np.asarray(model.pair_stiffness(y, params, pairs))[keep]
+    K = np.asarray(jax.jit(model.pair_stiffness)(y, params, pairs))[keep]
     return (np.asarray(y), np.asarray(pairs.i)[keep], np.asarray(pairs.j)[keep], K,
             np.asarray(model.box))
 
@@ -147,9 +149,14 @@ PRECONDITIONERS = {
 }
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _columns(apply, data, eye):
+    return jax.vmap(lambda e: apply(data, e))(eye)
+
+
 def _dense_operator(apply, data, n):
     eye = jnp.eye(2 * n).reshape(2 * n, n, 2)
-    return np.asarray(jax.vmap(lambda e: apply(data, e))(eye)).reshape(2 * n, 2 * n).T
+    return np.asarray(_columns(apply, data, eye)).reshape(2 * n, 2 * n).T
 
 
 @pytest.mark.parametrize("name", list(PRECONDITIONERS))
@@ -170,6 +177,19 @@ def test_preconditioner_symmetric_and_positive_off_the_translations(packing, nam
     assert evals[2] > 1e-8 * evals[-1]
 
 
+@jax.jit
+def plain(H, b, basis):
+    return sensitivity.solve_cg(lambda v: hs.hessian_matvec(H, v), b, nullspace=basis,
+                                tol=1e-12, on_failure="ignore", full_output=True)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _solve(apply, H, data, b, basis):
+    return sensitivity.solve_cg(lambda v: hs.hessian_matvec(H, v), b,
+                                M=lambda r: apply(data, r), nullspace=basis, tol=1e-12,
+                                on_failure="ignore", full_output=True)
+
+
 @pytest.mark.parametrize("name", list(PRECONDITIONERS))
 def test_cg_with_preconditioner_matches_dense_pseudo_inverse(packing, name):
     y, i, j, K, box, H, dense, t = packing
@@ -180,18 +200,7 @@ def test_cg_with_preconditioner_matches_dense_pseudo_inverse(packing, name):
     b -= b.mean(axis=0)
     ref = (np.linalg.pinv(dense, rcond=1e-10, hermitian=True) @ b.reshape(-1)).reshape(n, 2)
 
-    @jax.jit
-    def solve(H, data, b, basis):
-        return sensitivity.solve_cg(lambda v: hs.hessian_matvec(H, v), b,
-                                    M=lambda r: apply(data, r), nullspace=basis, tol=1e-12,
-                                    on_failure="ignore", full_output=True)
-
-    @jax.jit
-    def plain(H, b, basis):
-        return sensitivity.solve_cg(lambda v: hs.hessian_matvec(H, v), b, nullspace=basis,
-                                    tol=1e-12, on_failure="ignore", full_output=True)
-
-    x, info = solve(H, data, jnp.asarray(b), jnp.asarray(t))
+    x, info = _solve(apply, H, data, jnp.asarray(b), jnp.asarray(t))
     x0, info0 = plain(H, jnp.asarray(b), jnp.asarray(t))
     assert bool(info.converged) and bool(info0.converged)
     assert np.linalg.norm(np.asarray(x) - ref) <= 1e-8 * np.linalg.norm(ref)
