@@ -1,0 +1,84 @@
+"""Tasks of one sweep in one process compile nothing after the first (issue 5): the second
+packing of the same N, potential and box reuses every compiled function, and gets the same
+answer as a process that never saw the first packing."""
+
+import jax
+import numpy as np
+import pytest
+from test_pipeline import config_for
+
+import systems  # noqa: F401
+from systems import response
+from systems.generate import random_packing
+from systems.io import read_result, write_packing
+from systems.pipeline import run_task
+
+
+class CompileCounter:
+    """Counts XLA compilations and traces reported through jax.monitoring."""
+
+    def __init__(self):
+        self.events = 0
+        self.on = False
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+    def _listen(self, name, seconds, **kwargs):
+        if self.on and name in ("/jax/core/compile/backend_compile_duration",
+                                "/jax/core/compile/jaxpr_trace_duration"):
+            self.events += 1
+
+    def count(self, fn):
+        self.events, self.on = 0, True
+        try:
+            out = fn()
+        finally:
+            self.on = False
+        return out, self.events
+
+
+COUNTER = CompileCounter()
+
+
+def _packings(tmp_path, n, seeds):
+    paths = []
+    for seed in seeds:
+        system = random_packing(n, dim=2, phi=0.9, seed=seed)
+        if seed % 2:  # another species assignment and other diameters: nothing may leak
+            rng = np.random.default_rng(seed)
+            order = rng.permutation(system.n)
+            system = system.replace(species=system.species[order],
+                                    diameters=system.diameters[order])
+        path = tmp_path / f"p{seed}.h5"
+        write_packing(path, system)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("n", [40, 160], ids=["dense-pairs", "neighbor-list"])
+def test_second_task_compiles_nothing_and_matches_a_fresh_process(tmp_path, n):
+    first, second = _packings(tmp_path, n, [2, 3])
+
+    def run(path, name):
+        config = config_for(path, **{"sensitivity.audit": False})
+        return run_task(config, tmp_path / name)
+
+    summary, _ = COUNTER.count(lambda: run(first, "first"))
+    assert summary.converged, summary.message
+    summary, events = COUNTER.count(lambda: run(second, "second"))
+    assert summary.converged, summary.message
+    assert events == 0, f"the second task compiled or traced {events} times"
+    warm = read_result(tmp_path / "second" / "sensitivity.h5")
+    assert warm.timings["time_compile_s"] == 0.0
+
+    # the same packing in a cleared cache: the same numbers (no stale species, pairs or box)
+    response.clear_compile_cache()
+    from systems import relax
+    relax.clear_compile_cache()
+    summary = run(second, "fresh")
+    fresh = read_result(tmp_path / "fresh" / "sensitivity.h5")
+    assert fresh.timings["time_compile_s"] > 0.0
+    for name in ("small_diameter", "box"):
+        a = warm.responses[name]["dx_dtheta"]
+        b = fresh.responses[name]["dx_dtheta"]
+        assert np.array_equal(np.isnan(a), np.isnan(b))
+        np.testing.assert_allclose(a[~np.isnan(a)], b[~np.isnan(b)], rtol=1e-9, atol=1e-12)
