@@ -262,12 +262,16 @@ def _sorted(neighbors):
     whatever capacities the list was built with, so a packing relaxed with another
     packing's list gives the bitwise result it gets alone.
     """
+    # One sorted key per pair, padding (n, n) last: a single-operand sort is several times
+    # faster than an argsort on XLA:CPU (0.13 vs 0.7 ms for 4752 pairs).
     n = neighbors.reference_position.shape[0]
-    i = neighbors.idx[0].astype(jnp.int64)
-    j = neighbors.idx[1].astype(jnp.int64)
-    key = jnp.where((i < n) & (j < n), i * (n + 1) + j, (n + 1) ** 2)
-    order = jnp.argsort(key, stable=True)
-    return dataclasses.replace(neighbors, idx=neighbors.idx[:, order])
+    dtype = jnp.int32 if (n + 1) ** 2 < 2**31 else jnp.int64
+    i = neighbors.idx[0].astype(dtype)
+    j = neighbors.idx[1].astype(dtype)
+    valid = (i < n) & (j < n)
+    key = jnp.sort(jnp.where(valid, i * (n + 1) + j, n * (n + 1) + n))
+    idx = jnp.stack([key // (n + 1), key % (n + 1)]).astype(neighbors.idx.dtype)
+    return dataclasses.replace(neighbors, idx=idx)
 
 
 def _update(neighbors, y):
