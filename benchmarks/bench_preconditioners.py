@@ -38,7 +38,8 @@ from systems.relax import make_relaxer, resolve_minimizer
 from systems.response import ParameterSpec, ResponseSolver, resolve_sensitivity, theta_apply
 
 THETA = ParameterSpec("small_diameter", "diameter", 0)
-DEFAULT_CONFIGS = ["none", "block_jacobi", "16-translations", "default"]
+DEFAULT_CONFIGS = ["none", "block_jacobi", "16-none", "default", "16-translations-f32",
+                   "32-spectral-12-bal"]
 
 
 def best_of(fn, repeat):
@@ -73,18 +74,26 @@ def per_product_us(product, args, v, loops=200, repeat=5):
 
 def parse_config(name):
     """``none``, ``block_jacobi``, ``default`` (build_schwarz defaults) or
-    ``PERCELL-COARSE[-MODES]`` (e.g. ``32-spectral-12``, ``16-translations``)."""
+    ``PERCELL-COARSE[-MODES][-f32][-bal]`` (e.g. ``16-translations-f32``,
+    ``32-spectral-12-f32-bal``): parts of about PERCELL particles, the coarse space,
+    float32 local/coarse matrices, the balancing form (apply_schwarz_balanced).
+    Returns (build, apply, kwargs, balanced) or None."""
     if name == "none":
         return None
     if name == "block_jacobi":
-        return hs.build_block_jacobi, hs.apply_block_jacobi, {}
+        return hs.build_block_jacobi, hs.apply_block_jacobi, {}, False
     if name == "default":
-        return hs.build_schwarz, hs.apply_schwarz, {}
-    per_cell, coarse, *modes = name.split("-")
+        return hs.build_schwarz, hs.apply_schwarz, {}, False
+    per_cell, coarse, *rest = name.split("-")
     kw = dict(per_cell=int(per_cell), coarse=coarse)
+    balanced = "bal" in rest
+    if "f32" in rest:
+        kw["dtype"] = np.float32
+    modes = [r for r in rest if r.isdigit()]
     if modes:
         kw["modes"] = int(modes[0])
-    return hs.build_schwarz, hs.apply_schwarz, kw
+    apply = hs.apply_schwarz_balanced if balanced else hs.apply_schwarz
+    return hs.build_schwarz, apply, kw, balanced
 
 
 _SOLVES = {}
@@ -151,13 +160,15 @@ def run(n, configs, repeat, seed=0):
         if cfg is None:
             t_build, data, apply_fn, shape = 0.0, None, None, "-"
         else:
-            build, apply_fn, kw = cfg
-            t_build, data = best_of(lambda: build(H, y, box, **kw), repeat)
+            build, apply_fn, kw, balanced = cfg
+            t_build, data = best_of(lambda b=build, kw=kw: b(H, y, box, **kw), repeat)
             shape = (f"parts {data.members.shape[0]}x{data.members.shape[1]}, coarse "
                      f"{data.coarse.shape[0]}" if isinstance(data, hs.Schwarz) else "-")
+            if balanced:
+                data = (H, data)
         solve = compiled_solve(apply_fn)
         x, info = solve(H, data, b, basis)
-        t_solve, _ = best_of(lambda: solve(H, data, b, basis), repeat)
+        t_solve, _ = best_of(lambda s=solve, p=data: s(H, p, b, basis), repeat)
         x = np.asarray(x)
         if x_ref is None or name == "block_jacobi":
             x_ref = x
@@ -184,14 +195,14 @@ def main(argv=None):
               f"pairs, ELL capacity {r['capacity']}); FIRE {r['fire_steps']} steps "
               f"{r['fire_s'] * 1e3:.0f} ms; HVP µs: segment_sum {r['us_old']:.1f}, ELL "
               f"{r['us_ell']:.1f}; ELL build {r['ell_build_s'] * 1e3:.1f} ms")
-        header = (f"{'preconditioner':>16} {'shape':>28} {'build ms':>9} {'CG it':>6} "
+        header = (f"{'preconditioner':>22} {'shape':>28} {'build ms':>9} {'CG it':>6} "
                   f"{'solve ms':>9} {'µs/it':>6} {'total ms':>9} {'% FIRE':>7} {'diff':>8}")
         print(header)
         print("-" * len(header))
         for row in r["rows"]:
             total = row["build_s"] + row["solve_s"]
             flag = "" if row["converged"] else " (not converged)"
-            print(f"{row['name']:>16} {row['shape']:>28} {row['build_s'] * 1e3:>9.1f} "
+            print(f"{row['name']:>22} {row['shape']:>28} {row['build_s'] * 1e3:>9.1f} "
                   f"{row['iterations']:>6} {row['solve_s'] * 1e3:>9.2f} "
                   f"{row['solve_s'] * 1e6 / max(row['iterations'], 1):>6.1f} "
                   f"{total * 1e3:>9.2f} {total / r['fire_s']:>7.2%} {row['diff']:>8.1e}{flag}",

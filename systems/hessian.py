@@ -288,26 +288,32 @@ def schwarz_shape(n: int, per_cell: int = 16) -> tuple[int, int]:
 def partition(positions, box, levels: int) -> np.ndarray:
     """Recursive coordinate bisection into ``2^levels`` parts of equal size (±1).
 
-    Positions are wrapped into the periodic box (``box`` None: free space); each group is
-    split at its median along its widest extent. Returns the part of each particle.
+    Positions are wrapped into the periodic box (``box`` None: free space, its bounding
+    box). Every level halves each group at its median along the axis whose parts are
+    then longest (box edge over the number of cuts so far along it). Returns the part of
+    each particle, numbered so that parts ``2q`` and ``2q + 1`` are the halves of ``q``.
     """
     y = np.asarray(positions, np.float64)
+    n, d = y.shape
     if box is not None:
-        y = np.mod(y, np.asarray(box, np.float64))
-    part = np.zeros(len(y), np.int64)
-    groups = [np.arange(len(y))]
+        edges = np.asarray(box, np.float64)
+        y = np.mod(y, edges)
+    else:
+        edges = np.ptp(y, axis=0) if n else np.ones(d)
+    cuts = np.zeros(d)
+    group = np.zeros(n, np.int64)
     for _ in range(levels):
-        new = []
-        for g in groups:
-            pts = y[g]
-            ax = int(np.argmax(np.ptp(pts, axis=0))) if len(g) else 0
-            order = g[np.argsort(pts[:, ax], kind="stable")]
-            half = len(order) // 2
-            new += [order[:half], order[half:]]
-        groups = new
-    for p, g in enumerate(groups):
-        part[g] = p
-    return part
+        ax = int(np.argmax(edges / 2.0 ** cuts))
+        cuts[ax] += 1
+        order = np.lexsort((y[:, ax], group))  # by group, then along the axis
+        size = np.bincount(group, minlength=int(group.max(initial=0)) + 1)
+        start = np.concatenate([[0], np.cumsum(size)[:-1]])
+        g = group[order]
+        rank = np.arange(n) - start[g]
+        new = np.empty(n, np.int64)
+        new[order] = 2 * g + (rank >= size[g] // 2)
+        group = new
+    return group
 
 
 def _inverse_spd(a: np.ndarray, rcond: float) -> np.ndarray:
@@ -333,9 +339,9 @@ def _inverse_spd(a: np.ndarray, rcond: float) -> np.ndarray:
 
 
 @_single_threaded_blas
-def build_schwarz(H: BlockHessian, positions, box, *, per_cell: int = 32,
-                  coarse: str = "spectral", modes: int = 8, active=None,
-                  rcond: float = 1e-10) -> Schwarz:
+def build_schwarz(H: BlockHessian, positions, box, *, per_cell: int = 16,
+                  coarse: str = "translations", modes: int = 12, active=None,
+                  rcond: float = 1e-10, dtype=np.float64) -> Schwarz:
     """Two-level additive Schwarz data (host, numpy).
 
     Args:
@@ -351,6 +357,9 @@ def build_schwarz(H: BlockHessian, positions, box, *, per_cell: int = 32,
       active: optional ``(N,)`` bool, the particles whose common translation is H's null
         space (default all; e.g. the backbone when rattler rows are tethered).
       rcond: eigenvalues below ``rcond × max`` are dropped in the pseudo-inverses.
+      dtype: of the local and coarse matrices (float32 halves the memory traffic of an
+        application; the product is accumulated in that precision and returned in the
+        precision of ``r``).
     """
     if coarse not in COARSE:
         raise ValueError(f"build_schwarz: coarse must be one of {', '.join(COARSE)}, "
@@ -449,18 +458,48 @@ def build_schwarz(H: BlockHessian, positions, box, *, per_cell: int = 32,
         coarse_inv = np.zeros((0, 0))
     return jax.device_put(Schwarz(members.reshape(n_parts, m).astype(np.int32),
                                   mask.reshape(n_parts, m), slot.astype(np.int32),
-                                  local_inv, basis, coarse_inv))
+                                  local_inv.astype(dtype), basis.astype(dtype),
+                                  coarse_inv.astype(dtype)))
 
 
 def apply_schwarz(data: Schwarz, r):
     """``M r = Σ_p R_pᵀ A_p⁺ R_p r + Φ A_0⁺ Φᵀ r`` for ``r`` of shape ``(N, d)``."""
-    n_parts, m = data.members.shape
     d = r.shape[-1]
-    rc = (r[data.members] * data.mask[..., None]).reshape(n_parts, m * d)
-    z = jnp.einsum("pij,pj->pi", data.local, rc)
-    c = data.basis.shape[-1]
-    if c:
-        rcoarse = jnp.einsum("pjc,pj->pc", data.basis, rc).reshape(-1)
-        zc = (data.coarse @ rcoarse).reshape(n_parts, c)
-        z = z + jnp.einsum("pjc,pc->pj", data.basis, zc)
-    return z.reshape(n_parts * m, d)[data.slot]
+    rc = _slots(data, r)
+    z = _local_slots(data, rc)
+    if data.basis.shape[-1]:
+        z = z + _coarse_slots(data, rc)
+    return z.reshape(-1, d)[data.slot].astype(r.dtype)
+
+
+def _slots(data: Schwarz, r):
+    """``r`` gathered into the parts' slots ``(P, m d)``, in the data's precision."""
+    n_parts, m = data.members.shape
+    rc = r[data.members].astype(data.local.dtype) * data.mask[..., None].astype(data.local.dtype)
+    return rc.reshape(n_parts, -1)
+
+
+def _local_slots(data: Schwarz, rc):
+    return jnp.einsum("pij,pj->pi", data.local, rc)
+
+
+def _coarse_slots(data: Schwarz, rc):
+    n_parts = rc.shape[0]
+    rcoarse = jnp.einsum("pjc,pj->pc", data.basis, rc).reshape(-1)
+    zc = (data.coarse @ rcoarse).reshape(n_parts, -1)
+    return jnp.einsum("pjc,pc->pj", data.basis, zc)
+
+
+def apply_schwarz_balanced(data: tuple[BlockHessian, Schwarz], r):
+    """The balancing (hybrid) two-level form, ``data = (H, schwarz)``:
+    ``M r = Q r + (I - Q H) M_loc (I - H Q) r`` with ``Q = Φ A_0⁺ Φᵀ`` (two extra
+    Hessian products per application; symmetric positive semi-definite)."""
+    H, s = data
+    d = r.shape[-1]
+
+    def back(z):
+        return z.reshape(-1, d)[s.slot].astype(r.dtype)
+
+    qr = back(_coarse_slots(s, _slots(s, r)))
+    w = back(_local_slots(s, _slots(s, r - hessian_matvec(H, qr))))
+    return qr + w - back(_coarse_slots(s, _slots(s, hessian_matvec(H, w))))

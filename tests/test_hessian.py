@@ -146,6 +146,11 @@ PRECONDITIONERS = {
     "schwarz_spectral": (hs.build_schwarz, hs.apply_schwarz,
                          dict(per_cell=8, coarse="spectral", modes=4)),
     "schwarz_default": (hs.build_schwarz, hs.apply_schwarz, {}),
+    "schwarz_float32": (hs.build_schwarz, hs.apply_schwarz,
+                        dict(per_cell=8, dtype=np.float32)),
+    "schwarz_balanced": (lambda H, y, box, **kw: (H, hs.build_schwarz(H, y, box, **kw)),
+                         hs.apply_schwarz_balanced, dict(per_cell=8, coarse="spectral",
+                                                         modes=4)),
 }
 
 
@@ -167,13 +172,15 @@ def test_preconditioner_symmetric_and_positive_off_the_translations(packing, nam
     data = build(H, y, box, **kw)
     M = _dense_operator(apply, data, n)
     v, w = np.random.default_rng(2).standard_normal((2, 2 * n))
-    assert abs(v @ M @ w - w @ M @ v) <= 1e-12 * np.abs(M).max() * np.abs(v).sum() * 2
-    np.testing.assert_allclose(M, M.T, rtol=0, atol=1e-12 * np.abs(M).max())
+    # float32 matrices: symmetric up to their rounding
+    rel = 1e-6 if name == "schwarz_float32" else 1e-12
+    assert abs(v @ M @ w - w @ M @ v) <= rel * abs(v @ M @ w) + rel * np.abs(M).max()
+    np.testing.assert_allclose(M, M.T, rtol=0, atol=rel * np.abs(M).max())
     q, _ = np.linalg.qr(t.reshape(2, -1).T)
     P = np.eye(2 * n) - q @ q.T
     evals = np.linalg.eigvalsh(P @ M @ P)
     # two zero eigenvalues (the translations projected out), the rest positive
-    assert np.all(np.abs(evals[:2]) <= 1e-10 * evals[-1])
+    assert np.all(np.abs(evals[:2]) <= rel * 100 * evals[-1])
     assert evals[2] > 1e-8 * evals[-1]
 
 
@@ -205,3 +212,36 @@ def test_cg_with_preconditioner_matches_dense_pseudo_inverse(packing, name):
     assert bool(info.converged) and bool(info0.converged)
     assert np.linalg.norm(np.asarray(x) - ref) <= 1e-8 * np.linalg.norm(ref)
     assert int(info.iterations) < int(info0.iterations)
+
+
+def test_tethered_extra_particle_diagonal_and_active(packing):
+    """A rattler-like particle with no pairs, held by a tether ``k I`` (diagonal=): the null
+    space is the translation of the others (active=); CG with the spectral Schwarz
+    preconditioner still matches the dense pseudo-inverse."""
+    y, i, j, K, box, H, dense, t = packing
+    n = len(y) + 1
+    y2 = np.concatenate([y, [[0.5 * box[0], 0.5 * box[1]]]])
+    tether = np.zeros((n, 2, 2))
+    tether[-1] = 3.0 * np.eye(2)
+    H2 = hs.block_hessian(i, j, K, n, diagonal=tether)
+    ref = np.zeros((2 * n, 2 * n))
+    ref[:-2, :-2] = dense
+    ref[-2:, -2:] = 3.0 * np.eye(2)
+    np.testing.assert_allclose(hs.dense_hessian(H2), ref, rtol=0,
+                               atol=1e-13 * np.abs(dense).max())
+    active = np.arange(n) < n - 1
+    basis = np.zeros((2, n, 2))
+    basis[0, active, 0] = basis[1, active, 1] = 1.0
+    data = hs.build_schwarz(H2, y2, box, per_cell=8, coarse="spectral", modes=4,
+                            active=active)
+    M = _dense_operator(hs.apply_schwarz, data, n)
+    q, _ = np.linalg.qr(basis.reshape(2, -1).T)
+    P = np.eye(2 * n) - q @ q.T
+    evals = np.linalg.eigvalsh(P @ M @ P)
+    assert np.all(np.abs(evals[:2]) <= 1e-10 * evals[-1]) and evals[2] > 1e-8 * evals[-1]
+    b = np.random.default_rng(4).standard_normal((n, 2))
+    b[active] -= b[active].mean(axis=0)
+    expect = np.linalg.pinv(ref, rcond=1e-10, hermitian=True) @ b.reshape(-1)
+    x, info = _solve(hs.apply_schwarz, H2, data, jnp.asarray(b), jnp.asarray(basis))
+    assert bool(info.converged)
+    assert np.linalg.norm(np.asarray(x).reshape(-1) - expect) <= 1e-8 * np.linalg.norm(expect)
