@@ -461,14 +461,19 @@ def _grow(nbrs, max_occupancy: int, cell_list_capacity: int | None):
                                cell_list_capacity=cells)
 
 
-_NEIGHBOR_LISTS: dict[tuple, _NeighborLists] = {}
+_NEIGHBOR_LISTS: collections.OrderedDict[tuple, _NeighborLists] = collections.OrderedDict()
 
 
 def _neighbor_lists(model: PairModel, cutoff: float, skin: float) -> _NeighborLists:
+    """The shared neighbor-list maker for (model static key, cutoff, skin) (LRU, 64)."""
     key = (model.static_key(), float(cutoff), float(skin))
-    if key not in _NEIGHBOR_LISTS:
-        _NEIGHBOR_LISTS[key] = _NeighborLists(model, cutoff, skin)
-    return _NEIGHBOR_LISTS[key]
+    lists = _NEIGHBOR_LISTS.get(key)
+    if lists is None:
+        lists = _NEIGHBOR_LISTS[key] = _NeighborLists(model, cutoff, skin)
+        if len(_NEIGHBOR_LISTS) > _CACHE_SIZE:
+            _NEIGHBOR_LISTS.popitem(last=False)
+    _NEIGHBOR_LISTS.move_to_end(key)
+    return lists
 
 
 @functools.lru_cache(maxsize=16)
