@@ -317,25 +317,39 @@ def partition(positions, box, levels: int) -> np.ndarray:
 
 
 def _inverse_spd(a: np.ndarray, rcond: float) -> np.ndarray:
-    """Batched inverse of symmetric matrices, by LU; a matrix whose inverse fails the
-    check ``‖A X - I‖ ≤ 1e-8`` (singular, or nearly) gets the pseudo-inverse instead."""
-    if a.ndim == 2:
-        return _inverse_spd(a[None], rcond)[0]
+    """Inverse of symmetric matrices (batched): Cholesky for a single matrix where SciPy is
+    there, LU otherwise. A matrix whose inverse fails the check ``‖A X v - v‖ ≤ 1e-8 ‖v‖``
+    on a random ``v`` (singular, or nearly) gets the pseudo-inverse instead."""
+    single = a.ndim == 2
     a = 0.5 * (a + np.swapaxes(a, -1, -2))
-    eye = np.eye(a.shape[-1])
-    with np.errstate(all="ignore"):
+    if single:
+        a = a[None]
+    x = None
+    if single:
         try:
-            x = np.linalg.inv(a)
-        except np.linalg.LinAlgError:
-            x = np.full_like(a, np.nan)
-        bad = ~np.all(np.isfinite(x), axis=(-2, -1))
-        ok = ~bad
-        if ok.any():
-            res = np.max(np.abs(a[ok] @ x[ok] - eye), axis=(-2, -1))
-            bad[np.flatnonzero(ok)[res > 1e-8]] = True
+            from scipy.linalg import lapack
+            c, info = lapack.dpotrf(a[0], lower=True)
+            if info == 0:
+                inv, info = lapack.dpotri(c, lower=True)
+                if info == 0:
+                    x = np.tril(inv) + np.tril(inv, -1).T
+                    x = x[None]
+        except ImportError:  # optional
+            pass
+    with np.errstate(all="ignore"):
+        if x is None:
+            try:
+                x = np.linalg.inv(a)
+            except np.linalg.LinAlgError:
+                x = np.full_like(a, np.nan)
+        v = np.random.default_rng(0).standard_normal(a.shape[:-1])
+        w = np.einsum("pij,pj->pi", a, np.einsum("pij,pj->pi", x, v))
+        res = np.linalg.norm(w - v, axis=-1) / np.linalg.norm(v, axis=-1)
+        bad = ~(res <= 1e-8)
     if bad.any():
         x[bad] = _sym_pinv(a[bad], rcond)
-    return 0.5 * (x + np.swapaxes(x, -1, -2))
+    x = 0.5 * (x + np.swapaxes(x, -1, -2))
+    return x[0] if single else x
 
 
 @_single_threaded_blas
@@ -450,9 +464,9 @@ def build_schwarz(H: BlockHessian, positions, box, *, per_cell: int = 16,
         q, sv, _ = np.linalg.svd(t, full_matrices=False)
         q = q[:, sv > 1e-8 * max(sv.max(), 1e-300)]
         shift = np.trace(a0) / a0.shape[0]
-        inv = _inverse_spd(a0 + shift * (q @ q.T), rcond)
-        proj = np.eye(a0.shape[0]) - q @ q.T
-        coarse_inv = proj @ inv @ proj
+        x = _inverse_spd(a0 + shift * (q @ q.T), rcond)
+        xq = x @ q  # (I - q qᵀ) X (I - q qᵀ), in O(n² d)
+        coarse_inv = x - xq @ q.T - q @ xq.T + q @ (q.T @ xq) @ q.T
         coarse_inv = 0.5 * (coarse_inv + coarse_inv.T)
     else:
         coarse_inv = np.zeros((0, 0))
