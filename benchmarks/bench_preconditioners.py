@@ -10,7 +10,9 @@ rattlers removed as in systems.response), in one process:
 * for no preconditioner, block Jacobi and two-level Schwarz variants: the host build time
   (ELL Hessian + preconditioner data), the CG iterations and the solve time of
   ``sensitivity.solve_cg(..., nullspace=translations, tol=1e-10)`` compiled once with the
-  operator and preconditioner data as arguments (best of ``--repeat``), the relative
+  operator and preconditioner data as arguments (best of ``--repeat`` rounds, each round
+  timing every configuration once, so that load on a shared machine hits all alike), the
+  relative
   difference to the block-Jacobi answer, and (build + solve) as a percentage of FIRE.
 
 The right-hand side is ``-∂F/∂θ`` for θ = the small particles' diameter.
@@ -154,27 +156,40 @@ def run(n, configs, repeat, seed=0):
     out = dict(n=n, nb=nb, pairs=len(i), capacity=int(H.idx.shape[1]), fire_s=t_fire,
                fire_steps=result.steps, rattlers=int(solver.rattlers.sum()),
                ell_build_s=t_ell, us_old=us_old, us_ell=us_ell, rows=[])
+    # compile and build everything first, then time round-robin (one build and one solve
+    # of every configuration per round, best of ``repeat`` rounds): a burst of load on a
+    # shared machine then hits every configuration alike
     x_ref = None
+    entries = []
     for name in configs:
         cfg = parse_config(name)
         if cfg is None:
-            t_build, data, apply_fn, shape = 0.0, None, None, "-"
+            build, kw, data, apply_fn, shape, balanced = None, {}, None, None, "-", False
         else:
             build, apply_fn, kw, balanced = cfg
-            t_build, data = best_of(lambda b=build, kw=kw: b(H, y, box, **kw), repeat)
+            data = build(H, y, box, **kw)
             shape = (f"parts {data.members.shape[0]}x{data.members.shape[1]}, coarse "
                      f"{data.coarse.shape[0]}" if isinstance(data, hs.Schwarz) else "-")
             if balanced:
                 data = (H, data)
         solve = compiled_solve(apply_fn)
         x, info = solve(H, data, b, basis)
-        t_solve, _ = best_of(lambda s=solve, p=data: s(H, p, b, basis), repeat)
         x = np.asarray(x)
         if x_ref is None or name == "block_jacobi":
             x_ref = x
+        entries.append((build, kw, data, solve))
         out["rows"].append(dict(
-            name=name, shape=shape, build_s=t_build + t_ell, solve_s=t_solve,
+            name=name, shape=shape, build_s=np.inf, solve_s=np.inf,
             iterations=int(info.iterations), converged=bool(info.converged), x=x))
+    for _ in range(repeat):
+        for (build, kw, data, solve), row in zip(entries, out["rows"], strict=True):
+            if build is not None:
+                t_build, _ = best_of(lambda b=build, kw=kw: b(H, y, box, **kw), 1)
+            else:
+                t_build = 0.0
+            t_solve, _ = best_of(lambda s=solve, p=data: s(H, p, b, basis), 1)
+            row["build_s"] = min(row["build_s"], t_build + t_ell)
+            row["solve_s"] = min(row["solve_s"], t_solve)
     for row in out["rows"]:
         row["diff"] = float(np.linalg.norm(row.pop("x") - x_ref) / np.linalg.norm(x_ref))
     return out
@@ -185,7 +200,8 @@ def main(argv=None):
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096])
     parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS,
                         help="none, block_jacobi, default, or PERCELL-COARSE[-MODES]")
-    parser.add_argument("--repeat", type=int, default=3, help="best of this many runs")
+    parser.add_argument("--repeat", type=int, default=7,
+                        help="best of this many rounds (round-robin over configurations)")
     args = parser.parse_args(argv)
     print(f"jax {jax.__version__}, device {jax.devices()[0]}; 2D bidisperse phi = 0.9, "
           "ftol 1e-12, CG tol 1e-10; build = ELL Hessian + preconditioner (host)")

@@ -197,7 +197,8 @@ def _solve(apply, H, data, b, basis):
                                 on_failure="ignore", full_output=True)
 
 
-@pytest.mark.parametrize("name", list(PRECONDITIONERS))
+@pytest.mark.parametrize("name", [k for k in PRECONDITIONERS
+                                  if k not in ("schwarz_none", "schwarz_translations")])
 def test_cg_with_preconditioner_matches_dense_pseudo_inverse(packing, name):
     y, i, j, K, box, H, dense, t = packing
     n = len(y)
