@@ -8,7 +8,8 @@ import systems  # noqa: F401
 from systems._errors import InputError
 from systems.generate import random_packing
 from systems.potentials import PairModel, Pairs, resolve_potential
-from systems.relax import Relaxer, make_relaxer, relax, resolve_minimizer
+from systems.relax import (Relaxer, clear_compile_cache, make_relaxer, relax,
+                           resolve_minimizer)
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,7 @@ def max_force(model, params, positions):
 def test_fire_converges_and_reports(small):
     system, model, params, relaxer = small
     events = []
+    clear_compile_cache()  # compiled functions are shared by the process: start cold
     result = relaxer.run(system.positions, params, lambda e, **f: events.append((e, f)))
     assert result.converged and result.stop_reason == "ftol"
     assert result.max_force <= 1e-12 and result.steps > 0
