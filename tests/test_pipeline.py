@@ -44,6 +44,10 @@ def packing_file(tmp_path_factory):
 def finished(packing_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     events = []
+    # compiled functions are shared by the process: start cold to see the compile time
+    from systems import relax, response
+    relax.clear_compile_cache()
+    response.clear_compile_cache()
     summary = run_task(config_for(packing_file), out, config_text="# as written\n",
                        progress=lambda event, **fields: events.append(event))
     return summary, out, events
