@@ -45,9 +45,9 @@ Public names:
   translations (tested), so CG applies. ``dtype=np.float32`` stores the local and coarse
   matrices in single precision (the iterations were unchanged at tol 1e-10).
 * :func:`apply_schwarz_balanced` with data ``(H, schwarz)``: the balancing (hybrid) form
-  ``Q + (I - Q H) M_loc (I - H Q)``, ``Q = Φ A_0⁺ Φᵀ``: fewer iterations (59 against 107 at
-  N = 1024 with ``per_cell=32, coarse="spectral", modes=12``) for two more Hessian products
-  and coarse solves per application.
+  ``Q + (I - Q H) M_loc (I - H Q)``, ``Q = Φ A_0⁺ Φᵀ``: fewer iterations (59 against 107
+  additive at N = 1024 with ``per_cell=32, coarse="spectral", modes=12``) for two more
+  Hessian products and coarse solves per application.
 * Buckets: :func:`ell_capacity` (rows rounded up to a multiple of ``ELL_STEP``),
   :func:`schwarz_shape` (levels and part capacity from N alone). Two packings with the
   same N and the same bucketed row capacity give the same shapes, so one compiled solve.
@@ -56,15 +56,19 @@ Rattlers tethered in the linear system (a diagonal ``k I`` on their rows, no pai
 the tether as ``block_hessian(..., diagonal=)`` and the backbone as
 ``build_schwarz(..., active=)`` (its translation is the null space).
 
-Which one (measured on 2 shared CPU cores, benchmarks/bench_preconditioners.py; ratios
-are more reliable than the absolute times): at N = 1024 a single right-hand side is
-cheapest with block Jacobi (432 CG iterations; the ELL product is ~1.5x faster than the
-segment-sum one), as the Schwarz builds (5-40 ms on the host) and dearer iterations eat
-the saved iterations (~215 with the default); at N = 4096 the default Schwarz halves
-block Jacobi's solve (250 against 705 iterations). With many right-hand sides at one
-packing (vector θ) the build is paid once: ``per_cell=32, coarse="spectral", modes=12``
-with :func:`apply_schwarz_balanced` gives the fewest iterations (59 at N = 1024); its
-coarse matrix grows as N/per_cell × modes (keep it ≲ 512 rows: dense).
+Which one (measured on 2 shared CPU cores with benchmarks/bench_preconditioners.py, round-
+robin best of 7; 2D, φ = 0.9, tol 1e-10; absolute times are noisy, ratios less so). The
+ELL product takes 11.4 µs at N = 1024 (the segment-sum one 15.8) and 71 µs at N = 4096
+(79). CG iterations, none / block Jacobi / Schwarz ``per_cell=16`` without coarse space /
+default (+ translations) / ``32-spectral-12`` balanced: 533 / 432 / 248 / 214 / 59 at
+N = 1024 and 872 / 705 / 406 / 250 / 60 at N = 4096. But with the engine's lean CG
+iteration (~15 µs at N = 1024) a preconditioner application costs about as much as a
+product, and the builds cost 5-7 ms (N = 1024) and 18-35 ms (N = 4096) on the host, so
+for one right-hand side no preconditioner was faster overall than plain CG with the ELL
+product (N = 1024: solve 8.3 ms, 2.3% of FIRE; block Jacobi 8.6 ms, default Schwarz
+7.8 ms + 7 ms build; N = 4096: 53 ms, 1.3%; default Schwarz 41 ms + 35 ms build). The
+Schwarz solves pay when a build serves several right-hand sides. The spectral coarse
+space grows as N/per_cell × modes (dense: keep it ≲ 512 rows).
 """
 
 from __future__ import annotations
