@@ -19,6 +19,7 @@ The right-hand side is ``-∂F/∂θ`` for θ = the small particles' diameter.
 
     python benchmarks/bench_preconditioners.py                    # N = 1024, 4096
     python benchmarks/bench_preconditioners.py --sizes 1024 --configs 32-spectral-12
+    python benchmarks/bench_preconditioners.py --batch 32     # + vmapped many-rhs solves
 """
 
 from __future__ import annotations
@@ -110,10 +111,27 @@ def compiled_solve(apply):
                                         nullspace=basis, tol=1e-10, on_failure="ignore",
                                         full_output=True)
         _SOLVES[apply] = jax.jit(solve)
+        _SOLVES[apply].__wrapped__ = solve
     return _SOLVES[apply]
 
 
-def run(n, configs, repeat, seed=0):
+_BATCHED = {}
+
+
+def compiled_batched_solve(apply):
+    """``solve(H, data, bs, basis) -> (xs, max iterations)``: vmap over right-hand sides."""
+    if apply not in _BATCHED:
+        def solve(H, data, bs, basis):
+            def one(b):
+                x, info = compiled_solve(apply).__wrapped__(H, data, b, basis)
+                return x, info.iterations
+            xs, its = jax.vmap(one)(bs)
+            return xs, jnp.max(its)
+        _BATCHED[apply] = jax.jit(solve)
+    return _BATCHED[apply]
+
+
+def run(n, configs, repeat, seed=0, batch=0):
     system = random_packing(n, dim=2, phi=0.9, seed=seed)
     model = PairModel.build(system, resolve_potential({}, system.n_species))
     params = model.default_params(system.diameters)
@@ -190,6 +208,17 @@ def run(n, configs, repeat, seed=0):
             t_solve, _ = best_of(lambda s=solve, p=data: s(H, p, b, basis), 1)
             row["build_s"] = min(row["build_s"], t_build + t_ell)
             row["solve_s"] = min(row["solve_s"], t_solve)
+    if batch:
+        # many right-hand sides at one packing (vector θ): one vmapped solve of ``batch``
+        # random right-hand sides (mean removed), best of 2
+        bs = np.random.default_rng(1).standard_normal((batch, nb, 2))
+        bs = jnp.asarray(bs - bs.mean(axis=1, keepdims=True))
+        for (build, _kw, data, _solve), row in zip(entries, out["rows"], strict=True):
+            fn = compiled_batched_solve(None if build is None else
+                                        parse_config(row["name"])[1])
+            _, its = fn(H, data, bs, basis)
+            t, _ = best_of(lambda f=fn, p=data: f(H, p, bs, basis), 2)
+            row["batch_s"], row["batch_iterations"] = t / batch, int(its)
     for row in out["rows"]:
         row["diff"] = float(np.linalg.norm(row.pop("x") - x_ref) / np.linalg.norm(x_ref))
     return out
@@ -202,11 +231,13 @@ def main(argv=None):
                         help="none, block_jacobi, default, or PERCELL-COARSE[-MODES]")
     parser.add_argument("--repeat", type=int, default=7,
                         help="best of this many rounds (round-robin over configurations)")
+    parser.add_argument("--batch", type=int, default=0,
+                        help="also time a vmapped solve of this many right-hand sides")
     args = parser.parse_args(argv)
     print(f"jax {jax.__version__}, device {jax.devices()[0]}; 2D bidisperse phi = 0.9, "
           "ftol 1e-12, CG tol 1e-10; build = ELL Hessian + preconditioner (host)")
     for n in args.sizes:
-        r = run(n, args.configs, args.repeat)
+        r = run(n, args.configs, args.repeat, batch=args.batch)
         print(f"\nN = {r['n']} (backbone {r['nb']}, {r['rattlers']} rattlers, {r['pairs']} "
               f"pairs, ELL capacity {r['capacity']}); FIRE {r['fire_steps']} steps "
               f"{r['fire_s'] * 1e3:.0f} ms; HVP µs: segment_sum {r['us_old']:.1f}, ELL "
@@ -221,7 +252,9 @@ def main(argv=None):
             print(f"{row['name']:>22} {row['shape']:>28} {row['build_s'] * 1e3:>9.1f} "
                   f"{row['iterations']:>6} {row['solve_s'] * 1e3:>9.2f} "
                   f"{row['solve_s'] * 1e6 / max(row['iterations'], 1):>6.1f} "
-                  f"{total * 1e3:>9.2f} {total / r['fire_s']:>7.2%} {row['diff']:>8.1e}{flag}",
+                  f"{total * 1e3:>9.2f} {total / r['fire_s']:>7.2%} {row['diff']:>8.1e}{flag}"
+                  + (f" | batch of {args.batch}: {row['batch_s'] * 1e3:.2f} ms per rhs, "
+                     f"max it {row['batch_iterations']}" if args.batch else ""),
                   flush=True)
     return 0
 
