@@ -11,6 +11,11 @@ iterations, operator applications, wall time, and both as ratios to CG on the sa
 One iteration is one matvec for CG, MINRES and GMRES, two for BiCGSTAB and normal CG
 (``A`` and ``A^T``).
 
+A second table gives the cost of one iteration of CG and MINRES with and without
+``nullspace=`` (and a Jacobi preconditioner ``M``) on ``chain2d``, a 2D free spring chain
+(two translation zero modes), with a fixed number of iterations (``tol=0``): what the
+null-space projection adds to an iteration, next to what the matvec itself costs.
+
     python benchmarks/bench_linear_solvers.py            # float64, default sizes
     python benchmarks/bench_linear_solvers.py --quick    # the smallest size of each
 """
@@ -61,6 +66,59 @@ def springs(n: int):
     return f"springs n={n}", matvec, b, jnp.ones((1, n))
 
 
+def chain2d(m: int):
+    """2D free chain of m masses, unknowns (m, 2): zero modes = the two translations."""
+    k = jnp.asarray(np.random.default_rng(3).uniform(0.5, 2.0, size=m - 1))
+
+    def matvec(x):
+        f = k[:, None] * (x[1:] - x[:-1])
+        return jnp.pad(f, ((1, 0), (0, 0))) - jnp.pad(f, ((0, 1), (0, 0)))
+
+    b = np.random.default_rng(4).normal(size=(m, 2))
+    b = jnp.asarray(b - b.mean(0))
+    basis = jnp.zeros((2, m, 2)).at[0, :, 0].set(1.0).at[1, :, 1].set(1.0)
+    diag = jnp.zeros(m).at[1:].add(k).at[:-1].add(k)
+    jacobi = lambda r: r / diag[:, None]
+    return f"chain2d m={m}", matvec, b, basis, jacobi
+
+
+def per_iteration(matvec, b, solve, iters, repeat, **options):
+    """Seconds per iteration of ``solve`` run for exactly ``iters`` iterations."""
+    f = jax.jit(lambda b: solve(matvec, b, tol=0.0, maxiter=iters, on_failure="ignore",
+                                full_output=True, **options))
+    _, info = jax.block_until_ready(f(b))
+    assert int(info.iterations) == iters, int(info.iterations)
+    best = np.inf
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(b))
+        best = min(best, time.perf_counter() - t0)
+    return best / iters
+
+
+def projection_table(sizes, repeat, iters=300):
+    head = (f"{'system':<16} {'n':>6} {'solver':<7} {'matvec us':>9} {'plain us/it':>11} "
+            f"{'nullspace':>9} {'ratio':>6} {'M us/it':>8} {'M+nullsp':>8} {'ratio':>6}")
+    print(head)
+    print("-" * len(head))
+    for m in sizes:
+        name, matvec, b, basis, jacobi = chain2d(m)
+        mv = jax.jit(lambda v, f=matvec: jax.lax.fori_loop(0, 100, lambda i, u: f(u) * 0.25, v))
+        jax.block_until_ready(mv(b))
+        t_mv = np.inf
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            jax.block_until_ready(mv(b))
+            t_mv = min(t_mv, (time.perf_counter() - t0) / 100)
+        for label, solve in (("cg", sn.solve_cg), ("minres", sn.solve_minres)):
+            t = [per_iteration(matvec, b, solve, iters, repeat, **kw) for kw in (
+                {}, {"nullspace": basis}, {"M": jacobi}, {"M": jacobi, "nullspace": basis})]
+            print(f"{name:<16} {b.size:>6} {label:<7} {1e6 * t_mv:>9.2f} {1e6 * t[0]:>11.2f} "
+                  f"{1e6 * t[1]:>9.2f} {t[1] / t[0]:>6.2f} {1e6 * t[2]:>8.2f} "
+                  f"{1e6 * t[3]:>8.2f} {t[3] / t[2]:>6.2f}")
+    print()
+
+
 def run_one(matvec, b, nullspace, solve, options, maxiter, repeat):
     f = jax.jit(lambda b: solve(matvec, b, nullspace=nullspace, maxiter=maxiter, tol=1e-8,
                                 on_failure="ignore", full_output=True, **options))
@@ -103,6 +161,9 @@ def main(argv=None):
                   f"{'yes' if bool(info.converged) else 'NO':>5} "
                   f"{float(info.residual_norm) / float(info.rhs_norm):>9.1e}")
         print()
+
+    print("cost of one iteration (us), fixed iteration count, with and without nullspace=")
+    projection_table([512] if args.quick else [512, 2048, 8192], max(args.repeat, 5))
 
 
 if __name__ == "__main__":
