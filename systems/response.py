@@ -58,7 +58,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._errors import InputError
-from .potentials import PairModel, Pairs, PotentialParams, PotentialSpec, resolve_potential
+from .hessian import (ELL_STEP, BlockHessian, apply_schwarz, block_hessian, build_schwarz,
+                      ell_capacity, hessian_matvec)
+from .potentials import (PairModel, Pairs, PotentialParams, PotentialSpec, _instantiate,
+                         _is_zero, resolve_potential)
 
 __all__ = [
     "SENSITIVITY_DEFAULTS",
@@ -89,6 +92,7 @@ SENSITIVITY_DEFAULTS: dict[str, Any] = {
     "lanczos_steps": 40,
 }
 
+PRECONDITIONERS = ("none", "jacobi", "block_jacobi", "two_level", "schwarz")
 SOLVERS = ("cg", "minres", "gmres", "bicgstab", "normal_cg", "dense", "lstsq", "lu", "cholesky")
 _TAKES_PRECONDITIONER = ("cg", "minres", "gmres", "bicgstab")
 _DENSE = ("dense", "lstsq", "lu", "cholesky")
@@ -167,9 +171,9 @@ def resolve_sensitivity(config: Mapping[str, Any] | None, where: str = "config")
         raise InputError(f"{where}: sensitivity.tol must be > 0, got {merged['tol']}")
     if not float(merged["fd_step"]) > 0:
         raise InputError(f"{where}: sensitivity.fd_step must be > 0, got {merged['fd_step']}")
-    if merged["preconditioner"] not in ("none", "jacobi", "block_jacobi", "two_level", None):
-        raise InputError(f"{where}: sensitivity.preconditioner must be none, jacobi, "
-                         f"block_jacobi or two_level, got {merged['preconditioner']!r}")
+    if merged["preconditioner"] not in PRECONDITIONERS + (None,):
+        raise InputError(f"{where}: sensitivity.preconditioner must be one of "
+                         f"{', '.join(PRECONDITIONERS)}, got {merged['preconditioner']!r}")
     return merged
 
 
@@ -196,6 +200,19 @@ def pair_capacity(count: int, n: int, tag: str = "pairs") -> int:
         if count <= c <= 1.25 * count + step:
             return c
     c = max(step, -(-count // step) * step)
+    used.append(c)
+    return c
+
+
+def row_capacity(entries: int, n: int) -> int:
+    """Entries per block row of the Hessian (:func:`~systems.hessian.block_hessian`),
+    bucketed like :func:`pair_capacity`: a capacity already used for ``n`` particles is
+    reused when it holds ``entries`` with at most one bucket to spare."""
+    used = _CAPACITIES.setdefault((n, "hessian rows"), [])
+    for c in sorted(used):
+        if entries <= c <= entries + ELL_STEP:
+            return c
+    c = ell_capacity(entries)
     used.append(c)
     return c
 
@@ -614,7 +631,10 @@ class PackingData(NamedTuple):
       pairs: the backbone's interacting pairs, padded (index N, weight 0).
       stiffness: the pair stiffness blocks at ``(y, θ0)``, one per pair.
       tether: the stiffness of the spring holding a rattler coordinate in the linear system.
-      precond: preconditioner data (``two_level``: cell index and coarse pseudo-inverse).
+      hessian: the Hessian at ``(y, θ0)``, tethers included, in padded block rows
+        (:class:`~systems.hessian.BlockHessian`): every Hessian-vector product.
+      precond: preconditioner data (``two_level``: cell index and coarse pseudo-inverse;
+        ``schwarz``: :class:`~systems.hessian.Schwarz`).
     """
 
     model: PairModel
@@ -623,6 +643,7 @@ class PackingData(NamedTuple):
     pairs: Pairs
     stiffness: jax.Array
     tether: jax.Array
+    hessian: BlockHessian
     precond: Any
 
 
@@ -689,17 +710,39 @@ def _nullspace(pk: PackingData):
 
 def _optimality(pk: PackingData, y, params):
     """``F(y, θ) = ∇_y E(y, θ)`` over the backbone's pairs, plus ``k (y - y*)`` on the
-    rattler coordinates (zero at y*, so their response is zero: reported as NaN)."""
-    grad = pk.model.gradient_fn(pk.pairs, None, pk.stiffness)
-    return grad(y, params) + pk.tether * (1.0 - pk.active)[:, None] * (y - pk.y)
+    rattler coordinates (zero at y*, so their response is zero: reported as NaN).
+
+    Its JVP in ``y`` is the product with the precomputed Hessian ``pk.hessian`` (every
+    product of the implicit derivative is taken at ``(y*, θ0)``, where it was built); its
+    JVP in ``θ`` is automatic differentiation of the forces.
+    """
+    grad = pk.model.gradient_fn(pk.pairs)
+
+    def plain(y, params):
+        return grad(y, params) + pk.tether * (1.0 - pk.active)[:, None] * (y - pk.y)
+
+    fun = jax.custom_jvp(plain)
+
+    def fun_jvp(primals, tangents):
+        y, params = primals
+        y_dot, params_dot = tangents
+        if _is_zero(params_dot):
+            out = plain(y, params)
+            out_dot = jnp.zeros_like(out)
+        else:
+            out, out_dot = jax.jvp(lambda p: plain(y, p), (params,),
+                                   (_instantiate(params_dot, params),))
+        if not _is_zero(y_dot):
+            out_dot = out_dot + hessian_matvec(pk.hessian, y_dot)
+        return out, out_dot
+
+    fun.defjvp(fun_jvp, symbolic_zeros=True)
+    return fun(y, params)
 
 
 def _block_inverse(pk: PackingData, diagonal_only: bool):
-    n, d = pk.y.shape
-    i = jnp.minimum(pk.pairs.i, n - 1)
-    j = jnp.minimum(pk.pairs.j, n - 1)
-    diag = jnp.zeros((n, d, d)).at[i].add(pk.stiffness).at[j].add(pk.stiffness)
-    diag = diag + (pk.tether * (1.0 - pk.active))[:, None, None] * jnp.eye(d)
+    d = pk.y.shape[1]
+    diag = pk.hessian.rows[:, :, :d]  # entry 0 of each block row: the diagonal block
     if diagonal_only:
         diag = diag * jnp.eye(d)
     scale = jnp.trace(diag, axis1=1, axis2=2)
@@ -728,7 +771,9 @@ def _linear_solve(cfg: _Config, pk: PackingData, name: str, report: bool):
     if cfg.maxiter is not None and name not in _DENSE:
         options["maxiter"] = int(cfg.maxiter)
     precond = cfg.preconditioner
-    if name in _TAKES_PRECONDITIONER and precond in ("jacobi", "block_jacobi", "two_level"):
+    if name in _TAKES_PRECONDITIONER and precond == "schwarz":
+        options["M"] = lambda r: apply_schwarz(pk.precond, r)
+    elif name in _TAKES_PRECONDITIONER and precond in ("jacobi", "block_jacobi", "two_level"):
         inv = _block_inverse(pk, diagonal_only=precond == "jacobi")
         if precond == "two_level":
             cid, coarse_inv = pk.precond
@@ -837,12 +882,10 @@ def _masked_hvp(pk: PackingData, params):
     """``v -> A H A v`` with ``A`` the backbone mask: the backbone Hessian (rattler
     coordinates mapped to zero), without the tether, on flat vectors."""
     n, d = pk.y.shape
-    grad = pk.model.gradient_fn(pk.pairs, None, pk.stiffness)
     mask = jnp.repeat(pk.active, d)
 
-    def hvp(v):
-        v = (v * mask).reshape(n, d)
-        return jax.jvp(lambda y: grad(y, params), (pk.y,), (v,))[1].reshape(-1) * mask
+    def hvp(v):  # the tethers sit on rattler rows only: masked out
+        return hessian_matvec(pk.hessian, (v * mask).reshape(n, d)).reshape(-1) * mask
 
     return hvp
 
@@ -925,13 +968,22 @@ class ResponseSolver:
         tether = 2.0 * float(diag.sum()) / max(len(self.backbone) * d, 1)
         tether = tether if tether > 0 else 1.0
         active = jnp.asarray(~self.rattlers, jnp.float64)
+        diagonal = np.zeros((n, d, d))
+        diagonal[self.rattlers] = tether * np.eye(d)
+        row_entries = 1 + np.bincount(np.concatenate([i[keep], j[keep]]), minlength=n).max()
+        hessian = block_hessian(padded.i, padded.j, np.asarray(stiffness), n,
+                                capacity=row_capacity(int(row_entries), n),
+                                diagonal=diagonal)
         precond = ()
         if self.settings.get("preconditioner") == "two_level":
             precond = two_level(model, np.asarray(stiffness), padded, np.asarray(self.y),
                                 tether=tether, rattlers=self.rattlers)
+        elif self.settings.get("preconditioner") == "schwarz":
+            precond = build_schwarz(hessian, np.asarray(self.y), model.box if model.periodic
+                                    else None, active=~self.rattlers)
         #: the arrays every compiled function of this packing takes
         self.data = PackingData(model, self.y, active, padded, stiffness,
-                                jnp.asarray(tether, jnp.float64), precond)
+                                jnp.asarray(tether, jnp.float64), hessian, precond)
         self.stiffness = stiffness
         #: compilation seconds of this packing's response functions (setup, solves,
         #: diagnostics): 0 when an earlier packing of the same shapes compiled them

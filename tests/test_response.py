@@ -120,8 +120,10 @@ def test_vector_theta_batched_iterative_equals_dense(packing_2d):
 
 
 @pytest.mark.parametrize("options", [{"preconditioner": "two_level"},
+                                     {"preconditioner": "schwarz"},
+                                     {"preconditioner": "none"},
                                      {"preconditioner": "none", "solver": "minres"}],
-                         ids=["cg-two-level", "minres"])
+                         ids=["cg-two-level", "cg-schwarz", "cg-plain", "minres"])
 def test_other_solvers_and_preconditioners_agree(packing_2d, options):
     system, model, params, relaxer, result, solver, scalars, vector = packing_2d
     other = ResponseSolver(model, result.positions, params, max_force=result.max_force,
