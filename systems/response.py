@@ -365,13 +365,16 @@ def contact_analysis(model: PairModel, y, params: PotentialParams, *, max_force:
     """
     n, d = model.n, model.dim
     min_contacts = d + 1 if min_contacts is None else int(min_contacts)
-    pairs = model.interacting_pairs(y, params, margin=1.02)
-    wide = model.interacting_pairs(y, params, margin=1.5)
+    # one search and one table over the wide list (margin 1.5, for the gaps); the
+    # interacting pairs are those within 1.02 × the interaction range
+    wide = _pair_table(model, y, params, model.interacting_pairs(y, params, margin=1.5))
+    near = wide[2] < 1.02 * model.interaction_range(params)
+    table = tuple(a[near] for a in wide)
+    pairs = Pairs.from_arrays(table[0], table[1])
     force_tol = 10.0 * max(float(max_force), 1e-300)
-    table = _pair_table(model, y, params, pairs)
     contact = _contacts(model, table, force_tol)
     rattlers = find_rattlers(n, table[0], table[1], contact, min_contacts)
-    i, j, r, sigma, _ = _pair_table(model, y, params, wide)
+    i, j, r, sigma, _ = wide
     backbone = ~rattlers[i] & ~rattlers[j]
     reach = sigma if model.spec.kind == "soft_sphere" else model.spec.r_cutoff * sigma
     rel = r / reach - 1.0
