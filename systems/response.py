@@ -761,6 +761,15 @@ def _blocks_apply(inv, r):
 
 
 def _linear_solve(cfg: _Config, pk: PackingData, name: str, report: bool):
+    """``solve(matvec, b)``: :func:`_solver`, reporting its LinearSolveInfo to
+    :func:`_collect_reports` (``report``; a host callback per solve) or not."""
+    solve = _solver(cfg, pk, name)
+    if report:
+        return _reporting(solve)
+    return lambda matvec, b: solve(matvec, b)  # no full_output: nothing recorded
+
+
+def _solver(cfg: _Config, pk: PackingData, name: str):
     """The engine's solver with this packing's null space, tolerance and preconditioner."""
     import sensitivity
 
@@ -791,10 +800,7 @@ def _linear_solve(cfg: _Config, pk: PackingData, name: str, report: bool):
                 return _blocks_apply(inv, r)
 
         options["M"] = apply_m
-    solve = functools.partial(solve, **options)
-    if report:
-        return _reporting(solve)
-    return lambda matvec, b: solve(matvec, b)  # no full_output: nothing recorded
+    return functools.partial(solve, **options)
 
 
 def _relaxed(cfg: _Config, pk: PackingData, name: str | None = None,
@@ -822,19 +828,30 @@ def _params_at(cfg: _Config, base, thetas, thetas0, members):
 
 
 def _scalar_derivatives(cfg: _Config, pk: PackingData, base, thetas0, members):
-    """(P, N, d) derivatives of the real positions and the norms of the P right-hand sides."""
-    relaxed = _relaxed(cfg, pk)
+    """(P, N, d) derivatives of the real positions and the P solves' LinearSolveInfo.
 
-    def x_of(thetas):
-        params = _params_at(cfg, base, thetas, thetas0, members)
-        return params.scale * relaxed(pk.y, params)
+    One forward-mode implicit derivative per θ (:func:`sensitivity.root_jvp`: the JVP rule
+    of :func:`sensitivity.custom_root`, returning the linear solve's report as a value, so
+    no host callback), the θs one after another (``lax.map``: a batched while loop would
+    carry every state through selects at every iteration).
+    """
+    import sensitivity
 
-    def forces_of(thetas):
-        return _optimality(pk, pk.y, _params_at(cfg, base, thetas, thetas0, members))
+    solve = _solver(cfg, pk, cfg.solver)
 
-    dx = jnp.moveaxis(jax.jacfwd(x_of)(thetas0), -1, 0)
-    rhs = jax.jacfwd(forces_of)(thetas0)  # (N, d, P)
-    return dx, jnp.sqrt(jnp.sum(rhs * rhs, axis=(0, 1)))
+    def forces(y, thetas):
+        return _optimality(pk, y, _params_at(cfg, base, thetas, thetas0, members))
+
+    def scale(thetas):
+        return _params_at(cfg, base, thetas, thetas0, members).scale
+
+    def one(tangent):
+        dy, info = sensitivity.root_jvp(forces, pk.y, (thetas0,), (tangent,), solve=solve,
+                                        full_output=True)
+        s0, ds = jax.jvp(scale, (thetas0,), (tangent,))
+        return s0 * dy + ds * pk.y, info  # x = λ y
+
+    return jax.lax.map(one, jnp.eye(thetas0.shape[0], dtype=thetas0.dtype))
 
 
 def _vector_derivative(cfg: _Config, pk: PackingData, base, theta0, member):
@@ -1028,15 +1045,13 @@ class ResponseSolver:
 
     # ---- derivatives -------------------------------------------------------------------
     def _run(self, fn, cfg, *args):
-        """Run a cached compiled function: (result, reports, t_run, t_compile)."""
+        """Run a cached compiled function: (result, t_run, t_compile)."""
         exe, t_compile = _compiled(fn, cfg, *args)
         self.time_compile_s += t_compile
-        with _collect_reports() as reports:
-            t0 = time.perf_counter()
-            out = jax.block_until_ready(exe(*args))
-            jax.effects_barrier()
-            t_run = time.perf_counter() - t0
-        return jax.tree.map(np.asarray, out), reports, t_run, t_compile
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(exe(*args))
+        t_run = time.perf_counter() - t0
+        return jax.tree.map(np.asarray, out), t_run, t_compile
 
     def scalar_derivatives(self, pspecs: list[ParameterSpec]) -> dict:
         """∂x*/∂θ for scalar θs, all in one compiled, batched forward-mode solve.
@@ -1049,14 +1064,11 @@ class ResponseSolver:
         cfg = self._config(tags=[tag for tag, _, _ in data])
         thetas0 = jnp.stack([jnp.asarray(t0, jnp.float64) for _, t0, _ in data])
         members = tuple(m for _, _, m in data)
-        (dx, rhs_norms), reports, t_run, t_compile = self._run(
+        (dx, infos), t_run, t_compile = self._run(
             _scalar_derivatives, cfg, self.data, self.params, thetas0, members)
-        # vmap reports each column's solve from a host callback; XLA may run them on
-        # several threads, so match them to the θs by their right-hand-side norms.
-        columns = _match_reports(reports, rhs_norms)
         out = {}
         for k, pspec in enumerate(pspecs):
-            info = _merge_reports([reports[c] for c in columns[k]])
+            info = _merge_reports([jax.tree.map(lambda a: a[k], infos)])
             attrs = self._attrs(pspec, thetas0[k], s["solver"], "forward mode", info)
             attrs.update(time_s=t_run, time_compile_s=t_compile,
                          batched_with=[p.name for p in pspecs])
@@ -1084,7 +1096,7 @@ class ResponseSolver:
         # No report per column (a host callback each: most of the time of a dense solve for
         # a few hundred columns); the residuals are checked below, all columns at once.
         cfg = self._config(solver_name, report=False, tags=[tag], chunk=chunk)
-        dx, _, t_run, t_compile = self._run(_vector_derivative, cfg, self.data, self.params,
+        dx, t_run, t_compile = self._run(_vector_derivative, cfg, self.data, self.params,
                                             theta0, member)
         attrs = self._attrs(pspec, theta0, solver_name, method,
                             self._residuals(cfg, dx, theta0, member))
@@ -1095,7 +1107,7 @@ class ResponseSolver:
         """``‖H v_p - b_p‖`` of every column of a vector θ, recomputed (one batched pass)."""
         s = self.settings
         dy = jnp.asarray(np.asarray(dx))  # (P, N, d); rattler rows 0, H t = 0 on the gauge
-        (res, rhs), _, _, _ = self._run(_column_residuals, cfg, self.data, self.params,
+        (res, rhs), _, _ = self._run(_column_residuals, cfg, self.data, self.params,
                                         theta0, member, dy)
         rel = np.where(rhs > 0, res / np.where(rhs > 0, rhs, 1.0), 0.0)
         ok = np.isfinite(res) & (res <= float(s["tol"]) * rhs * (1 + 1e-6) + 1e-300)
@@ -1151,7 +1163,7 @@ class ResponseSolver:
         q, _ = np.linalg.qr(basis.T)
         q = jnp.asarray(q)
         cfg = self._config()
-        null_residual, _, _, _ = self._run(_null_residuals, cfg, self.data, params, q)
+        null_residual, _, _ = self._run(_null_residuals, cfg, self.data, params, q)
         rigid = d + (0 if self.model.periodic else d * (d - 1) // 2)
         out: dict[str, Any] = {
             "expected": rigid + d * n_rattlers,
@@ -1160,7 +1172,7 @@ class ResponseSolver:
             "basis_max_residual": float(np.max(null_residual)),
         }
         if n * d <= DENSE_EIGEN_MAX_DOF:
-            hess, _, _, _ = self._run(_dense_hessian, cfg, self.data, params)
+            hess, _, _ = self._run(_dense_hessian, cfg, self.data, params)
             evals = np.linalg.eigvalsh(np.asarray(hess).reshape(n * d, n * d))
             top = float(np.max(np.abs(evals)))
             zero = np.abs(evals) <= 1e-8 * top
@@ -1176,7 +1188,7 @@ class ResponseSolver:
             live = len(self.backbone) * d
             steps = int(min(self.settings.get("lanczos_steps", 40), live - k))
             v0 = jax.random.normal(jax.random.PRNGKey(seed), (n * d,))
-            ritz, _, _, _ = self._run(_lanczos, self._config(steps=steps), self.data, params,
+            ritz, _, _ = self._run(_lanczos, self._config(steps=steps), self.data, params,
                                       v0, q)
             ritz = np.asarray(ritz)
             top = float(ritz.max())
@@ -1237,28 +1249,6 @@ class ResponseSolver:
 def solver_name_is_dense(settings, n_dof: int) -> bool:
     """Whether the vector θ uses one dense factorization."""
     return settings["solver"] in _DENSE or n_dof <= int(settings["dense_max_dof"])
-
-
-def _match_reports(reports, rhs_norms) -> list[list[int]]:
-    """For each θ, the indices of the reports whose rhs norm is closest to its own."""
-    rhs_norms = np.asarray(rhs_norms, np.float64)
-    matched: list[list[int]] = [[] for _ in rhs_norms]
-    norms = np.array([float(np.asarray(r.rhs_norm).reshape(-1)[0]) for r in reports])
-    gap = np.abs(norms[:, None] - rhs_norms[None, :]) / np.maximum(
-        np.maximum(np.abs(norms[:, None]), rhs_norms[None, :]), 1e-300)
-    if len(reports) == len(rhs_norms):
-        # one report per θ: assign the closest pairs first, each θ once
-        free_reports, free_thetas = set(range(len(reports))), set(range(len(rhs_norms)))
-        for flat in np.argsort(gap, axis=None, kind="stable"):
-            r, t = np.unravel_index(flat, gap.shape)
-            if r in free_reports and t in free_thetas:
-                matched[t].append(int(r))
-                free_reports.discard(r)
-                free_thetas.discard(t)
-        return matched
-    for index in range(len(reports)):
-        matched[int(np.argmin(gap[index]))].append(index)
-    return matched
 
 
 def _merge_reports(reports) -> dict:
