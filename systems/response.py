@@ -8,22 +8,30 @@ relaxation (:mod:`systems.relax`) is never differentiated.
 
 Zero modes. A periodic packing's Hessian is singular: the ``d`` rigid translations, and
 ``d`` more per *rattler* (a particle held by fewer than ``d + 1`` contacts, found by
-iterative removal; O'Hern et al. 2003). Rattlers carry no force at the minimum, so they
-are removed: the unknowns of the linear system are the backbone (non-rattler) coordinates
-and the pair terms that involve a rattler are dropped. What remains of the null space is
-the ``d`` translations of the backbone (plus its rigid rotations in free space), handed to
-the engine's solver as ``nullspace=``: it solves on the orthogonal complement and returns
-the minimum-norm answer. That *is* the gauge: the mean response of the backbone is zero;
-rattler rows are reported as NaN with a mask. The diagnostics count the zero modes of the
-whole (rattler-masked) Hessian against ``d (1 + rattlers)``.
+iterative removal; O'Hern et al. 2003). Rattlers carry no force at the minimum, so the
+pair terms that involve a rattler are dropped and each rattler coordinate is held in the
+linear system by a spring to its relaxed position (an identity-like block with a zero
+right-hand side: its response is zero, reported as NaN with a mask). The unknowns stay
+``N × d`` for every packing of N particles, so packings of one sweep share compiled
+functions. What remains of the null space is the ``d`` translations of the backbone (plus
+its rigid rotations in free space), handed to the engine's solver as ``nullspace=``: it
+solves on the orthogonal complement and returns the minimum-norm answer. That *is* the
+gauge: the mean response of the backbone is zero. The diagnostics count the zero modes of
+the whole (rattler-masked, untethered) Hessian against ``d (1 + rattlers)``.
 
-Cost. Every Hessian-vector product is taken at ``(x*, θ0)``, so the pair stiffness blocks
-are computed once and each product is a gather, a d×d block product and a scatter
-(:meth:`~systems.potentials.PairModel.gradient_fn`); CG is preconditioned with the inverse
-d×d diagonal blocks of the Hessian (``block_jacobi``, default), their diagonal
-(``jacobi``), nothing, or ``two_level`` (block-Jacobi plus a coarse correction on the
-translations of grid cells of ~16 particles: fewer iterations, dearer ones; it pays from
-N ≈ 4096). The default ``tol = 1e-10`` matches the accuracy of x* at ``ftol = 1e-12``:
+Cost. Every Hessian-vector product is taken at ``(x*, θ0)``, so the Hessian is assembled
+once from the pair stiffness blocks into padded block rows
+(:class:`~systems.hessian.BlockHessian`) and each product is a gather and a batched d×d
+product. CG is preconditioned with the inverse d×d diagonal blocks (``block_jacobi``,
+default), their diagonal (``jacobi``), nothing (``none``), ``two_level`` (block-Jacobi plus
+the translations of grid cells), or ``schwarz`` (two-level additive Schwarz over compact
+parts of ~16 particles, :mod:`systems.hessian`: about a third of the iterations, dearer
+ones and a dearer setup; it pays for large N). Measured at N = 1024 (2D, φ = 0.9):
+533 / 432 / 216 iterations, 8.0 / 8.5 / 8.7 ms, for none / block_jacobi / schwarz; at
+N = 4096: 872 / 705 / 254 iterations, 62 / 61 / 44 ms (benchmarks/bench_packing.py,
+benchmarks/bench_preconditioners.py). Scalar θs go through :func:`sensitivity.root_jvp`
+(the JVP rule of :func:`sensitivity.custom_root`), which returns the solve's report as a
+value. The default ``tol = 1e-10`` matches the accuracy of x* at ``ftol = 1e-12``:
 measured at N = 1024, the derivative changes by 2e-10 (relative) between x* relaxed to
 1e-12 and to 1e-14, while a solve to ``tol`` errs by about 5 ``tol``; a looser tolerance
 would throw away accuracy that x* has.
