@@ -283,6 +283,29 @@ def _instantiate(tangent, primal):
         is_leaf=lambda t: isinstance(t, jax.custom_derivatives.SymbolicZero))
 
 
+def with_position_jvp(fun, product):
+    """``fun(y, params)`` as a ``custom_jvp`` whose tangent in ``y`` is
+    ``product(y, params, y_dot)`` (a Hessian-vector product the caller computes cheaply)
+    and whose tangent in ``params`` is automatic differentiation of ``fun``."""
+    wrapped = jax.custom_jvp(fun)
+
+    def fun_jvp(primals, tangents):
+        y, params = primals
+        y_dot, params_dot = tangents
+        if _is_zero(params_dot):
+            out = fun(y, params)
+            out_dot = jnp.zeros_like(out)
+        else:
+            out, out_dot = jax.jvp(lambda p: fun(y, p), (params,),
+                                   (_instantiate(params_dot, params),))
+        if not _is_zero(y_dot):
+            out_dot = out_dot + product(y, params, y_dot)
+        return out, out_dot
+
+    wrapped.defjvp(fun_jvp, symbolic_zeros=True)
+    return wrapped
+
+
 def make_space(box: np.ndarray | None, periodic: bool):
     """jax-md ``(displacement_fn, shift_fn)`` for a periodic cuboid box or free space.
 
@@ -491,33 +514,19 @@ class PairModel:
         def plain(y, params):
             return jax.grad(self.energy)(y, params, pairs, active)
 
-        grad = jax.custom_jvp(plain)
+        def product(y, params, y_dot):
+            blocks = (self.pair_stiffness(y, params, pairs, active)
+                      if stiffness is None else stiffness)
+            i = jnp.minimum(pairs.i, n - 1)
+            j = jnp.minimum(pairs.j, n - 1)
+            dv = y_dot[i] - y_dot[j]
+            d = dv.shape[-1]
+            # written out per component: XLA fuses it (a batched d×d dot is slower)
+            f = jnp.stack([sum(blocks[:, a, c] * dv[:, c] for c in range(d))
+                           for a in range(d)], axis=-1)
+            return jax.ops.segment_sum(f, i, n) - jax.ops.segment_sum(f, j, n)
 
-        def grad_jvp(primals, tangents):
-            y, params = primals
-            y_dot, params_dot = tangents
-            if _is_zero(params_dot):
-                out = plain(y, params)
-                out_dot = jnp.zeros_like(out)
-            else:
-                params_dot = _instantiate(params_dot, params)
-                out, out_dot = jax.jvp(lambda p: plain(y, p), (params,), (params_dot,))
-            if not _is_zero(y_dot):
-                blocks = (self.pair_stiffness(y, params, pairs, active)
-                          if stiffness is None else stiffness)
-                i = jnp.minimum(pairs.i, n - 1)
-                j = jnp.minimum(pairs.j, n - 1)
-                dv = y_dot[i] - y_dot[j]
-                d = dv.shape[-1]
-                # written out per component: XLA fuses it (a batched d×d dot is slower)
-                f = jnp.stack([sum(blocks[:, a, c] * dv[:, c] for c in range(d))
-                               for a in range(d)], axis=-1)
-                out_dot = (out_dot + jax.ops.segment_sum(f, i, n)
-                           - jax.ops.segment_sum(f, j, n))
-            return out, out_dot
-
-        grad.defjvp(grad_jvp, symbolic_zeros=True)
-        return grad
+        return with_position_jvp(plain, product)
 
     # ---- pair lists -------------------------------------------------------------------
     def use_neighbor_list(self, cutoff: float) -> bool:

@@ -66,10 +66,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._errors import InputError
-from .hessian import (ELL_STEP, BlockHessian, apply_schwarz, block_hessian, build_schwarz,
-                      ell_capacity, hessian_matvec)
-from .potentials import (PairModel, Pairs, PotentialParams, PotentialSpec, _instantiate,
-                         _is_zero, resolve_potential)
+from .hessian import (ELL_STEP, BlockHessian, BlockJacobi, apply_block_jacobi, apply_schwarz,
+                      block_hessian, build_schwarz, ell_capacity, hessian_matvec)
+from .potentials import (PairModel, Pairs, PotentialParams, PotentialSpec, resolve_potential,
+                         with_position_jvp)
 
 __all__ = [
     "SENSITIVITY_DEFAULTS",
@@ -525,22 +525,6 @@ def _reporting(solve: Callable) -> Callable:
 # Linear-algebra helpers.
 
 
-def block_jacobi(model: PairModel, blocks, pairs: Pairs, diagonal_only: bool = False):
-    """The inverse of each particle's d×d Hessian block (identity where singular), from
-    the pair stiffness blocks (:meth:`PairModel.pair_stiffness`)."""
-    n, d = model.n, model.dim
-    i = jnp.minimum(pairs.i, n - 1)
-    j = jnp.minimum(pairs.j, n - 1)
-    diag = jnp.zeros((n, d, d)).at[i].add(blocks).at[j].add(blocks)
-    if diagonal_only:
-        diag = diag * jnp.eye(d)
-    scale = jnp.trace(diag, axis1=1, axis2=2)
-    ok = scale > 1e-12 * jnp.max(scale)
-    safe = jnp.where(ok[:, None, None], diag, jnp.eye(d))
-    inv = jnp.linalg.inv(safe)
-    return jnp.where(ok[:, None, None], inv, jnp.eye(d))
-
-
 def two_level(model: PairModel, blocks, pairs: Pairs, positions, *, per_cell: int = 16,
               tether: float = 0.0, rattlers=None):
     """A two-level additive preconditioner ``M = D⁻¹ + R A_c⁺ Rᵀ`` (on the host, numpy).
@@ -732,22 +716,7 @@ def _optimality(pk: PackingData, y, params):
     def plain(y, params):
         return grad(y, params) + pk.tether * (1.0 - pk.active)[:, None] * (y - pk.y)
 
-    fun = jax.custom_jvp(plain)
-
-    def fun_jvp(primals, tangents):
-        y, params = primals
-        y_dot, params_dot = tangents
-        if _is_zero(params_dot):
-            out = plain(y, params)
-            out_dot = jnp.zeros_like(out)
-        else:
-            out, out_dot = jax.jvp(lambda p: plain(y, p), (params,),
-                                   (_instantiate(params_dot, params),))
-        if not _is_zero(y_dot):
-            out_dot = out_dot + hessian_matvec(pk.hessian, y_dot)
-        return out, out_dot
-
-    fun.defjvp(fun_jvp, symbolic_zeros=True)
+    fun = with_position_jvp(plain, lambda y, params, y_dot: hessian_matvec(pk.hessian, y_dot))
     return fun(y, params)
 
 
@@ -760,12 +729,6 @@ def _block_inverse(pk: PackingData, diagonal_only: bool):
     ok = scale > 1e-12 * jnp.max(scale)
     inv = jnp.linalg.inv(jnp.where(ok[:, None, None], diag, jnp.eye(d)))
     return jnp.where(ok[:, None, None], inv, jnp.eye(d))
-
-
-def _blocks_apply(inv, r):
-    d = r.shape[-1]
-    # written out per component: XLA fuses it (a batched d×d dot is slower)
-    return jnp.stack([sum(inv[:, a, c] * r[:, c] for c in range(d)) for a in range(d)], -1)
 
 
 def _linear_solve(cfg: _Config, pk: PackingData, name: str, report: bool):
@@ -802,10 +765,10 @@ def _solver(cfg: _Config, pk: PackingData, name: str):
             def apply_m(r):
                 restricted = jax.ops.segment_sum(r, cid, nc).reshape(-1)
                 coarse = (coarse_inv @ restricted).reshape(nc, -1)
-                return _blocks_apply(inv, r) + coarse[cid]
+                return apply_block_jacobi(BlockJacobi(inv), r) + coarse[cid]
         else:
             def apply_m(r):
-                return _blocks_apply(inv, r)
+                return apply_block_jacobi(BlockJacobi(inv), r)
 
         options["M"] = apply_m
     return functools.partial(solve, **options)
