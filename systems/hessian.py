@@ -33,6 +33,10 @@ Public names:
 * :func:`block_hessian` (builder), :func:`hessian_matvec`, :func:`dense_hessian` (tests).
 * :func:`build_block_jacobi` / :func:`apply_block_jacobi`: inverse diagonal blocks
   (pseudo-inverse where singular).
+* :func:`build_block_scaling` / :class:`BlockScaling` / :func:`scale_blocks`: the same
+  preconditioner folded into the operator, ``S H S`` with ``S = D^(-1/2)``: plain CG on it
+  takes the iterations of block-Jacobi CG at the cost of plain CG per iteration (the
+  response's default).
 * :func:`build_schwarz` / :func:`apply_schwarz`: two-level additive Schwarz,
   ``M = Σ_p R_pᵀ A_p⁻¹ R_p + Φ A_0⁺ Φᵀ``. The particles are split by recursive coordinate
   bisection (:func:`partition`) into ``2^L`` compact parts of equal size (±1) of about
@@ -95,6 +99,9 @@ __all__ = [
     "BlockJacobi",
     "build_block_jacobi",
     "apply_block_jacobi",
+    "BlockScaling",
+    "build_block_scaling",
+    "scale_blocks",
     "Schwarz",
     "COARSE",
     "schwarz_shape",
@@ -288,6 +295,52 @@ def build_block_jacobi(H: BlockHessian, positions=None, box=None, *,
 def apply_block_jacobi(data: BlockJacobi, r):
     """``M r`` with ``M = blockdiag(H_nn)⁺``."""
     return _block_apply(data.inverse, r)
+
+
+class BlockScaling(NamedTuple):
+    """Symmetric block-Jacobi scaling of :func:`build_block_scaling`."""
+
+    scale: jax.Array      # (N, d, d) S = D^(-1/2), symmetric
+    unscale: jax.Array    # (N, d, d) S⁻¹ = D^(1/2)
+    hessian: BlockHessian  # S H S, same sparsity as H
+
+
+@_single_threaded_blas
+def build_block_scaling(H: BlockHessian, *, diagonal_only: bool = False,
+                        rcond: float = 1e-10) -> BlockScaling:
+    """Block-Jacobi preconditioning folded into the operator: ``S H S`` with
+    ``S = D^(-1/2)``, ``D`` the d×d diagonal blocks of ``H`` (their diagonal with
+    ``diagonal_only``: plain Jacobi).
+
+    CG on ``S H S z = S b`` (then ``x = S z``) is preconditioned CG with ``M = D⁻¹`` in
+    exact arithmetic, so the same iterations, but each costs one product with the scaled
+    blocks and nothing else: no preconditioner application (measured at N = 1024: 432
+    iterations either way, 14.8 against 19.9 µs each). Its null space is ``S⁻¹`` times
+    that of ``H``. A diagonal block direction with an eigenvalue below ``rcond`` × the
+    largest diagonal eigenvalue is left unscaled (an empty or padded row).
+    """
+    blocks = ell_blocks(H)
+    n, _, d, _ = blocks.shape
+    diag = 0.5 * (blocks[:, 0] + np.swapaxes(blocks[:, 0], -1, -2))
+    if diagonal_only:
+        diag = diag * np.eye(d)
+    w, v = np.linalg.eigh(diag)
+    top = float(np.max(np.abs(w))) if w.size else 0.0
+    ok = w > rcond * (top if top > 0 else 1.0)
+    w = np.where(ok, w, 1.0)
+    vt = np.swapaxes(v, -1, -2)
+    scale = (v * (1.0 / np.sqrt(w))[:, None, :]) @ vt
+    unscale = (v * np.sqrt(w)[:, None, :]) @ vt
+    idx = np.asarray(H.idx)
+    scaled = scale[:, None] @ blocks @ scale[idx]  # (np.einsum: 6x slower here)
+    return jax.device_put(BlockScaling(scale, unscale,
+                                       BlockHessian(idx, _rows_of(scaled))))
+
+
+def scale_blocks(blocks, v):
+    """``blocks[n] @ v[n]`` for ``(N, d, d)`` blocks (``S v``, ``S⁻¹ v``); ``v`` may have
+    leading batch axes."""
+    return jnp.einsum("nab,...nb->...na", blocks, v)
 
 
 # ---------------------------------------------------------------------------------------

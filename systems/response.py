@@ -22,19 +22,22 @@ the whole (rattler-masked, untethered) Hessian against ``d (1 + rattlers)``.
 Cost. Every Hessian-vector product is taken at ``(x*, θ0)``, so the Hessian is assembled
 once from the pair stiffness blocks into padded block rows
 (:class:`~systems.hessian.BlockHessian`) and each product is a gather and a batched d×d
-product. CG is preconditioned with the inverse d×d diagonal blocks (``block_jacobi``,
-default), their diagonal (``jacobi``), nothing (``none``), ``two_level`` (block-Jacobi plus
-the translations of grid cells), or ``schwarz`` (two-level additive Schwarz over compact
-parts of ~16 particles, :mod:`systems.hessian`: about a third of the iterations, dearer
-ones and a dearer setup; it pays for large N). Measured at N = 1024 (2D, φ = 0.9):
-533 / 432 / 216 iterations, 8.0 / 8.5 / 8.7 ms, for none / block_jacobi / schwarz; at
-N = 4096: 872 / 705 / 254 iterations, 62 / 61 / 44 ms (benchmarks/bench_packing.py,
-benchmarks/bench_preconditioners.py). Scalar θs go through :func:`sensitivity.root_jvp`
-(the JVP rule of :func:`sensitivity.custom_root`), which returns the solve's report as a
-value. The default ``tol = 1e-10`` matches the accuracy of x* at ``ftol = 1e-12``:
-measured at N = 1024, the derivative changes by 2e-10 (relative) between x* relaxed to
-1e-12 and to 1e-14, while a solve to ``tol`` errs by about 5 ``tol``; a looser tolerance
-would throw away accuracy that x* has.
+product. The default preconditioner, ``block_jacobi``, is folded into the operator: CG
+runs on ``S H S z = S b`` with ``S = D^(-1/2)`` from the d×d diagonal blocks ``D``
+(:func:`~systems.hessian.build_block_scaling`), which is CG preconditioned with ``D⁻¹``
+at the price of plain CG per iteration, and, the right-hand side being consistent, without
+the per-iteration null-space projection (:func:`_scaled_solver`); ``jacobi`` does the same
+with the diagonal of ``D``. Also: nothing (``none``), ``two_level`` (block-Jacobi plus the
+translations of grid cells) and ``schwarz`` (two-level additive Schwarz over compact parts
+of ~16 particles, :mod:`systems.hessian`: about half the iterations, dearer ones and a
+dearer setup). Measured at N = 1024 (2D, φ = 0.9, 2 CPU cores): 533 / 432 / 216
+iterations, 8.0 / 6.1 / 8.7 ms, for none / block_jacobi / schwarz (benchmarks/
+bench_packing.py, benchmarks/bench_preconditioners.py). Scalar θs go through
+:func:`sensitivity.root_jvp` (the JVP rule of :func:`sensitivity.custom_root`), which
+returns the solve's report as a value. The default ``tol = 1e-10`` matches the accuracy of
+x* at ``ftol = 1e-12``: measured at N = 1024, the derivative changes by 2e-10 (relative)
+between x* relaxed to 1e-12 and to 1e-14, while a solve to ``tol`` errs by about 5 ``tol``;
+a looser tolerance would throw away accuracy that x* has.
 
 θ kinds (tangents of :class:`~systems.potentials.PotentialParams`):
 
@@ -67,7 +70,8 @@ import numpy as np
 
 from ._errors import InputError
 from .hessian import (ELL_STEP, BlockHessian, BlockJacobi, apply_block_jacobi, apply_schwarz,
-                      block_hessian, build_schwarz, ell_capacity, hessian_matvec)
+                      block_hessian, build_block_scaling, build_schwarz, ell_capacity,
+                      hessian_matvec, scale_blocks)
 from .potentials import (PairModel, Pairs, PotentialParams, PotentialSpec, resolve_potential,
                          with_position_jvp)
 
@@ -103,6 +107,7 @@ SENSITIVITY_DEFAULTS: dict[str, Any] = {
 PRECONDITIONERS = ("none", "jacobi", "block_jacobi", "two_level", "schwarz")
 SOLVERS = ("cg", "minres", "gmres", "bicgstab", "normal_cg", "dense", "lstsq", "lu", "cholesky")
 _TAKES_PRECONDITIONER = ("cg", "minres", "gmres", "bicgstab")
+_SCALINGS = ("jacobi", "block_jacobi")  # folded into the operator: _scaled_solver
 _DENSE = ("dense", "lstsq", "lu", "cholesky")
 
 #: Diagnostics by dense eigendecomposition up to this many degrees of freedom.
@@ -720,11 +725,10 @@ def _optimality(pk: PackingData, y, params):
     return fun(y, params)
 
 
-def _block_inverse(pk: PackingData, diagonal_only: bool):
+def _block_inverse(pk: PackingData):
+    """Inverse d×d diagonal blocks of the Hessian (identity where a block is empty)."""
     d = pk.y.shape[1]
     diag = pk.hessian.rows[:, :, :d]  # entry 0 of each block row: the diagonal block
-    if diagonal_only:
-        diag = diag * jnp.eye(d)
     scale = jnp.trace(diag, axis1=1, axis2=2)
     ok = scale > 1e-12 * jnp.max(scale)
     inv = jnp.linalg.inv(jnp.where(ok[:, None, None], diag, jnp.eye(d)))
@@ -754,24 +758,74 @@ def _solver(cfg: _Config, pk: PackingData, name: str):
     if cfg.maxiter is not None and name not in _DENSE:
         options["maxiter"] = int(cfg.maxiter)
     precond = cfg.preconditioner
+    if name in _TAKES_PRECONDITIONER and precond in _SCALINGS:
+        del options["nullspace"]  # _scaled_solver handles it
+        return _scaled_solver(functools.partial(solve, **options), pk, name, cfg.tol)
     if name in _TAKES_PRECONDITIONER and precond == "schwarz":
         options["M"] = lambda r: apply_schwarz(pk.precond, r)
-    elif name in _TAKES_PRECONDITIONER and precond in ("jacobi", "block_jacobi", "two_level"):
-        inv = _block_inverse(pk, diagonal_only=precond == "jacobi")
-        if precond == "two_level":
-            cid, coarse_inv = pk.precond
-            nc = coarse_inv.shape[0] // pk.y.shape[1]
+    elif name in _TAKES_PRECONDITIONER and precond == "two_level":
+        inv = _block_inverse(pk)
+        cid, coarse_inv = pk.precond
+        nc = coarse_inv.shape[0] // pk.y.shape[1]
 
-            def apply_m(r):
-                restricted = jax.ops.segment_sum(r, cid, nc).reshape(-1)
-                coarse = (coarse_inv @ restricted).reshape(nc, -1)
-                return apply_block_jacobi(BlockJacobi(inv), r) + coarse[cid]
-        else:
-            def apply_m(r):
-                return apply_block_jacobi(BlockJacobi(inv), r)
+        def apply_m(r):
+            restricted = jax.ops.segment_sum(r, cid, nc).reshape(-1)
+            coarse = (coarse_inv @ restricted).reshape(nc, -1)
+            return apply_block_jacobi(BlockJacobi(inv), r) + coarse[cid]
 
         options["M"] = apply_m
     return functools.partial(solve, **options)
+
+
+def _scaled_solver(solve: Callable, pk: PackingData, name: str, tol: float) -> Callable:
+    """``solve(matvec, b)`` by the block-Jacobi-scaled system (``jacobi``, ``block_jacobi``).
+
+    With ``S = D^(-1/2)`` (:func:`~systems.hessian.build_block_scaling`, in ``pk.precond``)
+    it solves ``(S H S) z = S b`` with the engine's solver, then returns ``x = S z`` with
+    its rigid motion removed: the minimum-norm solution of ``H x = b`` that the unscaled
+    solve returns. CG on the scaled system is CG preconditioned with ``D⁻¹`` without
+    applying a preconditioner: each iteration is one product with the scaled blocks. The
+    product with ``S H S`` stands for ``matvec`` (both are the Hessian at ``(y*, θ0)``);
+    ``matvec`` is used once, for the report.
+
+    Null space: ``b`` is projected off the rigid motions ``T`` (for a pair potential it is
+    orthogonal to them to round-off), so ``S b`` is orthogonal to the null space ``S⁻¹ T``
+    of ``S H S``, and CG and MINRES on this consistent system never leave its range: they
+    run without the engine's per-iteration projection (``nullspace=``; 10% of a CG
+    iteration at N = 1024), and the rigid motion that round-off adds is removed from ``x``
+    at the end. GMRES and BiCGSTAB keep ``nullspace=``.
+
+    The report (``full_output``): the solver's iterations and convergence test, which is on
+    the scaled residual ``‖S r‖ ≤ tol ‖S b‖`` (the ``D⁻¹`` norm of the residual, the one
+    preconditioned CG minimizes against), ``residual_norm`` recomputed on the unscaled
+    system, ``‖H x - P b‖`` with ``matvec``, and ``inconsistency`` ``‖b - P b‖ / ‖b‖``.
+    """
+    sc = pk.precond
+    basis = _nullspace(pk)
+    if name not in ("cg", "minres"):
+        solve = functools.partial(solve, nullspace=scale_blocks(sc.unscale, basis))
+    flat = basis.reshape(basis.shape[0], -1)
+    gram_inv = jnp.linalg.inv(flat @ flat.T)
+
+    def project(x):  # P x = x - T (T Tᵀ)⁻¹ T x: off the rigid motions
+        return x - (((flat @ x.reshape(-1)) @ gram_inv) @ flat).reshape(x.shape)
+
+    def split(matvec, b, full_output=False):
+        b_proj = project(b)
+        z, info = solve(lambda v: hessian_matvec(sc.hessian, v),
+                        scale_blocks(sc.scale, b_proj), full_output=True)
+        x = project(scale_blocks(sc.scale, z))
+        if not full_output:
+            return x
+        bnorm = jnp.linalg.norm(b)
+        tiny = jnp.finfo(bnorm.dtype).tiny
+        info = info._replace(residual_norm=jnp.linalg.norm(matvec(x) - b_proj),
+                             rhs_norm=bnorm, tolerance=tol * bnorm,
+                             inconsistency=jnp.linalg.norm(b - b_proj)
+                             / jnp.maximum(bnorm, tiny))
+        return x, info
+
+    return split
 
 
 def _relaxed(cfg: _Config, pk: PackingData, name: str | None = None,
@@ -851,8 +905,11 @@ def _vector_derivative(cfg: _Config, pk: PackingData, base, theta0, member):
 
 
 def _column_residuals(cfg: _Config, pk: PackingData, base, theta0, member, dy):
-    """``‖H dy_k - b_k‖`` and ``‖b_k‖`` for every column k of a vector θ."""
+    """``‖H dy_k - b_k‖`` and ``‖b_k‖`` for every column k of a vector θ, and the same in
+    the norm the solver's convergence test uses (``‖S r‖``, ``‖S b‖`` for the scaled
+    system of :func:`_scaled_solver`; the plain norms otherwise)."""
     (tag,) = cfg.tags
+    scaled = cfg.solver in _TAKES_PRECONDITIONER and cfg.preconditioner in _SCALINGS
 
     def column(k):
         tangent = jnp.zeros_like(theta0).at[k].set(1.0)
@@ -860,7 +917,12 @@ def _column_residuals(cfg: _Config, pk: PackingData, base, theta0, member, dy):
                                                                  member)),
                      (theta0,), (tangent,))[1]
         hv = jax.jvp(lambda y: _optimality(pk, y, base), (pk.y,), (dy[k],))[1]
-        return jnp.linalg.norm(hv - b), jnp.linalg.norm(b)
+        r = hv - b
+        if scaled:
+            r_s, b_s = scale_blocks(pk.precond.scale, r), scale_blocks(pk.precond.scale, b)
+        else:
+            r_s, b_s = r, b
+        return tuple(jnp.linalg.norm(a) for a in (r, b, r_s, b_s))
 
     return jax.lax.map(column, jnp.arange(dy.shape[0]))
 
@@ -969,6 +1031,9 @@ class ResponseSolver:
         if self.settings.get("preconditioner") == "two_level":
             precond = two_level(model, np.asarray(stiffness), padded, np.asarray(self.y),
                                 tether=tether, rattlers=self.rattlers)
+        elif self.settings.get("preconditioner") in _SCALINGS:
+            precond = build_block_scaling(
+                hessian, diagonal_only=self.settings["preconditioner"] == "jacobi")
         elif self.settings.get("preconditioner") == "schwarz":
             precond = build_schwarz(hessian, np.asarray(self.y), model.box if model.periodic
                                     else None, active=~self.rattlers)
@@ -1075,13 +1140,15 @@ class ResponseSolver:
         return self._gauge(dx), attrs
 
     def _residuals(self, cfg, dx, theta0, member) -> dict:
-        """``‖H v_p - b_p‖`` of every column of a vector θ, recomputed (one batched pass)."""
+        """``‖H v_p - b_p‖`` of every column of a vector θ, recomputed (one batched pass);
+        converged by the solver's own test (:func:`_column_residuals`)."""
         s = self.settings
         dy = jnp.asarray(np.asarray(dx))  # (P, N, d); rattler rows 0, H t = 0 on the gauge
-        (res, rhs), _, _ = self._run(_column_residuals, cfg, self.data, self.params,
-                                        theta0, member, dy)
+        (res, rhs, res_s, rhs_s), _, _ = self._run(_column_residuals, cfg, self.data,
+                                                   self.params, theta0, member, dy)
         rel = np.where(rhs > 0, res / np.where(rhs > 0, rhs, 1.0), 0.0)
-        ok = np.isfinite(res) & (res <= float(s["tol"]) * rhs * (1 + 1e-6) + 1e-300)
+        # the solver's own test (on the scaled system for jacobi / block_jacobi)
+        ok = np.isfinite(res) & (res_s <= float(s["tol"]) * rhs_s * (1 + 1e-6) + 1e-300)
         return {
             "iterations": 0 if solver_name_is_dense(s, self.n_dof) else -1,
             "iterations_total": 0,

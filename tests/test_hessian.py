@@ -246,3 +246,45 @@ def test_tethered_extra_particle_diagonal_and_active(packing):
     x, info = _solve(hs.apply_schwarz, H2, data, jnp.asarray(b), jnp.asarray(basis))
     assert bool(info.converged)
     assert np.linalg.norm(np.asarray(x).reshape(-1) - expect) <= 1e-8 * np.linalg.norm(expect)
+
+
+@pytest.mark.parametrize("diagonal_only", [False, True])
+def test_block_scaling_is_s_h_s_and_matches_preconditioned_cg(packing, diagonal_only):
+    """``build_block_scaling``: the scaled blocks are ``S H S`` with ``S² D = I`` (dense
+    check), and plain CG on the scaled system gives the pseudo-inverse answer in the
+    iterations of CG preconditioned with ``D⁻¹`` (the same Krylov space)."""
+    y, i, j, K, box, H, dense, t = packing
+    n = len(y)
+    sc = hs.build_block_scaling(H, diagonal_only=diagonal_only)
+    S = np.zeros((2 * n, 2 * n))
+    Sinv = np.zeros((2 * n, 2 * n))
+    D = np.zeros((2 * n, 2 * n))
+    for p in range(n):
+        blk = slice(2 * p, 2 * p + 2)
+        S[blk, blk] = np.asarray(sc.scale[p])
+        Sinv[blk, blk] = np.asarray(sc.unscale[p])
+        D[blk, blk] = dense[blk, blk] * (np.eye(2) if diagonal_only else 1.0)
+    np.testing.assert_allclose(S @ S @ D, np.eye(2 * n), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(S @ Sinv, np.eye(2 * n), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(hs.dense_hessian(sc.hessian), S @ dense @ S, rtol=0,
+                               atol=1e-12 * np.abs(S @ dense @ S).max())
+
+    b = np.random.default_rng(5).standard_normal((n, 2))
+    b -= b.mean(axis=0)
+    ref = (np.linalg.pinv(dense, rcond=1e-10, hermitian=True) @ b.reshape(-1)).reshape(n, 2)
+    kw = dict(tol=1e-12, on_failure="ignore", full_output=True)
+    z, info = sensitivity.solve_cg(lambda v: hs.hessian_matvec(sc.hessian, v),
+                                   hs.scale_blocks(sc.scale, jnp.asarray(b)),
+                                   nullspace=hs.scale_blocks(sc.unscale, jnp.asarray(t)), **kw)
+    x = np.array(hs.scale_blocks(sc.scale, z))
+    x -= x.mean(axis=0)  # the gauge of the pseudo-inverse: mean zero
+    assert bool(info.converged)
+    assert np.linalg.norm(x - ref) <= 1e-9 * np.linalg.norm(ref)
+    inv = np.linalg.inv(D.reshape(n, 2, n, 2)[np.arange(n), :, np.arange(n), :])
+    _, info_m = sensitivity.solve_cg(
+        lambda v: hs.hessian_matvec(H, v), jnp.asarray(b),
+        M=lambda r: jnp.einsum("nab,nb->na", inv, r), nullspace=jnp.asarray(t), **kw)
+    _, info0 = plain(H, jnp.asarray(b), jnp.asarray(t))
+    assert abs(int(info.iterations) - int(info_m.iterations)) <= 2
+    if not diagonal_only:
+        assert int(info.iterations) < int(info0.iterations)

@@ -51,7 +51,9 @@ def test_2d_scalar_theta_matches_central_differences(packing_2d, pspec):
     system, model, params, relaxer, result, solver, scalars, vector = packing_2d
     dx, attrs = scalars[pspec.name]
     assert attrs["converged"] and attrs["iterations"] >= 0
-    assert attrs["relative_residual"] <= 1e-10 * 1.0001
+    # converged: ‖S r‖ <= tol ‖S b‖ on the block-Jacobi-scaled system; the residual of
+    # H dx = b itself is reported (same order: the diagonal blocks are well conditioned)
+    assert attrs["relative_residual"] <= 1e-9
     fd = central_difference(system, model, params, relaxer, solver, pspec)
     backbone = ~solver.rattlers
     if pspec.kind == "epsilon" and pspec.species is None:
@@ -122,8 +124,12 @@ def test_vector_theta_batched_iterative_equals_dense(packing_2d):
 @pytest.mark.parametrize("options", [{"preconditioner": "two_level"},
                                      {"preconditioner": "schwarz"},
                                      {"preconditioner": "none"},
-                                     {"preconditioner": "none", "solver": "minres"}],
-                         ids=["cg-two-level", "cg-schwarz", "cg-plain", "minres"])
+                                     {"preconditioner": "jacobi"},
+                                     {"preconditioner": "none", "solver": "minres"},
+                                     {"solver": "minres"},
+                                     {"solver": "gmres"}],
+                         ids=["cg-two-level", "cg-schwarz", "cg-plain", "cg-jacobi", "minres",
+                              "minres-block-jacobi", "gmres-block-jacobi"])
 def test_other_solvers_and_preconditioners_agree(packing_2d, options):
     system, model, params, relaxer, result, solver, scalars, vector = packing_2d
     other = ResponseSolver(model, result.positions, params, max_force=result.max_force,
@@ -131,6 +137,30 @@ def test_other_solvers_and_preconditioners_agree(packing_2d, options):
     dx, attrs = other.scalar_derivatives([KINDS[0]])["small_diameter"]
     assert attrs["converged"]
     assert relative_error(dx, scalars["small_diameter"][0], ~solver.rattlers) < 1e-8
+
+
+def test_scaled_solve_reports_the_residual_of_the_unscaled_system(packing_2d):
+    """The default (block-Jacobi scaled) solve reports ``‖H dx - b‖`` of the Hessian system
+    itself: recomputed here with the dense Hessian of the energy (jax.hessian)."""
+    system, model, params, relaxer, result, solver, scalars, vector = packing_2d
+    backbone = ~solver.rattlers
+    y = solver.y
+    n, d = y.shape
+    rows = np.repeat(backbone, d)
+    hessian = np.asarray(jax.jit(jax.hessian(lambda y: model.energy(
+        y, params, solver.pairs)))(y)).reshape(n * d, n * d)[np.ix_(rows, rows)]
+    pspec = KINDS[1]
+    theta0, apply = theta_apply(pspec, params, system.species)
+    rhs = -np.asarray(jax.jit(jax.jacfwd(
+        lambda t: jax.grad(model.energy)(y, apply(params, t), solver.pairs)))(theta0))
+    rhs = rhs.reshape(-1)[rows]
+    dx, attrs = scalars[pspec.name]
+    residual = np.linalg.norm(hessian @ dx[backbone].reshape(-1) - rhs)
+    assert attrs["preconditioner"] == "block_jacobi" and attrs["iterations"] > 5
+    assert 0 < attrs["residual"] < 1e-9 * np.linalg.norm(rhs)
+    np.testing.assert_allclose(attrs["residual"], residual, rtol=1e-2)
+    np.testing.assert_allclose(attrs["relative_residual"], residual / np.linalg.norm(rhs),
+                               rtol=1e-2)
 
 
 def test_translation_gauge(packing_2d):
