@@ -927,6 +927,10 @@ def _column_residuals(cfg: _Config, pk: PackingData, base, theta0, member, dy):
     return jax.lax.map(column, jnp.arange(dy.shape[0]))
 
 
+def _scaling(cfg: _Config, hessian: BlockHessian):
+    return build_block_scaling(hessian, diagonal_only=cfg.preconditioner == "jacobi")
+
+
 def _stiffness(cfg: _Config, model: PairModel, y, params, pairs):
     return model.pair_stiffness(y, params, pairs)
 
@@ -1032,8 +1036,8 @@ class ResponseSolver:
             precond = two_level(model, np.asarray(stiffness), padded, np.asarray(self.y),
                                 tether=tether, rattlers=self.rattlers)
         elif self.settings.get("preconditioner") in _SCALINGS:
-            precond = build_block_scaling(
-                hessian, diagonal_only=self.settings["preconditioner"] == "jacobi")
+            exe, _ = _compiled(_scaling, cfg, hessian)
+            precond = exe(hessian)
         elif self.settings.get("preconditioner") == "schwarz":
             precond = build_schwarz(hessian, np.asarray(self.y), model.box if model.periodic
                                     else None, active=~self.rattlers)
