@@ -6,7 +6,9 @@ For each N (2D bidisperse 50:50, diameters 1 and 1.4, harmonic soft spheres, φ 
 * ``FIRE``: the relaxation from random positions to max |F| ≤ 1e-12 (steps, seconds);
 * ``implicit``: ∂x*/∂θ through ``sensitivity.custom_root`` (systems.response: backbone
   unknowns, translations as the null space, CG at tol 1e-10, cached pair stiffness,
-  block-Jacobi preconditioner) — the solve's CG iterations and seconds;
+  block-Jacobi preconditioning folded into the operator) — the solve's CG iterations and
+  seconds (best of ``max(--repeat, 10)``: a solve is cheap, and its best of 3 varies by 20%
+  on a shared machine); ``+setup``: plus building the solver (contacts, rattlers, Hessian);
 * ``implicit (autodiff HVP)``: the same, with plain forward-over-reverse Hessian-vector
   products and no preconditioner (what a direct use of the engine costs);
 * ``unrolled``: forward mode (``jax.jvp``) through the FIRE loop for K = the steps FIRE took
@@ -66,7 +68,7 @@ def implicit_time(solver, repeat):
     """The tool's own derivative (``ResponseSolver.scalar_derivatives``, compiled once):
     (solve seconds, dx, iterations, converged), the solve timed without compilation."""
     times = []
-    for _ in range(repeat):
+    for _ in range(max(repeat, 10)):
         dx, attrs = solver.scalar_derivatives([THETA])[THETA.name]
         times.append(attrs["time_s"])
     return min(times), np.asarray(dx), attrs["iterations"], attrs["converged"]
@@ -75,7 +77,7 @@ def implicit_time(solver, repeat):
 def setup_time(model, result, params, repeat):
     """Building the ResponseSolver again (contacts, rattlers, stiffness blocks): seconds."""
     times = []
-    for _ in range(repeat):
+    for _ in range(max(repeat, 10)):
         t0 = time.perf_counter()
         ResponseSolver(model, result.positions, params, max_force=result.max_force,
                        settings=resolve_sensitivity({}))
