@@ -332,7 +332,9 @@ SCHEMA: dict[str, dict[str, _Field]] = {
         "audit": _f(_boolean(), False, "finite-difference audit after the run"),
         "fd_step": _f(_number(gt=0, lt=1), 1.0e-5, "finite-difference step of the audit"),
         "preconditioner": _f(_choice("block_jacobi", "jacobi", "two_level", "schwarz", "none"),
-                             "block_jacobi", "schwarz: fewer CG iterations, dearer setup"),
+                             "block_jacobi",
+                             "block_jacobi: folded into the operator (free per iteration); "
+                             "schwarz: fewer CG iterations, dearer ones and setup"),
         "dense_max_dof": _f(_integer(ge=1), 4096, "dense solves up to this many unknowns"),
         "lanczos_steps": _f(_integer(ge=0), 40, "Lanczos steps for the conditioning estimate"),
     },
