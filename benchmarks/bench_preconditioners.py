@@ -7,7 +7,8 @@ rattlers removed as in systems.response), in one process:
 * the Hessian-vector product: today's ``Σ_pairs K (v_i - v_j)`` with two segment sums, and
   the gather-only ELL product (:func:`systems.hessian.hessian_matvec`), µs per product
   measured inside a compiled loop of 200 products (no dispatch overhead);
-* for no preconditioner, block Jacobi and two-level Schwarz variants: the host build time
+* for no preconditioner, block Jacobi (applied, and folded into the operator as
+  ``block_scaling``: the response's default) and two-level Schwarz variants: the build time
   (ELL Hessian + preconditioner data), the CG iterations and the solve time of
   ``sensitivity.solve_cg(..., nullspace=translations, tol=1e-10)`` compiled once with the
   operator and preconditioner data as arguments (best of ``--repeat`` rounds, each round
@@ -41,8 +42,10 @@ from systems.relax import make_relaxer, resolve_minimizer
 from systems.response import ParameterSpec, ResponseSolver, resolve_sensitivity, theta_apply
 
 THETA = ParameterSpec("small_diameter", "diameter", 0)
-DEFAULT_CONFIGS = ["none", "block_jacobi", "16-none", "default", "16-translations-f32",
-                   "32-spectral-12-bal"]
+DEFAULT_CONFIGS = ["none", "block_jacobi", "block_scaling", "16-none", "default",
+                   "16-translations-f32", "32-spectral-12-bal"]
+SCALED = "scaled"  # the apply of block_scaling: folded into the operator, none per iteration
+_build_scaling = jax.jit(hs.build_block_scaling)
 
 
 def best_of(fn, repeat):
@@ -85,6 +88,8 @@ def parse_config(name):
         return None
     if name == "block_jacobi":
         return hs.build_block_jacobi, hs.apply_block_jacobi, {}, False
+    if name == "block_scaling":  # the response's default: CG on S H S, S = D^(-1/2)
+        return (lambda H, y, box: jax.block_until_ready(_build_scaling(H))), SCALED, {}, False
     if name == "default":
         return hs.build_schwarz, hs.apply_schwarz, {}, False
     per_cell, coarse, *rest = name.split("-")
@@ -104,6 +109,22 @@ _SOLVES = {}
 
 def compiled_solve(apply):
     """``solve(H, data, b, basis)``, one compiled function per apply (data are arguments)."""
+    if apply == SCALED and apply not in _SOLVES:
+        def solve(H, data, b, basis):
+            # as systems.response._scaled_solver: b projected off the translations, CG on
+            # the consistent scaled system without per-iteration projection
+            flat = basis.reshape(basis.shape[0], -1)
+            gram_inv = jnp.linalg.inv(flat @ flat.T)
+
+            def project(x):
+                return x - (((flat @ x.reshape(-1)) @ gram_inv) @ flat).reshape(x.shape)
+
+            z, info = sensitivity.solve_cg(lambda v: hs.hessian_matvec(data.hessian, v),
+                                           hs.scale_blocks(data.scale, project(b)),
+                                           tol=1e-10, on_failure="ignore", full_output=True)
+            return project(hs.scale_blocks(data.scale, z)), info
+        _SOLVES[apply] = jax.jit(solve)
+        _SOLVES[apply].__wrapped__ = solve
     if apply not in _SOLVES:
         def solve(H, data, b, basis):
             M = None if apply is None else (lambda r: apply(data, r))
