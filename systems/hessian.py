@@ -93,6 +93,9 @@ __all__ = [
     "ELL_STEP",
     "BlockHessian",
     "ell_capacity",
+    "EllPattern",
+    "ell_pattern",
+    "assemble_block_hessian",
     "block_hessian",
     "hessian_matvec",
     "ell_blocks",
@@ -178,9 +181,92 @@ def ell_capacity(k: int, step: int = ELL_STEP) -> int:
     return max(step, -(-int(k) // step) * step)
 
 
+class EllPattern(NamedTuple):
+    """Where the blocks of a half pair list go in the ELL layout (:func:`ell_pattern`)."""
+
+    idx: np.ndarray     # (N, K) int32: the column particle of every slot
+    slot_i: np.ndarray  # (P,) int32: the slot of pair p in row i[p] (0 for ignored pairs)
+    slot_j: np.ndarray  # (P,) int32: the slot of pair p in row j[p]
+
+
+def ell_pattern(i, j, n: int, capacity: int | None = None,
+                step: int = ELL_STEP) -> EllPattern:
+    """The ELL sparsity pattern of a half pair list (host, integers only).
+
+    Args:
+      i, j: ``(P,)`` particle indices; a pair with an index ``>= n`` (padding) or with
+        ``i == j`` is ignored (slot 0; :func:`assemble_block_hessian` drops it); a pair
+        listed twice gets the same slots (its blocks add up).
+      n: number of particles (rows).
+      capacity: row capacity ``K`` (entries per row, diagonal included); default the
+        largest row rounded up by :func:`ell_capacity`. Too small raises ValueError.
+      step: the rounding of the default capacity.
+    """
+    i = np.asarray(i).astype(np.int64).ravel()
+    j = np.asarray(j).astype(np.int64).ravel()
+    keep = (i < n) & (j < n) & (i >= 0) & (j >= 0) & (i != j)
+    real = np.flatnonzero(keep)
+    rows = np.concatenate([i[real], j[real]])
+    cols = np.concatenate([j[real], i[real]])
+    key = rows * n + cols
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    first = np.ones(len(key), bool)
+    first[1:] = sorted_key[1:] != sorted_key[:-1]
+    unique = np.cumsum(first) - 1  # the distinct (row, col) of every sorted entry
+    ukey = sorted_key[first]
+    urows, ucols = ukey // n, ukey % n
+    counts = np.bincount(urows, minlength=n)
+    kmax = 1 + (int(counts.max()) if counts.size else 0)
+    if capacity is None:
+        capacity = ell_capacity(kmax, step)
+    elif capacity < kmax:
+        raise ValueError(f"block_hessian: capacity {capacity} < {kmax} entries in the "
+                         "fullest row (diagonal included)")
+    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    uslot = 1 + np.arange(len(ukey)) - start[urows]
+    idx = np.repeat(np.arange(n, dtype=np.int32)[:, None], capacity, axis=1)
+    idx[urows, uslot] = ucols
+    slot = np.empty(len(key), np.int64)
+    slot[order] = uslot[unique]
+    slot_i = np.zeros(len(i), np.int32)
+    slot_j = np.zeros(len(i), np.int32)
+    slot_i[real] = slot[:len(real)]
+    slot_j[real] = slot[len(real):]
+    return EllPattern(idx, slot_i, slot_j)
+
+
+def assemble_block_hessian(pattern: EllPattern, i, j, K_pairs, diagonal=None) -> BlockHessian:
+    """The ELL Hessian of pair stiffness blocks on a pattern (pure JAX: jit it).
+
+    Every pair adds ``K`` to the diagonal blocks of ``i`` and ``j`` and ``-K`` to the
+    off-diagonal blocks ``(i, j)`` and ``(j, i)`` (a pair with an index ``>= N``, e.g.
+    padding, is dropped; give ignored pairs a zero block, or an index ``>= N``).
+    ``diagonal``: optional ``(N, d, d)`` blocks added to the diagonal (e.g. the tether
+    ``k I`` of rattler coordinates).
+    """
+    idx = jnp.asarray(pattern.idx)
+    n, cap = idx.shape
+    K_pairs = jnp.asarray(K_pairs)
+    d = K_pairs.shape[-1]
+    K_pairs = 0.5 * (K_pairs + jnp.swapaxes(K_pairs, -1, -2))
+    i = jnp.where(jnp.asarray(pattern.slot_i) > 0, jnp.asarray(i), n)  # ignored: row N
+    j = jnp.where(jnp.asarray(pattern.slot_j) > 0, jnp.asarray(j), n)
+    blocks = jnp.zeros((n + 1, cap, d, d), K_pairs.dtype)
+    blocks = blocks.at[i, pattern.slot_i].add(-K_pairs, mode="drop")
+    blocks = blocks.at[j, pattern.slot_j].add(-K_pairs, mode="drop")[:n]
+    # a pair Hessian's diagonal block is minus the sum of its row's off-diagonal blocks
+    diag = -jnp.sum(blocks[:, 1:], axis=1)
+    if diagonal is not None:
+        diag = diag + jnp.asarray(diagonal, K_pairs.dtype)
+    blocks = blocks.at[:, 0].set(diag)
+    return BlockHessian(idx, jnp.swapaxes(blocks, 1, 2).reshape(n, d, cap * d))
+
+
 def block_hessian(i, j, K_pairs, n: int, capacity: int | None = None,
                   step: int = ELL_STEP, diagonal=None) -> BlockHessian:
-    """The ELL Hessian from a half pair list and its pair stiffness blocks (host, numpy).
+    """The ELL Hessian from a half pair list and its pair stiffness blocks:
+    :func:`ell_pattern` then :func:`assemble_block_hessian`.
 
     Every pair adds ``K`` to the diagonal blocks of ``i`` and ``j`` and ``-K`` to the
     off-diagonal blocks ``(i, j)`` and ``(j, i)``; pairs listed twice are merged.
@@ -199,44 +285,14 @@ def block_hessian(i, j, K_pairs, n: int, capacity: int | None = None,
     Returns:
       :class:`BlockHessian` of jax arrays.
     """
-    i = np.asarray(i).astype(np.int64).ravel()
-    j = np.asarray(j).astype(np.int64).ravel()
-    K_pairs = np.asarray(K_pairs, np.float64)
-    d = K_pairs.shape[-1]
-    keep = (i < n) & (j < n) & (i >= 0) & (j >= 0) & (i != j)
-    i, j, k = i[keep], j[keep], K_pairs[keep]
-    k = 0.5 * (k + np.swapaxes(k, -1, -2))
-    rows = np.concatenate([i, j])
-    cols = np.concatenate([j, i])
-    key = rows * n + cols
-    order = np.argsort(key, kind="stable")
-    key = key[order]
-    vals = -np.concatenate([k, k])[order]
-    first = np.ones(len(key), bool)
-    first[1:] = key[1:] != key[:-1]
-    if not first.all():  # a pair listed twice: merge its entries
-        starts = np.flatnonzero(first)
-        vals = np.add.reduceat(vals, starts, axis=0)
-        key = key[starts]
-    rows, cols = key // n, key % n
-    counts = np.bincount(rows, minlength=n)
-    kmax = 1 + (int(counts.max()) if counts.size else 0)
-    if capacity is None:
-        capacity = ell_capacity(kmax, step)
-    elif capacity < kmax:
-        raise ValueError(f"block_hessian: capacity {capacity} < {kmax} entries in the "
-                         "fullest row (diagonal included)")
-    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    slot = 1 + np.arange(len(rows)) - start[rows]
-    idx = np.repeat(np.arange(n, dtype=np.int32)[:, None], capacity, axis=1)
-    blocks = np.zeros((n, capacity, d, d))
-    idx[rows, slot] = cols
-    blocks[rows, slot] = vals
-    # a pair Hessian's diagonal block is minus the sum of its row's off-diagonal blocks
-    blocks[:, 0] = -blocks[:, 1:].sum(axis=1)
-    if diagonal is not None:
-        blocks[:, 0] += np.asarray(diagonal, np.float64)
-    return jax.device_put(BlockHessian(idx, _rows_of(blocks)))
+    pattern = ell_pattern(i, j, n, capacity, step)
+    i = np.asarray(i).astype(np.int32).ravel()
+    j = np.asarray(j).astype(np.int32).ravel()
+    return _assemble(pattern, i, j, np.asarray(K_pairs, np.float64),
+                     None if diagonal is None else np.asarray(diagonal, np.float64))
+
+
+_assemble = jax.jit(assemble_block_hessian)
 
 
 def hessian_matvec(H: BlockHessian, v):

@@ -69,9 +69,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._errors import InputError
-from .hessian import (ELL_STEP, BlockHessian, BlockJacobi, apply_block_jacobi, apply_schwarz,
-                      block_hessian, build_block_scaling, build_schwarz, ell_capacity,
-                      hessian_matvec, scale_blocks)
+from .hessian import (ELL_STEP, BlockHessian, BlockJacobi, EllPattern, apply_block_jacobi, apply_schwarz,
+                      assemble_block_hessian, build_block_scaling, build_schwarz,
+                      ell_capacity, ell_pattern, hessian_matvec, scale_blocks)
 from .potentials import (PairModel, Pairs, PotentialParams, PotentialSpec, resolve_potential,
                          with_position_jvp)
 
@@ -927,12 +927,24 @@ def _column_residuals(cfg: _Config, pk: PackingData, base, theta0, member, dy):
     return jax.lax.map(column, jnp.arange(dy.shape[0]))
 
 
-def _scaling(cfg: _Config, hessian: BlockHessian):
-    return build_block_scaling(hessian, diagonal_only=cfg.preconditioner == "jacobi")
-
-
-def _stiffness(cfg: _Config, model: PairModel, y, params, pairs):
-    return model.pair_stiffness(y, params, pairs)
+def _hessian_data(cfg: _Config, model: PairModel, y, params, pairs: Pairs,
+                  pattern: EllPattern, active):
+    """The pair stiffness blocks, the rattler tether, the Hessian in block rows (tethers
+    included) and, for ``jacobi`` / ``block_jacobi``, its block scaling (else ``()``)."""
+    stiffness = model.pair_stiffness(y, params, pairs)
+    n, d = y.shape
+    # the tether: the mean diagonal stiffness of a backbone coordinate (each pair adds
+    # its block to two diagonal blocks)
+    trace = jnp.sum(jnp.trace(stiffness, axis1=-2, axis2=-1) * pairs.weight)
+    tether = 2.0 * trace / jnp.maximum(jnp.sum(active) * d, 1.0)
+    tether = jnp.where(tether > 0, tether, 1.0)
+    diagonal = (tether * (1.0 - active))[:, None, None] * jnp.eye(d, dtype=y.dtype)
+    hessian = assemble_block_hessian(pattern, pairs.i, pairs.j,
+                                     stiffness * pairs.weight[:, None, None], diagonal)
+    precond = ()
+    if cfg.preconditioner in _SCALINGS:
+        precond = build_block_scaling(hessian, diagonal_only=cfg.preconditioner == "jacobi")
+    return stiffness, tether, hessian, precond
 
 
 def _masked_hvp(pk: PackingData, params):
@@ -1008,7 +1020,7 @@ class ResponseSolver:
                 f"every one of the {model.n} particles is a rattler after relaxation (fewer "
                 f"than {contacts['min_contacts']} contacts): the packing is not jammed and "
                 "has no response to differentiate; raise the packing fraction")
-        n, d = model.n, model.dim
+        n = model.n
         pairs = contacts["pairs"]
         i, j = np.asarray(pairs.i), np.asarray(pairs.j)
         keep = ~self.rattlers[i] & ~self.rattlers[j]
@@ -1016,34 +1028,26 @@ class ResponseSolver:
         self.pairs = Pairs.from_arrays(i[keep], j[keep])
         padded = padded_pairs(i[keep], j[keep], n, pair_capacity(int(keep.sum()), n))
         cfg = self._config()
-        # Every Hessian-vector product of the implicit derivative is taken at (y*, θ0):
-        # the pair stiffness blocks are computed once, here.
-        exe, _ = _compiled(_stiffness, cfg, model, self.y, params, padded)
-        stiffness = exe(model, self.y, params, padded)
-        # the tether: the mean diagonal stiffness of a backbone coordinate
-        diag = np.einsum("kaa->k", np.asarray(stiffness))
-        tether = 2.0 * float(diag.sum()) / max(len(self.backbone) * d, 1)
-        tether = tether if tether > 0 else 1.0
-        active = jnp.asarray(~self.rattlers, jnp.float64)
-        diagonal = np.zeros((n, d, d))
-        diagonal[self.rattlers] = tether * np.eye(d)
+        # Every Hessian-vector product of the implicit derivative is taken at (y*, θ0): the
+        # pair stiffness blocks, the Hessian in block rows and the block scaling are
+        # computed once, here, in one compiled call; the host finds only where each
+        # pair's blocks go (integers).
         row_entries = 1 + np.bincount(np.concatenate([i[keep], j[keep]]), minlength=n).max()
-        hessian = block_hessian(padded.i, padded.j, np.asarray(stiffness), n,
-                                capacity=row_capacity(int(row_entries), n),
-                                diagonal=diagonal)
-        precond = ()
+        pattern = ell_pattern(padded.i, padded.j, n,
+                              capacity=row_capacity(int(row_entries), n))
+        active = jnp.asarray(~self.rattlers, jnp.float64)
+        args = (model, self.y, params, padded, pattern, active)
+        exe, _ = _compiled(_hessian_data, cfg, *args)
+        stiffness, tether, hessian, precond = exe(*args)
         if self.settings.get("preconditioner") == "two_level":
             precond = two_level(model, np.asarray(stiffness), padded, np.asarray(self.y),
-                                tether=tether, rattlers=self.rattlers)
-        elif self.settings.get("preconditioner") in _SCALINGS:
-            exe, _ = _compiled(_scaling, cfg, hessian)
-            precond = exe(hessian)
+                                tether=float(tether), rattlers=self.rattlers)
         elif self.settings.get("preconditioner") == "schwarz":
             precond = build_schwarz(hessian, np.asarray(self.y), model.box if model.periodic
                                     else None, active=~self.rattlers)
         #: the arrays every compiled function of this packing takes
-        self.data = PackingData(model, self.y, active, padded, stiffness,
-                                jnp.asarray(tether, jnp.float64), hessian, precond)
+        self.data = PackingData(model, self.y, active, padded, stiffness, tether, hessian,
+                                precond)
         self.stiffness = stiffness
         #: compilation seconds of this packing's response functions (setup, solves,
         #: diagnostics): 0 when an earlier packing of the same shapes compiled them
