@@ -67,20 +67,27 @@ def test_2d_scalar_theta_matches_central_differences(packing_2d, pspec):
     assert np.abs(dx[backbone].mean(axis=0)).max() < 1e-10
 
 
+def _dense_system(packing, pspec):
+    """The backbone's dense Hessian of the energy (jax.hessian) and right-hand side
+    ``-∂(∇E)/∂θ`` (jax.jacfwd), restricted to the backbone's coordinates."""
+    system, model, params, relaxer, result, solver, scalars, vector = packing
+    y = solver.y
+    n, d = y.shape
+    rows = np.repeat(~solver.rattlers, d)
+    hessian = jax.jit(jax.hessian(lambda y: model.energy(y, params, solver.pairs)))(y)
+    theta0, apply = theta_apply(pspec, params, system.species)
+    rhs = -jax.jit(jax.jacfwd(
+        lambda t: jax.grad(model.energy)(y, apply(params, t), solver.pairs)))(theta0)
+    return (np.asarray(hessian).reshape(n * d, n * d)[np.ix_(rows, rows)],
+            np.asarray(rhs).reshape(-1)[rows])
+
+
 def test_2d_matches_dense_pseudo_inverse(packing_2d):
     system, model, params, relaxer, result, solver, scalars, vector = packing_2d
     backbone = ~solver.rattlers
-    y = solver.y
-    n, d = y.shape
-    rows = np.repeat(backbone, d)
-    hessian = np.asarray(jax.jit(jax.hessian(lambda y: model.energy(
-        y, params, solver.pairs)))(y)).reshape(n * d, n * d)[np.ix_(rows, rows)]
-    grad = jax.grad(model.energy)
+    d = solver.y.shape[1]
     for pspec in KINDS[:3] + KINDS[4:]:
-        theta0, apply = theta_apply(pspec, params, system.species)
-        rhs = -np.asarray(jax.jit(jax.jacfwd(
-            lambda t: grad(y, apply(params, t), solver.pairs)))(theta0))
-        rhs = rhs.reshape(-1)[rows]
+        hessian, rhs = _dense_system(packing_2d, pspec)
         dy = (np.linalg.pinv(hessian, rcond=1e-10, hermitian=True) @ rhs).reshape(-1, d)
         expected = np.full((system.n, d), np.nan)
         expected[backbone] = dy
@@ -144,16 +151,8 @@ def test_scaled_solve_reports_the_residual_of_the_unscaled_system(packing_2d):
     itself: recomputed here with the dense Hessian of the energy (jax.hessian)."""
     system, model, params, relaxer, result, solver, scalars, vector = packing_2d
     backbone = ~solver.rattlers
-    y = solver.y
-    n, d = y.shape
-    rows = np.repeat(backbone, d)
-    hessian = np.asarray(jax.jit(jax.hessian(lambda y: model.energy(
-        y, params, solver.pairs)))(y)).reshape(n * d, n * d)[np.ix_(rows, rows)]
     pspec = KINDS[1]
-    theta0, apply = theta_apply(pspec, params, system.species)
-    rhs = -np.asarray(jax.jit(jax.jacfwd(
-        lambda t: jax.grad(model.energy)(y, apply(params, t), solver.pairs)))(theta0))
-    rhs = rhs.reshape(-1)[rows]
+    hessian, rhs = _dense_system(packing_2d, pspec)
     dx, attrs = scalars[pspec.name]
     residual = np.linalg.norm(hessian @ dx[backbone].reshape(-1) - rhs)
     assert attrs["preconditioner"] == "block_jacobi" and attrs["iterations"] > 5
