@@ -349,8 +349,9 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
             first = responses[failed[0]]["attrs"]
             message = (f"the linear solve for {', '.join(failed)} did not converge "
                        f"({first['iterations']} iterations, relative residual "
-                       f"{first['relative_residual']:.1e} > tol {first['tol']:.0e}); raise "
-                       "sensitivity.maxiter, loosen sensitivity.tol, or use solver minres/dense")
+                       f"{first['solver_relative_residual']:.1e} > tol {first['tol']:.0e}); "
+                       "raise sensitivity.maxiter, loosen sensitivity.tol, or use solver "
+                       "minres/dense")
         else:
             message = (f"converged: {relaxed.steps} {relaxed.minimizer} steps, "
                        f"{len(responses)} derivative(s), {int(rattlers.sum())} rattler(s)")
