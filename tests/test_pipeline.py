@@ -97,6 +97,21 @@ def test_non_converged_relaxation_is_flagged_not_differentiated(packing_file, tm
     assert np.isnan(result.responses["small_diameter"]["dx_dtheta"]).all()
 
 
+def test_non_converged_linear_solve_is_flagged(packing_file, tmp_path):
+    """CG stopped by maxiter: the result and the message say so, with the residual the
+    convergence test compared with tol, and the file keeps what was computed."""
+    config = config_for(packing_file, **{"sensitivity.maxiter": 3, "sensitivity.audit": False})
+    summary = run_task(config, tmp_path)
+    assert not summary.converged
+    assert "did not converge" in summary.message and "3 iterations" in summary.message
+    result = read_result(summary.result_path)
+    assert not result.converged
+    attrs = result.responses["small_diameter"]["attrs"]
+    assert not attrs["converged"] and attrs["iterations"] == 3
+    assert attrs["solver_relative_residual"] > 1e-10 and attrs["relative_residual"] > 1e-10
+    assert f"{attrs['solver_relative_residual']:.1e} > tol" in summary.message
+
+
 def test_bad_inputs_raise_input_error(packing_file, tmp_path):
     config = config_for(packing_file)
     config["parameters"] = [{"name": "d", "kind": "diameter", "species": 9}]
