@@ -46,6 +46,31 @@ def test_2d_has_the_rattler_and_zero_modes(packing_2d):
     assert contacts["contact_overlap_min"] > 0 and contacts["contact_gap_min"] > 0
 
 
+def test_lanczos_diagnostics_against_the_dense_eigendecomposition(packing_2d, monkeypatch):
+    """The Lanczos path of zero_modes (forced by a zero dense limit) against the dense one:
+    run to the whole backbone space it gives the same spectrum ends; after 12 steps the
+    largest Ritz value is close and the smallest an upper bound."""
+    import systems.response as response
+
+    system, model, params, relaxer, result, solver, scalars, vector = packing_2d
+    dense = solver.zero_modes()
+    assert dense["method"] == "dense eigendecomposition"
+    monkeypatch.setattr(response, "DENSE_EIGEN_MAX_DOF", 0)
+    live = 2 * int((~solver.rattlers).sum()) - 2  # backbone coordinates off the translations
+    for steps in (live, 12):
+        monkeypatch.setitem(solver.settings, "lanczos_steps", steps)
+        lz = solver.zero_modes()
+        assert lz["method"].startswith(f"construction + Lanczos ({steps} steps)")
+        assert lz["found"] == lz["expected"] == dense["expected"] and lz["matches"]
+        assert lz["negative_eigenvalues"] == 0
+        if steps == live:
+            for key in ("eigenvalue_min_nonzero", "eigenvalue_max"):
+                np.testing.assert_allclose(lz[key], dense[key], rtol=1e-8)
+        else:
+            np.testing.assert_allclose(lz["eigenvalue_max"], dense["eigenvalue_max"], rtol=1e-2)
+            assert lz["eigenvalue_min_nonzero"] >= dense["eigenvalue_min_nonzero"] * (1 - 1e-9)
+
+
 @pytest.mark.parametrize("pspec", KINDS, ids=[p.name for p in KINDS])
 def test_2d_scalar_theta_matches_central_differences(packing_2d, pspec):
     system, model, params, relaxer, result, solver, scalars, vector = packing_2d
