@@ -573,19 +573,19 @@ class PairModel:
                 tree = None
         else:
             tree = cKDTree(y)
-        if tree is not None:
-            ij = tree.query_pairs(cutoff, output_type="ndarray")
-            i, j = (ij[:, 0], ij[:, 1]) if len(ij) else (np.zeros(0, int), np.zeros(0, int))
+        n = y.shape[0]
+        if tree is not None:  # pairs (i < j) at distance <= cutoff (minimum image)
+            ij = tree.query_pairs(cutoff, output_type="ndarray").astype(np.int64)
         else:
-            i, j = np.triu_indices(y.shape[0], 1)
-        d = y[i] - y[j]
-        if self.periodic:
-            d = d - box * np.round(d / box)
-        r = np.sqrt(np.sum(d * d, axis=-1))
-        keep = r < cutoff
-        i, j = np.minimum(i, j)[keep], np.maximum(i, j)[keep]
-        order = np.lexsort((j, i))
-        return Pairs.from_arrays(i[order], j[order])
+            i, j = np.triu_indices(n, 1)
+            d = y[i] - y[j]
+            if self.periodic:
+                d = d - box * np.round(d / box)
+            keep = np.sum(d * d, axis=-1) <= cutoff * cutoff
+            ij = np.stack([i[keep], j[keep]], axis=-1).astype(np.int64)
+        # sorted by (i, j): one integer sort (numpy's lexsort of two keys is 4x slower)
+        key = np.sort(np.minimum(ij[:, 0], ij[:, 1]) * n + np.maximum(ij[:, 0], ij[:, 1]))
+        return Pairs.from_arrays(key // n, key % n)
 
 class _ModelStatic:
     """The static part of a :class:`PairModel` pytree, equal (and hashed) by value."""

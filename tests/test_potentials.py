@@ -1,6 +1,8 @@
 """Pair potentials: pair laws against closed forms, periodic images, per-species parameters,
 neighbor lists against every pair, the cutoff, and the sparse Hessian-vector product."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -123,3 +125,27 @@ def test_sparse_hessian_vector_product_is_exact():
         assert np.allclose(g_value, value, rtol=0, atol=1e-14)
         assert np.allclose(g_hvp, hvp, rtol=1e-12, atol=1e-12)
     assert np.allclose(rest[4], full, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["periodic", "periodic-small-box", "free"])
+def test_interacting_pairs_equals_brute_force(case):
+    """The k-d tree half list (and its every-pair fallback for a box under twice the
+    cutoff) against all pairs within margin × range by the minimum image, sorted by (i, j)."""
+    n = 8 if case == "periodic-small-box" else 64
+    system = random_packing(n, dim=2, phi=0.85, seed=3)
+    if case == "free":
+        system = dataclasses.replace(system, periodic=False)
+    model = PairModel.build(system, resolve_potential({}, system.n_species))
+    params = model.default_params(system.diameters)
+    margin = 1.3
+    pairs = model.interacting_pairs(system.positions, params, margin=margin)
+    y = np.asarray(system.positions)
+    d = y[:, None, :] - y[None, :, :]
+    if system.periodic:
+        box = np.asarray(system.box)
+        d = d - box * np.round(d / box)
+    r = np.sqrt((d * d).sum(-1))
+    i, j = np.nonzero(np.triu(r <= margin * model.interaction_range(params), 1))
+    assert len(i) > n // 2
+    np.testing.assert_array_equal(np.asarray(pairs.i), i)
+    np.testing.assert_array_equal(np.asarray(pairs.j), j)
