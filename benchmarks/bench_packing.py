@@ -7,8 +7,10 @@ For each N (2D bidisperse 50:50, diameters 1 and 1.4, harmonic soft spheres, φ 
 * ``implicit``: ∂x*/∂θ through ``sensitivity.custom_root`` (systems.response: backbone
   unknowns, translations as the null space, CG at tol 1e-10, cached pair stiffness,
   block-Jacobi preconditioning folded into the operator) — the solve's CG iterations and
-  seconds (best of ``max(--repeat, 10)``: a solve is cheap, and its best of 3 varies by 20%
-  on a shared machine); ``+setup``: plus building the solver (contacts, rattlers, Hessian);
+  seconds; ``+setup``: plus building the solver (contacts, rattlers, Hessian). FIRE, the
+  solve and the setup are timed in interleaved rounds (``--repeat`` rounds, one FIRE run
+  and the best of 4 solves and of 4 setups each; best of all rounds), so that a slow spell
+  of a shared machine hits both sides of the ratio;
 * ``implicit (autodiff HVP)``: the same, with plain forward-over-reverse Hessian-vector
   products and no preconditioner (what a direct use of the engine costs);
 * ``unrolled``: forward mode (``jax.jvp``) through the FIRE loop for K = the steps FIRE took
@@ -68,7 +70,7 @@ def implicit_time(solver, repeat):
     """The tool's own derivative (``ResponseSolver.scalar_derivatives``, compiled once):
     (solve seconds, dx, iterations, converged), the solve timed without compilation."""
     times = []
-    for _ in range(max(repeat, 10)):
+    for _ in range(repeat):
         dx, attrs = solver.scalar_derivatives([THETA])[THETA.name]
         times.append(attrs["time_s"])
     return min(times), np.asarray(dx), attrs["iterations"], attrs["converged"]
@@ -77,7 +79,7 @@ def implicit_time(solver, repeat):
 def setup_time(model, result, params, repeat):
     """Building the ResponseSolver again (contacts, rattlers, stiffness blocks): seconds."""
     times = []
-    for _ in range(max(repeat, 10)):
+    for _ in range(repeat):
         t0 = time.perf_counter()
         ResponseSolver(model, result.positions, params, max_force=result.max_force,
                        settings=resolve_sensitivity({}))
@@ -246,19 +248,21 @@ def run(n, repeat, seed=0):
     theta0, apply = theta_apply(THETA, params, system.species)
     seen = [params, apply(params, theta0 + 1e-5), apply(params, theta0 - 1e-5)]
     relaxer = make_relaxer(model, resolve_minimizer({"ftol": 1e-12}), seen)
-    fire = []
-    for _ in range(repeat):
-        result = relaxer.run(system.positions, params)
-        fire.append(result.time_s)
-    t_fire = min(fire)
+    result = relaxer.run(system.positions, params)  # compiles
     assert result.converged, result.message()
-
     solver = ResponseSolver(model, result.positions, params, max_force=result.max_force,
                             settings=resolve_sensitivity({}))
     backbone = ~solver.rattlers
-    t_implicit, dx, iterations, converged = implicit_time(solver, repeat)
-
-    t_setup = setup_time(model, result, params, repeat)
+    implicit_time(solver, 1)  # compiles
+    # FIRE, the solve and the setup interleaved, round after round (best of each): a
+    # slow spell of a shared machine then hits the ratio's numerator and denominator alike
+    fire, implicit, setup = [], [], []
+    for _ in range(repeat):
+        fire.append(relaxer.run(system.positions, params).time_s)
+        t, dx, iterations, converged = implicit_time(solver, 4)
+        implicit.append(t)
+        setup.append(setup_time(model, result, params, 4))
+    t_fire, t_implicit, t_setup = min(fire), min(implicit), min(setup)
     t_plain, dx_plain, iterations_plain = plain_time(solver, repeat)
     dx_plain = np.asarray(params.scale) * dx_plain
 
