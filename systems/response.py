@@ -69,9 +69,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._errors import InputError
-from .hessian import (ELL_STEP, BlockHessian, BlockJacobi, EllPattern, apply_block_jacobi, apply_schwarz,
-                      assemble_block_hessian, build_block_scaling, build_schwarz,
-                      ell_capacity, ell_pattern, hessian_matvec, scale_blocks)
+from .hessian import (ELL_STEP, BlockHessian, BlockJacobi, EllPattern, apply_block_jacobi,
+                      apply_schwarz, assemble_block_hessian, build_block_scaling,
+                      build_schwarz, ell_capacity, ell_pattern, hessian_matvec, scale_blocks)
 from .potentials import (PairModel, Pairs, PotentialParams, PotentialSpec, resolve_potential,
                          with_position_jvp)
 
