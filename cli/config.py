@@ -336,7 +336,8 @@ SCHEMA: dict[str, dict[str, _Field]] = {
                              "block_jacobi: folded into the operator (free per iteration); "
                              "schwarz: fewer CG iterations, dearer ones and setup"),
         "dense_max_dof": _f(_integer(ge=1), 4096, "dense solves up to this many unknowns"),
-        "lanczos_steps": _f(_integer(ge=0), 40, "Lanczos steps for the conditioning estimate"),
+        "lanczos_steps": _f(_integer(ge=0), 200,
+                            "Lanczos steps for the smallest-eigenvalue estimate"),
     },
     "output": {
         "directory": _f(_DIRECTORY, "out"),

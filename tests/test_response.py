@@ -49,7 +49,8 @@ def test_2d_has_the_rattler_and_zero_modes(packing_2d):
 def test_lanczos_diagnostics_against_the_dense_eigendecomposition(packing_2d, monkeypatch):
     """The Lanczos path of zero_modes (forced by a zero dense limit) against the dense one:
     run to the whole backbone space it gives the same spectrum ends; after 12 steps the
-    largest Ritz value is close and the smallest an upper bound."""
+    largest Ritz value is close and the smallest an upper bound; with no steps, the zero
+    modes of the construction and no eigenvalue figures (NaN)."""
     import systems.response as response
 
     system, model, params, relaxer, result, solver, scalars, vector = packing_2d
@@ -69,6 +70,10 @@ def test_lanczos_diagnostics_against_the_dense_eigendecomposition(packing_2d, mo
         else:
             np.testing.assert_allclose(lz["eigenvalue_max"], dense["eigenvalue_max"], rtol=1e-2)
             assert lz["eigenvalue_min_nonzero"] >= dense["eigenvalue_min_nonzero"] * (1 - 1e-9)
+    monkeypatch.setitem(solver.settings, "lanczos_steps", 0)  # the construction alone
+    lz = solver.zero_modes()
+    assert lz["found"] == lz["expected"] and np.isnan(lz["eigenvalue_min_nonzero"])
+    assert np.isnan(lz["condition_number"])
 
 
 @pytest.mark.parametrize("pspec", KINDS, ids=[p.name for p in KINDS])
