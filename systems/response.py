@@ -784,18 +784,17 @@ def _solver(cfg: _Config, pk: PackingData, name: str):
     return functools.partial(solve, **options)
 
 
-class ScaledSolveInfo(NamedTuple):
-    """The engine's :class:`~sensitivity.LinearSolveInfo` fields for ``H x = b``, plus the
-    residual of the scaled system the solver iterated on (its convergence test)."""
+@functools.cache
+def _scaled_solve_info():
+    """``ScaledSolveInfo``: the engine's LinearSolveInfo fields plus ``solver_residual_norm``
+    and ``solver_rhs_norm`` (made on first use: ``sensitivity`` is imported lazily here)."""
+    from sensitivity import LinearSolveInfo
 
-    iterations: Any
-    residual_norm: Any
-    rhs_norm: Any
-    converged: Any
-    inconsistency: Any
-    tolerance: Any
-    solver_residual_norm: Any
-    solver_rhs_norm: Any
+    info = NamedTuple("ScaledSolveInfo", [(field, Any) for field in LinearSolveInfo._fields]
+                      + [("solver_residual_norm", Any), ("solver_rhs_norm", Any)])
+    info.__doc__ = ("The engine's LinearSolveInfo fields for ``H x = b``, plus the residual of "
+                    "the scaled system the solver iterated on (its convergence test).")
+    return info
 
 
 def _scaled_solver(solve: Callable, pk: PackingData, name: str, tol: float) -> Callable:
@@ -816,12 +815,12 @@ def _scaled_solver(solve: Callable, pk: PackingData, name: str, tol: float) -> C
     iteration at N = 1024), and the rigid motion that round-off adds is removed from ``x``
     at the end. GMRES and BiCGSTAB keep ``nullspace=``.
 
-    The report (``full_output``, a :class:`ScaledSolveInfo`): the solver's iterations and
-    convergence test, which is on the scaled residual ``‖S r‖ ≤ tol ‖S b‖`` (the ``D⁻¹``
-    norm of the residual, the one preconditioned CG minimizes against; reported as
-    ``solver_residual_norm`` / ``solver_rhs_norm``), ``residual_norm`` recomputed on the
-    unscaled system, ``‖H x - P b‖`` with ``matvec``, and ``inconsistency``
-    ``‖b - P b‖ / ‖b‖``.
+    The report (``full_output``, a ``ScaledSolveInfo`` of :func:`_scaled_solve_info`): the
+    solver's iterations and convergence test, which is on the scaled residual
+    ``‖S r‖ ≤ tol ‖S b‖`` (the ``D⁻¹`` norm of the residual, the one preconditioned CG
+    minimizes against; reported as ``solver_residual_norm`` / ``solver_rhs_norm``),
+    ``residual_norm`` recomputed on the unscaled system, ``‖H x - P b‖`` with ``matvec``,
+    and ``inconsistency`` ``‖b - P b‖ / ‖b‖``.
     """
     sc = pk.precond
     basis = _nullspace(pk)
@@ -842,7 +841,7 @@ def _scaled_solver(solve: Callable, pk: PackingData, name: str, tol: float) -> C
             return x
         bnorm = jnp.linalg.norm(b)
         tiny = jnp.finfo(bnorm.dtype).tiny
-        return x, ScaledSolveInfo(
+        return x, _scaled_solve_info()(
             iterations=info.iterations,
             residual_norm=jnp.linalg.norm(matvec(x) - b_proj), rhs_norm=bnorm,
             converged=info.converged,
