@@ -40,12 +40,22 @@ __all__ = [
     "EXAMPLE_CONFIG",
     "load_config",
     "parse_override",
+    "check_printable",
     "resolve_config",
     "task_directory_name",
     "dump_yaml",
 ]
 
 MAX_TASKS = 100_000
+
+#: The largest integer any config key accepts unless it says otherwise (steps, counts and seeds
+#: are 32-bit on the device; a YAML ``1e23`` must fail at validation, not as an OverflowError
+#: hours later).
+INT_MAX = 2**31 - 1
+
+#: Characters no config string may hold: C0 controls (newline, CR, NUL, tab, ESC...) and DEL.
+#: Strings reach file names, log lines and the sbatch script; a newline there is a new command.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ConfigError(ValueError):
@@ -131,7 +141,7 @@ def _number(*, gt=None, ge=None, lt=None, le=None) -> _Spec:
     return _Spec(check, allowed)
 
 
-def _integer(*, ge=None, le=None) -> _Spec:
+def _integer(*, ge=None, le=INT_MAX) -> _Spec:
     bounds = _bounds_text(ge=ge, le=le)
     allowed = f"an integer {bounds}" if bounds else "an integer"
 
@@ -234,8 +244,9 @@ def _any_of(*specs: _Spec) -> _Spec:
     return _Spec(check, allowed)
 
 
-def _string_list() -> _Spec:
-    allowed = "a list of strings"
+def _sbatch_options() -> _Spec:
+    allowed = ("a list of sbatch options such as --account=abc or --qos=low (one option each, "
+               "no spaces or quotes in the value)")
 
     def check(value):
         if value is None:
@@ -244,7 +255,9 @@ def _string_list() -> _Spec:
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise _Bad(allowed)
-        return list(value)
+        if not all(_SBATCH_OPTION.fullmatch(v.strip()) for v in value):
+            raise _Bad(allowed)
+        return [v.strip() for v in value]
 
     return _Spec(check, allowed)
 
@@ -263,6 +276,14 @@ _TIME = _string(
     numbers=True,
 )
 _MEMORY = _string(r"\d+[KMGT]?", "a Slurm memory size such as 4000, 500M or 4G", numbers=True)
+_PARTITION = _string(
+    r"[A-Za-z0-9_.\-]+(,[A-Za-z0-9_.\-]+)*",
+    "a Slurm partition name (letters, digits, '_', '-', '.'; several separated by commas)",
+)
+#: One extra sbatch option: ``--name``, ``--name=value`` or ``-X value`` (an optional leading
+#: ``#SBATCH`` is dropped), the value without whitespace or quotes.
+_SBATCH_OPTION = re.compile(r"(#SBATCH\s+)?(--[A-Za-z][A-Za-z0-9\-]*(=[^\s'\"\\]+)?"
+                            r"|-[A-Za-z](\s+[^\s'\"\\-][^\s'\"\\]*)?)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -344,14 +365,15 @@ SCHEMA: dict[str, dict[str, _Field]] = {
         "plots": _f(_boolean(), True),
     },
     "slurm": {
-        "partition": _f(_nullable(_string()), None),
+        "partition": _f(_nullable(_PARTITION), None),
         "time": _f(_TIME, "01:00:00"),
         "cpus_per_task": _f(_integer(ge=1), 1),
         "mem": _f(_MEMORY, "4G"),
         "gpus": _f(_integer(ge=0), 0, "GPUs per task (--gres=gpu:N)"),
         "job_name": _f(_NAME, "sensitivity"),
-        "max_parallel": _f(_nullable(_integer(ge=1)), None, "array throttle (--array=0-N%M)"),
-        "extra": _f(_string_list(), [], "extra '#SBATCH' option lines, e.g. --account=abc"),
+        "max_parallel": _f(_nullable(_integer(ge=1, le=1_000_000)), None,
+                           "array throttle (--array=0-N%M)"),
+        "extra": _f(_sbatch_options(), [], "extra '#SBATCH' option lines, e.g. --account=abc"),
     },
 }
 
@@ -363,7 +385,7 @@ PARAMETER_SCHEMA: dict[str, _Field] = {
 DEFAULT_PARAMETERS = [{"name": "small_diameter", "kind": "diameter", "species": 0}]
 
 TOP_LEVEL = (*SCHEMA, "parameters", "seed", "sweep")
-SEED = _integer(ge=0)
+SEED = _integer(ge=0, le=2**32 - 1)
 
 # Keys whose values are paths; relative ones are resolved against a base folder.
 PATH_KEYS = {("system", "path"), ("output", "directory")}
@@ -814,6 +836,41 @@ def _check_sweep(sweep: Any, label: str) -> tuple[dict, list[str]]:
     return out, errors
 
 
+def _control_errors(node: Any, where: str = "") -> list[str]:
+    """One message per string (key or value) below ``node`` holding a control character."""
+    errors: list[str] = []
+    if isinstance(node, str):
+        match = _CONTROL.search(node)
+        if match:
+            errors.append(
+                f"{where or 'the config'} = {node[:60]!r}: contains the control character "
+                f"{match.group()!r} at position {match.start()}; config strings must be one "
+                "line of printable characters"
+            )
+    elif isinstance(node, Mapping):
+        for key, value in node.items():
+            inner = f"{where}.{key}" if where else str(key)
+            if isinstance(key, str) and _CONTROL.search(key):
+                errors.append(f"key {key[:60]!r} in {where or 'the config'}: contains a control "
+                              "character; keys are plain names")
+                continue
+            errors += _control_errors(value, inner)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            errors += _control_errors(value, f"{where}[{i}]")
+    return errors
+
+
+def check_printable(text: str, what: str) -> None:
+    """ConfigError when a command-line string (a path, an option) holds a control character."""
+    match = _CONTROL.search(text)
+    if match:
+        raise ConfigError(
+            f"{what} {text[:60]!r}: contains the control character {match.group()!r} at "
+            f"position {match.start()}; give one line of printable characters"
+        )
+
+
 def _example_values() -> dict:
     return {s: {k: f.default for k, f in fields.items()} for s, fields in SCHEMA.items()}
 
@@ -837,6 +894,11 @@ def load_config(
         ConfigError: with one line per mistake, each naming the file, key path, value and what
             is allowed.
     """
+    check_printable(os.fspath(path), "config path")
+    if output is not None:
+        check_printable(os.fspath(output), "--output")
+    for override in overrides:
+        check_printable(override, "--set")
     path = Path(path)
     label = str(path)
     try:
@@ -867,6 +929,9 @@ def load_config(
     for override in overrides:
         parts, value = parse_override(override)
         _apply_override(raw, parts, _absolute_from_cwd(parts, value), override)
+    control = _control_errors(raw)
+    if control:
+        raise ConfigError([f"{label}: {e}" for e in control])
     if output is not None:
         raw.setdefault("output", {})
         if not isinstance(raw["output"], dict):

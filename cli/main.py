@@ -6,7 +6,8 @@ renders the result. Nothing heavy is imported at module level (no jax, jax-md, m
 
 Exit codes: 0 success; 1 a numerical failure (a relaxation or linear solve that did not
 converge, a failed audit); 2 a usage or input mistake (one line naming the fix; ``--debug``
-shows the traceback); 143 / 130 when stopped by SIGTERM / Ctrl-C.
+shows the traceback); 74 a storage failure (disk full, read-only file system, permission
+denied: one line naming the path); 143 / 130 when stopped by SIGTERM / Ctrl-C.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import click
 from .config import EXAMPLE_CONFIG, ConfigError, LoadedConfig, Task, dump_yaml, load_config
 
 EXIT_OK, EXIT_NUMERICAL, EXIT_USAGE = 0, 1, 2
+EXIT_STORAGE = 74  # EX_IOERR: the environment refused a write (disk full, read-only, ...)
 EXIT_SIGTERM, EXIT_SIGINT = 128 + signal.SIGTERM, 128 + signal.SIGINT
 RESULT_NAME = "sensitivity.h5"
 MANIFEST_NAME = "sweep.json"
@@ -58,7 +60,9 @@ Environment:
 
 \b
 GPU: pip install 'sensitivity[cuda]' (jax[cuda12]); the same commands then run
-on the GPU. Exit codes: 0 ok, 1 not converged, 2 usage or input error.
+on the GPU. Exit codes: 0 ok, 1 not converged, 2 usage or input error,
+74 storage error (disk full, read-only, permission denied), 143/130 stopped
+by SIGTERM/SIGINT.
 """
 
 
@@ -165,6 +169,16 @@ class NumericalFailure(_LineError):
     exit_code = EXIT_NUMERICAL
 
 
+class StorageFailure(_LineError):
+    """The environment refused a write (disk full, read-only, permission): exit code 74."""
+
+    exit_code = EXIT_STORAGE
+
+
+_FAILURE_CLASSES = {EXIT_USAGE: UserError, EXIT_NUMERICAL: NumericalFailure,
+                    EXIT_STORAGE: StorageFailure}
+
+
 def _input_error_types() -> tuple[type, ...]:
     types: list[type] = [ConfigError]
     if "systems._errors" in sys.modules:  # only then can systems have raised one
@@ -190,6 +204,9 @@ def translate_error(error: BaseException) -> click.ClickException | None:
     """The CLI form of an exception from a command (None: not ours to translate)."""
     if isinstance(error, click.ClickException):
         return error
+    storage = getattr(sys.modules.get("systems._errors"), "StorageError", None)
+    if storage is not None and isinstance(error, storage):
+        return StorageFailure(str(error))
     if isinstance(error, _input_error_types()):
         return UserError(str(error))
     convergence = _convergence_error_types()
@@ -325,55 +342,20 @@ def setup_jax(state: State, reporter=None) -> None:
         reporter.detail(f"JAX compilation cache: {directory}")
 
 
-def result_is_complete(path: Path, config: dict | None = None) -> bool:
-    """A result file that was renamed into place, reads as a sensitivity result and, when
-    ``config`` is given, was computed from that same resolved config (so changing a key and
-    rerunning recomputes the task instead of skipping it)."""
-    if not path.is_file():
-        return False
-    try:
-        import h5py
+def task_state(task: Task):
+    """The :class:`systems.tasks.TaskStatus` of a task (stdlib only: no jax, no h5py)."""
+    from systems.tasks import task_status
 
-        with h5py.File(path, "r") as handle:
-            group = handle.get("/sensitivity")
-            if group is None or group.attrs.get("format") not in (
-                "sensitivity-result",
-                b"sensitivity-result",
-            ):
-                return False
-            if config is None:
-                return True
-            saved = handle.get("/parameters/config")
-            text = None if saved is None else saved.attrs.get("json")
-            if text is None:
-                return False
-            if isinstance(text, bytes):
-                text = text.decode()
-            return _comparable(json.loads(text)) == _comparable(config)
-    except Exception:
-        return False
-
-
-def _comparable(config: dict) -> dict:
-    """What decides a task's result: the config less where it is written and how it is queued."""
-    plain = json.loads(json.dumps(config, default=str))
-    plain.pop("slurm", None)
-    if isinstance(plain.get("output"), dict):
-        plain["output"].pop("directory", None)
-    return plain
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    return task_status(task.directory, task.config)
 
 
 def write_manifest(loaded: LoadedConfig) -> Path | None:
-    """``<output.directory>/sweep.json``: the tasks of a sweep, for ``collect``."""
+    """``<output.directory>/sweep.json``: the tasks of a sweep, for ``collect`` and ``status``."""
     if not loaded.sweep:
         return None
+    from systems._atomic import atomic_write_text
+    from systems.tasks import config_digest
+
     top = loaded.output_directory
     manifest = {
         "format": "sensitivity-sweep",
@@ -386,48 +368,64 @@ def write_manifest(loaded: LoadedConfig) -> Path | None:
                 "index": task.index,
                 "directory": os.path.relpath(task.directory, top),
                 "values": task.sweep_values,
+                "config_sha256": config_digest(task.config),
             }
             for task in loaded.tasks
         ],
     }
     path = top / MANIFEST_NAME
-    _atomic_write_text(path, json.dumps(manifest, indent=1, default=str) + "\n")
+    atomic_write_text(path, json.dumps(manifest, indent=1, default=str) + "\n")
     return path
 
 
 class Terminated(BaseException):
-    """Raised in the main thread by SIGTERM (Slurm's time limit) to stop a task cleanly."""
+    """Raised in the main thread by SIGTERM (Slurm's time limit) or SIGINT to stop cleanly."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
 
-@contextlib.contextmanager
-def stop_on_sigterm() -> Iterator[None]:
-    """Turn SIGTERM into :class:`Terminated` (a BaseException, so cleanup handlers run)."""
+class StopSignals:
+    """SIGTERM and SIGINT as :class:`Terminated`, and remembered.
 
-    def handler(signum, frame):
+    The handler raises in whatever the main thread runs, so cleanup handlers run. Python drops
+    an exception raised inside a destructor or weakref callback ("Exception ignored in ..."),
+    so the signal is also recorded: :meth:`check` raises it again at the points where a task
+    would be declared complete and between tasks, and a command that received one never
+    exits 0.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def _handler(self, signum, frame):
+        if self.signum is None:
+            self.signum = signum
         raise Terminated(signum)
 
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def check(self) -> None:
+        """Raise :class:`Terminated` if a signal arrived (even one whose exception was lost)."""
+        if self.signum is not None:
+            raise Terminated(self.signum)
+
+    def __enter__(self) -> "StopSignals":
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handler)
+            except ValueError:  # not the main thread: nothing to install
+                break
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
-def _remove_partial_files(directory: Path) -> None:
-    """Temporary files a killed writer may have left (``.sensitivity.h5.XXXX.tmp``)."""
-    if not directory.is_dir():
-        return
-    for leftover in directory.glob(".*.tmp"):
-        with contextlib.suppress(OSError):
-            leftover.unlink()
+def stop_on_sigterm() -> StopSignals:
+    """Context manager turning SIGTERM/SIGINT into :class:`Terminated` (see StopSignals)."""
+    return StopSignals()
 
 
 def _summary_fields(summary: Any) -> dict:
@@ -472,16 +470,20 @@ def _stats_from_result(path: Path, *, title: str | None = None) -> tuple[str, bo
     "--task-index", type=click.IntRange(min=0), default=None,
     help="Run only this task of the sweep [default: $SLURM_ARRAY_TASK_ID; unset: every task].",
 )
-@click.option("--overwrite", is_flag=True, help="Recompute tasks whose result already exists.")
+@click.option("--overwrite", is_flag=True, help="Recompute every task, also the complete ones.")
+@click.option("--keep-failed", is_flag=True,
+              help="Count tasks that finished without converging as done (do not recompute them).")
 @cache_options
 @common_options
 def run(config: str, overrides: tuple[str, ...], output: str | None, task_index: int | None,
-        overwrite: bool) -> None:
+        overwrite: bool, keep_failed: bool) -> None:
     """Relax the packing(s) of CONFIG and compute their sensitivities.
 
     Writes OUTPUT/sensitivity.h5 (the relaxed packing, dx*/dtheta for every theta, rattlers,
-    the resolved config and provenance), OUTPUT/config.yaml and plots. A sweep writes one
-    folder per task (OUTPUT/task-0000, ...) and OUTPUT/sweep.json.
+    the resolved config and provenance), OUTPUT/config.yaml, plots and, last,
+    OUTPUT/complete.json. A sweep writes one folder per task (OUTPUT/task-0000, ...) and
+    OUTPUT/sweep.json. A task is skipped only when it is complete: converged (or failed, with
+    --keep-failed), for this config and these input files (SHA-256), every file in place.
     """
     state = _state()
     reporter = state.reporter()
@@ -491,11 +493,14 @@ def run(config: str, overrides: tuple[str, ...], output: str | None, task_index:
 
     todo = []
     for task in tasks:
-        if not overwrite and result_is_complete(task.result_path, task.config):
-            reporter.info(f"{task.label}: skipped, complete result exists ({task.result_path})")
+        status = task_state(task)
+        if not overwrite and status.finished(keep_failed):
+            what = ("complete result exists" if status.state == "done"
+                    else f"failed earlier ({status.reason}), kept by --keep-failed")
+            reporter.info(f"{task.label}: skipped, {what} ({task.directory})")
             continue
-        if not overwrite and result_is_complete(task.result_path):
-            reporter.info(f"{task.label}: the config changed since its result was written; recomputing")
+        if not overwrite and status.state not in ("missing", "done"):
+            reporter.info(f"{task.label}: {status.state} ({status.reason}); computing it")
         todo.append(task)
     if not todo:
         reporter.info(f"nothing to do: all {len(tasks)} task(s) complete (--overwrite recomputes)")
@@ -508,51 +513,91 @@ def run(config: str, overrides: tuple[str, ...], output: str | None, task_index:
 
     failures: dict[int, tuple[int, str]] = {}
     single = len(todo) == 1 and len(loaded.tasks) == 1
+    current = None
+    ran = 0
+    signals = stop_on_sigterm()
     try:
-        with stop_on_sigterm():
+        with signals:
             for task in todo:
-                code, message = _run_one(task, loaded, run_task, reporter, state, single)
+                signals.check()
+                current = task
+                code, message = _run_one(task, loaded, run_task, reporter, state, signals)
+                current = None
+                ran += 1
                 if code != EXIT_OK:
                     failures[task.index] = (code, message)
+                if code == EXIT_STORAGE:
+                    break  # a full or read-only disk fails every later task the same way
+            signals.check()
     except (Terminated, KeyboardInterrupt) as stop:
-        signum = getattr(stop, "signum", signal.SIGINT)
+        signum = getattr(stop, "signum", None) or signals.signum or signal.SIGINT
         name = signal.Signals(signum).name
+        which = f"({current.label}) " if current is not None and len(loaded.tasks) > 1 else ""
         reporter.warning(
-            f"stopped by {name}: the running task wrote no result; rerun the same command to "
-            "resume (finished tasks are skipped)"
+            f"stopped by {name}: the running task {which}is not complete and will be computed "
+            "again when you rerun the same command (complete tasks are skipped)"
         )
         sys.exit(128 + signum)
     elapsed = time.perf_counter() - started
-    done = len(todo) - len(failures)
+    done = ran - len(failures)
     if len(todo) > 1:
-        per_task = elapsed / len(todo)
+        per_task = elapsed / max(ran, 1)
         reporter.info(f"{done} of {len(todo)} task(s) done in {elapsed:.1f} s ({per_task:.2f} s per task)")
     if failures:
-        code = max(c for c, _ in failures.values())
+        code = max(failures.values(), key=lambda item: (item[0] == EXIT_STORAGE, item[0]))[0]
+        failure = _FAILURE_CLASSES.get(code, NumericalFailure)
         if single:
-            message = next(iter(failures.values()))[1]
-            raise (UserError if code == EXIT_USAGE else NumericalFailure)(message)
+            raise failure(next(iter(failures.values()))[1])
         lines = [f"task {i}: {m}" for i, (c, m) in sorted(failures.items())]
-        raise (UserError if code == EXIT_USAGE else NumericalFailure)(
-            f"{len(failures)} of {len(todo)} task(s) failed:\n" + "\n".join(lines)
-        )
+        not_started = len(todo) - ran
+        raise failure(f"{len(failures)} of {len(todo)} task(s) failed:\n" + "\n".join(lines)
+                      + (f"\n{not_started} task(s) not started" if not_started > 0 else ""))
 
 
-def _run_one(task: Task, loaded: LoadedConfig, run_task, reporter, state: State, single: bool):
-    """Run one task; returns (exit code, message) and never raises for a task's own failure."""
-    from systems._errors import ConvergenceError, InputError
+def _run_one(task: Task, loaded: LoadedConfig, run_task, reporter, state: State,
+             signals: StopSignals) -> tuple[int, str]:
+    """Run one task; returns (exit code, message) and never raises for a task's own failure.
+
+    Order: lock the folder, forget its completion, prove it writable, compute and write the
+    result and plots, write config.yaml, and only then the completion marker. A signal or a
+    crash anywhere before the marker leaves the task counted as not complete.
+    """
+    from systems._atomic import atomic_write_text, ensure_writable_folder
+    from systems._errors import ConvergenceError, InputError, StorageError
+    from systems.tasks import CONFIG_NAME, input_digests, lock_task, mark_complete, mark_started
 
     directory = task.directory
-    directory.mkdir(parents=True, exist_ok=True)
-    _remove_partial_files(directory)
     label = task.label if len(loaded.tasks) > 1 else Path(loaded.path).name
     ftol = task.config["minimizer"]["ftol"]
     try:
-        with reporter.task(label, ftol=ftol):
-            reporter.info(f"start: {task.config['system']['path']} -> {directory}")
-            summary = run_task(
-                task.config, directory, progress=reporter.progress, config_text=loaded.text
+        ensure_writable_folder(directory)
+        with lock_task(directory):
+            mark_started(directory)
+            inputs = input_digests(task.config)
+            with reporter.task(label, ftol=ftol):
+                reporter.info(f"start: {task.config['system']['path']} -> {directory}")
+                summary = run_task(
+                    task.config, directory, progress=reporter.progress, config_text=loaded.text
+                )
+            # Written after the run, so that it always describes the result file beside it.
+            config_path = atomic_write_text(directory / CONFIG_NAME, dump_yaml(task.config))
+            fields = _summary_fields(summary)
+            result_path = Path(fields.get("result_path") or task.result_path)
+            converged = bool(fields.get("converged"))
+            message = " ".join(str(fields.get("message") or "").split())
+            code = EXIT_OK if converged else EXIT_NUMERICAL
+            if not converged and not message:
+                message = "did not converge (see the stats above)"
+            signals.check()  # a signal whose exception was swallowed: not complete
+            mark_complete(
+                directory, task.config,
+                artifacts=[result_path, config_path, *fields.get("plot_paths", [])],
+                converged=converged, message=message, exit_code=code, inputs=inputs,
             )
+    except StorageError as error:
+        if state.debug:
+            raise
+        return EXIT_STORAGE, str(error)
     except InputError as error:
         if state.debug:
             raise
@@ -561,22 +606,12 @@ def _run_one(task: Task, loaded: LoadedConfig, run_task, reporter, state: State,
         if state.debug:
             raise
         return EXIT_NUMERICAL, " ".join(str(error).split())
-    # Written after the run, so that it always describes the result file beside it.
-    _atomic_write_text(directory / "config.yaml", dump_yaml(task.config))
-    fields = _summary_fields(summary)
-    result_path = Path(fields.get("result_path") or fields.get("path") or task.result_path)
-    converged = fields.get("converged")
-    if result_path.is_file():
-        text, file_converged = _stats_from_result(result_path, title=None)
-        converged = file_converged if converged is None else converged
-        if not state.quiet:
-            if len(loaded.tasks) > 1:
-                click.echo(f"--- {task.label}")
-            click.echo(text)
-    if converged is False:
-        message = fields.get("message") or "did not converge (see the stats above)"
-        return EXIT_NUMERICAL, " ".join(str(message).split())
-    return EXIT_OK, ""
+    if not state.quiet and result_path.is_file():
+        text, _ = _stats_from_result(result_path, title=None)
+        if len(loaded.tasks) > 1:
+            click.echo(f"--- {task.label}")
+        click.echo(text)
+    return code, "" if code == EXIT_OK else message
 
 
 @main.command(short_help="Check a config; print the resolved configuration.")
@@ -717,6 +752,7 @@ def check(config: str, overrides: tuple[str, ...], output: str | None, task_inde
     from ._inspect import render_audit
 
     failed = []
+    reasons: dict[int, str] = {}
     with stop_on_sigterm():
         for task in tasks:
             label = task.label if len(loaded.tasks) > 1 else Path(loaded.path).name
@@ -729,6 +765,12 @@ def check(config: str, overrides: tuple[str, ...], output: str | None, task_inde
                 click.echo(text)
             if not ok:
                 failed.append(task.index)
+                if audit.get("reason"):
+                    reasons[task.index] = " ".join(str(audit["reason"]).split())
+    if reasons:
+        lines = [f"task {i}: {reason}" if len(loaded.tasks) > 1 else reason
+                 for i, reason in sorted(reasons.items())]
+        raise NumericalFailure("nothing to audit: " + "\n".join(lines))
     if failed:
         which = ", ".join(str(i) for i in failed)
         raise NumericalFailure(
@@ -762,7 +804,12 @@ def collect(directory: str, output: str) -> None:
 @config_options
 @click.option("--dry-run", is_flag=True, help="Write and print the script; do not submit.")
 @click.option("--all", "all_tasks", is_flag=True,
-              help="Put every task in the array, also those with a complete result.")
+              help="Recompute every task, also the complete ones (the array runs --overwrite).")
+@click.option("--failed", "only_failed", is_flag=True,
+              help="Only the tasks that ran and are not done (failed, incomplete, stale); not "
+              "those never started.")
+@click.option("--keep-failed", is_flag=True,
+              help="Count tasks that finished without converging as done.")
 @click.option("--script", type=click.Path(dir_okay=False), default=None,
               help="Where to write the sbatch script [default: OUTPUT/submit.sbatch].")
 @click.option("--partition", default=None, help="Slurm partition (slurm.partition).")
@@ -777,16 +824,19 @@ def collect(directory: str, output: str) -> None:
 @cache_options
 @common_options
 def submit(config: str, overrides: tuple[str, ...], output: str | None, dry_run: bool,
-           all_tasks: bool, script: str | None, partition, time_limit, mem, cpus_per_task, gpus,
-           max_parallel) -> None:
+           all_tasks: bool, only_failed: bool, keep_failed: bool, script: str | None, partition,
+           time_limit, mem, cpus_per_task, gpus, max_parallel) -> None:
     """Submit the tasks of CONFIG as a Slurm job array (sbatch --array).
 
-    Resources come from the config's slurm section, overridden by the options. Tasks whose
-    complete result exists are left out (resubmitting resumes a sweep).
+    Resources come from the config's slurm section, overridden by the options. The array holds
+    the tasks that are not done (see `sensitivity status`), less those already queued or
+    running from an earlier submission; resubmitting resumes a sweep.
     """
-    from .slurm import render_script, submit_script
+    from .slurm import array_states, read_submissions, record_submission, render_script, submit_script
 
     state = _state()
+    if all_tasks and only_failed:
+        raise UserError("--all and --failed contradict each other; give one")
     options = {
         "partition": partition, "time": time_limit, "mem": mem, "cpus_per_task": cpus_per_task,
         "gpus": gpus, "max_parallel": max_parallel,
@@ -799,16 +849,32 @@ def submit(config: str, overrides: tuple[str, ...], output: str | None, dry_run:
     if all_tasks:
         indices = [task.index for task in loaded.tasks]
     else:
-        indices = [t.index for t in loaded.tasks if not result_is_complete(t.result_path, t.config)]
+        queued = {index for index, slurm_state in
+                  array_states([e["job_id"] for e in read_submissions(top)]).items()
+                  if slurm_state in ("PENDING", "RUNNING", "CONFIGURING", "REQUEUED", "RESIZING",
+                                     "SUSPENDED", "COMPLETING")}
+        indices = []
+        for task in loaded.tasks:
+            status = task_state(task)
+            if status.finished(keep_failed) or status.state == "running" or task.index in queued:
+                continue
+            if only_failed and status.state == "missing":
+                continue
+            indices.append(task.index)
     if not indices:
         if not state.quiet:
-            click.echo(f"nothing to submit: all {len(loaded.tasks)} task(s) have a complete result "
-                       "(--all resubmits them)")
+            what = "ran and failed" if only_failed else "to do (queued, running or complete)"
+            click.echo(f"nothing to submit: none of the {len(loaded.tasks)} task(s) {what} "
+                       "(`sensitivity status` shows each; --all recomputes them)")
         return
     run_arguments: list[str] = []
     for override in overrides:
         run_arguments += ["--set", override]
     run_arguments += ["--output", str(top)]
+    if all_tasks:
+        run_arguments.append("--overwrite")
+    if keep_failed:
+        run_arguments.append("--keep-failed")
     if state.verbose:
         run_arguments.append("-" + "v" * state.verbose)
     environment = {}
@@ -824,9 +890,11 @@ def submit(config: str, overrides: tuple[str, ...], output: str | None, dry_run:
         environment=environment,
         task_count=len(loaded.tasks),
     )
+    from systems._atomic import atomic_write_text, ensure_writable_folder
+
     script_path = Path(script) if script else top / "submit.sbatch"
-    _atomic_write_text(script_path, text)
-    (top / "logs").mkdir(parents=True, exist_ok=True)
+    ensure_writable_folder(top / "logs", "log folder")
+    atomic_write_text(script_path, text)
     write_manifest(loaded)
     if dry_run:
         if not state.quiet:
@@ -835,12 +903,83 @@ def submit(config: str, overrides: tuple[str, ...], output: str | None, dry_run:
                    err=True)
         return
     job_id = submit_script(script_path)
+    record_submission(top, job_id, indices, script_path)
     if state.quiet:
         click.echo(job_id)
     else:
         click.echo(f"submitted job {job_id}: {len(indices)} task(s) of {len(loaded.tasks)}, "
                    f"script {script_path}, logs {top / 'logs'}")
-        click.echo(f"when done: sensitivity collect {top} -o {top / 'summary'}")
+        click.echo(f"follow it: sensitivity status {top}; when done: sensitivity collect {top} "
+                   f"-o {top / 'summary'}")
+
+
+@main.command(short_help="Where each task of a run or sweep stands.")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+@common_options
+def status(directory: str, as_json: bool) -> None:
+    """Show each task under DIRECTORY (a run's or sweep's output folder): done, failed (with the
+    reason), incomplete, stale, missing or running, and the Slurm state of its array element
+    when `submit` sent it. Exit code 0 when every task is done, 1 otherwise."""
+    from systems.tasks import task_status
+
+    from .slurm import array_states, read_submissions
+
+    state = _state()
+    top = Path(directory)
+    if not top.is_dir():
+        raise UserError(f"{top}: no such folder; give the output folder of a run or sweep")
+    tasks = _status_tasks(top)
+    if not tasks:
+        raise UserError(f"{top}: no task found (no {MANIFEST_NAME}, no task folder); run "
+                        "`sensitivity run CONFIG` or `sensitivity submit CONFIG` first")
+    slurm_states = array_states([e["job_id"] for e in read_submissions(top)])
+    rows = []
+    for task in tasks:
+        status_ = task_status(task["directory"], config_sha256=task.get("config_sha256"))
+        rows.append({
+            "task": task["index"],
+            "directory": os.path.relpath(task["directory"], top),
+            "state": status_.state,
+            "reason": status_.reason,
+            "slurm": slurm_states.get(task["index"]),
+        })
+    counts = {name: sum(1 for r in rows if r["state"] == name) for name in
+              ("done", "failed", "incomplete", "stale", "running", "missing")}
+    if as_json:
+        click.echo(json.dumps({"directory": str(top), "counts": counts, "tasks": rows}, indent=1))
+    elif not state.quiet:
+        width = max(len(r["directory"]) for r in rows)
+        show_slurm = any(r["slurm"] for r in rows)
+        for r in rows:
+            slurm_text = f"  {r['slurm'] or '-':<11}" if show_slurm else ""
+            click.echo(f"{r['task']:>5}  {r['directory']:<{width}}  {r['state']:<10}{slurm_text}  "
+                       f"{r['reason']}".rstrip())
+        click.echo(", ".join(f"{v} {k}" for k, v in counts.items() if v) + f" of {len(rows)}",
+                   err=True)
+    if counts["done"] != len(rows):
+        sys.exit(EXIT_NUMERICAL)
+
+
+def _status_tasks(top: Path) -> list[dict]:
+    """The tasks of an output folder: from its sweep manifest, or the folder itself (one run),
+    or the task folders below it."""
+    from systems.tasks import LOCK_NAME, MARKER_NAME, RESULT_NAME
+
+    manifest = top / MANIFEST_NAME
+    if manifest.is_file():
+        try:
+            data = json.loads(manifest.read_text())
+            return [{"index": int(t["index"]), "directory": top / t["directory"],
+                     "config_sha256": t.get("config_sha256")} for t in data["tasks"]]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise UserError(f"{manifest}: not a sweep manifest written by `sensitivity run` "
+                            f"({error})") from None
+    names = (MARKER_NAME, RESULT_NAME, LOCK_NAME)
+    if any((top / name).exists() for name in names):
+        return [{"index": 0, "directory": top}]
+    folders = sorted({p.parent for name in names for p in top.glob(f"*/{name}")})
+    return [{"index": i, "directory": folder} for i, folder in enumerate(folders)]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,15 +13,19 @@ Only the standard library is imported here.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["SlurmError", "array_spec", "render_script", "submit_script", "LOG_PATTERN"]
+__all__ = ["SlurmError", "array_spec", "array_states", "read_submissions",
+           "record_submission", "render_script", "sbatch_value", "submit_script", "LOG_PATTERN"]
 
 LOG_PATTERN = "slurm-%A_%a.out"
 
@@ -48,6 +52,25 @@ def array_spec(indices: Iterable[int], max_parallel: int | None = None) -> str:
     if max_parallel:
         spec += f"%{max_parallel}"
     return spec
+
+
+_SBATCH_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.,:/=+@%")
+
+
+def sbatch_value(value: str, what: str) -> str:
+    """``value`` as one argument of an ``#SBATCH`` line.
+
+    sbatch splits those lines itself (no shell reads them): whitespace separates arguments,
+    ``#`` starts a comment, double quotes group and a backslash escapes. A value with any other
+    character is written in double quotes with ``\\`` and ``"`` escaped; control characters,
+    which would end the line, are refused.
+    """
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise SlurmError(f"{what} {value[:60]!r} contains a control character; it cannot be "
+                         "written into an sbatch script")
+    if value and all(c in _SBATCH_SAFE for c in value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def render_script(
@@ -79,19 +102,22 @@ def render_script(
     python = python or sys.executable
     lines = ["#!/bin/bash"]
     option = lines.append
-    option(f"#SBATCH --job-name={slurm.get('job_name') or 'sensitivity'}")
+    job_name = sbatch_value(str(slurm.get("job_name") or "sensitivity"), "slurm.job_name")
+    option(f"#SBATCH --job-name={job_name}")
     option(f"#SBATCH --array={array_spec(indices, slurm.get('max_parallel'))}")
-    option(f"#SBATCH --time={slurm.get('time') or '01:00:00'}")
+    option(f"#SBATCH --time={sbatch_value(str(slurm.get('time') or '01:00:00'), 'slurm.time')}")
     option("#SBATCH --ntasks=1")
     option(f"#SBATCH --cpus-per-task={int(slurm.get('cpus_per_task') or 1)}")
     if slurm.get("mem"):
-        option(f"#SBATCH --mem={slurm['mem']}")
+        option(f"#SBATCH --mem={sbatch_value(str(slurm['mem']), 'slurm.mem')}")
     if slurm.get("partition"):
-        option(f"#SBATCH --partition={slurm['partition']}")
+        option(f"#SBATCH --partition={sbatch_value(str(slurm['partition']), 'slurm.partition')}")
     if slurm.get("gpus"):
         option(f"#SBATCH --gres=gpu:{int(slurm['gpus'])}")
-    option(f"#SBATCH --output={Path(log_directory) / LOG_PATTERN}")
+    option("#SBATCH --output=" + sbatch_value(str(Path(log_directory) / LOG_PATTERN),
+                                             "log path"))
     for extra in slurm.get("extra") or []:
+        sbatch_value(extra, "slurm.extra entry")  # refuses a line break
         extra = extra.strip()
         if extra.startswith("#SBATCH"):
             extra = extra[len("#SBATCH") :].strip()
@@ -153,3 +179,88 @@ def submit_script(script: str | os.PathLike, *, timeout: float = 60.0) -> str:
     if not job_id:
         raise SlurmError(f"sbatch printed no job id for {script}")
     return job_id
+
+
+# --- what the scheduler knows about earlier submissions ------------------------------------
+
+SUBMISSIONS_NAME = "submissions.json"
+
+_ELEMENT = re.compile(r"^(\d+)_(\d+)\|(\S+)$")
+_RANGE = re.compile(r"^(\d+)_\[([0-9,\-%]+)\]\|(\S+)$")
+
+
+def record_submission(top: str | os.PathLike, job_id: str, indices: Sequence[int],
+                      script: str | os.PathLike) -> None:
+    """Append a submission to ``<top>/submissions.json`` (read by ``sensitivity status``)."""
+    from systems._atomic import atomic_write_text
+
+    path = Path(top) / SUBMISSIONS_NAME
+    entries = read_submissions(top)
+    entries.append({"job_id": str(job_id), "indices": [int(i) for i in indices],
+                    "script": str(script), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    atomic_write_text(path, json.dumps(entries[-1000:], indent=1) + "\n")
+
+
+def read_submissions(top: str | os.PathLike) -> list[dict]:
+    try:
+        entries = json.loads((Path(top) / SUBMISSIONS_NAME).read_text())
+    except (OSError, ValueError):
+        return []
+    return [e for e in entries if isinstance(e, dict) and str(e.get("job_id", "")).isdigit()] \
+        if isinstance(entries, list) else []
+
+
+def _expand(spec: str) -> list[int]:
+    out: list[int] = []
+    for part in spec.split("%")[0].split(","):
+        if "-" in part:
+            low, high = part.split("-", 1)
+            out += range(int(low), int(high) + 1)
+        elif part:
+            out.append(int(part))
+    return out
+
+
+def _states_from(lines: Iterable[str], jobs: set[str]) -> dict[int, str]:
+    states: dict[int, str] = {}
+    for line in lines:
+        line = line.strip()
+        match = _ELEMENT.match(line)
+        if match and match.group(1) in jobs:
+            states[int(match.group(2))] = match.group(3).split()[0]
+            continue
+        match = _RANGE.match(line)
+        if match and match.group(1) in jobs:
+            for index in _expand(match.group(2)):
+                states[index] = match.group(3).split()[0]
+    return states
+
+
+def array_states(job_ids: Sequence[str], *, timeout: float = 20.0) -> dict[int, str]:
+    """``{task index: Slurm state}`` of the array elements of ``job_ids``, later jobs winning.
+
+    Finished elements come from ``sacct`` (where accounting is enabled), queued and running
+    ones from ``squeue``. Empty when neither answers (no Slurm here): the caller shows no
+    scheduler column rather than failing.
+    """
+    jobs = [str(j) for j in job_ids if str(j).isdigit()]
+    if not jobs:
+        return {}
+    states: dict[int, str] = {}
+    wanted = set(jobs)
+    commands = []
+    if shutil.which("sacct"):
+        commands.append(["sacct", "--noheader", "--parsable2", "--array", "--allocations",
+                         "--format=JobID,State", "--jobs", ",".join(jobs)])
+    if shutil.which("squeue"):
+        commands.append(["squeue", "--noheader", "--array", "--format=%i|%T",
+                         "--jobs", ",".join(jobs)])
+    for command in commands:
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                                  check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if done.returncode == 0:
+            states.update(_states_from(done.stdout.splitlines(), wanted))
+    return states

@@ -8,11 +8,14 @@ Two kinds of failure are kept apart because the user fixes them differently:
   to match /particles/all/position"``. The command line prints it and exits with code 2.
 * :class:`ConvergenceError` -- the input was fine but a numerical method failed (a
   minimizer or a linear solve did not reach its tolerance). Exit code 1.
+* :class:`StorageError` -- the environment refused a write (disk full, read-only file system,
+  permission denied, a path that is a file). One line naming the path and the cause; the
+  command line exits with code 74 (``EX_IOERR``) and any earlier result is left intact.
 """
 
 from __future__ import annotations
 
-__all__ = ["ConvergenceError", "InputError"]
+__all__ = ["ConvergenceError", "InputError", "StorageError"]
 
 
 class InputError(ValueError):
@@ -29,3 +32,17 @@ class InputError(ValueError):
 
 class ConvergenceError(RuntimeError):
     """A numerical method did not converge (minimizer, linear solve, audit)."""
+
+
+class StorageError(OSError):
+    """Writing an output failed for a reason of the environment, not of the input.
+
+    ``str(error)`` is one line naming the path and the cause (``"out/sensitivity.h5: cannot
+    write (the disk is full)"``).
+    """
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+    def __str__(self) -> str:
+        return self.args[0]

@@ -38,10 +38,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import getpass
-import hashlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -49,8 +48,10 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ._atomic import atomic_path, storage_error
 from ._errors import InputError
 from ._system import ParticleSystem, wrap_positions
+from .tasks import file_sha256
 
 __all__ = [
     "Result",
@@ -72,15 +73,6 @@ _MAX_ATTRIBUTE_ELEMENTS = 256
 
 # --------------------------------------------------------------------------------------
 # small helpers
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 hex digest of a file's bytes (for provenance records)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _package_version() -> str:
@@ -126,29 +118,27 @@ def _open_for_reading(path: str | os.PathLike) -> Iterator[tuple[h5py.File, str]
         yield handle, label
 
 
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 @contextlib.contextmanager
 def _atomic_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
-    """Write an HDF5 file under a temporary name in the same folder, then rename it."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    folder.mkdir(parents=True, exist_ok=True)
-    descriptor, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    os.close(descriptor)
+    """Build an HDF5 file in memory, then write its bytes atomically
+    (:func:`systems._atomic.atomic_path`).
+
+    HDF5 handles a failing disk badly: with the disk full it reports the failed flush once per
+    open object, from destructors, and then crashes the process (seen: exit 139). Built in
+    memory (the ``core`` driver without a backing store), the file is written to disk by one
+    plain write, whose failure is one OSError, reported as a StorageError.
+    """
+    name = f"{os.fspath(path)}.{secrets.token_hex(8)}.in-memory"  # never touches the disk
+    handle = h5py.File(name, "w", driver="core", backing_store=False)
     try:
-        with h5py.File(tmp_name, "w") as handle:
-            yield handle
-        os.chmod(tmp_name, 0o666 & ~_current_umask())  # mkstemp made it 0600
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
+        yield handle
+        handle.flush()
+        image = handle.id.get_file_image()
+    finally:
+        handle.close()
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as stream:
+            stream.write(image)
 
 
 def _decode(value: Any) -> Any:

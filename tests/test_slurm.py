@@ -97,21 +97,46 @@ def test_submit_dry_run_writes_the_script(sweep_config: Path, tmp_path: Path):
     assert (tmp_path / "out" / "logs").is_dir()
 
 
-def test_submit_leaves_out_finished_tasks(sweep_config: Path, tmp_path: Path, monkeypatch):
-    import cli.main as cli_main
+def _finish(task, converged=True):
+    """Lay out a task folder as a finished `run` leaves it (result, config, marker)."""
+    from systems.tasks import mark_complete
 
-    done = tmp_path / "out" / "task-0001" / "sensitivity.h5"
-    monkeypatch.setattr(cli_main, "result_is_complete", lambda path, config=None: path == done)
+    task.directory.mkdir(parents=True, exist_ok=True)
+    (task.directory / "sensitivity.h5").write_bytes(b"result")
+    (task.directory / "config.yaml").write_text("config")
+    mark_complete(task.directory, task.config, converged=converged, message="max_steps reached",
+                  artifacts=[task.directory / "sensitivity.h5", task.directory / "config.yaml"])
+
+
+def test_submit_leaves_out_finished_tasks(sweep_config: Path, tmp_path: Path):
+    from cli.config import load_config
+
+    tasks = load_config(sweep_config).tasks
+    _finish(tasks[1])
+    _finish(tasks[2], converged=False)
     runner = CliRunner()
+    script = tmp_path / "out" / "submit.sbatch"
     result = runner.invoke(main, ["submit", str(sweep_config), "--dry-run"])
     assert result.exit_code == 0, result.output
-    assert "#SBATCH --array=0,2" in (tmp_path / "out" / "submit.sbatch").read_text()
+    assert "#SBATCH --array=0,2\n" in script.read_text()  # the failed task is recomputed
+    assert "--overwrite" not in script.read_text()
+    result = runner.invoke(main, ["submit", str(sweep_config), "--dry-run", "--keep-failed"])
+    assert "#SBATCH --array=0\n" in script.read_text() and "--keep-failed" in script.read_text()
+    result = runner.invoke(main, ["submit", str(sweep_config), "--dry-run", "--failed"])
+    assert "#SBATCH --array=2\n" in script.read_text()  # ran and failed; task 0 never ran
+    # --all recomputes: the array runs every task with --overwrite, so none prints "skipped".
     result = runner.invoke(main, ["submit", str(sweep_config), "--dry-run", "--all"])
-    assert "#SBATCH --array=0-2" in (tmp_path / "out" / "submit.sbatch").read_text()
-    monkeypatch.setattr(cli_main, "result_is_complete", lambda path, config=None: True)
+    assert "#SBATCH --array=0-2\n" in script.read_text()
+    assert script.read_text().splitlines()[-1].count("--overwrite") == 1
+    _finish(tasks[0])
+    _finish(tasks[2])
     result = runner.invoke(main, ["submit", str(sweep_config), "--dry-run"])
     assert result.exit_code == 0
     assert "nothing to submit" in result.output
+    # An input file regenerated at the same path makes every task stale: all resubmitted.
+    (tmp_path / "p.h5").write_bytes(b"another packing")
+    result = runner.invoke(main, ["submit", str(sweep_config), "--dry-run"])
+    assert "#SBATCH --array=0-2\n" in script.read_text(), result.output
 
 
 def test_submit_without_sbatch_is_a_usage_error(sweep_config: Path, monkeypatch):
