@@ -76,8 +76,8 @@ def collect_results(directory: Path, output: Path, reporter=None) -> tuple[Path,
     """
     import h5py
 
-    from systems._errors import InputError
-    from systems.io import read_result
+    from systems._atomic import atomic_path
+    from systems.io import copy_result, read_result
 
     from ._inspect import response_magnitudes
 
@@ -114,12 +114,14 @@ def collect_results(directory: Path, output: Path, reporter=None) -> tuple[Path,
             continue
         try:
             result = read_result(path)
-        except InputError as error:
+        except Exception as error:  # one damaged file never costs the other rows
+            reason = " ".join(str(error).split()) or type(error).__name__
             row["status"] = "unreadable"
+            row["error"] = reason
             rows.append(row)
             results.append(None)
             if reporter is not None:
-                reporter.warning(f"task {task['index']}: {error}")
+                reporter.warning(f"task {task['index']}: {reason}")
             continue
         relaxation = result.relaxation
         row["status"] = "ok" if result.converged else "not_converged"
@@ -148,25 +150,11 @@ def collect_results(directory: Path, output: Path, reporter=None) -> tuple[Path,
             if key not in columns:
                 columns.append(key)
     csv_path, h5_path = summary_paths(output)
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_csv = csv_path.with_name(f".{csv_path.name}.{os.getpid()}.tmp")
-    with open(tmp_csv, "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
-    os.replace(tmp_csv, csv_path)
-
-    tmp_h5 = h5_path.with_name(f".{h5_path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(h5_path) as tmp_h5:
         with h5py.File(tmp_h5, "w") as out:
             out.attrs["format"] = SUMMARY_FORMAT
             out.attrs["source"] = str(directory.resolve())
             out.attrs["sweep_keys"] = json.dumps(keys)
-            table = out.create_group("table", track_order=True)
-            for column in columns:
-                values = [row.get(column) for row in rows]
-                table.create_dataset(column, data=_as_array(values))
             group = out.create_group("tasks", track_order=True)
             for row, path in zip(rows, results):
                 if path is None:
@@ -177,15 +165,27 @@ def collect_results(directory: Path, output: Path, reporter=None) -> tuple[Path,
                 target = group.create_group(name)
                 target.attrs["task"] = int(row["task"])
                 target.attrs["source"] = str(path.resolve())
-                with h5py.File(path, "r") as source:
-                    for item in ("particles", "sensitivity", "relaxation", "parameters", "audit"):
-                        if item in source:
-                            source.copy(source[item], target, name=item)
-        os.replace(tmp_h5, h5_path)
-    except BaseException:
-        if tmp_h5.exists():
-            tmp_h5.unlink()
-        raise
+                try:
+                    copy_result(path, target)
+                except Exception as error:
+                    del group[name]
+                    row["status"] = "unreadable"
+                    row["error"] = " ".join(str(error).split()) or type(error).__name__
+                    if reporter is not None:
+                        reporter.warning(f"task {row['task']}: {row['error']}")
+            if "error" in columns or any("error" in row for row in rows):
+                columns = columns if "error" in columns else [*columns, "error"]
+            table = out.create_group("table", track_order=True)
+            for column in columns:
+                values = [row.get(column) for row in rows]
+                table.create_dataset(column, data=_as_array(values))
+    with atomic_path(csv_path) as tmp_csv:
+        with open(tmp_csv, "w", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+
     return csv_path, h5_path, rows
 
 

@@ -562,15 +562,16 @@ def _run_one(task: Task, loaded: LoadedConfig, run_task, reporter, state: State,
     result and plots, write config.yaml, and only then the completion marker. A signal or a
     crash anywhere before the marker leaves the task counted as not complete.
     """
-    from systems._atomic import atomic_write_text, ensure_writable_folder
+    from systems._atomic import atomic_write_text, ensure_writable_folder, storage_error
     from systems._errors import ConvergenceError, InputError, StorageError
-    from systems.tasks import CONFIG_NAME, input_digests, lock_task, mark_complete, mark_started
+    from systems.tasks import (CONFIG_NAME, MARKER_NAME, RESULT_NAME, input_digests, lock_task,
+                               mark_complete, mark_started)
 
     directory = task.directory
     label = task.label if len(loaded.tasks) > 1 else Path(loaded.path).name
     ftol = task.config["minimizer"]["ftol"]
     try:
-        ensure_writable_folder(directory)
+        ensure_writable_folder(directory, replaces=(RESULT_NAME, CONFIG_NAME, MARKER_NAME))
         with lock_task(directory):
             mark_started(directory)
             inputs = input_digests(task.config)
@@ -598,6 +599,10 @@ def _run_one(task: Task, loaded: LoadedConfig, run_task, reporter, state: State,
         if state.debug:
             raise
         return EXIT_STORAGE, str(error)
+    except OSError as error:  # a write outside the atomic writer (a figure): same story
+        if state.debug:
+            raise
+        return EXIT_STORAGE, str(storage_error(error.filename or directory, error))
     except InputError as error:
         if state.debug:
             raise
@@ -794,10 +799,15 @@ def collect(directory: str, output: str) -> None:
 
     reporter = state.reporter()
     csv_path, h5_path, table = collect_results(Path(directory), Path(output), reporter)
+    missing = sum(1 for row in table if row["status"] == "missing")
+    unreadable = sum(1 for row in table if row["status"] == "unreadable")
+    text = (f"wrote {csv_path} and {h5_path}: {len(table)} task(s)"
+            + (f", {missing} without a result" if missing else "")
+            + (f", {unreadable} unreadable (rows marked; see the warnings)" if unreadable else ""))
+    if unreadable:
+        raise NumericalFailure(text)
     if not state.quiet:
-        missing = sum(1 for row in table if row["status"] == "missing")
-        click.echo(f"wrote {csv_path} and {h5_path}: {len(table)} task(s)"
-                   + (f", {missing} without a result" if missing else ""))
+        click.echo(text)
 
 
 @main.command(short_help="Submit a sweep as a Slurm job array.")

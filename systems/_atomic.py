@@ -78,11 +78,14 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
-def ensure_writable_folder(folder: str | os.PathLike, what: str = "output folder") -> Path:
-    """Create ``folder`` if needed and prove a file can be created in it.
+def ensure_writable_folder(folder: str | os.PathLike, what: str = "output folder",
+                           replaces: Iterable[str] = ()) -> Path:
+    """Create ``folder`` if needed and prove a file can be created in it, and that the existing
+    files ``replaces`` (names in it) can be replaced.
 
-    Called before any long computation, so that a read-only target, a permission problem or a
-    path naming an existing file fails in the first second, not after hours.
+    Called before any long computation, so that a read-only target, a permission problem, an
+    immutable earlier result or a path naming an existing file fails in the first second, not
+    after hours.
 
     Raises:
         StorageError: one line naming the folder and the cause.
@@ -107,6 +110,14 @@ def ensure_writable_folder(folder: str | os.PathLike, what: str = "output folder
     finally:
         with contextlib.suppress(OSError):
             os.unlink(probe)
+    for name in replaces:
+        existing = folder / name
+        if not existing.is_file():
+            continue
+        try:  # opening for writing (no truncation) fails on an immutable or read-only file
+            os.close(os.open(existing, os.O_WRONLY | os.O_APPEND))
+        except OSError as error:
+            raise storage_error(existing, error, "replace it") from None
     return folder
 
 

@@ -34,7 +34,13 @@ class ParticleSystem:
         positions: ``(n, d)`` float64 particle centres. For a periodic box they lie in
             ``[0, L)`` along each axis (wrap them with :func:`wrap_positions`).
         diameters: ``(n,)`` float64, positive.
-        species: ``(n,)`` int32, values ``0 .. n_species - 1`` (a species may be absent).
+        species: ``(n,)`` int32 species *codes*, values ``0 .. n_species - 1`` (a species may
+            be absent).
+        species_labels: ``(n_species,)`` the label of each code as the input file wrote it
+            (``None``: the labels are the codes). Files may label species by any integers
+            (LAMMPS types start at 1, a file may use 7 and 100000): the reader maps the
+            sorted distinct labels to codes 0..S-1, so per-species matrices are S×S whatever
+            the labels, and writers write the labels back.
         box: ``(d,)`` float64 edge lengths of a cuboid box, or ``None`` for free
             (non-periodic) boundaries.
         periodic: ``True`` for a periodic cuboid box.
@@ -49,6 +55,7 @@ class ParticleSystem:
     species: np.ndarray
     box: np.ndarray | None
     periodic: bool
+    species_labels: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         positions = np.array(self.positions, dtype=np.float64)
@@ -82,6 +89,15 @@ class ParticleSystem:
         object.__setattr__(self, "species", species)
         object.__setattr__(self, "box", box)
         object.__setattr__(self, "periodic", periodic)
+        labels = self.species_labels
+        if labels is not None:
+            labels = tuple(int(label) for label in labels)
+            if labels == tuple(range(len(labels))):
+                labels = None  # the identity: nothing to remember
+            elif species.size and int(species.max()) >= len(labels):
+                raise ValueError(f"species codes go up to {int(species.max())} but only "
+                                 f"{len(labels)} labels were given")
+        object.__setattr__(self, "species_labels", labels)
 
     @property
     def n(self) -> int:
@@ -97,6 +113,26 @@ class ParticleSystem:
     def n_species(self) -> int:
         """Number of species, ``max(species) + 1`` (0 for an empty system)."""
         return int(self.species.max()) + 1 if self.n else 0
+
+    def species_code(self, label: int) -> int | None:
+        """The code of species ``label`` (as the input file named it), None if absent."""
+        if self.species_labels is None:
+            return int(label) if 0 <= int(label) < self.n_species else None
+        try:
+            return self.species_labels.index(int(label))
+        except ValueError:
+            return None
+
+    def species_label(self, code: int) -> int:
+        """The file's label of species ``code``."""
+        return int(code) if self.species_labels is None else self.species_labels[int(code)]
+
+    @property
+    def labelled_species(self) -> np.ndarray:
+        """``(n,)`` the species as the input file labelled them."""
+        if self.species_labels is None:
+            return self.species
+        return np.asarray(self.species_labels, dtype=np.int64)[self.species]
 
     @property
     def particle_volume(self) -> float:
@@ -126,6 +162,7 @@ class ParticleSystem:
             and np.array_equal(self.positions, other.positions)
             and np.array_equal(self.diameters, other.diameters)
             and np.array_equal(self.species, other.species)
+            and self.species_labels == other.species_labels
         )
 
     __hash__ = None  # arrays are not hashable
@@ -146,3 +183,41 @@ def particle_volume(diameters: np.ndarray, dim: int) -> float:
     if dim == 3:
         return float(math.pi / 6.0 * np.sum(diameters**3))
     raise ValueError(f"dim must be 2 or 3, got {dim}")
+
+
+#: Two particles closer than this fraction of their mean diameter are *coincident*: the pair
+#: force has no direction at r = 0 and, just above it, is dominated by the round-off of the
+#: positions; such an input is refused (:func:`coincident_pairs`). Uniformly random positions
+#: of a million particles come this close with probability ~1e-6.
+COINCIDENT_FRACTION = 1e-6
+
+
+def coincident_pairs(system: "ParticleSystem", fraction: float = COINCIDENT_FRACTION,
+                     limit: int = 5) -> tuple[list[tuple[int, int, float]], int]:
+    """Pairs of particles closer than ``fraction`` of their mean diameter (minimum image).
+
+    Returns:
+        ``(pairs, count)``: up to ``limit`` ``(i, j, distance)`` triples, closest first, and
+        the number of such pairs (``([], 0)`` when none).
+    """
+    from scipy.spatial import cKDTree
+
+    positions = np.asarray(system.positions, dtype=np.float64)
+    reach = fraction * float(np.max(system.diameters))
+    if system.periodic:
+        box = np.asarray(system.box, dtype=np.float64)
+        tree = cKDTree(wrap_positions(positions, box), boxsize=box)
+    else:
+        tree = cKDTree(positions)
+    pairs = tree.query_pairs(reach, output_type="ndarray")
+    if not len(pairs):
+        return [], 0
+    i, j = pairs[:, 0], pairs[:, 1]
+    delta = positions[i] - positions[j]
+    if system.periodic:
+        delta -= box * np.round(delta / box)
+    distance = np.linalg.norm(delta, axis=1)
+    mean = 0.5 * (system.diameters[i] + system.diameters[j])
+    close = np.flatnonzero(distance < fraction * mean)
+    order = close[np.argsort(distance[close], kind="stable")][:limit]
+    return [(int(i[k]), int(j[k]), float(distance[k])) for k in order], int(close.size)

@@ -96,9 +96,99 @@ def _default_author() -> str:
         return "unknown"
 
 
+#: Links and storage a reader follows: only what is inside the file itself. An external link,
+#: external raw storage or a virtual dataset would make the result depend on other files that
+#: the provenance hash (of this file's bytes) does not cover, so they are refused.
+_MAX_OBJECTS = 100_000
+
+
+def _max_read_bytes() -> int:
+    """The largest dataset a reader loads: a quarter of the machine's memory."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def _check_links(handle: h5py.File, label: str) -> None:
+    """InputError for an external link, a dangling or looping soft link, external raw storage
+    or a virtual dataset anywhere in the file."""
+    problems: list[str] = []
+    count = 0
+
+    def visit(name: str, link) -> None:
+        nonlocal count
+        count += 1
+        if count > _MAX_OBJECTS:
+            return True  # stops the visit (an exception raised here would be mangled by h5py)
+        path = "/" + name
+        if isinstance(link, h5py.ExternalLink):
+            problems.append(f"{path} is an external link to {link.filename}:{link.path}; "
+                            "external links are not followed (copy the data into this file)")
+        elif isinstance(link, h5py.SoftLink):
+            try:
+                target = handle.get(path)
+            except (KeyError, RuntimeError, OSError, ValueError):
+                target = None
+            if target is None:
+                problems.append(f"{path} is a soft link to {link.path} that does not resolve "
+                                "(dangling, or a loop of links)")
+
+    try:
+        handle.visititems_links(visit)
+    except (KeyError, RuntimeError, OSError, ValueError, SystemError) as error:
+        raise InputError(f"{label}: cannot list its contents ({' '.join(str(error).split())}); "
+                         "the file is damaged") from None
+    if count > _MAX_OBJECTS:
+        raise InputError(f"{label}: holds more than {_MAX_OBJECTS} objects; not a packing or "
+                         "result file")
+    if problems:
+        raise InputError(f"{label}: {problems[0]}")
+
+    def datasets(name: str, item) -> None:
+        if isinstance(item, h5py.Dataset):
+            if item.external:
+                problems.append(f"/{name} keeps its data in external file(s) "
+                                f"{[e[0] for e in item.external]}; store it inside this file")
+            elif item.is_virtual:
+                problems.append(f"/{name} is a virtual dataset mapping other files; store its "
+                                "data inside this file")
+
+    try:
+        handle.visititems(datasets)
+    except (KeyError, RuntimeError, OSError, ValueError, SystemError) as error:
+        raise InputError(f"{label}: cannot list its contents ({' '.join(str(error).split())}); "
+                         "the file is damaged") from None
+    if problems:
+        raise InputError(f"{label}: {problems[0]}")
+
+
+def _checked_read(dataset: h5py.Dataset, path: str, label: str, index: int | None = None):
+    """Read a dataset (or one frame of it) after checking that its size is sensible."""
+    shape = dataset.shape[1:] if index is not None else dataset.shape
+    size = int(np.prod(shape, dtype=np.float64)) if shape is not None else 0
+    nbytes = size * dataset.dtype.itemsize
+    if nbytes > _max_read_bytes():
+        raise InputError(
+            f"{label}: {path} declares shape {dataset.shape} ({nbytes / 2**30:.1f} GiB), more "
+            f"than this machine can read (limit {_max_read_bytes() / 2**30:.1f} GiB)")
+    if size and dataset.id.get_storage_size() == 0 and dataset.fillvalue is not None \
+            and not dataset.chunks:
+        raise InputError(f"{label}: {path} declares shape {dataset.shape} but holds no data "
+                         "(never written)")
+    if index is None:
+        return np.asarray(dataset[()])
+    return np.asarray(dataset[index])
+
+
 @contextlib.contextmanager
 def _open_for_reading(path: str | os.PathLike) -> Iterator[tuple[h5py.File, str]]:
-    """Open an HDF5 file for reading; InputError if it is missing or not HDF5."""
+    """Open an HDF5 file for reading; InputError if it is missing, not HDF5, damaged, or
+    reaches outside itself (external links or storage).
+
+    Any low-level failure while the caller reads (a corrupt chunk, an attribute of an
+    unexpected type) becomes an InputError naming the file, never a traceback.
+    """
     label = os.fspath(path)
     if not os.path.exists(label):
         raise InputError(f"{label}: file not found")
@@ -113,9 +203,19 @@ def _open_for_reading(path: str | os.PathLike) -> Iterator[tuple[h5py.File, str]
     try:
         handle = h5py.File(label, "r")
     except OSError as error:
-        raise InputError(f"{label}: cannot be opened as HDF5 ({error})") from None
+        raise InputError(f"{label}: cannot be opened as HDF5 ({' '.join(str(error).split())})") \
+            from None
     with handle:
-        yield handle, label
+        _check_links(handle, label)
+        try:
+            yield handle, label
+        except InputError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, OSError,
+                RuntimeError, UnicodeDecodeError) as error:
+            message = " ".join(str(error).split()) or type(error).__name__
+            raise InputError(f"{label}: cannot be read ({type(error).__name__}: {message[:200]}); "
+                             "the file is damaged or not laid out as H5MD expects") from None
 
 
 @contextlib.contextmanager
@@ -252,7 +352,7 @@ class _Reader:
         path = f"{self.group_path}/{name}"
         item = self.group[name]
         if isinstance(item, h5py.Dataset):
-            return np.asarray(item[()]), path, {"time_dependent": False}
+            return _checked_read(item, path, self.label), path, {"time_dependent": False}
         if not isinstance(item, h5py.Group):
             raise self.error(f"{path} is neither a dataset nor a time-dependent element group")
         if "value" not in item or not isinstance(item["value"], h5py.Dataset):
@@ -310,7 +410,7 @@ class _Reader:
                 info["time"] = float(time[index])
         if element_steps is not None:
             info["step"] = int(element_steps[index])
-        return np.asarray(value[index]), value_path, info
+        return _checked_read(value, value_path, self.label, index), value_path, info
 
     # the whole system ------------------------------------------------------------------
 
@@ -369,12 +469,13 @@ class _Reader:
             raise self.error(f"{group_path}/species has dtype {species.dtype}, expected integers")
         if np.any(species < 0):
             raise self.error(f"{group_path}/species has negative values, expected integers >= 0")
+        labels, codes = np.unique(species, return_inverse=True)  # any labels: S×S matrices
 
         if periodic:
             positions = wrap_positions(positions, box)
         return ParticleSystem(
-            positions=positions, diameters=diameters, species=species.astype(np.int32),
-            box=box, periodic=periodic,
+            positions=positions, diameters=diameters, species=codes.astype(np.int32),
+            box=box, periodic=periodic, species_labels=tuple(int(x) for x in labels),
         )
 
     def _read_per_particle(
@@ -413,6 +514,11 @@ class _Reader:
             boundary = [boundary]
         if isinstance(boundary, np.ndarray):
             boundary = boundary.tolist()
+        if not isinstance(boundary, list):
+            raise self.error(
+                f"{box_path} attribute boundary = {boundary!r}, expected {dim} strings, each "
+                "'periodic' or 'none'"
+            )
         boundary = [str(item).strip().lower() for item in boundary]
         if len(boundary) != dim or any(item not in ("periodic", "none") for item in boundary):
             raise self.error(
@@ -552,7 +658,9 @@ def _write_particles(
         element.create_dataset("time", data=np.zeros(1, dtype=np.float64), maxshape=(None,))
     else:
         particles.create_dataset("position", data=positions)
-    particles.create_dataset("species", data=np.asarray(system.species, dtype=np.int32))
+    labels = np.asarray(system.labelled_species)
+    particles.create_dataset(
+        "species", data=labels.astype(np.int32 if labels.max(initial=0) < 2**31 else np.int64))
     particles.create_dataset("diameter", data=np.asarray(system.diameters, dtype=np.float64))
 
 
@@ -829,7 +937,7 @@ def read_result(path: str | os.PathLike) -> Result:
             )
         system = _Reader(handle, label, "all").read_system(-1)
         rattlers_item = _require(handle, label, "/sensitivity/rattlers", h5py.Dataset, f"[{system.n}] bool")
-        rattlers = np.asarray(rattlers_item[()]).astype(bool)
+        rattlers = _checked_read(rattlers_item, "/sensitivity/rattlers", label).astype(bool)
         if rattlers.shape != (system.n,):
             raise InputError(
                 f"{label}: /sensitivity/rattlers has shape {rattlers.shape}, expected ({system.n},) "
@@ -847,7 +955,7 @@ def read_result(path: str | os.PathLike) -> Result:
                 continue
             where = f"/sensitivity/{name}/dx_dtheta"
             dataset = _require(handle, label, where, h5py.Dataset, "[N][d] or [P][N][d] float")
-            dx_dtheta = np.asarray(dataset[()], dtype=np.float64)
+            dx_dtheta = _checked_read(dataset, where, label).astype(np.float64, copy=False)
             if dx_dtheta.ndim not in (2, 3) or dx_dtheta.shape[-2:] != (system.n, system.dim):
                 raise InputError(
                     f"{label}: {where} has shape {dx_dtheta.shape}, expected ({system.n}, "
@@ -893,3 +1001,26 @@ def read_result(path: str | os.PathLike) -> Result:
         audit=audit,
         path=Path(path),
     )
+
+
+RESULT_GROUPS = ("particles", "sensitivity", "relaxation", "parameters", "audit")
+
+
+def copy_result(path: str | os.PathLike, target: h5py.Group) -> None:
+    """Copy the groups of result file ``path`` into ``target`` (a group of another file).
+
+    Checked like :func:`read_result` (links, external storage); on failure nothing is left in
+    ``target`` and InputError names the file.
+    """
+    copied = []
+    try:
+        with _open_for_reading(path) as (handle, _label):
+            for item in RESULT_GROUPS:
+                if item in handle:
+                    handle.copy(handle[item], target, name=item)
+                    copied.append(item)
+    except BaseException:
+        for item in copied:
+            with contextlib.suppress(Exception):
+                del target[item]
+        raise

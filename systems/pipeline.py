@@ -125,6 +125,7 @@ def _prepare(config: Mapping[str, Any], *, for_audit: bool) -> _Task:
     system, file_potential = read_packing(input_path, group=system_cfg.get("group", "all"),
                                           frame=system_cfg.get("frame", -1))
     where = str(input_path)
+    _refuse_coincident(system, where, system_cfg.get("group", "all"))
     spec = resolve_potential(config.get("potential"), system.n_species, file_potential,
                              where=where)
     minimizer = resolve_minimizer(config.get("minimizer"))
@@ -144,6 +145,23 @@ def _prepare(config: Mapping[str, Any], *, for_audit: bool) -> _Task:
     relaxer = make_relaxer(model, minimizer, seen)
     return _Task(config, input_path, system, model, params, minimizer, settings, pspecs,
                  relaxer)
+
+
+def _refuse_coincident(system, where: str, group: str) -> None:
+    """InputError naming the particles when two of them sit on (nearly) the same point."""
+    from ._system import COINCIDENT_FRACTION, coincident_pairs
+
+    pairs, count = coincident_pairs(system)
+    if not count:
+        return
+    i, j, distance = pairs[0]
+    more = f" (and {count - 1} more pair(s))" if count > 1 else ""
+    raise InputError(
+        f"{where}: /particles/{group}/position: particles {i} and {j} are {distance:.3g} apart"
+        f"{more}, closer than {COINCIDENT_FRACTION:g} of their diameter: coincident particles "
+        "have no defined contact direction; move or remove one (check that the positions were "
+        "not rounded to integers or written in the wrong unit)"
+    )
 
 
 def _fd_step(settings, pspec, params, system) -> float:
@@ -328,7 +346,8 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
             responses[pspec.name] = {
                 "dx_dtheta": np.full(shape, np.nan),
                 "attrs": {"kind": pspec.kind, "converged": False,
-                          "species": -1 if pspec.species is None else pspec.species,
+                          "species": -1 if pspec.species is None
+                          else task.system.species_label(pspec.species),
                           "skipped": message},
             }
         rattlers = np.zeros(n, bool)
@@ -336,6 +355,10 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
         converged = False
     else:
         responses = result["responses"]
+        for response in responses.values():  # species as the input file labels them
+            attrs = response["attrs"]
+            if isinstance(attrs.get("species"), (int, np.integer)) and attrs["species"] >= 0:
+                attrs["species"] = task.system.species_label(attrs["species"])
         rattlers = result["rattlers"]
         zero_modes = _flat_zero_modes(result)
         t = result["timings"]

@@ -148,10 +148,12 @@ def resolve_parameters(parameter_cfgs, system, spec: PotentialSpec,
         if species is not None:
             if not isinstance(species, (int, np.integer)) or isinstance(species, bool):
                 raise InputError(f"{key}.species must be an integer or null, got {species!r}")
-            if not 0 <= species < system.n_species or not np.any(system.species == species):
-                present = sorted(set(np.asarray(system.species).tolist()))
+            code = system.species_code(species)
+            if code is None or not np.any(system.species == code):
+                present = sorted(set(np.asarray(system.labelled_species).tolist()))
                 raise InputError(
                     f"{key}.species {species} has no particles; species present: {present}")
+            species = code
         if kind == "diameter" and species is None:
             raise InputError(f"{key}: kind 'diameter' needs species (the species whose "
                              "diameter is θ); use kind 'diameters' for every particle")
@@ -389,6 +391,8 @@ def contact_analysis(model: PairModel, y, params: PotentialParams, *, max_force:
     force_tol = 10.0 * max(float(max_force), 1e-300)
     contact = _contacts(model, table, force_tol)
     rattlers = find_rattlers(n, table[0], table[1], contact, min_contacts)
+    per_particle = np.bincount(np.concatenate([table[0][contact], table[1][contact]]),
+                               minlength=n)
     i, j, r, sigma, _ = wide
     backbone = ~rattlers[i] & ~rattlers[j]
     reach = sigma if model.spec.kind == "soft_sphere" else model.spec.r_cutoff * sigma
@@ -406,6 +410,7 @@ def contact_analysis(model: PairModel, y, params: PotentialParams, *, max_force:
         "contact_overlap_min": float(overlaps.min()) if overlaps.size else math.nan,
         "contact_force_tol": force_tol,
         "min_contacts": min_contacts,
+        "max_contacts_per_particle": int(per_particle.max()) if n else 0,
     }
 
 
@@ -1040,10 +1045,13 @@ class ResponseSolver:
         self.rattlers = contacts["rattlers"]
         self.backbone = np.flatnonzero(~self.rattlers)
         if len(self.backbone) == 0:
+            most = contacts["max_contacts_per_particle"]
             raise InputError(
                 f"every one of the {model.n} particles is a rattler after relaxation (fewer "
-                f"than {contacts['min_contacts']} contacts): the packing is not jammed and "
-                "has no response to differentiate; raise the packing fraction")
+                f"than {contacts['min_contacts']} contacts each, at most {most}): the relaxed "
+                "packing is not jammed (its overlaps relaxed away), so x* does not depend on "
+                "θ and there is no response to differentiate; start from a denser packing "
+                "(higher packing fraction) or a potential with attraction")
         n = model.n
         pairs = contacts["pairs"]
         i, j = np.asarray(pairs.i), np.asarray(pairs.j)

@@ -259,8 +259,9 @@ def test_integral_float_species_accepted(tmp_path):
     path = tmp_path / "p.h5"
     write_raw(path, np.zeros((2, 2)), edges=[1.0, 1.0], species=np.array([0.0, 2.0]))
     system, _ = read_packing(path)
-    np.testing.assert_array_equal(system.species, [0, 2])
-    assert system.n_species == 3
+    np.testing.assert_array_equal(system.labelled_species, [0, 2])
+    np.testing.assert_array_equal(system.species, [0, 1])  # codes: the matrices are S x S
+    assert system.n_species == 2 and system.species_labels == (0, 2)
 
 
 def test_bundled_example_loads():
