@@ -9,6 +9,7 @@ Setting ``SENSITIVITY_REQUIRE_SLURM=1`` (as CI does) turns that skip into a fail
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -252,3 +253,42 @@ def test_submit_a_sweep_to_slurm_and_collect(slurm_cluster, tmp_path: Path, monk
     assert [r["sensitivity.solver"] for r in rows] == ["cg", "minres", "cg", "minres"]
     assert {r["status"] for r in rows} == {"ok"}, rows
     assert (tmp_path / "summary.h5").is_file()
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_hostile_values_on_a_real_cluster_run_nothing(slurm_cluster, tmp_path: Path, monkeypatch):
+    """Paths full of shell syntax go through sbatch and the job as plain data: the task's result
+    lands in the hostile folder, `status` sees the array element, and no command ran."""
+    runner = CliRunner()
+    hostile = tmp_path / "run $(touch PWNED1) `touch PWNED2` 'q' \"d\" # x"
+    hostile.mkdir()
+    monkeypatch.chdir(hostile)
+    assert runner.invoke(main, ["generate", "--n", "16", "--seed", "4", "-o", "p.h5"]).exit_code == 0
+    config = hostile / "c; touch PWNED3.yaml"
+    config.write_text(
+        "system: {path: p.h5}\n"
+        "minimizer: {ftol: 1.0e-10}\n"
+        "output: {directory: 'out $(touch PWNED4)', plots: false}\n"
+        "slurm: {time: '00:10:00', mem: 1G}\n"
+    )
+    env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "SENSITIVITY_CACHE_DIR": str(tmp_path / "jax-cache"),
+    }
+    # A newline in a value never reaches the script.
+    refused = runner.invoke(main, ["submit", str(config), "--partition", "debug\ntouch PWNED5"],
+                            env=env)
+    assert refused.exit_code == 2 and "control character" in refused.output
+    result = runner.invoke(main, ["-q", "submit", str(config)], env=env)
+    assert result.exit_code == 0, result.output
+    job_id = result.output.strip().splitlines()[-1]
+    assert job_id.isdigit(), result.output
+    _wait_for_job(job_id, timeout=300)
+    out = hostile / "out $(touch PWNED4)"
+    logs = "\n".join(p.read_text() for p in (out / "logs").glob("slurm-*.out"))
+    assert (out / "sensitivity.h5").is_file() and (out / "complete.json").is_file(), logs
+    assert not list(tmp_path.rglob("PWNED*")) and not list(Path("/").glob("PWNED*"))
+    status = runner.invoke(main, ["status", str(out), "--json"])
+    assert status.exit_code == 0, status.output
+    assert json.loads(status.stdout)["tasks"][0]["state"] == "done"
