@@ -366,14 +366,20 @@ class PairModel:
         return int(self.species.shape[0])
 
     def static_key(self) -> tuple:
-        """Everything but the species, as a hashable value (equal for equal settings)."""
+        """Everything compiled code depends on, but the species, as a hashable value (equal
+        for equal settings).
+
+        ``spec.epsilon`` enters only by its shape: the energy scale reaches compiled code as
+        ``params.epsilon`` (a traced argument), so packings that differ only in ε (a sweep over
+        ``potential.epsilon``) share every compiled function.
+        """
         spec = self.spec
 
         def arr(a):
             return None if a is None else (np.asarray(a).shape, np.asarray(a).tobytes())
 
         box = None if self.box is None else tuple(np.asarray(self.box, np.float64).tolist())
-        return (spec.kind, arr(spec.epsilon), arr(spec.alpha), arr(spec.sigma),
+        return (spec.kind, np.shape(spec.epsilon), arr(spec.alpha), arr(spec.sigma),
                 float(spec.r_onset), float(spec.r_cutoff), arr(spec.morse_alpha),
                 str(spec.neighbor_list), float(spec.capacity_multiplier), box,
                 self.periodic, self.dim)

@@ -370,7 +370,7 @@ def _init(s: _LoopSettings, model: PairModel, y, params, neighbors, half_box):
                   jnp.asarray(_RUNNING, jnp.int32)), e
 
 
-_CACHE_SIZE = 64
+_CACHE_SIZE = 16  # executables (a task needs 2-3): bounds the memory of a recompiling sweep
 _COMPILED: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
 _STATS = {"compiles": 0, "hits": 0, "compile_s": 0.0}
 
@@ -465,7 +465,7 @@ _NEIGHBOR_LISTS: collections.OrderedDict[tuple, _NeighborLists] = collections.Or
 
 
 def _neighbor_lists(model: PairModel, cutoff: float, skin: float) -> _NeighborLists:
-    """The shared neighbor-list maker for (model static key, cutoff, skin) (LRU, 64)."""
+    """The shared neighbor-list maker for (model static key, cutoff, skin) (LRU, _CACHE_SIZE)."""
     key = (model.static_key(), float(cutoff), float(skin))
     lists = _NEIGHBOR_LISTS.get(key)
     if lists is None:

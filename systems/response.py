@@ -671,7 +671,7 @@ class _Config(NamedTuple):
 
 
 _COMPILED: "dict[tuple, Any]" = {}
-_COMPILED_MAX = 128
+_COMPILED_MAX = 32  # executables (a task needs ~6): bounds a recompiling sweep's memory
 _COMPILE_CLOCK = [0.0]  # seconds spent compiling response functions in this process
 
 

@@ -82,3 +82,32 @@ def test_second_task_compiles_nothing_and_matches_a_fresh_process(tmp_path, n):
         b = fresh.responses[name]["dx_dtheta"]
         assert np.array_equal(np.isnan(a), np.isnan(b))
         np.testing.assert_allclose(a[~np.isnan(a)], b[~np.isnan(b)], rtol=1e-9, atol=1e-12)
+
+
+def test_a_sweep_over_epsilon_compiles_nothing_after_the_first_task(tmp_path):
+    """ε reaches compiled code as a traced parameter: a sweep over potential.epsilon once
+    recompiled every task (and grew 19 MB per task). The compiled code must still see each
+    task's ε: with one species E is ε times a function of x, so x* and dx*/dσ are the same
+    for ε = 1 and 2 and dx*/dε is zero, while the energy doubles."""
+    (path,) = _packings(tmp_path, 40, [4])
+
+    def run(epsilon, name):
+        config = config_for(path, **{"sensitivity.audit": False,
+                                     "potential.epsilon": epsilon})
+        config["parameters"] = [{"name": "eps", "kind": "epsilon", "species": None},
+                                {"name": "small_diameter", "kind": "diameter", "species": 0}]
+        return run_task(config, tmp_path / name)
+
+    summary, _ = COUNTER.count(lambda: run(1.0, "one"))
+    assert summary.converged, summary.message
+    summary, events = COUNTER.count(lambda: run(2.0, "two"))
+    assert summary.converged, summary.message
+    assert events == 0, f"the second ε compiled or traced {events} times"
+    one = read_result(tmp_path / "one" / "sensitivity.h5")
+    two = read_result(tmp_path / "two" / "sensitivity.h5")
+    assert two.responses["eps"]["attrs"]["theta"] == 2.0
+    d1 = one.responses["small_diameter"]["dx_dtheta"]
+    d2 = two.responses["small_diameter"]["dx_dtheta"]
+    np.testing.assert_allclose(d2, d1, rtol=1e-6, atol=1e-9)  # x*(σ) does not depend on ε
+    assert np.nanmax(np.abs(two.responses["eps"]["dx_dtheta"])) < 1e-8
+    assert two.relaxation["energy"] == pytest.approx(2 * one.relaxation["energy"], rel=1e-6)
