@@ -62,6 +62,20 @@ __all__ = [
 ]
 
 H5MD_VERSION = (1, 1)
+
+#: Units (H5MD unit strings, https://www.nongnu.org/h5md/modules/units.html). The physics is
+#: in reduced units: lengths in the unit of the input packing's coordinates ("sigma"; for
+#: `sensitivity generate`, the small diameter is 1) and energies in the potential's ε.
+LENGTH_UNIT = "sigma"
+ENERGY_UNIT = "epsilon"
+UNITS_NOTE = (
+    "reduced units: sigma = the length unit of the input packing's coordinates (for "
+    "`sensitivity generate`: the small diameter), epsilon = the potential's energy scale"
+)
+
+#: The unit of θ for each parameter kind (as H5MD unit strings; "1": dimensionless).
+THETA_UNITS = {"diameter": LENGTH_UNIT, "diameters": LENGTH_UNIT, "epsilon": ENERGY_UNIT,
+               "box": "1"}
 RESULT_FORMAT = "sensitivity-result"
 RESULT_FORMAT_VERSION = 1
 
@@ -543,9 +557,27 @@ def _write_h5md_header(handle: h5py.File, author: str | None, creator: Any) -> N
     creator_group.attrs["version"] = _fixed_string(version)
 
 
+def _time_dependent(parent: h5py.Group, name: str, frame: np.ndarray) -> h5py.Dataset:
+    """A one-frame H5MD time-dependent element ``name`` {value [1][...], step [1], time [1]};
+    returns its ``value`` dataset. Step and time are 0: a relaxed state has no dynamics."""
+    element = parent.create_group(name)
+    value = element.create_dataset("value", data=frame[None], maxshape=(None,) + frame.shape)
+    element.create_dataset("step", data=np.zeros(1, dtype=np.int64), maxshape=(None,))
+    element.create_dataset("time", data=np.zeros(1, dtype=np.float64), maxshape=(None,))
+    return value
+
+
 def _write_particles(
     handle: h5py.File, system: ParticleSystem, group: str, time_dependent: bool
 ) -> None:
+    """``/particles/<group>`` as MD readers expect it (see :data:`LENGTH_UNIT` for units).
+
+    With ``time_dependent`` (results, and input packings by default) the position and the
+    box edges are one-frame time-dependent elements, the form MDAnalysis' H5MD reader needs
+    (``box/edges/value``); otherwise fixed datasets. ``species`` and ``diameter`` are fixed
+    ``[N]`` datasets (H5MD 1.1 allows fixed per-particle data beside a time-dependent
+    position).
+    """
     particles = handle.require_group("particles").create_group(group)
     dim = system.dim
     box = particles.create_group("box")
@@ -553,17 +585,23 @@ def _write_particles(
     boundary = "periodic" if system.periodic else "none"
     box.attrs["boundary"] = np.array([boundary.encode()] * dim, dtype="S8")
     if system.box is not None:
-        box.create_dataset("edges", data=np.asarray(system.box, dtype=np.float64))
+        edges = np.asarray(system.box, dtype=np.float64)
+        if time_dependent:
+            dataset = _time_dependent(box, "edges", edges)
+        else:
+            dataset = box.create_dataset("edges", data=edges)
+        dataset.attrs["unit"] = _fixed_string(LENGTH_UNIT)
     positions = np.asarray(system.positions, dtype=np.float64)
     if time_dependent:
-        element = particles.create_group("position")
-        element.create_dataset("value", data=positions[None], maxshape=(None,) + positions.shape)
-        element.create_dataset("step", data=np.zeros(1, dtype=np.int64), maxshape=(None,))
-        element.create_dataset("time", data=np.zeros(1, dtype=np.float64), maxshape=(None,))
+        # No `unit` on position/value: MDAnalysis refuses any length unit it does not know
+        # (reduced units included), even with convert_units=False. The element states it.
+        _time_dependent(particles, "position", positions)
+        particles["position"].attrs["unit"] = _fixed_string(LENGTH_UNIT)
     else:
-        particles.create_dataset("position", data=positions)
+        particles.create_dataset("position", data=positions).attrs["unit"] = _fixed_string(LENGTH_UNIT)
     particles.create_dataset("species", data=np.asarray(system.species, dtype=np.int32))
-    particles.create_dataset("diameter", data=np.asarray(system.diameters, dtype=np.float64))
+    diameter = particles.create_dataset("diameter", data=np.asarray(system.diameters, dtype=np.float64))
+    diameter.attrs["unit"] = _fixed_string(LENGTH_UNIT)
 
 
 def _write_potential(handle: h5py.File, potential: Mapping | None) -> None:
@@ -707,6 +745,83 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} in the configuration JSON")
 
 
+_GAUGE = (
+    "backbone mean zero: the rigid translations are removed, so the mean of dx_dtheta over "
+    "the non-rattler particles is 0 along every axis{rotation}; a Jacobian is defined up to "
+    "this gauge"
+)
+_RATTLERS = (
+    "rows of rattlers (/sensitivity/rattlers true: fewer than d+1 contacts) are NaN; a "
+    "rattler carries no force at x*, so its response is undefined"
+)
+
+
+def _jacobian_unit(kind: Any) -> tuple[str, str]:
+    """(H5MD unit string, the unit of θ) of ``dx*/dθ``: length per unit of θ."""
+    theta_unit = THETA_UNITS.get(str(kind))
+    if theta_unit is None:
+        return "", "unknown"
+    if theta_unit == LENGTH_UNIT:
+        return "1", theta_unit  # length / length
+    if theta_unit == "1":
+        return LENGTH_UNIT, theta_unit
+    return f"{LENGTH_UNIT} {theta_unit}-1", theta_unit
+
+
+def _describe_jacobian(dataset: h5py.Dataset, name: str, attrs: Mapping, system: ParticleSystem) -> None:
+    """Attributes that make ``/sensitivity/<name>/dx_dtheta`` readable without this package:
+    axes, unit, θ (name, kind, definition, value, unit), gauge, rattler rows, and the linear
+    solve's report (copied from the group's attributes)."""
+    kind = attrs.get("kind")
+    if dataset.ndim == 3:
+        count = dataset.shape[0]
+        dataset.attrs["axes"] = np.array(["theta_component", "particle", "dimension"],
+                                         dtype=h5py.string_dtype())
+        what = "diameter of particle p" if kind == "diameters" else "component p of theta"
+        dataset.attrs["axes_text"] = (
+            f"[P][N][d], P = {count}: entry [p, i, a] is dx*_(i,a)/dtheta_p, theta_p = {what}"
+        )
+    else:
+        dataset.attrs["axes"] = np.array(["particle", "dimension"], dtype=h5py.string_dtype())
+        dataset.attrs["axes_text"] = "[N][d]: entry [i, a] is dx*_(i,a)/dtheta"
+    unit, theta_unit = _jacobian_unit(kind)
+    if unit:
+        dataset.attrs["unit"] = _fixed_string(unit)
+    dataset.attrs["unit_text"] = f"{LENGTH_UNIT} / {theta_unit} (length per unit of theta)"
+    dataset.attrs["units"] = UNITS_NOTE
+    dataset.attrs["theta_name"] = name
+    dataset.attrs["theta_kind"] = "unknown" if kind is None else str(kind)
+    dataset.attrs["theta_unit"] = theta_unit
+    if attrs.get("theta_meaning") is not None:
+        dataset.attrs["theta_definition"] = str(attrs["theta_meaning"])
+    theta = attrs.get("theta")
+    if theta is not None:
+        value = np.asarray(theta, dtype=np.float64)
+        if value.size <= _MAX_ATTRIBUTE_ELEMENTS:
+            dataset.attrs["theta"] = value
+        else:
+            dataset.attrs["theta"] = h5py.Empty("f8")
+            dataset.attrs["theta_text"] = f"{value.size} values: see /sensitivity/{name}/theta"
+    rotation = "" if system.periodic else " and the rigid rotations about the centroid"
+    dataset.attrs["gauge"] = _GAUGE.format(rotation=rotation)
+    dataset.attrs["rattlers"] = _RATTLERS
+    for key in ("converged", "residual", "solver_relative_residual", "iterations", "solver",
+                "method", "tol"):
+        if attrs.get(key) is not None:
+            dataset.attrs[key] = _encode(attrs[key], f"/sensitivity/{name}/dx_dtheta attribute {key}")
+
+
+def _write_observables(handle: h5py.File, relaxation: Mapping) -> None:
+    """``/observables/potential_energy`` (H5MD, unit ε): the relaxed energy where MD tools
+    look for it (MDAnalysis puts it in ``ts.data``); ``/relaxation`` keeps the full report."""
+    energy = relaxation.get("energy")
+    if isinstance(energy, (bool, np.bool_)) or not isinstance(energy, (int, float, np.number)):
+        return
+    value = _time_dependent(handle.require_group("observables"), "potential_energy",
+                            np.asarray(float(energy)))
+    value.attrs["unit"] = _fixed_string(ENERGY_UNIT)
+
+
 def write_result(
     path: str | os.PathLike,
     *,
@@ -779,6 +894,7 @@ def write_result(
                 )
             group = sensitivity.create_group(name, track_order=True)
             group.create_dataset("dx_dtheta", data=dx_dtheta)
+            _describe_jacobian(group["dx_dtheta"], name, response.get("attrs") or {}, system)
             attrs = dict(response.get("attrs") or {})
             for reserved in ("dx_dtheta", "extra"):
                 if reserved in attrs:
@@ -789,6 +905,7 @@ def write_result(
                 _write_tree(group.create_group("extra", track_order=True), extra, f"/sensitivity/{name}/extra")
 
         _write_tree(handle.create_group("relaxation", track_order=True), relaxation, "/relaxation")
+        _write_observables(handle, relaxation)
         if audit is not None:
             _write_tree(handle.create_group("audit", track_order=True), audit, "/audit")
 
