@@ -690,6 +690,31 @@ def plot(result: str, output: str | None) -> None:
             click.echo(str(path))
 
 
+@main.command(short_help="Write a result for ASE / OVITO (extended XYZ).")
+@click.argument("result", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["extxyz"]), default="extxyz", show_default=True,
+              help="extxyz: ASE and OVITO read it (each theta's response a per-atom vector).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="File to write [default: RESULT with the format's suffix].")
+@common_options
+def export(result: str, fmt: str, output: str | None) -> None:
+    """Write RESULT in a format visualisation tools read: the relaxed packing, the box as
+    the lattice, and each scalar theta's dx*/dtheta as a per-atom vector property."""
+    state = _state()
+    from systems.io import read_result
+
+    from ._export import export_extxyz
+
+    loaded = read_result(result)
+    path = Path(output) if output else Path(result).with_suffix(f".{fmt}")
+    written, skipped = export_extxyz(loaded, path)
+    for name in skipped:
+        click.echo(f"note: theta {name!r} has several components ([P][N][d]); not exported "
+                   "(read it from the result file)", err=True)
+    if not state.quiet:
+        click.echo(str(written))
+
+
 @main.command(short_help="Finite-difference audit of the derivatives.")
 @config_options
 @click.option("--task-index", type=click.IntRange(min=0), default=None,

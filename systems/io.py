@@ -19,12 +19,21 @@ Output (:func:`write_packing`, :func:`write_result`) is always float64, carries 
 mandatory ``/h5md`` metadata (version [1, 1], author, creator) and is written atomically:
 to a temporary name in the destination folder, then renamed over the destination.
 
+Written files use the time-dependent form for ``position`` and ``box/edges`` (one frame,
+step 0), which MDAnalysis' H5MD reader requires; ``write_packing(time_dependent=False)``
+writes fixed datasets. Units are reduced (:data:`UNITS_NOTE`): ``unit`` = "sigma" on the box
+edges, the diameters and the position element (not on ``position/value``, where MDAnalysis
+refuses any unit it does not know), "epsilon" on energies.
+
 Result files add (groups of our own, which H5MD allows)::
 
+    /observables/potential_energy   time-dependent element, unit epsilon (for MD tools)
     /sensitivity                 attrs: format, timings (time_*_s), zero-mode figures
         rattlers     [N] bool
         <name>/                  one group per parameter θ; attrs: theta, solver, ...
-            dx_dtheta            [N][d] (scalar θ) or [P][N][d] (θ with P components)
+            dx_dtheta            [N][d] (scalar θ) or [P][N][d] (θ with P components);
+                                 attrs: axes, unit, theta_*, gauge, rattlers, the solve's
+                                 converged / residual / iterations (:func:`_describe_jacobian`)
     /relaxation                  attrs: steps, energy, max_force, stop_reason, converged
     (/audit)                     the finite-difference audit, if run
     /parameters/
@@ -53,10 +62,12 @@ from ._errors import InputError
 from ._system import ParticleSystem, wrap_positions
 
 __all__ = [
+    "Response",
     "Result",
     "file_sha256",
     "read_packing",
     "read_result",
+    "response_magnitudes",
     "write_packing",
     "write_result",
 ]
@@ -657,6 +668,11 @@ def write_packing(
 class Result:
     """Everything a ``sensitivity.h5`` result file holds (see :func:`write_result`).
 
+    What :func:`read_result` returns: numpy arrays, no jax. By name: :attr:`positions`,
+    :attr:`box`, :attr:`diameters`, :attr:`species`, :attr:`rattlers`, :attr:`provenance`;
+    per θ, :meth:`response` (the Jacobian, its unit and the solve's report),
+    :meth:`magnitudes` and :meth:`predicted_system` (``x* + Δθ · ∂x*/∂θ``).
+
     Attributes:
         system: the relaxed packing (``/particles/all``).
         relaxation: minimizer report (steps, energy, max_force, stop_reason, converged, ...).
@@ -699,6 +715,167 @@ class Result:
         for response in self.responses.values():
             ok = ok and bool(response.get("attrs", {}).get("converged", True))
         return ok
+
+    # -- the packing, by name -----------------------------------------------------------
+
+    @property
+    def positions(self) -> np.ndarray:
+        """``[N][d]`` relaxed positions x* (wrapped into a periodic box)."""
+        return self.system.positions
+
+    @property
+    def box(self) -> np.ndarray | None:
+        """``[d]`` box edge lengths (``None``: free boundaries)."""
+        return self.system.box
+
+    @property
+    def diameters(self) -> np.ndarray:
+        """``[N]`` particle diameters."""
+        return self.system.diameters
+
+    @property
+    def species(self) -> np.ndarray:
+        """``[N]`` integer species."""
+        return self.system.species
+
+    @property
+    def config(self) -> dict:
+        """The resolved configuration of the run (``{}`` if the file has none)."""
+        config = self.parameters.get("config")
+        return config if isinstance(config, dict) else {}
+
+    @property
+    def provenance(self) -> dict:
+        """Package versions, input file and its SHA-256, device, x64, command line."""
+        return dict(self.parameters.get("provenance") or {})
+
+    # -- responses ------------------------------------------------------------------------
+
+    def response(self, name: str | None = None) -> "Response":
+        """θ ``name``'s Jacobian and its report (default: the only or first θ)."""
+        if name is None:
+            if not self.names:
+                raise InputError(f"{self.path or 'result'}: /sensitivity holds no responses")
+            name = self.names[0]
+        if name not in self.responses:
+            raise InputError(
+                f"{self.path or 'result'}: /sensitivity/{name} is missing, expected one of: "
+                f"{', '.join(self.names) or 'none'}"
+            )
+        entry = self.responses[name]
+        attrs = dict(entry.get("attrs") or {})
+        unit, theta_unit = _jacobian_unit(attrs.get("kind"))
+        theta = attrs.get("theta")
+        return Response(
+            name=name,
+            dx_dtheta=entry["dx_dtheta"],
+            kind=attrs.get("kind"),
+            theta=None if theta is None else (np.asarray(theta, dtype=np.float64)
+                                              if np.ndim(theta) else float(theta)),
+            unit=unit or "unknown",
+            theta_unit=theta_unit,
+            converged=attrs.get("converged"),
+            report=attrs,
+            description=dict(entry.get("description") or {}),
+        )
+
+    def magnitudes(self, name: str | None = None, component: int | None = None) -> np.ndarray:
+        """``[N]`` per-particle response magnitudes (see :meth:`Response.magnitudes`)."""
+        return self.response(name).magnitudes(component)
+
+    def predicted_system(self, name: str | None, delta: Any) -> ParticleSystem:
+        """The packing linear response predicts at ``θ + Δθ``: ``x* + Δθ · ∂x*/∂θ``.
+
+        ``delta`` is a number for a scalar θ, a ``[P]`` vector for a θ with P components
+        (``x* + Σ_p Δθ_p ∂x*/∂θ_p``). What θ moves moves too: a species' diameter
+        (``diameter``), every diameter (``diameters``), the box edges (``box``: edges ×
+        (λ + Δλ)/λ). Positions are wrapped into the (new) periodic box. Rattlers, whose
+        response is undefined (NaN), stay where they are. The prediction is in the result's
+        gauge (backbone mean unchanged) and holds while no contact opens or closes.
+        """
+        response = self.response(name)
+        field = response.dx_dtheta
+        if field.ndim == 3:
+            delta = np.asarray(delta, dtype=np.float64)
+            if delta.shape != (field.shape[0],):
+                raise ValueError(
+                    f"theta {response.name!r} has {field.shape[0]} components: delta must "
+                    f"have shape ({field.shape[0]},), got {delta.shape}"
+                )
+            step = np.einsum("p,pnd->nd", delta, np.nan_to_num(field, nan=0.0))
+        else:
+            delta = float(delta)
+            step = delta * np.nan_to_num(field, nan=0.0)
+        moved = np.isfinite(field).all(axis=-1)
+        if field.ndim == 3:
+            moved = moved.all(axis=0)
+        positions = self.positions + np.where(moved[:, None], step, 0.0)
+        diameters, box = self.diameters, self.box
+        if response.kind == "diameter":
+            species = response.report.get("species")
+            diameters = diameters + delta * (self.species == species)
+        elif response.kind == "diameters":
+            diameters = diameters + delta
+        elif response.kind == "box" and box is not None:
+            box = box * (response.theta + delta) / response.theta
+        if self.system.periodic:
+            positions = wrap_positions(positions, box)
+        return self.system.replace(positions=positions, diameters=diameters, box=box)
+
+    def predicted_positions(self, name: str | None, delta: Any) -> np.ndarray:
+        """``[N][d]`` positions of :meth:`predicted_system`."""
+        return self.predicted_system(name, delta).positions
+
+
+def response_magnitudes(dx_dtheta: np.ndarray, component: int | None = None) -> np.ndarray:
+    """|∂x*_i/∂θ| per particle: ``[N][d]`` -> ``[N]``; ``[P][N][d]`` -> ``[N]``, the norm
+    over θ's components and the axes (or one component's, with ``component``).
+
+    Rattler rows (NaN) stay NaN.
+    """
+    field = np.asarray(dx_dtheta, dtype=np.float64)
+    if field.ndim == 3 and component is not None:
+        field = field[component]
+    if field.ndim == 2:
+        return np.linalg.norm(field, axis=-1)
+    return np.sqrt(np.sum(field**2, axis=(0, 2)))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Response:
+    """One θ of a result: its Jacobian ``∂x*/∂θ`` and the linear solve's report.
+
+    Attributes:
+        name: θ's name (``/sensitivity/<name>``).
+        dx_dtheta: ``[N][d]`` (scalar θ) or ``[P][N][d]`` (θ with P components), in
+            :attr:`unit`; rattler rows NaN; backbone mean zero (the gauge).
+        kind: ``diameter``, ``diameters``, ``epsilon`` or ``box``.
+        theta: θ's value at x* (a float, or ``[P]``).
+        unit: H5MD unit string of ``dx_dtheta`` (length per unit of θ; reduced units).
+        theta_unit: θ's unit.
+        converged: whether the linear solve converged (``None``: not recorded).
+        report: the group's attributes (solver, iterations, residual, tol, time_s, ...).
+        description: the dataset's attributes (axes, gauge, rattler rows, θ definition).
+    """
+
+    name: str
+    dx_dtheta: np.ndarray
+    kind: str | None
+    theta: float | np.ndarray | None
+    unit: str
+    theta_unit: str
+    converged: bool | None
+    report: dict
+    description: dict
+
+    @property
+    def vector(self) -> bool:
+        """True for a θ with several components (``[P][N][d]``)."""
+        return self.dx_dtheta.ndim == 3
+
+    def magnitudes(self, component: int | None = None) -> np.ndarray:
+        """``[N]`` |∂x*_i/∂θ| (:func:`response_magnitudes`); NaN for rattlers."""
+        return response_magnitudes(self.dx_dtheta, component)
 
 
 def _check_name(name: Any, where: str) -> str:
@@ -980,7 +1157,8 @@ def read_result(path: str | os.PathLike) -> Result:
                     f"{label}: {where} has shape {dx_dtheta.shape}, expected ({system.n}, "
                     f"{system.dim}) or (P, {system.n}, {system.dim})"
                 )
-            response = {"dx_dtheta": dx_dtheta, "attrs": _read_tree(group, skip=("dx_dtheta", "extra"))}
+            response = {"dx_dtheta": dx_dtheta, "attrs": _read_tree(group, skip=("dx_dtheta", "extra")),
+                        "description": {k: _decode(v) for k, v in dataset.attrs.items()}}
             if isinstance(group.get("extra"), h5py.Group):
                 response.update(_read_tree(group["extra"]))
             responses[name] = response
