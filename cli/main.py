@@ -674,17 +674,38 @@ def inspect(result: str, top: int, as_json: bool) -> None:
 @click.argument("result", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
               help="Folder for the figures [default: plots/ beside RESULT].")
+@click.option("--format", "fmt", type=click.Choice(["png", "pdf", "svg"]), default="png",
+              show_default=True, help="Figure format.")
+@click.option("--dpi", type=click.FloatRange(min=10, max=2400), default=150, show_default=True,
+              help="Resolution of PNG figures.")
+@click.option("--theta", "names", multiple=True, metavar="NAME",
+              help="Draw only this theta (repeatable) [default: every theta].")
+@click.option("--component", type=int, default=None,
+              help="For a theta with several components (diameters), which one to draw "
+              "[default: the largest response].")
+@click.option("--color-by-magnitude", is_flag=True,
+              help="Colour the particles by |dx*_i/dtheta| (colour bar) instead of by species.")
+@click.option("--slice-z", type=float, default=None,
+              help="3D: the height of the slice drawn [default: the middle of the box].")
+@click.option("--scale", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Arrow length drawn per unit of dx*/dtheta [default: the median arrow is half "
+              "a mean diameter long].")
 @common_options
-def plot(result: str, output: str | None) -> None:
+def plot(result: str, output: str | None, fmt: str, dpi: float, names: tuple[str, ...],
+         component: int | None, color_by_magnitude: bool, slice_z: float | None,
+         scale: float | None) -> None:
     """Redraw the figures of a result file: the response field dx*/dtheta as arrows on the
-    packing, and the histogram of |dx*/dtheta| per particle, for every theta."""
+    packing (species legend, a reference arrow, arrows wrapped across the periodic boundary;
+    3D: a slice), and the histogram of |dx*/dtheta| per particle, for every theta."""
     state = _state()
     from systems.io import read_result
     from systems.plots import plot_result
 
     loaded = read_result(result)
     directory = Path(output) if output else Path(result).resolve().parent / "plots"
-    paths = plot_result(loaded, directory)
+    paths = plot_result(loaded, directory, format=fmt, dpi=dpi, names=list(names) or None,
+                        component=component, color_by_magnitude=color_by_magnitude,
+                        slice_z=slice_z, scale=scale)
     if not state.quiet:
         for path in paths:
             click.echo(str(path))
