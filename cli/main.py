@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import signal
 import sys
@@ -74,6 +75,7 @@ class State:
     debug: bool = False
     cache_dir: str | None = None
     no_cache: bool = False
+    json: bool = False
 
     def reporter(self):
         from ._report import Reporter
@@ -113,6 +115,36 @@ def common_options(function):
         help="More detail (every progress event).",
     )(function)
     return function
+
+
+def json_option(function):
+    """--json: one JSON object on stdout (see :func:`emit_json`) instead of the text."""
+    return click.option(
+        "--json", "json_output", is_flag=True, expose_value=False, callback=_store("json"),
+        help="Print one JSON object on stdout (the same fields as the text) instead of the text.",
+    )(function)
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return _json_ready(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def emit_json(payload: Any) -> None:
+    """The one JSON object a ``--json`` command prints on stdout: numpy values as numbers and
+    lists, paths as strings, NaN and infinities as null (strict JSON)."""
+    click.echo(json.dumps(_json_ready(payload), indent=1))
 
 
 def cache_options(function):
@@ -440,6 +472,35 @@ def _summary_fields(summary: Any) -> dict:
     return dict(getattr(summary, "__dict__", {}))
 
 
+def _result_record(path: Path) -> dict:
+    """What the stats block shows, as data (``--json``)."""
+    from systems.io import read_result
+
+    result = read_result(path)
+    return {
+        "result": str(path),
+        "converged": bool(result.converged),
+        "n": result.system.n,
+        "dim": result.system.dim,
+        "rattlers": int(sum(bool(r) for r in result.rattlers)),
+        "relaxation": result.relaxation,
+        "responses": {name: dict(r.get("attrs", {})) for name, r in result.responses.items()},
+        "timings": result.timings,
+    }
+
+
+def _task_record(task: Task, status: str, code: int = EXIT_OK, message: str = "") -> dict:
+    record = {"index": task.index, "label": task.label, "directory": str(task.directory),
+              "status": status, "exit_code": code}
+    if message:
+        record["message"] = message
+    written = status in ("done", "skipped") or code == EXIT_NUMERICAL  # not converged: written
+    if written and task.result_path.is_file():
+        with contextlib.suppress(Exception):
+            record.update(_result_record(task.result_path))
+    return record
+
+
 def _stats_from_result(path: Path, *, title: str | None = None) -> tuple[str, bool]:
     """The stats block of a result file, and whether everything converged."""
     from systems.io import read_result
@@ -473,6 +534,7 @@ def _stats_from_result(path: Path, *, title: str | None = None) -> tuple[str, bo
     help="Run only this task of the sweep [default: $SLURM_ARRAY_TASK_ID; unset: every task].",
 )
 @click.option("--overwrite", is_flag=True, help="Recompute tasks whose result already exists.")
+@json_option
 @cache_options
 @common_options
 def run(config: str, overrides: tuple[str, ...], output: str | None, task_index: int | None,
@@ -490,15 +552,21 @@ def run(config: str, overrides: tuple[str, ...], output: str | None, task_index:
     write_manifest(loaded)
 
     todo = []
+    records: dict[int, dict] = {}  # --json
     for task in tasks:
         if not overwrite and result_is_complete(task.result_path, task.config):
             reporter.info(f"{task.label}: skipped, complete result exists ({task.result_path})")
+            if state.json:
+                records[task.index] = _task_record(task, "skipped")
             continue
         if not overwrite and result_is_complete(task.result_path):
             reporter.info(f"{task.label}: the config changed since its result was written; recomputing")
         todo.append(task)
     if not todo:
         reporter.info(f"nothing to do: all {len(tasks)} task(s) complete (--overwrite recomputes)")
+        if state.json:
+            emit_json({"config": str(loaded.path), "converged": True, "failed": 0,
+                       "tasks": [records[i] for i in sorted(records)]})
         return
 
     started = time.perf_counter()
@@ -514,6 +582,9 @@ def run(config: str, overrides: tuple[str, ...], output: str | None, task_index:
                 code, message = _run_one(task, loaded, run_task, reporter, state, single)
                 if code != EXIT_OK:
                     failures[task.index] = (code, message)
+                if state.json:
+                    records[task.index] = _task_record(
+                        task, "done" if code == EXIT_OK else "failed", code, message)
     except (Terminated, KeyboardInterrupt) as stop:
         signum = getattr(stop, "signum", signal.SIGINT)
         name = signal.Signals(signum).name
@@ -527,6 +598,9 @@ def run(config: str, overrides: tuple[str, ...], output: str | None, task_index:
     if len(todo) > 1:
         per_task = elapsed / len(todo)
         reporter.info(f"{done} of {len(todo)} task(s) done in {elapsed:.1f} s ({per_task:.2f} s per task)")
+    if state.json:
+        emit_json({"config": str(loaded.path), "converged": not failures, "failed": len(failures),
+                   "elapsed_s": elapsed, "tasks": [records[i] for i in sorted(records)]})
     if failures:
         code = max(c for c, _ in failures.values())
         if single:
@@ -569,7 +643,7 @@ def _run_one(task: Task, loaded: LoadedConfig, run_task, reporter, state: State,
     if result_path.is_file():
         text, file_converged = _stats_from_result(result_path, title=None)
         converged = file_converged if converged is None else converged
-        if not state.quiet:
+        if not state.quiet and not state.json:
             if len(loaded.tasks) > 1:
                 click.echo(f"--- {task.label}")
             click.echo(text)
@@ -584,6 +658,7 @@ def _run_one(task: Task, loaded: LoadedConfig, run_task, reporter, state: State,
 @click.option("--task-index", type=click.IntRange(min=0), default=None,
               help="Print this task's resolved config.")
 @click.option("--no-file-check", is_flag=True, help="Do not check that input files exist.")
+@json_option
 @common_options
 def validate(config: str, overrides: tuple[str, ...], output: str | None, task_index: int | None,
              no_file_check: bool) -> None:
@@ -594,6 +669,15 @@ def validate(config: str, overrides: tuple[str, ...], output: str | None, task_i
     """
     state = _state()
     loaded = _load(config, overrides, output, check_files=not no_file_check)
+    if state.json:
+        selected = [loaded.task(task_index)] if task_index is not None else loaded.tasks
+        emit_json({
+            "config": str(loaded.path), "valid": True, "count": len(loaded.tasks),
+            "output_directory": str(loaded.output_directory), "sweep_keys": list(loaded.sweep),
+            "tasks": [{"index": t.index, "directory": str(t.directory), "values": t.sweep_values,
+                       "config": t.config} for t in selected],
+        })
+        return
     if task_index is not None:
         task = loaded.task(task_index)
         if not state.quiet:
@@ -742,6 +826,7 @@ def export(result: str, fmt: str, output: str | None) -> None:
               help="Audit only this task [default: $SLURM_ARRAY_TASK_ID; unset: every task].")
 @click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Largest relative error accepted [default: the audit's own].")
+@json_option
 @cache_options
 @common_options
 def check(config: str, overrides: tuple[str, ...], output: str | None, task_index: int | None,
@@ -763,18 +848,24 @@ def check(config: str, overrides: tuple[str, ...], output: str | None, task_inde
     from ._inspect import render_audit
 
     failed = []
+    records = []  # --json
     with stop_on_sigterm():
         for task in tasks:
             label = task.label if len(loaded.tasks) > 1 else Path(loaded.path).name
             with reporter.task(label, ftol=task.config["minimizer"]["ftol"]):
                 audit = audit_task(task.config, progress=reporter.progress)
             text, ok = render_audit(audit, tolerance=tolerance)
-            if not state.quiet:
+            records.append({"index": task.index, "label": task.label, "passed": ok,
+                            "audit": audit})
+            if not state.quiet and not state.json:
                 if len(loaded.tasks) > 1:
                     click.echo(f"--- {task.label}")
                 click.echo(text)
             if not ok:
                 failed.append(task.index)
+    if state.json:
+        emit_json({"config": str(loaded.path), "passed": not failed, "tolerance": tolerance,
+                   "tasks": records})
     if failed:
         which = ", ".join(str(i) for i in failed)
         raise NumericalFailure(
@@ -789,6 +880,7 @@ def check(config: str, overrides: tuple[str, ...], output: str | None, task_inde
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
               help="Summary path: writes SUMMARY.csv and SUMMARY.h5 (a .csv/.h5 suffix is "
               "replaced).")
+@json_option
 @common_options
 def collect(directory: str, output: str) -> None:
     """Gather the results under DIRECTORY (a sweep's output folder) into one CSV table and one
@@ -798,7 +890,11 @@ def collect(directory: str, output: str) -> None:
 
     reporter = state.reporter()
     csv_path, h5_path, table = collect_results(Path(directory), Path(output), reporter)
-    if not state.quiet:
+    if state.json:
+        emit_json({"csv": str(csv_path), "h5": str(h5_path), "count": len(table),
+                   "missing": sum(1 for row in table if row["status"] == "missing"),
+                   "table": table})
+    elif not state.quiet:
         missing = sum(1 for row in table if row["status"] == "missing")
         click.echo(f"wrote {csv_path} and {h5_path}: {len(table)} task(s)"
                    + (f", {missing} without a result" if missing else ""))
