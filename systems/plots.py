@@ -446,7 +446,8 @@ def response_figure(
                               markerfacecolor="none", markeredgecolor=_PERTURBED_COLOR,
                               markeredgewidth=1.8, label=f"perturbed particle {component}"))
     if handles:
-        figure.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)),
+        figure.legend(handles=handles, loc="outside lower center",
+                      ncols=len(handles) if len(handles) <= 3 else 2,
                       fontsize=8, frameon=False)
 
     if box is not None:
