@@ -740,16 +740,16 @@ def generate(n: int, dim: str, phi: float, seed: int, size_ratio: float, output:
 @click.argument("result", type=click.Path(dir_okay=False))
 @click.option("--top", type=click.IntRange(min=0), default=5, show_default=True,
               help="How many of the largest responses to list per theta.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@json_option
 @common_options
-def inspect(result: str, top: int, as_json: bool) -> None:
-    """Summarize a result file: system, thetas, convergence, residuals, zero modes and the
-    largest responses."""
+def inspect(result: str, top: int) -> None:
+    """Summarize a result file: system, thetas (with their units, axes and gauge),
+    convergence, residuals, zero modes and the largest responses."""
     from ._inspect import summarize, render_summary
 
     summary = summarize(result, top=top)
-    if as_json:
-        click.echo(json.dumps(summary, indent=1, default=str))
+    if _state().json:
+        emit_json(summary)
     else:
         click.echo(render_summary(summary))
 
