@@ -764,7 +764,10 @@ class Result:
             )
         entry = self.responses[name]
         attrs = dict(entry.get("attrs") or {})
-        unit, theta_unit = _jacobian_unit(attrs.get("kind"))
+        description = dict(entry.get("description") or {})
+        unit, theta_unit = _jacobian_unit(attrs.get("kind"))  # files written before the attrs
+        unit = str(description.get("unit", unit))
+        theta_unit = str(description.get("theta_unit", theta_unit))
         theta = attrs.get("theta")
         return Response(
             name=name,
@@ -776,7 +779,7 @@ class Result:
             theta_unit=theta_unit,
             converged=attrs.get("converged"),
             report=attrs,
-            description=dict(entry.get("description") or {}),
+            description=description,
         )
 
     def magnitudes(self, name: str | None = None, component: int | None = None) -> np.ndarray:
@@ -933,9 +936,10 @@ _RATTLERS = (
 )
 
 
-def _jacobian_unit(kind: Any) -> tuple[str, str]:
-    """(H5MD unit string, the unit of θ) of ``dx*/dθ``: length per unit of θ."""
-    theta_unit = THETA_UNITS.get(str(kind))
+def _jacobian_unit(kind: Any, multiplier: bool = False) -> tuple[str, str]:
+    """(H5MD unit string, the unit of θ) of ``dx*/dθ``: length per unit of θ (``multiplier``:
+    θ is a dimensionless multiplier, as for ``epsilon`` over a non-uniform ε matrix)."""
+    theta_unit = "1" if multiplier else THETA_UNITS.get(str(kind))
     if theta_unit is None:
         return "", "unknown"
     if theta_unit == LENGTH_UNIT:
@@ -945,11 +949,16 @@ def _jacobian_unit(kind: Any) -> tuple[str, str]:
     return f"{LENGTH_UNIT} {theta_unit}-1", theta_unit
 
 
-def _describe_jacobian(dataset: h5py.Dataset, name: str, attrs: Mapping, system: ParticleSystem) -> None:
+def _describe_jacobian(dataset: h5py.Dataset, name: str, attrs: Mapping, system: ParticleSystem,
+                       potential: Mapping | None) -> None:
     """Attributes that make ``/sensitivity/<name>/dx_dtheta`` readable without this package:
     axes, unit, θ (name, kind, definition, value, unit), gauge, rattler rows, and the linear
     solve's report (copied from the group's attributes)."""
     kind = attrs.get("kind")
+    # ε of no particular species over a non-uniform ε matrix: θ multiplies the matrix
+    epsilon = None if potential is None else potential.get("epsilon")
+    multiplier = (kind == "epsilon" and attrs.get("species") in (None, -1) and epsilon is not None
+                  and np.unique(np.asarray(epsilon, dtype=np.float64)).size > 1)
     if dataset.ndim == 3:
         count = dataset.shape[0]
         dataset.attrs["axes"] = np.array(["theta_component", "particle", "dimension"],
@@ -961,7 +970,7 @@ def _describe_jacobian(dataset: h5py.Dataset, name: str, attrs: Mapping, system:
     else:
         dataset.attrs["axes"] = np.array(["particle", "dimension"], dtype=h5py.string_dtype())
         dataset.attrs["axes_text"] = "[N][d]: entry [i, a] is dx*_(i,a)/dtheta"
-    unit, theta_unit = _jacobian_unit(kind)
+    unit, theta_unit = _jacobian_unit(kind, multiplier)
     if unit:
         dataset.attrs["unit"] = _fixed_string(unit)
     dataset.attrs["unit_text"] = f"{LENGTH_UNIT} / {theta_unit} (length per unit of theta)"
@@ -1071,7 +1080,8 @@ def write_result(
                 )
             group = sensitivity.create_group(name, track_order=True)
             group.create_dataset("dx_dtheta", data=dx_dtheta)
-            _describe_jacobian(group["dx_dtheta"], name, response.get("attrs") or {}, system)
+            _describe_jacobian(group["dx_dtheta"], name, response.get("attrs") or {}, system,
+                               parameters.get("potential"))
             attrs = dict(response.get("attrs") or {})
             for reserved in ("dx_dtheta", "extra"):
                 if reserved in attrs:

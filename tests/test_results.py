@@ -181,3 +181,19 @@ def test_prediction_matches_a_re_relaxation(tmp_path):
         # measured 1.2e-3 and 1.2e-4: the error of a linear prediction, O(Δθ²)
         assert errors[1] < 5e-4, (pspec.name, errors)
         assert 5 < errors[0] / errors[1] < 20, (pspec.name, errors)
+
+
+@pytest.mark.parametrize("epsilon, unit, theta_unit", [
+    (2.0, "sigma epsilon-1", "epsilon"),                 # θ = the uniform ε
+    ([[1.0, 0.5], [0.5, 1.0]], "sigma", "1"),            # θ multiplies the ε matrix
+])
+def test_epsilon_units(tmp_path, epsilon, unit, theta_unit):
+    inputs = make_result_inputs(n=8, vector=False)
+    inputs["responses"]["stiffness"] = {"dx_dtheta": np.zeros((8, 2)),
+                                        "attrs": {"kind": "epsilon", "species": -1, "theta": 1.0}}
+    inputs["parameters"]["potential"]["epsilon"] = epsilon
+    result = read_result(write_result(tmp_path / "r.h5", **inputs))
+    response = result.response("stiffness")
+    assert (response.unit, response.theta_unit) == (unit, theta_unit)
+    with h5py.File(tmp_path / "r.h5") as f:
+        assert f["sensitivity/stiffness/dx_dtheta"].attrs["unit"] == unit.encode()
