@@ -37,7 +37,8 @@ def synthetic_result(path: Path, n: int) -> None:
         responses[name] = {"dx_dtheta": field, "attrs": {
             "kind": kind, "species": 0, "theta": 1.0, "theta_meaning": kind, "solver": "cg",
             "iterations": 2390, "residual": 1e-11, "converged": True}}
-    write_result(path, system=system, relaxation={"energy": 1e-3, "steps": 12166, "converged": True},
+    write_result(path, system=system,
+                 relaxation={"energy": 1e-3, "steps": 12166, "converged": True},
                  responses=responses, rattlers=rattlers, zero_modes={"found": 2},
                  parameters={"config": {"seed": 0}, "provenance": {"x64": True}},
                  timings={"time_relax_s": 182.0})
@@ -65,7 +66,8 @@ def main(argv=None) -> None:
             "bare h5py (baseline)": (
                 "import h5py, numpy as np\n"
                 f"f = h5py.File({str(path)!r}, 'r')\n"
-                "x = f['particles/all/position/value'][0]; e = f['particles/all/box/edges/value'][0]\n"
+                "x = f['particles/all/position/value'][0]\n"
+                "e = f['particles/all/box/edges/value'][0]\n"
                 "j = [f[f'sensitivity/{k}/dx_dtheta'][()] for k in ('small_diameter', 'box')]\n"),
             "systems.read_result": f"import systems; systems.read_result({str(path)!r})",
             "  + response, magnitudes, prediction": (

@@ -179,7 +179,8 @@ def render_summary(summary: Mapping) -> str:
                 f"#{p['particle']} (species {p['species']}) {p['magnitude']:.3e}" for p in t["largest"]
             )
             lines.append(f"    largest: {largest}")
-    described = next((t.get("dataset_attrs") for t in summary["thetas"] if t.get("dataset_attrs")), {})
+    described = next(
+        (t["dataset_attrs"] for t in summary["thetas"] if t.get("dataset_attrs")), {})
     for key in ("gauge", "rattlers", "units"):
         if isinstance(described.get(key), str):
             lines.append(f"  {key}: {described[key]}")

@@ -609,9 +609,11 @@ def _write_particles(
         _time_dependent(particles, "position", positions)
         particles["position"].attrs["unit"] = _fixed_string(LENGTH_UNIT)
     else:
-        particles.create_dataset("position", data=positions).attrs["unit"] = _fixed_string(LENGTH_UNIT)
+        dataset = particles.create_dataset("position", data=positions)
+        dataset.attrs["unit"] = _fixed_string(LENGTH_UNIT)
     particles.create_dataset("species", data=np.asarray(system.species, dtype=np.int32))
-    diameter = particles.create_dataset("diameter", data=np.asarray(system.diameters, dtype=np.float64))
+    diameter = particles.create_dataset("diameter",
+                                        data=np.asarray(system.diameters, dtype=np.float64))
     diameter.attrs["unit"] = _fixed_string(LENGTH_UNIT)
 
 
@@ -994,7 +996,8 @@ def _describe_jacobian(dataset: h5py.Dataset, name: str, attrs: Mapping, system:
     for key in ("converged", "residual", "solver_relative_residual", "iterations", "solver",
                 "method", "tol"):
         if attrs.get(key) is not None:
-            dataset.attrs[key] = _encode(attrs[key], f"/sensitivity/{name}/dx_dtheta attribute {key}")
+            where = f"/sensitivity/{name}/dx_dtheta attribute {key}"
+            dataset.attrs[key] = _encode(attrs[key], where)
 
 
 def _write_observables(handle: h5py.File, relaxation: Mapping) -> None:
@@ -1167,8 +1170,8 @@ def read_result(path: str | os.PathLike) -> Result:
                     f"{label}: {where} has shape {dx_dtheta.shape}, expected ({system.n}, "
                     f"{system.dim}) or (P, {system.n}, {system.dim})"
                 )
-            response = {"dx_dtheta": dx_dtheta, "attrs": _read_tree(group, skip=("dx_dtheta", "extra")),
-                        "description": {k: _decode(v) for k, v in dataset.attrs.items()}}
+            response = {"dx_dtheta": dx_dtheta, "attrs": _read_tree(group, skip=("dx_dtheta", "extra"))}
+            response["description"] = {k: _decode(v) for k, v in dataset.attrs.items()}
             if isinstance(group.get("extra"), h5py.Group):
                 response.update(_read_tree(group["extra"]))
             responses[name] = response

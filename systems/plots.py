@@ -162,7 +162,8 @@ def _segments_enter_box(start: np.ndarray, end: np.ndarray, box: np.ndarray) -> 
     high = np.ones(len(start))
     delta = end - start
     for axis in range(start.shape[1]):
-        for p, q in ((-delta[:, axis], start[:, axis]), (delta[:, axis], box[axis] - start[:, axis])):
+        sides = ((-delta[:, axis], start[:, axis]), (delta[:, axis], box[axis] - start[:, axis]))
+        for p, q in sides:
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratio = q / p
             parallel = p == 0
@@ -248,11 +249,13 @@ def _new_figure(size: tuple[float, float], dpi: float = 150):
 def _output_format(path: Path, fmt: str | None) -> str:
     fmt = (fmt or path.suffix.lstrip(".") or "png").lower()
     if fmt not in FORMATS:
-        raise InputError(f"{path}: figure format {fmt!r} is not supported, expected one of {', '.join(FORMATS)}")
+        raise InputError(f"{path}: figure format {fmt!r} is not supported, expected one of "
+                         f"{', '.join(FORMATS)}")
     return fmt
 
 
-def _save(figure, path: str | os.PathLike, fmt: str | None = None, dpi: float | None = None) -> Path:
+def _save(figure, path: str | os.PathLike, fmt: str | None = None,
+          dpi: float | None = None) -> Path:
     """Save a figure (PNG, PDF or SVG) atomically."""
     path = Path(path)
     fmt = _output_format(path, fmt)
@@ -286,7 +289,8 @@ def _theta_text(data: _Source, component: int | None) -> str:
     if value is not None and np.ndim(value) == 0:
         text += f" = {_format_number(float(value))}" + (f" {unit}" if unit else "")
     elif value is not None and component is not None:
-        text += rf", $\theta_{{{component}}}$ = {_format_number(float(np.asarray(value)[component]))}"
+        value = float(np.asarray(value)[component])
+        text += rf", $\theta_{{{component}}}$ = {_format_number(value)}"
         text += f" {unit}" if unit else ""
     return text
 
@@ -374,7 +378,8 @@ def response_figure(
 
     centres, particle = positions[index], index
     if system.periodic and box is not None:
-        image_centres, image_particle = _periodic_images(positions[index], diameters[index] / 2, box)
+        image_centres, image_particle = _periodic_images(positions[index], diameters[index] / 2,
+                                                         box)
         centres = np.concatenate([centres, image_centres])
         particle = np.concatenate([particle, index[image_particle]])
 
@@ -409,7 +414,8 @@ def response_figure(
         positive = lengths[lengths > 0]
         key = _nice(float(np.median(positive))) if positive.size else 1.0
         axes.quiverkey(
-            quiver, 0.72, 1.015, key * factor, f"{_MAGNITUDE} = {key:g}" + (f" {unit}" if unit else ""),
+            quiver, 0.72, 1.015, key * factor,
+            f"{_MAGNITUDE} = {key:g}" + (f" {unit}" if unit else ""),
             labelpos="E", coordinates="axes", fontproperties={"size": 8},
         )
 
@@ -422,7 +428,9 @@ def response_figure(
     else:
         for s in np.unique(system.species[index]):
             sizes = np.unique(system.diameters[system.species == s])
-            label = f"species {s}" + (f" (d = {_format_number(sizes[0])})" if sizes.size == 1 else "")
+            label = f"species {s}"
+            if sizes.size == 1:
+                label += f" (d = {_format_number(sizes[0])})"
             handles.append(Line2D([], [], linestyle="none", marker="o", markersize=8,
                                   markerfacecolor=_SPECIES_COLORS[s % len(_SPECIES_COLORS)],
                                   markeredgecolor="#525252", label=label))
@@ -530,7 +538,8 @@ def magnitudes_figure(
     else:
         axes.hist(magnitudes, bins=bins, color=_SPECIES_COLORS[0], edgecolor="#08519c")
     unit = _unit_tex(data.unit) if data.unit else ""
-    axes.set_xlabel(_MAGNITUDE + (f" ({unit})" if unit else "") + (" (log scale)" if log_bins else ""))
+    axes.set_xlabel(_MAGNITUDE + (f" ({unit})" if unit else "")
+                    + (" (log scale)" if log_bins else ""))
     axes.set_ylabel("particles")
     title = f"{_MAGNITUDE} for {_theta_text(data, component)}"
     if which:

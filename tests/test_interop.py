@@ -80,7 +80,8 @@ def test_a_file_mdanalysis_writes_loads_here(tmp_path, units):
     path = tmp_path / "from_mdanalysis.h5md"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with mda.Writer(str(path), n_atoms=7, convert_units=units, lengthunit="nm" if units else None) as writer:
+        lengthunit = "nm" if units else None
+        with mda.Writer(str(path), n_atoms=7, convert_units=units, lengthunit=lengthunit) as writer:
             writer.write(universe)
     system, potential = read_packing(path, group="trajectory")
     assert potential is None and system.periodic

@@ -140,7 +140,7 @@ def test_predicted_system_arithmetic(result_path):
 
 @pytest.mark.slow
 def test_prediction_matches_a_re_relaxation(tmp_path):
-    """x* + Δθ ∂x*/∂θ against FIRE at θ + Δθ: the error is O(Δθ²), far below the step."""
+    """x* + Δθ ∂x*/∂θ against FIRE at θ + Δθ: the error is O(Δθ²), far below the move."""
     import jax
 
     assert jax.config.jax_enable_x64
