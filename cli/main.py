@@ -571,7 +571,6 @@ def run(config: str, overrides: tuple[str, ...], output: str | None, task_index:
 
     started = time.perf_counter()
     setup_jax(state, reporter)
-    import systems  # noqa: F401  (turns on x64 before jax-md loads)
     from systems.pipeline import run_task
 
     failures: dict[int, tuple[int, str]] = {}
@@ -842,7 +841,6 @@ def check(config: str, overrides: tuple[str, ...], output: str | None, task_inde
     loaded = _load(config, overrides, output)
     tasks = _select_tasks(loaded, task_index)
     setup_jax(state, reporter)
-    import systems  # noqa: F401
     from systems.pipeline import audit_task
 
     from ._inspect import render_audit
