@@ -718,6 +718,12 @@ class Result:
             ok = ok and bool(response.get("attrs", {}).get("converged", True))
         return ok
 
+    def __repr__(self) -> str:
+        where = f"{str(self.path)!r}, " if self.path is not None else ""
+        return (f"Result({where}n={self.system.n}, dim={self.system.dim}, "
+                f"thetas={self.names}, rattlers={int(np.sum(self.rattlers))}, "
+                f"converged={self.converged})")
+
     # -- the packing, by name -----------------------------------------------------------
 
     @property
@@ -872,6 +878,13 @@ class Response:
     converged: bool | None
     report: dict
     description: dict
+
+    def __repr__(self) -> str:
+        shape = "x".join(str(size) for size in self.dx_dtheta.shape)
+        theta = (f"{self.theta:g}" if isinstance(self.theta, float) else "?"
+                 if self.theta is None else f"[{np.size(self.theta)} values]")
+        return (f"Response({self.name!r}, kind={self.kind!r}, theta={theta} {self.theta_unit}, "
+                f"dx_dtheta {shape} [{self.unit}], converged={self.converged})")
 
     @property
     def vector(self) -> bool:

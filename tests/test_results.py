@@ -93,6 +93,10 @@ def test_typed_result(result_path):
     jacobian = inputs["responses"]["diameters"]["dx_dtheta"]
     np.testing.assert_allclose(vector.magnitudes(component=3), np.linalg.norm(jacobian[3], axis=1))
     assert result.response().name == "small_diameter"  # the first θ by default
+    assert repr(result) == (f"Result({str(result_path)!r}, n=9, dim=2, "
+                            "thetas=['small_diameter', 'diameters'], rattlers=1, converged=False)")
+    assert repr(scalar) == ("Response('small_diameter', kind='diameter', theta=1 sigma, "
+                            "dx_dtheta 9x2 [1], converged=True)")
     with pytest.raises(ValueError, match="small_diameter"):
         result.response("sigma")
 
