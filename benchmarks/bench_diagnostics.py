@@ -19,7 +19,8 @@ import sys
 
 import jax
 
-import systems  # noqa: F401  (x64)
+jax.config.update("jax_enable_x64", True)  # float64 physics, before jax-md loads
+
 from systems import response
 from systems.generate import random_packing
 from systems.potentials import PairModel, resolve_potential

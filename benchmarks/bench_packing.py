@@ -40,7 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import systems  # noqa: F401  (x64 before jax-md)
+jax.config.update("jax_enable_x64", True)  # float64 physics, before jax-md loads
+
 from systems.generate import random_packing
 from systems.potentials import PairModel, resolve_potential
 from systems.relax import _FireState, make_relaxer, resolve_minimizer

@@ -33,8 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+jax.config.update("jax_enable_x64", True)  # float64 physics, before jax-md loads
+
 import sensitivity
-import systems  # noqa: F401  (x64)
 from systems import hessian as hs
 from systems.generate import random_packing
 from systems.potentials import PairModel, resolve_potential

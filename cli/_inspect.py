@@ -18,14 +18,10 @@ __all__ = ["summarize", "render_summary", "render_audit", "response_magnitudes"]
 
 
 def response_magnitudes(dx_dtheta: np.ndarray) -> np.ndarray:
-    """|dx_i*/dθ| per particle: ``[N][d]`` -> ``[N]``; ``[P][N][d]`` -> ``[N]`` (norm over P, d).
+    """|dx_i*/dθ| per particle (:func:`systems.io.response_magnitudes`, its owner)."""
+    from systems.io import response_magnitudes as magnitudes
 
-    Rattler rows (NaN) stay NaN.
-    """
-    field = np.asarray(dx_dtheta, dtype=np.float64)
-    if field.ndim == 2:
-        return np.linalg.norm(field, axis=-1)
-    return np.sqrt(np.sum(field**2, axis=(0, 2)))
+    return magnitudes(dx_dtheta)
 
 
 def _plain(value: Any) -> Any:
@@ -49,10 +45,11 @@ def summarize(path: str | Path, *, top: int = 5) -> dict:
     species, counts = np.unique(np.asarray(system.species), return_counts=True)
     rattlers = np.asarray(result.rattlers, dtype=bool)
     thetas = []
-    for name, response in result.responses.items():
-        field = np.asarray(response["dx_dtheta"])
-        attrs = dict(response.get("attrs", {}))
-        magnitude = response_magnitudes(field)
+    for name in result.names:
+        typed = result.response(name)
+        field = np.asarray(typed.dx_dtheta)
+        attrs = dict(typed.report)
+        magnitude = typed.magnitudes()
         finite = np.where(np.isfinite(magnitude), magnitude, -np.inf)
         order = np.argsort(-finite, kind="stable")[: min(top, int(np.isfinite(magnitude).sum()))]
         valid = magnitude[np.isfinite(magnitude)]
@@ -66,6 +63,8 @@ def summarize(path: str | Path, *, top: int = 5) -> dict:
                 "iterations": _plain(attrs.get("iterations")),
                 "residual": _plain(attrs.get("residual")),
                 "converged": _plain(attrs.get("converged")),
+                "unit": typed.unit,
+                "theta_unit": typed.theta_unit,
                 "max_response": float(valid.max()) if valid.size else None,
                 "rms_response": float(np.sqrt(np.mean(valid**2))) if valid.size else None,
                 "largest": [
@@ -77,6 +76,7 @@ def summarize(path: str | Path, *, top: int = 5) -> dict:
                     for i in order
                 ],
                 "attrs": _plain(attrs),
+                "dataset_attrs": _plain(typed.description),
             }
         )
     config = result.parameters.get("config")
@@ -158,11 +158,19 @@ def render_summary(summary: Mapping) -> str:
     for t in summary["thetas"]:
         theta = t["theta"]
         theta_text = format_value(theta) if not isinstance(theta, list) else f"[{len(theta)} values]"
+        theta_unit = t.get("theta_unit")
+        if theta_unit and theta_unit not in ("1", "unknown"):
+            theta_text += f" {theta_unit}"
+        unit = f" [{t['unit']}]" if t.get("unit") not in (None, "unknown") else ""
         lines.append(
             f"  {t['name']}: kind {t['kind'] or '?'}, theta = {theta_text}, dx/dtheta "
-            f"{'x'.join(str(d) for d in t['shape'])}, max |dx_i/dtheta| "
+            f"{'x'.join(str(d) for d in t['shape'])}{unit}, max |dx_i/dtheta| "
             f"{format_value(t['max_response'])}, rms {format_value(t['rms_response'])}"
         )
+        described = t.get("dataset_attrs") or {}
+        for key in ("theta_definition", "axes_text", "unit_text"):
+            if described.get(key):
+                lines.append(f"    {key.replace('_text', '').replace('_', ' ')}: {described[key]}")
         skipped = (t.get("attrs") or {}).get("skipped")
         if skipped:
             lines.append(f"    not computed: {skipped}")
@@ -171,6 +179,11 @@ def render_summary(summary: Mapping) -> str:
                 f"#{p['particle']} (species {p['species']}) {p['magnitude']:.3e}" for p in t["largest"]
             )
             lines.append(f"    largest: {largest}")
+    described = next(
+        (t["dataset_attrs"] for t in summary["thetas"] if t.get("dataset_attrs")), {})
+    for key in ("gauge", "rattlers", "units"):
+        if isinstance(described.get(key), str):
+            lines.append(f"  {key}: {described[key]}")
     rattlers = summary["rattlers"]
     if rattlers["count"]:
         shown = ", ".join(str(i) for i in rattlers["indices"][:20])

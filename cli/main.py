@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import signal
 import sys
@@ -78,6 +79,7 @@ class State:
     debug: bool = False
     cache_dir: str | None = None
     no_cache: bool = False
+    json: bool = False
 
     def reporter(self):
         from ._report import Reporter
@@ -117,6 +119,36 @@ def common_options(function):
         help="More detail (every progress event).",
     )(function)
     return function
+
+
+def json_option(function):
+    """--json: one JSON object on stdout (see :func:`emit_json`) instead of the text."""
+    return click.option(
+        "--json", "json_output", is_flag=True, expose_value=False, callback=_store("json"),
+        help="Print one JSON object on stdout (the same fields as the text) instead of the text.",
+    )(function)
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return _json_ready(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def emit_json(payload: Any) -> None:
+    """The one JSON object a ``--json`` command prints on stdout: numpy values as numbers and
+    lists, paths as strings, NaN and infinities as null (strict JSON)."""
+    click.echo(json.dumps(_json_ready(payload), indent=1))
 
 
 def cache_options(function):
@@ -438,6 +470,35 @@ def _summary_fields(summary: Any) -> dict:
     return dict(getattr(summary, "__dict__", {}))
 
 
+def _result_record(path: Path) -> dict:
+    """What the stats block shows, as data (``--json``)."""
+    from systems.io import read_result
+
+    result = read_result(path)
+    return {
+        "result": str(path),
+        "converged": bool(result.converged),
+        "n": result.system.n,
+        "dim": result.system.dim,
+        "rattlers": int(sum(bool(r) for r in result.rattlers)),
+        "relaxation": result.relaxation,
+        "responses": {name: dict(r.get("attrs", {})) for name, r in result.responses.items()},
+        "timings": result.timings,
+    }
+
+
+def _task_record(task: Task, status: str, code: int = EXIT_OK, message: str = "") -> dict:
+    record = {"index": task.index, "label": task.label, "directory": str(task.directory),
+              "status": status, "exit_code": code}
+    if message:
+        record["message"] = message
+    written = status in ("done", "skipped") or code == EXIT_NUMERICAL  # not converged: written
+    if written and task.result_path.is_file():
+        with contextlib.suppress(Exception):
+            record.update(_result_record(task.result_path))
+    return record
+
+
 def _stats_from_result(path: Path, *, title: str | None = None) -> tuple[str, bool]:
     """The stats block of a result file, and whether everything converged."""
     from systems.io import read_result
@@ -473,6 +534,7 @@ def _stats_from_result(path: Path, *, title: str | None = None) -> tuple[str, bo
 @click.option("--overwrite", is_flag=True, help="Recompute every task, also the complete ones.")
 @click.option("--keep-failed", is_flag=True,
               help="Count tasks that finished without converging as done (do not recompute them).")
+@json_option
 @cache_options
 @common_options
 def run(config: str, overrides: tuple[str, ...], output: str | None, task_index: int | None,
@@ -492,23 +554,28 @@ def run(config: str, overrides: tuple[str, ...], output: str | None, task_index:
     write_manifest(loaded)
 
     todo = []
+    records: dict[int, dict] = {}  # --json
     for task in tasks:
         status = task_state(task)
         if not overwrite and status.finished(keep_failed):
             what = ("complete result exists" if status.state == "done"
                     else f"failed earlier ({status.reason}), kept by --keep-failed")
             reporter.info(f"{task.label}: skipped, {what} ({task.directory})")
+            if state.json:
+                records[task.index] = _task_record(task, "skipped")
             continue
         if not overwrite and status.state not in ("missing", "done"):
             reporter.info(f"{task.label}: {status.state} ({status.reason}); computing it")
         todo.append(task)
     if not todo:
         reporter.info(f"nothing to do: all {len(tasks)} task(s) complete (--overwrite recomputes)")
+        if state.json:
+            emit_json({"config": str(loaded.path), "converged": True, "failed": 0,
+                       "tasks": [records[i] for i in sorted(records)]})
         return
 
     started = time.perf_counter()
     setup_jax(state, reporter)
-    import systems  # noqa: F401  (turns on x64 before jax-md loads)
     from systems.pipeline import run_task
 
     failures: dict[int, tuple[int, str]] = {}
@@ -526,6 +593,9 @@ def run(config: str, overrides: tuple[str, ...], output: str | None, task_index:
                 ran += 1
                 if code != EXIT_OK:
                     failures[task.index] = (code, message)
+                if state.json:
+                    records[task.index] = _task_record(
+                        task, "done" if code == EXIT_OK else "failed", code, message)
                 if code == EXIT_STORAGE:
                     break  # a full or read-only disk fails every later task the same way
             signals.check()
@@ -543,6 +613,9 @@ def run(config: str, overrides: tuple[str, ...], output: str | None, task_index:
     if len(todo) > 1:
         per_task = elapsed / max(ran, 1)
         reporter.info(f"{done} of {len(todo)} task(s) done in {elapsed:.1f} s ({per_task:.2f} s per task)")
+    if state.json:
+        emit_json({"config": str(loaded.path), "converged": not failures, "failed": len(failures),
+                   "elapsed_s": elapsed, "tasks": [records[i] for i in sorted(records)]})
     if failures:
         code = max(failures.values(), key=lambda item: (item[0] == EXIT_STORAGE, item[0]))[0]
         failure = _FAILURE_CLASSES.get(code, NumericalFailure)
@@ -611,7 +684,7 @@ def _run_one(task: Task, loaded: LoadedConfig, run_task, reporter, state: State,
         if state.debug:
             raise
         return EXIT_NUMERICAL, " ".join(str(error).split())
-    if not state.quiet and result_path.is_file():
+    if not state.quiet and not state.json and result_path.is_file():
         text, _ = _stats_from_result(result_path, title=None)
         if len(loaded.tasks) > 1:
             click.echo(f"--- {task.label}")
@@ -624,6 +697,7 @@ def _run_one(task: Task, loaded: LoadedConfig, run_task, reporter, state: State,
 @click.option("--task-index", type=click.IntRange(min=0), default=None,
               help="Print this task's resolved config.")
 @click.option("--no-file-check", is_flag=True, help="Do not check that input files exist.")
+@json_option
 @common_options
 def validate(config: str, overrides: tuple[str, ...], output: str | None, task_index: int | None,
              no_file_check: bool) -> None:
@@ -634,6 +708,15 @@ def validate(config: str, overrides: tuple[str, ...], output: str | None, task_i
     """
     state = _state()
     loaded = _load(config, overrides, output, check_files=not no_file_check)
+    if state.json:
+        selected = [loaded.task(task_index)] if task_index is not None else loaded.tasks
+        emit_json({
+            "config": str(loaded.path), "valid": True, "count": len(loaded.tasks),
+            "output_directory": str(loaded.output_directory), "sweep_keys": list(loaded.sweep),
+            "tasks": [{"index": t.index, "directory": str(t.directory), "values": t.sweep_values,
+                       "config": t.config} for t in selected],
+        })
+        return
     if task_index is not None:
         task = loaded.task(task_index)
         if not state.quiet:
@@ -696,16 +779,16 @@ def generate(n: int, dim: str, phi: float, seed: int, size_ratio: float, output:
 @click.argument("result", type=click.Path(dir_okay=False))
 @click.option("--top", type=click.IntRange(min=0), default=5, show_default=True,
               help="How many of the largest responses to list per theta.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@json_option
 @common_options
-def inspect(result: str, top: int, as_json: bool) -> None:
-    """Summarize a result file: system, thetas, convergence, residuals, zero modes and the
-    largest responses."""
+def inspect(result: str, top: int) -> None:
+    """Summarize a result file: system, thetas (with their units, axes and gauge),
+    convergence, residuals, zero modes and the largest responses."""
     from ._inspect import summarize, render_summary
 
     summary = summarize(result, top=top)
-    if as_json:
-        click.echo(json.dumps(summary, indent=1, default=str))
+    if _state().json:
+        emit_json(summary)
     else:
         click.echo(render_summary(summary))
 
@@ -714,20 +797,66 @@ def inspect(result: str, top: int, as_json: bool) -> None:
 @click.argument("result", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
               help="Folder for the figures [default: plots/ beside RESULT].")
+@click.option("--format", "fmt", type=click.Choice(["png", "pdf", "svg"]), default="png",
+              show_default=True, help="Figure format.")
+@click.option("--dpi", type=click.FloatRange(min=10, max=2400), default=150, show_default=True,
+              help="Resolution of PNG figures.")
+@click.option("--theta", "names", multiple=True, metavar="NAME",
+              help="Draw only this theta (repeatable) [default: every theta].")
+@click.option("--component", type=int, default=None,
+              help="For a theta with several components (diameters), which one to draw "
+              "[default: the largest response].")
+@click.option("--color-by-magnitude", is_flag=True,
+              help="Colour the particles by |dx*_i/dtheta| (colour bar) instead of by species.")
+@click.option("--slice-z", type=float, default=None,
+              help="3D: the height of the slice drawn [default: the middle of the box].")
+@click.option("--scale", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Arrow length drawn per unit of dx*/dtheta [default: the median arrow is half "
+              "a mean diameter long].")
 @common_options
-def plot(result: str, output: str | None) -> None:
+def plot(result: str, output: str | None, fmt: str, dpi: float, names: tuple[str, ...],
+         component: int | None, color_by_magnitude: bool, slice_z: float | None,
+         scale: float | None) -> None:
     """Redraw the figures of a result file: the response field dx*/dtheta as arrows on the
-    packing, and the histogram of |dx*/dtheta| per particle, for every theta."""
+    packing (species legend, a reference arrow, arrows wrapped across the periodic boundary;
+    3D: a slice), and the histogram of |dx*/dtheta| per particle, for every theta."""
     state = _state()
     from systems.io import read_result
     from systems.plots import plot_result
 
     loaded = read_result(result)
     directory = Path(output) if output else Path(result).resolve().parent / "plots"
-    paths = plot_result(loaded, directory)
+    paths = plot_result(loaded, directory, format=fmt, dpi=dpi, names=list(names) or None,
+                        component=component, color_by_magnitude=color_by_magnitude,
+                        slice_z=slice_z, scale=scale)
     if not state.quiet:
         for path in paths:
             click.echo(str(path))
+
+
+@main.command(short_help="Write a result for ASE / OVITO (extended XYZ).")
+@click.argument("result", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["extxyz"]), default="extxyz", show_default=True,
+              help="extxyz: ASE and OVITO read it (each theta's response a per-atom vector).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="File to write [default: RESULT with the format's suffix].")
+@common_options
+def export(result: str, fmt: str, output: str | None) -> None:
+    """Write RESULT in a format visualisation tools read: the relaxed packing, the box as
+    the lattice, and each scalar theta's dx*/dtheta as a per-atom vector property."""
+    state = _state()
+    from systems.io import read_result
+
+    from ._export import export_extxyz
+
+    loaded = read_result(result)
+    path = Path(output) if output else Path(result).with_suffix(f".{fmt}")
+    written, skipped = export_extxyz(loaded, path)
+    for name in skipped:
+        click.echo(f"note: theta {name!r} has several components ([P][N][d]); not exported "
+                   "(read it from the result file)", err=True)
+    if not state.quiet:
+        click.echo(str(written))
 
 
 @main.command(short_help="Finite-difference audit of the derivatives.")
@@ -736,6 +865,7 @@ def plot(result: str, output: str | None) -> None:
               help="Audit only this task [default: $SLURM_ARRAY_TASK_ID; unset: every task].")
 @click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Largest relative error accepted [default: the audit's own].")
+@json_option
 @cache_options
 @common_options
 def check(config: str, overrides: tuple[str, ...], output: str | None, task_index: int | None,
@@ -751,20 +881,22 @@ def check(config: str, overrides: tuple[str, ...], output: str | None, task_inde
     loaded = _load(config, overrides, output)
     tasks = _select_tasks(loaded, task_index)
     setup_jax(state, reporter)
-    import systems  # noqa: F401
     from systems.pipeline import audit_task
 
     from ._inspect import render_audit
 
     failed = []
     reasons: dict[int, str] = {}
+    records = []  # --json
     with stop_on_sigterm():
         for task in tasks:
             label = task.label if len(loaded.tasks) > 1 else Path(loaded.path).name
             with reporter.task(label, ftol=task.config["minimizer"]["ftol"]):
                 audit = audit_task(task.config, progress=reporter.progress)
             text, ok = render_audit(audit, tolerance=tolerance)
-            if not state.quiet:
+            records.append({"index": task.index, "label": task.label, "passed": ok,
+                            "audit": audit})
+            if not state.quiet and not state.json:
                 if len(loaded.tasks) > 1:
                     click.echo(f"--- {task.label}")
                 click.echo(text)
@@ -772,6 +904,9 @@ def check(config: str, overrides: tuple[str, ...], output: str | None, task_inde
                 failed.append(task.index)
                 if audit.get("reason"):
                     reasons[task.index] = " ".join(str(audit["reason"]).split())
+    if state.json:
+        emit_json({"config": str(loaded.path), "passed": not failed, "tolerance": tolerance,
+                   "tasks": records})
     if reasons:
         lines = [f"task {i}: {reason}" if len(loaded.tasks) > 1 else reason
                  for i, reason in sorted(reasons.items())]
@@ -790,6 +925,7 @@ def check(config: str, overrides: tuple[str, ...], output: str | None, task_inde
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
               help="Summary path: writes SUMMARY.csv and SUMMARY.h5 (a .csv/.h5 suffix is "
               "replaced).")
+@json_option
 @common_options
 def collect(directory: str, output: str) -> None:
     """Gather the results under DIRECTORY (a sweep's output folder) into one CSV table and one
@@ -804,10 +940,13 @@ def collect(directory: str, output: str) -> None:
     text = (f"wrote {csv_path} and {h5_path}: {len(table)} task(s)"
             + (f", {missing} without a result" if missing else "")
             + (f", {unreadable} unreadable (rows marked; see the warnings)" if unreadable else ""))
+    if state.json:
+        emit_json({"csv": str(csv_path), "h5": str(h5_path), "count": len(table),
+                   "missing": missing, "unreadable": unreadable, "table": table})
+    elif not state.quiet and not unreadable:
+        click.echo(text)
     if unreadable:
         raise NumericalFailure(text)
-    if not state.quiet:
-        click.echo(text)
 
 
 @main.command(short_help="Submit a sweep as a Slurm job array.")

@@ -34,6 +34,10 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     n = args.n or (512 if args.full else 64)
 
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # float64 physics, before jax-md loads
+
     import systems
     from cli.config import resolve_config
 

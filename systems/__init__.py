@@ -1,73 +1,79 @@
 """systems: particle packings, their relaxation and the sensitivity of their energy minima.
 
-Importing this package turns on JAX's 64-bit mode (``jax_enable_x64``): the physics is
-done in float64, and jax-md must see x64 enabled before it is imported. jax-md itself is
-imported lazily, only by the modules that run physics, so that reading and writing files
-stays fast.
+Reading results needs neither jax nor jax-md::
+
+    import systems
+    result = systems.read_result("out/sensitivity.h5")   # numpy arrays, no jax imported
+    result.positions, result.box, result.response("small_diameter").dx_dtheta
+
+Every name below is imported on first use (module ``__getattr__``), so ``import systems``
+is instant and changes no global state. The physics (:mod:`systems.relax`,
+:mod:`systems.response`, :mod:`systems.pipeline`) runs in float64: whoever runs it turns
+on JAX's 64-bit mode first, before jax-md is imported (the ``sensitivity`` command does;
+in a script, ``jax.config.update("jax_enable_x64", True)`` at the top).
 """
 
-import jax
+from __future__ import annotations
 
-jax.config.update("jax_enable_x64", True)
+import importlib
+from typing import Any
 
-# --- io / data (io helper) ---
-from ._errors import ConvergenceError, InputError
-from ._system import ParticleSystem, wrap_positions
-from .generate import random_packing
-from .io import Result, file_sha256, read_packing, read_result, write_packing, write_result
-from .plots import plot_magnitudes, plot_response, plot_result
+# public name -> the module that owns it
+_EXPORTS = {
+    # errors, data, files, figures (numpy + h5py; matplotlib inside the plot functions)
+    "ConvergenceError": "_errors",
+    "InputError": "_errors",
+    "StorageError": "_errors",
+    "ParticleSystem": "_system",
+    "wrap_positions": "_system",
+    "random_packing": "generate",
+    "Result": "io",
+    "Response": "io",
+    "file_sha256": "io",
+    "read_packing": "io",
+    "read_result": "io",
+    "write_packing": "io",
+    "write_result": "io",
+    "plot_magnitudes": "plots",
+    "plot_response": "plots",
+    "plot_result": "plots",
+    # physics (jax; jax-md inside functions)
+    "TaskSummary": "pipeline",
+    "audit_task": "pipeline",
+    "run_task": "pipeline",
+    "PairModel": "potentials",
+    "Pairs": "potentials",
+    "PotentialParams": "potentials",
+    "PotentialSpec": "potentials",
+    "resolve_potential": "potentials",
+    # (the functions relax.relax and response.response are not re-exported: same names as
+    # their modules)
+    "MinimizerSpec": "relax",
+    "RelaxResult": "relax",
+    "Relaxer": "relax",
+    "make_relaxer": "relax",
+    "resolve_minimizer": "relax",
+    "ParameterSpec": "response",
+    "ResponseSolver": "response",
+    "find_rattlers": "response",
+    "gauge_fix": "response",
+    "nullspace_basis": "response",
+    "resolve_parameters": "response",
+    "resolve_sensitivity": "response",
+    "theta_apply": "response",
+}
 
-# --- physics (physics helper) ---
-from .pipeline import TaskSummary, audit_task, run_task
-from .potentials import PairModel, Pairs, PotentialParams, PotentialSpec, resolve_potential
-# (the functions relax.relax and response.response are not re-exported: same names as
-# their modules)
-from .relax import MinimizerSpec, RelaxResult, Relaxer, make_relaxer, resolve_minimizer
-from .response import (
-    ParameterSpec,
-    ResponseSolver,
-    find_rattlers,
-    gauge_fix,
-    nullspace_basis,
-    resolve_parameters,
-    resolve_sensitivity,
-    theta_apply,
-)
+__all__ = list(_EXPORTS)
 
-__all__ = [
-    "ConvergenceError",
-    "InputError",
-    "ParticleSystem",
-    "wrap_positions",
-    "random_packing",
-    "Result",
-    "file_sha256",
-    "read_packing",
-    "read_result",
-    "write_packing",
-    "write_result",
-    "plot_magnitudes",
-    "plot_response",
-    "plot_result",
-    "TaskSummary",
-    "audit_task",
-    "run_task",
-    "PairModel",
-    "Pairs",
-    "PotentialParams",
-    "PotentialSpec",
-    "resolve_potential",
-    "MinimizerSpec",
-    "RelaxResult",
-    "Relaxer",
-    "make_relaxer",
-    "resolve_minimizer",
-    "ParameterSpec",
-    "ResponseSolver",
-    "find_rattlers",
-    "gauge_fix",
-    "nullspace_basis",
-    "resolve_parameters",
-    "resolve_sensitivity",
-    "theta_apply",
-]
+
+def __getattr__(name: str) -> Any:
+    owner = _EXPORTS.get(name)
+    if owner is None:
+        raise AttributeError(f"module 'systems' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{owner}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -19,12 +19,21 @@ Output (:func:`write_packing`, :func:`write_result`) is always float64, carries 
 mandatory ``/h5md`` metadata (version [1, 1], author, creator) and is written atomically:
 to a temporary name in the destination folder, then renamed over the destination.
 
+Written files use the time-dependent form for ``position`` and ``box/edges`` (one frame,
+step 0), which MDAnalysis' H5MD reader requires; ``write_packing(time_dependent=False)``
+writes fixed datasets. Units are reduced (:data:`UNITS_NOTE`): ``unit`` = "sigma" on the box
+edges, the diameters and the position element (not on ``position/value``, where MDAnalysis
+refuses any unit it does not know), "epsilon" on energies.
+
 Result files add (groups of our own, which H5MD allows)::
 
+    /observables/potential_energy   time-dependent element, unit epsilon (for MD tools)
     /sensitivity                 attrs: format, timings (time_*_s), zero-mode figures
         rattlers     [N] bool
         <name>/                  one group per parameter θ; attrs: theta, solver, ...
-            dx_dtheta            [N][d] (scalar θ) or [P][N][d] (θ with P components)
+            dx_dtheta            [N][d] (scalar θ) or [P][N][d] (θ with P components);
+                                 attrs: axes, unit, theta_*, gauge, rattlers, the solve's
+                                 converged / residual / iterations (:func:`_describe_jacobian`)
     /relaxation                  attrs: steps, energy, max_force, stop_reason, converged
     (/audit)                     the finite-difference audit, if run
     /parameters/
@@ -54,15 +63,31 @@ from ._system import ParticleSystem, wrap_positions
 from .tasks import file_sha256
 
 __all__ = [
+    "Response",
     "Result",
     "file_sha256",
     "read_packing",
     "read_result",
+    "response_magnitudes",
     "write_packing",
     "write_result",
 ]
 
 H5MD_VERSION = (1, 1)
+
+#: Units (H5MD unit strings, https://www.nongnu.org/h5md/modules/units.html). The physics is
+#: in reduced units: lengths in the unit of the input packing's coordinates ("sigma"; for
+#: `sensitivity generate`, the small diameter is 1) and energies in the potential's ε.
+LENGTH_UNIT = "sigma"
+ENERGY_UNIT = "epsilon"
+UNITS_NOTE = (
+    "reduced units: sigma = the length unit of the input packing's coordinates (for "
+    "`sensitivity generate`: the small diameter), epsilon = the potential's energy scale"
+)
+
+#: The unit of θ for each parameter kind (as H5MD unit strings; "1": dimensionless).
+THETA_UNITS = {"diameter": LENGTH_UNIT, "diameters": LENGTH_UNIT, "epsilon": ENERGY_UNIT,
+               "box": "1"}
 RESULT_FORMAT = "sensitivity-result"
 RESULT_FORMAT_VERSION = 1
 
@@ -639,9 +664,27 @@ def _write_h5md_header(handle: h5py.File, author: str | None, creator: Any) -> N
     creator_group.attrs["version"] = _fixed_string(version)
 
 
+def _time_dependent(parent: h5py.Group, name: str, frame: np.ndarray) -> h5py.Dataset:
+    """A one-frame H5MD time-dependent element ``name`` {value [1][...], step [1], time [1]};
+    returns its ``value`` dataset. Step and time are 0: a relaxed state has no dynamics."""
+    element = parent.create_group(name)
+    value = element.create_dataset("value", data=frame[None], maxshape=(None,) + frame.shape)
+    element.create_dataset("step", data=np.zeros(1, dtype=np.int64), maxshape=(None,))
+    element.create_dataset("time", data=np.zeros(1, dtype=np.float64), maxshape=(None,))
+    return value
+
+
 def _write_particles(
     handle: h5py.File, system: ParticleSystem, group: str, time_dependent: bool
 ) -> None:
+    """``/particles/<group>`` as MD readers expect it (see :data:`LENGTH_UNIT` for units).
+
+    With ``time_dependent`` (results, and input packings by default) the position and the
+    box edges are one-frame time-dependent elements, the form MDAnalysis' H5MD reader needs
+    (``box/edges/value``); otherwise fixed datasets. ``species`` and ``diameter`` are fixed
+    ``[N]`` datasets (H5MD 1.1 allows fixed per-particle data beside a time-dependent
+    position).
+    """
     particles = handle.require_group("particles").create_group(group)
     dim = system.dim
     box = particles.create_group("box")
@@ -649,19 +692,27 @@ def _write_particles(
     boundary = "periodic" if system.periodic else "none"
     box.attrs["boundary"] = np.array([boundary.encode()] * dim, dtype="S8")
     if system.box is not None:
-        box.create_dataset("edges", data=np.asarray(system.box, dtype=np.float64))
+        edges = np.asarray(system.box, dtype=np.float64)
+        if time_dependent:
+            dataset = _time_dependent(box, "edges", edges)
+        else:
+            dataset = box.create_dataset("edges", data=edges)
+        dataset.attrs["unit"] = _fixed_string(LENGTH_UNIT)
     positions = np.asarray(system.positions, dtype=np.float64)
     if time_dependent:
-        element = particles.create_group("position")
-        element.create_dataset("value", data=positions[None], maxshape=(None,) + positions.shape)
-        element.create_dataset("step", data=np.zeros(1, dtype=np.int64), maxshape=(None,))
-        element.create_dataset("time", data=np.zeros(1, dtype=np.float64), maxshape=(None,))
+        # No `unit` on position/value: MDAnalysis refuses any length unit it does not know
+        # (reduced units included), even with convert_units=False. The element states it.
+        _time_dependent(particles, "position", positions)
+        particles["position"].attrs["unit"] = _fixed_string(LENGTH_UNIT)
     else:
-        particles.create_dataset("position", data=positions)
+        dataset = particles.create_dataset("position", data=positions)
+        dataset.attrs["unit"] = _fixed_string(LENGTH_UNIT)
     labels = np.asarray(system.labelled_species)
     particles.create_dataset(
         "species", data=labels.astype(np.int32 if labels.max(initial=0) < 2**31 else np.int64))
-    particles.create_dataset("diameter", data=np.asarray(system.diameters, dtype=np.float64))
+    diameter = particles.create_dataset("diameter",
+                                        data=np.asarray(system.diameters, dtype=np.float64))
+    diameter.attrs["unit"] = _fixed_string(LENGTH_UNIT)
 
 
 def _write_potential(handle: h5py.File, potential: Mapping | None) -> None:
@@ -717,6 +768,11 @@ def write_packing(
 class Result:
     """Everything a ``sensitivity.h5`` result file holds (see :func:`write_result`).
 
+    What :func:`read_result` returns: numpy arrays, no jax. By name: :attr:`positions`,
+    :attr:`box`, :attr:`diameters`, :attr:`species`, :attr:`rattlers`, :attr:`provenance`;
+    per θ, :meth:`response` (the Jacobian, its unit and the solve's report),
+    :meth:`magnitudes` and :meth:`predicted_system` (``x* + Δθ · ∂x*/∂θ``).
+
     Attributes:
         system: the relaxed packing (``/particles/all``).
         relaxation: minimizer report (steps, energy, max_force, stop_reason, converged, ...).
@@ -759,6 +815,183 @@ class Result:
         for response in self.responses.values():
             ok = ok and bool(response.get("attrs", {}).get("converged", True))
         return ok
+
+    def __repr__(self) -> str:
+        where = f"{str(self.path)!r}, " if self.path is not None else ""
+        return (f"Result({where}n={self.system.n}, dim={self.system.dim}, "
+                f"thetas={self.names}, rattlers={int(np.sum(self.rattlers))}, "
+                f"converged={self.converged})")
+
+    # -- the packing, by name -----------------------------------------------------------
+
+    @property
+    def positions(self) -> np.ndarray:
+        """``[N][d]`` relaxed positions x* (wrapped into a periodic box)."""
+        return self.system.positions
+
+    @property
+    def box(self) -> np.ndarray | None:
+        """``[d]`` box edge lengths (``None``: free boundaries)."""
+        return self.system.box
+
+    @property
+    def diameters(self) -> np.ndarray:
+        """``[N]`` particle diameters."""
+        return self.system.diameters
+
+    @property
+    def species(self) -> np.ndarray:
+        """``[N]`` integer species."""
+        return self.system.species
+
+    @property
+    def config(self) -> dict:
+        """The resolved configuration of the run (``{}`` if the file has none)."""
+        config = self.parameters.get("config")
+        return config if isinstance(config, dict) else {}
+
+    @property
+    def provenance(self) -> dict:
+        """Package versions, input file and its SHA-256, device, x64, command line."""
+        return dict(self.parameters.get("provenance") or {})
+
+    # -- responses ------------------------------------------------------------------------
+
+    def response(self, name: str | None = None) -> "Response":
+        """θ ``name``'s Jacobian and its report (default: the only or first θ)."""
+        if name is None:
+            if not self.names:
+                raise InputError(f"{self.path or 'result'}: /sensitivity holds no responses")
+            name = self.names[0]
+        if name not in self.responses:
+            raise InputError(
+                f"{self.path or 'result'}: /sensitivity/{name} is missing, expected one of: "
+                f"{', '.join(self.names) or 'none'}"
+            )
+        entry = self.responses[name]
+        attrs = dict(entry.get("attrs") or {})
+        description = dict(entry.get("description") or {})
+        unit, theta_unit = _jacobian_unit(attrs.get("kind"))  # files written before the attrs
+        unit = str(description.get("unit", unit))
+        theta_unit = str(description.get("theta_unit", theta_unit))
+        theta = attrs.get("theta")
+        return Response(
+            name=name,
+            dx_dtheta=entry["dx_dtheta"],
+            kind=attrs.get("kind"),
+            theta=None if theta is None else (np.asarray(theta, dtype=np.float64)
+                                              if np.ndim(theta) else float(theta)),
+            unit=unit or "unknown",
+            theta_unit=theta_unit,
+            converged=attrs.get("converged"),
+            report=attrs,
+            description=description,
+        )
+
+    def magnitudes(self, name: str | None = None, component: int | None = None) -> np.ndarray:
+        """``[N]`` per-particle response magnitudes (see :meth:`Response.magnitudes`)."""
+        return self.response(name).magnitudes(component)
+
+    def predicted_system(self, name: str | None, delta: Any) -> ParticleSystem:
+        """The packing linear response predicts at ``θ + Δθ``: ``x* + Δθ · ∂x*/∂θ``.
+
+        ``delta`` is a number for a scalar θ, a ``[P]`` vector for a θ with P components
+        (``x* + Σ_p Δθ_p ∂x*/∂θ_p``). What θ moves moves too: a species' diameter
+        (``diameter``), every diameter (``diameters``), the box edges (``box``: edges ×
+        (λ + Δλ)/λ). Positions are wrapped into the (new) periodic box. Rattlers, whose
+        response is undefined (NaN), stay where they are. The prediction is in the result's
+        gauge (backbone mean unchanged) and holds while no contact opens or closes.
+        """
+        response = self.response(name)
+        field = response.dx_dtheta
+        if field.ndim == 3:
+            delta = np.asarray(delta, dtype=np.float64)
+            if delta.shape != (field.shape[0],):
+                raise ValueError(
+                    f"theta {response.name!r} has {field.shape[0]} components: delta must "
+                    f"have shape ({field.shape[0]},), got {delta.shape}"
+                )
+            step = np.einsum("p,pnd->nd", delta, np.nan_to_num(field, nan=0.0))
+        else:
+            delta = float(delta)
+            step = delta * np.nan_to_num(field, nan=0.0)
+        moved = np.isfinite(field).all(axis=-1)
+        if field.ndim == 3:
+            moved = moved.all(axis=0)
+        positions = self.positions + np.where(moved[:, None], step, 0.0)
+        diameters, box = self.diameters, self.box
+        if response.kind == "diameter":
+            species = response.report.get("species")
+            diameters = diameters + delta * (self.species == species)
+        elif response.kind == "diameters":
+            diameters = diameters + delta
+        elif response.kind == "box" and box is not None:
+            box = box * (response.theta + delta) / response.theta
+        if self.system.periodic:
+            positions = wrap_positions(positions, box)
+        return self.system.replace(positions=positions, diameters=diameters, box=box)
+
+    def predicted_positions(self, name: str | None, delta: Any) -> np.ndarray:
+        """``[N][d]`` positions of :meth:`predicted_system`."""
+        return self.predicted_system(name, delta).positions
+
+
+def response_magnitudes(dx_dtheta: np.ndarray, component: int | None = None) -> np.ndarray:
+    """|∂x*_i/∂θ| per particle: ``[N][d]`` -> ``[N]``; ``[P][N][d]`` -> ``[N]``, the norm
+    over θ's components and the axes (or one component's, with ``component``).
+
+    Rattler rows (NaN) stay NaN.
+    """
+    field = np.asarray(dx_dtheta, dtype=np.float64)
+    if field.ndim == 3 and component is not None:
+        field = field[component]
+    if field.ndim == 2:
+        return np.linalg.norm(field, axis=-1)
+    return np.sqrt(np.sum(field**2, axis=(0, 2)))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Response:
+    """One θ of a result: its Jacobian ``∂x*/∂θ`` and the linear solve's report.
+
+    Attributes:
+        name: θ's name (``/sensitivity/<name>``).
+        dx_dtheta: ``[N][d]`` (scalar θ) or ``[P][N][d]`` (θ with P components), in
+            :attr:`unit`; rattler rows NaN; backbone mean zero (the gauge).
+        kind: ``diameter``, ``diameters``, ``epsilon`` or ``box``.
+        theta: θ's value at x* (a float, or ``[P]``).
+        unit: H5MD unit string of ``dx_dtheta`` (length per unit of θ; reduced units).
+        theta_unit: θ's unit.
+        converged: whether the linear solve converged (``None``: not recorded).
+        report: the group's attributes (solver, iterations, residual, tol, time_s, ...).
+        description: the dataset's attributes (axes, gauge, rattler rows, θ definition).
+    """
+
+    name: str
+    dx_dtheta: np.ndarray
+    kind: str | None
+    theta: float | np.ndarray | None
+    unit: str
+    theta_unit: str
+    converged: bool | None
+    report: dict
+    description: dict
+
+    def __repr__(self) -> str:
+        shape = "x".join(str(size) for size in self.dx_dtheta.shape)
+        theta = (f"{self.theta:g}" if isinstance(self.theta, float) else "?"
+                 if self.theta is None else f"[{np.size(self.theta)} values]")
+        return (f"Response({self.name!r}, kind={self.kind!r}, theta={theta} {self.theta_unit}, "
+                f"dx_dtheta {shape} [{self.unit}], converged={self.converged})")
+
+    @property
+    def vector(self) -> bool:
+        """True for a θ with several components (``[P][N][d]``)."""
+        return self.dx_dtheta.ndim == 3
+
+    def magnitudes(self, component: int | None = None) -> np.ndarray:
+        """``[N]`` |∂x*_i/∂θ| (:func:`response_magnitudes`); NaN for rattlers."""
+        return response_magnitudes(self.dx_dtheta, component)
 
 
 def _check_name(name: Any, where: str) -> str:
@@ -803,6 +1036,90 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot store {type(value).__name__} in the configuration JSON")
+
+
+_GAUGE = (
+    "backbone mean zero: the rigid translations are removed, so the mean of dx_dtheta over "
+    "the non-rattler particles is 0 along every axis{rotation}; a Jacobian is defined up to "
+    "this gauge"
+)
+_RATTLERS = (
+    "rows of rattlers (/sensitivity/rattlers true: fewer than d+1 contacts) are NaN; a "
+    "rattler carries no force at x*, so its response is undefined"
+)
+
+
+def _jacobian_unit(kind: Any, multiplier: bool = False) -> tuple[str, str]:
+    """(H5MD unit string, the unit of θ) of ``dx*/dθ``: length per unit of θ (``multiplier``:
+    θ is a dimensionless multiplier, as for ``epsilon`` over a non-uniform ε matrix)."""
+    theta_unit = "1" if multiplier else THETA_UNITS.get(str(kind))
+    if theta_unit is None:
+        return "", "unknown"
+    if theta_unit == LENGTH_UNIT:
+        return "1", theta_unit  # length / length
+    if theta_unit == "1":
+        return LENGTH_UNIT, theta_unit
+    return f"{LENGTH_UNIT} {theta_unit}-1", theta_unit
+
+
+def _describe_jacobian(dataset: h5py.Dataset, name: str, attrs: Mapping, system: ParticleSystem,
+                       potential: Mapping | None) -> None:
+    """Attributes that make ``/sensitivity/<name>/dx_dtheta`` readable without this package:
+    axes, unit, θ (name, kind, definition, value, unit), gauge, rattler rows, and the linear
+    solve's report (copied from the group's attributes)."""
+    kind = attrs.get("kind")
+    # ε of no particular species over a non-uniform ε matrix: θ multiplies the matrix
+    epsilon = None if potential is None else potential.get("epsilon")
+    multiplier = (kind == "epsilon" and attrs.get("species") in (None, -1) and epsilon is not None
+                  and np.unique(np.asarray(epsilon, dtype=np.float64)).size > 1)
+    if dataset.ndim == 3:
+        count = dataset.shape[0]
+        dataset.attrs["axes"] = np.array(["theta_component", "particle", "dimension"],
+                                         dtype=h5py.string_dtype())
+        what = "diameter of particle p" if kind == "diameters" else "component p of theta"
+        dataset.attrs["axes_text"] = (
+            f"[P][N][d], P = {count}: entry [p, i, a] is dx*_(i,a)/dtheta_p, theta_p = {what}"
+        )
+    else:
+        dataset.attrs["axes"] = np.array(["particle", "dimension"], dtype=h5py.string_dtype())
+        dataset.attrs["axes_text"] = "[N][d]: entry [i, a] is dx*_(i,a)/dtheta"
+    unit, theta_unit = _jacobian_unit(kind, multiplier)
+    if unit:
+        dataset.attrs["unit"] = _fixed_string(unit)
+    dataset.attrs["unit_text"] = f"{LENGTH_UNIT} / {theta_unit} (length per unit of theta)"
+    dataset.attrs["units"] = UNITS_NOTE
+    dataset.attrs["theta_name"] = name
+    dataset.attrs["theta_kind"] = "unknown" if kind is None else str(kind)
+    dataset.attrs["theta_unit"] = theta_unit
+    if attrs.get("theta_meaning") is not None:
+        dataset.attrs["theta_definition"] = str(attrs["theta_meaning"])
+    theta = attrs.get("theta")
+    if theta is not None:
+        value = np.asarray(theta, dtype=np.float64)
+        if value.size <= _MAX_ATTRIBUTE_ELEMENTS:
+            dataset.attrs["theta"] = value
+        else:
+            dataset.attrs["theta"] = h5py.Empty("f8")
+            dataset.attrs["theta_text"] = f"{value.size} values: see /sensitivity/{name}/theta"
+    rotation = "" if system.periodic else " and the rigid rotations about the centroid"
+    dataset.attrs["gauge"] = _GAUGE.format(rotation=rotation)
+    dataset.attrs["rattlers"] = _RATTLERS
+    for key in ("converged", "residual", "solver_relative_residual", "iterations", "solver",
+                "method", "tol"):
+        if attrs.get(key) is not None:
+            where = f"/sensitivity/{name}/dx_dtheta attribute {key}"
+            dataset.attrs[key] = _encode(attrs[key], where)
+
+
+def _write_observables(handle: h5py.File, relaxation: Mapping) -> None:
+    """``/observables/potential_energy`` (H5MD, unit ε): the relaxed energy where MD tools
+    look for it (MDAnalysis puts it in ``ts.data``); ``/relaxation`` keeps the full report."""
+    energy = relaxation.get("energy")
+    if isinstance(energy, (bool, np.bool_)) or not isinstance(energy, (int, float, np.number)):
+        return
+    value = _time_dependent(handle.require_group("observables"), "potential_energy",
+                            np.asarray(float(energy)))
+    value.attrs["unit"] = _fixed_string(ENERGY_UNIT)
 
 
 def write_result(
@@ -877,6 +1194,8 @@ def write_result(
                 )
             group = sensitivity.create_group(name, track_order=True)
             group.create_dataset("dx_dtheta", data=dx_dtheta)
+            _describe_jacobian(group["dx_dtheta"], name, response.get("attrs") or {}, system,
+                               parameters.get("potential"))
             attrs = dict(response.get("attrs") or {})
             for reserved in ("dx_dtheta", "extra"):
                 if reserved in attrs:
@@ -887,6 +1206,7 @@ def write_result(
                 _write_tree(group.create_group("extra", track_order=True), extra, f"/sensitivity/{name}/extra")
 
         _write_tree(handle.create_group("relaxation", track_order=True), relaxation, "/relaxation")
+        _write_observables(handle, relaxation)
         if audit is not None:
             _write_tree(handle.create_group("audit", track_order=True), audit, "/audit")
 
@@ -962,6 +1282,7 @@ def read_result(path: str | os.PathLike) -> Result:
                     f"{system.dim}) or (P, {system.n}, {system.dim})"
                 )
             response = {"dx_dtheta": dx_dtheta, "attrs": _read_tree(group, skip=("dx_dtheta", "extra"))}
+            response["description"] = {k: _decode(v) for k, v in dataset.attrs.items()}
             if isinstance(group.get("extra"), h5py.Group):
                 response.update(_read_tree(group["extra"]))
             responses[name] = response

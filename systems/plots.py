@@ -1,12 +1,21 @@
 """Figures of a sensitivity result: the packing with its response arrows, and magnitudes.
 
-* :func:`plot_response` -- the paper's figure: particles drawn as disks (with their periodic
-  images where they cross the box edges), an arrow ``dx*_i/dθ`` on every particle, rattlers
-  in grey without an arrow.
-* :func:`plot_magnitudes` -- the histogram of the per-particle magnitudes ``|dx*_i/dθ|``
-  (rattlers excluded).
-* :func:`plot_result` -- both figures for every parameter of a result, as PNG files.
+* :func:`response_figure` / :func:`plot_response` -- the paper's figure: particles drawn as
+  disks to scale (with their periodic images where they cross the box edges), coloured by
+  species (a legend names them) or by ``|∂x*_i/∂θ|`` (a colour bar), rattlers in grey
+  without an arrow, and an arrow ``∂x*_i/∂θ`` on every other particle. Arrows that cross a
+  periodic edge are drawn again from the opposite side (wrapped, not cut). One scale for
+  all arrows: the *median* arrow is drawn half a mean diameter long (unless the longest
+  would then exceed a quarter of the smaller box edge, which then sets the scale); a
+  reference arrow (quiverkey) states the length it stands for. For a per-particle θ
+  (``diameters``) the perturbed particle is ringed. A 3D packing is shown as the slice
+  through the middle of the box (``slice_z``): the cross-sections of the spheres the plane
+  cuts, with the x-y components of their arrows.
+* :func:`magnitudes_figure` / :func:`plot_magnitudes` -- the histogram of the per-particle
+  magnitudes ``|∂x*_i/∂θ|`` (rattlers excluded).
+* :func:`plot_result` -- both figures for every parameter of a result.
 
+Output formats: PNG, PDF or SVG (``format``, else the file's suffix), at ``dpi`` for PNG.
 Matplotlib is imported inside the functions and used through its object-oriented API with
 the Agg canvas, so importing this module is instant and no global backend is changed.
 Files are written atomically (temporary name in the same folder, then renamed).
@@ -15,125 +24,119 @@ Files are written atomically (temporary name in the same folder, then renamed).
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ._atomic import atomic_path
 from ._errors import InputError
 from ._system import ParticleSystem
-from .io import Result
+from .io import LENGTH_UNIT, Result, response_magnitudes
 
-__all__ = ["plot_magnitudes", "plot_response", "plot_result"]
+__all__ = [
+    "FORMATS",
+    "magnitudes_figure",
+    "plot_magnitudes",
+    "plot_response",
+    "plot_result",
+    "response_figure",
+]
+
+FORMATS = ("png", "pdf", "svg")
 
 _SPECIES_COLORS = ("#9ecae1", "#fdae6b", "#a1d99b", "#bcbddc", "#fa9fb5", "#c7e9c0")
 _RATTLER_COLOR = "#bdbdbd"
 _ARROW_COLOR = "#08306b"
+_PERTURBED_COLOR = "#cb181d"
+
+#: The scale rule: the median arrow is drawn this many mean diameters long ...
+MEDIAN_ARROW = 0.5
+#: ... unless the longest arrow would then be longer than this fraction of the smaller edge.
+LONGEST_ARROW = 0.25
+
+_DERIVATIVE = r"$\partial x^*/\partial\theta$"
+_MAGNITUDE = r"$|\partial x_i^*/\partial\theta|$"
+_UNIT_TEX = {"sigma": r"$\sigma$", "epsilon": r"$\epsilon$", "1": ""}
 
 
 # --------------------------------------------------------------------------------------
 # inputs
 
 
-def _unpack(source: Any, name: str | None) -> tuple[ParticleSystem, np.ndarray, np.ndarray, str]:
-    """(system, dx_dtheta, rattlers, name) from a Result or a mapping of arrays.
+class _Source:
+    """What a figure needs, from a Result or a mapping of arrays."""
 
-    A mapping holds ``dx_dtheta`` and either ``system`` (a ParticleSystem) or ``positions``,
-    ``diameters`` and optionally ``box`` (periodic when given) and ``species``; ``rattlers``
-    is optional (default: the rows of ``dx_dtheta`` that are NaN).
-    """
-    if isinstance(source, Result):
-        if name is None:
-            if not source.names:
-                raise InputError(f"{source.path or 'result'}: /sensitivity holds no responses to plot")
-            name = source.names[0]
-        if name not in source.responses:
-            available = ", ".join(source.names) or "none"
-            raise InputError(
-                f"{source.path or 'result'}: /sensitivity/{name} is missing, expected one of: {available}"
+    def __init__(self, source: Any, name: str | None):
+        self.kind = None
+        self.theta = None
+        self.unit = ""
+        self.theta_unit = ""
+        self.species_of_theta = None
+        if isinstance(source, Result):
+            response = source.response(name)
+            self.system = source.system
+            self.dx_dtheta = np.asarray(response.dx_dtheta)
+            self.rattlers = np.asarray(source.rattlers, dtype=bool)
+            self.name = response.name
+            self.kind = response.kind
+            self.theta = response.theta
+            self.unit = response.unit if response.unit != "unknown" else ""
+            self.theta_unit = response.theta_unit if response.theta_unit != "unknown" else ""
+            self.species_of_theta = response.report.get("species")
+            return
+        if not isinstance(source, Mapping):
+            raise TypeError("plot source must be a Result or a mapping of arrays")
+        if "system" in source:
+            system = source["system"]
+        else:
+            box = source.get("box")
+            positions = np.asarray(source["positions"], dtype=np.float64)
+            system = ParticleSystem(
+                positions=positions,
+                diameters=source.get("diameters", np.ones(len(positions))),
+                species=source.get("species", np.zeros(len(positions), dtype=np.int32)),
+                box=box,
+                periodic=box is not None,
             )
-        return source.system, np.asarray(source.dx_dtheta(name)), np.asarray(source.rattlers), name
-    if not isinstance(source, Mapping):
-        raise TypeError("plot source must be a Result or a mapping of arrays")
-    if "system" in source:
-        system = source["system"]
-    else:
-        box = source.get("box")
-        positions = np.asarray(source["positions"], dtype=np.float64)
-        system = ParticleSystem(
-            positions=positions,
-            diameters=source.get("diameters", np.ones(len(positions))),
-            species=source.get("species", np.zeros(len(positions), dtype=np.int32)),
-            box=box,
-            periodic=box is not None,
-        )
-    dx_dtheta = np.asarray(source["dx_dtheta"], dtype=np.float64)
-    rattlers = source.get("rattlers")
-    if rattlers is None:
-        rows = dx_dtheta if dx_dtheta.ndim == 2 else dx_dtheta.reshape(-1, *dx_dtheta.shape[-2:])[0]
-        rattlers = np.isnan(rows).any(axis=-1)
-    return system, dx_dtheta, np.asarray(rattlers, dtype=bool), name or "θ"
+        self.system = system
+        self.dx_dtheta = np.asarray(source["dx_dtheta"], dtype=np.float64)
+        rattlers = source.get("rattlers")
+        if rattlers is None:
+            rows = self.dx_dtheta if self.dx_dtheta.ndim == 2 else self.dx_dtheta[0]
+            rattlers = np.isnan(rows).any(axis=-1)
+        self.rattlers = np.asarray(rattlers, dtype=bool)
+        self.name = name or "θ"
+        self.kind = source.get("kind")
+        self.theta = source.get("theta")
 
 
 def _select_component(
     dx_dtheta: np.ndarray, rattlers: np.ndarray, component: int | None
-) -> tuple[np.ndarray, str]:
-    """The ``[N][d]`` field to draw and how to describe it in a title."""
+) -> tuple[np.ndarray, str, int | None]:
+    """The ``[N][d]`` field to draw, how to describe it, and its component index."""
     if dx_dtheta.ndim == 2:
-        return dx_dtheta, ""
+        return dx_dtheta, "", None
     count = dx_dtheta.shape[0]
     if component is not None:
         if not -count <= component < count:
             raise InputError(f"component {component} out of range for {count} components of θ")
-        return dx_dtheta[component], f"component {component % count} of {count}"
+        index = component % count
+        return dx_dtheta[index], f"component {index} of {count}", index
     backbone = np.nan_to_num(dx_dtheta[:, ~rattlers], nan=0.0)
     norms = np.sqrt(np.sum(backbone**2, axis=(1, 2)))
     if norms.size and np.max(norms) > 0:
         best = int(np.argmax(norms))
-        return dx_dtheta[best], f"component {best} of {count} (largest norm)"
-    return dx_dtheta[0], f"component 0 of {count} (first; all zero)"
-
-
-def _magnitudes(field: np.ndarray, rattlers: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(field[~rattlers], axis=-1)
+        return dx_dtheta[best], f"component {best} of {count} (largest norm)", best
+    return dx_dtheta[0], f"component 0 of {count} (first; all zero)", 0
 
 
 # --------------------------------------------------------------------------------------
-# output
-
-
-def _new_figure(size: tuple[float, float]):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=size, dpi=150, layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save(figure, path: str | os.PathLike) -> Path:
-    """Save a figure as PNG atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(descriptor)
-    try:
-        figure.savefig(tmp_name, format="png")
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(tmp_name, 0o666 & ~mask)
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except OSError:
-            pass
-        raise
-    return path
+# geometry
 
 
 def _periodic_images(
@@ -152,139 +155,364 @@ def _periodic_images(
     return np.concatenate(centres), np.concatenate(indices)
 
 
-def plot_response(
+def _segments_enter_box(start: np.ndarray, end: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """Whether each segment ``start -> end`` (``[M][2]``) passes through the open box
+    ``(0, L)`` (Liang-Barsky clipping)."""
+    low = np.zeros(len(start))
+    high = np.ones(len(start))
+    delta = end - start
+    for axis in range(start.shape[1]):
+        sides = ((-delta[:, axis], start[:, axis]), (delta[:, axis], box[axis] - start[:, axis]))
+        for p, q in sides:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = q / p
+            parallel = p == 0
+            high = np.where(parallel & (q <= 0), -1.0, high)  # parallel and outside
+            low = np.where(~parallel & (p < 0), np.maximum(low, ratio), low)
+            high = np.where(~parallel & (p > 0), np.minimum(high, ratio), high)
+    return low < high
+
+
+def _wrapped_arrows(
+    tails: np.ndarray, vectors: np.ndarray, box: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The arrows plus, for those that cross a periodic edge, their images shifted by whole
+    box vectors that pass through the box. Returns (tails, vectors, number of images)."""
+    all_tails, all_vectors = [tails], [vectors]
+    for shift in itertools.product((-1.0, 0.0, 1.0), repeat=2):
+        if shift == (0.0, 0.0):
+            continue
+        shifted = tails + np.asarray(shift) * box
+        hit = _segments_enter_box(shifted, shifted + vectors, box)
+        all_tails.append(shifted[hit])
+        all_vectors.append(vectors[hit])
+    images = sum(len(t) for t in all_tails[1:])
+    return np.concatenate(all_tails), np.concatenate(all_vectors), images
+
+
+def _nice(value: float) -> float:
+    """``value`` rounded to 1, 2 or 5 times a power of ten (the quiverkey's length)."""
+    if not value > 0 or not math.isfinite(value):
+        return 1.0
+    exponent = math.floor(math.log10(value))
+    mantissa = value / 10**exponent
+    step = 1.0 if mantissa < 1.5 else 2.0 if mantissa < 3.5 else 5.0 if mantissa < 7.5 else 10.0
+    return step * 10**exponent
+
+
+def _arrow_factor(lengths: np.ndarray, mean_diameter: float, box: np.ndarray | None,
+                  extent: np.ndarray, arrow_length: float | None, scale: float | None) -> float:
+    """Drawn length per unit of ∂x*/∂θ (see the module docstring for the rule)."""
+    if scale is not None:
+        return float(scale)
+    positive = lengths[lengths > 0]
+    if not positive.size:
+        return 1.0
+    if arrow_length is not None:
+        return float(arrow_length) / float(positive.max())
+    factor = MEDIAN_ARROW * mean_diameter / float(np.median(positive))
+    room = LONGEST_ARROW * float(np.min(box if box is not None else extent))
+    return min(factor, room / float(positive.max()))
+
+
+def _unit_tex(unit: str) -> str:
+    if unit in _UNIT_TEX:
+        return _UNIT_TEX[unit]
+    parts = []
+    for factor in unit.split():
+        match = re.fullmatch(r"([A-Za-z]+)([+-]?\d+)?", factor)
+        if not match:
+            return unit
+        symbol = {"sigma": r"\sigma", "epsilon": r"\epsilon"}.get(match.group(1), match.group(1))
+        power = match.group(2)
+        parts.append(symbol + (f"^{{{int(power)}}}" if power and int(power) != 1 else ""))
+    return "$" + r"\,".join(parts) + "$"
+
+
+def _format_number(value: float) -> str:
+    return f"{value:.4g}"
+
+
+# --------------------------------------------------------------------------------------
+# output
+
+
+def _new_figure(size: tuple[float, float], dpi: float = 150):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=size, dpi=dpi, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _output_format(path: Path, fmt: str | None) -> str:
+    fmt = (fmt or path.suffix.lstrip(".") or "png").lower()
+    if fmt not in FORMATS:
+        raise InputError(f"{path}: figure format {fmt!r} is not supported, expected one of "
+                         f"{', '.join(FORMATS)}")
+    return fmt
+
+
+def _save(figure, path: str | os.PathLike, fmt: str | None = None,
+          dpi: float | None = None) -> Path:
+    """Save a figure (PNG, PDF or SVG) atomically."""
+    path = Path(path)
+    fmt = _output_format(path, fmt)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format=fmt, dpi=dpi or figure.dpi)
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# the response figure
+
+
+def _theta_text(data: _Source, component: int | None) -> str:
+    """``θ = name = value unit`` for the title."""
+    text = rf"$\theta$ = {data.name}"
+    value = data.theta
+    unit = _unit_tex(data.theta_unit) if data.theta_unit else ""
+    if value is not None and np.ndim(value) == 0:
+        text += f" = {_format_number(float(value))}" + (f" {unit}" if unit else "")
+    elif value is not None and component is not None:
+        value = float(np.asarray(value)[component])
+        text += rf", $\theta_{{{component}}}$ = {_format_number(value)}"
+        text += f" {unit}" if unit else ""
+    return text
+
+
+def response_figure(
     source: Result | Mapping,
     name: str | None = None,
-    path: str | os.PathLike = "response.png",
     *,
     component: int | None = None,
     arrow_length: float | None = None,
-) -> Path:
-    """Draw the packing as disks with an arrow ``dx*_i/dθ`` on each particle (PNG).
+    scale: float | None = None,
+    color_by_magnitude: bool = False,
+    slice_z: float | None = None,
+    dpi: float = 150,
+):
+    """The packing as disks with an arrow ``∂x*_i/∂θ`` on each particle (a matplotlib
+    ``Figure``; :func:`plot_response` saves it).
 
     Args:
         source: a :class:`~systems.io.Result`, or a mapping with ``dx_dtheta`` (``[N][d]`` or
             ``[P][N][d]``), ``system`` or ``positions``/``diameters``/``box``, and optionally
-            ``rattlers`` (``[N]`` bool; default: NaN rows).
+            ``rattlers`` (``[N]`` bool; default: NaN rows), ``kind`` and ``theta``.
         name: the parameter (for a Result: which response; default the first).
-        path: the PNG to write.
         component: for a θ with P components, which one to draw; default the one whose
             response has the largest norm (named in the title).
-        arrow_length: drawn length of the longest arrow in length units (default: the mean
-            diameter). Arrows are all scaled by the same factor, given in the title.
+        arrow_length: drawn length of the longest arrow (length units), instead of the rule.
+        scale: drawn length per unit of ``∂x*/∂θ``, instead of the rule.
+        color_by_magnitude: colour the particles by ``|∂x*_i/∂θ|`` (viridis, colour bar)
+            instead of by species.
+        slice_z: 3D only: the height of the slice drawn (default: the middle of the box).
+        dpi: the figure's resolution (PNG).
 
-    Particles are coloured by species; rattlers are grey and carry no arrow. In a periodic
-    box the disks crossing an edge are drawn again on the opposite side. For 3D packings the
-    figure is the projection onto the x-y plane (said in the title).
-
-    Returns:
-        The path written.
+    The arrow rule (without ``arrow_length`` / ``scale``): the median arrow is drawn
+    :data:`MEDIAN_ARROW` mean diameters long, unless the longest arrow would then exceed
+    :data:`LONGEST_ARROW` of the smaller box edge. The quiverkey above the axes states the
+    length of a reference arrow in the units of ``∂x*/∂θ``.
     """
     from matplotlib.collections import EllipseCollection
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Rectangle
 
-    system, dx_dtheta, rattlers, name = _unpack(source, name)
-    field, which = _select_component(dx_dtheta, rattlers, component)
-    positions = system.positions[:, :2]
-    diameters = system.diameters
+    data = _Source(source, name)
+    system = data.system
+    field, which, component = _select_component(data.dx_dtheta, data.rattlers, component)
+    rattlers = data.rattlers
     box = None if system.box is None else system.box[:2]
-    order = np.argsort(system.positions[:, 2]) if system.dim == 3 else np.arange(system.n)
+    diameters = system.diameters.copy()
+    shown = np.ones(system.n, dtype=bool)
+    z_text = ""
+    if system.dim == 3:
+        z = system.positions[:, 2]
+        if slice_z is None:
+            slice_z = float(system.box[2] / 2) if system.box is not None else float(np.median(z))
+        dz = z - slice_z
+        if system.periodic and system.box is not None:
+            dz -= system.box[2] * np.round(dz / system.box[2])
+        shown = np.abs(dz) < diameters / 2
+        diameters = np.where(shown, 2 * np.sqrt(np.maximum((diameters / 2) ** 2 - dz**2, 0.0)), 0.0)
+        z_text = (f"3D: slice z = {_format_number(slice_z)} ({int(shown.sum())} of {system.n} "
+                  "spheres cut, as cross-sections); arrows: x-y components")
+    positions = system.positions[:, :2]
+    index = np.flatnonzero(shown)
 
-    colors = np.array([_SPECIES_COLORS[s % len(_SPECIES_COLORS)] for s in system.species], dtype=object)
+    magnitude = response_magnitudes(field)
+    if color_by_magnitude:
+        from matplotlib import colormaps
+        from matplotlib.colors import LogNorm, Normalize
+
+        finite = magnitude[np.isfinite(magnitude) & ~rattlers]
+        positive = finite[finite > 0]
+        if positive.size > 1 and positive.max() / positive.min() > 100:
+            norm = LogNorm(positive.min(), positive.max())
+        else:
+            norm = Normalize(0.0, float(finite.max()) if finite.size and finite.max() > 0 else 1.0)
+        cmap = colormaps["viridis"]
+        values = np.nan_to_num(magnitude, nan=0.0)
+        if isinstance(norm, LogNorm):
+            values = np.maximum(values, positive.min())
+        colors = np.empty(system.n, dtype=object)
+        colors[:] = [tuple(rgba) for rgba in cmap(norm(values))]
+    else:
+        colors = np.array([_SPECIES_COLORS[s % len(_SPECIES_COLORS)] for s in system.species],
+                          dtype=object)
     colors[rattlers] = _RATTLER_COLOR
-    centres, particle = positions[order], order
-    if system.periodic and box is not None:
-        image_centres, image_particle = _periodic_images(positions, diameters / 2, box)
-        centres = np.concatenate([centres, image_centres])
-        particle = np.concatenate([particle, image_particle])
 
-    extent = box if box is not None else np.ptp(positions, axis=0) + 2 * diameters.max()
+    centres, particle = positions[index], index
+    if system.periodic and box is not None:
+        image_centres, image_particle = _periodic_images(positions[index], diameters[index] / 2,
+                                                         box)
+        centres = np.concatenate([centres, image_centres])
+        particle = np.concatenate([particle, index[image_particle]])
+
+    extent = box if box is not None else np.ptp(positions, axis=0) + 2 * system.diameters.max()
     aspect = float(extent[1] / extent[0]) if extent[0] > 0 else 1.0
-    figure = _new_figure((6.0, max(2.5, min(12.0, 6.0 * aspect)) + 0.6))
+    figure = _new_figure((6.0, max(2.5, min(10.0, 4.9 * aspect)) + 1.5), dpi)
     axes = figure.add_subplot()
     axes.add_collection(
         EllipseCollection(
-            diameters[particle],
-            diameters[particle],
-            np.zeros(len(particle)),
-            units="xy",
-            offsets=centres,
-            offset_transform=axes.transData,
-            facecolors=list(colors[particle]),
-            edgecolors="#525252",
-            linewidths=0.4,
-            alpha=0.8 if system.dim == 3 else 1.0,
+            diameters[particle], diameters[particle], np.zeros(len(particle)), units="xy",
+            offsets=centres, offset_transform=axes.transData,
+            facecolors=list(colors[particle]), edgecolors="#525252", linewidths=0.4,
         )
     )
 
-    backbone = ~rattlers & np.all(np.isfinite(field), axis=1)
+    backbone = shown & ~rattlers & np.all(np.isfinite(field), axis=1)
     vectors = field[backbone, :2]
     lengths = np.linalg.norm(vectors, axis=1)
-    longest = float(lengths.max()) if lengths.size else 0.0
-    target = float(np.mean(diameters)) if arrow_length is None else float(arrow_length)
-    factor = target / longest if longest > 0 else 1.0
-    if vectors.size:
-        axes.quiver(
-            positions[backbone, 0],
-            positions[backbone, 1],
-            vectors[:, 0] * factor,
-            vectors[:, 1] * factor,
-            angles="xy",
-            scale_units="xy",
-            scale=1.0,
-            color=_ARROW_COLOR,
-            width=0.0035,
-            headwidth=3.5,
-            headlength=4.0,
-            headaxislength=3.5,
-            pivot="tail",
-            zorder=3,
+    factor = _arrow_factor(lengths, float(np.mean(system.diameters)), box, extent,
+                           arrow_length, scale)
+    tails, drawn = positions[backbone], vectors * factor
+    images = 0
+    if system.periodic and box is not None and len(tails):
+        tails, drawn, images = _wrapped_arrows(tails, drawn, box)
+    unit = _unit_tex(data.unit) if data.unit else ""
+    if len(tails):
+        quiver = axes.quiver(
+            tails[:, 0], tails[:, 1], drawn[:, 0], drawn[:, 1], angles="xy", scale_units="xy",
+            scale=1.0, color=_ARROW_COLOR, width=0.0035, headwidth=3.5, headlength=4.0,
+            headaxislength=3.5, pivot="tail", zorder=3,
         )
+        positive = lengths[lengths > 0]
+        key = _nice(float(np.median(positive))) if positive.size else 1.0
+        axes.quiverkey(
+            quiver, 0.72, 1.015, key * factor,
+            f"{_MAGNITUDE} = {key:g}" + (f" {unit}" if unit else ""),
+            labelpos="E", coordinates="axes", fontproperties={"size": 8},
+        )
+
+    handles = []
+    if color_by_magnitude:
+        from matplotlib.cm import ScalarMappable
+
+        bar = figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, shrink=0.8)
+        bar.set_label(_MAGNITUDE + (f" ({unit})" if unit else ""))
+    else:
+        for s in np.unique(system.species[index]):
+            sizes = np.unique(system.diameters[system.species == s])
+            label = f"species {s}"
+            if sizes.size == 1:
+                label += f" (d = {_format_number(sizes[0])})"
+            handles.append(Line2D([], [], linestyle="none", marker="o", markersize=8,
+                                  markerfacecolor=_SPECIES_COLORS[s % len(_SPECIES_COLORS)],
+                                  markeredgecolor="#525252", label=label))
+    if rattlers[index].any():
+        handles.append(Line2D([], [], linestyle="none", marker="o", markersize=8,
+                              markerfacecolor=_RATTLER_COLOR, markeredgecolor="#525252",
+                              label=f"rattler ({int(rattlers.sum())}, no arrow)"))
+    if data.kind == "diameters" and component is not None and shown[component]:
+        ring = [positions[component]]
+        if system.periodic and box is not None:
+            more, _ = _periodic_images(positions[component:component + 1],
+                                       diameters[component:component + 1] / 2, box)
+            ring += list(more)
+        ring = np.asarray(ring)
+        size = np.full(len(ring), diameters[component] * 1.15)
+        axes.add_collection(EllipseCollection(
+            size, size, np.zeros(len(ring)), units="xy", offsets=ring,
+            offset_transform=axes.transData, facecolors="none", edgecolors=_PERTURBED_COLOR,
+            linewidths=1.8, zorder=4))
+        handles.append(Line2D([], [], linestyle="none", marker="o", markersize=9,
+                              markerfacecolor="none", markeredgecolor=_PERTURBED_COLOR,
+                              markeredgewidth=1.8, label=f"perturbed particle {component}"))
+    if handles:
+        figure.legend(handles=handles, loc="outside lower center",
+                      ncols=len(handles) if len(handles) <= 3 else 2,
+                      fontsize=8, frameon=False)
 
     if box is not None:
         axes.add_patch(Rectangle((0, 0), box[0], box[1], fill=False, edgecolor="black", linewidth=1.0))
         axes.set_xlim(0, box[0])
         axes.set_ylim(0, box[1])
     else:
-        low = positions.min(axis=0) - diameters.max()
-        high = positions.max(axis=0) + diameters.max()
+        low = positions.min(axis=0) - system.diameters.max()
+        high = positions.max(axis=0) + system.diameters.max()
         axes.set_xlim(low[0], high[0])
         axes.set_ylim(low[1], high[1])
     axes.set_aspect("equal")
-    axes.set_xlabel("x")
-    axes.set_ylabel("y")
-    title = f"dx*/dθ for θ = {name}"
+    length = _unit_tex(LENGTH_UNIT)
+    axes.set_xlabel(f"$x$ ({length})")
+    axes.set_ylabel(f"$y$ ({length})")
+    title = f"{_DERIVATIVE} for {_theta_text(data, component)}"
     if which:
         title += f", {which}"
-    details = [f"N = {system.n}", f"{int(rattlers.sum())} rattler(s) in grey"]
-    details.append(f"arrows × {factor:.3g} (longest |dx*/dθ| = {longest:.3g})")
-    lines = [title]
-    if system.dim == 3:
-        lines.append("3D packing: projection onto the x-y plane (arrows: x, y components)")
-    lines.append("; ".join(details))
-    axes.set_title("\n".join(lines), fontsize=9)
-    return _save(figure, path)
+    details = f"N = {system.n}, {int(rattlers.sum())} rattler(s) in grey; "
+    if scale is None and arrow_length is None:
+        details += f"median arrow {MEDIAN_ARROW:g} mean diameter"
+    else:
+        details += f"arrows × {factor:.3g}"
+    if images:
+        details += f"; {images} wrapped"
+    lines = [title] + ([z_text] if z_text else []) + [details]
+    axes.set_title("\n".join(lines), fontsize=8, pad=16)
+    return figure
 
 
-def plot_magnitudes(
+def plot_response(
     source: Result | Mapping,
     name: str | None = None,
-    path: str | os.PathLike = "magnitudes.png",
+    path: str | os.PathLike = "response.png",
+    *,
+    format: str | None = None,
+    dpi: float = 150,
+    **options: Any,
+) -> Path:
+    """Save :func:`response_figure` (``options``: its keywords) as PNG, PDF or SVG
+    (``format``, else the suffix of ``path``). Returns the path written."""
+    path = Path(path)
+    _output_format(path, format)  # refuse a bad format before drawing
+    return _save(response_figure(source, name, dpi=dpi, **options), path, format, dpi)
+
+
+# --------------------------------------------------------------------------------------
+# magnitudes
+
+
+def magnitudes_figure(
+    source: Result | Mapping,
+    name: str | None = None,
     *,
     component: int | None = None,
     bins: int = 40,
-) -> Path:
-    """Histogram of the per-particle response magnitudes ``|dx*_i/dθ|`` (rattlers excluded).
+    dpi: float = 150,
+):
+    """Histogram of the per-particle response magnitudes ``|∂x*_i/∂θ|`` (rattlers excluded).
 
     The bins are logarithmic when the magnitudes span more than two decades. Arguments as
-    in :func:`plot_response`. Returns the path written.
+    in :func:`response_figure`. Returns the matplotlib ``Figure``.
     """
-    system, dx_dtheta, rattlers, name = _unpack(source, name)
-    field, which = _select_component(dx_dtheta, rattlers, component)
-    magnitudes = _magnitudes(field, rattlers)
+    data = _Source(source, name)
+    system, rattlers = data.system, data.rattlers
+    field, which, component = _select_component(data.dx_dtheta, rattlers, component)
+    magnitudes = response_magnitudes(field)[~rattlers]
     magnitudes = magnitudes[np.isfinite(magnitudes)]
 
-    figure = _new_figure((6.0, 4.2))
+    figure = _new_figure((6.0, 4.2), dpi)
     axes = figure.add_subplot()
     positive = magnitudes[magnitudes > 0]
     log_bins = positive.size > 1 and positive.max() / positive.min() > 100
@@ -296,9 +524,11 @@ def plot_magnitudes(
         axes.set_xscale("log")
     else:
         axes.hist(magnitudes, bins=bins, color=_SPECIES_COLORS[0], edgecolor="#08519c")
-    axes.set_xlabel("|dx*_i/dθ|" + (" (log scale)" if log_bins else ""))
+    unit = _unit_tex(data.unit) if data.unit else ""
+    axes.set_xlabel(_MAGNITUDE + (f" ({unit})" if unit else "")
+                    + (" (log scale)" if log_bins else ""))
     axes.set_ylabel("particles")
-    title = f"|dx*/dθ| for θ = {name}"
+    title = f"{_MAGNITUDE} for {_theta_text(data, component)}"
     if which:
         title += f", {which}"
     if magnitudes.size:
@@ -309,31 +539,62 @@ def plot_magnitudes(
     else:
         stats = f"N = {system.n}"
     axes.set_title(title + "\n" + stats, fontsize=9)
-    return _save(figure, path)
+    return figure
+
+
+def plot_magnitudes(
+    source: Result | Mapping,
+    name: str | None = None,
+    path: str | os.PathLike = "magnitudes.png",
+    *,
+    format: str | None = None,
+    dpi: float = 150,
+    **options: Any,
+) -> Path:
+    """Save :func:`magnitudes_figure` as PNG, PDF or SVG. Returns the path written."""
+    path = Path(path)
+    _output_format(path, format)
+    return _save(magnitudes_figure(source, name, dpi=dpi, **options), path, format, dpi)
 
 
 def _file_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "theta"
 
 
-def plot_result(result: Result, directory: str | os.PathLike) -> list[Path]:
+def plot_result(
+    result: Result,
+    directory: str | os.PathLike,
+    *,
+    format: str = "png",
+    dpi: float = 150,
+    names: list[str] | None = None,
+    **options: Any,
+) -> list[Path]:
     """Write every figure of a result into ``directory``.
 
-    For each parameter ``<name>``: ``response_<name>.png`` (:func:`plot_response`) and
-    ``magnitudes_<name>.png`` (:func:`plot_magnitudes`). For a θ with several components the
-    component with the largest response is drawn (named in the title).
+    For each parameter ``<name>`` (or those in ``names``): ``response_<name>.<format>``
+    (:func:`plot_response`, ``options`` are its keywords) and ``magnitudes_<name>.<format>``
+    (:func:`plot_magnitudes`). For a θ with several components the component with the
+    largest response is drawn (named in the title).
 
     Returns:
         The paths written, in that order.
     """
     directory = Path(directory)
+    format = _output_format(directory / f"x.{format}", format)
     paths: list[Path] = []
     used: set[str] = set()
-    for name in result.names:
+    chosen = result.names if names is None else list(names)
+    for name in chosen:
+        result.response(name)  # an unknown name: one clear error before any file
+    for name in chosen:
         stem = _file_stem(name)
         while stem in used:  # two names that sanitise alike
             stem += "_"
         used.add(stem)
-        paths.append(plot_response(result, name, directory / f"response_{stem}.png"))
-        paths.append(plot_magnitudes(result, name, directory / f"magnitudes_{stem}.png"))
+        paths.append(plot_response(result, name, directory / f"response_{stem}.{format}",
+                                   format=format, dpi=dpi, **options))
+        magnitude_options = {k: v for k, v in options.items() if k == "component"}
+        paths.append(plot_magnitudes(result, name, directory / f"magnitudes_{stem}.{format}",
+                                     format=format, dpi=dpi, **magnitude_options))
     return paths

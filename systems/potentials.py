@@ -21,7 +21,7 @@ laws are jax-md's:
 Everything that changes with θ lives in :class:`PotentialParams` (an explicit pytree of
 float64 arrays: diameters, the ε matrix and the box scale); everything else is static in
 :class:`PairModel`. jax-md is imported inside functions only (``import jax_md`` takes
-seconds, and jax-md must see x64 enabled first, which importing :mod:`systems` does).
+seconds, and jax-md must see x64 enabled first: :func:`require_x64` checks it).
 """
 
 from __future__ import annotations
@@ -318,8 +318,20 @@ def make_space(box: np.ndarray | None, periodic: bool):
     return _space(key, bool(periodic))
 
 
+def require_x64() -> None:
+    """Raise unless JAX's 64-bit mode is on: the physics is float64, and jax-md casts its
+    parameters to float32 when it is off. Importing :mod:`systems` does not turn it on."""
+    if not jax.config.jax_enable_x64:
+        raise RuntimeError(
+            "systems runs its physics in float64 but JAX's 64-bit mode is off; put "
+            "jax.config.update('jax_enable_x64', True) at the top of your script, before "
+            "jax-md is imported (the `sensitivity` command does this itself)"
+        )
+
+
 @functools.lru_cache(maxsize=64)
 def _space(box: tuple | None, periodic: bool):
+    require_x64()
     from jax_md import space
 
     if periodic:

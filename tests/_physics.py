@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-import systems  # noqa: F401  (x64 on before jax-md)
+import systems  # noqa: F401  (x64 is on: tests/conftest.py)
 from systems.generate import random_packing
 from systems.potentials import PairModel, resolve_potential
 from systems.relax import make_relaxer, resolve_minimizer

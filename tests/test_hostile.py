@@ -347,6 +347,7 @@ def test_sigterm_at_random_instants_never_leaves_a_false_complete(tmp_path, pack
     assert invoke(["run", config]).exit_code == 0 and _status(out) == "done"
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_signal_swallowed_by_a_destructor_still_stops_the_run(tmp_path, packing, monkeypatch):
     """Python prints 'Exception ignored' for an exception raised inside a weakref callback;
     the run must still exit 143 and the task must not count as complete."""

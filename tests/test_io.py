@@ -107,7 +107,11 @@ def test_write_read_round_trip(tmp_path, dim, time_dependent):
         box = f["particles/all/box"]
         assert box.attrs["dimension"] == dim
         assert [b.decode() for b in box.attrs["boundary"]] == ["periodic"] * dim
-        assert box["edges"].dtype == np.float64
+        edges = box["edges/value"] if time_dependent else box["edges"]
+        assert edges.dtype == np.float64
+        assert edges.shape == ((1, dim) if time_dependent else (dim,))  # MDAnalysis: edges/value
+        assert edges.attrs["unit"] == b"sigma"
+        assert f["particles/all/diameter"].attrs["unit"] == b"sigma"
 
 
 def test_potential_round_trip_and_metadata(tmp_path):

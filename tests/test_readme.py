@@ -54,3 +54,10 @@ def test_quick_start_runs_as_written(tmp_path):
         assert done.returncode == 0, f"`{command}` failed:\n{done.stdout}\n{done.stderr}"
     assert (tmp_path / "examples" / "out" / "sensitivity.h5").is_file()
     assert (tmp_path / "packing.h5").is_file()
+    # "Reading results": its first snippet loads that result, and imports no jax
+    snippet = re.findall(r"```python\n(.*?)```", _section("Reading results"), re.S)[0]
+    check = "\nimport sys\nassert 'jax' not in sys.modules, 'jax imported'\n"
+    done = subprocess.run([sys.executable, "-c", snippet + check], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "moved.h5").is_file()
