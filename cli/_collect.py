@@ -21,11 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from systems.tasks import RESULT_NAME
+
+from ._manifest import find_tasks
 from .config import ConfigError
 
 __all__ = ["collect_results", "summary_paths"]
 
-RESULT_NAME = "sensitivity.h5"
 SUMMARY_FORMAT = "sensitivity-summary"
 
 
@@ -33,28 +35,6 @@ def summary_paths(output: Path) -> tuple[Path, Path]:
     """``summary`` / ``summary.csv`` / ``summary.h5`` -> (``summary.csv``, ``summary.h5``)."""
     stem = output.with_suffix("") if output.suffix.lower() in (".csv", ".h5", ".hdf5") else output
     return stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".h5")
-
-
-def _find_tasks(directory: Path) -> list[dict]:
-    manifest = directory / "sweep.json"
-    if manifest.is_file():
-        try:
-            data = json.loads(manifest.read_text())
-            return [
-                {
-                    "index": int(t["index"]),
-                    "directory": directory / t["directory"],
-                    "values": dict(t.get("values") or {}),
-                }
-                for t in data["tasks"]
-            ]
-        except (ValueError, KeyError, TypeError) as error:
-            raise ConfigError(f"{manifest}: not a sweep manifest written by `sensitivity run` ({error})") from None
-    found = sorted(p for p in directory.rglob(RESULT_NAME) if p.is_file())
-    return [
-        {"index": i, "directory": path.parent, "values": {}}
-        for i, path in enumerate(found)
-    ]
 
 
 def _column_value(value: Any) -> Any:
@@ -83,7 +63,7 @@ def collect_results(directory: Path, output: Path, reporter=None) -> tuple[Path,
 
     if not directory.is_dir():
         raise ConfigError(f"{directory}: no such folder; give the output folder of a run or sweep")
-    tasks = _find_tasks(directory)
+    tasks = find_tasks(directory)
     if not tasks or not any((t["directory"] / RESULT_NAME).is_file() for t in tasks):
         raise ConfigError(
             f"{directory}: no {RESULT_NAME} found below it; run `sensitivity run CONFIG` first "

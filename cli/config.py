@@ -728,7 +728,9 @@ class Task:
 
     @property
     def result_path(self) -> Path:
-        return self.directory / "sensitivity.h5"
+        from systems.tasks import RESULT_NAME
+
+        return self.directory / RESULT_NAME
 
     @property
     def label(self) -> str:

@@ -26,13 +26,12 @@ from typing import Any
 
 import click
 
+from ._manifest import MANIFEST_NAME, find_tasks, write_manifest
 from .config import EXAMPLE_CONFIG, ConfigError, LoadedConfig, Task, dump_yaml, load_config
 
 EXIT_OK, EXIT_NUMERICAL, EXIT_USAGE = 0, 1, 2
 EXIT_STORAGE = 74  # EX_IOERR: the environment refused a write (disk full, read-only, ...)
 EXIT_SIGTERM, EXIT_SIGINT = 128 + signal.SIGTERM, 128 + signal.SIGINT
-RESULT_NAME = "sensitivity.h5"
-MANIFEST_NAME = "sweep.json"
 
 EPILOG = f"""\b
 Quick start:
@@ -379,35 +378,6 @@ def task_state(task: Task):
     from systems.tasks import task_status
 
     return task_status(task.directory, task.config)
-
-
-def write_manifest(loaded: LoadedConfig) -> Path | None:
-    """``<output.directory>/sweep.json``: the tasks of a sweep, for ``collect`` and ``status``."""
-    if not loaded.sweep:
-        return None
-    from systems._atomic import atomic_write_text
-    from systems.tasks import config_digest
-
-    top = loaded.output_directory
-    manifest = {
-        "format": "sensitivity-sweep",
-        "config": str(loaded.path.resolve()),
-        "overrides": list(loaded.overrides),
-        "keys": list(loaded.sweep),
-        "count": len(loaded.tasks),
-        "tasks": [
-            {
-                "index": task.index,
-                "directory": os.path.relpath(task.directory, top),
-                "values": task.sweep_values,
-                "config_sha256": config_digest(task.config),
-            }
-            for task in loaded.tasks
-        ],
-    }
-    path = top / MANIFEST_NAME
-    atomic_write_text(path, json.dumps(manifest, indent=1, default=str) + "\n")
-    return path
 
 
 class Terminated(BaseException):
@@ -1078,7 +1048,7 @@ def status(directory: str, as_json: bool) -> None:
     top = Path(directory)
     if not top.is_dir():
         raise UserError(f"{top}: no such folder; give the output folder of a run or sweep")
-    tasks = _status_tasks(top)
+    tasks = find_tasks(top)
     if not tasks:
         raise UserError(f"{top}: no task found (no {MANIFEST_NAME}, no task folder); run "
                         "`sensitivity run CONFIG` or `sensitivity submit CONFIG` first")
@@ -1108,27 +1078,6 @@ def status(directory: str, as_json: bool) -> None:
                    err=True)
     if counts["done"] != len(rows):
         sys.exit(EXIT_NUMERICAL)
-
-
-def _status_tasks(top: Path) -> list[dict]:
-    """The tasks of an output folder: from its sweep manifest, or the folder itself (one run),
-    or the task folders below it."""
-    from systems.tasks import LOCK_NAME, MARKER_NAME, RESULT_NAME
-
-    manifest = top / MANIFEST_NAME
-    if manifest.is_file():
-        try:
-            data = json.loads(manifest.read_text())
-            return [{"index": int(t["index"]), "directory": top / t["directory"],
-                     "config_sha256": t.get("config_sha256")} for t in data["tasks"]]
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise UserError(f"{manifest}: not a sweep manifest written by `sensitivity run` "
-                            f"({error})") from None
-    names = (MARKER_NAME, RESULT_NAME, LOCK_NAME)
-    if any((top / name).exists() for name in names):
-        return [{"index": 0, "directory": top}]
-    folders = sorted({p.parent for name in names for p in top.glob(f"*/{name}")})
-    return [{"index": i, "directory": folder} for i, folder in enumerate(folders)]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ._errors import InputError
+from .tasks import RESULT_NAME
 from .potentials import PairModel, resolve_potential
 from .relax import RelaxResult, Relaxer, make_relaxer, resolve_minimizer
 from .response import (ResponseSolver, gauge_fix, resolve_parameters,
@@ -394,7 +395,7 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
     }
     if config_text is not None:
         parameters["config_text"] = config_text
-    path = output_dir / "sensitivity.h5"
+    path = output_dir / RESULT_NAME
     io.write_result(path, system=system, relaxation=relaxed.as_dict(), responses=responses,
                     rattlers=rattlers, zero_modes=zero_modes, parameters=parameters,
                     timings=timings, audit=audit_result)
