@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _jaxmd
 from ._errors import InputError
 
 __all__ = [
@@ -332,7 +333,7 @@ def require_x64() -> None:
 @functools.lru_cache(maxsize=64)
 def _space(box: tuple | None, periodic: bool):
     require_x64()
-    from jax_md import space
+    space = _jaxmd.module("space")
 
     if periodic:
         return space.periodic(jnp.asarray(box, jnp.float64))
@@ -432,22 +433,17 @@ class PairModel:
         return 0.5 * (d[i] + d[j])
 
     def pair_law(self, r, sigma, epsilon, si, sj):
-        """Pair energy ``V(r; σ, ε)`` elementwise (jax-md's pair laws)."""
-        from jax_md import energy as jmd_energy
-
+        """Pair energy ``V(r; σ, ε)`` elementwise (jax-md's pair laws, :func:`soft_sphere`,
+        :func:`lennard_jones`, :func:`morse` with :func:`smooth_cutoff`)."""
         kind = self.spec.kind
         if kind == "soft_sphere":
             alpha = jnp.asarray(self.spec.alpha)[si, sj]
-            return jmd_energy.soft_sphere(r, sigma, epsilon, alpha)
-        r_onset = self.spec.r_onset * sigma
-        r_cutoff = self.spec.r_cutoff * sigma
+            return soft_sphere(r, sigma, epsilon, alpha)
+        cutoff = smooth_cutoff(r, self.spec.r_onset * sigma, self.spec.r_cutoff * sigma)
         if kind == "lennard_jones":
-            law = jmd_energy.multiplicative_isotropic_cutoff(
-                jmd_energy.lennard_jones, r_onset, r_cutoff)
-            return law(r, sigma, epsilon)
+            return cutoff * lennard_jones(r, sigma, epsilon)
         a = jnp.asarray(self.spec.morse_alpha)[si, sj]
-        law = jmd_energy.multiplicative_isotropic_cutoff(jmd_energy.morse, r_onset, r_cutoff)
-        return law(r, sigma, epsilon, a)
+        return cutoff * morse(r, sigma, epsilon, a)
 
     def pair_geometry(self, y, params: PotentialParams, pairs: Pairs):
         """Per pair: displacement (real units), distance, σ_ij, and the validity mask."""
@@ -559,7 +555,7 @@ class PairModel:
 
     def neighbor_list_fn(self, cutoff: float, skin: float):
         """jax-md OrderedSparse (i < j) neighbor list over the reference box, ``cutoff + skin``."""
-        from jax_md import partition
+        partition = _jaxmd.module("partition")
 
         return partition.neighbor_list(
             self.displacement_fn,
@@ -604,6 +600,41 @@ class PairModel:
         # sorted by (i, j): one integer sort (numpy's lexsort of two keys is 4x slower)
         key = np.sort(np.minimum(ij[:, 0], ij[:, 1]) * n + np.maximum(ij[:, 0], ij[:, 1]))
         return Pairs.from_arrays(key // n, key % n)
+
+# ---------------------------------------------------------------------------------------
+# Pair laws: the formulas of jax_md.energy (tests/test_potentials.py checks them against it),
+# written here because importing jax_md.energy imports jax-md's neural networks (1.2 s).
+
+
+def soft_sphere(r, sigma, epsilon, alpha):
+    """Harmonic-like overlap energy ``V = ε/α (1 - r/σ)^α`` for ``r < σ``, 0 beyond
+    (O'Hern et al., Phys. Rev. E 68, 011306 (2003)); finite gradients at ``r = σ``."""
+    x = r / sigma
+    inside = x < 1.0
+    overlap = jnp.where(inside, 1.0 - x, 1.0)  # the unused branch stays differentiable
+    return jnp.where(inside, epsilon / alpha * overlap**alpha, 0.0)
+
+
+def lennard_jones(r, sigma, epsilon):
+    """``V = 4ε((σ/r)^12 - (σ/r)^6)`` (non-finite values, at r = 0, set to finite ones)."""
+    inverse = (sigma / r) ** 2
+    inverse6 = inverse * inverse * inverse
+    return jnp.nan_to_num(4.0 * epsilon * (inverse6 * inverse6 - inverse6))
+
+
+def morse(r, sigma, epsilon, alpha):
+    """``V = ε(1 - exp(-α(r - σ)))² - ε``: a minimum ``-ε`` at ``r = σ``."""
+    return jnp.nan_to_num(epsilon * (1.0 - jnp.exp(-alpha * (r - sigma))) ** 2 - epsilon)
+
+
+def smooth_cutoff(r, r_onset, r_cutoff):
+    """HOOMD-blue's C¹ switch ``S(r)``: 1 below ``r_onset``, 0 beyond ``r_cutoff``, and
+    ``(r_c² - r²)² (r_c² + 2r² - 3r_o²) / (r_c² - r_o²)³`` between."""
+    rc2, ro2, r2 = r_cutoff**2, r_onset**2, r**2
+    inner = jnp.where(r < r_cutoff, (rc2 - r2) ** 2 * (rc2 + 2 * r2 - 3 * ro2) / (rc2 - ro2) ** 3,
+                      0.0)
+    return jnp.where(r < r_onset, 1.0, inner)
+
 
 class _ModelStatic:
     """The static part of a :class:`PairModel` pytree, equal (and hashed) by value."""

@@ -351,8 +351,9 @@ def _rebuild(neighbors, y, half_box):
     the pairs exactly as a fresh allocation at ``y`` would (the candidate order does not
     depend on the capacities). The overflow flag tells whether the capacities suffice.
     """
-    from jax_md import partition
+    from ._jaxmd import module
 
+    partition = module("partition")
     far = dataclasses.replace(neighbors, reference_position=y + half_box,
                               error=partition.PartitionError(jnp.zeros((), jnp.uint8)))
     return _sorted(far.update(y))

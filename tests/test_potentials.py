@@ -149,3 +149,79 @@ def test_interacting_pairs_equals_brute_force(case):
     assert len(i) > n // 2
     np.testing.assert_array_equal(np.asarray(pairs.i), i)
     np.testing.assert_array_equal(np.asarray(pairs.j), j)
+
+
+# --- our pair laws are jax-md's (importing jax_md.energy costs jax-md's neural networks) ---
+
+
+@pytest.mark.parametrize("alpha", [2.0, 2.5, 3.0])
+def test_pair_laws_match_jax_md_energy(alpha):
+    from jax_md import energy as jmd
+
+    from systems import potentials as pot
+
+    # Through r = σ exactly, the cutoff onset and the cutoff itself, on both sides.
+    r = jnp.concatenate([jnp.linspace(0.5, 3.0, 401), jnp.array([1.0, 1.2, 2.5, 2.5 - 1e-12])])
+    # float64 arrays: jax-md multiplies by float32 constants, which keep a Python float32.
+    sigma, epsilon, morse_a, onset, cutoff = (jnp.asarray(v, jnp.float64)
+                                              for v in (1.0, 1.3, 4.0, 1.2, 2.5))
+
+    def ours_soft(r):
+        return pot.soft_sphere(r, sigma, epsilon, alpha)
+
+    def theirs_soft(r):
+        return jmd.soft_sphere(r, sigma, epsilon, jnp.asarray(alpha))
+
+    def ours_lj(r):
+        return pot.smooth_cutoff(r, onset, cutoff) * pot.lennard_jones(r, sigma, epsilon)
+
+    theirs_lj = jmd.multiplicative_isotropic_cutoff(jmd.lennard_jones, onset, cutoff)
+
+    def ours_morse(r):
+        return pot.smooth_cutoff(r, onset, cutoff) * pot.morse(r, sigma, epsilon, morse_a)
+
+    theirs_morse = jmd.multiplicative_isotropic_cutoff(jmd.morse, onset, cutoff)
+    pairs = [(ours_soft, theirs_soft, ()), (ours_lj, theirs_lj, (sigma, epsilon)),
+             (ours_morse, theirs_morse, (sigma, epsilon, morse_a))]
+    for ours, theirs, args in pairs:
+        mine = jax.vmap(ours)(r)
+        ref = jax.vmap(lambda x: theirs(x, *args))(r)
+        np.testing.assert_allclose(mine, ref, rtol=1e-13, atol=1e-15)
+        grad_mine = jax.vmap(jax.grad(ours))(r)
+        grad_ref = jax.vmap(jax.grad(lambda x: theirs(x, *args)))(r)
+        np.testing.assert_allclose(grad_mine, grad_ref, rtol=1e-12, atol=1e-14)
+        hess_mine = jax.vmap(jax.grad(jax.grad(ours)))(r[r < 0.999])
+        hess_ref = jax.vmap(jax.grad(jax.grad(lambda x: theirs(x, *args))))(r[r < 0.999])
+        np.testing.assert_allclose(hess_mine, hess_ref, rtol=1e-11, atol=1e-12)
+
+
+def test_a_run_imports_only_the_jax_md_modules_it_uses(tmp_path):
+    """A whole `sensitivity run` loads jax-md's space and partition, never rigid_body, nn or
+    energy (5 s of import for modules the run does not use)."""
+    import pathlib
+    import shutil
+    import subprocess
+    import sys
+
+    examples = pathlib.Path(__file__).resolve().parents[1] / "examples"
+    shutil.copy(examples / "packing.h5", tmp_path / "packing.h5")
+    config = (examples / "packing.yaml").read_text().replace("plots: true", "plots: false")
+    (tmp_path / "run.yaml").write_text(config)
+    code = (
+        "import sys\n"
+        "from cli.main import main\n"
+        "try:\n"
+        "    main.main(['run', 'run.yaml'], standalone_mode=False)\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('jax_md.'))\n"
+        "print('LOADED', loaded)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "out" / "sensitivity.h5").exists(), out.stdout + out.stderr
+    line = next(x for x in out.stdout.splitlines() if x.startswith("LOADED"))
+    assert "jax_md.space" in line, line  # 64 disks: every pair, no neighbor list
+    for heavy in ("jax_md.rigid_body", "jax_md.nn", "jax_md.energy", "jax_md.simulate"):
+        assert heavy not in line, line
