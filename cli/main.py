@@ -548,6 +548,8 @@ def run(config: str, overrides: tuple[str, ...], output: str | None, task_index:
     setup_jax(state, reporter)
     from systems.pipeline import run_task
 
+    reporter.info(f"imported jax and the physics in {time.perf_counter() - started:.2f} s")
+
     failures: dict[int, tuple[int, str]] = {}
     single = len(todo) == 1 and len(loaded.tasks) == 1
     current = None

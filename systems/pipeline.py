@@ -396,14 +396,23 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
     if config_text is not None:
         parameters["config_text"] = config_text
     path = output_dir / RESULT_NAME
+    t_write = time.perf_counter()
     io.write_result(path, system=system, relaxation=relaxed.as_dict(), responses=responses,
                     rattlers=rattlers, zero_modes=zero_modes, parameters=parameters,
                     timings=timings, audit=audit_result)
+    timings = dict(timings, time_write_s=time.perf_counter() - t_write)
+    if progress is not None:
+        progress("written", time_s=timings["time_write_s"])
     plot_paths = []
     if (config.get("output") or {}).get("plots", True) and result is not None:
+        t_plots = time.perf_counter()
         from .plots import plot_result
 
         plot_paths = plot_result(io.read_result(path), output_dir / "plots")
+        timings["time_plots_s"] = time.perf_counter() - t_plots
+        if progress is not None:
+            progress("plotted", figures=len(plot_paths), time_s=timings["time_plots_s"])
+    timings["time_total_s"] = time.perf_counter() - t_total  # the file's total ends before writing
     if progress is not None:
         progress("done", converged=converged, path=str(path))
     return TaskSummary(

@@ -36,6 +36,7 @@ import numpy as np
 
 from . import _jaxmd
 from ._errors import InputError
+from ._system import pairs_within
 
 __all__ = [
     "POTENTIAL_DEFAULTS",
@@ -569,37 +570,14 @@ class PairModel:
     def interacting_pairs(self, y, params: PotentialParams, margin: float = 1.02) -> Pairs:
         """The compact half list (i < j) of pairs within ``margin × range`` at ``y``.
 
-        Built on the host with a k-d tree (scipy; periodic boxes through its ``boxsize``):
-        no compilation, so it costs the same for every packing of a sweep. Used where the
-        pair set stays fixed: derivatives at a minimum, contact analysis.
+        Built on the host (:func:`systems._system.pairs_within`): no compilation, so it costs
+        the same for every packing of a sweep. Used where the pair set stays fixed:
+        derivatives at a minimum, contact analysis.
         """
-        from scipy.spatial import cKDTree
-
-        y = np.asarray(y, np.float64)
         cutoff = margin * self.interaction_range(params) / float(np.asarray(params.scale))
-        if self.periodic:
-            box = np.asarray(self.box, np.float64)
-            y = np.mod(y, box)
-            y = np.where(y >= box, 0.0, y)
-            if np.all(cutoff < 0.5 * box):
-                tree = cKDTree(y, boxsize=box)
-            else:  # the tree's periodic search needs cutoff < box/2: every pair instead
-                tree = None
-        else:
-            tree = cKDTree(y)
-        n = y.shape[0]
-        if tree is not None:  # pairs (i < j) at distance <= cutoff (minimum image)
-            ij = tree.query_pairs(cutoff, output_type="ndarray").astype(np.int64)
-        else:
-            i, j = np.triu_indices(n, 1)
-            d = y[i] - y[j]
-            if self.periodic:
-                d = d - box * np.round(d / box)
-            keep = np.sum(d * d, axis=-1) <= cutoff * cutoff
-            ij = np.stack([i[keep], j[keep]], axis=-1).astype(np.int64)
-        # sorted by (i, j): one integer sort (numpy's lexsort of two keys is 4x slower)
-        key = np.sort(np.minimum(ij[:, 0], ij[:, 1]) * n + np.maximum(ij[:, 0], ij[:, 1]))
-        return Pairs.from_arrays(key // n, key % n)
+        box = np.asarray(self.box, np.float64) if self.periodic else None
+        ij = pairs_within(y, cutoff, box)
+        return Pairs.from_arrays(ij[:, 0], ij[:, 1])
 
 # ---------------------------------------------------------------------------------------
 # Pair laws: the formulas of jax_md.energy (tests/test_potentials.py checks them against it),

@@ -127,10 +127,16 @@ def test_sparse_hessian_vector_product_is_exact():
     assert np.allclose(rest[4], full, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("search", ["every-pair", "k-d tree"])
 @pytest.mark.parametrize("case", ["periodic", "periodic-small-box", "free"])
-def test_interacting_pairs_equals_brute_force(case):
-    """The k-d tree half list (and its every-pair fallback for a box under twice the
-    cutoff) against all pairs within margin × range by the minimum image, sorted by (i, j)."""
+def test_interacting_pairs_equals_brute_force(case, search, monkeypatch):
+    """The half list, by NumPy over every pair (small systems) and by the k-d tree (large
+    ones; forced here), against all pairs within margin × range by the minimum image, sorted
+    by (i, j). A box under twice the cutoff always takes the every-pair path."""
+    from systems import _system
+
+    if search == "k-d tree":
+        monkeypatch.setattr(_system, "BRUTE_FORCE_MAX", 0)
     n = 8 if case == "periodic-small-box" else 64
     system = random_packing(n, dim=2, phi=0.85, seed=3)
     if case == "free":
