@@ -14,14 +14,7 @@ import numpy as np
 
 from ._report import format_value, stats_block
 
-__all__ = ["summarize", "render_summary", "render_audit", "response_magnitudes"]
-
-
-def response_magnitudes(dx_dtheta: np.ndarray) -> np.ndarray:
-    """|dx_i*/dθ| per particle (:func:`systems.io.response_magnitudes`, its owner)."""
-    from systems.io import response_magnitudes as magnitudes
-
-    return magnitudes(dx_dtheta)
+__all__ = ["summarize", "render_summary", "render_audit"]
 
 
 def _plain(value: Any) -> Any:

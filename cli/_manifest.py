@@ -23,7 +23,7 @@ def write_manifest(loaded: LoadedConfig) -> Path | None:
     """``<output.directory>/sweep.json`` for a sweep (None without one)."""
     if not loaded.sweep:
         return None
-    from systems._atomic import atomic_write_text
+    from systems import atomic_write_text
     from systems.tasks import config_digest
 
     top = loaded.output_directory

@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -270,21 +270,9 @@ class SensitivityGroup(click.Group):
 def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
-    from importlib import metadata
-
-    def version(name: str) -> str:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return "not installed"
+    from systems.versions import package_version as version
 
     own = version("sensitivity")
-    if own == "not installed":
-        try:
-            text = (Path(__file__).resolve().parents[1] / "sensitivity" / "__init__.py").read_text()
-            own = text.split('__version__ = "', 1)[1].split('"', 1)[0]
-        except (OSError, IndexError):
-            own = "unknown"
     others = ", ".join(f"{name} {version(name)}" for name in ("jax", "jaxlib", "jax-md"))
     click.echo(f"sensitivity {own} ({others}; python {sys.version.split()[0]})")
     ctx.exit()
@@ -607,8 +595,8 @@ def _run_one(task: Task, loaded: LoadedConfig, run_task, reporter, state: State,
     result and plots, write config.yaml, and only then the completion marker. A signal or a
     crash anywhere before the marker leaves the task counted as not complete.
     """
-    from systems._atomic import atomic_write_text, ensure_writable_folder, storage_error
-    from systems._errors import ConvergenceError, InputError, StorageError
+    from systems import atomic_write_text, ensure_writable_folder, storage_error
+    from systems import ConvergenceError, InputError, StorageError
     from systems.tasks import (CONFIG_NAME, MARKER_NAME, RESULT_NAME, input_digests, lock_task,
                                mark_complete, mark_started)
 
@@ -1011,7 +999,7 @@ def submit(config: str, overrides: tuple[str, ...], output: str | None, dry_run:
         environment=environment,
         task_count=len(loaded.tasks),
     )
-    from systems._atomic import atomic_write_text, ensure_writable_folder
+    from systems import atomic_write_text, ensure_writable_folder
 
     script_path = Path(script) if script else top / "submit.sbatch"
     ensure_writable_folder(top / "logs", "log folder")

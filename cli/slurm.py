@@ -192,7 +192,7 @@ _RANGE = re.compile(r"^(\d+)_\[([0-9,\-%]+)\]\|(\S+)$")
 def record_submission(top: str | os.PathLike, job_id: str, indices: Sequence[int],
                       script: str | os.PathLike) -> None:
     """Append a submission to ``<top>/submissions.json`` (read by ``sensitivity status``)."""
-    from systems._atomic import atomic_write_text
+    from systems import atomic_write_text
 
     path = Path(top) / SUBMISSIONS_NAME
     entries = read_submissions(top)

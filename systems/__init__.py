@@ -22,6 +22,11 @@ from typing import Any
 _EXPORTS = {
     # errors, data, files, figures (numpy + h5py; matplotlib inside the plot functions)
     "ConvergenceError": "_errors",
+    "atomic_path": "_atomic",
+    "atomic_write_text": "_atomic",
+    "ensure_writable_folder": "_atomic",
+    "storage_error": "_atomic",
+    "package_version": "versions",
     "InputError": "_errors",
     "StorageError": "_errors",
     "ParticleSystem": "_system",

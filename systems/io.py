@@ -57,10 +57,11 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ._atomic import atomic_path, storage_error
+from ._atomic import atomic_path
 from ._errors import InputError
 from ._system import ParticleSystem, wrap_positions
 from .tasks import file_sha256
+from .versions import package_version
 
 __all__ = [
     "Response",
@@ -98,20 +99,6 @@ _MAX_ATTRIBUTE_ELEMENTS = 256
 
 # --------------------------------------------------------------------------------------
 # small helpers
-
-
-def _package_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("sensitivity")
-    except Exception:  # not installed (running from a checkout)
-        try:
-            import sensitivity
-
-            return str(getattr(sensitivity, "__version__", "unknown"))
-        except Exception:
-            return "unknown"
 
 
 def _default_author() -> str:
@@ -644,9 +631,9 @@ def read_packing(
 
 def _creator_fields(creator: Any) -> tuple[str, str]:
     if creator is None:
-        return "sensitivity", _package_version()
+        return "sensitivity", package_version("sensitivity")
     if isinstance(creator, str):
-        return creator, _package_version()
+        return creator, package_version("sensitivity")
     if isinstance(creator, Mapping):
         return str(creator.get("name", "sensitivity")), str(creator.get("version", "unknown"))
     name, version = creator

@@ -13,7 +13,6 @@ command line turns that into exit code 1).
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import json
 import math
 import platform
@@ -79,15 +78,10 @@ def provenance(config: Mapping[str, Any], input_path: Path) -> dict:
 
     from .io import file_sha256
 
-    versions = {}
-    for package in ("sensitivity", "jax", "jaxlib", "jax-md", "numpy", "scipy", "h5py"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = "not installed"
+    from .versions import versions
     device = jax.devices()[0]
     return {
-        "versions": versions,
+        "versions": versions(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "input_path": str(input_path),

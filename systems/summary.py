@@ -1,0 +1,171 @@
+"""A sweep's results as one table (CSV) and one HDF5 file (``sensitivity collect``).
+
+One row per task: the swept values, the relaxation (steps, energy, max force, stopping
+criterion), rattlers, timings, and per θ the solver's iterations, residual, convergence and the
+largest and rms |dx_i*/dθ|. The HDF5 summary holds the same table (``/table/<column>``, one
+dataset per column) and, for each task, a copy of its result file's groups under
+``/tasks/<task folder>/`` (``particles``, ``sensitivity``, ``relaxation``, ``parameters``,
+``audit``), so one file carries every Jacobian. Needs h5py and numpy, not jax.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ._atomic import atomic_path
+from .io import copy_result, read_result, response_magnitudes
+from .tasks import RESULT_NAME
+
+__all__ = ["SUMMARY_FORMAT", "summary_paths", "write_summary"]
+
+SUMMARY_FORMAT = "sensitivity-summary"
+
+
+def summary_paths(output: Path) -> tuple[Path, Path]:
+    """``summary`` / ``summary.csv`` / ``summary.h5`` -> (``summary.csv``, ``summary.h5``)."""
+    stem = output.with_suffix("") if output.suffix.lower() in (".csv", ".h5", ".hdf5") else output
+    return stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".h5")
+
+
+def _column_value(value: Any) -> Any:
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, default=str)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def write_summary(directory: Path, tasks: Sequence[Mapping[str, Any]], output: Path,
+                  warn: Callable[[str], None] | None = None) -> tuple[Path, Path, list[dict]]:
+    """Write the CSV and HDF5 summaries of a sweep's ``tasks``.
+
+    Args:
+        directory: the sweep's output folder (the table's paths are relative to it).
+        tasks: ``{"index", "directory", "values"}`` per task (the sweep manifest's entries, or
+            one per result file found).
+        output: ``SUMMARY``, ``SUMMARY.csv`` or ``SUMMARY.h5``: both files are written.
+        warn: called with one line per task that has no result or an unreadable one.
+
+    Returns:
+        (csv path, hdf5 path, the table rows).
+    """
+    keys: list[str] = []
+    for task in tasks:
+        for key in task["values"]:
+            if key not in keys:
+                keys.append(key)
+
+    rows: list[dict] = []
+    results = []
+    for task in tasks:
+        path = task["directory"] / RESULT_NAME
+        row: dict[str, Any] = {
+            "task": task["index"],
+            "directory": os.path.relpath(task["directory"], directory),
+        }
+        for key in keys:
+            row[key] = _column_value(task["values"].get(key))
+        if not path.is_file():
+            row["status"] = "missing"
+            rows.append(row)
+            results.append(None)
+            if warn is not None:
+                warn(f"task {task['index']}: no result in {task['directory']}")
+            continue
+        try:
+            result = read_result(path)
+        except Exception as error:  # one damaged file never costs the other rows
+            reason = " ".join(str(error).split()) or type(error).__name__
+            row["status"] = "unreadable"
+            row["error"] = reason
+            rows.append(row)
+            results.append(None)
+            if warn is not None:
+                warn(f"task {task['index']}: {reason}")
+            continue
+        relaxation = result.relaxation
+        row["status"] = "ok" if result.converged else "not_converged"
+        row["n"] = result.system.n
+        row["dim"] = result.system.dim
+        for key in ("steps", "energy", "max_force", "stop_reason", "converged"):
+            row[f"relax_{key}"] = _column_value(relaxation.get(key))
+        row["rattlers"] = int(np.asarray(result.rattlers).sum())
+        for key, value in result.timings.items():
+            row[key] = _column_value(value)
+        for name, response in result.responses.items():
+            attrs = response.get("attrs", {})
+            magnitude = response_magnitudes(response["dx_dtheta"])
+            finite = magnitude[np.isfinite(magnitude)]
+            row[f"{name}.theta"] = _column_value(attrs.get("theta"))
+            for key in ("iterations", "residual", "converged"):
+                row[f"{name}.{key}"] = _column_value(attrs.get(key))
+            row[f"{name}.max_response"] = float(finite.max()) if finite.size else None
+            row[f"{name}.rms_response"] = float(np.sqrt(np.mean(finite**2))) if finite.size else None
+        rows.append(row)
+        results.append(path)
+
+    columns: list[str] = []
+    for row in rows:
+        for key in row:
+            if key not in columns:
+                columns.append(key)
+    csv_path, h5_path = summary_paths(output)
+    with atomic_path(h5_path) as tmp_h5:
+        with h5py.File(tmp_h5, "w") as out:
+            out.attrs["format"] = SUMMARY_FORMAT
+            out.attrs["source"] = str(directory.resolve())
+            out.attrs["sweep_keys"] = json.dumps(keys)
+            group = out.create_group("tasks", track_order=True)
+            for row, path in zip(rows, results):
+                if path is None:
+                    continue
+                name = Path(row["directory"]).name if row["directory"] != "." else "task"
+                if name in group:
+                    name = f"task-{row['task']:04d}"
+                target = group.create_group(name)
+                target.attrs["task"] = int(row["task"])
+                target.attrs["source"] = str(path.resolve())
+                try:
+                    copy_result(path, target)
+                except Exception as error:
+                    del group[name]
+                    row["status"] = "unreadable"
+                    row["error"] = " ".join(str(error).split()) or type(error).__name__
+                    if warn is not None:
+                        warn(f"task {row['task']}: {row['error']}")
+            if "error" in columns or any("error" in row for row in rows):
+                columns = columns if "error" in columns else [*columns, "error"]
+            table = out.create_group("table", track_order=True)
+            for column in columns:
+                values = [row.get(column) for row in rows]
+                table.create_dataset(column, data=_as_array(values))
+    with atomic_path(csv_path) as tmp_csv:
+        with open(tmp_csv, "w", newline="") as stream:
+            writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+
+    return csv_path, h5_path, rows
+
+
+def _as_array(values: list) -> np.ndarray:
+    """A column as a numeric array where every value is a number (None -> NaN), else strings."""
+    def numeric(v):
+        return v is None or (isinstance(v, (int, float, np.number)) and not isinstance(v, str))
+
+    if all(numeric(v) for v in values):
+        if all(isinstance(v, (bool, np.bool_)) for v in values):
+            return np.asarray(values, dtype=bool)
+        if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+            return np.asarray(values, dtype=np.int64)
+        return np.asarray([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    return np.asarray(["" if v is None else str(v) for v in values], dtype=h5py.string_dtype())
