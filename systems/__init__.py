@@ -51,8 +51,7 @@ _EXPORTS = {
     "PotentialParams": "potentials",
     "PotentialSpec": "potentials",
     "resolve_potential": "potentials",
-    # (the functions relax.relax and response.response are not re-exported: same names as
-    # their modules)
+    # (the function relax.relax is not re-exported: the same name as its module)
     "MinimizerSpec": "relax",
     "RelaxResult": "relax",
     "Relaxer": "relax",

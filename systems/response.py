@@ -72,8 +72,7 @@ from ._errors import InputError
 from .hessian import (ELL_STEP, BlockHessian, BlockJacobi, EllPattern, apply_block_jacobi,
                       apply_schwarz, assemble_block_hessian, build_block_scaling,
                       build_schwarz, ell_capacity, ell_pattern, hessian_matvec, scale_blocks)
-from .potentials import (PairModel, Pairs, PotentialParams, PotentialSpec, resolve_potential,
-                         with_position_jvp)
+from .potentials import (PairModel, Pairs, PotentialParams, PotentialSpec, with_position_jvp)
 
 __all__ = [
     "SENSITIVITY_DEFAULTS",
@@ -85,9 +84,7 @@ __all__ = [
     "contact_analysis",
     "nullspace_basis",
     "gauge_fix",
-    "theta_map",
     "ResponseSolver",
-    "response",
 ]
 
 PARAMETER_KINDS = ("diameter", "diameters", "epsilon", "box")
@@ -475,12 +472,6 @@ def theta_apply(pspec: ParameterSpec, base: PotentialParams, species: np.ndarray
     """
     tag, theta0, member = theta_data(pspec, base, species)
     return theta0, lambda p, theta: apply_theta(tag, p, theta, theta0, member)
-
-
-def theta_map(pspec: ParameterSpec, base: PotentialParams, species: np.ndarray):
-    """``(theta0, fn)`` with ``fn(theta) -> PotentialParams`` and ``fn(theta0) == base``."""
-    theta0, apply = theta_apply(pspec, base, species)
-    return theta0, lambda theta: apply(base, theta)
 
 
 def theta_meaning(pspec: ParameterSpec) -> str:
@@ -1372,31 +1363,3 @@ def _merge_reports(reports) -> dict:
         "inconsistency": float(incons.max()),
         "n_solves": int(iters.size),
     }
-
-
-def response(system, positions, potential_cfg, parameter_cfgs, sensitivity_cfg, *,
-             max_force: float = 0.0, file_potential=None,
-             progress: Callable[..., None] | None = None) -> dict:
-    """∂x*/∂θ for every θ listed, at the relaxed ``positions`` of ``system``.
-
-    Args:
-      system: the :class:`~systems.ParticleSystem` (its diameters, species and box).
-      positions: relaxed real positions ``(N, d)``.
-      potential_cfg, parameter_cfgs, sensitivity_cfg: config blocks.
-      max_force: the relaxation's residual max force (sets the contact threshold).
-      file_potential: the input file's potential parameters (the config overrides them).
-      progress: optional ``progress(event, **fields)``.
-
-    Returns:
-      dict with ``responses`` ({name: {"dx_dtheta", "attrs"}}), ``rattlers`` (N,) bool,
-      ``zero_modes`` (dict), ``contacts`` (dict of scalars), ``timings`` (dict).
-    """
-    spec = resolve_potential(potential_cfg, system.n_species, file_potential)
-    settings = resolve_sensitivity(sensitivity_cfg)
-    pspecs = resolve_parameters(parameter_cfgs, system, spec)
-    model = PairModel.build(system, spec)
-    params = model.default_params(system.diameters)
-    solver = ResponseSolver(model, positions, params, max_force=max_force, settings=settings)
-    return solver.run_all(pspecs, progress)
-
-
