@@ -30,7 +30,8 @@ from .relax import RelaxResult, Relaxer, make_relaxer, resolve_minimizer
 from .response import (ResponseSolver, gauge_fix, resolve_parameters,
                        resolve_sensitivity, theta_apply)
 
-__all__ = ["TaskSummary", "run_task", "audit_task", "provenance", "AUDIT_TOLERANCE"]
+__all__ = ["TaskSummary", "run_task", "audit_task", "central_difference", "provenance",
+           "AUDIT_TOLERANCE"]
 
 #: An audited derivative passes when its relative difference to the finite difference is
 #: at most this (with ftol 1e-12 and h = 1e-5 they agree to about 1e-7).
@@ -175,12 +176,34 @@ def _report_not_converged(relaxed: RelaxResult) -> str:
 # The audit.
 
 
-def _unwrap(y, reference, box):
-    """``y`` moved by whole box vectors to lie next to ``reference`` (periodic)."""
-    if box is None:
-        return y
-    d = y - reference
-    return reference + d - box * np.round(d / box)
+def central_difference(relaxer, model: PairModel, params, apply, theta0, y_star, h: float,
+                       rattlers, *, component: int | None = None, ftol: float = AUDIT_FTOL):
+    """``(x*(θ+h) - x*(θ-h)) / 2h`` by re-minimizing from ``x*`` at θ ± h, gauge-fixed like
+    the implicit derivative (rattlers NaN, the backbone's mean motion removed).
+
+    ``apply(params, θ)`` sets θ (:func:`~systems.response.theta_apply`); for a vector θ,
+    ``component`` is the entry moved. Returns ``(fd, runs)``: ``runs`` holds, for ``+h`` and
+    ``-h``, ``(relaxation, parameters, positions)`` with the positions unwrapped next to ``x*``.
+    """
+    y_star = np.asarray(y_star)
+    box = None if model.box is None else np.asarray(model.box)
+    step = h
+    if component is not None:
+        step = np.zeros(np.shape(theta0))
+        step[component] = h
+    ends, runs = [], []
+    for sign in (1.0, -1.0):
+        p = apply(params, np.asarray(theta0) + sign * step)
+        r = relaxer.run(y_star, p, ftol=ftol)
+        scale = float(np.asarray(p.scale))
+        y = np.asarray(r.positions) / scale
+        if box is not None:  # moved by whole box vectors to lie next to x*
+            d = y - y_star
+            y = y_star + d - box * np.round(d / box)
+        ends.append(scale * y)
+        runs.append((r, p, y))
+    fd = gauge_fix((ends[0] - ends[1]) / (2 * h), rattlers, y_star, model.periodic)
+    return fd, runs
 
 
 def _contacts(model: PairModel, y, params) -> set:
@@ -198,7 +221,6 @@ def _audit(task: _Task, solver: ResponseSolver, responses: Mapping[str, Mapping]
     """Central differences by re-minimizing at θ ± h from x*, against the implicit result."""
     model, params, system = task.model, task.params, task.system
     y_star = np.asarray(solver.y)
-    box = None if model.box is None else np.asarray(model.box)
     ftol = min(task.minimizer.ftol, AUDIT_FTOL)
     rattlers = solver.rattlers
     backbone = ~rattlers
@@ -221,28 +243,16 @@ def _audit(task: _Task, solver: ResponseSolver, responses: Mapping[str, Mapping]
             components = [None]
         errors, abs_errors, norms, steps, changed, converged = [], [], [], [], 0, True
         for component in components:
-            if component is None:
-                plus, minus = apply(params, theta0 + h), apply(params, theta0 - h)
-                implicit = implicit_all
-            else:
-                delta = np.zeros(system.n)
-                delta[component] = h
-                plus = apply(params, np.asarray(theta0) + delta)
-                minus = apply(params, np.asarray(theta0) - delta)
-                implicit = implicit_all[component]
-            ends = []
-            for sign, p in (("+", plus), ("-", minus)):
-                r = task.relaxer.run(y_star, p, ftol=ftol)
+            implicit = implicit_all if component is None else implicit_all[component]
+            fd, runs = central_difference(task.relaxer, model, params, apply, theta0, y_star, h,
+                                          rattlers, component=component, ftol=ftol)
+            for sign, (r, p, y) in zip("+-", runs):
                 converged &= r.converged
                 steps.append(r.steps)
-                scale = float(np.asarray(p.scale))
-                y = _unwrap(np.asarray(r.positions) / scale, y_star, box)
-                ends.append(scale * y)
                 changed += len(_contacts(model, y, p) ^ contacts0)
                 if progress is not None:
                     progress("audit", name=pspec.name, side=sign, steps=r.steps,
                              max_force=r.max_force)
-            fd = gauge_fix((ends[0] - ends[1]) / (2 * h), rattlers, y_star, model.periodic)
             diff = np.linalg.norm(fd[backbone] - implicit[backbone])
             norm = np.linalg.norm(implicit[backbone])
             abs_errors.append(float(diff))

@@ -6,9 +6,10 @@ import numpy as np
 
 import systems  # noqa: F401  (x64 is on: tests/conftest.py)
 from systems.generate import random_packing
+from systems.pipeline import central_difference as central_difference_at
 from systems.potentials import PairModel, resolve_potential
 from systems.relax import make_relaxer, resolve_minimizer
-from systems.response import ResponseSolver, gauge_fix, resolve_sensitivity, theta_apply
+from systems.response import ResponseSolver, resolve_sensitivity, theta_apply
 
 
 def relaxed(n, dim, phi, seed, *, shrink=None, potential=None, ftol=1e-13, system=None,
@@ -38,28 +39,14 @@ def relaxed(n, dim, phi, seed, *, shrink=None, potential=None, ftol=1e-13, syste
 
 def central_difference(system, model, params, relaxer, solver, pspec, h=1e-5,
                        component=None):
-    """(x*(θ+h) - x*(θ-h)) / 2h by re-minimizing from x*, gauge-fixed like the implicit one."""
+    """(x*(θ+h) - x*(θ-h)) / 2h by re-minimizing from x* (ftol 1e-13), gauge-fixed like the
+    implicit one (:func:`systems.pipeline.central_difference`)."""
     theta0, apply = theta_apply(pspec, params, system.species)
-    y_star = np.asarray(solver.y)
-    box = None if model.box is None else np.asarray(model.box)
-    ends = []
-    for sign in (1.0, -1.0):
-        if component is None:
-            p = apply(params, theta0 + sign * h)
-        else:
-            delta = np.zeros(system.n)
-            delta[component] = sign * h
-            p = apply(params, np.asarray(theta0) + delta)
-        r = relaxer.run(y_star, p, ftol=1e-13)
+    fd, runs = central_difference_at(relaxer, model, params, apply, theta0, solver.y, h,
+                                     solver.rattlers, component=component, ftol=1e-13)
+    for r, _, _ in runs:
         assert r.converged, r.message()
-        scale = float(np.asarray(p.scale))
-        y = np.asarray(r.positions) / scale
-        if box is not None:
-            dy = y - y_star
-            y = y_star + dy - box * np.round(dy / box)
-        ends.append(scale * y)
-    fd = (ends[0] - ends[1]) / (2 * h)
-    return gauge_fix(fd, solver.rattlers, y_star, model.periodic)
+    return fd
 
 
 def relative_error(a, b, mask):
