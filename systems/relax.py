@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _compile
 from ._errors import ConvergenceError, InputError
 from .potentials import PairModel, Pairs, PotentialParams, resolve_potential
 
@@ -371,37 +372,7 @@ def _init(s: _LoopSettings, model: PairModel, y, params, neighbors, half_box):
                   jnp.asarray(_RUNNING, jnp.int32)), e
 
 
-_CACHE_SIZE = 16  # executables (a task needs 2-3): bounds the memory of a recompiling sweep
-_COMPILED: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
-_STATS = {"compiles": 0, "hits": 0, "compile_s": 0.0}
-
-
-def _aval_key(leaf) -> tuple:
-    return (getattr(leaf, "shape", None), str(getattr(leaf, "dtype", type(leaf).__name__)),
-            bool(getattr(leaf, "weak_type", False)))
-
-
-def _compiled(name: str, fn: Callable, settings: Any, *args) -> tuple[Any, float]:
-    """``jit(partial(fn, settings)).lower(*args).compile()``, shared by the process.
-
-    Returns the executable and the seconds spent compiling it now (0.0 on a cache hit).
-    """
-    key = (name, settings, jax.tree.structure(args),
-           tuple(_aval_key(a) for a in jax.tree.leaves(args)))
-    hit = _COMPILED.get(key)
-    if hit is not None:
-        _COMPILED.move_to_end(key)
-        _STATS["hits"] += 1
-        return hit, 0.0
-    t0 = time.perf_counter()
-    compiled = jax.jit(functools.partial(fn, settings)).lower(*args).compile()
-    seconds = time.perf_counter() - t0
-    _COMPILED[key] = compiled
-    if len(_COMPILED) > _CACHE_SIZE:
-        _COMPILED.popitem(last=False)
-    _STATS["compiles"] += 1
-    _STATS["compile_s"] += seconds
-    return compiled, seconds
+_LISTS_KEPT = 16  # neighbor-list templates (one per model, cutoff and skin)
 
 
 class _NeighborLists:
@@ -471,7 +442,7 @@ def _neighbor_lists(model: PairModel, cutoff: float, skin: float) -> _NeighborLi
     lists = _NEIGHBOR_LISTS.get(key)
     if lists is None:
         lists = _NEIGHBOR_LISTS[key] = _NeighborLists(model, cutoff, skin)
-        if len(_NEIGHBOR_LISTS) > _CACHE_SIZE:
+        if len(_NEIGHBOR_LISTS) > _LISTS_KEPT:
             _NEIGHBOR_LISTS.popitem(last=False)
     _NEIGHBOR_LISTS.move_to_end(key)
     return lists
@@ -484,15 +455,14 @@ def _all_pairs(n: int) -> Pairs:
 
 def clear_compile_cache() -> None:
     """Forget every compiled relaxation function and neighbor-list template (and counts)."""
-    _COMPILED.clear()
+    _compile.clear("relax")
     _NEIGHBOR_LISTS.clear()
     _all_pairs.cache_clear()
-    _STATS.update(compiles=0, hits=0, compile_s=0.0)
 
 
 def compile_cache_info() -> dict[str, Any]:
     """``{"entries", "compiles", "hits", "compile_s"}`` since the last clear."""
-    return {"entries": len(_COMPILED), **_STATS}
+    return _compile.cache_info("relax")
 
 
 class Relaxer:
@@ -536,8 +506,8 @@ class Relaxer:
         """One minimizer step; returns the new state, neighbors and the new energy."""
         return _step(self._settings, self.model, state, neighbors, params)
 
-    def _compiled_fn(self, name: str, fn: Callable, *args):
-        compiled, seconds = _compiled(name, fn, self._settings, *args)
+    def _compiled_fn(self, fn: Callable, *args):
+        compiled, seconds = _compile.compiled("relax", fn, self._settings, *args)
         self._run_compile_s += seconds
         self.time_compile_s += seconds
         return compiled
@@ -571,7 +541,7 @@ class Relaxer:
             counted = neighbors is None
             if neighbors is None:
                 neighbors = self._allocate(y)
-            init = self._compiled_fn("init", _init, model, y, params, neighbors, half_box)
+            init = self._compiled_fn(_init, model, y, params, neighbors, half_box)
             carry, _ = init(model, y, params, neighbors, half_box)
             while bool(carry.neighbors.did_buffer_overflow):
                 if counted:
@@ -582,13 +552,13 @@ class Relaxer:
                         "the neighbor list kept overflowing after 20 reallocations; raise "
                         "potential.capacity_multiplier or set potential.neighbor_list: false")
                 neighbors = self._allocate(y)
-                init = self._compiled_fn("init", _init, model, y, params, neighbors, half_box)
+                init = self._compiled_fn(_init, model, y, params, neighbors, half_box)
                 carry, _ = init(model, y, params, neighbors, half_box)
         else:
-            init = self._compiled_fn("init", _init, model, y, params, self._all_pairs, None)
+            init = self._compiled_fn(_init, model, y, params, self._all_pairs, None)
             carry, _ = init(model, y, params, self._all_pairs, None)
         t_run = 0.0
-        chunk_fn = self._compiled_fn("chunk", _chunk, model, carry, params,
+        chunk_fn = self._compiled_fn(_chunk, model, carry, params,
                                      jnp.asarray(0, jnp.int64), ftol_arg)
         t0 = time.perf_counter()
         if float(carry.max_force) <= ftol:
@@ -611,7 +581,7 @@ class Relaxer:
                 grown = self._allocate(new.state.position, math.ceil(0.25 * old / model.n))
                 grown = _sorted(grown.update(carry.state.position))
                 carry = carry._replace(neighbors=grown)
-                chunk_fn = self._compiled_fn("chunk", _chunk, model, carry, params,
+                chunk_fn = self._compiled_fn(_chunk, model, carry, params,
                                              jnp.asarray(0, jnp.int64), ftol_arg)
                 t0 = time.perf_counter()
                 continue

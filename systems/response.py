@@ -68,6 +68,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _compile
 from ._errors import InputError
 from .hessian import (ELL_STEP, BlockHessian, BlockJacobi, EllPattern, apply_block_jacobi,
                       apply_schwarz, assemble_block_hessian, build_block_scaling,
@@ -661,37 +662,19 @@ class _Config(NamedTuple):
     steps: int = 0
 
 
-_COMPILED: "dict[tuple, Any]" = {}
-_COMPILED_MAX = 32  # executables (a task needs ~6): bounds a recompiling sweep's memory
-_COMPILE_CLOCK = [0.0]  # seconds spent compiling response functions in this process
-
-
 def compile_seconds() -> float:
     """Seconds this process has spent compiling the response's functions so far."""
-    return _COMPILE_CLOCK[0]
+    return _compile.compile_seconds("response")
 
 
 def _compiled(fn: Callable, cfg: _Config, *args):
     """``jit(partial(fn, cfg)).lower(*args).compile()``, cached; returns (exe, seconds)."""
-    leaves = jax.tree.leaves(args)
-    key = (fn, cfg, jax.tree.structure(args),
-           tuple((np.shape(a), str(getattr(a, "dtype", type(a).__name__))) for a in leaves))
-    exe = _COMPILED.get(key)
-    if exe is not None:
-        return exe, 0.0
-    t0 = time.perf_counter()
-    exe = jax.jit(functools.partial(fn, cfg)).lower(*args).compile()
-    if len(_COMPILED) >= _COMPILED_MAX:
-        _COMPILED.pop(next(iter(_COMPILED)))
-    _COMPILED[key] = exe
-    seconds = time.perf_counter() - t0
-    _COMPILE_CLOCK[0] += seconds
-    return exe, seconds
+    return _compile.compiled("response", fn, cfg, *args)
 
 
 def clear_compile_cache() -> None:
     """Forget the compiled response functions (and the pair capacities seen)."""
-    _COMPILED.clear()
+    _compile.clear("response")
     _CAPACITIES.clear()
 
 

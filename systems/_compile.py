@@ -1,0 +1,79 @@
+"""The process's one cache of compiled physics functions (relaxation and response).
+
+Every compiled function takes the packing's arrays as arguments and its settings as one
+static, hashable object, so the key is ``(function, settings, argument structure, shapes,
+dtypes, weak types)``: the tasks of a sweep that share the number of particles, the box,
+the potential and the solver settings compile once. Executables are evicted least recently
+used beyond :data:`CACHE_SIZE`, which bounds the memory of a sweep that recompiles (each
+task of a sweep over N, say); a task needs about 8 (2-3 relaxation, ~6 response).
+
+The time spent compiling is counted per ``owner`` (``"relax"``, ``"response"``) so that a
+stage can report the compile seconds it caused (:func:`compile_seconds`).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import time
+from typing import Any, Callable
+
+import jax
+
+__all__ = ["CACHE_SIZE", "cache_info", "clear", "compile_seconds", "compiled"]
+
+CACHE_SIZE = 48
+
+_ENTRIES: collections.OrderedDict[tuple, tuple[str, Any]] = collections.OrderedDict()
+_STATS: dict[str, dict[str, float]] = {}
+
+
+def _counts(owner: str) -> dict[str, float]:
+    return _STATS.setdefault(owner, {"compiles": 0, "hits": 0, "compile_s": 0.0})
+
+
+def _aval_key(leaf) -> tuple:
+    return (getattr(leaf, "shape", None), str(getattr(leaf, "dtype", type(leaf).__name__)),
+            bool(getattr(leaf, "weak_type", False)))
+
+
+def compiled(owner: str, fn: Callable, static: Any, *args) -> tuple[Any, float]:
+    """``jit(partial(fn, static)).lower(*args).compile()``, shared by the process.
+
+    Returns the executable and the seconds spent compiling it now (0.0 on a hit).
+    """
+    key = (fn, static, jax.tree.structure(args),
+           tuple(_aval_key(a) for a in jax.tree.leaves(args)))
+    counts = _counts(owner)
+    hit = _ENTRIES.get(key)
+    if hit is not None:
+        _ENTRIES.move_to_end(key)
+        counts["hits"] += 1
+        return hit[1], 0.0
+    t0 = time.perf_counter()
+    exe = jax.jit(functools.partial(fn, static)).lower(*args).compile()
+    seconds = time.perf_counter() - t0
+    _ENTRIES[key] = (owner, exe)
+    while len(_ENTRIES) > CACHE_SIZE:
+        _ENTRIES.popitem(last=False)
+    counts["compiles"] += 1
+    counts["compile_s"] += seconds
+    return exe, seconds
+
+
+def compile_seconds(owner: str) -> float:
+    """Seconds this process has spent compiling ``owner``'s functions since its last clear."""
+    return _counts(owner)["compile_s"]
+
+
+def cache_info(owner: str) -> dict[str, Any]:
+    """``{"entries", "compiles", "hits", "compile_s"}`` of ``owner`` since its last clear."""
+    entries = sum(1 for who, _ in _ENTRIES.values() if who == owner)
+    return {"entries": entries, **_counts(owner)}
+
+
+def clear(owner: str) -> None:
+    """Forget ``owner``'s executables and counts."""
+    for key in [k for k, (who, _) in _ENTRIES.items() if who == owner]:
+        del _ENTRIES[key]
+    _STATS.pop(owner, None)
