@@ -89,6 +89,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._system import wrap_positions
+
 __all__ = [
     "ELL_STEP",
     "BlockHessian",
@@ -443,7 +445,7 @@ def partition(positions, box, levels: int) -> np.ndarray:
     n, d = y.shape
     if box is not None:
         edges = np.asarray(box, np.float64)
-        y = np.mod(y, edges)
+        y = wrap_positions(y, edges)
     else:
         edges = np.ptp(y, axis=0) if n else np.ones(d)
     cuts = np.zeros(d)

@@ -43,6 +43,7 @@ import numpy as np
 
 from . import _compile
 from ._errors import ConvergenceError, InputError
+from ._system import wrap_positions
 from .potentials import PairModel, Pairs, PotentialParams, resolve_potential
 
 __all__ = [
@@ -596,9 +597,7 @@ class Relaxer:
             code = _MAX_STEPS
         x = np.asarray(carry.state.position) * float(params.scale)
         if model.periodic:
-            box = np.asarray(model.box) * float(params.scale)
-            x = np.mod(x, box)
-            x = np.where(x >= box, 0.0, x)
+            x = wrap_positions(x, np.asarray(model.box) * float(params.scale))
         return RelaxResult(
             positions=x,
             steps=int(carry.step),

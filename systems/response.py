@@ -56,11 +56,9 @@ a looser tolerance would throw away accuracy that x* has.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
-import threading
 import time
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -70,6 +68,7 @@ import numpy as np
 
 from . import _compile
 from ._errors import InputError
+from ._system import wrap_positions
 from .hessian import (ELL_STEP, BlockHessian, BlockJacobi, EllPattern, apply_block_jacobi,
                       apply_schwarz, assemble_block_hessian, build_block_scaling,
                       build_schwarz, ell_capacity, ell_pattern, hessian_matvec, scale_blocks)
@@ -306,28 +305,35 @@ def find_rattlers(n: int, i: np.ndarray, j: np.ndarray, contact: np.ndarray,
         rattler |= new
 
 
+def rigid_motions(positions, active, periodic: bool, xp=np):
+    """``(k, N, d)``: the rigid motions of the ``active`` particles (others do not move).
+
+    ``d`` translations and, in free space, the ``d(d-1)/2`` rotations about the active
+    particles' centroid. ``xp`` is ``numpy`` (on the host) or ``jax.numpy`` (traced). Not
+    orthonormal (the engine orthonormalizes).
+    """
+    n, d = positions.shape
+    a = xp.asarray(active, dtype=positions.dtype)[:, None]
+    unit = xp.eye(d, dtype=positions.dtype)
+    vectors = [a * unit[c] for c in range(d)]
+    if not periodic:
+        centre = xp.sum(positions * a, axis=0) / xp.maximum(xp.sum(a), 1.0)
+        centred = (positions - centre) * a
+        for p in range(d):
+            for q in range(p + 1, d):
+                vectors.append(centred[:, p, None] * unit[q] - centred[:, q, None] * unit[p])
+    return xp.stack(vectors)
+
+
 def nullspace_basis(positions: np.ndarray, rattlers: np.ndarray, periodic: bool) -> np.ndarray:
     """Known zero modes of the rattler-masked Hessian, as a ``(k, N, d)`` array.
 
-    ``d`` translations of the non-rattlers, the rigid rotations of the non-rattlers about
-    their centroid in free space (``d(d-1)/2``), and every rattler coordinate (``d`` per
-    rattler). Not orthonormal (the engine orthonormalizes).
+    The rigid motions of the non-rattlers (:func:`rigid_motions`) and every rattler
+    coordinate (``d`` per rattler). Not orthonormal (the engine orthonormalizes).
     """
+    positions = np.asarray(positions, np.float64)
     n, d = positions.shape
-    active = ~rattlers
-    vectors = []
-    for a in range(d):
-        t = np.zeros((n, d))
-        t[active, a] = 1.0
-        vectors.append(t)
-    if not periodic:
-        centred = positions - positions[active].mean(axis=0)
-        for a in range(d):
-            for b in range(a + 1, d):
-                rot = np.zeros((n, d))
-                rot[active, a] = -centred[active, b]
-                rot[active, b] = centred[active, a]
-                vectors.append(rot)
+    vectors = list(rigid_motions(positions, ~rattlers, periodic))
     for p in np.flatnonzero(rattlers):
         for a in range(d):
             e = np.zeros((n, d))
@@ -487,45 +493,6 @@ def theta_meaning(pspec: ParameterSpec) -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# Solve reports. The engine's ``record_solves`` keeps its recorders in thread-local storage,
-# but XLA may run a ``jax.debug.callback`` on one of its worker threads (it does for all but
-# the smallest packings here), so the reports are collected by this module instead.
-
-_REPORT_LOCK = threading.Lock()
-_REPORT_SINKS: list[list] = []
-
-
-@contextlib.contextmanager
-def _collect_reports():
-    sink: list = []
-    with _REPORT_LOCK:
-        _REPORT_SINKS.append(sink)
-    try:
-        yield sink
-    finally:
-        with _REPORT_LOCK:
-            _REPORT_SINKS.remove(sink)
-
-
-def _report(info) -> None:
-    info = jax.tree.map(np.asarray, info)
-    with _REPORT_LOCK:
-        for sink in _REPORT_SINKS:
-            sink.append(info)
-
-
-def _reporting(solve: Callable) -> Callable:
-    """``solve(matvec, b)`` that also sends its LinearSolveInfo to :func:`_collect_reports`."""
-
-    def solve_and_report(matvec, b):
-        x, info = solve(matvec, b, full_output=True)
-        jax.debug.callback(_report, info)
-        return x
-
-    return solve_and_report
-
-
-# ---------------------------------------------------------------------------------------
 # Linear-algebra helpers.
 
 
@@ -679,19 +646,9 @@ def clear_compile_cache() -> None:
 
 
 def _nullspace(pk: PackingData):
-    """``(k, N, d)``: the rigid translations of the backbone (and its rotations about its
-    centroid in free space). Rattler coordinates are tethered, so not in the null space."""
-    n, d = pk.y.shape
-    a = pk.active
-    vectors = [jnp.zeros((n, d)).at[:, c].set(a) for c in range(d)]
-    if not pk.model.periodic:
-        centre = jnp.sum(pk.y * a[:, None], axis=0) / jnp.maximum(jnp.sum(a), 1.0)
-        centred = (pk.y - centre) * a[:, None]
-        for p in range(d):
-            for q in range(p + 1, d):
-                vectors.append(jnp.zeros((n, d)).at[:, p].set(-centred[:, q])
-                               .at[:, q].set(centred[:, p]))
-    return jnp.stack(vectors)
+    """``(k, N, d)``: the rigid motions of the backbone. Rattler coordinates are tethered,
+    so not in the null space."""
+    return rigid_motions(pk.y, pk.active, pk.model.periodic, jnp)
 
 
 def _optimality(pk: PackingData, y, params):
@@ -722,11 +679,11 @@ def _block_inverse(pk: PackingData):
 
 
 def _linear_solve(cfg: _Config, pk: PackingData, name: str, report: bool):
-    """``solve(matvec, b)``: :func:`_solver`, reporting its LinearSolveInfo to
-    :func:`_collect_reports` (``report``; a host callback per solve) or not."""
+    """``solve(matvec, b)``: :func:`_solver`, its LinearSolveInfo recorded by
+    :func:`sensitivity.record_solves` (``report``: a host callback per solve) or not."""
     solve = _solver(cfg, pk, name)
     if report:
-        return _reporting(solve)
+        return solve  # accepts full_output: custom_root sends its report to record_solves
     return lambda matvec, b: solve(matvec, b)  # no full_output: nothing recorded
 
 
@@ -1008,9 +965,7 @@ class ResponseSolver:
         self.params = params
         y = np.asarray(positions, np.float64) / float(params.scale)
         if model.periodic:
-            box = np.asarray(model.box)
-            y = np.mod(y, box)
-            y = np.where(y >= box, 0.0, y)
+            y = wrap_positions(y, np.asarray(model.box))
         self.y = jnp.asarray(y)
         self.max_force = float(max_force)
         contacts = contact_analysis(model, self.y, params, max_force=max_force,
@@ -1214,8 +1169,8 @@ class ResponseSolver:
         params = self.params
         rigid = d + (0 if self.model.periodic else d * (d - 1) // 2)
         # the rigid motions of the backbone, as _nullspace (on the host: no op-by-op dispatch)
-        basis = nullspace_basis(np.asarray(self.y), self.rattlers,
-                                self.model.periodic)[:rigid].reshape(rigid, n * d)
+        basis = rigid_motions(np.asarray(self.y), ~self.rattlers,
+                              self.model.periodic).reshape(rigid, n * d)
         k = basis.shape[0]
         q, _ = np.linalg.qr(basis.T)
         q = jnp.asarray(q)

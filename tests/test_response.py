@@ -285,13 +285,13 @@ def test_parameter_validation():
 def test_scalar_path_equals_custom_root_through_jacfwd(packing_2d):
     """scalar_derivatives (root_jvp, reports as values) and jax.jacfwd through the
     custom_root-decorated relaxed solver give the same derivative and the same solve."""
-    from systems.response import _collect_reports
+    import sensitivity
 
     system, model, params, relaxer, result, solver, scalars, vector = packing_2d
     pspec = KINDS[0]
     theta0, apply = theta_apply(pspec, params, system.species)
     relaxed_fn = solver.relaxed_solver()
-    with _collect_reports() as reports:
+    with sensitivity.record_solves() as reports:
         dx = jax.jacfwd(lambda t: solver.positions_of(relaxed_fn, apply(params, t)))(theta0)
         jax.effects_barrier()
     dx = gauge_fix(np.asarray(dx), solver.rattlers, np.asarray(solver.y))
