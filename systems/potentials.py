@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _jaxmd
+from . import _jaxmd, settings
 from ._errors import InputError
 from ._system import pairs_within
 
@@ -49,19 +49,9 @@ __all__ = [
     "make_space",
 ]
 
-POTENTIAL_KINDS = ("soft_sphere", "lennard_jones", "morse")
-
-POTENTIAL_DEFAULTS: dict[str, Any] = {
-    "kind": "soft_sphere",
-    "epsilon": 1.0,
-    "alpha": 2.0,
-    "sigma": None,
-    "r_onset": 2.0,
-    "r_cutoff": 2.5,
-    "morse_alpha": 5.0,
-    "neighbor_list": "auto",
-    "capacity_multiplier": 1.25,
-}
+POTENTIAL_KINDS = settings.POTENTIALS
+#: The potential's defaults (defined with their checks in :data:`systems.settings.POTENTIAL`).
+POTENTIAL_DEFAULTS: dict[str, Any] = settings.defaults(settings.POTENTIAL)
 
 #: Neighbor lists are used ("auto") from this many particles on, where the box allows cells
 #: (at N = 256 they make FIRE about ten times faster than every pair).
@@ -111,8 +101,8 @@ class PotentialSpec:
     r_onset: float
     r_cutoff: float
     morse_alpha: np.ndarray
-    neighbor_list: Any = "auto"
-    capacity_multiplier: float = 1.25
+    neighbor_list: Any = POTENTIAL_DEFAULTS["neighbor_list"]
+    capacity_multiplier: float = POTENTIAL_DEFAULTS["capacity_multiplier"]
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form (matrices as nested lists, scalars where uniform)."""
@@ -150,58 +140,24 @@ def resolve_potential(
     Raises:
       InputError: unknown kind or malformed values (one line naming the key).
     """
-    merged = dict(POTENTIAL_DEFAULTS)
-    if file_potential:
-        for key, value in file_potential.items():
-            if key in merged and value is not None:
-                merged[key] = value
-    if config:
-        for key, value in config.items():
-            if value is not None:
-                merged[key] = value
-    kind = str(merged["kind"])
-    if kind not in POTENTIAL_KINDS:
-        raise InputError(
-            f"{where}: potential.kind must be one of {', '.join(POTENTIAL_KINDS)}, got {kind!r}"
-        )
-    for key in ("r_onset", "r_cutoff", "capacity_multiplier"):
-        try:
-            merged[key] = float(merged[key])
-        except (TypeError, ValueError):
-            raise InputError(f"{where}: potential.{key} must be a number, got {merged[key]!r}")
-    if kind != "soft_sphere" and not 0 < merged["r_onset"] < merged["r_cutoff"]:
-        raise InputError(
-            f"{where}: potential needs 0 < r_onset < r_cutoff, got r_onset={merged['r_onset']}"
-            f", r_cutoff={merged['r_cutoff']}"
-        )
-    if merged["capacity_multiplier"] < 1.0:
-        raise InputError(
-            f"{where}: potential.capacity_multiplier must be >= 1, got "
-            f"{merged['capacity_multiplier']}"
-        )
-    nl = merged["neighbor_list"]
-    if nl not in ("auto", True, False):
-        raise InputError(
-            f"{where}: potential.neighbor_list must be 'auto', true or false, got {nl!r}"
-        )
+    given: dict[str, Any] = {}
+    for key, value in (file_potential or {}).items():
+        if key in settings.POTENTIAL and value is not None:  # a file's other keys are its own
+            given[key] = value.tolist() if hasattr(value, "tolist") else value
+    for key, value in (config or {}).items():
+        if value is not None:
+            given[key] = value.tolist() if hasattr(value, "tolist") else value
+    merged, errors = settings.check_section(settings.POTENTIAL, given, "potential")
+    errors = errors or settings.potential_errors(merged)
+    if errors:
+        raise InputError(f"{where}: {errors[0]}")
+    kind, nl = merged["kind"], merged["neighbor_list"]
     epsilon = _species_matrix(merged["epsilon"], n_species, "epsilon", where)
     alpha = _species_matrix(merged["alpha"], n_species, "alpha", where)
     morse_alpha = _species_matrix(merged["morse_alpha"], n_species, "morse_alpha", where)
     sigma = merged["sigma"]
     if sigma is not None:
         sigma = _species_matrix(sigma, n_species, "sigma", where)
-        if np.any(sigma <= 0):
-            raise InputError(f"{where}: potential.sigma must be > 0, got {sigma.tolist()}")
-        if kind == "soft_sphere":
-            raise InputError(
-                f"{where}: potential.sigma is for lennard_jones/morse; soft spheres use the "
-                "particle diameters (sigma_ij = (d_i + d_j)/2): set potential.sigma to null"
-            )
-    if np.any(alpha <= 1.0) and kind == "soft_sphere":
-        raise InputError(
-            f"{where}: potential.alpha must be > 1 for a differentiable soft-sphere force, "
-            f"got {alpha.tolist()}"
-        )
     return PotentialSpec(
         kind=kind,
         epsilon=epsilon,

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _compile
+from . import _compile, settings
 from ._errors import ConvergenceError, InputError
 from ._system import wrap_positions
 from .potentials import PairModel, Pairs, PotentialParams, resolve_potential
@@ -58,21 +58,8 @@ __all__ = [
     "resolve_minimizer",
 ]
 
-MINIMIZER_DEFAULTS: dict[str, Any] = {
-    "kind": "fire",
-    "ftol": 1e-12,
-    "etol": 0.0,
-    "max_steps": 200_000,
-    "dt_start": 0.1,
-    "dt_max": 0.4,
-    "n_min": 5,
-    "f_inc": 1.1,
-    "f_dec": 0.5,
-    "alpha_start": 0.1,
-    "f_alpha": 0.99,
-    "step_size": 0.01,
-    "report_every": 1000,
-}
+#: The minimizer's defaults (defined with their checks in :data:`systems.settings.MINIMIZER`).
+MINIMIZER_DEFAULTS: dict[str, Any] = settings.defaults(settings.MINIMIZER)
 
 _RUNNING, _FTOL, _ETOL, _MAX_STEPS, _NONFINITE, _OVERFLOW = range(6)
 _STOP_NAMES = {_FTOL: "ftol", _ETOL: "etol", _MAX_STEPS: "max_steps", _NONFINITE: "nonfinite"}
@@ -82,57 +69,29 @@ _STOP_NAMES = {_FTOL: "ftol", _ETOL: "etol", _MAX_STEPS: "max_steps", _NONFINITE
 class MinimizerSpec:
     """Validated minimizer settings (see :data:`MINIMIZER_DEFAULTS`)."""
 
-    kind: str = "fire"
-    ftol: float = 1e-12
-    etol: float = 0.0
-    max_steps: int = 200_000
-    dt_start: float = 0.1
-    dt_max: float = 0.4
-    n_min: int = 5
-    f_inc: float = 1.1
-    f_dec: float = 0.5
-    alpha_start: float = 0.1
-    f_alpha: float = 0.99
-    step_size: float = 0.01
-    report_every: int = 1000
+    kind: str = MINIMIZER_DEFAULTS["kind"]
+    ftol: float = MINIMIZER_DEFAULTS["ftol"]
+    etol: float = MINIMIZER_DEFAULTS["etol"]
+    max_steps: int = MINIMIZER_DEFAULTS["max_steps"]
+    dt_start: float = MINIMIZER_DEFAULTS["dt_start"]
+    dt_max: float = MINIMIZER_DEFAULTS["dt_max"]
+    n_min: int = MINIMIZER_DEFAULTS["n_min"]
+    f_inc: float = MINIMIZER_DEFAULTS["f_inc"]
+    f_dec: float = MINIMIZER_DEFAULTS["f_dec"]
+    alpha_start: float = MINIMIZER_DEFAULTS["alpha_start"]
+    f_alpha: float = MINIMIZER_DEFAULTS["f_alpha"]
+    step_size: float = MINIMIZER_DEFAULTS["step_size"]
+    report_every: int = MINIMIZER_DEFAULTS["report_every"]
 
 
 def resolve_minimizer(config: Mapping[str, Any] | None, where: str = "config") -> MinimizerSpec:
-    """Defaults updated by ``config`` (``None`` values ignored), with range checks."""
-    merged = dict(MINIMIZER_DEFAULTS)
-    for key, value in (config or {}).items():
-        if key not in merged:
-            raise InputError(
-                f"{where}: unknown key minimizer.{key}; expected one of {', '.join(merged)}"
-            )
-        if value is not None:
-            merged[key] = value
-    if merged["kind"] not in ("fire", "gradient_descent"):
-        raise InputError(
-            f"{where}: minimizer.kind must be 'fire' or 'gradient_descent', got "
-            f"{merged['kind']!r}"
-        )
-    ints = ("max_steps", "n_min", "report_every")
-    out = {}
-    for key, value in merged.items():
-        if key == "kind":
-            out[key] = value
-            continue
-        try:
-            out[key] = int(value) if key in ints else float(value)
-        except (TypeError, ValueError):
-            raise InputError(f"{where}: minimizer.{key} must be a number, got {value!r}")
-        if key in ints and out[key] != value:
-            raise InputError(f"{where}: minimizer.{key} must be an integer, got {value!r}")
-    for key in ("ftol", "etol"):
-        if not out[key] >= 0:
-            raise InputError(f"{where}: minimizer.{key} must be >= 0, got {out[key]}")
-    for key in ("max_steps", "report_every", "dt_start", "dt_max", "step_size"):
-        if not out[key] > 0:
-            raise InputError(f"{where}: minimizer.{key} must be > 0, got {out[key]}")
-    if out["ftol"] == 0 and out["etol"] == 0:
-        raise InputError(f"{where}: minimizer.ftol and minimizer.etol cannot both be 0")
-    return MinimizerSpec(**out)
+    """Defaults updated by ``config`` (``None`` values ignored), checked by the rules of
+    :data:`systems.settings.MINIMIZER` (the first mistake raises :class:`InputError`)."""
+    values, errors = settings.check_section(settings.MINIMIZER, config, "minimizer")
+    errors = errors or settings.minimizer_errors(values)
+    if errors:
+        raise InputError(f"{where}: {errors[0]}")
+    return MinimizerSpec(**values)
 
 
 @dataclasses.dataclass

@@ -66,7 +66,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _compile
+from . import _compile, settings
 from ._errors import InputError
 from ._system import wrap_positions
 from .hessian import (ELL_STEP, BlockHessian, BlockJacobi, EllPattern, apply_block_jacobi,
@@ -87,22 +87,11 @@ __all__ = [
     "ResponseSolver",
 ]
 
-PARAMETER_KINDS = ("diameter", "diameters", "epsilon", "box")
-
-SENSITIVITY_DEFAULTS: dict[str, Any] = {
-    "solver": "cg",
-    "tol": 1e-10,
-    "maxiter": None,
-    "rattler_contacts": None,
-    "audit": False,
-    "fd_step": 1e-5,
-    "preconditioner": "block_jacobi",
-    "dense_max_dof": 4096,
-    "lanczos_steps": 200,
-}
-
-PRECONDITIONERS = ("none", "jacobi", "block_jacobi", "two_level", "schwarz")
-SOLVERS = ("cg", "minres", "gmres", "bicgstab", "normal_cg", "dense", "lstsq", "lu", "cholesky")
+PARAMETER_KINDS = settings.PARAMETER_KINDS
+#: The solver's defaults (defined with their checks in :data:`systems.settings.SENSITIVITY`).
+SENSITIVITY_DEFAULTS: dict[str, Any] = settings.defaults(settings.SENSITIVITY)
+PRECONDITIONERS = settings.PRECONDITIONERS
+SOLVERS = settings.SOLVERS
 _TAKES_PRECONDITIONER = ("cg", "minres", "gmres", "bicgstab")
 _SCALINGS = ("jacobi", "block_jacobi")  # folded into the operator: _scaled_solver
 _DENSE = ("dense", "lstsq", "lu", "cholesky")
@@ -126,7 +115,7 @@ def resolve_parameters(parameter_cfgs, system, spec: PotentialSpec,
                        where: str = "config") -> list[ParameterSpec]:
     """Validate the ``parameters`` config list against the system and potential."""
     if parameter_cfgs is None:
-        parameter_cfgs = [{"name": "small_diameter", "kind": "diameter", "species": 0}]
+        parameter_cfgs = [dict(p) for p in settings.DEFAULT_PARAMETERS]
     out: list[ParameterSpec] = []
     names = set()
     for k, cfg in enumerate(parameter_cfgs):
@@ -170,25 +159,12 @@ def resolve_parameters(parameter_cfgs, system, spec: PotentialSpec,
 
 
 def resolve_sensitivity(config: Mapping[str, Any] | None, where: str = "config") -> dict:
-    """Defaults updated by the ``sensitivity`` config block, with checks."""
-    merged = dict(SENSITIVITY_DEFAULTS)
-    for key, value in (config or {}).items():
-        if key not in merged:
-            raise InputError(f"{where}: unknown key sensitivity.{key}; expected one of "
-                             f"{', '.join(merged)}")
-        if value is not None or key in ("maxiter", "rattler_contacts"):
-            merged[key] = value
-    if merged["solver"] not in SOLVERS:
-        raise InputError(f"{where}: sensitivity.solver must be one of {', '.join(SOLVERS)}, "
-                         f"got {merged['solver']!r}")
-    if not float(merged["tol"]) > 0:
-        raise InputError(f"{where}: sensitivity.tol must be > 0, got {merged['tol']}")
-    if not float(merged["fd_step"]) > 0:
-        raise InputError(f"{where}: sensitivity.fd_step must be > 0, got {merged['fd_step']}")
-    if merged["preconditioner"] not in PRECONDITIONERS + (None,):
-        raise InputError(f"{where}: sensitivity.preconditioner must be one of "
-                         f"{', '.join(PRECONDITIONERS)}, got {merged['preconditioner']!r}")
-    return merged
+    """Defaults updated by the ``sensitivity`` config block, checked by the rules of
+    :data:`systems.settings.SENSITIVITY` (the first mistake raises :class:`InputError`)."""
+    values, errors = settings.check_section(settings.SENSITIVITY, config, "sensitivity")
+    if errors:
+        raise InputError(f"{where}: {errors[0]}")
+    return values
 
 
 # ---------------------------------------------------------------------------------------
