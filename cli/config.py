@@ -359,6 +359,9 @@ SCHEMA: dict[str, dict[str, _Field]] = {
         "dense_max_dof": _f(_integer(ge=1), 4096, "dense solves up to this many unknowns"),
         "lanczos_steps": _f(_integer(ge=0), 200,
                             "Lanczos steps for the smallest-eigenvalue estimate"),
+        "many_rhs": _f(_choice("auto", "dense", "factorization", "iterative"), "auto",
+                       "kind diameters (N right-hand sides): one dense or sparse "
+                       "factorization, or Krylov solves; auto: by size"),
     },
     "output": {
         "directory": _f(_DIRECTORY, "out"),

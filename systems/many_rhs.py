@@ -1,0 +1,205 @@
+"""The whole response matrix of a vector θ with one sparse factorization of the Hessian.
+
+θ kind ``diameters`` asks for ``∂x*/∂d_p`` for every particle p: ``P = N`` right-hand sides
+``b_p = -∂F/∂d_p`` of one linear system ``H v_p = b_p`` (``F = ∇ₓE``, ``H`` its Hessian at
+the relaxed packing). Three ways, chosen by :func:`choose_method` (reason recorded in the
+result's report, ``sensitivity.many_rhs`` overrides):
+
+* ``dense``: the dense Hessian factored once (small systems; :mod:`systems.response`);
+* ``factorization``: the Hessian assembled as a ``scipy.sparse`` matrix over the backbone
+  coordinates (rattlers removed: their response is zero, reported NaN), factored once by
+  the engine's :func:`sensitivity.factorize_sparse` (SuperLU, minimum-degree ordering of
+  ``H + Hᵀ``, symmetric pivoting) with the backbone's rigid motions as its null space, and
+  solved for every column (level-scheduled triangular solves over a chunk of columns at
+  once). The answer is the minimum-norm one, the gauge of the Krylov path (mean response of
+  the backbone zero; in free space also no rigid rotation);
+* ``iterative``: one preconditioned Krylov solve per column (batched), the engine's
+  matrix-free path, where a factorization would not fit.
+
+The right-hand sides come from JAX: the optimality function of :mod:`systems.response`
+linearized in θ once, its linear map applied to a chunk of unit tangents (``vmap``); the
+Hessian is the one :class:`~systems.response.ResponseSolver` already assembled in padded
+block rows (:class:`~systems.hessian.BlockHessian`), converted entry for entry.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .hessian import BlockHessian, ell_blocks
+
+__all__ = ["MANY_RHS_METHODS", "DENSE_MANY_RHS_MAX_DOF", "FACTOR_MAX_DOF", "choose_method",
+           "sparse_hessian", "factorized_vector_derivative"]
+
+#: Values of ``sensitivity.many_rhs``.
+MANY_RHS_METHODS = ("auto", "dense", "factorization", "iterative")
+
+#: ``auto``: at most this many unknowns, one dense factorization (also capped by
+#: ``sensitivity.dense_max_dof``); the sparse factorization is faster above it
+#: (benchmarks/bench_many_rhs.py).
+DENSE_MANY_RHS_MAX_DOF = 256
+
+#: ``auto``: above this many unknowns (per dimension), Krylov solves per column instead of a
+#: factorization whose fill grows faster than the matrix (2D: about n log n; 3D: n^(4/3)).
+FACTOR_MAX_DOF = {2: 2_000_000, 3: 300_000}
+
+_DENSE_SOLVERS = ("dense", "lstsq", "lu", "cholesky")
+
+
+def choose_method(settings: Mapping[str, Any], n_dof: int, n_rhs: int,
+                  dim: int) -> tuple[str, str]:
+    """``(method, reason)`` for ``n_rhs`` right-hand sides on ``n_dof`` unknowns.
+
+    ``sensitivity.many_rhs`` other than ``auto`` wins; else a dense ``sensitivity.solver``
+    means dense; else by size: dense up to ``min(dense_max_dof,``
+    :data:`DENSE_MANY_RHS_MAX_DOF` ``)`` unknowns, a sparse factorization up to
+    :data:`FACTOR_MAX_DOF`, Krylov solves above.
+    """
+    requested = settings.get("many_rhs") or "auto"
+    if requested != "auto":
+        return requested, f"sensitivity.many_rhs is {requested!r}"
+    solver = settings.get("solver")
+    if solver in _DENSE_SOLVERS:
+        return "dense", f"sensitivity.solver is {solver!r} (dense)"
+    dense_max = min(int(settings.get("dense_max_dof", DENSE_MANY_RHS_MAX_DOF)),
+                    DENSE_MANY_RHS_MAX_DOF)
+    if n_dof <= dense_max:
+        return "dense", f"{n_dof} unknowns <= {dense_max}: one dense factorization"
+    factor_max = FACTOR_MAX_DOF.get(int(dim), min(FACTOR_MAX_DOF.values()))
+    if n_dof <= factor_max:
+        return "factorization", (f"{n_dof} unknowns > {dense_max} (dense) and <= {factor_max} "
+                                 f"({dim}D factorization limit), {n_rhs} right-hand sides: "
+                                 "one sparse factorization")
+    return "iterative", (f"{n_dof} unknowns > {factor_max} ({dim}D factorization limit): "
+                         "Krylov solves per right-hand side")
+
+
+def sparse_hessian(hessian: BlockHessian, keep=None):
+    """The ELL Hessian as a ``scipy.sparse`` CSR matrix ``(N d, N d)`` (host), restricted to
+    the particles where ``keep`` (``(N,)`` bool) is True (rows and columns of the others
+    dropped; coordinates in order, particle-major)."""
+    import scipy.sparse as sp
+
+    idx = np.asarray(hessian.idx)
+    blocks = ell_blocks(hessian)  # (N, K, d, d)
+    n, cap, d, _ = blocks.shape
+    rows = np.broadcast_to(np.arange(n)[:, None, None, None] * d
+                           + np.arange(d)[None, None, :, None], blocks.shape)
+    cols = np.broadcast_to(idx[:, :, None, None] * d + np.arange(d)[None, None, None, :],
+                           blocks.shape)
+    values = blocks.ravel()
+    live = values != 0.0
+    matrix = sp.csr_matrix((values[live], (rows.ravel()[live], cols.ravel()[live])),
+                           shape=(n * d, n * d))
+    matrix.sum_duplicates()
+    if keep is None:
+        return matrix
+    coords = np.repeat(np.asarray(keep, bool), d)
+    return matrix[coords][:, coords].tocsr()
+
+
+def _rhs_columns(cfg, pk, base, theta0, member, start):
+    """``(-∂F/∂θ_k (chunk, N, d), ∂scale/∂θ_k (chunk,))`` for ``k = start .. start+chunk``:
+    the forces linearized in θ once, the linear map applied to each unit tangent."""
+    from .response import _optimality, apply_theta
+
+    (tag,) = cfg.tags
+    n = theta0.shape[0]
+
+    def params_of(theta):
+        return apply_theta(tag, base, theta, theta0, member)
+
+    _, forces_lin = jax.linearize(lambda t: _optimality(pk, pk.y, params_of(t)), theta0)
+    _, scale_lin = jax.linearize(lambda t: params_of(t).scale, theta0)
+    tangents = jax.nn.one_hot(start + jnp.arange(cfg.chunk), n, dtype=theta0.dtype)
+    return -jax.vmap(forces_lin)(tangents), jax.vmap(scale_lin)(tangents)
+
+
+def factorized_vector_derivative(solver, pspec, reason: str = "",
+                                 chunk: int = 256) -> tuple[np.ndarray, dict]:
+    """``[N][N][d]`` ∂x*/∂θ of a vector θ (kind ``diameters``) by one sparse factorization.
+
+    Args:
+      solver: a :class:`~systems.response.ResponseSolver` (its Hessian, rattlers, settings).
+      pspec: the θ (:class:`~systems.response.ParameterSpec`).
+      reason: why this method (for the report).
+      chunk: columns whose right-hand sides are computed and solved together.
+
+    Returns:
+      ``(dx_dtheta, attrs)``: rows ``p`` are ``∂x*/∂θ_p``, gauge-fixed (rattler rows NaN,
+      the backbone's rigid motion removed); ``attrs`` as the other paths', with ``method``,
+      ``reason``, the solves' residuals, ``iterations`` (solves per column: 1, or 2 with a
+      refinement step) and the factorization's figures.
+    """
+    import sensitivity
+
+    from .response import nullspace_basis, theta_data
+
+    t0 = time.perf_counter()
+    n, d = solver.model.n, solver.model.dim
+    s = solver.settings
+    tol = float(s["tol"])
+    backbone = ~np.asarray(solver.rattlers)
+    nb = int(backbone.sum())
+    y = np.asarray(solver.y)
+    # the backbone Hessian (the tethered rattler rows dropped) and its rigid motions
+    matrix = sparse_hessian(solver.data.hessian, backbone)
+    rigid = d + (0 if solver.model.periodic else d * (d - 1) // 2)
+    basis = nullspace_basis(y, solver.rattlers, solver.model.periodic)[:rigid]
+    basis = basis[:, backbone, :].reshape(rigid, nb * d)
+    factor = sensitivity.factorize_sparse(matrix, nullspace=basis)
+    tag, theta0, member = theta_data(pspec, solver.params, np.asarray(solver.model.species))
+    p_count = int(np.shape(theta0)[0])
+    chunk = max(1, min(int(chunk), p_count))
+    cfg = solver._config(tags=[tag], chunk=chunk)
+    scale = float(np.asarray(solver.params.scale))
+    dx = np.empty((p_count, n, d))
+    infos = []
+    t_rhs = t_compile = 0.0
+    for start in range(0, p_count, chunk):
+        first = min(start, p_count - chunk)  # the last chunk overlaps the one before
+        t1 = time.perf_counter()
+        (rhs, dscale), _, seconds = solver._run(_rhs_columns, cfg, solver.data,
+                                                solver.params, theta0, member,
+                                                jnp.asarray(first))
+        t_compile += seconds
+        t_rhs += time.perf_counter() - t1 - seconds
+        rhs = np.asarray(rhs)[start - first:, backbone, :].reshape(-1, nb * d)
+        dy, info = factor.solve(rhs, tol=tol, full_output=True)
+        infos.append(info)
+        rows = slice(start, first + chunk)
+        dx[rows] = np.nan
+        dx[rows, backbone, :] = scale * dy.reshape(-1, nb, d)
+        dscale = np.asarray(dscale)[start - first:]
+        if np.any(dscale != 0):  # x = λ y: an affine part (not for diameters)
+            dx[rows, backbone, :] += dscale[:, None, None] * y[backbone]
+    report = {field: np.concatenate([np.ravel(getattr(i, field)) for i in infos])
+              for field in ("iterations", "residual_norm", "rhs_norm", "converged",
+                            "inconsistency")}
+    rhs_norm = report["rhs_norm"]
+    rel = np.where(rhs_norm > 0, report["residual_norm"] / np.where(rhs_norm > 0, rhs_norm, 1),
+                   0.0)
+    t_total = time.perf_counter() - t0 - t_compile
+    info = {
+        "iterations": int(report["iterations"].max()) if p_count else 0,
+        "iterations_total": int(report["iterations"].sum()),
+        "residual": float(report["residual_norm"].max()) if p_count else 0.0,
+        "relative_residual": float(rel.max()) if p_count else 0.0,
+        "solver_relative_residual": float(rel.max()) if p_count else 0.0,
+        "converged": bool(report["converged"].all()),
+        "inconsistency": float(report["inconsistency"].max()) if p_count else 0.0,
+        "n_solves": p_count,
+    }
+    method = (f"forward mode, one sparse factorization (SuperLU, {factor.ordering}) for "
+              f"{p_count} right-hand sides")
+    attrs = solver._attrs(pspec, theta0, "sparse_lu", method, info)
+    attrs.update(many_rhs="factorization", reason=reason, time_s=t_total,
+                 time_compile_s=t_compile, time_rhs_s=t_rhs,
+                 time_factor_s=factor.time_factor_s, factor_fill=factor.fill,
+                 factor_levels=list(factor.levels), factor_unknowns=factor.shape[0])
+    return dx, attrs

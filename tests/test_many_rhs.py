@@ -1,0 +1,140 @@
+"""The whole ``diameters`` Jacobian by one sparse factorization (systems.many_rhs): every
+column against the dense path (one dense factorization through custom_root) and against
+central differences of re-relaxed packings; the method chosen and the reason; 3D and free
+boundaries (rotations in the null space)."""
+
+import numpy as np
+import pytest
+from _physics import central_difference, relaxed
+
+from systems._errors import InputError
+from systems.generate import random_packing
+from systems.many_rhs import choose_method, sparse_hessian
+from systems.response import ParameterSpec, ResponseSolver, resolve_sensitivity
+
+DIAMETERS = ParameterSpec("diameters", "diameters")
+
+
+def _both(model, result, params, **extra):
+    """The diameters Jacobian by the dense path and by the factorization."""
+    out = {}
+    for method in ("dense", "factorization"):
+        solver = ResponseSolver(model, result.positions, params, max_force=result.max_force,
+                                settings=resolve_sensitivity({"many_rhs": method, **extra}))
+        out[method] = solver.vector_derivative(DIAMETERS)
+    return solver, out
+
+
+def _column_errors(a, b, backbone):
+    """Relative error of every column on the backbone (absolute where the column is 0)."""
+    errors = []
+    for p in range(a.shape[0]):
+        diff = np.linalg.norm(a[p][backbone] - b[p][backbone])
+        norm = np.linalg.norm(b[p][backbone])
+        errors.append(diff / norm if norm > 1e-12 else diff)
+    return np.asarray(errors)
+
+
+@pytest.fixture(scope="module")
+def packing_2d():
+    """32 disks, φ = 0.9, particle 0 a rattler."""
+    system, model, params, relaxer, result, _ = relaxed(32, 2, 0.9, 1, shrink=0.3)
+    solver, out = _both(model, result, params)
+    return system, model, params, relaxer, result, solver, out
+
+
+def test_factorization_equals_dense_every_column(packing_2d):
+    system, model, params, relaxer, result, solver, out = packing_2d
+    (dense, dense_attrs), (fac, attrs) = out["dense"], out["factorization"]
+    backbone = ~solver.rattlers
+    assert np.flatnonzero(solver.rattlers).tolist() == [0]
+    assert fac.shape == dense.shape == (32, 32, 2)
+    assert np.isnan(fac[:, 0]).all() and np.isfinite(fac[:, backbone]).all()
+    assert _column_errors(fac, dense, backbone).max() < 1e-10
+    # the gauge: the backbone's mean response is zero in every column
+    assert np.abs(fac[:, backbone].mean(axis=1)).max() < 1e-12 * np.abs(fac[:, backbone]).max()
+    # the report: method, reason, residuals, iterations that mean something
+    assert attrs["many_rhs"] == "factorization" and attrs["solver"] == "sparse_lu"
+    assert dense_attrs["many_rhs"] == "dense" and dense_attrs["solver"] == "dense"
+    assert "many_rhs" in attrs["reason"]
+    assert attrs["converged"] and attrs["n_solves"] == 32
+    assert 1 <= attrs["iterations"] <= 2 and 32 <= attrs["iterations_total"] <= 64
+    assert attrs["relative_residual"] < 1e-10
+    assert attrs["factor_unknowns"] == 2 * 31 and attrs["factor_fill"] >= 1
+
+
+@pytest.mark.slow
+def test_factorization_every_column_against_central_differences(packing_2d):
+    system, model, params, relaxer, result, solver, out = packing_2d
+    fac = out["factorization"][0]
+    backbone = ~solver.rattlers
+    fd = np.stack([central_difference(system, model, params, relaxer, solver, DIAMETERS,
+                                      component=p) for p in range(system.n)])
+    errors = _column_errors(fac, fd, backbone)
+    assert errors.max() <= 1e-5, (errors.argmax(), errors.max())
+
+
+def test_factorization_columns_against_central_differences(packing_2d):
+    """Three columns (the whole set is the slow test above)."""
+    system, model, params, relaxer, result, solver, out = packing_2d
+    fac = out["factorization"][0]
+    backbone = ~solver.rattlers
+    for p in (0, 5, 30):  # 0 is the rattler: its diameter moves nothing
+        fd = central_difference(system, model, params, relaxer, solver, DIAMETERS, component=p)
+        assert _column_errors(fac[p:p + 1], fd[None], backbone)[0] <= 1e-5, p
+
+
+def test_sparse_hessian_is_the_dense_hessian(packing_2d):
+    """The scipy matrix against jax.hessian of the energy over the backbone's pairs."""
+    import jax
+
+    system, model, params, relaxer, result, solver, out = packing_2d
+    backbone = ~solver.rattlers
+    n, d = system.n, system.dim
+    hessian = jax.hessian(lambda y: model.energy(y, params, solver.pairs))(solver.y)
+    coords = np.repeat(backbone, d)
+    expected = np.asarray(hessian).reshape(n * d, n * d)[np.ix_(coords, coords)]
+    got = sparse_hessian(solver.data.hessian, backbone).toarray()
+    np.testing.assert_allclose(got, expected, atol=1e-10 * np.abs(expected).max())
+
+
+def test_3d_factorization_equals_dense():
+    system, model, params, relaxer, result, _ = relaxed(24, 3, 0.72, 1, shrink=0.5)
+    solver, out = _both(model, result, params)
+    backbone = ~solver.rattlers
+    assert solver.rattlers.any()
+    assert _column_errors(out["factorization"][0], out["dense"][0], backbone).max() < 1e-10
+
+
+def test_free_boundary_cluster_rotation_is_gauge():
+    """Free space: the backbone's rotation is in the null space too (grounded and projected)."""
+    rng = np.random.default_rng(3)
+    grid = np.stack(np.meshgrid(np.arange(4), np.arange(4)), -1).reshape(-1, 2) * 1.12
+    system = random_packing(16, dim=2, phi=0.5, seed=0).replace(
+        positions=grid + 0.05 * rng.standard_normal((16, 2)), box=None, periodic=False,
+        diameters=np.ones(16))
+    system, model, params, relaxer, result, _ = relaxed(
+        16, 2, 0, 0, system=system, potential={"kind": "lennard_jones"},
+        minimizer={"dt_start": 0.002, "dt_max": 0.02})
+    solver, out = _both(model, result, params)
+    fac, attrs = out["factorization"]
+    assert attrs["converged"]
+    all_rows = np.ones(16, bool)
+    assert _column_errors(fac, out["dense"][0], all_rows).max() < 1e-9
+    fd = central_difference(system, model, params, relaxer, solver, DIAMETERS, component=5)
+    assert _column_errors(fac[5:6], fd[None], all_rows)[0] < 1e-5
+
+
+def test_choose_method_by_size_and_by_config():
+    settings = resolve_sensitivity({})
+    assert choose_method(settings, 64, 32, 2)[0] == "dense"
+    method, reason = choose_method(settings, 8192, 4096, 2)
+    assert method == "factorization" and "8192 unknowns" in reason
+    assert choose_method(settings, 10_000_000, 5_000_000, 2)[0] == "iterative"
+    assert choose_method(resolve_sensitivity({"solver": "lu"}), 8192, 4096, 2)[0] == "dense"
+    assert choose_method(resolve_sensitivity({"dense_max_dof": 10}), 64, 32, 2)[0] \
+        == "factorization"
+    forced = choose_method(resolve_sensitivity({"many_rhs": "iterative"}), 64, 32, 2)
+    assert forced == ("iterative", "sensitivity.many_rhs is 'iterative'")
+    with pytest.raises(InputError, match="sensitivity.many_rhs must be one of auto, dense"):
+        resolve_sensitivity({"many_rhs": "cholmod"})
