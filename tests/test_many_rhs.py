@@ -138,3 +138,34 @@ def test_choose_method_by_size_and_by_config():
     assert forced == ("iterative", "sensitivity.many_rhs is 'iterative'")
     with pytest.raises(InputError, match="sensitivity.many_rhs must be one of auto, dense"):
         resolve_sensitivity({"many_rhs": "cholmod"})
+
+
+def test_colored_right_hand_sides_equal_one_jvp_per_column(packing_2d):
+    """One JVP per colour, decompressed, against one JVP per column (jax.linearize)."""
+    import jax.numpy as jnp
+
+    from systems.many_rhs import _ColoredRHS, _rhs_columns, distance2_coloring
+    from systems.response import theta_data
+
+    system, model, params, relaxer, result, solver, out = packing_2d
+    n = system.n
+    backbone = ~solver.rattlers
+    tag, theta0, member = theta_data(DIAMETERS, solver.params, system.species)
+    colored = _ColoredRHS(solver, tag, theta0, member, backbone)
+    assert colored.colors < n
+    (columns, dscale), _, _ = solver._run(_rhs_columns, solver._config(tags=[tag], chunk=n),
+                                          solver.data, solver.params, theta0, member,
+                                          jnp.asarray(0))
+    expected = np.asarray(columns)[:, backbone, :].reshape(n, -1)
+    assert np.abs(expected).max() > 0 and not np.any(np.asarray(dscale))
+    np.testing.assert_allclose(colored.block(0, n), expected, rtol=0,
+                               atol=1e-13 * np.abs(expected).max())
+    np.testing.assert_array_equal(colored.block(5, 9), colored.block(0, n)[5:9])
+    # the colouring: no two particles within two pair steps share a colour
+    i, j = np.asarray(solver.pairs.i), np.asarray(solver.pairs.j)
+    color = distance2_coloring(n, i, j)
+    adjacency = np.eye(n, dtype=int)
+    adjacency[i, j] = adjacency[j, i] = 1
+    near = (adjacency @ adjacency) > 0
+    np.fill_diagonal(near, False)
+    assert not np.any(near & (color[:, None] == color[None, :]))
