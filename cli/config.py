@@ -362,6 +362,9 @@ SCHEMA: dict[str, dict[str, _Field]] = {
         "many_rhs": _f(_choice("auto", "dense", "factorization", "iterative"), "auto",
                        "kind diameters (N right-hand sides): one dense or sparse "
                        "factorization, or Krylov solves; auto: by size"),
+        "max_result_gib": _f(_nullable(_number(gt=0)), None,
+                             "refuse a run whose result is larger (null: half the free "
+                             "memory / disk)"),
     },
     "output": {
         "directory": _f(_DIRECTORY, "out"),

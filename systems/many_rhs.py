@@ -25,6 +25,7 @@ block rows (:class:`~systems.hessian.BlockHessian`), converted entry for entry.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Mapping
 
 import jax
@@ -34,7 +35,8 @@ import numpy as np
 from .hessian import BlockHessian, ell_blocks
 
 __all__ = ["MANY_RHS_METHODS", "DENSE_MANY_RHS_MAX_DOF", "FACTOR_MAX_DOF", "choose_method",
-           "sparse_hessian", "distance2_coloring", "factorized_vector_derivative"]
+           "sparse_hessian", "distance2_coloring", "factorized_vector_derivative",
+           "result_bytes", "check_result_size"]
 
 #: Values of ``sensitivity.many_rhs``.
 MANY_RHS_METHODS = ("auto", "dense", "factorization", "iterative")
@@ -77,6 +79,57 @@ def choose_method(settings: Mapping[str, Any], n_dof: int, n_rhs: int,
                                  "one sparse factorization")
     return "iterative", (f"{n_dof} unknowns > {factor_max} ({dim}D factorization limit): "
                          "Krylov solves per right-hand side")
+
+
+#: ``sensitivity.max_result_gib`` null: refuse a result above this fraction of the free
+#: memory (and of the free disk where the output folder is known).
+RESULT_FRACTION = 0.5
+
+
+def result_bytes(pspecs, n: int, dim: int) -> int:
+    """Bytes of every ``dx_dtheta`` of a run (float64): ``[N][N][d]`` for kind
+    ``diameters``, ``[N][d]`` otherwise."""
+    return sum(8 * n * dim * (n if p.kind == "diameters" else 1) for p in pspecs)
+
+
+def check_result_size(pspecs, n: int, dim: int, settings: Mapping[str, Any], *,
+                      where: str = "config", output_dir=None) -> int:
+    """Refuse (InputError) a run whose result would exceed ``sensitivity.max_result_gib``
+    (null: :data:`RESULT_FRACTION` of the free memory, and of the free disk of
+    ``output_dir`` when given), before anything is computed. Returns the bytes."""
+    import shutil
+
+    import psutil
+
+    from ._errors import InputError
+
+    need = result_bytes(pspecs, n, dim)
+    limit_gib = settings.get("max_result_gib")
+    if limit_gib is not None:
+        limit = float(limit_gib) * 2**30
+        what = f"sensitivity.max_result_gib = {float(limit_gib):g}"
+    else:
+        free = psutil.virtual_memory().available
+        what = f"{RESULT_FRACTION:g} of the free memory ({free / 2**30:.1f} GiB)"
+        if output_dir is not None:
+            out = Path(output_dir).absolute()
+            folder = next((p for p in [out, *out.parents] if p.exists()), None)
+            if folder is not None:
+                disk = shutil.disk_usage(folder).free
+                if disk < free:
+                    free = disk
+                    what = f"{RESULT_FRACTION:g} of the free disk ({disk / 2**30:.1f} GiB)"
+        limit = RESULT_FRACTION * free
+    if need > limit:
+        big = [p.name for p in pspecs if p.kind == "diameters"]
+        detail = (f" ({', '.join(big)}: [N][N][d] = [{n}][{n}][{dim}] float64 each)"
+                  if big else "")
+        raise InputError(
+            f"{where}: the result would take {need / 2**30:.2f} GiB{detail}, more than "
+            f"{limit / 2**30:.2f} GiB ({what}); use a kind 'diameter' θ per species instead "
+            "of 'diameters' (one [N][d] field each), a smaller packing, or raise "
+            "sensitivity.max_result_gib")
+    return need
 
 
 def sparse_hessian(hessian: BlockHessian, keep=None):

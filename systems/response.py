@@ -100,6 +100,7 @@ SENSITIVITY_DEFAULTS: dict[str, Any] = {
     "dense_max_dof": 4096,
     "lanczos_steps": 200,
     "many_rhs": "auto",
+    "max_result_gib": None,
 }
 
 PRECONDITIONERS = ("none", "jacobi", "block_jacobi", "two_level", "schwarz")
@@ -177,7 +178,7 @@ def resolve_sensitivity(config: Mapping[str, Any] | None, where: str = "config")
         if key not in merged:
             raise InputError(f"{where}: unknown key sensitivity.{key}; expected one of "
                              f"{', '.join(merged)}")
-        if value is not None or key in ("maxiter", "rattler_contacts"):
+        if value is not None or key in ("maxiter", "rattler_contacts", "max_result_gib"):
             merged[key] = value
     if merged["solver"] not in SOLVERS:
         raise InputError(f"{where}: sensitivity.solver must be one of {', '.join(SOLVERS)}, "
@@ -188,6 +189,10 @@ def resolve_sensitivity(config: Mapping[str, Any] | None, where: str = "config")
         raise InputError(f"{where}: sensitivity.fd_step must be > 0, got {merged['fd_step']}")
     from .many_rhs import MANY_RHS_METHODS
 
+    limit = merged["max_result_gib"]
+    if limit is not None and not (isinstance(limit, (int, float)) and float(limit) > 0):
+        raise InputError(f"{where}: sensitivity.max_result_gib must be a number > 0 or null, "
+                         f"got {limit!r}")
     if merged["many_rhs"] not in MANY_RHS_METHODS:
         raise InputError(f"{where}: sensitivity.many_rhs must be one of "
                          f"{', '.join(MANY_RHS_METHODS)}, got {merged['many_rhs']!r}")

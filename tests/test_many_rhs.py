@@ -169,3 +169,45 @@ def test_colored_right_hand_sides_equal_one_jvp_per_column(packing_2d):
     near = (adjacency @ adjacency) > 0
     np.fill_diagonal(near, False)
     assert not np.any(near & (color[:, None] == color[None, :]))
+
+
+def test_a_result_too_large_is_refused_before_relaxing(tmp_path, monkeypatch):
+    """run_task refuses, naming the size and what to do, before any relaxation; the
+    default limit is half the free memory (here pretended to be 1 MiB)."""
+    import psutil
+
+    from systems.io import write_packing
+    from systems.many_rhs import check_result_size, result_bytes
+    from systems.pipeline import run_task
+
+    path = tmp_path / "p.h5"
+    write_packing(path, random_packing(64, dim=2, phi=0.9, seed=0))
+    config = {"system": {"path": str(path)},
+              "parameters": [{"name": "all", "kind": "diameters"}],
+              "sensitivity": {"max_result_gib": 1e-5},
+              "output": {"plots": False}}
+    import systems.relax as relax
+
+    def no_relaxation(*args, **kwargs):
+        raise AssertionError("relaxed before refusing")
+
+    monkeypatch.setattr(relax.Relaxer, "run", no_relaxation)
+    need = 64 * 64 * 2 * 8
+    with pytest.raises(InputError, match=r"the result would take 0\.00 GiB \(all: \[N\]\[N\]\[d\] "
+                                         r"= \[64\]\[64\]\[2\] float64 each\), more than "
+                                         r"0\.00 GiB \(sensitivity\.max_result_gib = 1e-05\); "
+                                         "use a kind 'diameter'"):
+        run_task(config, tmp_path / "out")
+    assert result_bytes([DIAMETERS, ParameterSpec("s", "diameter", 0)], 64, 2) \
+        == need + 64 * 2 * 8
+    settings = resolve_sensitivity({})
+    assert check_result_size([DIAMETERS], 64, 2, settings) == need
+
+    class Little:
+        available = 2**20
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Little())
+    with pytest.raises(InputError, match=r"0\.5 of the free memory \(0\.0 GiB\)"):
+        check_result_size([DIAMETERS], 1024, 2, settings)
+    with pytest.raises(InputError, match="max_result_gib must be a number > 0"):
+        resolve_sensitivity({"max_result_gib": -1})
