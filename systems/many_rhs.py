@@ -36,7 +36,8 @@ from .hessian import BlockHessian, ell_blocks
 
 __all__ = ["MANY_RHS_METHODS", "DENSE_MANY_RHS_MAX_DOF", "FACTOR_MAX_DOF", "choose_method",
            "sparse_hessian", "distance2_coloring", "factorized_vector_derivative",
-           "result_bytes", "check_result_size"]
+           "result_bytes", "check_result_size", "backbone_factorization",
+           "reverse_vector_derivative"]
 
 #: Values of ``sensitivity.many_rhs``.
 MANY_RHS_METHODS = ("auto", "dense", "factorization", "iterative")
@@ -251,6 +252,84 @@ class _ColoredRHS:
         return out.reshape(stop - start, -1)
 
 
+def backbone_factorization(solver):
+    """The engine's sparse factorization of the backbone Hessian of ``solver`` (a
+    :class:`~systems.response.ResponseSolver`): rattler coordinates dropped, the backbone's
+    rigid motions as the null space. Made once per solver and kept on it."""
+    import sensitivity
+
+    from .response import nullspace_basis
+
+    factor = getattr(solver, "_backbone_factorization", None)
+    if factor is not None:
+        return factor
+    d = solver.model.dim
+    backbone = ~np.asarray(solver.rattlers)
+    matrix = sparse_hessian(solver.data.hessian, backbone)
+    rigid = d + (0 if solver.model.periodic else d * (d - 1) // 2)
+    basis = nullspace_basis(np.asarray(solver.y), solver.rattlers, solver.model.periodic)
+    basis = basis[:rigid][:, backbone, :].reshape(rigid, -1)
+    factor = sensitivity.factorize_sparse(matrix, nullspace=basis)
+    solver._backbone_factorization = factor
+    return factor
+
+
+def _vjp_theta(cfg, pk, base, theta0, member, cotangents):
+    """``-λ_kᵀ ∂F/∂θ`` for each row ``λ_k`` of ``cotangents (K, N, d)``: reverse mode
+    through the forces in θ (one VJP each)."""
+    from .response import _optimality, apply_theta
+
+    (tag,) = cfg.tags
+    _, pullback = jax.vjp(
+        lambda t: _optimality(pk, pk.y, apply_theta(tag, base, t, theta0, member)), theta0)
+    return -jax.vmap(lambda c: pullback(c)[0])(cotangents)
+
+
+def reverse_vector_derivative(solver, pspec, cotangents) -> tuple[np.ndarray, dict]:
+    """``dO_k/dθ`` for a few observables linear in the positions, ``O_k = Σ_i c_k[i]·x*_i``,
+    against every component of a vector θ: one adjoint solve per observable instead of one
+    forward solve per component of θ.
+
+    With the gauge of the forward path (backbone rigid motion removed, rattlers excluded),
+    ``dO_k/dθ_p = Σ_i c_k[i]·∂x*_i/∂θ_p = -λ s ∂F/∂θ_p`` with ``H λ = P c_k`` on the
+    backbone (``P`` off the rigid motions, ``s`` the box scale): the solve uses the sparse
+    factorization (:func:`backbone_factorization`), the product with ``∂F/∂θ`` one VJP of
+    the forces. Rattler rows of ``c_k`` are ignored (their response is undefined).
+
+    Args:
+      solver: a :class:`~systems.response.ResponseSolver`.
+      pspec: the vector θ (kind ``diameters``).
+      cotangents: ``(K, N, d)`` the observables' weights (e.g. a unit vector: one
+        particle's coordinate).
+
+    Returns:
+      ``(K, P)`` the derivatives, and a report (``converged``, ``residual``, ``n_solves``).
+    """
+    from .response import theta_data
+
+    t0 = time.perf_counter()
+    n, d = solver.model.n, solver.model.dim
+    c = np.asarray(cotangents, np.float64).reshape(-1, n, d)
+    backbone = ~np.asarray(solver.rattlers)
+    factor = backbone_factorization(solver)
+    lam_b, info = factor.solve(c[:, backbone, :].reshape(len(c), -1),
+                               tol=float(solver.settings["tol"]), full_output=True)
+    lam = np.zeros_like(c)
+    lam[:, backbone, :] = lam_b.reshape(len(c), -1, d)
+    tag, theta0, member = theta_data(pspec, solver.params, np.asarray(solver.model.species))
+    scale = float(np.asarray(solver.params.scale))
+    out, _, t_compile = solver._run(_vjp_theta, solver._config(tags=[tag]), solver.data,
+                                    solver.params, theta0, member, jnp.asarray(lam))
+    report = {"method": f"reverse mode, {len(c)} adjoint solve(s) with one sparse "
+                        f"factorization (SuperLU, {factor.ordering})",
+              "converged": bool(np.all(info.converged)),
+              "residual": float(np.max(info.residual_norm, initial=0.0)),
+              "iterations": int(np.max(info.iterations, initial=0)),
+              "n_solves": len(c),
+              "time_s": time.perf_counter() - t0 - t_compile, "time_compile_s": t_compile}
+    return scale * np.asarray(out), report
+
+
 def factorized_vector_derivative(solver, pspec, reason: str = "",
                                  chunk: int = 512) -> tuple[np.ndarray, dict]:
     """``[N][N][d]`` ∂x*/∂θ of a vector θ (kind ``diameters``) by one sparse factorization.
@@ -267,9 +346,7 @@ def factorized_vector_derivative(solver, pspec, reason: str = "",
       ``reason``, the solves' residuals, ``iterations`` (solves per column: 1, or 2 with a
       refinement step) and the factorization's figures.
     """
-    import sensitivity
-
-    from .response import nullspace_basis, theta_data
+    from .response import theta_data
 
     t0 = time.perf_counter()
     n, d = solver.model.n, solver.model.dim
@@ -278,12 +355,7 @@ def factorized_vector_derivative(solver, pspec, reason: str = "",
     backbone = ~np.asarray(solver.rattlers)
     nb = int(backbone.sum())
     y = np.asarray(solver.y)
-    # the backbone Hessian (the tethered rattler rows dropped) and its rigid motions
-    matrix = sparse_hessian(solver.data.hessian, backbone)
-    rigid = d + (0 if solver.model.periodic else d * (d - 1) // 2)
-    basis = nullspace_basis(y, solver.rattlers, solver.model.periodic)[:rigid]
-    basis = basis[:, backbone, :].reshape(rigid, nb * d)
-    factor = sensitivity.factorize_sparse(matrix, nullspace=basis)
+    factor = backbone_factorization(solver)
     tag, theta0, member = theta_data(pspec, solver.params, np.asarray(solver.model.species))
     p_count = int(np.shape(theta0)[0])
     chunk = max(1, min(int(chunk), p_count))

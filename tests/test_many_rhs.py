@@ -211,3 +211,22 @@ def test_a_result_too_large_is_refused_before_relaxing(tmp_path, monkeypatch):
         check_result_size([DIAMETERS], 1024, 2, settings)
     with pytest.raises(InputError, match="max_result_gib must be a number > 0"):
         resolve_sensitivity({"max_result_gib": -1})
+
+
+def test_reverse_mode_for_a_few_observables_equals_the_forward_jacobian(packing_2d):
+    """One adjoint solve per observable against the rows of the forward Jacobian: one
+    particle's coordinate, and a random weighting (its rattler row ignored)."""
+    from systems.many_rhs import reverse_vector_derivative
+
+    system, model, params, relaxer, result, solver, out = packing_2d
+    forward = out["dense"][0]  # (P, N, d), gauge-fixed, rattler rows NaN
+    n, d = system.n, system.dim
+    backbone = ~solver.rattlers
+    c = np.zeros((2, n, d))
+    c[0, 7, 1] = 1.0  # y of particle 7
+    c[1] = np.random.default_rng(0).standard_normal((n, d))
+    got, report = reverse_vector_derivative(solver, DIAMETERS, c)
+    assert got.shape == (2, n) and report["converged"] and report["n_solves"] == 2
+    expected = np.einsum("kia,pia->kp", c[:, backbone], forward[:, backbone])
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10 * np.abs(expected).max())
+    np.testing.assert_allclose(got[0], forward[:, 7, 1], atol=1e-10 * np.abs(got[0]).max())
