@@ -331,7 +331,7 @@ def reverse_vector_derivative(solver, pspec, cotangents) -> tuple[np.ndarray, di
 
 
 def factorized_vector_derivative(solver, pspec, reason: str = "",
-                                 chunk: int = 512) -> tuple[np.ndarray, dict]:
+                                 chunk: int = 256) -> tuple[np.ndarray, dict]:
     """``[N][N][d]`` ∂x*/∂θ of a vector θ (kind ``diameters``) by one sparse factorization.
 
     Args:
