@@ -44,9 +44,11 @@ a looser tolerance would throw away accuracy that x* has.
 - ``diameter`` (species s, scalar): every diameter of species s moves by the same amount;
   θ is the species' mean diameter. One forward-mode solve.
 - ``diameters`` (vector, P = N): the full ``[N][N][d]`` Jacobian. Forward mode needs N
-  solves, reverse mode N·d, so forward; where the Hessian fits (``n_dof ≤ dense_max_dof``)
-  one dense factorization serves all N right-hand sides (``vmap`` of the dense solve keeps
-  the factorization outside the batch), else chunks of batched iterative solves.
+  solves, reverse mode N·d, so forward; :func:`systems.many_rhs.choose_method` picks, by
+  size (``sensitivity.many_rhs`` overrides; the reason is in the report): one dense
+  factorization for small systems (``vmap`` of the dense solve keeps the factorization
+  outside the batch), one sparse factorization of the backbone Hessian
+  (:mod:`systems.many_rhs`), or chunks of batched iterative solves.
 - ``epsilon`` (scalar): with species s, ε of every pair involving s moves by the same
   amount (θ = ε_ss); without, a uniform ε (θ = ε) or a multiplier of the ε matrix (θ = 1).
   A single uniform ε scales the energy, so ∂x*/∂ε = 0 exactly; a species' ε does not.
