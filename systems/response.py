@@ -1187,7 +1187,11 @@ class ResponseSolver:
         n, d = self.model.n, self.model.dim
         many_rhs, reason = choose_method(s, self.n_dof, n, d)
         if many_rhs == "factorization":
-            return factorized_vector_derivative(self, pspec, reason)
+            try:
+                return factorized_vector_derivative(self, pspec, reason)
+            except np.linalg.LinAlgError as error:  # a zero mode beyond the rigid motions
+                many_rhs = "iterative"
+                reason = f"{reason}; the factorization failed ({error}): Krylov solves instead"
         solver_name = s["solver"]
         if many_rhs == "dense":
             solver_name = solver_name if solver_name in _DENSE else "dense"

@@ -230,3 +230,21 @@ def test_reverse_mode_for_a_few_observables_equals_the_forward_jacobian(packing_
     expected = np.einsum("kia,pia->kp", c[:, backbone], forward[:, backbone])
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10 * np.abs(expected).max())
     np.testing.assert_allclose(got[0], forward[:, 7, 1], atol=1e-10 * np.abs(got[0]).max())
+
+
+def test_a_failed_factorization_falls_back_to_krylov_solves(packing_2d, monkeypatch):
+    import sensitivity
+
+    system, model, params, relaxer, result, solver, out = packing_2d
+
+    def singular(*args, **kwargs):
+        raise np.linalg.LinAlgError("singular beyond its given null space (test)")
+
+    monkeypatch.setattr(sensitivity, "factorize_sparse", singular)
+    fresh = ResponseSolver(model, result.positions, params, max_force=result.max_force,
+                           settings=resolve_sensitivity({"many_rhs": "factorization"}))
+    dx, attrs = fresh.vector_derivative(DIAMETERS)
+    assert attrs["many_rhs"] == "iterative" and attrs["converged"]
+    assert "the factorization failed (singular beyond its given null space (test))" \
+        in attrs["reason"]
+    assert _column_errors(dx, out["dense"][0], ~solver.rattlers).max() < 1e-8
