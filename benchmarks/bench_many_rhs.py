@@ -16,6 +16,23 @@ For each N (bidisperse 50:50, diameters 1 and 1.4, harmonic soft spheres; 2D φ 
 * ``--check``: one column against central differences of re-relaxed packings (two more
   relaxations), relative error on the backbone.
 
+Measured 2026-12-07 on 2 shared CPU cores (load ~8; absolute times noisy, ratios in one
+process less so), ``sensitivity.many_rhs = factorization`` (the ``auto`` choice at these sizes):
+
+=====  ==  ==========  ===========  =====  ======  ==============  ========  ============
+N      d   FIRE        Jacobian     ratio  result  RSS increase    fill      FD column
+=====  ==  ==========  ===========  =====  ======  ==============  ========  ============
+1024   2   1.44 s      2.54 s       1.8x   16 MB   +115 MB         5.5       2.6e-6
+4096   2   12.06 s     20.24 s      1.7x   256 MB  +448 MB (1.75x) 7.3       7.6e-6
+4096   3   120.5 s     162.0 s      1.3x   384 MB  +1079 MB (2.8x) 40.4      1.5e-5
+=====  ==  ==========  ===========  =====  ======  ==============  ========  ============
+
+(2D 4096: factorization 0.54 s, right-hand sides 0.33 s by 32 JVPs, the rest the triangular
+solves; 3D: factorization 24.7 s, its fill is what the RSS holds. The old paths: dense at
+N = 1024 took 56.3 s in the same process as the 1.44 s FIRE run, 39x; the batched Krylov path
+at 4096 was 281x in the issue. At N = 128 dense and factorization tie, 0.19 / 0.14 s; at
+N = 256 0.84 / 0.10 s: hence ``auto`` takes the dense path only up to 256 unknowns.)
+
     python benchmarks/bench_many_rhs.py                      # N = 1024, 4096 (2D)
     python benchmarks/bench_many_rhs.py --sizes 4096 --dim 3
     python benchmarks/bench_many_rhs.py --sizes 1024 --dense --iterative
