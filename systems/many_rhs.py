@@ -330,8 +330,8 @@ def reverse_vector_derivative(solver, pspec, cotangents) -> tuple[np.ndarray, di
     return scale * np.asarray(out), report
 
 
-def factorized_vector_derivative(solver, pspec, reason: str = "",
-                                 chunk: int = 256) -> tuple[np.ndarray, dict]:
+def factorized_vector_derivative(solver, pspec, reason: str = "", chunk: int = 256,
+                                 progress=None) -> tuple[np.ndarray, dict]:
     """``[N][N][d]`` ∂x*/∂θ of a vector θ (kind ``diameters``) by one sparse factorization.
 
     Args:
@@ -339,6 +339,8 @@ def factorized_vector_derivative(solver, pspec, reason: str = "",
       pspec: the θ (:class:`~systems.response.ParameterSpec`).
       reason: why this method (for the report).
       chunk: columns whose right-hand sides are computed and solved together.
+      progress: optional ``progress("jacobian", name=, columns=, of=, seconds=)`` after
+        every chunk.
 
     Returns:
       ``(dx_dtheta, attrs)``: rows ``p`` are ``∂x*/∂θ_p``, gauge-fixed (rattler rows NaN,
@@ -389,6 +391,9 @@ def factorized_vector_derivative(solver, pspec, reason: str = "",
         dx[start:stop, backbone, :] = scale * dy.reshape(-1, nb, d)
         if np.any(dscale != 0):  # x = λ y: an affine part (not for diameters)
             dx[start:stop, backbone, :] += dscale[:, None, None] * y[backbone]
+        if progress is not None:
+            progress("jacobian", name=pspec.name, columns=stop, of=p_count,
+                     seconds=round(time.perf_counter() - t0, 3))
     report = {field: np.concatenate([np.ravel(getattr(i, field)) for i in infos])
               for field in ("iterations", "residual_norm", "rhs_norm", "converged",
                             "inconsistency")}

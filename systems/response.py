@@ -1172,7 +1172,9 @@ class ResponseSolver:
             out[pspec.name] = (self._gauge(dx[k]), attrs)
         return out
 
-    def vector_derivative(self, pspec: ParameterSpec) -> tuple[np.ndarray, dict]:
+    def vector_derivative(self, pspec: ParameterSpec,
+                          progress: Callable[..., None] | None = None
+                          ) -> tuple[np.ndarray, dict]:
         """The ``[N][N][d]`` Jacobian of every particle's diameter (kind ``diameters``).
 
         Forward mode: N right-hand sides (reverse mode would need N·d), solved by the method
@@ -1188,7 +1190,7 @@ class ResponseSolver:
         many_rhs, reason = choose_method(s, self.n_dof, n, d)
         if many_rhs == "factorization":
             try:
-                return factorized_vector_derivative(self, pspec, reason)
+                return factorized_vector_derivative(self, pspec, reason, progress=progress)
             except np.linalg.LinAlgError as error:  # a zero mode beyond the rigid motions
                 many_rhs = "iterative"
                 reason = f"{reason}; the factorization failed ({error}): Krylov solves instead"
@@ -1342,7 +1344,7 @@ class ResponseSolver:
             t_solve += first["time_s"]
         for pspec in pspecs:
             if pspec.kind == "diameters":
-                results[pspec.name] = self.vector_derivative(pspec)
+                results[pspec.name] = self.vector_derivative(pspec, progress)
                 t_solve += results[pspec.name][1]["time_s"]
         for pspec in pspecs:
             dx, attrs = results[pspec.name]

@@ -18,10 +18,16 @@ DIAMETERS = ParameterSpec("diameters", "diameters")
 def _both(model, result, params, **extra):
     """The diameters Jacobian by the dense path and by the factorization."""
     out = {}
+    events = []
     for method in ("dense", "factorization"):
         solver = ResponseSolver(model, result.positions, params, max_force=result.max_force,
                                 settings=resolve_sensitivity({"many_rhs": method, **extra}))
-        out[method] = solver.vector_derivative(DIAMETERS)
+        out[method] = solver.vector_derivative(
+            DIAMETERS, lambda event, **fields: events.append((event, fields)))
+    # the factorization reports every chunk of columns
+    n = result.positions.shape[0]
+    assert events and all(e == "jacobian" and f["of"] == n for e, f in events)
+    assert events[-1][1]["columns"] == n
     return solver, out
 
 
