@@ -26,6 +26,9 @@ from sensitivity._linear_solve import (  # noqa: E402
     solve_minres,
     solve_normal_cg,
 )
+# --- factor once, solve many (sensitivity/_factorization.py) ---
+from sensitivity._factorization import SparseFactorization as SparseFactorization
+from sensitivity._factorization import factorize_sparse as factorize_sparse
 # --- implicit differentiation (sensitivity/_implicit_diff.py) ---
 from sensitivity._implicit_diff import ClosureError as ClosureError
 from sensitivity._implicit_diff import custom_fixed_point as custom_fixed_point
@@ -113,6 +116,8 @@ __all__ = [
     "solve_lu",
     "solve_minres",
     "solve_normal_cg",
+    "SparseFactorization",
+    "factorize_sparse",
     "ClosureError",
     "custom_fixed_point",
     "custom_root",

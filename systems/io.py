@@ -1180,7 +1180,9 @@ def write_result(
                     f"({n}, {dim}) or (P, {n}, {dim})"
                 )
             group = sensitivity.create_group(name, track_order=True)
-            group.create_dataset("dx_dtheta", data=dx_dtheta)
+            from .jacobian_file import jacobian_layout  # chunked when large
+
+            group.create_dataset("dx_dtheta", data=dx_dtheta, **jacobian_layout(dx_dtheta.shape))
             _describe_jacobian(group["dx_dtheta"], name, response.get("attrs") or {}, system,
                                parameters.get("potential"))
             attrs = dict(response.get("attrs") or {})

@@ -25,6 +25,7 @@ import numpy as np
 
 from ._errors import InputError
 from .tasks import RESULT_NAME
+from .many_rhs import check_result_size
 from .potentials import PairModel, resolve_potential
 from .relax import RelaxResult, Relaxer, make_relaxer, resolve_minimizer
 from .response import (ResponseSolver, gauge_fix, resolve_parameters,
@@ -111,7 +112,7 @@ class _Task:
     relaxer: Relaxer
 
 
-def _prepare(config: Mapping[str, Any], *, for_audit: bool) -> _Task:
+def _prepare(config: Mapping[str, Any], *, for_audit: bool, output_dir=None) -> _Task:
     from .io import read_packing
 
     system_cfg = config.get("system") or {}
@@ -127,6 +128,8 @@ def _prepare(config: Mapping[str, Any], *, for_audit: bool) -> _Task:
     minimizer = resolve_minimizer(config.get("minimizer"))
     settings = resolve_sensitivity(config.get("sensitivity"))
     pspecs = resolve_parameters(config.get("parameters"), system, spec)
+    check_result_size(pspecs, system.n, system.dim, settings, where=where,
+                      output_dir=output_dir)
     model = PairModel.build(system, spec)
     params = model.default_params(system.diameters)
     # The neighbor cutoff must cover every parameter set the run evaluates: with an audit,
@@ -333,7 +336,7 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
     t_total = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    task = _prepare(config, for_audit=False)
+    task = _prepare(config, for_audit=False, output_dir=output_dir)
     relaxed, solver, result, audit_result = _compute(task, progress,
                                                      audit=bool(task.settings["audit"]))
     system = task.system.replace(positions=relaxed.positions)

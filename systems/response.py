@@ -44,9 +44,11 @@ a looser tolerance would throw away accuracy that x* has.
 - ``diameter`` (species s, scalar): every diameter of species s moves by the same amount;
   θ is the species' mean diameter. One forward-mode solve.
 - ``diameters`` (vector, P = N): the full ``[N][N][d]`` Jacobian. Forward mode needs N
-  solves, reverse mode N·d, so forward; where the Hessian fits (``n_dof ≤ dense_max_dof``)
-  one dense factorization serves all N right-hand sides (``vmap`` of the dense solve keeps
-  the factorization outside the batch), else chunks of batched iterative solves.
+  solves, reverse mode N·d, so forward; :func:`systems.many_rhs.choose_method` picks, by
+  size (``sensitivity.many_rhs`` overrides; the reason is in the report): one dense
+  factorization for small systems (``vmap`` of the dense solve keeps the factorization
+  outside the batch), one sparse factorization of the backbone Hessian
+  (:mod:`systems.many_rhs`), or chunks of batched iterative solves.
 - ``epsilon`` (scalar): with species s, ε of every pair involving s moves by the same
   amount (θ = ε_ss); without, a uniform ε (θ = ε) or a multiplier of the ε matrix (θ = 1).
   A single uniform ε scales the energy, so ∂x*/∂ε = 0 exactly; a species' ε does not.
@@ -816,28 +818,45 @@ def _scalar_derivatives(cfg: _Config, pk: PackingData, base, thetas0, members):
 
 
 def _vector_derivative(cfg: _Config, pk: PackingData, base, theta0, member):
-    """(N, N, d): one forward-mode solve per component of a vector θ."""
+    """``(dx (N, N, d), iterations (N,))``: one forward-mode solve per component of a vector
+    θ (iterations 0 for a dense solve)."""
+    import sensitivity
+
     (tag,) = cfg.tags
     relaxed = _relaxed(cfg, pk, report=False)
     n, d = pk.y.shape
 
+    def params_of(theta):
+        return apply_theta(tag, base, theta, theta0, member)
+
     def x_of(theta):
-        params = apply_theta(tag, base, theta, theta0, member)
+        params = params_of(theta)
         return params.scale * relaxed(pk.y, params)
 
     if cfg.solver in _DENSE:
         # vmap keeps the factorization, which does not depend on the right-hand side,
         # outside the batch: one factorization for every column
-        return jnp.moveaxis(jax.jacfwd(x_of)(theta0), -1, 0)
+        return (jnp.moveaxis(jax.jacfwd(x_of)(theta0), -1, 0),
+                jnp.zeros(theta0.shape[0], jnp.int32))
     chunk = cfg.chunk
     n_chunks = -(-n // chunk)
+    solve = _solver(cfg, pk, cfg.solver)
+
+    def forces(y, theta):
+        return _optimality(pk, y, params_of(theta))
+
+    def one(tangent):  # root_jvp: the JVP rule of custom_root, with the solve's report
+        dy, info = sensitivity.root_jvp(forces, pk.y, (theta0,), (tangent,), solve=solve,
+                                        full_output=True)
+        s0, ds = jax.jvp(lambda t: params_of(t).scale, (theta0,), (tangent,))
+        return s0 * dy + ds * pk.y, info.iterations
 
     def columns(k0):
         tangents = jax.nn.one_hot(k0 + jnp.arange(chunk), n, dtype=jnp.float64)
-        return jax.vmap(lambda t: jax.jvp(x_of, (theta0,), (t,))[1])(tangents)
+        return jax.vmap(one)(tangents)
 
-    out = jax.lax.map(columns, jnp.arange(n_chunks) * chunk)
-    return out.reshape((-1, n, d))[:n]
+    out, iterations = jax.lax.map(columns, jnp.arange(n_chunks) * chunk)
+    return out.reshape((-1, n, d))[:n], iterations.reshape(-1)[:n]
 
 
 def _column_residuals(cfg: _Config, pk: PackingData, base, theta0, member, dy):
@@ -1056,20 +1075,34 @@ class ResponseSolver:
             out[pspec.name] = (self._gauge(dx[k]), attrs)
         return out
 
-    def vector_derivative(self, pspec: ParameterSpec) -> tuple[np.ndarray, dict]:
+    def vector_derivative(self, pspec: ParameterSpec,
+                          progress: Callable[..., None] | None = None
+                          ) -> tuple[np.ndarray, dict]:
         """The ``[N][N][d]`` Jacobian of every particle's diameter (kind ``diameters``).
 
-        Forward mode: N right-hand sides (reverse mode would need N·d). Where the Hessian
-        fits (``n_dof <= dense_max_dof``, or solver dense) one factorization serves all of
-        them; else chunks of batched iterative solves.
+        Forward mode: N right-hand sides (reverse mode would need N·d), solved by the method
+        :func:`~systems.many_rhs.choose_method` picks (``attrs["many_rhs"]`` and
+        ``attrs["reason"]``): one dense factorization, one sparse factorization
+        (:func:`~systems.many_rhs.factorized_vector_derivative`), or chunks of batched
+        iterative solves.
         """
+        from .many_rhs import choose_method, factorized_vector_derivative
+
         s = self.settings
         n, d = self.model.n, self.model.dim
+        many_rhs, reason = choose_method(s, self.n_dof, n, d)
+        if many_rhs == "factorization":
+            try:
+                return factorized_vector_derivative(self, pspec, reason, progress=progress)
+            except np.linalg.LinAlgError as error:  # a zero mode beyond the rigid motions
+                many_rhs = "iterative"
+                reason = f"{reason}; the factorization failed ({error}): Krylov solves instead"
         solver_name = s["solver"]
-        if solver_name in _DENSE or self.n_dof <= int(s["dense_max_dof"]):
+        if many_rhs == "dense":
             solver_name = solver_name if solver_name in _DENSE else "dense"
             method = f"forward mode, one dense factorization for {n} right-hand sides"
         else:
+            solver_name = solver_name if solver_name not in _DENSE else "cg"
             method = f"forward mode, {n} batched iterative solves"
         tag, theta0, member = theta_data(pspec, self.params, np.asarray(self.model.species))
         capacity = int(self.data.pairs.i.shape[0])
@@ -1077,11 +1110,13 @@ class ResponseSolver:
         # No report per column (a host callback each: most of the time of a dense solve for
         # a few hundred columns); the residuals are checked below, all columns at once.
         cfg = self._config(solver_name, report=False, tags=[tag], chunk=chunk)
-        dx, t_run, t_compile = self._run(_vector_derivative, cfg, self.data, self.params,
-                                            theta0, member)
-        attrs = self._attrs(pspec, theta0, solver_name, method,
-                            self._residuals(cfg, dx, theta0, member))
-        attrs.update(time_s=t_run, time_compile_s=t_compile)
+        (dx, iterations), t_run, t_compile = self._run(_vector_derivative, cfg, self.data,
+                                                       self.params, theta0, member)
+        info = self._residuals(cfg, dx, theta0, member)
+        info.update(iterations=int(np.max(iterations, initial=0)),
+                    iterations_total=int(np.sum(iterations)))
+        attrs = self._attrs(pspec, theta0, solver_name, method, info)
+        attrs.update(time_s=t_run, time_compile_s=t_compile, many_rhs=many_rhs, reason=reason)
         return self._gauge(dx), attrs
 
     def _residuals(self, cfg, dx, theta0, member) -> dict:
@@ -1096,7 +1131,7 @@ class ResponseSolver:
         rel_s = np.where(rhs_s > 0, res_s / np.where(rhs_s > 0, rhs_s, 1.0), 0.0)
         ok = np.isfinite(res) & (res_s <= float(s["tol"]) * rhs_s * (1 + 1e-6) + 1e-300)
         return {
-            "iterations": 0 if solver_name_is_dense(s, self.n_dof) else -1,
+            "iterations": 0,  # the caller's: the solver's iterations
             "iterations_total": 0,
             "residual": float(res.max()) if res.size else 0.0,
             "relative_residual": float(rel.max()) if rel.size else 0.0,
@@ -1212,7 +1247,7 @@ class ResponseSolver:
             t_solve += first["time_s"]
         for pspec in pspecs:
             if pspec.kind == "diameters":
-                results[pspec.name] = self.vector_derivative(pspec)
+                results[pspec.name] = self.vector_derivative(pspec, progress)
                 t_solve += results[pspec.name][1]["time_s"]
         for pspec in pspecs:
             dx, attrs = results[pspec.name]
@@ -1238,9 +1273,12 @@ class ResponseSolver:
         }
 
 
-def solver_name_is_dense(settings, n_dof: int) -> bool:
-    """Whether the vector θ uses one dense factorization."""
-    return settings["solver"] in _DENSE or n_dof <= int(settings["dense_max_dof"])
+def solver_name_is_dense(settings, n_dof: int, dim: int = 2) -> bool:
+    """Whether the vector θ uses one dense factorization
+    (:func:`~systems.many_rhs.choose_method`)."""
+    from .many_rhs import choose_method
+
+    return choose_method(settings, n_dof, n_dof // dim, dim)[0] == "dense"
 
 
 def _merge_reports(reports) -> dict:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = [
-    "INT_MAX", "MINIMIZER", "MINIMIZERS", "PARAMETER", "PARAMETER_KINDS", "POTENTIAL",
+    "INT_MAX", "MANY_RHS", "MINIMIZER", "MINIMIZERS", "PARAMETER", "PARAMETER_KINDS", "POTENTIAL",
     "POTENTIALS", "PRECONDITIONERS", "SENSITIVITY", "SOLVERS", "DEFAULT_PARAMETERS", "Check",
     "Invalid", "Setting", "any_of", "boolean", "check_section", "choice", "defaults", "integer",
     "matrix", "minimizer_errors", "nullable", "number", "potential_errors", "string",
@@ -223,6 +223,7 @@ PRECONDITIONERS = ("block_jacobi", "jacobi", "two_level", "schwarz", "none")
 POTENTIALS = ("soft_sphere", "lennard_jones", "morse")
 MINIMIZERS = ("fire", "gradient_descent")
 PARAMETER_KINDS = ("diameter", "diameters", "epsilon", "box")
+MANY_RHS = ("auto", "dense", "factorization", "iterative")
 
 #: The pair potential. epsilon, alpha, sigma and morse_alpha also take an ``[S][S]``
 #: per-species-pair matrix. In a config file a key left out (null) takes the input file's
@@ -270,6 +271,12 @@ SENSITIVITY: dict[str, Setting] = {
     "dense_max_dof": Setting(integer(ge=1), 4096, "dense solves up to this many unknowns"),
     "lanczos_steps": Setting(integer(ge=0), 200,
                              "Lanczos steps for the smallest-eigenvalue estimate"),
+    "many_rhs": Setting(choice(*MANY_RHS), "auto",
+                        "kind diameters (N right-hand sides): one dense or sparse "
+                        "factorization, or Krylov solves; auto: by size"),
+    "max_result_gib": Setting(nullable(number(gt=0)), None,
+                              "refuse a run whose result is larger (null: half the free "
+                              "memory / disk)"),
 }
 
 _NAME = string(r"[A-Za-z_][A-Za-z0-9_.\-]*",

@@ -150,9 +150,12 @@ def test_2d_vector_theta(packing_2d):
 def test_vector_theta_batched_iterative_equals_dense(packing_2d):
     system, model, params, relaxer, result, solver, scalars, vector = packing_2d
     iterative = ResponseSolver(model, result.positions, params, max_force=result.max_force,
-                               settings=resolve_sensitivity({"dense_max_dof": 1}))
+                               settings=resolve_sensitivity({"many_rhs": "iterative"}))
     dx, attrs = iterative.vector_derivative(ParameterSpec("diameters", "diameters"))
     assert attrs["solver"] == "cg" and attrs["n_solves"] == system.n and attrs["converged"]
+    assert attrs["many_rhs"] == "iterative" and "many_rhs" in attrs["reason"]
+    # iterations of a batched solve: the most any column took (not -1), and their sum
+    assert 5 < attrs["iterations"] <= attrs["iterations_total"] <= system.n * attrs["iterations"]
     backbone = ~solver.rattlers
     assert relative_error(dx.reshape(-1, 2), vector[0].reshape(-1, 2),
                           np.tile(backbone, system.n)) < 1e-8
