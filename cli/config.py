@@ -306,7 +306,8 @@ def _f(spec: _Spec, default: Any = _REQUIRED, doc: str = "") -> _Field:
 SOLVERS = ("cg", "minres", "gmres", "bicgstab", "normal_cg", "dense", "lstsq", "lu", "cholesky")
 POTENTIALS = ("soft_sphere", "lennard_jones", "morse")
 MINIMIZERS = ("fire", "gradient_descent")
-PARAMETER_KINDS = ("diameter", "diameters", "epsilon", "box")
+PARAMETER_KINDS = ("diameter", "diameters", "epsilon", "box", "strain")
+STRAIN_COMPONENTS = ("xx", "yy", "zz", "yz", "xz", "xy")
 
 # The schema of every section whose keys are fixed. ``parameters`` (a list) and ``sweep`` (a
 # mapping of key paths) are checked by hand below.
@@ -359,6 +360,8 @@ SCHEMA: dict[str, dict[str, _Field]] = {
         "dense_max_dof": _f(_integer(ge=1), 4096, "dense solves up to this many unknowns"),
         "lanczos_steps": _f(_integer(ge=0), 200,
                             "Lanczos steps for the smallest-eigenvalue estimate"),
+        "elasticity": _f(_boolean(), False,
+                         "stress, pressure and the elastic tensor in /elasticity"),
     },
     "output": {
         "directory": _f(_DIRECTORY, "out"),
@@ -381,6 +384,8 @@ PARAMETER_SCHEMA: dict[str, _Field] = {
     "name": _f(_NAME, doc="name of the result group /sensitivity/<name>"),
     "kind": _f(_choice(*PARAMETER_KINDS)),
     "species": _f(_nullable(_integer(ge=0)), None, "species index (diameter; optional for epsilon)"),
+    "component": _f(_nullable(_choice(*STRAIN_COMPONENTS)), None,
+                    "strain component (kind strain; 2D: xx, yy, xy)"),
 }
 DEFAULT_PARAMETERS = [{"name": "small_diameter", "kind": "diameter", "species": 0}]
 
@@ -608,10 +613,22 @@ def _resolve_parameters(given: Any, errors: list[str]) -> list[dict]:
                 f"{where}.species is required for kind diameter: the species whose diameter "
                 "is theta (an integer >= 0)"
             )
-        if kind in ("diameters", "box") and species is not None:
+        if kind == "strain" and item.get("component") is None and "component" not in entry:
+            errors.append(
+                f"{where}.component is required for kind strain: one of "
+                f"{', '.join(STRAIN_COMPONENTS)} (2D: xx, yy, xy)"
+            )
+        if kind != "strain" and item.get("component") is not None:
+            errors.append(
+                f"{where}.component = {item['component']}: only kind strain takes a component; "
+                "remove it"
+            )
+        if kind in ("diameters", "box", "strain") and species is not None:
             errors.append(
                 f"{where}.species = {species}: kind {kind} takes no species; remove it"
             )
+        if item.get("component") is None:
+            item.pop("component", None)  # only strain θs carry one
         name = item.get("name")
         if isinstance(name, str):
             if name in names:
