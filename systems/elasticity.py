@@ -285,3 +285,92 @@ def elastic_response(solver) -> dict:
         "time_s": t_run,
         "time_compile_s": t_compile,
     }
+
+
+# ---------------------------------------------------------------------------------------
+# Total derivatives of the observables U, σ, p along every θ.
+
+
+def _volume(model: PairModel, params: PotentialParams):
+    """The box volume at ``params`` (jax, differentiable in λ and ε)."""
+    volume = float(np.prod(np.asarray(model.box, np.float64))) * params.scale ** model.dim
+    if params.strain is not None:
+        volume = volume * jnp.linalg.det(jnp.eye(model.dim) + params.strain)
+    return volume
+
+
+def observables(model: PairModel, y, params: PotentialParams, pairs: Pairs):
+    """``(U, σ, p)`` at reference positions ``y``: the energy, the stress of the current
+    configuration (the virial over the current pair vectors, divided by the current volume)
+    and the pressure (jax, differentiable in ``y`` and ``params``)."""
+    energy = model.energy(y, params, pairs)
+    stress = virial_stress(model, y, params, pairs, _volume(model, params))
+    return energy, stress, -jnp.trace(stress) / model.dim
+
+
+def _observable_jvps(cfg, pk, base, theta0, member, dy, tangents):
+    """``d(U, σ, p)/dθ`` along each tangent ``k``: ∂/∂θ plus ∂/∂y · dy_k (forward mode,
+    from the already solved responses ``dy`` (K, N, d))."""
+    from .response import apply_theta
+
+    (tag,) = cfg.tags
+
+    def obs(y, theta):
+        return observables(pk.model, y, apply_theta(tag, base, theta, theta0, member), pk.pairs)
+
+    def one(args):
+        dy_k, tangent = args
+        return jax.jvp(obs, (pk.y, theta0), (dy_k, tangent))[1]
+
+    return jax.lax.map(one, (dy, tangents))
+
+
+def observable_derivatives(solver, pspecs, responses) -> dict:
+    """Total ``dU/dθ``, ``dσ/dθ`` and ``dp/dθ`` for every θ, through x*.
+
+    Forward mode from the responses already solved (``responses[name]["dx_dtheta"]``,
+    gauge-fixed, rattler rows NaN): no further linear solve, which is the cheaper mode
+    whatever the number of θs, since ∂x*/∂θ is computed for every θ anyway. The
+    observables are taken over the backbone's pairs (a rattler's contacts carry no force
+    and follow it freely). Since ``∇_y U = 0`` at x*, ``dU/dθ = ∂U/∂θ``.
+
+    Returns:
+      ``{name: {"dU_dtheta", "dp_dtheta", "dsigma_dtheta"}}``: scalars and a (d, d) matrix
+      for a scalar θ; (P,), (P,) and (P, d, d) arrays for a θ with P components.
+    """
+    from .potentials import real_positions
+    from .response import apply_theta, theta_data
+
+    species = np.asarray(solver.model.species)
+    params = solver.params
+    y = np.asarray(solver.y)
+    out = {}
+    for pspec in pspecs:
+        tag, theta0, member = theta_data(pspec, params, species)
+        dx = np.asarray(responses[pspec.name]["dx_dtheta"], np.float64)
+        vector = dx.ndim == 3
+        dx = dx if vector else dx[None]
+        count = dx.shape[0]
+        tangents = jnp.eye(count, dtype=jnp.float64) if vector else jnp.ones((1,), jnp.float64)
+
+        # dy from dx = ∂x/∂θ|_y + λ dy (at ε = 0); the rattler rows (NaN) do not enter the
+        # backbone's observables: zero
+        def affine(t):
+            p = apply_theta(tag, params, t, theta0, member)
+            return real_positions(p, jnp.asarray(y))
+
+        dx_affine = np.stack([np.asarray(jax.jvp(affine, (theta0,), (t,))[1])
+                              for t in tangents]) if tag in ("box", "strain") else 0.0
+        dy = np.nan_to_num((dx - dx_affine) / float(params.scale))
+        cfg = solver._config(tags=(tag,))
+        (d_energy, d_stress, d_pressure), _, _ = solver._run(
+            _observable_jvps, cfg, solver.data, params, theta0, member, jnp.asarray(dy),
+            tangents)
+        if vector:
+            out[pspec.name] = {"dU_dtheta": d_energy, "dp_dtheta": d_pressure,
+                               "dsigma_dtheta": d_stress}
+        else:
+            out[pspec.name] = {"dU_dtheta": float(d_energy[0]),
+                               "dp_dtheta": float(d_pressure[0]),
+                               "dsigma_dtheta": d_stress[0]}
+    return out

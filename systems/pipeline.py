@@ -305,9 +305,13 @@ def _compute(task: _Task, progress, *, audit: bool):
                             max_force=relaxed.max_force, settings=task.settings)
     result = solver.run_all(task.pspecs, progress)
     if task.settings.get("elasticity"):
-        from .elasticity import elastic_response
+        from .elasticity import elastic_response, observable_derivatives
 
         result["elasticity"] = elastic_response(solver)
+        # dU/dθ, dσ/dθ, dp/dθ of every θ, from the responses just solved
+        for name, derivatives in observable_derivatives(solver, task.pspecs,
+                                                        result["responses"]).items():
+            result["responses"][name]["observables"] = derivatives
         if progress is not None:
             e = result["elasticity"]
             progress("elasticity", pressure=e["pressure"], bulk_modulus=e["bulk_modulus"],

@@ -207,6 +207,12 @@ def test_cli_writes_and_inspects_the_elasticity(tmp_path, monkeypatch):
     assert "isotropic average" in e["shear_modulus_definition"]
     shear = read.responses["shear"]
     assert shear["nonaffine"].shape == (32, 2)
+    observables = shear["observables"]
+    assert np.shape(observables["dsigma_dtheta"]) == (2, 2)
+    assert observables["dp_dtheta"] == pytest.approx(-np.trace(observables["dsigma_dtheta"]) / 2)
+    # along the shear θ, dU/dε_xy = V (σ_xy + σ_yx)
+    volume = float(np.prod(read.system.box))
+    assert observables["dU_dtheta"] == pytest.approx(2 * volume * e["stress"][0, 1], rel=1e-8)
     # the strain θ's non-affine field is the tensor's xy one
     backbone = ~read.rattlers
     np.testing.assert_allclose(shear["nonaffine"][backbone], e["nonaffine"][2][backbone],
@@ -227,3 +233,32 @@ def test_cli_bad_strain_component_exits_2(tmp_path, monkeypatch, component, expe
     assert result.exit_code == 2, result.output
     assert expected in result.output
     assert len([line for line in result.output.splitlines() if line.strip()]) == 1
+
+
+def test_observable_derivatives_match_finite_differences(packing_2d):
+    """dU/dθ, dσ/dθ, dp/dθ through x* against re-relaxed packings at θ ± h."""
+    system, model, params, relaxer, solver, out = packing_2d
+    specs = [ParameterSpec("small", "diameter", 0), ParameterSpec("box", "box"),
+             ParameterSpec("xy", "strain", None, "xy", 2),
+             ParameterSpec("diameters", "diameters")]
+    scalars = solver.scalar_derivatives(specs[:3])
+    responses = {name: {"dx_dtheta": dx} for name, (dx, _) in scalars.items()}
+    responses["diameters"] = {"dx_dtheta": solver.vector_derivative(specs[3])[0]}
+    derivatives = el.observable_derivatives(solver, specs, responses)
+    h = 1e-6
+    for spec in specs:
+        component = 5 if spec.kind == "diameters" else None
+        theta0, apply = theta_apply(spec, params, system.species)
+        _, runs = central_difference(relaxer, model, params, apply, theta0, solver.y, h,
+                                     solver.rattlers, component=component, ftol=1e-14)
+        ends = []
+        for _, p, y in runs:
+            ends.append(el.observables(model, jnp.asarray(y), p, model.interacting_pairs(y, p)))
+        fd = [(np.asarray(a) - np.asarray(b)) / (2 * h) for a, b in zip(*ends)]
+        ours = derivatives[spec.name]
+        if component is not None:
+            ours = {key: value[component] for key, value in ours.items()}
+        assert ours["dU_dtheta"] == pytest.approx(float(fd[0]), rel=1e-6), spec.name
+        assert np.abs(ours["dsigma_dtheta"] - fd[1]).max() <= 1e-5 * np.abs(fd[1]).max()
+        assert ours["dp_dtheta"] == pytest.approx(float(fd[2]), rel=1e-5), spec.name
+        assert ours["dp_dtheta"] == pytest.approx(-np.trace(ours["dsigma_dtheta"]) / 2)
