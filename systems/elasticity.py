@@ -218,7 +218,9 @@ def _elastic(cfg, pk, base, directions, stress_pairs):
         xi = jax.jvp(lambda t: forces(pk.y, t), (zeros,), (tangent,))[1]
         return dy, xi, info
 
-    dy, xi, infos = jax.lax.map(one, jnp.eye(m, dtype=jnp.float64))
+    # the m solves batched (vmap): one loop whose every iteration is one batched product
+    # with the Hessian, which reads the Hessian once for all m right-hand sides
+    dy, xi, infos = jax.vmap(one)(jnp.eye(m, dtype=jnp.float64))
     relaxation = jnp.einsum("pnd,qnd->pq", xi, dy)
     return stress_grad, affine, relaxation, dy, infos
 
