@@ -210,6 +210,15 @@ def render_summary(summary: Mapping) -> str:
         for key in ("theta_definition", "axes_text", "unit_text"):
             if described.get(key):
                 lines.append(f"    {key.replace('_text', '').replace('_', ' ')}: {described[key]}")
+        attrs = t.get("attrs") or {}
+        if isinstance(attrs.get("linear_range_plus"), (int, float)):
+            sides = []
+            for side, sign in (("plus", "+"), ("minus", "-")):
+                pair = attrs.get(f"linear_range_{side}_pair") or [-1, -1]
+                event = attrs.get(f"linear_range_{side}_event")
+                where = f" (pair {pair[0]}-{pair[1]} {event})" if event not in (None, "none") else ""
+                sides.append(f"dtheta{sign} = {format_value(attrs[f'linear_range_{side}'])}{where}")
+            lines.append(f"    linear range: {', '.join(sides)}")
         skipped = (t.get("attrs") or {}).get("skipped")
         if skipped:
             lines.append(f"    not computed: {skipped}")

@@ -361,7 +361,8 @@ SCHEMA: dict[str, dict[str, _Field]] = {
         "lanczos_steps": _f(_integer(ge=0), 200,
                             "Lanczos steps for the smallest-eigenvalue estimate"),
         "elasticity": _f(_boolean(), False,
-                         "stress, pressure and the elastic tensor in /elasticity"),
+                         "stress, pressure, elastic tensor (/elasticity); per theta dU, dp, "
+                         "dsigma/dtheta and the linear range (first contact change)"),
     },
     "output": {
         "directory": _f(_DIRECTORY, "out"),

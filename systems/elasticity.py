@@ -36,6 +36,7 @@ Orthorhombic boxes only (the strain is a perturbation of an orthorhombic referen
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -58,6 +59,8 @@ __all__ = [
     "to_voigt",
     "nonaffine_part",
     "elastic_response",
+    "observables",
+    "observable_derivatives",
 ]
 
 #: Independent components of a symmetric strain, in Voigt order.
@@ -310,21 +313,71 @@ def observables(model: PairModel, y, params: PotentialParams, pairs: Pairs):
     return energy, stress, -jnp.trace(stress) / model.dim
 
 
-def _observable_jvps(cfg, pk, base, theta0, member, dy, tangents):
-    """``d(U, σ, p)/dθ`` along each tangent ``k``: ∂/∂θ plus ∂/∂y · dy_k (forward mode,
-    from the already solved responses ``dy`` (K, N, d))."""
-    from .response import apply_theta
+def _along(cfg, pk, base, thetas0, members, dy, tangents, extra, *, fn):
+    """``fn(pk, y, params, extra)`` at x* and its total derivative along each of K θ
+    directions: ``jvp`` in ``(y, θ)`` with tangents ``(dy_k, t_k)`` (forward mode from the
+    solved responses ``dy`` (K, N, d); ``tangents`` a tuple, per θ tag, of (K, ...) arrays).
+    ``cfg.tags`` name the θ rules (:func:`systems.response.apply_theta`)."""
+    from .response import _params_at
 
-    (tag,) = cfg.tags
-
-    def obs(y, theta):
-        return observables(pk.model, y, apply_theta(tag, base, theta, theta0, member), pk.pairs)
+    def f(y, thetas):
+        return fn(pk, y, _params_at(cfg, base, thetas, thetas0, members), extra)
 
     def one(args):
-        dy_k, tangent = args
-        return jax.jvp(obs, (pk.y, theta0), (dy_k, tangent))[1]
+        dy_k, t_k = args
+        return jax.jvp(f, (pk.y, thetas0), (dy_k, t_k))[1]
 
-    return jax.lax.map(one, (dy, tangents))
+    return f(pk.y, thetas0), jax.lax.map(one, (dy, tangents))
+
+
+def _observables_fn(pk, y, params, extra):
+    return observables(pk.model, y, params, pk.pairs)
+
+
+_observables_along = functools.partial(_along, fn=_observables_fn)
+
+
+def theta_groups(solver, pspecs, responses):
+    """The θs in compiled batches: every scalar θ together, each vector θ alone. Yields
+    ``(names, vector, tags, thetas0, members, dy, tangents)`` for :func:`_along`."""
+    scalars = [p for p in pspecs if p.kind != "diameters"]
+    if scalars:
+        data = [reference_response(solver, p, responses[p.name]["dx_dtheta"]) for p in scalars]
+        eye = jnp.eye(len(scalars), dtype=jnp.float64)
+        yield ([p.name for p in scalars], False, tuple(d[0] for d in data),
+               tuple(d[1] for d in data), tuple(d[2] for d in data),
+               jnp.concatenate([d[3] for d in data]),
+               tuple(eye[:, k] for k in range(len(scalars))))
+    for p in pspecs:
+        if p.kind == "diameters":
+            tag, theta0, member, dy, tangents = reference_response(
+                solver, p, responses[p.name]["dx_dtheta"])
+            yield [p.name], True, (tag,), (theta0,), (member,), dy, (tangents,)
+
+
+def reference_response(solver, pspec, dx_dtheta):
+    """θ's rule and its response in reference coordinates: ``(tag, theta0, member, dy,
+    tangents)`` with ``dy`` (K, N, d) from ``dx = ∂x/∂θ|_y + λ dy`` (at ε = 0; rattler rows
+    zero) and ``tangents`` (K, ...) the unit tangents of θ's K components."""
+    from .potentials import real_positions
+    from .response import apply_theta, theta_data
+
+    params = solver.params
+    y = jnp.asarray(solver.y)
+    tag, theta0, member = theta_data(pspec, params, np.asarray(solver.model.species))
+    dx = np.asarray(dx_dtheta, np.float64)
+    vector = dx.ndim == 3
+    dx = dx if vector else dx[None]
+    tangents = (jnp.eye(dx.shape[0], dtype=jnp.float64) if vector
+                else jnp.ones((1,), jnp.float64))
+
+    def affine(t):
+        return real_positions(apply_theta(tag, params, t, theta0, member), y)
+
+    dx_affine = np.stack([np.asarray(jax.jvp(affine, (theta0,), (t,))[1])
+                          for t in tangents]) if tag in ("box", "strain") else 0.0
+    dy = np.nan_to_num((dx - dx_affine) / float(params.scale))
+    return tag, theta0, member, jnp.asarray(dy), tangents
 
 
 def observable_derivatives(solver, pspecs, responses) -> dict:
@@ -340,39 +393,18 @@ def observable_derivatives(solver, pspecs, responses) -> dict:
       ``{name: {"dU_dtheta", "dp_dtheta", "dsigma_dtheta"}}``: scalars and a (d, d) matrix
       for a scalar θ; (P,), (P,) and (P, d, d) arrays for a θ with P components.
     """
-    from .potentials import real_positions
-    from .response import apply_theta, theta_data
-
-    species = np.asarray(solver.model.species)
-    params = solver.params
-    y = np.asarray(solver.y)
     out = {}
-    for pspec in pspecs:
-        tag, theta0, member = theta_data(pspec, params, species)
-        dx = np.asarray(responses[pspec.name]["dx_dtheta"], np.float64)
-        vector = dx.ndim == 3
-        dx = dx if vector else dx[None]
-        count = dx.shape[0]
-        tangents = jnp.eye(count, dtype=jnp.float64) if vector else jnp.ones((1,), jnp.float64)
-
-        # dy from dx = ∂x/∂θ|_y + λ dy (at ε = 0); the rattler rows (NaN) do not enter the
-        # backbone's observables: zero
-        def affine(t):
-            p = apply_theta(tag, params, t, theta0, member)
-            return real_positions(p, jnp.asarray(y))
-
-        dx_affine = np.stack([np.asarray(jax.jvp(affine, (theta0,), (t,))[1])
-                              for t in tangents]) if tag in ("box", "strain") else 0.0
-        dy = np.nan_to_num((dx - dx_affine) / float(params.scale))
-        cfg = solver._config(tags=(tag,))
-        (d_energy, d_stress, d_pressure), _, _ = solver._run(
-            _observable_jvps, cfg, solver.data, params, theta0, member, jnp.asarray(dy),
-            tangents)
+    for names, vector, tags, thetas0, members, dy, tangents in theta_groups(solver, pspecs,
+                                                                         responses):
+        cfg = solver._config(tags=tags)
+        (_, (d_energy, d_stress, d_pressure)), _, _ = solver._run(
+            _observables_along, cfg, solver.data, solver.params, thetas0, members, dy,
+            tangents, ())
         if vector:
-            out[pspec.name] = {"dU_dtheta": d_energy, "dp_dtheta": d_pressure,
-                               "dsigma_dtheta": d_stress}
-        else:
-            out[pspec.name] = {"dU_dtheta": float(d_energy[0]),
-                               "dp_dtheta": float(d_pressure[0]),
-                               "dsigma_dtheta": d_stress[0]}
+            out[names[0]] = {"dU_dtheta": d_energy, "dp_dtheta": d_pressure,
+                             "dsigma_dtheta": d_stress}
+            continue
+        for k, name in enumerate(names):
+            out[name] = {"dU_dtheta": float(d_energy[k]), "dp_dtheta": float(d_pressure[k]),
+                         "dsigma_dtheta": d_stress[k]}
     return out

@@ -312,6 +312,15 @@ def _compute(task: _Task, progress, *, audit: bool):
         for name, derivatives in observable_derivatives(solver, task.pspecs,
                                                         result["responses"]).items():
             result["responses"][name]["observables"] = derivatives
+        # where the linear response stops: the first contact to open or close along each θ
+        from .linear_range import linear_range
+
+        for name, entry in linear_range(solver, task.pspecs, result["responses"]).items():
+            response = result["responses"][name]
+            if isinstance(entry["linear_range_plus"], float):
+                response["attrs"].update(entry)
+            else:  # a vector θ: one value per component, beside its Jacobian
+                response["linear_range"] = entry
         if progress is not None:
             e = result["elasticity"]
             progress("elasticity", pressure=e["pressure"], bulk_modulus=e["bulk_modulus"],

@@ -220,6 +220,10 @@ def test_cli_writes_and_inspects_the_elasticity(tmp_path, monkeypatch):
     shown = CliRunner().invoke(main, ["inspect", str(tmp_path / "out" / "sensitivity.h5")])
     assert shown.exit_code == 0, shown.output
     assert "elastic tensor (Voigt)" in shown.output and "shear modulus G" in shown.output
+    attrs = shear["attrs"]
+    assert attrs["linear_range_plus"] > 0 > attrs["linear_range_minus"]
+    assert attrs["linear_range_plus_event"] in ("opens", "closes")
+    assert "linear range: dtheta+ = " in shown.output
 
 
 @pytest.mark.parametrize("component, expected", [
@@ -262,3 +266,38 @@ def test_observable_derivatives_match_finite_differences(packing_2d):
         assert np.abs(ours["dsigma_dtheta"] - fd[1]).max() <= 1e-5 * np.abs(fd[1]).max()
         assert ours["dp_dtheta"] == pytest.approx(float(fd[2]), rel=1e-5), spec.name
         assert ours["dp_dtheta"] == pytest.approx(-np.trace(ours["dsigma_dtheta"]) / 2)
+
+
+def test_linear_range_predicts_the_first_contact_change(packing_2d):
+    """Re-relaxing at half the predicted Δθ± keeps the contact network (rattlers' pairs
+    aside); at twice it, the network has changed."""
+    from systems.linear_range import linear_range
+    from systems.pipeline import _contacts
+
+    system, model, params, relaxer, solver, out = packing_2d
+    specs = [ParameterSpec("small", "diameter", 0), ParameterSpec("xy", "strain", None, "xy", 2)]
+    scalars = solver.scalar_derivatives(specs)
+    ranges = linear_range(solver, specs, {k: {"dx_dtheta": dx} for k, (dx, _) in scalars.items()})
+    rattlers = solver.rattlers
+
+    def network(y, p):
+        return {(a, b) for a, b in _contacts(model, y, p) if not rattlers[a] and not rattlers[b]}
+
+    start = network(solver.y, params)
+    for spec in specs:
+        entry = ranges[spec.name]
+        theta0, apply = theta_apply(spec, params, system.species)
+        for side in ("plus", "minus"):
+            delta = entry[f"linear_range_{side}"]
+            assert (delta > 0) if side == "plus" else (delta < 0)
+            i, j = entry[f"linear_range_{side}_pair"]
+            assert entry[f"linear_range_{side}_event"] == ("opens" if (i, j) in start
+                                                           else "closes")
+            changed = []
+            for factor in (0.5, 2.0):
+                p = apply(params, theta0 + factor * delta)
+                r = relaxer.run(np.asarray(solver.y) * float(params.scale), p, ftol=1e-13)
+                assert r.converged
+                changed.append(network(np.asarray(r.positions) / float(p.scale), p) ^ start)
+            assert not changed[0], (spec.name, side)
+            assert changed[1], (spec.name, side)
