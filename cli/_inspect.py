@@ -97,8 +97,54 @@ def summarize(path: str | Path, *, top: int = 5) -> dict:
         "zero_modes": _plain(result.zero_modes),
         "timings": _plain(result.timings),
         "audit": _plain(result.audit),
+        "elasticity": _elasticity_summary(result.elasticity),
         "provenance": _plain(provenance),
     }
+
+
+#: Voigt order of the strain components (systems.elasticity.STRAIN_COMPONENTS; inspect does
+#: not import jax, so not from there)
+_VOIGT = {2: ("xx", "yy", "xy"), 3: ("xx", "yy", "zz", "yz", "xz", "xy")}
+
+
+def _elasticity_summary(elasticity: Mapping | None) -> dict | None:
+    """``/elasticity`` with the tensor as its Voigt matrix (no per-particle fields)."""
+    if elasticity is None:
+        return None
+    out = {k: _plain(v) for k, v in elasticity.items()
+           if k not in ("elastic_tensor", "nonaffine", "stress")}
+    tensor = elasticity.get("elastic_tensor")
+    if tensor is not None:
+        c = np.asarray(tensor)
+        labels = _VOIGT.get(c.shape[0], ())
+        index = [("xyz".index(a), "xyz".index(b)) for a, b in labels]
+        out["voigt_components"] = list(labels)
+        out["voigt"] = [[float(c[a, b, e, f]) for e, f in index] for a, b in index]
+    if elasticity.get("stress") is not None:
+        out["stress"] = np.asarray(elasticity["stress"]).tolist()
+    return out
+
+
+def _render_elasticity(e: Mapping) -> list[str]:
+    lines = ["Elasticity (" + ("converged" if e.get("converged") else "NOT CONVERGED") + "):"]
+    lines.append(f"  pressure p = {format_value(e.get('pressure'))}, bulk modulus B = "
+                 f"{format_value(e.get('bulk_modulus'))}, shear modulus G = "
+                 f"{format_value(e.get('shear_modulus'))}")
+    if e.get("stress") is not None:
+        rows = ", ".join("[" + " ".join(f"{v:.6g}" for v in row) + "]" for row in e["stress"])
+        lines.append(f"  stress: [{rows}]")
+    if e.get("voigt") is not None:
+        labels = e["voigt_components"]
+        lines.append("  elastic tensor (Voigt): " + "  ".join(f"{c:>12}" for c in labels))
+        for label, row in zip(labels, e["voigt"]):
+            lines.append(f"  {label:>22}: " + "  ".join(f"{v:>12.6g}" for v in row))
+    for key in ("bulk_modulus_definition", "shear_modulus_definition"):
+        if e.get(key):
+            lines.append(f"  {key.replace('_definition', '').replace('_', ' ')}: {e[key]}")
+    lines.append(f"  solves: {format_value(e.get('n_solves'))}, iterations (max) "
+                 f"{format_value(e.get('iterations'))}, relative residual "
+                 f"{format_value(e.get('relative_residual'))}")
+    return lines
 
 
 def _kv(mapping: Mapping, indent: str = "  ") -> list[str]:
@@ -164,6 +210,15 @@ def render_summary(summary: Mapping) -> str:
         for key in ("theta_definition", "axes_text", "unit_text"):
             if described.get(key):
                 lines.append(f"    {key.replace('_text', '').replace('_', ' ')}: {described[key]}")
+        attrs = t.get("attrs") or {}
+        if isinstance(attrs.get("linear_range_plus"), (int, float)):
+            sides = []
+            for side, sign in (("plus", "+"), ("minus", "-")):
+                pair = attrs.get(f"linear_range_{side}_pair") or [-1, -1]
+                event = attrs.get(f"linear_range_{side}_event")
+                where = f" (pair {pair[0]}-{pair[1]} {event})" if event not in (None, "none") else ""
+                sides.append(f"dtheta{sign} = {format_value(attrs[f'linear_range_{side}'])}{where}")
+            lines.append(f"    linear range: {', '.join(sides)}")
         skipped = (t.get("attrs") or {}).get("skipped")
         if skipped:
             lines.append(f"    not computed: {skipped}")
@@ -187,6 +242,8 @@ def render_summary(summary: Mapping) -> str:
     if summary.get("zero_modes"):
         lines.append("Zero modes and conditioning:")
         lines += _kv(summary["zero_modes"])
+    if summary.get("elasticity"):
+        lines += _render_elasticity(summary["elasticity"])
     if summary.get("audit"):
         text, _ = render_audit(summary["audit"])
         lines.append(text)

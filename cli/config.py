@@ -379,10 +379,22 @@ def _resolve_parameters(given: Any, errors: list[str]) -> list[dict]:
                 f"{where}.species is required for kind diameter: the species whose diameter "
                 "is theta (an integer >= 0)"
             )
-        if kind in ("diameters", "box") and species is not None:
+        if kind == "strain" and item.get("component") is None and "component" not in entry:
+            errors.append(
+                f"{where}.component is required for kind strain: one of "
+                f"{', '.join(settings.STRAIN_COMPONENTS)} (2D: xx, yy, xy)"
+            )
+        if kind != "strain" and item.get("component") is not None:
+            errors.append(
+                f"{where}.component = {item['component']}: only kind strain takes a component; "
+                "remove it"
+            )
+        if kind in ("diameters", "box", "strain") and species is not None:
             errors.append(
                 f"{where}.species = {species}: kind {kind} takes no species; remove it"
             )
+        if item.get("component") is None:
+            item.pop("component", None)  # only strain θs carry one
         name = item.get("name")
         if isinstance(name, str):
             if name in names:

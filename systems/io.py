@@ -34,6 +34,10 @@ Result files add (groups of our own, which H5MD allows)::
             dx_dtheta            [N][d] (scalar θ) or [P][N][d] (θ with P components);
                                  attrs: axes, unit, theta_*, gauge, rattlers, the solve's
                                  converged / residual / iterations (:func:`_describe_jacobian`)
+            (nonaffine)          [N][d], θ of kind strain: the non-affine part of dx_dtheta
+    (/elasticity)                sensitivity.elasticity: stress [d][d], elastic_tensor
+                                 [d][d][d][d], nonaffine [m][N][d]; attrs pressure,
+                                 bulk_modulus, shear_modulus, definitions, solve report
     /relaxation                  attrs: steps, energy, max_force, stop_reason, converged
     (/audit)                     the finite-difference audit, if run
     /parameters/
@@ -88,7 +92,7 @@ UNITS_NOTE = (
 
 #: The unit of θ for each parameter kind (as H5MD unit strings; "1": dimensionless).
 THETA_UNITS = {"diameter": LENGTH_UNIT, "diameters": LENGTH_UNIT, "epsilon": ENERGY_UNIT,
-               "box": "1"}
+               "box": "1", "strain": "1"}
 RESULT_FORMAT = "sensitivity-result"
 RESULT_FORMAT_VERSION = 1
 
@@ -785,6 +789,7 @@ class Result:
     timings: dict
     audit: dict | None = None
     path: Path | None = None
+    elasticity: dict | None = None
 
     @property
     def names(self) -> list[str]:
@@ -797,10 +802,13 @@ class Result:
 
     @property
     def converged(self) -> bool:
-        """True when the relaxation and every linear solve report convergence."""
+        """True when the relaxation and every linear solve (the elastic tensor's included)
+        report convergence."""
         ok = bool(self.relaxation.get("converged", True))
         for response in self.responses.values():
             ok = ok and bool(response.get("attrs", {}).get("converged", True))
+        if self.elasticity is not None:  # the strain solves of the elastic tensor
+            ok = ok and bool(self.elasticity.get("converged", True))
         return ok
 
     def __repr__(self) -> str:
@@ -1122,6 +1130,7 @@ def write_result(
     audit: Mapping | None = None,
     author: str | None = None,
     creator: Any = None,
+    elasticity: Mapping | None = None,
 ) -> Path:
     """Write a sensitivity result as a valid H5MD 1.1 file (float64; atomic).
 
@@ -1190,7 +1199,17 @@ def write_result(
                 if reserved in attrs:
                     raise ValueError(f"responses[{name!r}]['attrs'] uses the reserved key {reserved!r}")
             _write_tree(group, attrs, f"/sensitivity/{name}")
-            extra = {k: v for k, v in response.items() if k not in ("dx_dtheta", "attrs")}
+            if response.get("nonaffine") is not None:
+                nonaffine = np.asarray(response["nonaffine"], dtype=np.float64)
+                if nonaffine.shape != dx_dtheta.shape:
+                    raise ValueError(f"responses[{name!r}]['nonaffine'] has shape "
+                                     f"{nonaffine.shape}, expected {dx_dtheta.shape}")
+                dataset = group.create_dataset("nonaffine", data=nonaffine)
+                dataset.attrs["definition"] = (
+                    "non-affine part of dx_dtheta: dx*/dtheta minus the affine motion "
+                    "lambda E y* of the strain direction E, backbone mean zero, rattlers NaN")
+            extra = {k: v for k, v in response.items()
+                     if k not in ("dx_dtheta", "attrs", "nonaffine")}
             if extra:
                 _write_tree(group.create_group("extra", track_order=True), extra, f"/sensitivity/{name}/extra")
 
@@ -1198,6 +1217,8 @@ def write_result(
         _write_observables(handle, relaxation)
         if audit is not None:
             _write_tree(handle.create_group("audit", track_order=True), audit, "/audit")
+        if elasticity is not None:
+            _write_elasticity(handle, elasticity, dim)
 
         group = handle.create_group("parameters", track_order=True)
         rest = dict(parameters)
@@ -1212,6 +1233,37 @@ def write_result(
                 config_group.attrs["text"] = str(config_text)
         _write_tree(group, rest, "/parameters")
     return Path(path)
+
+
+ELASTICITY_DATASETS = {"stress": 2, "elastic_tensor": 4, "nonaffine": 3}
+
+
+def _write_elasticity(handle: h5py.File, elasticity: Mapping, dim: int) -> None:
+    """``/elasticity``: the datasets of :data:`ELASTICITY_DATASETS`, the rest attributes."""
+    group = handle.create_group("elasticity", track_order=True)
+    for key in ELASTICITY_DATASETS:
+        if elasticity.get(key) is not None:
+            group.create_dataset(key, data=np.asarray(elasticity[key], dtype=np.float64))
+    rest = {k: v for k, v in elasticity.items() if k not in ELASTICITY_DATASETS}
+    _write_tree(group, rest, "/elasticity")
+
+
+def _read_elasticity(handle: h5py.File, label: str, dim: int) -> dict | None:
+    group = handle.get("elasticity")
+    if not isinstance(group, h5py.Group):
+        return None
+    out = _read_tree(group, skip=tuple(ELASTICITY_DATASETS))
+    for key, ndim in ELASTICITY_DATASETS.items():
+        item = group.get(key)
+        if item is None:
+            continue
+        where = f"/elasticity/{key}"
+        value = _checked_read(item, where, label).astype(np.float64, copy=False)
+        if value.ndim != ndim or (key != "nonaffine" and value.shape != (dim,) * ndim):
+            raise InputError(f"{label}: {where} has shape {value.shape}, expected "
+                             f"{'x'.join(['d'] * ndim)} with d = {dim}")
+        out[key] = value
+    return out
 
 
 def _require(handle: h5py.File, label: str, name: str, kind: type, expected: str):
@@ -1270,13 +1322,18 @@ def read_result(path: str | os.PathLike) -> Result:
                     f"{label}: {where} has shape {dx_dtheta.shape}, expected ({system.n}, "
                     f"{system.dim}) or (P, {system.n}, {system.dim})"
                 )
-            response = {"dx_dtheta": dx_dtheta, "attrs": _read_tree(group, skip=("dx_dtheta", "extra"))}
+            response = {"dx_dtheta": dx_dtheta,
+                        "attrs": _read_tree(group, skip=("dx_dtheta", "extra", "nonaffine"))}
+            if isinstance(group.get("nonaffine"), h5py.Dataset):
+                response["nonaffine"] = _checked_read(group["nonaffine"],
+                                                      f"/sensitivity/{name}/nonaffine", label)
             response["description"] = {k: _decode(v) for k, v in dataset.attrs.items()}
             if isinstance(group.get("extra"), h5py.Group):
                 response.update(_read_tree(group["extra"]))
             responses[name] = response
         relaxation = _read_tree(handle["relaxation"]) if isinstance(handle.get("relaxation"), h5py.Group) else {}
         audit = _read_tree(handle["audit"]) if isinstance(handle.get("audit"), h5py.Group) else None
+        elasticity = _read_elasticity(handle, label, system.dim)
         parameters: dict = {}
         if isinstance(handle.get("parameters"), h5py.Group):
             parameters_group = handle["parameters"]
@@ -1310,10 +1367,11 @@ def read_result(path: str | os.PathLike) -> Result:
         timings=figures["timings"],
         audit=audit,
         path=Path(path),
+        elasticity=elasticity,
     )
 
 
-RESULT_GROUPS = ("particles", "sensitivity", "relaxation", "parameters", "audit")
+RESULT_GROUPS = ("particles", "sensitivity", "relaxation", "parameters", "audit", "elasticity")
 
 
 def copy_result(path: str | os.PathLike, target: h5py.Group) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 from ._errors import InputError
 from .tasks import RESULT_NAME
 from .many_rhs import check_result_size
-from .potentials import PairModel, resolve_potential
+from .potentials import PairModel, real_positions, resolve_potential
 from .relax import RelaxResult, Relaxer, make_relaxer, resolve_minimizer
 from .response import (ResponseSolver, gauge_fix, resolve_parameters,
                        resolve_sensitivity, theta_apply)
@@ -203,7 +203,7 @@ def central_difference(relaxer, model: PairModel, params, apply, theta0, y_star,
         if box is not None:  # moved by whole box vectors to lie next to x*
             d = y - y_star
             y = y_star + d - box * np.round(d / box)
-        ends.append(scale * y)
+        ends.append(np.asarray(real_positions(p, y)))  # x = λ (I + ε) y
         runs.append((r, p, y))
     fd = gauge_fix((ends[0] - ends[1]) / (2 * h), rattlers, y_star, model.periodic)
     return fd, runs
@@ -307,6 +307,28 @@ def _compute(task: _Task, progress, *, audit: bool):
     solver = ResponseSolver(task.model, relaxed.positions, task.params,
                             max_force=relaxed.max_force, settings=task.settings)
     result = solver.run_all(task.pspecs, progress)
+    if task.settings.get("elasticity"):
+        from .elasticity import elastic_response, observable_derivatives
+
+        result["elasticity"] = elastic_response(solver)
+        # dU/dθ, dσ/dθ, dp/dθ of every θ, from the responses just solved
+        for name, derivatives in observable_derivatives(solver, task.pspecs,
+                                                        result["responses"]).items():
+            result["responses"][name]["observables"] = derivatives
+        # where the linear response stops: the first contact to open or close along each θ
+        from .linear_range import linear_range
+
+        for name, entry in linear_range(solver, task.pspecs, result["responses"]).items():
+            response = result["responses"][name]
+            if isinstance(entry["linear_range_plus"], float):
+                response["attrs"].update(entry)
+            else:  # a vector θ: one value per component, beside its Jacobian
+                response["linear_range"] = entry
+        if progress is not None:
+            e = result["elasticity"]
+            progress("elasticity", pressure=e["pressure"], bulk_modulus=e["bulk_modulus"],
+                     shear_modulus=e["shear_modulus"], iterations=e["iterations"],
+                     converged=e["converged"])
     audit_result = None
     if audit:
         audit_result = _audit(task, solver, result["responses"], progress)
@@ -386,6 +408,17 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
         else:
             message = (f"converged: {relaxed.steps} {relaxed.minimizer} steps, "
                        f"{len(responses)} derivative(s), {int(rattlers.sum())} rattler(s)")
+        elastic = result.get("elasticity")
+        if elastic is not None:
+            timings["time_elasticity_s"] = elastic["time_s"]
+            timings["time_compile_s"] += elastic["time_compile_s"]
+            if not elastic["converged"] and converged:
+                converged = False
+                message = (f"the elastic tensor is not converged: a strain solve stopped at "
+                           f"{elastic['iterations']} iterations, relative residual "
+                           f"{elastic['solver_relative_residual']:.1e} > tol "
+                           f"{elastic['tol']:.0e}; raise sensitivity.maxiter or loosen "
+                           "sensitivity.tol")
         if audit_result is not None:
             timings["time_audit_s"] = audit_result["time_s"]
             if not audit_result["passed"]:
@@ -406,7 +439,8 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
     t_write = time.perf_counter()
     io.write_result(path, system=system, relaxation=relaxed.as_dict(), responses=responses,
                     rattlers=rattlers, zero_modes=zero_modes, parameters=parameters,
-                    timings=timings, audit=audit_result)
+                    timings=timings, audit=audit_result,
+                    elasticity=None if result is None else _elastic_record(result))
     timings = dict(timings, time_write_s=time.perf_counter() - t_write)
     if progress is not None:
         progress("written", time_s=timings["time_write_s"])
@@ -462,6 +496,14 @@ def audit_task(config: Mapping[str, Any], *,
         audit_result["passed"] = False
         audit_result["reason"] = f"linear solve did not converge for {', '.join(failed)}"
     return audit_result
+
+
+def _elastic_record(result: Mapping) -> dict | None:
+    """What ``/elasticity`` holds (no timings: they are in ``/sensitivity``)."""
+    elastic = result.get("elasticity")
+    if elastic is None:
+        return None
+    return {k: v for k, v in elastic.items() if k not in ("time_s", "time_compile_s")}
 
 
 def _flat_zero_modes(result: Mapping) -> dict:

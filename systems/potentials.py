@@ -47,6 +47,8 @@ __all__ = [
     "PairModel",
     "resolve_potential",
     "make_space",
+    "deformation",
+    "real_positions",
 ]
 
 POTENTIAL_KINDS = settings.POTENTIALS
@@ -178,11 +180,31 @@ class PotentialParams(NamedTuple):
       diameters: ``(N,)`` particle diameters.
       epsilon: ``(S, S)`` per-species-pair energy scales.
       scale: ``()`` box edge scale λ at fixed fractional positions (1 = the input box).
+      strain: ``(d, d)`` small strain ε applied affinely to the box and the positions, or
+        ``None`` (no strain, the default). The real positions are ``x = λ (I + ε) y``
+        (:func:`real_positions`); every pair displacement is mapped the same way. A θ of kind
+        ``strain`` moves one symmetric component (:mod:`systems.elasticity`).
     """
 
     diameters: jax.Array
     epsilon: jax.Array
     scale: jax.Array
+    strain: Any = None
+
+
+def deformation(params: PotentialParams, dim: int):
+    """``(d, d)`` deformation gradient ``λ (I + ε)`` from reference to real coordinates."""
+    eye = jnp.eye(dim, dtype=jnp.float64)
+    if params.strain is None:
+        return params.scale * eye
+    return params.scale * (eye + params.strain)
+
+
+def real_positions(params: PotentialParams, y):
+    """Real positions ``x = λ (I + ε) y`` of reference positions ``y`` ``(N, d)``."""
+    if params.strain is None:
+        return params.scale * y
+    return y @ deformation(params, y.shape[-1]).T
 
 
 class Pairs(NamedTuple):
@@ -409,6 +431,8 @@ class PairModel:
         i = jnp.minimum(pairs.i, n - 1)
         j = jnp.minimum(pairs.j, n - 1)
         dr = jax.vmap(self.displacement_fn)(y[i], y[j]) * params.scale
+        if params.strain is not None:  # affine strain of the box and positions
+            dr = dr + dr @ jnp.asarray(params.strain).T
         r2 = jnp.sum(dr * dr, axis=-1)
         valid = valid & (r2 > 0)
         r = jnp.sqrt(jnp.where(valid, r2, 1.0))
@@ -461,7 +485,11 @@ class PairModel:
 
             return jax.hessian(v)(dr)
 
-        return jax.vmap(block)(dr, sigma, eps, si, sj, w) * params.scale ** 2
+        blocks = jax.vmap(block)(dr, sigma, eps, si, sj, w)
+        if params.strain is None:
+            return blocks * params.scale ** 2
+        f = deformation(params, dr.shape[-1])  # ∂dr/∂y: the blocks in y are Fᵀ K F
+        return jnp.einsum("ba,kbc,cd->kad", f, blocks, f)
 
     def gradient_fn(self, pairs: Pairs, active=None, stiffness=None):
         """``g(y, params) = ∇_y E(y, params)`` whose JVP in ``y`` is a sparse Hessian product.

@@ -54,6 +54,9 @@ a looser tolerance would throw away accuracy that x* has.
   A single uniform ε scales the energy, so ∂x*/∂ε = 0 exactly; a species' ε does not.
 - ``box`` (scalar): θ = λ scales every box edge at fixed fractional positions (θ = 1 is the
   input box); ``x*(λ) = λ y*(λ)`` so ∂x*/∂λ = y* + ∂y*/∂λ (affine + non-affine parts).
+- ``strain`` (scalar, with ``component``): θ = ε_ab = ε_ba (θ = 0 is the input box), a
+  symmetric small strain of the box and positions, ``x*(ε) = λ (I + ε) y*(ε)``; the total
+  ∂x*/∂ε and its non-affine part λ ∂y*/∂ε (:mod:`systems.elasticity`).
 """
 
 from __future__ import annotations
@@ -74,7 +77,8 @@ from ._system import wrap_positions
 from .hessian import (ELL_STEP, BlockHessian, BlockJacobi, EllPattern, apply_block_jacobi,
                       apply_schwarz, assemble_block_hessian, build_block_scaling,
                       build_schwarz, ell_capacity, ell_pattern, hessian_matvec, scale_blocks)
-from .potentials import (PairModel, Pairs, PotentialParams, PotentialSpec, with_position_jvp)
+from .potentials import (PairModel, Pairs, PotentialParams, PotentialSpec, real_positions,
+                         with_position_jvp)
 
 __all__ = [
     "SENSITIVITY_DEFAULTS",
@@ -106,11 +110,14 @@ DENSE_EIGEN_MAX_DOF = 256
 
 @dataclasses.dataclass(frozen=True)
 class ParameterSpec:
-    """One θ: ``name`` (dataset name), ``kind`` (see :data:`PARAMETER_KINDS`), ``species``."""
+    """One θ: ``name`` (dataset name), ``kind`` (see :data:`PARAMETER_KINDS`), ``species``,
+    ``component`` (kind ``strain``: ``"xx"``, ``"xy"``, ...)."""
 
     name: str
     kind: str
     species: int | None = None
+    component: str | None = None
+    dim: int | None = None  # kind strain: the dimension of the strain tensor
 
 
 def resolve_parameters(parameter_cfgs, system, spec: PotentialSpec,
@@ -153,8 +160,23 @@ def resolve_parameters(parameter_cfgs, system, spec: PotentialSpec,
         if kind == "box" and not system.periodic:
             raise InputError(f"{key}: kind 'box' needs a periodic box; this system has free "
                              "boundaries")
+        component = cfg.get("component")
+        if kind == "strain":
+            from .elasticity import check_component
+
+            if species is not None:
+                raise InputError(f"{key}: kind 'strain' takes no species (set species: null)")
+            if not system.periodic:
+                raise InputError(f"{key}: kind 'strain' needs a periodic box; this system has "
+                                 "free boundaries")
+            component = check_component(component, system.dim, f"{key}.component")
+        elif component is not None:
+            raise InputError(f"{key}.component is for kind 'strain' only, got kind {kind!r}; "
+                             "remove it")
         out.append(ParameterSpec(name=name, kind=kind,
-                                 species=None if species is None else int(species)))
+                                 species=None if species is None else int(species),
+                                 component=component,
+                                 dim=system.dim if kind == "strain" else None))
     if not out:
         raise InputError(f"{where}: parameters is empty; list at least one θ")
     return out
@@ -430,6 +452,13 @@ def theta_data(pspec: ParameterSpec, base: PotentialParams, species: np.ndarray)
         return "epsilon_scale", theta0, jnp.zeros(())
     if kind == "box":
         return "box", jnp.asarray(base.scale, jnp.float64), jnp.zeros(())
+    if kind == "strain":
+        from .elasticity import strain_direction
+
+        direction = strain_direction(pspec.component, pspec.dim)
+        theta0 = 0.0 if base.strain is None else float(
+            np.sum(np.asarray(base.strain) * direction) / np.sum(direction * direction))
+        return "strain", jnp.asarray(theta0), jnp.asarray(direction)
     raise ValueError(f"unknown parameter kind {kind!r}")
 
 
@@ -445,6 +474,9 @@ def apply_theta(tag: str, params: PotentialParams, theta, theta0, member) -> Pot
         return params._replace(epsilon=params.epsilon * (theta / theta0))
     if tag == "box":
         return params._replace(scale=params.scale * (theta / theta0))
+    if tag == "strain":
+        strain = jnp.zeros_like(member) if params.strain is None else params.strain
+        return params._replace(strain=strain + member * (theta - theta0))
     raise ValueError(f"unknown θ rule {tag!r}")
 
 
@@ -467,6 +499,8 @@ def theta_meaning(pspec: ParameterSpec) -> str:
                     f"{pspec.species}" if pspec.species is not None
                     else "energy scale of every pair (value, or multiplier of the matrix)"),
         "box": "box edge scale λ at fixed fractional positions (1 = input box)",
+        "strain": (f"strain component ε_{pspec.component} (symmetric: ε_ab = ε_ba = θ; the "
+                   "box and positions deformed affinely by I + ε; 0 = input box)"),
     }[pspec.kind]
 
 
@@ -805,14 +839,13 @@ def _scalar_derivatives(cfg: _Config, pk: PackingData, base, thetas0, members):
     def forces(y, thetas):
         return _optimality(pk, y, _params_at(cfg, base, thetas, thetas0, members))
 
-    def scale(thetas):
-        return _params_at(cfg, base, thetas, thetas0, members).scale
+    def positions(thetas, y):  # x = λ (I + ε) y
+        return real_positions(_params_at(cfg, base, thetas, thetas0, members), y)
 
     def one(tangent):
         dy, info = sensitivity.root_jvp(forces, pk.y, (thetas0,), (tangent,), solve=solve,
                                         full_output=True)
-        s0, ds = jax.jvp(scale, (thetas0,), (tangent,))
-        return s0 * dy + ds * pk.y, info  # x = λ y
+        return jax.jvp(positions, (thetas0, pk.y), (tangent, dy))[1], info
 
     return jax.lax.map(one, jnp.eye(thetas0.shape[0], dtype=thetas0.dtype))
 
@@ -831,7 +864,7 @@ def _vector_derivative(cfg: _Config, pk: PackingData, base, theta0, member):
 
     def x_of(theta):
         params = params_of(theta)
-        return params.scale * relaxed(pk.y, params)
+        return real_positions(params, relaxed(pk.y, params))
 
     if cfg.solver in _DENSE:
         # vmap keeps the factorization, which does not depend on the right-hand side,
@@ -1041,7 +1074,7 @@ class ResponseSolver:
 
     def positions_of(self, solver, params):
         """Real positions ``(N, d)`` from the decorated solver at ``params``."""
-        return params.scale * solver(self.y, params)
+        return real_positions(params, solver(self.y, params))
 
     # ---- derivatives -------------------------------------------------------------------
     def _run(self, fn, cfg, *args):
@@ -1252,6 +1285,12 @@ class ResponseSolver:
         for pspec in pspecs:
             dx, attrs = results[pspec.name]
             responses[pspec.name] = {"dx_dtheta": dx, "attrs": attrs}
+            if pspec.kind == "strain":  # the non-affine part, beside the total
+                from .elasticity import nonaffine_part
+
+                responses[pspec.name]["nonaffine"] = nonaffine_part(
+                    dx, pspec.component, np.asarray(self.y), float(self.params.scale),
+                    self.rattlers)
             if progress is not None:
                 progress("solve", name=pspec.name, iterations=attrs["iterations"],
                          residual=attrs["residual"], converged=attrs["converged"])

@@ -27,7 +27,7 @@ from typing import Any
 
 __all__ = [
     "INT_MAX", "MANY_RHS", "MINIMIZER", "MINIMIZERS", "PARAMETER", "PARAMETER_KINDS", "POTENTIAL",
-    "POTENTIALS", "PRECONDITIONERS", "SENSITIVITY", "SOLVERS", "DEFAULT_PARAMETERS", "Check",
+    "POTENTIALS", "PRECONDITIONERS", "SENSITIVITY", "SOLVERS", "STRAIN_COMPONENTS", "DEFAULT_PARAMETERS", "Check",
     "Invalid", "Setting", "any_of", "boolean", "check_section", "choice", "defaults", "integer",
     "matrix", "minimizer_errors", "nullable", "number", "potential_errors", "string",
 ]
@@ -222,7 +222,9 @@ SOLVERS = ("cg", "minres", "gmres", "bicgstab", "normal_cg", "dense", "lstsq", "
 PRECONDITIONERS = ("block_jacobi", "jacobi", "two_level", "schwarz", "none")
 POTENTIALS = ("soft_sphere", "lennard_jones", "morse")
 MINIMIZERS = ("fire", "gradient_descent")
-PARAMETER_KINDS = ("diameter", "diameters", "epsilon", "box")
+PARAMETER_KINDS = ("diameter", "diameters", "epsilon", "box", "strain")
+#: Components of a symmetric strain (kind strain): 2D takes xx, yy and xy.
+STRAIN_COMPONENTS = ("xx", "yy", "zz", "yz", "xz", "xy")
 MANY_RHS = ("auto", "dense", "factorization", "iterative")
 
 #: The pair potential. epsilon, alpha, sigma and morse_alpha also take an ``[S][S]``
@@ -271,6 +273,9 @@ SENSITIVITY: dict[str, Setting] = {
     "dense_max_dof": Setting(integer(ge=1), 4096, "dense solves up to this many unknowns"),
     "lanczos_steps": Setting(integer(ge=0), 200,
                              "Lanczos steps for the smallest-eigenvalue estimate"),
+    "elasticity": Setting(boolean(), False,
+                          "stress, pressure, elastic tensor (/elasticity); per theta dU, dp, "
+                          "dsigma/dtheta and the linear range (first contact change)"),
     "many_rhs": Setting(choice(*MANY_RHS), "auto",
                         "kind diameters (N right-hand sides): one dense or sparse "
                         "factorization, or Krylov solves; auto: by size"),
@@ -288,6 +293,8 @@ PARAMETER: dict[str, Setting] = {
     "kind": Setting(choice(*PARAMETER_KINDS)),
     "species": Setting(nullable(integer(ge=0)), None,
                        "species index (diameter; optional for epsilon)"),
+    "component": Setting(nullable(choice(*STRAIN_COMPONENTS)), None,
+                         "strain component (kind strain; 2D: xx, yy, xy)"),
 }
 DEFAULT_PARAMETERS = ({"name": "small_diameter", "kind": "diameter", "species": 0},)
 

@@ -1,0 +1,154 @@
+"""The elastic tensor of a relaxed packing: all strain components against one scalar θ, and
+against jax-md's ``elasticity.athermal_moduli``, in one process.
+
+For each N (bidisperse 50:50, diameters 1 and 1.4, harmonic soft spheres, φ = 0.9 in 2D or
+0.7 in 3D, relaxed by FIRE to max |F| ≤ 1e-12):
+
+* ``one θ``: ∂x*/∂θ for one strain component (``ResponseSolver.scalar_derivatives``, CG at
+  tol 1e-10, block-Jacobi scaling): seconds of the compiled call;
+* ``tensor``: :func:`systems.elasticity.elastic_response` (every strain component: 3 in 2D,
+  6 in 3D, the stress and the tensor), same settings, and its ratio to ``one θ``;
+* ``jax-md``: ``athermal_moduli`` on the same packing (``space.periodic_general`` with
+  fractional coordinates, a neighbor-list soft-sphere energy), at its defaults
+  (tether 1e-10, cg_tol 1e-7) and tight (cg_tol 1e-10), jitted;
+* the error of each tensor, ``max |C - C_ref| / max |C_ref|``, against a reference: our
+  tensor with the dense solver (pseudo-inverse on the null space complement) where
+  ``N d ≤ --dense-max`` (else ours at tol 1e-13).
+
+Every method is compiled first, then timed in ``--repeat`` interleaved rounds (one call of
+each per round; the best of the rounds), so that a slow spell of a shared machine hits every
+method alike.
+
+    python benchmarks/bench_elasticity.py                     # N = 1024, 2D
+    python benchmarks/bench_elasticity.py --sizes 1024 4096 --dim 2
+    python benchmarks/bench_elasticity.py --sizes 512 --dim 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+jax.config.update("jax_enable_x64", True)  # float64 physics, before jax-md loads
+
+from systems import elasticity as el  # noqa: E402
+from systems.generate import random_packing  # noqa: E402
+from systems.potentials import PairModel, resolve_potential  # noqa: E402
+from systems.relax import make_relaxer, resolve_minimizer  # noqa: E402
+from systems.response import ParameterSpec, ResponseSolver, resolve_sensitivity  # noqa: E402
+
+
+def best_of(fn, repeat):
+    times, out = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return min(times), out
+
+
+def error(c, ref):
+    return float(np.abs(np.asarray(c) - ref).max() / np.abs(ref).max())
+
+
+def jax_md_tensor(system, y, box_edges, cg_tol, tether=1e-10):
+    """jax-md's athermal_moduli, jitted, on the same packing: (callable, arguments)."""
+    from jax_md import elasticity, energy, partition, space
+
+    box = jnp.diag(jnp.asarray(box_edges, jnp.float64))
+    displacement, _ = space.periodic_general(box, fractional_coordinates=True)
+    neighbor_fn, energy_fn = energy.soft_sphere_neighbor_list(
+        displacement, box, sigma=jnp.asarray(system.diameters), epsilon=jnp.asarray(1.0),
+        alpha=jnp.asarray(2.0), fractional_coordinates=True,
+        format=partition.NeighborListFormat.Dense)
+    fractional = jnp.asarray(np.asarray(y) / np.asarray(box_edges))
+    neighbors = neighbor_fn.allocate(fractional)
+    emt = elasticity.athermal_moduli(energy_fn, tether_strength=tether, cg_tol=cg_tol,
+                                     check_convergence=True)
+    fn = jax.jit(lambda r, nbrs: emt(r, box, neighbor=nbrs))
+    return lambda: fn(fractional, neighbors)
+
+
+def run(n, dim, phi, seed, repeat, dense_max, with_jax_md):
+    system = random_packing(n, dim=dim, phi=phi, seed=seed)
+    spec = resolve_potential({}, system.n_species)
+    model = PairModel.build(system, spec)
+    params = model.default_params(system.diameters)
+    relaxer = make_relaxer(model, resolve_minimizer({"ftol": 1e-12}), [params])
+    t0 = time.perf_counter()
+    relaxed = relaxer.run(system.positions, params)
+    t_fire = time.perf_counter() - t0
+    assert relaxed.converged, relaxed.message()
+
+    def solver_with(**settings):
+        return ResponseSolver(model, relaxed.positions, params, max_force=relaxed.max_force,
+                              settings=resolve_sensitivity(settings))
+
+    solver = solver_with()
+    theta = [ParameterSpec("xy", "strain", None, "xy", dim)]
+    methods = {"one": lambda: solver.scalar_derivatives(theta),
+               "tensor": lambda: el.elastic_response(solver)}
+    if with_jax_md:
+        for tol in (1e-7, 1e-10):
+            methods[tol] = jax_md_tensor(system, np.asarray(solver.y), model.box, tol)
+    for fn in methods.values():
+        fn()  # compile
+    # interleaved rounds, best of each: a slow spell of a shared machine hits every method
+    times = {key: [] for key in methods}
+    outs = {}
+    for _ in range(repeat):
+        for key, fn in methods.items():
+            t, outs[key] = best_of(fn, 1)
+            times[key].append(t)
+    best = {key: min(value) for key, value in times.items()}
+    t_one, t_tensor = best["one"], best["tensor"]
+    iterations_one = outs["one"]["xy"][1]["iterations"]
+    ours = outs["tensor"]
+    if n * dim <= dense_max:
+        reference = el.elastic_response(solver_with(solver="dense"))["elastic_tensor"]
+        ref_name = "dense"
+    else:
+        reference = el.elastic_response(solver_with(tol=1e-13))["elastic_tensor"]
+        ref_name = "ours at tol 1e-13"
+    rows = [("ours, one strain θ", t_one, None, f"{iterations_one} CG iterations"),
+            ("ours, full tensor", t_tensor, error(ours["elastic_tensor"], reference),
+             f"{len(el.STRAIN_COMPONENTS[dim])} solves, max {ours['iterations']} iterations, "
+             f"converged {ours['converged']}")]
+    if with_jax_md:
+        for label, tol in (("jax-md defaults (cg_tol 1e-7)", 1e-7),
+                           ("jax-md cg_tol 1e-10", 1e-10)):
+            c, converged = outs[tol]
+            rows.append((label, best[tol], error(c, reference),
+                         f"converged flag {bool(converged)}"))
+    print(f"\nN = {n}, {dim}D, φ = {phi}: FIRE {relaxed.steps} steps {t_fire:.2f} s, "
+          f"{int(solver.rattlers.sum())} rattlers; reference: {ref_name}")
+    print(f"  {'method':<32} {'seconds':>10} {'÷ one θ':>8} {'rel. error':>11}  notes")
+    for label, t, err, notes in rows:
+        err_text = "-" if err is None else f"{err:.1e}"
+        print(f"  {label:<32} {t:>10.4f} {t / t_one:>8.2f} {err_text:>11}  {notes}")
+    print(f"  p = {ours['pressure']:.6g}, B = {ours['bulk_modulus']:.6g}, "
+          f"G = {ours['shear_modulus']:.6g}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024])
+    parser.add_argument("--dim", type=int, default=2, choices=(2, 3))
+    parser.add_argument("--phi", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--dense-max", type=int, default=4096,
+                        help="dense reference up to this many unknowns")
+    parser.add_argument("--no-jax-md", action="store_true")
+    args = parser.parse_args()
+    phi = args.phi or (0.9 if args.dim == 2 else 0.7)
+    for n in args.sizes:
+        run(n, args.dim, phi, args.seed, args.repeat, args.dense_max, not args.no_jax_md)
+
+
+if __name__ == "__main__":
+    main()
