@@ -24,6 +24,10 @@ level is one sparse-times-dense product over every right-hand side at once (6× 
 that case). One step of iterative refinement follows for columns whose residual exceeds
 ``tol``; ``iterations`` in the report counts the solves a column took (1, or 2 refined).
 
+Why SuperLU: it ships with SciPy. CHOLMOD (scikit-sparse) would factor a symmetric matrix
+with half the memory, but scikit-sparse is published on PyPI as source only (0.5.0), which
+needs the SuiteSparse system library to build.
+
 References: Demmel et al., "A supernodal approach to sparse partial pivoting", SIAM J.
 Matrix Anal. Appl. 20 (1999) (SuperLU); Anderson & Saad, "Solving sparse triangular linear
 systems on parallel computers", Int. J. High Speed Comput. 1 (1989) (level scheduling).

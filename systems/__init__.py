@@ -37,6 +37,7 @@ _EXPORTS = {
     "file_sha256": "io",
     "read_packing": "io",
     "read_result": "io",
+    "read_jacobian_slice": "jacobian_file",
     "write_packing": "io",
     "write_result": "io",
     "plot_magnitudes": "plots",
@@ -65,6 +66,7 @@ _EXPORTS = {
     "resolve_parameters": "response",
     "resolve_sensitivity": "response",
     "theta_apply": "response",
+    "reverse_vector_derivative": "many_rhs",
 }
 
 __all__ = list(_EXPORTS)

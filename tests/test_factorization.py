@@ -36,6 +36,10 @@ def test_singular_laplacian_minimum_norm_against_pinv(ordering):
     # the inconsistency reported is the component along the null space
     np.testing.assert_allclose(info.inconsistency, np.abs(b.sum(axis=1)) / np.sqrt(n)
                                / np.linalg.norm(b, axis=1), rtol=1e-10)
+    # into a given array (e.g. a memory map)
+    out = np.empty_like(b)
+    into = fac.solve(b, out=out, chunk=2)
+    assert np.shares_memory(into, out) and np.array_equal(out, x)
     # one right-hand side: same answer, shape (n,)
     np.testing.assert_allclose(fac.solve(b[2]), x[2], atol=1e-13 * np.abs(x).max())
 
