@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from systems.settings import STRAIN_COMPONENTS_BY_DIM
+
 from ._report import format_value, stats_block
 
 __all__ = ["summarize", "render_summary", "render_audit"]
@@ -102,11 +104,6 @@ def summarize(path: str | Path, *, top: int = 5) -> dict:
     }
 
 
-#: Voigt order of the strain components (systems.elasticity.STRAIN_COMPONENTS; inspect does
-#: not import jax, so not from there)
-_VOIGT = {2: ("xx", "yy", "xy"), 3: ("xx", "yy", "zz", "yz", "xz", "xy")}
-
-
 def _elasticity_summary(elasticity: Mapping | None) -> dict | None:
     """``/elasticity`` with the tensor as its Voigt matrix (no per-particle fields)."""
     if elasticity is None:
@@ -116,7 +113,7 @@ def _elasticity_summary(elasticity: Mapping | None) -> dict | None:
     tensor = elasticity.get("elastic_tensor")
     if tensor is not None:
         c = np.asarray(tensor)
-        labels = _VOIGT.get(c.shape[0], ())
+        labels = STRAIN_COMPONENTS_BY_DIM.get(c.shape[0], ())
         index = [("xyz".index(a), "xyz".index(b)) for a, b in labels]
         out["voigt_components"] = list(labels)
         out["voigt"] = [[float(c[a, b, e, f]) for e, f in index] for a, b in index]

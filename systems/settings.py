@@ -27,7 +27,7 @@ from typing import Any
 
 __all__ = [
     "INT_MAX", "MANY_RHS", "MINIMIZER", "MINIMIZERS", "PARAMETER", "PARAMETER_KINDS", "POTENTIAL",
-    "POTENTIALS", "PRECONDITIONERS", "SENSITIVITY", "SOLVERS", "STRAIN_COMPONENTS", "DEFAULT_PARAMETERS", "Check",
+    "POTENTIALS", "PRECONDITIONERS", "SENSITIVITY", "SOLVERS", "STRAIN_COMPONENTS", "STRAIN_COMPONENTS_BY_DIM", "DEFAULT_PARAMETERS", "Check",
     "Invalid", "Setting", "any_of", "boolean", "check_section", "choice", "defaults", "integer",
     "matrix", "minimizer_errors", "nullable", "number", "potential_errors", "string",
 ]
@@ -223,8 +223,9 @@ PRECONDITIONERS = ("block_jacobi", "jacobi", "two_level", "schwarz", "none")
 POTENTIALS = ("soft_sphere", "lennard_jones", "morse")
 MINIMIZERS = ("fire", "gradient_descent")
 PARAMETER_KINDS = ("diameter", "diameters", "epsilon", "box", "strain")
-#: Components of a symmetric strain (kind strain): 2D takes xx, yy and xy.
-STRAIN_COMPONENTS = ("xx", "yy", "zz", "yz", "xz", "xy")
+#: Components of a symmetric strain (kind strain), in Voigt order, by dimension.
+STRAIN_COMPONENTS_BY_DIM = {2: ("xx", "yy", "xy"), 3: ("xx", "yy", "zz", "yz", "xz", "xy")}
+STRAIN_COMPONENTS = STRAIN_COMPONENTS_BY_DIM[3]
 MANY_RHS = ("auto", "dense", "factorization", "iterative")
 
 #: The pair potential. epsilon, alpha, sigma and morse_alpha also take an ``[S][S]``
