@@ -39,7 +39,8 @@ from systems import elasticity as el  # noqa: E402
 from systems.generate import random_packing  # noqa: E402
 from systems.potentials import PairModel, resolve_potential  # noqa: E402
 from systems.relax import make_relaxer, resolve_minimizer  # noqa: E402
-from systems.response import ParameterSpec, ResponseSolver, resolve_sensitivity  # noqa: E402
+from systems.response import ResponseSolver, resolve_sensitivity  # noqa: E402
+from systems.theta import ParameterSpec
 
 
 def best_of(fn, repeat):

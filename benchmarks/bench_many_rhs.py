@@ -55,8 +55,8 @@ from systems.generate import random_packing  # noqa: E402
 from systems.pipeline import central_difference  # noqa: E402
 from systems.potentials import PairModel, resolve_potential  # noqa: E402
 from systems.relax import make_relaxer, resolve_minimizer  # noqa: E402
-from systems.response import (ParameterSpec, ResponseSolver, resolve_sensitivity,  # noqa: E402
-                              theta_apply)
+from systems.response import ResponseSolver, resolve_sensitivity  # noqa: E402
+from systems.theta import ParameterSpec, theta_apply  # noqa: E402
 
 DIAMETERS = ParameterSpec("diameters", "diameters")
 

@@ -45,8 +45,9 @@ jax.config.update("jax_enable_x64", True)  # float64 physics, before jax-md load
 from systems.generate import random_packing
 from systems.potentials import PairModel, resolve_potential
 from systems.relax import _FireState, make_relaxer, resolve_minimizer
-from systems.response import (ParameterSpec, ResponseSolver, gauge_fix, resolve_sensitivity,
-                              theta_apply)
+from systems.contacts import gauge_fix
+from systems.response import ResponseSolver, resolve_sensitivity
+from systems.theta import ParameterSpec, theta_apply
 
 THETA = ParameterSpec("small_diameter", "diameter", 0)
 

@@ -40,7 +40,8 @@ from systems import hessian as hs
 from systems.generate import random_packing
 from systems.potentials import PairModel, resolve_potential
 from systems.relax import make_relaxer, resolve_minimizer
-from systems.response import ParameterSpec, ResponseSolver, resolve_sensitivity, theta_apply
+from systems.response import ResponseSolver, resolve_sensitivity
+from systems.theta import ParameterSpec, theta_apply
 
 THETA = ParameterSpec("small_diameter", "diameter", 0)
 DEFAULT_CONFIGS = ["none", "block_jacobi", "block_scaling", "16-none", "default",

@@ -211,20 +211,18 @@ _FAILURE_CLASSES = {EXIT_USAGE: UserError, EXIT_NUMERICAL: NumericalFailure,
 
 
 def _input_error_types() -> tuple[type, ...]:
-    types: list[type] = [ConfigError]
-    if "systems._errors" in sys.modules:  # only then can systems have raised one
-        types.append(sys.modules["systems._errors"].InputError)
+    from systems import InputError  # the standard library only: no jax
+
     from .slurm import SlurmError
 
-    types.append(SlurmError)
-    return tuple(types)
+    return (ConfigError, InputError, SlurmError)
 
 
 def _convergence_error_types() -> tuple[type, ...]:
-    types: list[type] = []
-    if "systems._errors" in sys.modules:
-        types.append(sys.modules["systems._errors"].ConvergenceError)
-    if "sensitivity" in sys.modules:
+    from systems import ConvergenceError
+
+    types: list[type] = [ConvergenceError]
+    if "sensitivity" in sys.modules:  # only then can the engine have raised one
         error = getattr(sys.modules["sensitivity"], "LinearSolveError", None)
         if isinstance(error, type):
             types.append(error)

@@ -100,10 +100,12 @@ from sensitivity._solvers import (  # noqa: E402
     solve_qp,
 )
 # --- precision (sensitivity/_precision.py) ---
+from sensitivity._lanczos import lanczos as lanczos  # noqa: E402
 from sensitivity._precision import JacobianErrorEstimate as JacobianErrorEstimate
 from sensitivity._precision import jacobian_error_estimate as jacobian_error_estimate
 
 __all__ = [
+    "lanczos",
     "LinearSolveError",
     "LinearSolveInfo",
     "LinearSolveWarning",

@@ -179,7 +179,7 @@ def nonaffine_part(dx: np.ndarray, component: str, y: np.ndarray, scale: float,
                    rattlers: np.ndarray) -> np.ndarray:
     """The non-affine part ``λ ∂y*/∂ε`` of a total ``∂x*/∂ε`` (gauge-fixed, rattlers NaN):
     ``∂x*/∂ε - λ E y*`` with the backbone's mean removed."""
-    from .response import gauge_fix
+    from .contacts import gauge_fix
 
     dim = dx.shape[-1]
     affine = scale * np.asarray(y) @ strain_direction(component, dim).T
@@ -244,7 +244,8 @@ def elastic_response(solver) -> dict:
       solves), ``nonaffine`` (m, N, d) ``λ dy*/dθ_p`` per component (rattlers NaN) and
       ``time_s``.
     """
-    from .response import (_merge_reports, gauge_fix, padded_pairs, pair_capacity)
+    from .contacts import gauge_fix, padded_pairs, pair_capacity
+    from .response import _merge_reports
 
     model = solver.model
     if not model.periodic:
@@ -360,7 +361,7 @@ def reference_response(solver, pspec, dx_dtheta):
     tangents)`` with ``dy`` (K, N, d) from ``dx = ∂x/∂θ|_y + λ dy`` (at ε = 0; rattler rows
     zero) and ``tangents`` (K, ...) the unit tangents of θ's K components."""
     from .potentials import real_positions
-    from .response import apply_theta, theta_data
+    from .theta import apply_theta, theta_data
 
     params = solver.params
     y = jnp.asarray(solver.y)

@@ -83,7 +83,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -91,7 +91,11 @@ import numpy as np
 
 from ._system import wrap_positions
 
+if TYPE_CHECKING:
+    from .potentials import PairModel, Pairs
+
 __all__ = [
+    "two_level",
     "ELL_STEP",
     "BlockHessian",
     "ell_capacity",
@@ -665,3 +669,53 @@ def apply_schwarz_balanced(data: tuple[BlockHessian, Schwarz], r):
     qr = back(_coarse_slots(s, _slots(s, r)))
     w = back(_local_slots(s, _slots(s, r - hessian_matvec(H, qr))))
     return qr + w - back(_coarse_slots(s, _slots(s, hessian_matvec(H, w))))
+
+
+def two_level(model: PairModel, blocks, pairs: Pairs, positions, *, per_cell: int = 16,
+              tether: float = 0.0, rattlers=None):
+    """A two-level additive preconditioner ``M = D⁻¹ + R A_c⁺ Rᵀ`` (on the host, numpy).
+
+    ``D⁻¹`` is block-Jacobi; the coarse space is the rigid translation of each cell of a
+    grid of the box holding about ``per_cell`` particles (``R`` spreads a coarse vector over
+    each cell's particles), and ``A_c = Rᵀ H R`` is assembled from the pair stiffness
+    blocks and pseudo-inverted. The soft, long-wavelength modes of a packing that limit CG
+    are what the coarse space captures.
+
+    Returns:
+      (cell index (n,), A_c⁺ (nc d, nc d)) as jax arrays (the block-Jacobi part is
+      computed with the solve).
+    """
+    n, d = model.n, model.dim
+    y = np.asarray(positions)
+    if model.periodic:
+        box = np.asarray(model.box)
+        lo = np.zeros(d)
+    else:
+        lo, box = y.min(axis=0), np.ptp(y, axis=0) + 1e-9
+    g = max(1, int(round((n / per_cell) ** (1.0 / d))))
+    cell = np.clip(np.floor((y - lo) / box * g).astype(int), 0, g - 1)
+    cid = np.ravel_multi_index(tuple(cell.T), (g,) * d)
+    nc = g ** d  # empty cells too: the shapes depend on N and d only
+    i, j = np.asarray(pairs.i), np.asarray(pairs.j)
+    keep = (i < n) & (j < n)
+    k = np.asarray(blocks)[keep]
+    ci, cj = cid[i[keep]], cid[j[keep]]
+    coarse = np.zeros((nc, nc, d, d))
+    np.add.at(coarse, (ci, ci), k)
+    np.add.at(coarse, (cj, cj), k)
+    np.add.at(coarse, (ci, cj), -k)
+    np.add.at(coarse, (cj, ci), -k)
+    if rattlers is not None and tether > 0:  # the tethered rattler coordinates
+        for c in cid[np.asarray(rattlers)]:
+            coarse[c, c] += tether * np.eye(d)
+    coarse = coarse.transpose(0, 2, 1, 3).reshape(nc * d, nc * d)
+    # pseudo-inverse with a cutoff on the scale of the fine Hessian: the rigid translation
+    # of every cell together is a (round-off) zero mode of the coarse matrix
+    fine = np.zeros((n, d))
+    np.add.at(fine, i[keep], np.einsum("kaa->ka", k))
+    np.add.at(fine, j[keep], np.einsum("kaa->ka", k))
+    cutoff = 1e-10 * max(float(np.abs(fine).max()) if fine.size else 0.0, float(tether), 1e-300)
+    w, v = np.linalg.eigh(0.5 * (coarse + coarse.T))
+    inv_w = np.where(np.abs(w) > cutoff, 1.0 / np.where(np.abs(w) > cutoff, w, 1.0), 0.0)
+    coarse_inv = (v * inv_w) @ v.T
+    return jnp.asarray(cid, jnp.int32), jnp.asarray(coarse_inv)

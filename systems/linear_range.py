@@ -77,7 +77,7 @@ def linear_range(solver, pspecs, responses) -> dict:
       (P, 2) arrays of the same.
     """
     from .elasticity import theta_groups
-    from .response import padded_pairs, pair_capacity
+    from .contacts import padded_pairs, pair_capacity
 
     model = solver.model
     n = model.n

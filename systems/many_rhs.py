@@ -163,7 +163,8 @@ def sparse_hessian(hessian: BlockHessian, keep=None):
 def _rhs_columns(cfg, pk, base, theta0, member, start):
     """``(-∂F/∂θ_k (chunk, N, d), ∂scale/∂θ_k (chunk,))`` for ``k = start .. start+chunk``:
     the forces linearized in θ once, the linear map applied to each unit tangent."""
-    from .response import _optimality, apply_theta
+    from .response import _optimality
+    from .theta import apply_theta
 
     (tag,) = cfg.tags
     n = theta0.shape[0]
@@ -209,7 +210,8 @@ def distance2_coloring(n: int, i, j) -> np.ndarray:
 def _rhs_seeded(cfg, pk, base, theta0, member, seeds):
     """``-∂F/∂θ · s`` for each row ``s`` of ``seeds (C, P)``: the forces linearized in θ
     once, the linear map applied to every seed (colour indicators, :func:`distance2_coloring`)."""
-    from .response import _optimality, apply_theta
+    from .response import _optimality
+    from .theta import apply_theta
 
     (tag,) = cfg.tags
     _, forces_lin = jax.linearize(
@@ -261,7 +263,7 @@ def backbone_factorization(solver):
     rigid motions as the null space. Made once per solver and kept on it."""
     import sensitivity
 
-    from .response import nullspace_basis
+    from .contacts import nullspace_basis
 
     factor = getattr(solver, "_backbone_factorization", None)
     if factor is not None:
@@ -280,7 +282,8 @@ def backbone_factorization(solver):
 def _vjp_theta(cfg, pk, base, theta0, member, cotangents):
     """``-λ_kᵀ ∂F/∂θ`` for each row ``λ_k`` of ``cotangents (K, N, d)``: reverse mode
     through the forces in θ (one VJP each)."""
-    from .response import _optimality, apply_theta
+    from .response import _optimality
+    from .theta import apply_theta
 
     (tag,) = cfg.tags
     _, pullback = jax.vjp(
@@ -308,7 +311,7 @@ def reverse_vector_derivative(solver, pspec, cotangents) -> tuple[np.ndarray, di
     Returns:
       ``(K, P)`` the derivatives, and a report (``converged``, ``residual``, ``n_solves``).
     """
-    from .response import theta_data
+    from .theta import theta_data
 
     t0 = time.perf_counter()
     n, d = solver.model.n, solver.model.dim
@@ -351,7 +354,7 @@ def factorized_vector_derivative(solver, pspec, reason: str = "", chunk: int = 2
       ``reason``, the solves' residuals, ``iterations`` (solves per column: 1, or 2 with a
       refinement step) and the factorization's figures.
     """
-    from .response import theta_data
+    from .theta import theta_data
 
     t0 = time.perf_counter()
     n, d = solver.model.n, solver.model.dim

@@ -28,8 +28,9 @@ from .tasks import RESULT_NAME
 from .many_rhs import check_result_size
 from .potentials import PairModel, real_positions, resolve_potential
 from .relax import RelaxResult, Relaxer, make_relaxer, resolve_minimizer
-from .response import (ResponseSolver, gauge_fix, resolve_parameters,
-                       resolve_sensitivity, theta_apply)
+from .contacts import gauge_fix
+from .response import ResponseSolver, resolve_sensitivity
+from .theta import resolve_parameters, theta_apply
 
 __all__ = ["TaskSummary", "run_task", "audit_task", "central_difference", "provenance",
            "AUDIT_TOLERANCE"]
@@ -211,7 +212,7 @@ def central_difference(relaxer, model: PairModel, params, apply, theta0, y_star,
 
 def _contacts(model: PairModel, y, params) -> set:
     """Set of (i, j) pairs within interaction range."""
-    from .response import _pair_table
+    from .contacts import _pair_table
 
     i, j, r, sigma, _ = _pair_table(model, y, params, model.interacting_pairs(y, params))
     reach = sigma if model.spec.kind == "soft_sphere" else model.spec.r_cutoff * sigma

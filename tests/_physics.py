@@ -9,7 +9,8 @@ from systems.generate import random_packing
 from systems.pipeline import central_difference as central_difference_at
 from systems.potentials import PairModel, resolve_potential
 from systems.relax import make_relaxer, resolve_minimizer
-from systems.response import ResponseSolver, resolve_sensitivity, theta_apply
+from systems.response import ResponseSolver, resolve_sensitivity
+from systems.theta import theta_apply
 
 
 def relaxed(n, dim, phi, seed, *, shrink=None, potential=None, ftol=1e-13, system=None,

@@ -12,7 +12,7 @@ from systems import elasticity as el
 from systems._errors import InputError
 from systems.pipeline import central_difference
 from systems.potentials import resolve_potential
-from systems.response import ParameterSpec, resolve_parameters, theta_apply
+from systems.theta import ParameterSpec, resolve_parameters, theta_apply
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ from _physics import central_difference, relaxed
 from systems._errors import InputError
 from systems.generate import random_packing
 from systems.many_rhs import choose_method, sparse_hessian
-from systems.response import ParameterSpec, ResponseSolver, resolve_sensitivity
+from systems.response import ResponseSolver, resolve_sensitivity
+from systems.theta import ParameterSpec
 
 DIAMETERS = ParameterSpec("diameters", "diameters")
 
@@ -152,7 +153,7 @@ def test_colored_right_hand_sides_equal_one_jvp_per_column(packing_2d):
     import jax.numpy as jnp
 
     from systems.many_rhs import _ColoredRHS, _rhs_columns, distance2_coloring
-    from systems.response import theta_data
+    from systems.theta import theta_data
 
     system, model, params, relaxer, result, solver, out = packing_2d
     n = system.n

@@ -10,9 +10,9 @@ from _physics import central_difference, relative_error, relaxed
 from systems._errors import InputError
 from systems.generate import random_packing
 from systems.potentials import resolve_potential
-from systems.response import (ParameterSpec, ResponseSolver, find_rattlers, gauge_fix,
-                              nullspace_basis, resolve_parameters, resolve_sensitivity,
-                              theta_apply)
+from systems.contacts import find_rattlers, gauge_fix, nullspace_basis
+from systems.response import ResponseSolver, resolve_sensitivity
+from systems.theta import ParameterSpec, resolve_parameters, theta_apply
 
 KINDS = [
     ParameterSpec("small_diameter", "diameter", 0),

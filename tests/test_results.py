@@ -150,7 +150,7 @@ def test_prediction_matches_a_re_relaxation(tmp_path):
     assert jax.config.jax_enable_x64
     from systems import write_packing
     from systems.pipeline import _prepare, run_task
-    from systems.response import theta_apply
+    from systems.theta import theta_apply
 
     sys.path.insert(0, str(ROOT / "tests"))
     from test_pipeline import config_for
