@@ -60,22 +60,11 @@ Rattlers tethered in the linear system (a diagonal ``k I`` on their rows, no pai
 the tether as ``block_hessian(..., diagonal=)`` and the backbone as
 ``build_schwarz(..., active=)`` (its translation is the null space).
 
-Which one (measured on 2 shared CPU cores with ``python benchmarks/bench_preconditioners.py
---sizes 1024 4096 --repeat 5``, round-robin best of 5; 2D, φ = 0.9, tol 1e-10; absolute
-times are noisy, ratios less so). The ELL product takes 10.9 µs at N = 1024 (the
-segment-sum one 16.4) and 69 µs at N = 4096 (84). CG iterations, none / block Jacobi /
-Schwarz ``per_cell=16`` without coarse space / default (+ translations) /
-``32-spectral-12`` balanced: 533 / 432 / 248 / 214 / 59 at N = 1024 and 872 / 705 / 406 /
-250 / 60 at N = 4096. A CG iteration is ~14 µs at N = 1024, so applying a preconditioner
-costs about as much as a product: block Jacobi applied takes 19.4 µs an iteration, folded
-into the operator (:func:`build_block_scaling`) 13.9, the price of plain CG. Solve + build
-at N = 1024: none 9.1 ms, block Jacobi 10.6, block scaling 7.3 (6.0 + 1.3), default
-Schwarz 13.9, balanced spectral 30.5 (its build: 24 ms); at N = 4096: 63.5, 65.7, 49.3,
-75.1, 397 ms. Hence the response's default, block scaling. The Schwarz solves pay when a
-build serves several right-hand sides: vmapped over 16 of them, per right-hand side, none
-9.5 ms against 6.5 ms for ``32-spectral-12`` balanced at N = 1024, and none 105 ms against
-62 ms for the default at N = 4096 (session 2's figures). The spectral coarse space grows as
-N/per_cell × modes (dense: keep it ≲ 512 rows).
+Which one: block scaling folded into the operator (:func:`build_block_scaling`) costs what
+plain CG costs per iteration and saves a fifth of the iterations, so it is the response's
+default; the Schwarz solves halve the iterations and pay when one build serves several
+right-hand sides (the figures: ``benchmarks/README.md``, ``bench_preconditioners.py``). The
+spectral coarse space grows as N/per_cell × modes (dense: keep it ≲ 512 rows).
 """
 
 from __future__ import annotations

@@ -30,9 +30,7 @@ the per-iteration null-space projection (:func:`_scaled_solver`); ``jacobi`` doe
 with the diagonal of ``D``. Also: nothing (``none``), ``two_level`` (block-Jacobi plus the
 translations of grid cells) and ``schwarz`` (two-level additive Schwarz over compact parts
 of ~16 particles, :mod:`systems.hessian`: about half the iterations, dearer ones and a
-dearer setup). Measured at N = 1024 (2D, φ = 0.9, 2 CPU cores): 533 / 432 / 216
-iterations, 8.0 / 6.1 / 8.7 ms, for none / block_jacobi / schwarz (benchmarks/
-bench_packing.py, benchmarks/bench_preconditioners.py). Scalar θs go through
+dearer setup; figures in ``benchmarks/README.md``). Scalar θs go through
 :func:`sensitivity.root_jvp` (the JVP rule of :func:`sensitivity.custom_root`), which
 returns the solve's report as a value. The default ``tol = 1e-10`` matches the accuracy of
 x* at ``ftol = 1e-12``: measured at N = 1024, the derivative changes by 2e-10 (relative)
