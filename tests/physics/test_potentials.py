@@ -209,7 +209,7 @@ def test_a_run_imports_only_the_jax_md_modules_it_uses(tmp_path):
     import subprocess
     import sys
 
-    examples = pathlib.Path(__file__).resolve().parents[1] / "examples"
+    examples = pathlib.Path(__file__).resolve().parents[2] / "examples"
     shutil.copy(examples / "packing.h5", tmp_path / "packing.h5")
     config = (examples / "packing.yaml").read_text().replace("plots: true", "plots: false")
     (tmp_path / "run.yaml").write_text(config)

@@ -86,7 +86,7 @@ def test_example_config_in_help_is_valid(folder: Path):
 
 
 def test_bundled_examples_are_valid():
-    root = Path(__file__).resolve().parents[1] / "examples"
+    root = Path(__file__).resolve().parents[2] / "examples"
     single = load_config(root / "packing.yaml")
     assert len(single.tasks) == 1
     assert single.tasks[0].config["system"]["path"] == str(root / "packing.h5")

@@ -269,7 +269,7 @@ def test_integral_float_species_accepted(tmp_path):
 
 
 def test_bundled_example_loads():
-    path = os.path.join(os.path.dirname(__file__), "..", "examples", "packing.h5")
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "packing.h5")
     system, potential = read_packing(path)
     assert system.n == 64 and system.dim == 2 and system.periodic
     assert system.packing_fraction == pytest.approx(0.9)

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from cli.main import main
 from cli.slurm import SlurmError, array_spec, render_script, submit_script
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_array_spec_compresses_ranges():

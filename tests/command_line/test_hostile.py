@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from cli.main import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONTROL = [chr(c) for c in range(32)] + ["\x7f"]
 FAST = settings(max_examples=40, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,

@@ -17,7 +17,7 @@ from systems import Response, random_packing, read_result, write_result
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from test_io import make_result_inputs  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -152,7 +152,7 @@ def test_prediction_matches_a_re_relaxation(tmp_path):
     from systems.pipeline import _prepare, run_task
     from systems.theta import theta_apply
 
-    sys.path.insert(0, str(ROOT / "tests"))
+    sys.path.insert(0, str(ROOT / "tests" / "physics"))
     from test_pipeline import config_for
 
     packing = write_packing(tmp_path / "packing.h5", random_packing(24, dim=2, phi=0.9, seed=4))

@@ -77,7 +77,7 @@ def test_importing_plots_does_not_import_matplotlib_or_jax_md():
         "assert 'matplotlib' not in sys.modules, 'matplotlib';"
         "assert 'jax_md' not in sys.modules, 'jax_md'"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=__file__.rsplit("/", 2)[0])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=__file__.rsplit("/", 3)[0])
 
 
 # --- what the figure shows ----------------------------------------------------------------------
