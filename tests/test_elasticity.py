@@ -301,3 +301,22 @@ def test_linear_range_predicts_the_first_contact_change(packing_2d):
                 changed.append(network(np.asarray(r.positions) / float(p.scale), p) ^ start)
             assert not changed[0], (spec.name, side)
             assert changed[1], (spec.name, side)
+
+
+@pytest.mark.parametrize("settings", [{"preconditioner": "none"}, {"solver": "dense"}])
+def test_lockstep_cg_tensor_equals_the_engine_solves(packing_2d, settings):
+    """The default (one lockstep CG for every strain component) against one engine solve
+    per component (CG without scaling; a dense minimum-norm solve)."""
+    from systems.response import ResponseSolver, resolve_sensitivity
+
+    system, model, params, relaxer, solver, out = packing_2d
+    other = ResponseSolver(model, np.asarray(solver.y) * float(params.scale), params,
+                           max_force=solver.max_force, settings=resolve_sensitivity(settings))
+    assert not el._lockstep(other._config())
+    theirs = el.elastic_response(other)
+    assert theirs["converged"]
+    c = out["elastic_tensor"]
+    assert np.abs(theirs["elastic_tensor"] - c).max() <= 1e-8 * np.abs(c).max()
+    backbone = ~solver.rattlers
+    np.testing.assert_allclose(theirs["nonaffine"][:, backbone], out["nonaffine"][:, backbone],
+                               rtol=1e-6, atol=1e-8 * np.abs(out["nonaffine"][:, backbone]).max())
