@@ -320,3 +320,24 @@ def test_lockstep_cg_tensor_equals_the_engine_solves(packing_2d, settings):
     backbone = ~solver.rattlers
     np.testing.assert_allclose(theirs["nonaffine"][:, backbone], out["nonaffine"][:, backbone],
                                rtol=1e-6, atol=1e-8 * np.abs(out["nonaffine"][:, backbone]).max())
+
+
+def test_cli_marks_a_non_converged_tensor(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from cli.main import main
+    from systems import random_packing, write_packing
+    from systems.io import read_result
+
+    monkeypatch.setenv("SENSITIVITY_CACHE_DIR", str(tmp_path / "cache"))
+    write_packing(tmp_path / "p.h5", random_packing(32, dim=2, phi=0.9, seed=1))
+    (tmp_path / "c.yaml").write_text(
+        "system: {path: p.h5}\nparameters: [{name: s, kind: strain, component: xx}]\n"
+        "sensitivity: {elasticity: true, maxiter: 3}\noutput: {directory: out, plots: false}\n")
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "c.yaml"), "-q"])
+    assert result.exit_code == 1, result.output
+    read = read_result(tmp_path / "out" / "sensitivity.h5")
+    assert read.elasticity["converged"] is False and not read.converged
+    assert read.elasticity["iterations"] == 3
+    shown = CliRunner().invoke(main, ["inspect", str(tmp_path / "out" / "sensitivity.h5")])
+    assert "Elasticity (NOT CONVERGED)" in shown.output
