@@ -55,6 +55,7 @@ __all__ = [
     "box_volume",
     "stress_tensor",
     "virial_stress",
+    "per_particle_stress",
     "pressure_of",
     "moduli",
     "to_voigt",
@@ -137,6 +138,22 @@ def virial_stress(model: PairModel, y, params: PotentialParams, pairs: Pairs, vo
     dv = jax.vmap(jax.grad(model.pair_law))(r, sigma, eps, si, sj)
     w = jnp.where(valid, pairs.weight * dv / r, 0.0)
     return jnp.einsum("k,ka,kb->ab", w, dr, dr) / volume
+
+
+def per_particle_stress(model: PairModel, y, params: PotentialParams, pairs: Pairs,
+                        volume: float):
+    """``(N, d, d)``: each pair's virial term split equally between its two particles, so
+    that the sum over particles is :func:`virial_stress` (a per-particle stress times
+    ``V / N`` gives the usual per-particle virial in units of energy)."""
+    n = y.shape[0]
+    dr, r, sigma, valid = model.pair_geometry(y, params, pairs)
+    i = jnp.minimum(pairs.i, n - 1)
+    j = jnp.minimum(pairs.j, n - 1)
+    si, sj = model.species[i], model.species[j]
+    dv = jax.vmap(jax.grad(model.pair_law))(r, sigma, params.epsilon[si, sj], si, sj)
+    w = jnp.where(valid, 0.5 * pairs.weight * dv / r, 0.0)
+    term = w[:, None, None] * dr[:, :, None] * dr[:, None, :] / volume
+    return jax.ops.segment_sum(term, i, n) + jax.ops.segment_sum(term, j, n)
 
 
 def pressure_of(stress) -> float:
@@ -283,6 +300,7 @@ def _elastic(cfg, pk, base, directions, stress_pairs):
     stress_grad = jax.grad(lambda s: pk.model.energy(pk.y, base._replace(strain=s),
                                                      stress_pairs))(jnp.zeros((d, d)))
     affine = jax.hessian(energy)(zeros)
+    per_particle = per_particle_stress(pk.model, pk.y, base, stress_pairs, 1.0)
 
     def mixed(tangent):  # Ξ_p = ∂F/∂θ_p
         return jax.jvp(lambda t: forces(pk.y, t), (zeros,), (tangent,))[1]
@@ -304,7 +322,7 @@ def _elastic(cfg, pk, base, directions, stress_pairs):
 
         dy, xi, infos = jax.lax.map(one, jnp.eye(m, dtype=jnp.float64))
     relaxation = jnp.einsum("pnd,qnd->pq", xi, dy)
-    return stress_grad, affine, relaxation, dy, infos
+    return stress_grad, affine, relaxation, dy, infos, per_particle
 
 
 def _lockstep(cfg) -> bool:
@@ -323,7 +341,8 @@ def elastic_response(solver) -> dict:
     any strain freely, so they add nothing to C).
 
     Returns:
-      dict: ``stress`` (d, d), ``elastic_tensor`` (d, d, d, d), ``pressure``,
+      dict: ``stress`` (d, d), ``per_particle_stress`` (N, d, d) (:func:`per_particle_stress`,
+      summing to ``stress``), ``elastic_tensor`` (d, d, d, d), ``pressure``,
       ``bulk_modulus``, ``shear_modulus``, ``volume``, the definitions, the solves' report
       (``iterations``, ``residual``, ``relative_residual``, ``converged``, ...),
       ``relaxation_asymmetry`` (``|R - Rᵀ| / |R|`` of the relaxation term, a check of the
@@ -345,7 +364,7 @@ def elastic_response(solver) -> dict:
     params = solver.params
     volume = box_volume(model, params)
     cfg = solver._config(tags=("elasticity",))
-    (grad, affine, relaxation, dy, infos), t_run, t_compile = solver._run(
+    (grad, affine, relaxation, dy, infos, per_particle), t_run, t_compile = solver._run(
         _elastic, cfg, solver.data, params, directions, stress_pairs)
     report = _merge_reports([infos])
     sym = 0.5 * (relaxation + relaxation.T)
@@ -357,6 +376,7 @@ def elastic_response(solver) -> dict:
     scale = float(params.scale)
     return {
         "stress": stress,
+        "per_particle_stress": per_particle / volume,
         "elastic_tensor": tensor,
         "pressure": pressure_of(stress),
         "bulk_modulus": bulk,

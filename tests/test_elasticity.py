@@ -42,6 +42,10 @@ def test_stress_is_the_strain_derivative_of_the_energy_and_the_virial(packing_2d
     virial = np.asarray(el.virial_stress(model, solver.y, params, pairs, volume))
     np.testing.assert_allclose(stress, virial, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(out["stress"], stress, rtol=1e-12, atol=1e-15)
+    per_particle = out["per_particle_stress"]
+    assert per_particle.shape == (32, 2, 2)
+    np.testing.assert_allclose(per_particle.sum(axis=0), stress, rtol=1e-10, atol=1e-15)
+    assert np.all(per_particle[solver.rattlers] == 0)  # its contacts carry no force
     h = 1e-6
     for component in el.STRAIN_COMPONENTS[2]:
         e = el.strain_direction(component, 2)
@@ -201,6 +205,7 @@ def test_cli_writes_and_inspects_the_elasticity(tmp_path, monkeypatch):
     e = read.elasticity
     assert e["stress"].shape == (2, 2) and e["elastic_tensor"].shape == (2, 2, 2, 2)
     assert e["nonaffine"].shape == (3, 32, 2)
+    assert e["per_particle_stress"].shape == (32, 2, 2)
     assert e["converged"] is True and read.converged
     assert e["pressure"] == pytest.approx(-np.trace(e["stress"]) / 2)
     assert (e["bulk_modulus"], e["shear_modulus"]) == pytest.approx(el.moduli(e["elastic_tensor"]))
