@@ -111,16 +111,20 @@ def test_elastic_tensor_matches_jax_md_athermal_moduli(packing, request):
     assert out["relaxation_asymmetry"] < 1e-8
 
 
-def test_elastic_tensor_symmetries_and_moduli(packing_2d, packing_3d):
-    for packing in (packing_2d, packing_3d):
-        out = packing[-1]
-        c = out["elastic_tensor"]
-        np.testing.assert_allclose(c, c.transpose(1, 0, 2, 3), atol=0)
-        np.testing.assert_allclose(c, c.transpose(0, 1, 3, 2), atol=0)
-        np.testing.assert_allclose(c, c.transpose(2, 3, 0, 1), atol=1e-12 * np.abs(c).max())
-        bulk, shear = el.moduli(c)
-        assert out["bulk_modulus"] == bulk and out["shear_modulus"] == shear
-        assert bulk > 0 and shear > 0
+@pytest.mark.parametrize("packing", ["packing_2d",
+                                     pytest.param("packing_3d", marks=pytest.mark.slow)])
+def test_elastic_tensor_symmetries(packing, request):
+    out = request.getfixturevalue(packing)[-1]
+    c = out["elastic_tensor"]
+    np.testing.assert_allclose(c, c.transpose(1, 0, 2, 3), atol=0)
+    np.testing.assert_allclose(c, c.transpose(0, 1, 3, 2), atol=0)
+    np.testing.assert_allclose(c, c.transpose(2, 3, 0, 1), atol=1e-12 * np.abs(c).max())
+    bulk, shear = el.moduli(c)
+    assert out["bulk_modulus"] == bulk and out["shear_modulus"] == shear
+    assert bulk > 0 and shear > 0
+
+
+def test_moduli_closed_forms(packing_2d):
     # closed form: an isotropic tensor λ δδ + μ (δδ + δδ) has B = λ + 2μ/d, G = μ
     for d in (2, 3):
         eye = np.eye(d)
@@ -244,6 +248,7 @@ def test_cli_bad_strain_component_exits_2(tmp_path, monkeypatch, component, expe
     assert len([line for line in result.output.splitlines() if line.strip()]) == 1
 
 
+@pytest.mark.slow  # eight re-relaxations and a compile per θ group: ~14 s on 2 shared cores
 def test_observable_derivatives_match_finite_differences(packing_2d):
     """dU/dθ, dσ/dθ, dp/dθ through x* against re-relaxed packings at θ ± h."""
     system, model, params, relaxer, solver, out = packing_2d
@@ -327,6 +332,7 @@ def test_lockstep_cg_tensor_equals_the_engine_solves(packing_2d, settings):
                                rtol=1e-6, atol=1e-8 * np.abs(out["nonaffine"][:, backbone]).max())
 
 
+@pytest.mark.slow  # a whole run (compiles): ~14 s on 2 shared cores
 def test_cli_marks_a_non_converged_tensor(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
