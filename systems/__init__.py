@@ -67,6 +67,11 @@ _EXPORTS = {
     "resolve_sensitivity": "response",
     "theta_apply": "theta",
     "reverse_vector_derivative": "many_rhs",
+    "STRAIN_COMPONENTS": "elasticity",
+    "elastic_response": "elasticity",
+    "observable_derivatives": "elasticity",
+    "stress_tensor": "elasticity",
+    # (linear_range.linear_range is not re-exported: the same name as its module)
 }
 
 __all__ = list(_EXPORTS)

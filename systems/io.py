@@ -36,7 +36,8 @@ Result files add (groups of our own, which H5MD allows)::
                                  converged / residual / iterations (:func:`_describe_jacobian`)
             (nonaffine)          [N][d], θ of kind strain: the non-affine part of dx_dtheta
     (/elasticity)                sensitivity.elasticity: stress [d][d], elastic_tensor
-                                 [d][d][d][d], nonaffine [m][N][d]; attrs pressure,
+                                 [d][d][d][d], nonaffine [m][N][d], per_particle_stress
+                                 [N][d][d]; attrs pressure,
                                  bulk_modulus, shear_modulus, definitions, solve report
     /relaxation                  attrs: steps, energy, max_force, stop_reason, converged
     (/audit)                     the finite-difference audit, if run
@@ -1235,7 +1236,7 @@ def write_result(
     return Path(path)
 
 
-ELASTICITY_DATASETS = {"stress": 2, "elastic_tensor": 4, "nonaffine": 3}
+ELASTICITY_DATASETS = {"stress": 2, "elastic_tensor": 4, "nonaffine": 3, "per_particle_stress": 3}
 
 
 def _write_elasticity(handle: h5py.File, elasticity: Mapping, dim: int) -> None:
@@ -1259,9 +1260,16 @@ def _read_elasticity(handle: h5py.File, label: str, dim: int) -> dict | None:
             continue
         where = f"/elasticity/{key}"
         value = _checked_read(item, where, label).astype(np.float64, copy=False)
-        if value.ndim != ndim or (key != "nonaffine" and value.shape != (dim,) * ndim):
-            raise InputError(f"{label}: {where} has shape {value.shape}, expected "
-                             f"{'x'.join(['d'] * ndim)} with d = {dim}")
+        ok = value.ndim == ndim and value.shape[-1] == dim
+        if key in ("stress", "elastic_tensor"):
+            ok = ok and value.shape == (dim,) * ndim
+        elif key == "per_particle_stress":
+            ok = ok and value.shape[1:] == (dim, dim)
+        if not ok:
+            expected = {"stress": "[d][d]", "elastic_tensor": "[d][d][d][d]",
+                        "nonaffine": "[m][N][d]", "per_particle_stress": "[N][d][d]"}[key]
+            raise InputError(f"{label}: {where} has shape {list(value.shape)}, expected "
+                             f"{expected} with d = {dim}")
         out[key] = value
     return out
 

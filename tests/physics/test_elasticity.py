@@ -42,6 +42,10 @@ def test_stress_is_the_strain_derivative_of_the_energy_and_the_virial(packing_2d
     virial = np.asarray(el.virial_stress(model, solver.y, params, pairs, volume))
     np.testing.assert_allclose(stress, virial, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(out["stress"], stress, rtol=1e-12, atol=1e-15)
+    per_particle = out["per_particle_stress"]
+    assert per_particle.shape == (32, 2, 2)
+    np.testing.assert_allclose(per_particle.sum(axis=0), stress, rtol=1e-10, atol=1e-15)
+    assert np.all(per_particle[solver.rattlers] == 0)  # its contacts carry no force
     h = 1e-6
     for component in el.STRAIN_COMPONENTS[2]:
         e = el.strain_direction(component, 2)
@@ -107,16 +111,20 @@ def test_elastic_tensor_matches_jax_md_athermal_moduli(packing, request):
     assert out["relaxation_asymmetry"] < 1e-8
 
 
-def test_elastic_tensor_symmetries_and_moduli(packing_2d, packing_3d):
-    for packing in (packing_2d, packing_3d):
-        out = packing[-1]
-        c = out["elastic_tensor"]
-        np.testing.assert_allclose(c, c.transpose(1, 0, 2, 3), atol=0)
-        np.testing.assert_allclose(c, c.transpose(0, 1, 3, 2), atol=0)
-        np.testing.assert_allclose(c, c.transpose(2, 3, 0, 1), atol=1e-12 * np.abs(c).max())
-        bulk, shear = el.moduli(c)
-        assert out["bulk_modulus"] == bulk and out["shear_modulus"] == shear
-        assert bulk > 0 and shear > 0
+@pytest.mark.parametrize("packing", ["packing_2d",
+                                     pytest.param("packing_3d", marks=pytest.mark.slow)])
+def test_elastic_tensor_symmetries(packing, request):
+    out = request.getfixturevalue(packing)[-1]
+    c = out["elastic_tensor"]
+    np.testing.assert_allclose(c, c.transpose(1, 0, 2, 3), atol=0)
+    np.testing.assert_allclose(c, c.transpose(0, 1, 3, 2), atol=0)
+    np.testing.assert_allclose(c, c.transpose(2, 3, 0, 1), atol=1e-12 * np.abs(c).max())
+    bulk, shear = el.moduli(c)
+    assert out["bulk_modulus"] == bulk and out["shear_modulus"] == shear
+    assert bulk > 0 and shear > 0
+
+
+def test_moduli_closed_forms(packing_2d):
     # closed form: an isotropic tensor λ δδ + μ (δδ + δδ) has B = λ + 2μ/d, G = μ
     for d in (2, 3):
         eye = np.eye(d)
@@ -201,6 +209,7 @@ def test_cli_writes_and_inspects_the_elasticity(tmp_path, monkeypatch):
     e = read.elasticity
     assert e["stress"].shape == (2, 2) and e["elastic_tensor"].shape == (2, 2, 2, 2)
     assert e["nonaffine"].shape == (3, 32, 2)
+    assert e["per_particle_stress"].shape == (32, 2, 2)
     assert e["converged"] is True and read.converged
     assert e["pressure"] == pytest.approx(-np.trace(e["stress"]) / 2)
     assert (e["bulk_modulus"], e["shear_modulus"]) == pytest.approx(el.moduli(e["elastic_tensor"]))
@@ -239,6 +248,7 @@ def test_cli_bad_strain_component_exits_2(tmp_path, monkeypatch, component, expe
     assert len([line for line in result.output.splitlines() if line.strip()]) == 1
 
 
+@pytest.mark.slow  # eight re-relaxations and a compile per θ group: ~14 s on 2 shared cores
 def test_observable_derivatives_match_finite_differences(packing_2d):
     """dU/dθ, dσ/dθ, dp/dθ through x* against re-relaxed packings at θ ± h."""
     system, model, params, relaxer, solver, out = packing_2d
@@ -301,3 +311,44 @@ def test_linear_range_predicts_the_first_contact_change(packing_2d):
                 changed.append(network(np.asarray(r.positions) / float(p.scale), p) ^ start)
             assert not changed[0], (spec.name, side)
             assert changed[1], (spec.name, side)
+
+
+@pytest.mark.parametrize("settings", [{"preconditioner": "none"}, {"solver": "dense"}])
+def test_lockstep_cg_tensor_equals_the_engine_solves(packing_2d, settings):
+    """The default (one lockstep CG for every strain component) against one engine solve
+    per component (CG without scaling; a dense minimum-norm solve)."""
+    from systems.response import ResponseSolver, resolve_sensitivity
+
+    system, model, params, relaxer, solver, out = packing_2d
+    other = ResponseSolver(model, np.asarray(solver.y) * float(params.scale), params,
+                           max_force=solver.max_force, settings=resolve_sensitivity(settings))
+    assert not el._lockstep(other._config())
+    theirs = el.elastic_response(other)
+    assert theirs["converged"]
+    c = out["elastic_tensor"]
+    assert np.abs(theirs["elastic_tensor"] - c).max() <= 1e-8 * np.abs(c).max()
+    backbone = ~solver.rattlers
+    np.testing.assert_allclose(theirs["nonaffine"][:, backbone], out["nonaffine"][:, backbone],
+                               rtol=1e-6, atol=1e-8 * np.abs(out["nonaffine"][:, backbone]).max())
+
+
+@pytest.mark.slow  # a whole run (compiles): ~14 s on 2 shared cores
+def test_cli_marks_a_non_converged_tensor(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from cli.main import main
+    from systems import random_packing, write_packing
+    from systems.io import read_result
+
+    monkeypatch.setenv("SENSITIVITY_CACHE_DIR", str(tmp_path / "cache"))
+    write_packing(tmp_path / "p.h5", random_packing(32, dim=2, phi=0.9, seed=1))
+    (tmp_path / "c.yaml").write_text(
+        "system: {path: p.h5}\nparameters: [{name: s, kind: strain, component: xx}]\n"
+        "sensitivity: {elasticity: true, maxiter: 3}\noutput: {directory: out, plots: false}\n")
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "c.yaml"), "-q"])
+    assert result.exit_code == 1, result.output
+    read = read_result(tmp_path / "out" / "sensitivity.h5")
+    assert read.elasticity["converged"] is False and not read.converged
+    assert read.elasticity["iterations"] == 3
+    shown = CliRunner().invoke(main, ["inspect", str(tmp_path / "out" / "sensitivity.h5")])
+    assert "Elasticity (NOT CONVERGED)" in shown.output
