@@ -66,7 +66,6 @@ __all__ = [
     "observable_derivatives",
 ]
 
-#: Independent components of a symmetric strain, in Voigt order.
 #: Strain components in Voigt order, by dimension (one owner: :mod:`systems.settings`).
 STRAIN_COMPONENTS = settings.STRAIN_COMPONENTS_BY_DIM
 #: Voigt index pairs (a, b) of each component.
