@@ -1,0 +1,245 @@
+"""Jamming: the elastic moduli of soft-disk packings against pressure (O'Hern et al. 2003).
+
+Bidisperse 50:50 packings of harmonic soft disks (alpha = 2, diameters 1 and 1.4,
+``systems.random_packing``) at several packing fractions above jamming and several seeds are
+relaxed with FIRE (max force <= 1e-12); at each energy minimum the library's elasticity code
+(``systems.elastic_response``: the athermal tensor ``C = (1/V)(∂²U/∂ε∂ε − Ξ·H⁺·Ξ)`` with
+rattlers and translations in the null space) gives the pressure ``p``, the bulk modulus ``B``
+and the isotropic shear modulus ``G``. Power laws fitted on log-log axes are printed beside
+O'Hern et al.'s values for harmonic disks: ``G ~ p^0.5``, ``B ~ p^0``.
+
+A packing is skipped (kept in the table with ``used = False`` and the reason) when FIRE did
+not converge, the strain solves did not converge, its pressure is not positive (it fell
+below its own jamming point), B or G is not positive (a small packing relaxed at fixed box
+can be unstable to shear, Dagois-Bohy et al. 2012), or its backbone has fewer contacts than
+the isostatic count ``N_iso = d (N' − 1) + 1`` (N' non-rattlers; periodic box, Goodrich et al. 2012).
+
+Units: lengths in small diameters, energies in epsilon: p, B, G in epsilon / d_small².
+All packings of one run share one box (the packing fraction is set by scaling the
+diameters, and the moduli are converted back), so the relaxation and the strain solves
+compile once for the whole run.
+
+Outputs in ``--output`` (default ``./jamming_out``): ``jamming_moduli.csv`` (one row per
+packing), ``jamming_tensors.npz`` (each packing's stress and elastic tensor), and
+``jamming_moduli.png`` (G and B against p, log-log, with the fits).
+
+    python examples/jamming_moduli.py            # N=256, 8 fractions x 6 seeds
+    python examples/jamming_moduli.py --quick    # N=32, 3 fractions, 1 seed (the test)
+    python examples/jamming_moduli.py --full     # N=1024, 12 fractions x 10 seeds
+
+Measured on the 2-core CPU shared with other jobs (jax on CPU, float64): the default run
+takes about TIME_DEFAULT; ``--quick`` about TIME_QUICK.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+
+#: O'Hern et al. 2003, harmonic (alpha = 2) disks: G ~ p^0.5, B ~ p^0.
+OHERN_EXPONENTS = {"shear_modulus": 0.5, "bulk_modulus": 0.0}
+
+#: the run sizes: particles, packing fractions, seeds
+SIZES = {
+    "quick": (32, (0.96, 0.92, 0.88), 1),
+    "default": (256, (0.98, 0.95, 0.91, 0.88, 0.86, 0.85, 0.846, 0.843), 6),
+    "full": (1024, (1.0, 0.97, 0.94, 0.91, 0.89, 0.87, 0.86, 0.852, 0.848, 0.845, 0.8435,
+                    0.8425), 10),
+}
+
+COLUMNS = ("n", "phi", "seed", "used", "note", "fire_steps", "max_force", "rattlers",
+           "contacts", "isostatic_contacts", "pressure", "bulk_modulus", "shear_modulus",
+           "tensor_converged", "time_s")
+
+
+def fit_power_law(p, y) -> tuple[float, float]:
+    """The exponent and prefactor of ``y = a p^b`` by least squares on log-log axes."""
+    b, log_a = np.polyfit(np.log(p), np.log(y), 1)
+    return float(b), float(np.exp(log_a))
+
+
+def measure(n: int, phis, seeds, progress=print) -> tuple[list[dict], dict]:
+    """Relax every (phi, seed) packing and take its pressure and moduli.
+
+    Returns the table's rows (:data:`COLUMNS`) and ``{"stress": (k, 2, 2),
+    "elastic_tensor": (k, 2, 2, 2, 2)}`` in row order (NaN for a skipped packing).
+    """
+    import systems
+    from systems.potentials import PairModel
+    from systems.response import resolve_sensitivity
+
+    phis = sorted(phis, reverse=True)  # densest first: the pair lists' padded sizes fit all
+    phi_max = phis[0]
+    spec = systems.resolve_potential({"kind": "soft_sphere", "alpha": 2.0, "epsilon": 1.0}, 2)
+    minimizer = systems.resolve_minimizer({"kind": "fire", "ftol": 1e-12})
+    settings = resolve_sensitivity({"solver": "cg", "tol": 1e-10})
+    rows, stresses, tensors = [], [], []
+    for phi in phis:
+        for seed in seeds:
+            t0 = time.perf_counter()
+            # the box of phi_max for every packing; phi from the diameters (2D: d ∝ √phi)
+            dense = systems.random_packing(n, dim=2, phi=phi_max, seed=seed)
+            shrink = float(np.sqrt(phi / phi_max))
+            system = dense.replace(diameters=dense.diameters * shrink)
+            model = PairModel.build(system, spec)
+            params = model.default_params(system.diameters)
+            # one neighbor cutoff (that of phi_max) for every packing: one compiled loop
+            relaxer = systems.make_relaxer(model, minimizer,
+                                           [params, model.default_params(dense.diameters)])
+            relaxed = relaxer.run(system.positions, params)
+            row = {"n": n, "phi": phi, "seed": seed, "used": False, "note": "",
+                   "fire_steps": relaxed.steps, "max_force": relaxed.max_force,
+                   "rattlers": "", "contacts": "", "isostatic_contacts": "",
+                   "pressure": np.nan, "bulk_modulus": np.nan, "shear_modulus": np.nan,
+                   "tensor_converged": False}
+            stress, tensor = np.full((2, 2), np.nan), np.full((2, 2, 2, 2), np.nan)
+            solver = None
+            if not relaxed.converged:
+                row["note"] = f"FIRE did not converge ({relaxed.stop_reason})"
+            else:
+                try:
+                    solver = systems.ResponseSolver(model, relaxed.positions, params,
+                                                    max_force=relaxed.max_force,
+                                                    settings=settings)
+                except systems.InputError:  # every particle a rattler: not jammed
+                    solver = None
+            if solver is None and relaxed.converged:
+                row.update(rattlers=n, contacts=0, isostatic_contacts=0,
+                           note="not jammed: every particle is a rattler")
+            elif solver is not None:
+                backbone = int((~solver.rattlers).sum())
+                contacts = int(solver.contacts["n_contacts"])
+                iso = 2 * (backbone - 1) + 1
+                row.update(rattlers=n - backbone, contacts=contacts, isostatic_contacts=iso)
+                if backbone < 3 or contacts < iso:
+                    row["note"] = f"too few contacts ({contacts} < {iso}, isostatic)"
+                else:
+                    out = systems.elastic_response(solver)
+                    # back to units of the small diameter 1: p, B, G ∝ 1/length² in 2D
+                    unit = shrink ** 2
+                    stress, tensor = out["stress"] * unit, out["elastic_tensor"] * unit
+                    row.update(pressure=out["pressure"] * unit,
+                               bulk_modulus=out["bulk_modulus"] * unit,
+                               shear_modulus=out["shear_modulus"] * unit,
+                               tensor_converged=bool(out["converged"]))
+                    if not out["converged"]:
+                        row["note"] = "strain solves did not converge"
+                    elif not row["pressure"] > 0:
+                        row["note"] = "p <= 0: below this packing's jamming point"
+                    elif not (row["bulk_modulus"] > 0 and row["shear_modulus"] > 0):
+                        # a small packing relaxed in a fixed box can be unstable to shear
+                        # (Dagois-Bohy et al. 2012): the averaged G comes out negative
+                        row["note"] = "B or G <= 0: unstable to a strain at fixed box"
+                    else:
+                        row["used"] = True
+            row["time_s"] = time.perf_counter() - t0
+            rows.append(row)
+            stresses.append(stress)
+            tensors.append(tensor)
+            if progress:
+                status = "ok" if row["used"] else f"SKIPPED: {row['note']}"
+                progress(f"  phi={phi:.4f} seed={seed}: p={row['pressure']:.3e} "
+                         f"B={row['bulk_modulus']:.4f} G={row['shear_modulus']:.4f} "
+                         f"({relaxed.steps} FIRE steps, {row['time_s']:.1f} s) {status}")
+    return rows, {"stress": np.asarray(stresses), "elastic_tensor": np.asarray(tensors)}
+
+
+def write_csv(path: Path, rows) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{row[k]:.10g}" if isinstance(row[k], float) else row[k])
+                             for k in COLUMNS})
+
+
+def plot(path: Path, rows, fits) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    used = [r for r in rows if r["used"]]
+    p = np.array([r["pressure"] for r in used])
+    fig, ax = plt.subplots(figsize=(5.0, 4.0))
+    for key, label, marker in (("shear_modulus", "G", "o"), ("bulk_modulus", "B", "s")):
+        y = np.array([r[key] for r in used])
+        line = ax.loglog(p, y, marker, ms=4, alpha=0.7, label=label)[0]
+        if key in fits:
+            b, a = fits[key]
+            grid = np.geomspace(p.min(), p.max(), 50)
+            ax.loglog(grid, a * grid ** b, "-", color=line.get_color(),
+                      label=f"{label} ~ p^{b:.2f} (O'Hern: {OHERN_EXPONENTS[key]:g})")
+    ax.set_xlabel(r"pressure $p$ [$\epsilon/d^2$]")
+    ax.set_ylabel(r"modulus [$\epsilon/d^2$]")
+    ax.set_title(f"harmonic bidisperse disks, N={used[0]['n'] if used else '?'}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--full", action="store_true", help="N=1024, 12 fractions, 10 seeds")
+    size.add_argument("--quick", action="store_true", help="N=32, 3 fractions, 1 seed")
+    parser.add_argument("--n", type=int, help="number of disks (overrides the size)")
+    parser.add_argument("--seeds", type=int, help="number of seeds (overrides the size)")
+    parser.add_argument("--phi", type=float, nargs="+", help="packing fractions")
+    parser.add_argument("--output", default="jamming_out", help="folder for the table and figure")
+    args = parser.parse_args(argv)
+    n, phis, seeds = SIZES["full" if args.full else "quick" if args.quick else "default"]
+    n = args.n or n
+    phis = args.phi or phis
+    seeds = range(args.seeds or seeds)
+
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # float64 physics, before jax-md loads
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    print(f"N={n} harmonic bidisperse disks, phi in {sorted(phis)}, {len(seeds)} seed(s)")
+    rows, arrays = measure(n, phis, seeds)
+    elapsed = time.perf_counter() - t0
+
+    used = [r for r in rows if r["used"]]
+    skipped = [r for r in rows if not r["used"]]
+    fits = {}
+    if len({r["phi"] for r in used}) >= 2:
+        p = np.array([r["pressure"] for r in used])
+        for key in OHERN_EXPONENTS:
+            fits[key] = fit_power_law(p, np.array([r[key] for r in used]))
+
+    csv_path, fig_path = out / "jamming_moduli.csv", out / "jamming_moduli.png"
+    write_csv(csv_path, rows)
+    np.savez(out / "jamming_tensors.npz", phi=[r["phi"] for r in rows],
+             seed=[r["seed"] for r in rows], **arrays)
+    plot(fig_path, rows, fits)
+
+    print(f"{len(used)} of {len(rows)} packings used; {len(skipped)} skipped"
+          + "".join(f"\n  skipped phi={r['phi']} seed={r['seed']}: {r['note']}"
+                    for r in skipped))
+    if used:
+        p = [r["pressure"] for r in used]
+        print(f"pressure range {min(p):.2e} .. {max(p):.2e}")
+    for key, label in (("shear_modulus", "G"), ("bulk_modulus", "B")):
+        if key in fits:
+            print(f"{label} ~ p^{fits[key][0]:.3f}   (O'Hern et al. 2003: "
+                  f"p^{OHERN_EXPONENTS[key]:g})")
+        else:
+            print(f"{label}: too few packing fractions to fit an exponent")
+    print(f"table {csv_path}, figure {fig_path}; {elapsed:.1f} s in all")
+    return {"rows": rows, "fits": {k: v[0] for k, v in fits.items()}, "csv": str(csv_path),
+            "figure": str(fig_path), "tensors": str(out / "jamming_tensors.npz"),
+            "time_s": elapsed, "used": len(used), "skipped": len(skipped)}
+
+
+if __name__ == "__main__":
+    main()
