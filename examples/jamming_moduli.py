@@ -149,6 +149,53 @@ def measure(n: int, phis, seeds, progress=print) -> tuple[list[dict], dict]:
     return rows, {"stress": np.asarray(stresses), "elastic_tensor": np.asarray(tensors)}
 
 
+def read_sweep(folder: Path) -> tuple[list[dict], dict]:
+    """The same rows from a command-line sweep's results (``examples/jamming_sweep.yaml``:
+    every ``sensitivity.h5`` under ``folder``, written with ``sensitivity.elasticity``).
+    The seed is read from the input file's name (``...seed<k>.h5``, else -1); the contact
+    count is not in the result file, so the isostatic check is left to the run's rattlers."""
+    import re
+
+    import systems
+
+    rows, stresses, tensors = [], [], []
+    paths = sorted(Path(folder).glob("**/sensitivity.h5"))
+    if not paths:
+        raise SystemExit(f"--from-sweep {folder}: no sensitivity.h5 under it (run the sweep "
+                         "first: sensitivity run examples/jamming_sweep.yaml)")
+    for path in paths:
+        result = systems.read_result(path)
+        system, relaxation, e = result.system, result.relaxation, result.elasticity or {}
+        phi = float(np.sum(np.pi * np.asarray(system.diameters) ** 2 / 4)
+                    / np.prod(np.asarray(system.box)))
+        source = str((result.provenance or {}).get("input_path", path))
+        seed = re.search(r"seed(\d+)", Path(source).name)
+        row = {"n": system.n, "phi": round(phi, 6), "seed": int(seed[1]) if seed else -1,
+               "used": False, "note": "", "fire_steps": relaxation.get("steps"),
+               "max_force": relaxation.get("max_force"),
+               "rattlers": int(np.sum(result.rattlers)), "contacts": "",
+               "isostatic_contacts": "", "pressure": float(e.get("pressure", np.nan)),
+               "bulk_modulus": float(e.get("bulk_modulus", np.nan)),
+               "shear_modulus": float(e.get("shear_modulus", np.nan)),
+               "tensor_converged": bool(e.get("converged", False)), "time_s": np.nan}
+        if not relaxation.get("converged"):
+            row["note"] = f"FIRE did not converge ({relaxation.get('stop_reason')})"
+        elif not e:
+            row["note"] = "no /elasticity in the result (sensitivity.elasticity off?)"
+        elif not e.get("converged"):
+            row["note"] = "strain solves did not converge"
+        elif not row["pressure"] > 0:
+            row["note"] = "p <= 0: below this packing's jamming point"
+        elif not (row["bulk_modulus"] > 0 and row["shear_modulus"] > 0):
+            row["note"] = "B or G <= 0: unstable to a strain at fixed box"
+        else:
+            row["used"] = True
+        rows.append(row)
+        stresses.append(np.asarray(e.get("stress", np.full((2, 2), np.nan))))
+        tensors.append(np.asarray(e.get("elastic_tensor", np.full((2, 2, 2, 2), np.nan))))
+    return rows, {"stress": np.asarray(stresses), "elastic_tensor": np.asarray(tensors)}
+
+
 def write_csv(path: Path, rows) -> None:
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
@@ -193,6 +240,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--seeds", type=int,
                         help="number of seeds, 0 .. seeds-1 (overrides the size)")
     parser.add_argument("--phi", type=float, nargs="+", help="packing fractions")
+    parser.add_argument("--from-sweep", metavar="DIR",
+                        help="collect a command-line sweep's results instead of computing "
+                             "(examples/jamming_sweep.yaml)")
     parser.add_argument("--output", default="jamming_out", help="folder for the table and figure")
     args = parser.parse_args(argv)
     n, phis, seeds = SIZES["full" if args.full else "quick" if args.quick else "default"]
@@ -207,8 +257,12 @@ def main(argv=None) -> dict:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    print(f"N={n} harmonic bidisperse disks, phi in {sorted(phis)}, {len(seeds)} seed(s)")
-    rows, arrays = measure(n, phis, seeds)
+    if args.from_sweep:
+        print(f"results of the sweep in {args.from_sweep}")
+        rows, arrays = read_sweep(Path(args.from_sweep))
+    else:
+        print(f"N={n} harmonic bidisperse disks, phi in {sorted(phis)}, {len(seeds)} seed(s)")
+        rows, arrays = measure(n, phis, seeds)
     elapsed = time.perf_counter() - t0
 
     used = [r for r in rows if r["used"]]
