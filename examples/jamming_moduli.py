@@ -20,7 +20,7 @@ diameters, and the moduli are converted back), so the relaxation and the strain 
 compile once for the whole run.
 
 Outputs in ``--output`` (default ``./jamming_out``): ``jamming_moduli.csv`` (one row per
-packing), ``jamming_tensors.npz`` (each packing's stress and elastic tensor), and
+packing), ``jamming_tensors.npz`` (each packing's stress, elastic tensor, relaxed positions and box), and
 ``jamming_moduli.png`` (G and B against p, log-log, with the fits).
 
     python examples/jamming_moduli.py            # N=256, 8 fractions x 6 seeds
@@ -67,7 +67,9 @@ def measure(n: int, phis, seeds, progress=print) -> tuple[list[dict], dict]:
     """Relax every (phi, seed) packing and take its pressure and moduli.
 
     Returns the table's rows (:data:`COLUMNS`) and ``{"stress": (k, 2, 2),
-    "elastic_tensor": (k, 2, 2, 2, 2)}`` in row order (NaN for a skipped packing).
+    "elastic_tensor": (k, 2, 2, 2, 2), "positions": (k, N, 2), "box": (k, 2)}`` in row
+    order (NaN moduli for a skipped packing; the relaxed positions and box in units of the
+    small diameter).
     """
     import systems
     from systems.potentials import PairModel
@@ -78,7 +80,7 @@ def measure(n: int, phis, seeds, progress=print) -> tuple[list[dict], dict]:
     spec = systems.resolve_potential({"kind": "soft_sphere", "alpha": 2.0, "epsilon": 1.0}, 2)
     minimizer = systems.resolve_minimizer({"kind": "fire", "ftol": 1e-12})
     settings = resolve_sensitivity({"solver": "cg", "tol": 1e-10})
-    rows, stresses, tensors = [], [], []
+    rows, stresses, tensors, positions, boxes = [], [], [], [], []
     for phi in phis:
         for seed in seeds:
             t0 = time.perf_counter()
@@ -141,12 +143,16 @@ def measure(n: int, phis, seeds, progress=print) -> tuple[list[dict], dict]:
             rows.append(row)
             stresses.append(stress)
             tensors.append(tensor)
+            # the relaxed packing in units of the small diameter (diameters 1 and 1.4)
+            positions.append(np.asarray(relaxed.positions) / shrink)
+            boxes.append(np.asarray(system.box) / shrink)
             if progress:
                 status = "ok" if row["used"] else f"SKIPPED: {row['note']}"
                 progress(f"  phi={phi:.4f} seed={seed}: p={row['pressure']:.3e} "
                          f"B={row['bulk_modulus']:.4f} G={row['shear_modulus']:.4f} "
                          f"({relaxed.steps} FIRE steps, {row['time_s']:.1f} s) {status}")
-    return rows, {"stress": np.asarray(stresses), "elastic_tensor": np.asarray(tensors)}
+    return rows, {"stress": np.asarray(stresses), "elastic_tensor": np.asarray(tensors),
+                  "positions": np.asarray(positions), "box": np.asarray(boxes)}
 
 
 def read_sweep(folder: Path) -> tuple[list[dict], dict]:

@@ -62,3 +62,50 @@ def test_jamming_quick(tmp_path):
             (c11 + c22 - 2 * c12 + 4 * c66) / 8, rel=1e-9)
     # with 3 fractions and one seed an exponent fit means little; it is only reported
     assert set(result["fits"]) <= {"shear_modulus", "bulk_modulus"}
+
+
+@pytest.mark.slow  # two compiles (the script's shared box, the pipeline's own box): ~25 s
+def test_jamming_scaled_box_matches_the_pipeline_and_from_sweep(tmp_path):
+    """The script sets φ by shrinking the diameters in the densest packing's box and converts
+    p, B, G back to units of the small diameter. The command-line pipeline (run_task with
+    sensitivity.elasticity, the route of examples/jamming_sweep.yaml) on the script's relaxed
+    packing written in those units (diameters 1 and 1.4, its own box) must give the same
+    numbers, and --from-sweep must read them back into the same table."""
+    import systems
+    from cli.config import resolve_config
+
+    module = _load()
+    phi, seed = 0.92, 3  # the middle quick packing: diameters shrunk by √(0.92/0.96)
+    ours = module.main(["--quick", "--output", str(tmp_path / "script")])
+    k = next(k for k, r in enumerate(ours["rows"]) if r["phi"] == phi and r["seed"] == seed)
+    row = ours["rows"][k]
+    assert row["used"], row["note"]
+    data = np.load(ours["tensors"])
+    start = systems.random_packing(32, dim=2, phi=phi, seed=seed)
+    assert np.allclose(data["box"][k], start.box, rtol=1e-12)  # the units are the same
+    relaxed = start.replace(positions=data["positions"][k])
+
+    work = tmp_path / "sweep" / "task-0000"
+    work.mkdir(parents=True)
+    packing = work.parent / f"phi{phi}-seed{seed}.h5"
+    systems.write_packing(packing, relaxed)
+    config, errors = resolve_config({
+        "system": {"path": str(packing)},
+        "potential": {"kind": "soft_sphere", "alpha": 2.0, "epsilon": 1.0},
+        "minimizer": {"kind": "fire", "ftol": 1e-12},
+        "parameters": [{"name": "shear", "kind": "strain", "component": "xy"}],
+        "sensitivity": {"elasticity": True, "tol": 1e-10},
+        "output": {"directory": str(work), "plots": False}}, base_dir=work)
+    assert not errors, errors
+    summary = systems.run_task(config, work)
+    assert summary.converged, summary.message
+    theirs = module.main(["--from-sweep", str(tmp_path / "sweep"),
+                          "--output", str(tmp_path / "collected")])
+    assert len(theirs["rows"]) == 1
+    other = theirs["rows"][0]
+    assert other["used"] and other["seed"] == seed and other["phi"] == pytest.approx(phi)
+    for key in ("pressure", "bulk_modulus", "shear_modulus"):
+        assert other[key] == pytest.approx(row[key], rel=1e-6), key
+    collected = np.load(theirs["tensors"])
+    np.testing.assert_allclose(collected["elastic_tensor"][0], data["elastic_tensor"][k],
+                               rtol=1e-6, atol=1e-8)
