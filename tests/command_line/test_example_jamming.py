@@ -109,3 +109,29 @@ def test_jamming_scaled_box_matches_the_pipeline_and_from_sweep(tmp_path):
     collected = np.load(theirs["tensors"])
     np.testing.assert_allclose(collected["elastic_tensor"][0], data["elastic_tensor"][k],
                                rtol=1e-6, atol=1e-8)
+
+
+def test_jamming_sweep_config_lists_one_task_per_packing(tmp_path):
+    """examples/jamming_sweep.yaml, with the packings its comment says to generate, is a
+    valid sweep: 8 tasks, one per packing file, each with the elastic tensor switched on."""
+    import re
+    import shutil
+
+    import systems
+    from cli.config import load_config
+
+    config = tmp_path / "jamming_sweep.yaml"
+    shutil.copyfile(SCRIPT.parent / "jamming_sweep.yaml", config)
+    names = re.findall(r"jamming/(phi[0-9.]+-seed\d+)\.h5", config.read_text())
+    (tmp_path / "jamming").mkdir()
+    for name in set(names):
+        phi, seed = re.fullmatch(r"phi([0-9.]+)-seed(\d+)", name).groups()
+        systems.write_packing(tmp_path / "jamming" / f"{name}.h5",
+                              systems.random_packing(8, phi=float(phi), seed=int(seed)))
+    tasks = load_config(config).tasks
+    assert len(tasks) == 8
+    paths = [t.config["system"]["path"] for t in tasks]
+    assert len(set(paths)) == 8 and all(Path(p).is_file() for p in paths)
+    for t in tasks:
+        assert t.config["sensitivity"]["elasticity"] is True
+        assert t.config["potential"]["alpha"] == 2.0
