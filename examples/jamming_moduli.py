@@ -3,8 +3,8 @@
 Bidisperse 50:50 packings of harmonic soft disks (alpha = 2, diameters 1 and 1.4,
 ``systems.random_packing``) at several packing fractions above jamming and several seeds are
 relaxed with FIRE (max force <= 1e-12); at each energy minimum the library's elasticity code
-(``systems.elastic_response``: the athermal tensor ``C = (1/V)(∂²U/∂ε∂ε − Ξ·H⁺·Ξ)`` with
-rattlers and translations in the null space) gives the pressure ``p``, the bulk modulus ``B``
+(``systems.elastic_response``: the athermal tensor ``C = (1/V)(∂²U/∂ε∂ε − Ξ·H⁺·Ξ)``
+with rattlers and translations in the null space) gives the pressure ``p``, the bulk modulus ``B``
 and the isotropic shear modulus ``G``. Power laws fitted on log-log axes are printed beside
 O'Hern et al.'s values for harmonic disks: ``G ~ p^0.5``, ``B ~ p^0``.
 
