@@ -205,6 +205,7 @@ def root_jvp(
     def fun_of_sol(x):
         return optimality_fun(x, *args)
 
+    @_internal
     def matvec(u):
         return jax.jvp(fun_of_sol, (sol,), (u,))[1]
 
@@ -243,6 +244,7 @@ def root_vjp(
     args = _split_args(args)
     _, vjp_sol = jax.vjp(lambda x: optimality_fun(x, *args), sol)
 
+    @_internal
     def matvec_transposed(u):
         return vjp_sol(u)[0]
 
@@ -263,7 +265,14 @@ class ClosureError(TypeError):
     """A decorated solver or its optimality function closed over a differentiated value."""
 
 
-def _differentiated_tracers(fn: Callable, depth: int = 3) -> list:
+def _internal(fn: Callable) -> Callable:
+    """Mark an operator built by this engine: its closure holds primal values that may be
+    tracers of an enclosing transformation (a Hessian), legitimately."""
+    fn._sensitivity_internal = True
+    return fn
+
+
+def _differentiated_tracers(fn: Callable, depth: int = 3, kinds: tuple | None = None) -> list:
     """Values being differentiated that ``fn`` closes over (JVP or linearize tracers).
 
     Closing over constants, and over values traced only by ``jit`` or ``vmap``, is fine;
@@ -272,6 +281,10 @@ def _differentiated_tracers(fn: Callable, depth: int = 3) -> list:
     """
     from jax._src.interpreters import ad
 
+    if kinds is None:
+        kinds = (ad.JVPTracer, ad.LinearizeTracer)
+    if getattr(fn, "_sensitivity_internal", False):
+        return []
     found = []
     cells = []
     if isinstance(fn, functools.partial):
@@ -281,16 +294,38 @@ def _differentiated_tracers(fn: Callable, depth: int = 3) -> list:
     cells.extend(c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if _filled(c))
     for value in cells:
         if callable(value) and depth > 0 and not isinstance(value, jax.Array):
-            found.extend(_differentiated_tracers(value, depth - 1))
+            found.extend(_differentiated_tracers(value, depth - 1, kinds))
             continue
         try:
             leaves = jax.tree.leaves(value)
         except Exception:  # not a pytree: cannot hold a tracer we could see
             continue
-        found.extend(
-            leaf for leaf in leaves if isinstance(leaf, (ad.JVPTracer, ad.LinearizeTracer))
-        )
+        found.extend(leaf for leaf in leaves if isinstance(leaf, kinds))
     return found
+
+
+def check_operator_closure(name: str, **operators) -> None:
+    """Raise :class:`ClosureError` when a linear solver's operator (``matvec``, ``M``)
+    closes over a value that reverse mode is differentiating.
+
+    The solvers are ``while_loop`` programs that JAX cannot transpose, and the closed-over
+    value would otherwise surface as an internal error ("No constant handler for type
+    LinearizeTracer"). Forward mode through a solver (a ``JVPTracer`` in the closure) works
+    and is not refused.
+    """
+    from jax._src.interpreters import ad
+
+    for what, op in operators.items():
+        if op is None or not callable(op):
+            continue
+        if _differentiated_tracers(op, kinds=(ad.LinearizeTracer,)):
+            raise ClosureError(
+                f"{name}: {what} closes over a value that reverse mode is differentiating; "
+                f"a linear solver is not differentiated through its iterations. Write the "
+                f"solve as jax.lax.custom_linear_solve(matvec, b, solve={name}) with the "
+                f"value as an explicit input of matvec, or obtain x through "
+                f"sensitivity.custom_root(lambda x, theta: A(theta) x - b, solve={name})"
+            )
 
 
 def _filled(cell) -> bool:
@@ -435,13 +470,13 @@ def _implicit_solver(
         _, unravel = ravel_pytree(sol)
 
         def on_trees(flat_op):
-            return lambda tree: unravel(flat_op(ravel_pytree(tree)[0]))
+            return _internal(lambda tree: unravel(flat_op(ravel_pytree(tree)[0])))
 
         def flat_solve_with(tree_solve):
             return lambda flat_op, b: ravel_pytree(tree_solve(on_trees(flat_op), unravel(b)))[0]
 
         flat_sol_dot = jax.lax.custom_linear_solve(
-            lambda u: ravel_pytree(matvec(unravel(u)))[0],
+            _internal(lambda u: ravel_pytree(matvec(unravel(u)))[0]),
             flat_rhs,
             solve=flat_solve_with(_instrumented(solve)),
             transpose_solve=flat_solve_with(_instrumented(_adjoint(solve))),
@@ -458,7 +493,7 @@ def _implicit_solver(
 
 def _closure_message(name: str) -> str:
     return (
-        f"{name} or its optimality function closes over a value that is being "
+        f"{name}, its optimality function or its linear solve closes over a value that is being "
         f"differentiated; implicit differentiation only sees explicit arguments. "
         f"Pass that value as an argument: {name}(init, theta, ...) and F(x, theta, ...)"
     )
@@ -547,7 +582,11 @@ def custom_root(
                     f"{name}'s signature"
                 )
             _check_signature(reference_signature, name, args, kwargs)
-            if _differentiated_tracers(solver_fun) or _differentiated_tracers(optimality_fun):
+            if (
+                _differentiated_tracers(solver_fun)
+                or _differentiated_tracers(optimality_fun)
+                or _differentiated_tracers(solve)
+            ):
                 raise ClosureError(_closure_message(name))
             keys = tuple(kwargs)
             if keys not in cache:

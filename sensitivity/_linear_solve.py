@@ -175,6 +175,9 @@ class _Problem:
     def __init__(self, name, matvec, b, ridge, init, M, nullspace, tol, atol,
                  consistency_tol, maxiter):
         self.name = name
+        from sensitivity._implicit_diff import check_operator_closure
+
+        check_operator_closure(name, matvec=matvec, M=M)
         b_flat, unravel = ravel_pytree(b)
         if not jnp.issubdtype(b_flat.dtype, jnp.inexact):
             b_flat = b_flat.astype(jnp.result_type(float))
@@ -359,7 +362,7 @@ def _failure_message(name, iterations, residual, tolerance, inconsistency, consi
         return (f"{name}: the factorization finished but the residual {residual:.1e} is above "
                 f"the tolerance {tolerance:.1e} (rhs norm {rhs_norm:.1e}), more than round-off "
                 f"allows: the matrix is singular or too ill-conditioned for its dtype (float32 "
-                f"keeps about 7 digits). Solve in float64, add a ridge, pass nullspace=... for "
+                f"keeps about 7 digits, float64 about 16). Solve in float64, add a ridge, pass nullspace=... for "
                 f"known zero modes, use solve_lstsq for the minimum-norm answer, or pass a "
                 f"looser tol")
     return (f"{name} did not converge in {iterations} iterations (residual {residual:.1e} "
