@@ -313,8 +313,14 @@ def check_operator_closure(name: str, **operators) -> None:
     LinearizeTracer"). Forward mode through a solver (a ``JVPTracer`` in the closure) works
     and is not refused.
     """
-    from jax._src.interpreters import ad
+    from jax._src import core
+    from jax._src.interpreters import ad, partial_eval
 
+    # Inside jax.lax.custom_linear_solve (the documented way to differentiate a solve) the
+    # solver is traced to a jaxpr and only ever runs on primal values: a closed-over tracer
+    # is then a constant of that jaxpr, which is fine.
+    if isinstance(getattr(core.trace_ctx, "trace", None), partial_eval.DynamicJaxprTrace):
+        return
     for what, op in operators.items():
         if op is None or not callable(op):
             continue
