@@ -392,12 +392,22 @@ def _bind_solver_call(solver_signature, reference_signature, args, kwargs):
     given = set(bound.arguments)
     referenced = set(reference_signature.parameters)
     bound.apply_defaults()
+    every_default = (tuple(bound.args), dict(bound.kwargs))
     for name, param in solver_signature.parameters.items():
         if name in given or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
         if name not in referenced:
             del bound.arguments[name]
-    return tuple(bound.args), dict(bound.kwargs)
+    named_defaults = (tuple(bound.args), dict(bound.kwargs))
+    # F may spell its parameters differently from the solver: then, as in jaxopt, every
+    # default is passed on (by position) when that is what lets F's signature bind.
+    for candidate in (named_defaults, every_default):
+        try:
+            reference_signature.bind(*candidate[0], **candidate[1])
+        except TypeError:
+            continue
+        return candidate
+    return named_defaults
 
 
 def _call_optimality(optimality_fun, reference_signature, x, args, kwargs):

@@ -485,3 +485,17 @@ def test_module_paths_cover_jaxopt_public_names():
         missing = [n for n in listed.split() if not callable(getattr(mod, n, None))]
         assert not missing, (module, missing)
         assert sorted(mod.__all__) == sorted(listed.split())
+
+
+def test_defaults_reach_an_optimality_function_that_spells_them_differently():
+    X, y = _ridge_data()
+
+    def solver(init_params, lam, X, y, reg=0.25):
+        return _ridge_closed_form(lam + reg, X, y)
+
+    def F(w, a, b, c, d):  # positional correspondence only, as jaxopt binds it
+        return jax.grad(_ridge_objective)(w, a + d, b, c)
+
+    decorated = idf.custom_root(F)(solver)
+    got = jax.jacfwd(lambda lam: decorated(None, lam, X, y))(0.25)
+    np.testing.assert_allclose(got, _ridge_dsol_dlam(0.5, X, y), rtol=1e-8)
