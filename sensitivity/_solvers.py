@@ -662,11 +662,20 @@ def _qp_ineq(x, params_ineq):
 _qp_kkt = make_kkt_optimality_fun(_qp_objective, _qp_eq, _qp_ineq)
 
 
+def _vacuous_rows(A):
+    """``diag(1)`` at the all-zero rows of ``A`` (the constraint ``0 = b_i``, vacuous when
+    ``b_i = 0``), ``0`` elsewhere: added to the KKT system's equality-dual block it pins
+    those multipliers to 0 instead of leaving the KKT matrix singular (jaxopt's tests write
+    "no equality" as ``A = [[0, 0]], b = [0]``). Exactly zero for a full-rank ``A``."""
+    return jnp.diag((jnp.max(jnp.abs(A), axis=1, initial=0.0) == 0).astype(A.dtype))
+
+
 def _qp_interior_point(Q, c, A, b, G, h, tol, maxiter):
     """Mehrotra predictor-corrector primal-dual interior point on the full KKT system."""
     n, p, m = c.shape[0], b.shape[0], h.shape[0]
     dtype = c.dtype
     zeros = functools.partial(jnp.zeros, dtype=dtype)
+    vacuous = _vacuous_rows(A)
 
     def residuals(x, nu, lam, s):
         rd = Q @ x + c + A.T @ nu + G.T @ lam
@@ -680,7 +689,7 @@ def _qp_interior_point(Q, c, A, b, G, h, tol, maxiter):
         kkt = jnp.block(
             [
                 [Q, A.T, G.T, zeros((n, m))],
-                [A, zeros((p, p)), zeros((p, m)), zeros((p, m))],
+                [A, vacuous, zeros((p, m)), zeros((p, m))],
                 [G, zeros((m, p)), zeros((m, m)), jnp.eye(m, dtype=dtype)],
                 [zeros((m, n)), zeros((m, p)), jnp.diag(s), jnp.diag(lam)],
             ]
@@ -734,7 +743,7 @@ def _qp_polish(Q, c, A, b, G, h, x, nu, lam, s, error):
     kkt = jnp.block(
         [
             [Q, A.T, G.T],
-            [A, jnp.zeros((p, p), dtype), jnp.zeros((p, m), dtype)],
+            [A, _vacuous_rows(A), jnp.zeros((p, m), dtype)],
             [active[:, None] * G, jnp.zeros((m, p), dtype), jnp.diag(1.0 - active)],
         ]
     )
@@ -832,7 +841,7 @@ def solve_qp(
         G, h = params_ineq
         tol_run = tolerance(Q, c, A, b, G, h)
         if m == 0:
-            kkt = jnp.block([[Q, A.T], [A, jnp.zeros((p, p), dtype)]])
+            kkt = jnp.block([[Q, A.T], [A, _vacuous_rows(A)]])
             d = jnp.linalg.solve(kkt, jnp.concatenate([-c, b]))
             sol = KKTSolution(d[:n], d[n:], jnp.zeros((0,), dtype))
             error = jnp.max(jnp.abs(kkt @ d - jnp.concatenate([-c, b])))
