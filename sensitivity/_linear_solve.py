@@ -362,9 +362,9 @@ def _failure_message(name, iterations, residual, tolerance, inconsistency, consi
         return (f"{name}: the factorization finished but the residual {residual:.1e} is above "
                 f"the tolerance {tolerance:.1e} (rhs norm {rhs_norm:.1e}), more than round-off "
                 f"allows: the matrix is singular or too ill-conditioned for its dtype (float32 "
-                f"keeps about 7 digits, float64 about 16). Solve in float64, add a ridge, pass nullspace=... for "
-                f"known zero modes, use solve_lstsq for the minimum-norm answer, or pass a "
-                f"looser tol")
+                f"keeps about 7 digits, float64 about 16). Solve in float64, add a ridge, "
+                f"pass nullspace=... for known zero modes, use solve_lstsq for the "
+                f"minimum-norm answer, or pass a looser tol")
     return (f"{name} did not converge in {iterations} iterations (residual {residual:.1e} "
             f"> tolerance {tolerance:.1e}); {hint}")
 

@@ -784,11 +784,11 @@ def solve_qp(
     Dense primal-dual interior point (Mehrotra predictor-corrector) on the full KKT system, with
     slacks ``s = h - G x >= 0`` and multipliers ``lam >= 0``; without inequalities, one solve
     of the KKT system ``[[Q, A^T], [A, 0]]``. ``Q`` must be positive semi-definite and the
-    problem feasible and bounded; ``A`` of full row rank. ``error`` is the largest of the
-    stationarity, equality and inequality residuals (max-norms) and the mean complementarity
-    ``s^T lam / m``. With ``polish`` the interior point's active set is then solved exactly
-    (OSQP's solution polishing): kept when feasible, it makes complementarity exact, which a
-    tight derivative needs.
+    problem feasible and bounded; ``A`` of full row rank (all-zero rows, ``0 = 0``, are
+    allowed). ``error`` is the largest of the stationarity, equality and inequality
+    residuals (max-norms) and the mean complementarity ``s^T lam / m``. With ``polish`` the
+    interior point's active set is then solved exactly (OSQP's solution polishing): kept when
+    feasible, it makes complementarity exact, which a tight derivative needs.
 
     Implicit differentiation: :func:`sensitivity.make_kkt_optimality_fun` (stationarity,
     primal feasibility, complementary slackness) in ``(x, nu, lam)``, with respect to

@@ -215,7 +215,8 @@ def test_linear_operator_closing_over_a_reverse_mode_value_raises_closure_error(
     with pytest.raises(sensitivity.ClosureError, match="matvec closes over"):
         jax.grad(lambda th: sensitivity.solve_cg(lambda v: th * v, b).sum())(2.0)
     # Forward mode through the solver is not refused (and is right: d/dth sum(b/th)).
-    got = jax.jacfwd(lambda th: sensitivity.solve_cg(lambda v: th * v, b, on_failure="nan").sum())(2.0)
+    forward = lambda th: sensitivity.solve_cg(lambda v: th * v, b, on_failure="nan").sum()  # noqa: E731
+    got = jax.jacfwd(forward)(2.0)
     np.testing.assert_allclose(got, -3 / 4.0, rtol=1e-8)
 
 
