@@ -500,3 +500,21 @@ def test_defaults_reach_an_optimality_function_that_spells_them_differently():
     decorated = idf.custom_root(F)(solver)
     got = jax.jacfwd(lambda lam: decorated(None, lam, X, y))(0.25)
     np.testing.assert_allclose(got, _ridge_dsol_dlam(0.5, X, y), rtol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_polyhedron_with_a_vacuous_equality_row(dtype):
+    # jaxopt's tests write "no equality" as A = [[0, 0]], b = [0]; the KKT system must not
+    # become singular. Reference: the same projection without the equality.
+    A, b = jnp.zeros((1, 2), dtype), jnp.zeros(1, dtype)
+    G = jnp.array([[-1, -1], [0, 1], [1, -1], [-1, 0], [0, -1]], dtype)
+    h = jnp.array([-1, 1, 1, 0, 0], dtype)
+    for x in ([0.0, 1.0], [2.0, 3.0], [-1.0, 0.2]):
+        x = jnp.asarray(x, dtype)
+        got = proj.projection_polyhedron(x, (A, b, G, h))
+        want = proj.projection_polyhedron(x, (None, None, G, h))
+        assert bool(jnp.all(jnp.isfinite(got)))
+        np.testing.assert_allclose(got, want, atol=1e-5 if dtype == jnp.float32 else 1e-10)
+    # on the face x2 = 1 the projection of (2, 3) is (2, 1): closed form
+    np.testing.assert_allclose(proj.projection_polyhedron(jnp.asarray([2.0, 3.0], dtype),
+                                                          (A, b, G, h)), [2.0, 1.0], atol=1e-5)
