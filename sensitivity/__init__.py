@@ -6,7 +6,10 @@ solver with :func:`custom_root` (or :func:`custom_fixed_point`), and ``jax.jvp``
 solution through the implicit function theorem (Blondel et al., "Efficient and Modular
 Implicit Differentiation", NeurIPS 2022) without unrolling the solver.
 
-The public API is what this module re-exports; every other module is private.
+The public API is what this module re-exports; every ``_``-prefixed module is private.
+jaxopt's module paths exist too (``sensitivity.implicit_diff``, ``sensitivity.linear_solve``,
+``sensitivity.prox``, ``sensitivity.projection``, ``sensitivity.tree_util``) with jaxopt's
+names and signatures, so jaxopt code ports by changing its import.
 """
 
 __version__ = "0.1.0"
@@ -25,6 +28,11 @@ from sensitivity._linear_solve import (  # noqa: E402
     solve_lu,
     solve_minres,
     solve_normal_cg,
+)
+from sensitivity._linear_solve_more import (  # noqa: E402
+    solve_inv,
+    solve_iterative_refinement,
+    solve_qr,
 )
 # --- factor once, solve many (sensitivity/_factorization.py) ---
 from sensitivity._factorization import SparseFactorization as SparseFactorization
@@ -85,6 +93,14 @@ from sensitivity._projection import (  # noqa: E402
     smat,
     svec,
 )
+from sensitivity._projection_more import (  # noqa: E402
+    kl_projection_birkhoff,
+    kl_projection_transport,
+    projection_birkhoff,
+    projection_l1_sphere,
+    projection_sparse_simplex,
+    projection_transport,
+)
 # --- solvers (sensitivity/_solvers.py) ---
 from sensitivity._solvers import (  # noqa: E402
     ConicSolution,
@@ -118,6 +134,9 @@ __all__ = [
     "solve_lu",
     "solve_minres",
     "solve_normal_cg",
+    "solve_inv",
+    "solve_iterative_refinement",
+    "solve_qr",
     "SparseFactorization",
     "factorize_sparse",
     "ClosureError",
@@ -166,6 +185,12 @@ __all__ = [
     "projection_simplex",
     "smat",
     "svec",
+    "kl_projection_birkhoff",
+    "kl_projection_transport",
+    "projection_birkhoff",
+    "projection_l1_sphere",
+    "projection_sparse_simplex",
+    "projection_transport",
     "ConicSolution",
     "SolverResult",
     "block_coordinate_descent",

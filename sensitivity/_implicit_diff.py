@@ -205,6 +205,7 @@ def root_jvp(
     def fun_of_sol(x):
         return optimality_fun(x, *args)
 
+    @_internal
     def matvec(u):
         return jax.jvp(fun_of_sol, (sol,), (u,))[1]
 
@@ -243,6 +244,7 @@ def root_vjp(
     args = _split_args(args)
     _, vjp_sol = jax.vjp(lambda x: optimality_fun(x, *args), sol)
 
+    @_internal
     def matvec_transposed(u):
         return vjp_sol(u)[0]
 
@@ -263,7 +265,14 @@ class ClosureError(TypeError):
     """A decorated solver or its optimality function closed over a differentiated value."""
 
 
-def _differentiated_tracers(fn: Callable, depth: int = 3) -> list:
+def _internal(fn: Callable) -> Callable:
+    """Mark an operator built by this engine: its closure holds primal values that may be
+    tracers of an enclosing transformation (a Hessian), legitimately."""
+    fn._sensitivity_internal = True
+    return fn
+
+
+def _differentiated_tracers(fn: Callable, depth: int = 3, kinds: tuple | None = None) -> list:
     """Values being differentiated that ``fn`` closes over (JVP or linearize tracers).
 
     Closing over constants, and over values traced only by ``jit`` or ``vmap``, is fine;
@@ -272,6 +281,10 @@ def _differentiated_tracers(fn: Callable, depth: int = 3) -> list:
     """
     from jax._src.interpreters import ad
 
+    if kinds is None:
+        kinds = (ad.JVPTracer, ad.LinearizeTracer)
+    if getattr(fn, "_sensitivity_internal", False):
+        return []
     found = []
     cells = []
     if isinstance(fn, functools.partial):
@@ -281,16 +294,44 @@ def _differentiated_tracers(fn: Callable, depth: int = 3) -> list:
     cells.extend(c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if _filled(c))
     for value in cells:
         if callable(value) and depth > 0 and not isinstance(value, jax.Array):
-            found.extend(_differentiated_tracers(value, depth - 1))
+            found.extend(_differentiated_tracers(value, depth - 1, kinds))
             continue
         try:
             leaves = jax.tree.leaves(value)
         except Exception:  # not a pytree: cannot hold a tracer we could see
             continue
-        found.extend(
-            leaf for leaf in leaves if isinstance(leaf, (ad.JVPTracer, ad.LinearizeTracer))
-        )
+        found.extend(leaf for leaf in leaves if isinstance(leaf, kinds))
     return found
+
+
+def check_operator_closure(name: str, **operators) -> None:
+    """Raise :class:`ClosureError` when a linear solver's operator (``matvec``, ``M``)
+    closes over a value that reverse mode is differentiating.
+
+    The solvers are ``while_loop`` programs that JAX cannot transpose, and the closed-over
+    value would otherwise surface as an internal error ("No constant handler for type
+    LinearizeTracer"). Forward mode through a solver (a ``JVPTracer`` in the closure) works
+    and is not refused.
+    """
+    from jax._src import core
+    from jax._src.interpreters import ad, partial_eval
+
+    # Inside jax.lax.custom_linear_solve (the documented way to differentiate a solve) the
+    # solver is traced to a jaxpr and only ever runs on primal values: a closed-over tracer
+    # is then a constant of that jaxpr, which is fine.
+    if isinstance(getattr(core.trace_ctx, "trace", None), partial_eval.DynamicJaxprTrace):
+        return
+    for what, op in operators.items():
+        if op is None or not callable(op):
+            continue
+        if _differentiated_tracers(op, kinds=(ad.LinearizeTracer,)):
+            raise ClosureError(
+                f"{name}: {what} closes over a value that reverse mode is differentiating; "
+                f"a linear solver is not differentiated through its iterations. Write the "
+                f"solve as jax.lax.custom_linear_solve(matvec, b, solve={name}) with the "
+                f"value as an explicit input of matvec, or obtain x through "
+                f"sensitivity.custom_root(lambda x, theta: A(theta) x - b, solve={name})"
+            )
 
 
 def _filled(cell) -> bool:
@@ -314,7 +355,98 @@ def _check_signature(reference_signature, solver_name, args, kwargs):
         ) from None
 
 
-def _implicit_solver(solver_fun, optimality_fun, solve, has_aux, kwarg_keys, symmetric):
+def _as_signature(reference) -> inspect.Signature:
+    """The signature of ``reference``: a :class:`inspect.Signature` or a callable.
+
+    As in jaxopt, an object with a ``subfun`` attribute (jaxopt's ``CompositeLinearFunction``)
+    stands for that function.
+    """
+    if isinstance(reference, inspect.Signature):
+        return reference
+    return inspect.signature(getattr(reference, "subfun", reference))
+
+
+def _signature_or_none(fn) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin or a callable object without one
+        return None
+
+
+def _bind_solver_call(solver_signature, reference_signature, args, kwargs):
+    """Normalize ``solver(*args, **kwargs)`` the way jaxopt does, before the JVP boundary.
+
+    The call is bound to the solver's own signature, so ``init_params`` may be passed by
+    keyword and every parameter that can be positional becomes positional. A default the
+    call leaves out is filled in when the optimality function names that parameter (so
+    ``F`` sees the same value the solver uses, and it is differentiated like any other
+    argument); defaults ``F`` does not take (``maxiter``, ``tol``) stay the solver's own.
+    Returns ``(args, kwargs)``.
+    """
+    if solver_signature is None:
+        return tuple(args), dict(kwargs)
+    try:
+        bound = solver_signature.bind(*args, **kwargs)
+    except TypeError:
+        return tuple(args), dict(kwargs)  # let the reference check say what is wrong
+    given = set(bound.arguments)
+    referenced = set(reference_signature.parameters)
+    bound.apply_defaults()
+    every_default = (tuple(bound.args), dict(bound.kwargs))
+    for name, param in solver_signature.parameters.items():
+        if name in given or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if name not in referenced:
+            del bound.arguments[name]
+    named_defaults = (tuple(bound.args), dict(bound.kwargs))
+    # F may spell its parameters differently from the solver: then, as in jaxopt, every
+    # default is passed on (by position) when that is what lets F's signature bind.
+    for candidate in (named_defaults, every_default):
+        try:
+            reference_signature.bind(*candidate[0], **candidate[1])
+        except TypeError:
+            continue
+        return candidate
+    return named_defaults
+
+
+def _call_optimality(optimality_fun, reference_signature, x, args, kwargs):
+    """``F(x, ...)`` with the solver's ``(init, *args, **kwargs)`` mapped to F's positions.
+
+    Keyword arguments that F's signature can take by position are passed by position
+    (jaxopt's rule, which lets ``F = jax.grad(f)`` receive them); the others (keyword-only
+    parameters, a catch-all ``**kwargs``) are passed by name.
+    """
+    try:
+        bound = reference_signature.bind(None, *args, **kwargs)
+    except TypeError:
+        return optimality_fun(x, *args, **kwargs)
+    return optimality_fun(x, *bound.args[1:], **bound.kwargs)
+
+
+def _with_first(out, first_fn, rest_fn):
+    """Map the first child of the top-level container ``out`` by ``first_fn``, the others
+    (each a pytree) by ``rest_fn``: the solver's ``(x*, aux)`` output keeps its own type,
+    a ``NamedTuple`` such as jaxopt's ``OptStep`` included."""
+    children, treedef = jax.tree_util.tree_flatten(out, is_leaf=lambda node: node is not out)
+    if not children:
+        raise TypeError(
+            f"has_aux=True needs the solver to return (solution, aux), got {type(out).__name__}"
+        )
+    return jax.tree_util.tree_unflatten(
+        treedef, [first_fn(children[0])] + [rest_fn(child) for child in children[1:]]
+    )
+
+
+def _first(out):
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    return jax.tree_util.tree_flatten(out, is_leaf=lambda node: node is not out)[0][0]
+
+
+def _implicit_solver(
+    solver_fun, optimality_fun, reference_signature, solve, has_aux, kwarg_keys, symmetric
+):
     """A ``custom_jvp`` version of ``solver_fun(init, *args, **kwargs)`` for fixed kwarg names."""
     n_kw = len(kwarg_keys)
 
@@ -331,13 +463,15 @@ def _implicit_solver(solver_fun, optimality_fun, solve, has_aux, kwarg_keys, sym
     @solver_flat.defjvp
     def solver_flat_jvp(primals, tangents):
         out = solver_flat(*primals)
-        sol = out[0] if has_aux else out
+        sol = _first(out) if has_aux else out
         # init_params (primals[0]) has no influence on x*, so its tangent is dropped.
         rest, rest_dot = primals[1:], tangents[1:]
 
         def fun(x, *flat_rest):
             positional, kwargs = unflatten((None,) + tuple(flat_rest))
-            return optimality_fun(x, *positional[1:], **kwargs)
+            return _call_optimality(
+                optimality_fun, reference_signature, x, positional[1:], kwargs
+            )
 
         def matvec(u):
             return jax.jvp(lambda x: fun(x, *rest), (sol,), (u,))[1]
@@ -352,13 +486,13 @@ def _implicit_solver(solver_fun, optimality_fun, solve, has_aux, kwarg_keys, sym
         _, unravel = ravel_pytree(sol)
 
         def on_trees(flat_op):
-            return lambda tree: unravel(flat_op(ravel_pytree(tree)[0]))
+            return _internal(lambda tree: unravel(flat_op(ravel_pytree(tree)[0])))
 
         def flat_solve_with(tree_solve):
             return lambda flat_op, b: ravel_pytree(tree_solve(on_trees(flat_op), unravel(b)))[0]
 
         flat_sol_dot = jax.lax.custom_linear_solve(
-            lambda u: ravel_pytree(matvec(unravel(u)))[0],
+            _internal(lambda u: ravel_pytree(matvec(unravel(u)))[0]),
             flat_rhs,
             solve=flat_solve_with(_instrumented(solve)),
             transpose_solve=flat_solve_with(_instrumented(_adjoint(solve))),
@@ -366,8 +500,8 @@ def _implicit_solver(solver_fun, optimality_fun, solve, has_aux, kwarg_keys, sym
         )
         sol_dot = unravel(flat_sol_dot)
         if has_aux:
-            aux_dot = jax.tree.map(_zero_tangent, out[1])
-            return out, (sol_dot, aux_dot)
+            zeros = functools.partial(jax.tree.map, _zero_tangent)
+            return out, _with_first(out, lambda _: sol_dot, zeros)
         return out, sol_dot
 
     return solver_flat
@@ -375,7 +509,7 @@ def _implicit_solver(solver_fun, optimality_fun, solve, has_aux, kwarg_keys, sym
 
 def _closure_message(name: str) -> str:
     return (
-        f"{name} or its optimality function closes over a value that is being "
+        f"{name}, its optimality function or its linear solve closes over a value that is being "
         f"differentiated; implicit differentiation only sees explicit arguments. "
         f"Pass that value as an argument: {name}(init, theta, ...) and F(x, theta, ...)"
     )
@@ -410,15 +544,27 @@ def custom_root(
 
     Args:
         optimality_fun: ``F(x, *args, **kwargs)`` returning a pytree like ``x``.
-        has_aux: the solver returns ``(x*, aux)``; ``aux`` gets a zero derivative.
+        has_aux: the solver returns ``(x*, aux)``, a tuple, list or ``NamedTuple`` (such
+            as jaxopt's ``OptStep(params, state)``) whose first entry is ``x*``; ``aux``
+            (the other entries, any pytrees) gets a zero derivative and the output keeps
+            its type.
         solve: the linear solver, ``solve(matvec, b)``; default :func:`solve_gmres`
             (``∂₁F`` is not symmetric in general), or :func:`solve_minres` when
             ``symmetric=True``. For a minimum (``F = ∇f``) use
             :func:`solve_cg`, or :func:`solve_minres` when the Hessian is singular or
             indefinite; set options with ``functools.partial``, e.g.
             ``partial(solve_cg, tol=1e-12, nullspace=basis, on_failure="nan")``.
-        reference_signature: the signature the solver's arguments are checked against
-            (default: ``optimality_fun``'s).
+        reference_signature: the signature the solver's arguments are mapped to
+            (default: ``optimality_fun``'s): an :class:`inspect.Signature` or a callable
+            (an object with a ``subfun`` attribute, such as jaxopt's
+            ``CompositeLinearFunction``, stands for that function). Give it when ``F``
+            takes a catch-all ``*args``/``**kwargs``.
+
+    Arguments are bound as jaxopt binds them: the call is first bound to the solver's
+    own signature (``init_params`` may be passed by keyword; defaults the call leaves
+    out are filled in when ``F`` names that parameter), then mapped to ``F``'s
+    signature, so a solver keyword argument reaches ``F`` by position wherever ``F``
+    can take it positionally (``F = jax.grad(f)`` works), and by name otherwise.
         symmetric: ``∂₁F`` is symmetric (e.g. a Hessian), so reverse mode reuses the
             forward linear operator instead of transposing it, and the default solver is
             MINRES.
@@ -434,26 +580,35 @@ def custom_root(
         ...     return jnp.linalg.solve(X.T @ X + lam * jnp.eye(X.shape[1]), X.T @ y)
     """
     solve = _default_solve(symmetric) if solve is None else solve
-    if reference_signature is None:
-        reference_signature = inspect.signature(optimality_fun)
-    elif not isinstance(reference_signature, inspect.Signature):
-        reference_signature = inspect.signature(reference_signature)
+    reference_signature = _as_signature(
+        optimality_fun if reference_signature is None else reference_signature
+    )
 
     def decorator(solver_fun: Callable) -> Callable:
         name = getattr(solver_fun, "__name__", "solver")
+        solver_signature = _signature_or_none(solver_fun)
         cache: dict = {}
 
         @functools.wraps(solver_fun)
         def wrapped(*args, **kwargs):
+            args, kwargs = _bind_solver_call(solver_signature, reference_signature, args, kwargs)
             if not args:
-                raise TypeError(f"{name} needs init_params as its first positional argument")
+                raise TypeError(
+                    f"{name} needs init_params, as its first argument or by its name in "
+                    f"{name}'s signature"
+                )
             _check_signature(reference_signature, name, args, kwargs)
-            if _differentiated_tracers(solver_fun) or _differentiated_tracers(optimality_fun):
+            if (
+                _differentiated_tracers(solver_fun)
+                or _differentiated_tracers(optimality_fun)
+                or _differentiated_tracers(solve)
+            ):
                 raise ClosureError(_closure_message(name))
             keys = tuple(kwargs)
             if keys not in cache:
                 cache[keys] = _implicit_solver(
-                    solver_fun, optimality_fun, solve, has_aux, keys, symmetric
+                    solver_fun, optimality_fun, reference_signature, solve, has_aux, keys,
+                    symmetric,
                 )
             try:
                 return cache[keys](*args, *(kwargs[k] for k in keys))
@@ -483,7 +638,7 @@ def custom_fixed_point(
         A decorator.
     """
     if reference_signature is None:
-        reference_signature = inspect.signature(fixed_point_fun)
+        reference_signature = _as_signature(fixed_point_fun)
 
     def optimality_fun(x, *args, **kwargs):
         return _tree_sub(fixed_point_fun(x, *args, **kwargs), x)

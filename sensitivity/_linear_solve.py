@@ -69,6 +69,7 @@ confirm.
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from typing import Any, Callable, NamedTuple
 
@@ -174,6 +175,9 @@ class _Problem:
     def __init__(self, name, matvec, b, ridge, init, M, nullspace, tol, atol,
                  consistency_tol, maxiter):
         self.name = name
+        from sensitivity._implicit_diff import check_operator_closure
+
+        check_operator_closure(name, matvec=matvec, M=M)
         b_flat, unravel = ravel_pytree(b)
         if not jnp.issubdtype(b_flat.dtype, jnp.inexact):
             b_flat = b_flat.astype(jnp.result_type(float))
@@ -202,6 +206,7 @@ class _Problem:
         self.A_orig = A_orig
 
         # tolerances
+        self.tol_defaulted = tol is None
         if tol is None:
             tol = _default_tol(self.dtype)
         self.tol = tol
@@ -326,8 +331,9 @@ _HINTS = {
                       "for a singular system pass nullspace=...",
     "solve_lu": "the matrix is singular or badly conditioned: pass nullspace=... for known "
                 "zero modes, add a ridge, or use solve_lstsq for the minimum-norm answer",
-    "solve_cholesky": "the matrix is not symmetric positive definite (or is singular): use "
-                      "solve_lu / solve_lstsq, add a ridge, or pass nullspace=...",
+    "solve_cholesky": "the Cholesky factorization failed, so the matrix is not symmetric "
+                      "positive definite (or is singular): use solve_lu / solve_lstsq, add a "
+                      "ridge, or pass nullspace=...",
     "solve_lstsq": "the system has no exact solution (the returned x is the minimum-norm "
                    "least-squares one): loosen tol, or pass nullspace=... for known zero "
                    "modes",
@@ -353,8 +359,12 @@ def _failure_message(name, iterations, residual, tolerance, inconsistency, consi
         return (f"{name} broke down: the residual is {residual} after {iterations} "
                 f"iterations (rhs norm {rhs_norm:.1e}); {hint}")
     if dense:
-        return (f"{name} did not meet the tolerance (residual {residual:.1e} > tolerance "
-                f"{tolerance:.1e}, rhs norm {rhs_norm:.1e}); {hint}")
+        return (f"{name}: the factorization finished but the residual {residual:.1e} is above "
+                f"the tolerance {tolerance:.1e} (rhs norm {rhs_norm:.1e}), more than round-off "
+                f"allows: the matrix is singular or too ill-conditioned for its dtype (float32 "
+                f"keeps about 7 digits, float64 about 16). Solve in float64, add a ridge, "
+                f"pass nullspace=... for known zero modes, use solve_lstsq for the "
+                f"minimum-norm answer, or pass a looser tol")
     return (f"{name} did not converge in {iterations} iterations (residual {residual:.1e} "
             f"> tolerance {tolerance:.1e}); {hint}")
 
@@ -381,24 +391,51 @@ def _report_host(name, policy, dense, stacklevel, converged, iterations, residua
     warnings.warn(msg, LinearSolveWarning, stacklevel=stacklevel)
 
 
+def _roundoff_tolerance(prob: _Problem, matrix_norm, x_flat):
+    """The acceptance threshold of a dense (direct) solve.
+
+    A backward-stable factorization returns ``x`` with ``||A x - b|| <= c n eps ||A|| ||x||``
+    whatever ``tol``; in float32 that exceeds ``tol * ||b||`` on a well-posed system with a
+    condition number of a few thousand. With the default ``tol`` a dense solve is therefore
+    accepted when
+
+        ||A x - b|| <= max(tol ||b||, atol, min(n eps ||A||_F ||x||, sqrt(eps) ||b||)),
+
+    i.e. when its normwise backward error is at the round-off level of the dtype; the cap
+    ``sqrt(eps) ||b||`` keeps a singular or numerically singular system (whose ``||x||``
+    blows up) reported. An explicit ``tol`` is used as given.
+    """
+    if not prob.tol_defaulted:
+        return prob.tol_abs
+    eps = float(jnp.finfo(prob.dtype).eps)
+    roundoff = prob.n * eps * matrix_norm * _norm(x_flat)
+    cap = math.sqrt(eps) * prob.bnorm
+    bound = jnp.minimum(roundoff, cap)
+    return jnp.maximum(prob.tol_abs, jnp.where(jnp.isfinite(bound), bound, 0.0))
+
+
 def _finish(prob: _Problem, x_flat, iterations, on_failure, full_output, r_proj=None,
-            dense=False):
+            dense=False, matrix_norm=None):
     """Project, recompute the residual, build the info, apply the failure policy.
 
     ``r_proj`` may be given when it is already ``b_proj - A_orig(x_flat)`` at a projected
-    ``x_flat`` (the iterative driver computes exactly that)."""
+    ``x_flat`` (the iterative driver computes exactly that). ``matrix_norm`` (dense solves)
+    switches on the round-off acceptance test of :func:`_roundoff_tolerance`."""
     if r_proj is None:
         x_flat = prob.P(x_flat)
         r_proj = prob.b_proj - prob.A_orig(x_flat)
     res = _norm(r_proj)
-    converged = (res <= prob.tol_abs) & prob.consistent
+    tol_abs = prob.tol_abs
+    if matrix_norm is not None:
+        tol_abs = _roundoff_tolerance(prob, matrix_norm, x_flat)
+    converged = (res <= tol_abs) & prob.consistent
     info = LinearSolveInfo(
         iterations=jnp.asarray(iterations, jnp.int32),
         residual_norm=res,
         rhs_norm=prob.bnorm,
         converged=converged,
         inconsistency=prob.inconsistency,
-        tolerance=prob.tol_abs,
+        tolerance=tol_abs,
     )
     x = prob.unravel(x_flat)
     x = _apply_policy(prob, x, info, on_failure, dense)
@@ -541,7 +578,7 @@ def solve_cg(matvec: Callable, b: Any, ridge=None, init=None, *, tol=None, atol=
 
 def solve_normal_cg(matvec: Callable, b: Any, ridge=None, init=None, *, tol=None,
                     atol=0.0, maxiter=None, M=None, nullspace=None, on_failure="raise",
-                    full_output=False, consistency_tol=None):
+                    full_output=False, consistency_tol=None, ridge_placement="operator"):
     """CG on the normal equations ``A^T A x = A^T b``, for a general square operator.
 
     ``A^T`` is obtained by :func:`jax.linear_transpose` of ``matvec`` (which must be
@@ -549,10 +586,33 @@ def solve_normal_cg(matvec: Callable, b: Any, ridge=None, init=None, *, tol=None
     every solver here), and the stopping test is on the residual of the original system,
     ``||b - A x||``, tracked by recurrence and recomputed at the end. One iteration is one
     ``A`` and one ``A^T`` product. ``M`` preconditions ``A^T A`` (symmetric positive
-    definite). Unlike jaxopt's ``solve_normal_cg`` (ridge on ``A^T A``), the operator must
-    be square (``matvec`` maps ``b``-shaped pytrees to ``b``-shaped pytrees).
+    definite).
+
+    jaxopt's behaviour is available with ``ridge_placement="normal"``: CG on
+    ``(A^T A + ridge I) x = A^T b`` (ridge on the normal operator, tolerance on the normal
+    residual). A non-square ``A`` (``matvec`` maps ``init``-shaped pytrees to ``b``-shaped
+    ones) also takes that route and needs ``init`` to know the shape of ``x``, as in jaxopt.
     """
     _check_policy(on_failure)
+    if ridge_placement not in ("operator", "normal"):
+        raise ValueError(
+            f"ridge_placement must be 'operator' ((A + ridge I) x = b) or 'normal' "
+            f"((A^T A + ridge I) x = A^T b, jaxopt's), got {ridge_placement!r}")
+    square = init is None or (
+        jax.tree_util.tree_structure(init) == jax.tree_util.tree_structure(b)
+        and all(jnp.shape(u) == jnp.shape(v)
+                for u, v in zip(jax.tree_util.tree_leaves(init), jax.tree_util.tree_leaves(b))))
+    if ridge_placement == "normal" or not square:
+        if not square and ridge is not None and ridge_placement == "operator":
+            raise ValueError("solve_normal_cg: a ridge on a non-square operator needs "
+                             "ridge_placement='normal' ((A^T A + ridge I) x = A^T b)")
+        like = b if init is None else init
+        At_lin = jax.linear_transpose(matvec, like)
+        At = lambda y: At_lin(y)[0]
+        return solve_cg(lambda x: At(matvec(x)), At(b), ridge=ridge, init=init, tol=tol,
+                        atol=atol, maxiter=maxiter, M=M, nullspace=nullspace,
+                        on_failure=on_failure, full_output=full_output,
+                        consistency_tol=consistency_tol)
     prob = _Problem("solve_normal_cg", matvec, b, ridge, init, M, nullspace, tol, atol,
                     consistency_tol, maxiter)
     A, Mp, tol_abs = prob.A, prob.precond, prob.tol_abs
@@ -856,7 +916,8 @@ def solve_lu(matvec: Callable, b: Any, ridge=None, init=None, *, tol=None, atol=
     prob, Amat = _dense_setup("solve_lu", matvec, b, ridge, nullspace, tol, atol,
                               consistency_tol)
     x = jnp.linalg.solve(_deflate(prob, Amat), prob.b_proj)
-    return _finish(prob, x, 0, on_failure, full_output, dense=True)
+    return _finish(prob, x, 0, on_failure, full_output, dense=True,
+                   matrix_norm=jnp.linalg.norm(Amat))
 
 
 def solve_cholesky(matvec: Callable, b: Any, ridge=None, init=None, *, tol=None,
@@ -876,7 +937,8 @@ def solve_cholesky(matvec: Callable, b: Any, ridge=None, init=None, *, tol=None,
     Ad = 0.5 * (Ad + Ad.T)
     cf = jax.scipy.linalg.cho_factor(Ad, lower=True)
     x = jax.scipy.linalg.cho_solve(cf, prob.b_proj)
-    return _finish(prob, x, 0, on_failure, full_output, dense=True)
+    return _finish(prob, x, 0, on_failure, full_output, dense=True,
+                   matrix_norm=jnp.linalg.norm(Amat))
 
 
 def solve_lstsq(matvec: Callable, b: Any, ridge=None, init=None, *, tol=None, atol=0.0,

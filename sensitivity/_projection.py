@@ -106,6 +106,7 @@ def projection_hypercube(x: Any, scale: float = 1.0) -> Any:
     Returns:
       A pytree like ``x``.
     """
+    scale = 1.0 if scale is None else scale
     return projection_box(x, (0.0, scale))
 
 
@@ -119,6 +120,7 @@ def projection_linf_ball(x: Any, max_value: float = 1.0) -> Any:
     Returns:
       A pytree like ``x``.
     """
+    max_value = 1.0 if max_value is None else max_value
     return projection_box(x, (-max_value, max_value))
 
 
@@ -128,14 +130,18 @@ def projection_linf_ball(x: Any, max_value: float = 1.0) -> Any:
 @jax.custom_jvp
 def _projection_simplex_flat(x: jax.Array, value: jax.Array) -> jax.Array:
     # Sort-based algorithm (Held et al. 1974; Condat 2016, algorithm 1): O(n log n).
+    # Shifted by max(x) first (the projection is shift invariant): the support test then
+    # compares numbers of the size of `value`, not of x, so it is exact for any finite
+    # magnitude (x = [1e9, 0] in float32 gives [1, 0]) and -inf entries get 0.
     n = x.shape[0]
+    x = x - jnp.max(x)
     mu = jnp.sort(x)[::-1]
     cumsum = jnp.cumsum(mu)
     ranks = jnp.arange(1, n + 1, dtype=x.dtype)
     # rho = number of coordinates in the support: largest k with mu_k > (cumsum_k - value)/k.
     rho = jnp.sum(mu * ranks > cumsum - value)
     tau = (cumsum[rho - 1] - value) / rho
-    return jnp.where(x > tau, x - tau, 0.0)
+    return jnp.where(x > tau, x - tau, 0.0).astype(x.dtype)
 
 
 @_projection_simplex_flat.defjvp
@@ -146,7 +152,8 @@ def _projection_simplex_flat_jvp(primals, tangents):
     support = (p > 0).astype(x.dtype)
     size = jnp.sum(support)
     # p_S = x_S - tau with tau = (sum_S x - value)/|S|, so dp_S = dx_S - (sum_S dx - dvalue)/|S|.
-    dtau = (jnp.vdot(support, dx) - dvalue) / size
+    dx = jnp.where(support > 0, dx, 0.0)  # a -inf entry's tangent never reaches p
+    dtau = (jnp.sum(dx) - dvalue) / size
     return p, support * (dx - dtau)
 
 
@@ -158,15 +165,20 @@ def projection_simplex(x: jax.Array, value: float = 1.0) -> jax.Array:
     ``J = diag(s) - s s^T / |S|`` (``s`` the indicator of the support ``S = {p_i > 0}``) and
     ``d p / d value = s / |S|``; it never differentiates through the sort.
 
+    Exact for any finite magnitude and for ``-inf`` entries (which get 0): the support is
+    found on ``x - max(x)``, so its test compares numbers of the size of ``value``.
+
     Args:
       x: array of any shape; the whole array is projected (``jax.vmap`` for row-wise).
-      value: positive total mass.
+      value: positive total mass (``None`` means 1, as in jaxopt).
 
     Returns:
       An array like ``x``.
     """
     x = jnp.asarray(x)
-    value = jnp.asarray(value, dtype=x.dtype)
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        x = x.astype(jnp.result_type(float))
+    value = jnp.asarray(1.0 if value is None else value, dtype=x.dtype)
     return _projection_simplex_flat(x.ravel(), value).reshape(x.shape)
 
 
@@ -189,20 +201,29 @@ def kl_projection_simplex(y: jax.Array, value: float = 1.0) -> jax.Array:
     return value * jax.nn.softmax(y.ravel()).reshape(y.shape)
 
 
-def projection_l1_ball(x: jax.Array, max_value: float = 1.0) -> jax.Array:
+def projection_l1_ball(
+    x: jax.Array, max_value: float = 1.0, *, on_boundary: str = "sphere"
+) -> jax.Array:
     """Projection onto the l1 ball ``{y : ||y||_1 <= max_value}``.
 
     Inside the ball it is the identity; outside, ``sign(x) * projection_simplex(|x|, max_value)``.
 
     Args:
       x: array to project (the whole array).
-      max_value: radius.
+      max_value: radius (``None`` means 1).
+      on_boundary: the JVP on the sphere ``||x||_1 = max_value``: ``"sphere"`` (default) the
+        projected one (the constraint is active, the Clarke element the rest of this module
+        uses); ``"identity"`` jaxopt's (the point is treated as inside).
 
     Returns:
-      An array like ``x``. On the sphere ``||x||_1 = max_value`` the JVP is the projected one.
+      An array like ``x``.
     """
+    if on_boundary not in ("sphere", "identity"):
+        raise ValueError(f"on_boundary must be 'sphere' or 'identity', got {on_boundary!r}")
     x = jnp.asarray(x)
-    inside = jnp.sum(jnp.abs(x)) < max_value
+    max_value = 1.0 if max_value is None else max_value
+    norm = jnp.sum(jnp.abs(x))
+    inside = norm < max_value if on_boundary == "sphere" else norm <= max_value
     outside = jnp.sign(x) * projection_simplex(jnp.abs(x), max_value)
     return jnp.where(inside, x, outside)
 
@@ -222,6 +243,7 @@ def projection_l2_ball(x: Any, max_value: float = 1.0) -> Any:
     Returns:
       A pytree like ``x``.
     """
+    max_value = 1.0 if max_value is None else max_value
     sq_norm = _tree_sq_norm(x)
     outside = sq_norm >= max_value**2
     safe_norm = jnp.sqrt(jnp.where(outside & (sq_norm > 0), sq_norm, 1.0))
@@ -243,6 +265,7 @@ def projection_l2_sphere(x: Any, value: float = 1.0) -> Any:
     Returns:
       A pytree like ``x``.
     """
+    value = 1.0 if value is None else value
     sq_norm = _tree_sq_norm(x)
     nonzero = sq_norm > 0
     factor = jnp.where(nonzero, value / jnp.sqrt(jnp.where(nonzero, sq_norm, 1.0)), 0.0)
@@ -255,37 +278,46 @@ def projection_l2_sphere(x: Any, value: float = 1.0) -> Any:
 # --------------------------------------------------------------------------- affine sets
 
 
-def projection_hyperplane(x: jax.Array, hyperparams: tuple[jax.Array, Any]) -> jax.Array:
+def _tree_vdot(a: Any, b: Any) -> jax.Array:
+    return sum(jnp.vdot(jnp.asarray(u), jnp.asarray(v)) for u, v in
+               zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def projection_hyperplane(x: Any, hyperparams: tuple[Any, Any]) -> Any:
     """Projection onto the hyperplane ``{y : <a, y> = b}``.
 
-    ``x - (<a, x> - b) / ||a||^2 * a``.
+    ``x - (<a, x> - b) / ||a||^2 * a``, with inner products over whole pytrees.
 
     Args:
-      x: array to project.
-      hyperparams: ``(a, b)``; ``a`` an array like ``x`` (non-zero), ``b`` a scalar.
+      x: array or pytree to project.
+      hyperparams: ``(a, b)``; ``a`` an array or pytree like ``x`` (non-zero), ``b`` a
+        scalar.
 
     Returns:
-      An array like ``x``.
+      A pytree like ``x``.
     """
     a, b = hyperparams
-    return x - (jnp.vdot(a, x) - b) / jnp.vdot(a, a) * a
+    step = (_tree_vdot(a, x) - b) / _tree_vdot(a, a)
+    return jax.tree.map(lambda u, v: u - step * v, x, a)
 
 
-def projection_halfspace(x: jax.Array, hyperparams: tuple[jax.Array, Any]) -> jax.Array:
+def projection_halfspace(x: Any, hyperparams: tuple[Any, Any]) -> Any:
     """Projection onto the halfspace ``{y : <a, y> <= b}``.
 
-    ``x - max(<a, x> - b, 0) / ||a||^2 * a``.
+    ``x - max(<a, x> - b, 0) / ||a||^2 * a``, with inner products over whole pytrees.
 
     Args:
-      x: array to project.
-      hyperparams: ``(a, b)``; ``a`` an array like ``x`` (non-zero), ``b`` a scalar.
+      x: array or pytree to project.
+      hyperparams: ``(a, b)``; ``a`` an array or pytree like ``x`` (non-zero), ``b`` a
+        scalar.
 
     Returns:
-      An array like ``x``. On the boundary the JVP is the hyperplane projection's.
+      A pytree like ``x``. On the boundary the JVP is the hyperplane projection's.
     """
     a, b = hyperparams
-    violation = jnp.vdot(a, x) - b
-    return x - jnp.where(violation >= 0, violation, 0.0) / jnp.vdot(a, a) * a
+    violation = _tree_vdot(a, x) - b
+    step = jnp.where(violation >= 0, violation, 0.0) / _tree_vdot(a, a)
+    return jax.tree.map(lambda u, v: u - step * v, x, a)
 
 
 def projection_affine_set(x: jax.Array, hyperparams: tuple[jax.Array, jax.Array]) -> jax.Array:
@@ -308,8 +340,9 @@ def projection_affine_set(x: jax.Array, hyperparams: tuple[jax.Array, jax.Array]
 def projection_polyhedron(
     x: jax.Array,
     hyperparams: tuple[jax.Array, jax.Array, jax.Array, jax.Array],
+    check_feasible: bool = False,
     *,
-    tol: float = 1e-10,
+    tol: float | None = None,
     maxiter: int = 100,
 ) -> jax.Array:
     """Projection onto the polyhedron ``{y : A y = b, G y <= h}``.
@@ -317,13 +350,18 @@ def projection_polyhedron(
     Solves the QP ``min 1/2 ||y - x||^2 s.t. A y = b, G y <= h`` with
     :func:`sensitivity.solve_qp` (primal-dual interior point), whose derivatives come from the
     implicit function theorem applied to the KKT conditions. Needs a non-empty polyhedron; at a
-    point where the QP has not converged (e.g. an empty polyhedron) the result is NaN.
+    point where the QP has not converged (e.g. an empty polyhedron) the result is NaN, unless
+    ``check_feasible`` asks for an error.
 
     Args:
       x: vector of shape ``(n,)``.
       hyperparams: ``(A, b, G, h)`` with shapes ``(p, n), (p,), (m, n), (m,)``; ``A, b`` may be
         ``None`` (no equality) and so may ``G, h`` (no inequality).
-      tol: interior-point tolerance.
+      check_feasible: raise ``ValueError`` when the QP does not converge (an empty polyhedron,
+        or too few iterations), as jaxopt does; needs concrete values (not under ``jit``).
+        Default ``False``: NaN, which works under every transformation.
+      tol: interior-point tolerance (default from the dtype and the data's scale, see
+        :func:`sensitivity.solve_qp`).
       maxiter: interior-point iteration limit.
 
     Returns:
@@ -334,7 +372,23 @@ def projection_polyhedron(
     A, b, G, h = hyperparams
     n = x.shape[0]
     result = solve_qp(jnp.eye(n, dtype=x.dtype), -x, A, b, G, h, tol=tol, maxiter=maxiter)
+    if check_feasible:
+        _require_concrete(result.converged, "projection_polyhedron")
+        if not bool(result.converged):
+            raise ValueError(
+                f"projection_polyhedron: the QP did not converge in {int(result.iterations)} "
+                f"iterations (KKT error {float(result.error):.1e}): the polyhedron "
+                f"{{A y = b, G y <= h}} is most likely empty; check A, b, G, h, or raise maxiter"
+            )
     return jnp.where(result.converged, result.params.primal, jnp.nan)
+
+
+def _require_concrete(value, name):
+    if isinstance(value, jax.core.Tracer):
+        raise ValueError(
+            f"{name}(check_feasible=True) needs concrete values to raise; under jit, vmap or "
+            f"autodiff pass check_feasible=False (the result is then NaN where infeasible)"
+        )
 
 
 def _box_section_root(tau, x, alpha, beta, w, c):
@@ -344,6 +398,7 @@ def _box_section_root(tau, x, alpha, beta, w, c):
 def projection_box_section(
     x: jax.Array,
     hyperparams: tuple[Any, Any, jax.Array, Any],
+    check_feasible: bool = False,
     *,
     tol: float = 1e-12,
     maxiter: int = 200,
@@ -359,6 +414,8 @@ def projection_box_section(
       x: vector of shape ``(n,)``.
       hyperparams: ``(alpha, beta, w, c)``; ``alpha, beta`` scalars or ``(n,)``, ``w`` of shape
         ``(n,)`` with positive entries, ``c`` a scalar.
+      check_feasible: raise ``ValueError`` unless ``<w, alpha> <= c <= <w, beta>`` (needs
+        concrete values, as in jaxopt).
       tol: bisection tolerance on ``tau`` (relative to the initial bracket).
       maxiter: bisection iterations (each halves the bracket).
 
@@ -371,6 +428,15 @@ def projection_box_section(
     alpha, beta, w, c = hyperparams
     alpha = jnp.broadcast_to(jnp.asarray(alpha, x.dtype), x.shape)
     beta = jnp.broadcast_to(jnp.asarray(beta, x.dtype), x.shape)
+    if check_feasible:
+        low, high = jnp.vdot(w, alpha), jnp.vdot(w, beta)
+        _require_concrete(low - high + c, "projection_box_section")
+        if not float(low) <= float(c):
+            raise ValueError(f"projection_box_section: the set is empty, <w, alpha> = "
+                             f"{float(low):.6g} > c = {float(c):.6g}; lower alpha or raise c")
+        if not float(high) >= float(c):
+            raise ValueError(f"projection_box_section: the set is empty, <w, beta> = "
+                             f"{float(high):.6g} < c = {float(c):.6g}; raise beta or lower c")
 
     @custom_root(_box_section_root, solve=solve_lu)
     def solve_tau(tau_init, x, alpha, beta, w, c):

@@ -1,6 +1,7 @@
 """Proximal operators.
 
-Every operator has the signature ``prox(x, hyperparams=None, scaling=1.0)`` and returns
+Every operator has the signature ``prox(x, hyperparams=None, scaling=1.0)`` (``None``
+meaning the documented default strength, 1, as in jaxopt) and returns
 
     prox_{scaling * g}(x) = argmin_y  1/2 ||y - x||^2 + scaling * g(y, hyperparams),
 
@@ -71,7 +72,7 @@ def prox_none(x: Any, hyperparams: Any = None, scaling: float = 1.0) -> Any:
     return x
 
 
-def prox_lasso(x: Any, l1reg: Any = 1.0, scaling: float = 1.0) -> Any:
+def prox_lasso(x: Any, l1reg: Any = None, scaling: float = 1.0) -> Any:
     r"""Proximal operator of the l1 norm (soft thresholding).
 
     ``argmin_y 1/2 ||y - x||^2 + scaling * l1reg * ||y||_1``, i.e.
@@ -86,10 +87,11 @@ def prox_lasso(x: Any, l1reg: Any = 1.0, scaling: float = 1.0) -> Any:
     Returns:
       A pytree like ``x``. JVP convention at ``|x_i| = scaling * l1reg``: zero.
     """
+    l1reg = 1.0 if l1reg is None else l1reg
     return _map_with_hyperparams(lambda u, lam: _soft_threshold(u, scaling * lam), x, l1reg)
 
 
-def prox_non_negative_lasso(x: Any, l1reg: Any = 1.0, scaling: float = 1.0) -> Any:
+def prox_non_negative_lasso(x: Any, l1reg: Any = None, scaling: float = 1.0) -> Any:
     r"""Proximal operator of ``l1reg * ||y||_1 + indicator(y >= 0)``.
 
     ``argmin_{y >= 0} 1/2 ||y - x||^2 + scaling * l1reg * sum(y)`` =
@@ -104,6 +106,8 @@ def prox_non_negative_lasso(x: Any, l1reg: Any = 1.0, scaling: float = 1.0) -> A
       A pytree like ``x``. JVP convention at ``x_i = scaling * l1reg``: zero.
     """
 
+    l1reg = 1.0 if l1reg is None else l1reg
+
     def fn(u, lam):
         shifted = u - scaling * lam
         return jnp.where(shifted > 0, shifted, 0.0)
@@ -112,7 +116,7 @@ def prox_non_negative_lasso(x: Any, l1reg: Any = 1.0, scaling: float = 1.0) -> A
 
 
 def prox_elastic_net(
-    x: Any, hyperparams: tuple[Any, Any] = (1.0, 1.0), scaling: float = 1.0
+    x: Any, hyperparams: tuple[Any, Any] | None = None, scaling: float = 1.0
 ) -> Any:
     r"""Proximal operator of the elastic net penalty.
 
@@ -126,13 +130,14 @@ def prox_elastic_net(
 
     Args:
       x: input pytree.
-      hyperparams: pair ``(l1reg, l2reg)`` of scalars or pytrees like ``x``.
+      hyperparams: pair ``(l1reg, l2reg)`` of scalars or pytrees like ``x`` (``None``
+        means ``(1, 1)``).
       scaling: step size multiplying the penalty.
 
     Returns:
       A pytree like ``x``. JVP convention at ``|x_i| = scaling * l1reg``: zero.
     """
-    l1reg, l2reg = hyperparams
+    l1reg, l2reg = (1.0, 1.0) if hyperparams is None else hyperparams
     soft = _map_with_hyperparams(lambda u, lam: _soft_threshold(u, scaling * lam), x, l1reg)
     return _map_with_hyperparams(lambda u, gam: u / (1.0 + scaling * gam), soft, l2reg)
 
@@ -156,6 +161,7 @@ def prox_group_lasso(x: Any, l2reg: Any = 1.0, scaling: float = 1.0) -> Any:
       A pytree like ``x``. At ``||x|| <= scaling * l2reg`` (including ``x = 0``) the output is 0
       and so is the JVP; no NaN is produced.
     """
+    l2reg = 1.0 if l2reg is None else l2reg
     sq_norm = _tree_l2_norm_squared(x)
     active = sq_norm > (scaling * l2reg) ** 2
     # Double-where: the norm is never evaluated at 0 on the branch that is differentiated.
@@ -164,7 +170,7 @@ def prox_group_lasso(x: Any, l2reg: Any = 1.0, scaling: float = 1.0) -> Any:
     return jax.tree.map(lambda u: factor * u, x)
 
 
-def prox_ridge(x: Any, l2reg: Any = 1.0, scaling: float = 1.0) -> Any:
+def prox_ridge(x: Any, l2reg: Any = None, scaling: float = 1.0) -> Any:
     r"""Proximal operator of the squared l2 norm.
 
     ``argmin_y 1/2 ||y - x||^2 + scaling * l2reg / 2 * ||y||^2`` = ``x / (1 + scaling * l2reg)``.
@@ -177,10 +183,11 @@ def prox_ridge(x: Any, l2reg: Any = 1.0, scaling: float = 1.0) -> Any:
     Returns:
       A pytree like ``x``.
     """
+    l2reg = 1.0 if l2reg is None else l2reg
     return _map_with_hyperparams(lambda u, gam: u / (1.0 + scaling * gam), x, l2reg)
 
 
-def prox_non_negative_ridge(x: Any, l2reg: Any = 1.0, scaling: float = 1.0) -> Any:
+def prox_non_negative_ridge(x: Any, l2reg: Any = None, scaling: float = 1.0) -> Any:
     r"""Proximal operator of ``l2reg / 2 * ||y||^2 + indicator(y >= 0)``.
 
     ``argmin_{y >= 0} 1/2 ||y - x||^2 + scaling * l2reg / 2 * ||y||^2`` =
@@ -194,6 +201,7 @@ def prox_non_negative_ridge(x: Any, l2reg: Any = 1.0, scaling: float = 1.0) -> A
     Returns:
       A pytree like ``x``. JVP convention at ``x_i = 0``: zero.
     """
+    l2reg = 1.0 if l2reg is None else l2reg
     return _map_with_hyperparams(
         lambda u, gam: jnp.where(u > 0, u, 0.0) / (1.0 + scaling * gam), x, l2reg
     )
@@ -202,7 +210,9 @@ def prox_non_negative_ridge(x: Any, l2reg: Any = 1.0, scaling: float = 1.0) -> A
 def make_prox_from_projection(projection: Callable) -> Callable:
     """Turns a projection onto a convex set C into the prox of C's indicator function.
 
-    ``prox_{scaling * indicator_C}(x) = projection(x, hyperparams)`` whatever the scaling.
+    ``prox_{scaling * indicator_C}(x) = projection(x, hyperparams)`` whatever the scaling;
+    with ``hyperparams=None`` the projection is called as ``projection(x)``, so its own
+    default applies (``make_prox_from_projection(projection_simplex)(x)`` works).
 
     Args:
       projection: ``projection(x, hyperparams) -> x_projected``.
@@ -213,6 +223,8 @@ def make_prox_from_projection(projection: Callable) -> Callable:
 
     def prox(x, hyperparams=None, scaling=1.0):
         del scaling
+        if hyperparams is None:
+            return projection(x)
         return projection(x, hyperparams)
 
     prox.__name__ = f"prox_from_{getattr(projection, '__name__', 'projection')}"

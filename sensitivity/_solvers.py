@@ -662,11 +662,20 @@ def _qp_ineq(x, params_ineq):
 _qp_kkt = make_kkt_optimality_fun(_qp_objective, _qp_eq, _qp_ineq)
 
 
+def _vacuous_rows(A):
+    """``diag(1)`` at the all-zero rows of ``A`` (the constraint ``0 = b_i``, vacuous when
+    ``b_i = 0``), ``0`` elsewhere: added to the KKT system's equality-dual block it pins
+    those multipliers to 0 instead of leaving the KKT matrix singular (jaxopt's tests write
+    "no equality" as ``A = [[0, 0]], b = [0]``). Exactly zero for a full-rank ``A``."""
+    return jnp.diag((jnp.max(jnp.abs(A), axis=1, initial=0.0) == 0).astype(A.dtype))
+
+
 def _qp_interior_point(Q, c, A, b, G, h, tol, maxiter):
     """Mehrotra predictor-corrector primal-dual interior point on the full KKT system."""
     n, p, m = c.shape[0], b.shape[0], h.shape[0]
     dtype = c.dtype
     zeros = functools.partial(jnp.zeros, dtype=dtype)
+    vacuous = _vacuous_rows(A)
 
     def residuals(x, nu, lam, s):
         rd = Q @ x + c + A.T @ nu + G.T @ lam
@@ -680,7 +689,7 @@ def _qp_interior_point(Q, c, A, b, G, h, tol, maxiter):
         kkt = jnp.block(
             [
                 [Q, A.T, G.T, zeros((n, m))],
-                [A, zeros((p, p)), zeros((p, m)), zeros((p, m))],
+                [A, vacuous, zeros((p, m)), zeros((p, m))],
                 [G, zeros((m, p)), zeros((m, m)), jnp.eye(m, dtype=dtype)],
                 [zeros((m, n)), zeros((m, p)), jnp.diag(s), jnp.diag(lam)],
             ]
@@ -734,7 +743,7 @@ def _qp_polish(Q, c, A, b, G, h, x, nu, lam, s, error):
     kkt = jnp.block(
         [
             [Q, A.T, G.T],
-            [A, jnp.zeros((p, p), dtype), jnp.zeros((p, m), dtype)],
+            [A, _vacuous_rows(A), jnp.zeros((p, m), dtype)],
             [active[:, None] * G, jnp.zeros((m, p), dtype), jnp.diag(1.0 - active)],
         ]
     )
@@ -764,7 +773,7 @@ def solve_qp(
     G: jax.Array | None = None,
     h: jax.Array | None = None,
     *,
-    tol: float = 1e-10,
+    tol: float | None = None,
     maxiter: int = 100,
     polish: bool = True,
     implicit_diff: bool = True,
@@ -775,11 +784,11 @@ def solve_qp(
     Dense primal-dual interior point (Mehrotra predictor-corrector) on the full KKT system, with
     slacks ``s = h - G x >= 0`` and multipliers ``lam >= 0``; without inequalities, one solve
     of the KKT system ``[[Q, A^T], [A, 0]]``. ``Q`` must be positive semi-definite and the
-    problem feasible and bounded; ``A`` of full row rank. ``error`` is the largest of the
-    stationarity, equality and inequality residuals (max-norms) and the mean complementarity
-    ``s^T lam / m``. With ``polish`` the interior point's active set is then solved exactly
-    (OSQP's solution polishing): kept when feasible, it makes complementarity exact, which a
-    tight derivative needs.
+    problem feasible and bounded; ``A`` of full row rank (all-zero rows, ``0 = 0``, are
+    allowed). ``error`` is the largest of the stationarity, equality and inequality
+    residuals (max-norms) and the mean complementarity ``s^T lam / m``. With ``polish`` the
+    interior point's active set is then solved exactly (OSQP's solution polishing): kept when
+    feasible, it makes complementarity exact, which a tight derivative needs.
 
     Implicit differentiation: :func:`sensitivity.make_kkt_optimality_fun` (stationarity,
     primal feasibility, complementary slackness) in ``(x, nu, lam)``, with respect to
@@ -791,7 +800,11 @@ def solve_qp(
       c: ``(n,)``.
       A, b: equality constraints ``(p, n)``, ``(p,)``, or None.
       G, h: inequality constraints ``(m, n)``, ``(m,)``, or None.
-      tol: tolerance on ``error``.
+      tol: tolerance on ``error`` (absolute). Default: ``max(1e-10, 1000 eps) * max(1, s)``
+        with ``eps`` the dtype's machine epsilon and ``s`` the largest magnitude in
+        ``Q, c, A, b, G, h``: ``1e-10`` for unit-scale float64 data, about ``1.2e-4 s`` in
+        float32, where the KKT residuals cannot go below a few ulps of the data (a fixed
+        ``1e-10`` would never be met and every float32 QP would report failure).
       maxiter: interior-point iteration limit (each iteration solves the KKT system twice).
       polish: refine with the KKT system of the identified active set.
       implicit_diff: decorate with implicit differentiation.
@@ -811,21 +824,31 @@ def solve_qp(
     G = jnp.zeros((0, n), dtype) if G is None else jnp.asarray(G, dtype)
     h = jnp.zeros((0,), dtype) if h is None else jnp.asarray(h, dtype)
     p, m = b.shape[0], h.shape[0]
+    Q = jnp.asarray(Q, dtype)
+    c = c.astype(dtype)
+
+    def tolerance(Q, c, A, b, G, h):
+        if tol is not None:
+            return tol
+        floor = max(1e-10, 1000.0 * float(jnp.finfo(dtype).eps))
+        scale = jnp.max(jnp.stack([jnp.max(jnp.abs(v), initial=0.0) for v in (Q, c, A, b, G, h)]))
+        return floor * jnp.maximum(1.0, jax.lax.stop_gradient(scale))
 
     def run(init, params_obj, params_eq, params_ineq):
         del init
         Q, c = params_obj
         A, b = params_eq
         G, h = params_ineq
+        tol_run = tolerance(Q, c, A, b, G, h)
         if m == 0:
-            kkt = jnp.block([[Q, A.T], [A, jnp.zeros((p, p), dtype)]])
+            kkt = jnp.block([[Q, A.T], [A, _vacuous_rows(A)]])
             d = jnp.linalg.solve(kkt, jnp.concatenate([-c, b]))
             sol = KKTSolution(d[:n], d[n:], jnp.zeros((0,), dtype))
             error = jnp.max(jnp.abs(kkt @ d - jnp.concatenate([-c, b])))
             return sol, (jnp.asarray(1), error)
-        update = _qp_interior_point(Q, c, A, b, G, h, tol, maxiter)
+        update = _qp_interior_point(Q, c, A, b, G, h, tol_run, maxiter)
         start = (jnp.zeros(n, dtype), jnp.zeros(p, dtype), jnp.ones(m, dtype), jnp.ones(m, dtype))
-        (x, nu, lam, s), error, iterations = _iterate(update, start, tol, maxiter, False)
+        (x, nu, lam, s), error, iterations = _iterate(update, start, tol_run, maxiter, False)
         if polish:
             x, nu, lam, error = _qp_polish(Q, c, A, b, G, h, x, nu, lam, s, error)
         return KKTSolution(x, nu, lam), (iterations, error)
@@ -835,7 +858,7 @@ def solve_qp(
             solve = _default_solve("solve_lu")
         run = _finish(run, _qp_kkt, False, True, solve)
     init = KKTSolution(jnp.zeros(n, dtype), jnp.zeros(p, dtype), jnp.zeros(m, dtype))
-    return _result(run(init, (Q, c), (A, b), (G, h)), tol)
+    return _result(run(init, (Q, c), (A, b), (G, h)), tolerance(Q, c, A, b, G, h))
 
 
 # --------------------------------------------------------------------------- conic programs
