@@ -275,6 +275,7 @@ def test_inspect_errors(tmp_path: Path):
     assert len(packing.output.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_plot_redraws_the_figures(tmp_path: Path):
     path = fake_result(tmp_path / "run" / "sensitivity.h5")
     result = invoke(["plot", path, "-o", tmp_path / "figs"])
@@ -337,6 +338,7 @@ def sweep_config(folder: Path, packings: Path, extra: str = "") -> Path:
     )
 
 
+@pytest.mark.slow
 def test_run_writes_result_config_and_plots_then_skips(tmp_path: Path, packings: Path):
     config = write_config(
         tmp_path,
@@ -382,6 +384,7 @@ def test_run_writes_result_config_and_plots_then_skips(tmp_path: Path, packings:
     assert same.exit_code == 0 and "skipped, complete result exists" in same.output
 
 
+@pytest.mark.slow
 def test_sweep_interrupted_then_resumed_then_collected(tmp_path: Path, packings: Path, monkeypatch):
     import systems.pipeline
 
@@ -436,6 +439,7 @@ def test_sweep_interrupted_then_resumed_then_collected(tmp_path: Path, packings:
         assert list(f["table/potential.alpha"][()]) == [2.0, 2.5, 2.0, 2.5]
 
 
+@pytest.mark.slow
 def test_collect_lists_missing_tasks(tmp_path: Path, packings: Path):
     config = sweep_config(tmp_path, packings)
     result = invoke(["run", config, "--task-index", 1])
@@ -448,6 +452,7 @@ def test_collect_lists_missing_tasks(tmp_path: Path, packings: Path):
         assert [r["status"] for r in csv.DictReader(stream)] == ["missing", "ok", "missing", "missing"]
 
 
+@pytest.mark.slow
 def test_slurm_array_task_id_selects_the_task(tmp_path: Path, packings: Path, monkeypatch):
     config = sweep_config(tmp_path, packings)
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
@@ -496,6 +501,7 @@ def test_input_errors_from_the_systems_layer_are_one_line(tmp_path: Path, packin
     assert "species" in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_check_audits_against_finite_differences(tmp_path: Path, packings: Path):
     config = write_config(
         tmp_path,
@@ -513,6 +519,7 @@ def test_check_audits_against_finite_differences(tmp_path: Path, packings: Path)
     assert "finite-difference audit failed for task(s) 0" in strict.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_run_cleanly(tmp_path: Path, packings: Path):
     """A real SIGTERM (what Slurm sends at the time limit) to a run that would never end."""
     config = write_config(

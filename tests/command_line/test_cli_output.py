@@ -31,6 +31,7 @@ def one_json_object(text: str) -> dict:
     return payload
 
 
+@pytest.mark.slow
 def test_run_json_then_skipped_json(tmp_path: Path, packing: Path):
     from systems import read_result
 
@@ -130,6 +131,7 @@ def test_the_log_shows_the_compile_stage():
     assert len(stream.getvalue().splitlines()) == 4
 
 
+@pytest.mark.slow
 def test_plot_formats_and_options(tmp_path: Path):
     path = fake_result(tmp_path / "run" / "sensitivity.h5")
     result = invoke(["plot", path, "-o", tmp_path / "figs", "--format", "pdf", "--dpi", 72,

@@ -26,12 +26,14 @@ def _run(name, tmp_path, *extra):
     return result
 
 
+@pytest.mark.slow
 def test_ridge_regression(tmp_path):
     r = _run("ridge_regression", tmp_path)
     assert r["max_relative_jacobian_error"] < 1e-8
     assert r["max_relative_hypergradient_fd_error"] < 1e-5
 
 
+@pytest.mark.slow
 def test_jacobian_precision(tmp_path):
     r = _run("jacobian_precision", tmp_path)
     for method in ("gradient_descent", "proximal_gradient"):
@@ -45,6 +47,7 @@ def test_jacobian_precision(tmp_path):
             assert row["bound"] >= row["implicit"]
 
 
+@pytest.mark.slow
 def test_dataset_distillation(tmp_path):
     r = _run("dataset_distillation", tmp_path)
     assert r["test_accuracy"] > 0.6  # chance is 0.1
@@ -52,6 +55,7 @@ def test_dataset_distillation(tmp_path):
     assert r["time_implicit"] > 0 and r["time_unrolled"] > 0
 
 
+@pytest.mark.slow
 def test_svm_hyperparameters(tmp_path):
     r = _run("svm_hyperparameters", tmp_path)
     assert r["val_loss_last"] < r["val_loss_first"]
@@ -62,6 +66,7 @@ def test_svm_hyperparameters(tmp_path):
     assert r["hypergradient_mirror"] == pytest.approx(r["hypergradient_fd"], rel=5e-2)
 
 
+@pytest.mark.slow
 def test_dictionary_learning(tmp_path):
     r = _run("dictionary_learning", tmp_path)
     assert 0.9 < r["test_auc"] <= 1.0
@@ -70,6 +75,7 @@ def test_dictionary_learning(tmp_path):
     assert r["loss_last"] < r["loss_first"]
 
 
+@pytest.mark.slow
 def test_packing_sensitivity(tmp_path):
     pytest.importorskip("jax_md")
     r = _run("packing_sensitivity", tmp_path, "--n", "32", "--no-audit")

@@ -238,6 +238,7 @@ def test_coincident_pairs_against_brute_force():
 # --- 3. resume trusts only complete, converged, current results -------------------------------
 
 
+@pytest.mark.slow
 def test_resume_recomputes_what_is_not_done(tmp_path, packing):
     from systems import random_packing, write_packing
 
@@ -273,6 +274,7 @@ def test_resume_recomputes_what_is_not_done(tmp_path, packing):
     assert kept.exit_code == 0 and "kept by --keep-failed" in kept.output
 
 
+@pytest.mark.slow
 def test_two_runs_into_one_folder(tmp_path, packing):
     from systems.tasks import lock_task
 
@@ -288,6 +290,7 @@ def test_two_runs_into_one_folder(tmp_path, packing):
     assert invoke(["run", config]).exit_code == 0
 
 
+@pytest.mark.slow
 def test_only_our_own_temporaries_are_removed(tmp_path, packing):
     config = config_for(tmp_path, packing)
     out = tmp_path / "out"

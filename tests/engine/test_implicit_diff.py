@@ -35,6 +35,7 @@ def ridge_solver(init, lam, X, y):
 
 
 @pytest.mark.parametrize("jac", [jax.jacfwd, jax.jacrev], ids=["jacfwd", "jacrev"])
+@pytest.mark.slow
 def test_ridge_jacobian_matches_closed_form(jac):
     lam = 3.0
     got = jac(ridge_solver, argnums=1)(None, lam, X, Y)
@@ -42,6 +43,7 @@ def test_ridge_jacobian_matches_closed_form(jac):
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_ridge_jacobian_wrt_data_matches_closed_form():
     lam = 1.5
     got = jax.jacrev(ridge_solver, argnums=2)(None, lam, X, Y)
@@ -49,6 +51,7 @@ def test_ridge_jacobian_wrt_data_matches_closed_form():
     np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-11)
 
 
+@pytest.mark.slow
 def test_jvp_and_vjp_agree_with_closed_form():
     lam, dlam = 2.0, 0.7
     _, tangent = jax.jvp(lambda l: ridge_solver(None, l, X, Y), (lam,), (dlam,))
@@ -60,6 +63,7 @@ def test_jvp_and_vjp_agree_with_closed_form():
     np.testing.assert_allclose(vjp(cot)[0], vjp_want(cot)[0], rtol=1e-9)
 
 
+@pytest.mark.slow
 def test_kwargs_are_differentiated():
     lam = 3.0
     got = jax.jacrev(lambda l: ridge_solver(None, lam=l, X=X, y=Y))(lam)
@@ -69,6 +73,7 @@ def test_kwargs_are_differentiated():
     np.testing.assert_allclose(got_y, want_y, rtol=1e-8, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_vmap_over_theta_under_jit():
     lams = jnp.array([0.5, 1.0, 4.0])
     got = jax.jit(jax.vmap(jax.jacfwd(ridge_solver, argnums=1), (None, 0, None, None)))(
@@ -78,6 +83,7 @@ def test_vmap_over_theta_under_jit():
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_hessian_through_solver_matches_finite_differences_of_gradient():
     def outer(lam):
         w = ridge_solver(None, lam, X, Y)
@@ -118,6 +124,7 @@ def logistic_solver(init, lam, X, labels):
 
 
 @pytest.mark.parametrize("jac", [jax.jacfwd, jax.jacrev], ids=["jacfwd", "jacrev"])
+@pytest.mark.slow
 def test_logistic_regression_matches_central_differences(jac):
     lam, h = 0.8, 1e-5
     got = jac(logistic_solver, argnums=1)(None, lam, X, LABELS)
@@ -151,6 +158,7 @@ def fixed_point_solver(init, theta):
 
 
 @pytest.mark.parametrize("jac", [jax.jacfwd, jax.jacrev], ids=["jacfwd", "jacrev"])
+@pytest.mark.slow
 def test_fixed_point_matches_central_differences(jac):
     theta = jnp.asarray(RNG.normal(size=5))
     got = jac(fixed_point_solver, argnums=1)(jnp.zeros(5), theta)
@@ -191,6 +199,7 @@ def pytree_solver(init, hyper):
 
 
 @pytest.mark.parametrize("jac", [jax.jacfwd, jax.jacrev], ids=["jacfwd", "jacrev"])
+@pytest.mark.slow
 def test_pytree_solution_and_hyperparameters(jac):
     hyper = {"lam": jnp.asarray(1.3), "mu": jnp.asarray(0.4)}
     init = {"w": jnp.zeros(6), "b": jnp.asarray(0.0)}
@@ -201,6 +210,7 @@ def test_pytree_solution_and_hyperparameters(jac):
             np.testing.assert_allclose(got[key_out][key_in], want[key_out][key_in], rtol=1e-8, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_aux_output_passes_through_and_init_gets_zero_derivative():
     hyper = {"lam": jnp.asarray(1.3), "mu": jnp.asarray(0.4)}
     init = {"w": jnp.ones(6), "b": jnp.asarray(2.0)}
@@ -214,6 +224,7 @@ def test_aux_output_passes_through_and_init_gets_zero_derivative():
 # --- the lower-level API and the reports ---
 
 
+@pytest.mark.slow
 def test_root_jvp_and_root_vjp_with_reports():
     lam = 2.0
     sol = ridge_closed_form(lam)
@@ -235,6 +246,7 @@ def test_record_solves_reports_every_solve_inside_transformations():
     assert all(float(np.max(r.residual_norm)) <= 1e-8 for r in reports)
 
 
+@pytest.mark.slow
 def test_unconverged_backward_solve_is_never_silent():
     starved = partial(sn.solve_cg, maxiter=1, tol=1e-14)
 
@@ -298,6 +310,7 @@ def _spring_reference(rest):
 
 
 @pytest.mark.parametrize("solver", ["cg", "minres", "gmres", "lstsq"])
+@pytest.mark.slow
 def test_singular_spring_chain_with_nullspace_both_modes(solver):
     solve = partial(sn.get_solver(solver), tol=1e-12, nullspace=TRANSLATION)
 
@@ -316,6 +329,7 @@ def test_singular_spring_chain_with_nullspace_both_modes(solver):
     np.testing.assert_allclose(grad, want.T @ np.asarray(cot), atol=1e-9)
 
 
+@pytest.mark.slow
 def test_same_jacobian_as_jaxopt_on_the_same_problem():
     jaxopt = pytest.importorskip("jaxopt")
 
@@ -337,6 +351,7 @@ def test_same_jacobian_as_jaxopt_on_the_same_problem():
         jax.jacfwd(jaxopt_ridge, argnums=1)(None, lam, X, Y)
 
 
+@pytest.mark.slow
 def test_reverse_mode_when_a_block_of_F_does_not_depend_on_theta():
     # Equality-constrained least squares, KKT residuals (∇L, A x - b): the second block
     # ignores y, so its part of ∂₂F·dy is a constant zero (custom_linear_solve cannot
@@ -362,6 +377,7 @@ def test_reverse_mode_when_a_block_of_F_does_not_depend_on_theta():
     np.testing.assert_allclose(got, jax.jacfwd(lambda y: dense_kkt(y)[0])(Y), rtol=1e-8, atol=1e-11)
 
 
+@pytest.mark.slow
 def test_symmetric_default_is_minres_and_handles_an_indefinite_jacobian():
     # F = ∇f at a saddle point of f(x, θ) = ½ xᵀ D x - θᵀx with D indefinite: GMRES would do,
     # but the symmetric default must also get it right.

@@ -57,6 +57,7 @@ State = collections.namedtuple("State", "iter_num error aux")
 
 
 @pytest.mark.parametrize("mode", ["rev", "fwd"])
+@pytest.mark.slow
 def test_has_aux_namedtuple_keeps_its_type_and_derivative(mode):
     # jaxopt's solvers return OptStep(params, state); the state holds ints, floats and None.
     X, y = _ridge_data()
@@ -80,6 +81,7 @@ def test_has_aux_namedtuple_keeps_its_type_and_derivative(mode):
     np.testing.assert_allclose(whole.params, _ridge_dsol_dlam(0.5, X, y), rtol=1e-8)
 
 
+@pytest.mark.slow
 def test_has_aux_list_and_pytree_aux():
     X, y = _ridge_data()
 
@@ -105,6 +107,7 @@ def test_init_params_by_keyword_and_keywords_in_any_order():
     np.testing.assert_allclose(got_jit, got, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_solver_with_catch_all_kwargs_maps_them_to_positions_of_grad_f():
     # jax.grad(f) takes its differentiable arguments by position: jaxopt maps the solver's
     # keywords onto F's positions through F's signature.
@@ -120,6 +123,7 @@ def test_solver_with_catch_all_kwargs_maps_them_to_positions_of_grad_f():
     np.testing.assert_allclose(got, _ridge_dsol_dlam(0.5, X, y)[1], rtol=1e-8)
 
 
+@pytest.mark.slow
 def test_defaults_left_out_reach_the_optimality_function():
     # F has no default for lam; the solver does: the default is bound and differentiated.
     X, y = _ridge_data()
@@ -140,6 +144,7 @@ def test_defaults_left_out_reach_the_optimality_function():
     np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_reference_signature_callable_signature_and_subfun():
     X, y = _ridge_data()
 
@@ -159,6 +164,7 @@ def test_reference_signature_callable_signature_and_subfun():
         np.testing.assert_allclose(got, want, rtol=1e-8)
 
 
+@pytest.mark.slow
 def test_custom_fixed_point_with_wrapped_signature_and_keywords():
     X, y = _ridge_data()
     grad_fun = jax.grad(_ridge_objective)
@@ -168,6 +174,7 @@ def test_custom_fixed_point_with_wrapped_signature_and_keywords():
     np.testing.assert_allclose(got, _ridge_dsol_dlam(0.5, X, y), rtol=1e-8)
 
 
+@pytest.mark.slow
 def test_root_vjp_and_root_jvp_keywords_as_jaxopt():
     X, y = _ridge_data()
     F = jax.grad(_ridge_objective)
@@ -184,6 +191,7 @@ def test_root_vjp_and_root_jvp_keywords_as_jaxopt():
     np.testing.assert_allclose(vjp, want, rtol=1e-8)
 
 
+@pytest.mark.slow
 def test_forward_mode_and_hessian_still_work_with_keywords():
     # What jaxopt could not do (custom_vjp): jacfwd and hessian through keyword calls.
     X, y = _ridge_data()
@@ -264,6 +272,7 @@ def test_dense_solve_of_a_singular_matrix_is_still_reported_with_its_cause():
         ls.solve_cholesky(lambda v: -jnp.eye(3) @ v, jnp.ones(3))
 
 
+@pytest.mark.slow
 def test_solve_scalar_rhs_and_ridge_positionally():
     np.testing.assert_allclose(ls.solve_lu(lambda v: 4.0 * v, jnp.asarray(2.0)), 0.5)
     A, b = _spd_system(np.float64)
@@ -304,6 +313,7 @@ from sensitivity import tree_util  # noqa: E402
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.slow
 def test_projection_simplex_exact_for_any_magnitude_and_minus_inf(dtype):
     np.testing.assert_array_equal(proj.projection_simplex(jnp.array([1e9, 0], dtype)), [1, 0])
     big = 1e17 if dtype == jnp.float64 else 1e30
@@ -319,6 +329,7 @@ def test_projection_simplex_exact_for_any_magnitude_and_minus_inf(dtype):
     np.testing.assert_allclose(J, [[0.5, -0.5, 0], [-0.5, 0.5, 0], [0, 0, 0]])
 
 
+@pytest.mark.slow
 def test_l1_sphere_sparse_simplex_against_brute_force():
     rng = np.random.RandomState(0)
     x = rng.randn(6)
@@ -356,6 +367,7 @@ def test_hyperplane_and_halfspace_on_pytrees():
         np.testing.assert_allclose(u, v)
 
 
+@pytest.mark.slow
 def test_check_feasible_raises_value_error_and_default_gives_nan():
     A = jnp.array([[1.0, 1.0], [0.0, 1.0], [-1.0, 1.0]])
     b = jnp.array([1.0, 1.0, -1.0])
@@ -372,6 +384,7 @@ def test_check_feasible_raises_value_error_and_default_gives_nan():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.slow
 def test_projection_polyhedron_float32_and_float64_agree_with_kkt(dtype):
     rng = np.random.RandomState(0)
     x = rng.randn(5).astype(dtype)
@@ -393,6 +406,7 @@ def test_projection_polyhedron_float32_and_float64_agree_with_kkt(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.slow
 def test_transport_projections_marginals_and_sinkhorn(dtype):
     rng = np.random.RandomState(0)
     S = rng.rand(4, 5).astype(dtype)
@@ -417,6 +431,7 @@ def test_transport_projections_marginals_and_sinkhorn(dtype):
     np.testing.assert_allclose(proj.kl_projection_birkhoff(ds).sum(0), 1.0, atol=tol)
 
 
+@pytest.mark.slow
 def test_transport_derivatives_against_finite_differences():
     rng = np.random.RandomState(1)
     S, W, D = rng.rand(3, 4), rng.randn(3, 4), rng.randn(3, 4)
@@ -488,6 +503,7 @@ def test_module_paths_cover_jaxopt_public_names():
         assert sorted(mod.__all__) == sorted(listed.split())
 
 
+@pytest.mark.slow
 def test_defaults_reach_an_optimality_function_that_spells_them_differently():
     X, y = _ridge_data()
 
@@ -503,6 +519,7 @@ def test_defaults_reach_an_optimality_function_that_spells_them_differently():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.slow
 def test_polyhedron_with_a_vacuous_equality_row(dtype):
     # jaxopt's tests write "no equality" as A = [[0, 0]], b = [0]; the KKT system must not
     # become singular. Reference: the same projection without the equality.

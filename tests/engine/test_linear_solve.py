@@ -170,6 +170,7 @@ def test_singular_indefinite_min_norm(name):
     np.testing.assert_allclose(x, np.linalg.pinv(A) @ b, rtol=1e-7, atol=1e-8)
 
 
+@pytest.mark.slow
 def test_redundant_nullspace_basis_and_ridge():
     # a dependent third vector is dropped by the internal orthonormalization
     A, basis, b = singular_consistent(seed=7)
@@ -201,6 +202,7 @@ def test_reported_residual_is_the_true_one(name):
 
 
 @pytest.mark.parametrize("name", ALL)
+@pytest.mark.slow
 def test_spring_chain_projected_solution(name):
     H = spring_chain()
     n = H.shape[0]
@@ -214,6 +216,7 @@ def test_spring_chain_projected_solution(name):
 
 
 @pytest.mark.parametrize("name", ALL)
+@pytest.mark.slow
 def test_spring_chain_inconsistent_rhs(name):
     H = spring_chain()
     n = H.shape[0]
@@ -235,6 +238,7 @@ def test_spring_chain_inconsistent_rhs(name):
     np.testing.assert_allclose(x2, x, rtol=1e-7, atol=1e-8)
 
 
+@pytest.mark.slow
 def test_spring_chain_without_nullspace_is_not_silent():
     H = spring_chain()
     b = rhs(H.shape[0]) + 0.3
@@ -245,6 +249,7 @@ def test_spring_chain_without_nullspace_is_not_silent():
 
 
 @pytest.mark.parametrize("name", ["cg", "minres", "gmres", "lstsq"])
+@pytest.mark.slow
 def test_spring_chain_in_custom_linear_solve_both_modes(name):
     """Inside jax.lax.custom_linear_solve, forward and reverse mode give the same
     gauge-fixed pseudo-inverse, even for (co)tangents along the translation."""
@@ -263,6 +268,7 @@ def test_spring_chain_in_custom_linear_solve_both_modes(name):
     np.testing.assert_allclose(jax.jit(jax.jacrev(f))(b0), pinv, atol=1e-8)
 
 
+@pytest.mark.slow
 def test_pytree_nullspace():
     # two decoupled spring chains stored as a dict; null space = translating either chain
     H1, H2 = spring_chain(5, seed=1), spring_chain(4, seed=2)
@@ -285,6 +291,7 @@ def test_pytree_nullspace():
 
 
 @pytest.mark.parametrize("name", ALL)
+@pytest.mark.slow
 def test_ridge(name):
     A, b = spd(), rhs(12)
     x = get_solver(name)(matvec_of(A), jnp.asarray(b), ridge=0.7)
@@ -304,6 +311,7 @@ def laplacian_2d(m):
 
 
 @pytest.mark.parametrize("name", ["cg", "minres", "gmres", "bicgstab", "normal_cg"])
+@pytest.mark.slow
 def test_warm_start_reduces_iterations(name):
     A = laplacian_2d(8)
     b = rhs(64)
@@ -319,6 +327,7 @@ def test_warm_start_reduces_iterations(name):
 
 
 @pytest.mark.parametrize("name", ["cg", "minres", "gmres", "bicgstab"])
+@pytest.mark.slow
 def test_preconditioner_reduces_iterations(name):
     # badly scaled SPD matrix: Jacobi preconditioning fixes the scaling
     d = np.logspace(0, 4, 40)
@@ -362,6 +371,7 @@ def test_atol_and_tol_are_2norm_over_the_whole_pytree():
     assert int(loose.iterations) < int(info.iterations)
 
 
+@pytest.mark.slow
 def test_zero_rhs():
     A = spd()
     for name in ALL:
@@ -371,6 +381,7 @@ def test_zero_rhs():
         assert int(info.iterations) == 0
 
 
+@pytest.mark.slow
 def test_float32_default_tolerance():
     A, b = spd(), rhs(12)
     A32 = jnp.asarray(A, jnp.float32)
@@ -384,6 +395,7 @@ def test_float32_default_tolerance():
 
 
 @pytest.mark.parametrize("name,bound", [("cg", 4), ("minres", 4), ("gmres", 4)])
+@pytest.mark.slow
 def test_iteration_count_k_distinct_eigenvalues(name, bound):
     # Krylov methods on a diagonal matrix with k distinct eigenvalues finish in <= k steps
     d = np.repeat([1.0, 2.0, 5.0, 11.0], 10)
@@ -394,6 +406,7 @@ def test_iteration_count_k_distinct_eigenvalues(name, bound):
     assert 1 <= int(info.iterations) <= bound
 
 
+@pytest.mark.slow
 def test_iteration_count_one_for_eigenvector():
     d = np.arange(1.0, 21.0)
     b = np.zeros(20)
@@ -404,6 +417,7 @@ def test_iteration_count_one_for_eigenvector():
         assert int(info.iterations) == 1, name
 
 
+@pytest.mark.slow
 def test_gmres_restart_counts_all_steps():
     A = nonsymmetric(40, seed=8) + 0.0 * np.eye(40)
     b = rhs(40)
@@ -476,6 +490,7 @@ def test_unconverged_nan(name):
     assert np.all(np.isfinite(y))
 
 
+@pytest.mark.slow
 def test_nan_policy_pytree_and_vmap():
     A = jnp.asarray(laplacian_2d(4))
     b = {"u": jnp.asarray(rhs(16)), "v": jnp.ones(3)}
@@ -529,6 +544,7 @@ def test_bad_matvec_structure():
 
 
 @pytest.mark.parametrize("name", ALL)
+@pytest.mark.slow
 def test_pytree_rhs(name):
     A = spd(9, seed=11)
     Aj = jnp.asarray(A)
@@ -547,6 +563,7 @@ def test_pytree_rhs(name):
 
 
 @pytest.mark.parametrize("name", ALL)
+@pytest.mark.slow
 def test_vmap_over_b_and_jit(name):
     A = spd()
     B = np.stack([rhs(12, seed=s) for s in range(4)])
@@ -556,6 +573,7 @@ def test_vmap_over_b_and_jit(name):
     assert info.converged.shape == (4,) and bool(jnp.all(info.converged))
 
 
+@pytest.mark.slow
 def test_vmap_iteration_counts_are_per_element():
     d = jnp.arange(1.0, 21.0)
     e = jnp.zeros(20).at[3].set(1.0)
@@ -567,6 +585,7 @@ def test_vmap_iteration_counts_are_per_element():
 
 
 @pytest.mark.parametrize("name", ALL)
+@pytest.mark.slow
 def test_inside_custom_linear_solve(name):
     """The engine passes these functions as solve/transpose_solve; grad, jvp, jit, vmap and
     the default raise policy (a debug callback inside) must all go through."""

@@ -66,6 +66,7 @@ def ridge_closed_form(lam, y):
     return jnp.linalg.solve(X.T @ X + lam * jnp.eye(6), X.T @ y)
 
 
+@pytest.mark.slow
 def test_stationary_condition_ridge():
     lam = 0.7
     x = ridge_closed_form(lam, Y)
@@ -87,6 +88,7 @@ def test_stationary_condition_ridge():
 
 
 @pytest.mark.parametrize("step_size", [0.01, 0.5])
+@pytest.mark.slow
 def test_gradient_descent_fixed_point_ridge(step_size):
     lam = 0.7
     x = ridge_closed_form(lam, Y)
@@ -111,6 +113,7 @@ def qp_objective(x, params_obj):
     return 0.5 * x @ Q @ x + c @ x
 
 
+@pytest.mark.slow
 def test_kkt_equality_constrained_qp():
     Q = X.T @ X
     c = jnp.asarray(RNG.normal(size=6))
@@ -145,6 +148,7 @@ def test_kkt_equality_constrained_qp():
         assert_close(got[1], reference[1], atol=1e-10)
 
 
+@pytest.mark.slow
 def test_kkt_with_inequalities_non_negative_projection():
     # min 1/2 ||x - θ||^2 s.t. -x <= 0: x = max(θ, 0), lam = max(-θ, 0), dx/dθ = diag(θ > 0)
     theta = jnp.array([1.2, -0.4, 0.3, -2.0])
@@ -176,6 +180,7 @@ def lasso_loss(x, y):
 
 
 @pytest.mark.parametrize("step_scale", [0.5, 1.0])
+@pytest.mark.slow
 def test_proximal_gradient_fixed_point_lasso_closed_form_on_support(step_scale):
     lam = 2.0
     step = step_scale / float(np.linalg.eigvalsh(X.T @ X).max())
@@ -198,6 +203,7 @@ def test_proximal_gradient_fixed_point_lasso_closed_form_on_support(step_scale):
     assert_close(dense_ift(G, x, Y), dx_dy, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_projected_gradient_fixed_point_simplex_closed_form():
     # min 1/2||x - θ||^2 over the simplex: x* = projection_simplex(θ), whose Jacobian is known
     theta = jnp.array([0.9, -0.3, 0.5, 0.05, 1.4, -2.0])
@@ -228,6 +234,7 @@ def simplex_qp_closed_form(theta):
     return h_inv @ (theta - nu * ones)
 
 
+@pytest.mark.slow
 def test_mirror_descent_fixed_point_kl_simplex():
     theta = jnp.array([1.0, 1.2, 0.8, 1.5])
     x = simplex_qp_closed_form(theta)
@@ -256,6 +263,7 @@ def logistic_objective(w, lam):
     return jnp.sum(jnp.logaddexp(0.0, -margins)) + 0.5 * lam * jnp.sum(w**2)
 
 
+@pytest.mark.slow
 def test_newton_fixed_point_logistic_regression():
     lam = 0.3
     w = newton(logistic_objective, jnp.zeros(6), lam, tol=1e-13, implicit_diff=False).params
@@ -289,6 +297,7 @@ def multitask_loss(W, Yt):
     return 0.5 * jnp.sum((X @ W - Yt) ** 2)
 
 
+@pytest.mark.slow
 def test_block_proximal_gradient_fixed_point_group_lasso():
     # multi-task group lasso: blocks are the rows of W (one feature across tasks)
     Yt = jnp.asarray(RNG.normal(size=(15, 3)))
@@ -329,6 +338,7 @@ def test_block_proximal_gradient_fixed_point_group_lasso():
 # --------------------------------------------------------------------------- conic programs
 
 
+@pytest.mark.slow
 def test_conic_residual_map_second_order_cone_closed_form():
     # min c^T x s.t. ||x|| <= 1, as A x + s = b, s = (1, x) in the second-order cone:
     # x* = -c/||c||, y* = (||c||, c), s* = (1, x*), and dx*/dc = -(I - x x^T)/||c||.
@@ -355,6 +365,7 @@ def test_conic_residual_map_second_order_cone_closed_form():
     assert_close(dx_dc, expected, atol=1e-10)
 
 
+@pytest.mark.slow
 def test_cone_projection_and_spec():
     spec = ConeSpec(zero=1, nonneg=2, soc=(3,), psd=(2,))
     assert spec.dim == 1 + 2 + 3 + 3

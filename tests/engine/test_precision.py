@@ -41,6 +41,7 @@ def test_exported():
     assert "relative_error_estimate" in dir(sensitivity.JacobianErrorEstimate)
 
 
+@pytest.mark.slow
 def test_ridge_estimate_is_exact():
     # F affine in x: the first-order estimate is the exact error, δ = x̂ − x*.
     rng = np.random.default_rng(1)
@@ -60,6 +61,7 @@ def test_ridge_estimate_is_exact():
     assert float(est.distance_bound) >= float(est.distance_estimate) * (1 - 1e-12)
 
 
+@pytest.mark.slow
 def test_logistic_estimate_tracks_measured_error(method="dense"):
     F, x_star, X, y, rng = _logistic_problem()
     u = jnp.asarray(rng.normal(size=x_star.shape))
@@ -83,6 +85,7 @@ def test_logistic_estimate_tracks_measured_error(method="dense"):
     np.testing.assert_allclose(float(e1.error_estimate / e2.error_estimate), 100.0, rtol=1e-2)
 
 
+@pytest.mark.slow
 def test_dense_and_iterative_agree():
     F, x_star, X, y, rng = _logistic_problem(seed=3)
     x_hat = x_star + 1e-3 * jnp.asarray(rng.normal(size=x_star.shape))
@@ -94,6 +97,7 @@ def test_dense_and_iterative_agree():
     np.testing.assert_allclose(float(i.error_bound), float(d.error_bound), rtol=1e-2)
 
 
+@pytest.mark.slow
 def test_pytree_solution_tangents_and_argnums():
     # x = {"a": ..., "b": ...}, θ = (lam, shift) in two arguments; one direction.
     rng = np.random.default_rng(4)

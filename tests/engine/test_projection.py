@@ -151,6 +151,7 @@ CASES = {
 
 @pytest.mark.parametrize("name", sorted(CASES))
 @pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.slow
 def test_projection_is_the_argmin(name, seed):
     projection, reference = CASES[name]
     x = np.random.default_rng(10 + seed).normal(scale=1.5, size=N)
@@ -158,6 +159,7 @@ def test_projection_is_the_argmin(name, seed):
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.slow
 def test_projection_derivatives_match_finite_differences(name):
     projection = CASES[name][0]
     jac_fwd, jac_rev, fd = jacobians_and_fd(projection, X0)
@@ -166,6 +168,7 @@ def test_projection_derivatives_match_finite_differences(name):
     assert_close(jac_rev, jac_fwd, atol=1e-9, what=name)
 
 
+@pytest.mark.slow
 def test_projections_are_idempotent():
     for name, (projection, _) in CASES.items():
         p = projection(jnp.asarray(X0))
@@ -178,6 +181,7 @@ def test_projections_are_idempotent():
 # --------------------------------------------------------------------------- simplex
 
 
+@pytest.mark.slow
 def test_simplex_jacobian_is_the_sparse_closed_form():
     x = jnp.array([0.9, -0.3, 0.5, 0.05, 1.4, -2.0])
     value = 1.5
@@ -193,6 +197,7 @@ def test_simplex_jacobian_is_the_sparse_closed_form():
     )
 
 
+@pytest.mark.slow
 def test_simplex_at_a_kink_and_with_ties():
     # x_3 sits exactly at the threshold tau: it is outside the support (clamped convention)
     x = jnp.array([1.0, 0.5, 0.25])  # projection onto the unit simplex: tau = 0.25
@@ -207,6 +212,7 @@ def test_simplex_at_a_kink_and_with_ties():
     assert_close(jax.jacrev(projection_simplex)(x), np.eye(4) - 0.25, atol=1e-15)
 
 
+@pytest.mark.slow
 def test_simplex_is_row_wise_under_vmap_and_kl_projection():
     xs = jnp.asarray(RNG.normal(size=(3, 5)))
     ps = jax.vmap(projection_simplex)(xs)
@@ -218,6 +224,7 @@ def test_simplex_is_row_wise_under_vmap_and_kl_projection():
 # --------------------------------------------------------------------------- other boundaries
 
 
+@pytest.mark.slow
 def test_boundary_conventions_are_finite():
     # non-negative orthant and box: tight constraint treated as active
     x = jnp.array([0.0, -0.5, 1.2])
@@ -264,6 +271,7 @@ def test_l1_ball_inside_is_identity():
     assert_close(jax.jacfwd(projection_l1_ball)(x, 1.0), np.eye(3), atol=0)
 
 
+@pytest.mark.slow
 def test_polyhedron_matches_box_section_and_affine_set():
     x = jnp.asarray(X0)
     # {w.y = c, alpha <= y <= beta} as a polyhedron
@@ -305,6 +313,7 @@ def test_polyhedron_matches_box_section_and_affine_set():
     )
 
 
+@pytest.mark.slow
 def test_hyperparameter_derivatives():
     x = jnp.asarray(X0)
     checks = {
@@ -360,6 +369,7 @@ def test_psd_projection_satisfies_the_moreau_certificate(seed):
     assert_close(projection_psd_cone(X + skew - skew.T), P, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_psd_jacobian_matches_finite_differences():
     X = _random_symmetric(3)
     jac = jax.jacfwd(projection_psd_cone)(X)
@@ -367,6 +377,7 @@ def test_psd_jacobian_matches_finite_differences():
     assert_close(jax.jacrev(projection_psd_cone)(X), jac, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_psd_jacobian_at_repeated_eigenvalues_is_finite():
     # the identity (all eigenvalues equal), and repeated positive and negative eigenvalues:
     # differentiating eigh gives NaN there; the custom rule gives the true derivative.
@@ -385,6 +396,7 @@ def test_psd_jacobian_at_repeated_eigenvalues_is_finite():
     assert_close(jnp.einsum("ijkl,kl->ij", identity_jac, dX), 0.5 * (dX + dX.T), atol=1e-15)
 
 
+@pytest.mark.slow
 def test_svec_is_an_isometry():
     X, Y = _random_symmetric(7, 3), _random_symmetric(8, 3)
     assert_close(jnp.vdot(svec(X), svec(Y)), jnp.trace(X @ Y), atol=1e-12)

@@ -105,6 +105,7 @@ def test_prox_on_pytrees_with_per_leaf_hyperparams():
 
 
 @pytest.mark.parametrize("name", sorted(SEPARABLE) + ["group_lasso"])
+@pytest.mark.slow
 def test_prox_derivatives_match_finite_differences(name):
     if name == "group_lasso":
         prox, hyper = prox_group_lasso, L1
@@ -134,6 +135,7 @@ def test_prox_derivatives_match_finite_differences(name):
         )
 
 
+@pytest.mark.slow
 def test_conventions_at_kinks_are_finite_and_documented():
     t = SCALING * L1
     x = jnp.array([t, -t, 0.0, 2.0])

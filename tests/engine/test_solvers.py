@@ -55,6 +55,7 @@ def ridge_objective(x, lam, y):
     return least_squares(x, y) + 0.5 * lam * jnp.sum(x**2)
 
 
+@pytest.mark.slow
 def test_gradient_descent_ridge():
     lam = 0.5
     result = jax.jit(
@@ -99,6 +100,7 @@ def lasso_closed_form_jacobian(x, wrt):
 
 
 @pytest.mark.parametrize("acceleration", [True, False])
+@pytest.mark.slow
 def test_proximal_gradient_lasso(acceleration):
     lam = 2.0
 
@@ -124,6 +126,7 @@ def test_proximal_gradient_lasso(acceleration):
     check_implicit_jacobian(solution, jnp.asarray(lam), expected=expected)
 
 
+@pytest.mark.slow
 def test_proximal_gradient_lasso_jacobian_in_data_with_fixed_step():
     def solution(y):
         return proximal_gradient(
@@ -142,6 +145,7 @@ def test_proximal_gradient_lasso_jacobian_in_data_with_fixed_step():
     check_implicit_jacobian(solution, Y, expected=expected)
 
 
+@pytest.mark.slow
 def test_unrolling_agrees_with_implicit_differentiation_at_convergence():
     def run(lam, **kwargs):
         return proximal_gradient(
@@ -176,6 +180,7 @@ def test_unrolling_agrees_with_implicit_differentiation_at_convergence():
 # --------------------------------------------------------------------------- projected gradient
 
 
+@pytest.mark.slow
 def test_projected_gradient_least_squares_on_the_simplex():
     def solution(y):
         return projected_gradient(
@@ -205,6 +210,7 @@ def simplex_qp(x, theta):
     return 0.5 * x @ H @ x - theta @ x
 
 
+@pytest.mark.slow
 def test_mirror_descent_kl_simplex():
     theta = jnp.array([1.0, 1.2, 0.8, 1.5])
 
@@ -232,6 +238,7 @@ def test_mirror_descent_kl_simplex():
 # --------------------------------------------------------------------------- block coordinate
 
 
+@pytest.mark.slow
 def test_block_coordinate_descent_lasso_closed_form():
     steps = 1.0 / np.diag(np.asarray(X.T @ X))  # coordinate-wise 1/L_j
 
@@ -263,6 +270,7 @@ def test_block_coordinate_descent_lasso_closed_form():
     check_implicit_jacobian(solution, Y, expected=expected)
 
 
+@pytest.mark.slow
 def test_block_coordinate_descent_group_lasso():
     Yt = jnp.asarray(RNG.normal(size=(15, 3)))
 
@@ -297,6 +305,7 @@ def logistic(w, lam, offsets):
     return jnp.sum(jnp.logaddexp(0.0, -margins)) + 0.5 * lam * jnp.sum(w**2)
 
 
+@pytest.mark.slow
 def test_newton_logistic_regression():
     offsets = jnp.asarray(0.1 * RNG.normal(size=15))
     result = jax.jit(lambda o: newton(logistic, jnp.zeros(6), 0.3, o))(offsets)
@@ -328,6 +337,7 @@ A_QP = jnp.asarray(RNG.normal(size=(2, 6)))
 B_QP = jnp.asarray(RNG.normal(size=2))
 
 
+@pytest.mark.slow
 def test_qp_equality_constrained_closed_form():
     def solution(c):
         return solve_qp(Q_QP, c, A_QP, B_QP).params.primal
@@ -342,6 +352,7 @@ def test_qp_equality_constrained_closed_form():
     check_implicit_jacobian(solution, C_QP, expected=-kkt_inv[:6, :6])
 
 
+@pytest.mark.slow
 def test_qp_with_inequalities():
     G = jnp.asarray(RNG.normal(size=(5, 6)))
     h = jnp.asarray(0.3 * RNG.uniform(size=5))
@@ -371,6 +382,7 @@ def test_qp_with_inequalities():
     check_implicit_jacobian(primal_of_h, h, expected=expected_h)
 
 
+@pytest.mark.slow
 def test_qp_reports_an_infeasible_problem():
     # x >= 1 and x <= -1
     G = jnp.array([[-1.0], [1.0]])
@@ -382,6 +394,7 @@ def test_qp_reports_an_infeasible_problem():
 # --------------------------------------------------------------------------- conic programs
 
 
+@pytest.mark.slow
 def test_conic_second_order_cone_closed_form():
     n = 4
     A = jnp.concatenate([jnp.zeros((1, n)), -jnp.eye(n)])
@@ -399,6 +412,7 @@ def test_conic_second_order_cone_closed_form():
     check_implicit_jacobian(solution, c, expected=expected)
 
 
+@pytest.mark.slow
 def test_conic_semidefinite_program():
     # min tr(C X) s.t. tr(X) = 1, X PSD: X* = v v^T, v the eigenvector of C's smallest eigenvalue
     k = 3
@@ -422,6 +436,7 @@ def test_conic_semidefinite_program():
 # --------------------------------------------------------------------------- SciPy via a callback
 
 
+@pytest.mark.slow
 def test_scipy_minimize_under_jit_with_implicit_derivatives():
     lam = 0.5
 

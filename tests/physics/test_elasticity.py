@@ -33,6 +33,7 @@ def strain_specs(dim):
     return [ParameterSpec(c, "strain", None, c, dim) for c in el.STRAIN_COMPONENTS[dim]]
 
 
+@pytest.mark.slow
 def test_stress_is_the_strain_derivative_of_the_energy_and_the_virial(packing_2d):
     system, model, params, relaxer, solver, out = packing_2d
     pairs = model.interacting_pairs(solver.y, params)
@@ -61,6 +62,7 @@ def test_stress_is_the_strain_derivative_of_the_energy_and_the_virial(packing_2d
 
 @pytest.mark.parametrize("packing", ["packing_2d",
                                      pytest.param("packing_3d", marks=pytest.mark.slow)])
+@pytest.mark.slow
 def test_strain_theta_matches_re_relaxed_strained_packings(packing, request):
     system, model, params, relaxer, solver, out = request.getfixturevalue(packing)
     specs = strain_specs(system.dim)
@@ -138,6 +140,7 @@ def test_moduli_closed_forms(packing_2d):
         (c[0, 0] + c[1, 1] - 2 * c[0, 1] + 4 * c[2, 2]) / 8, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_elastic_tensor_matches_finite_differences_of_the_stress(packing_2d):
     """d(∂U/∂ε)/dε after re-relaxing at ε = ±h: the relaxed second derivative."""
     system, model, params, relaxer, solver, out = packing_2d
@@ -196,6 +199,7 @@ def _run_cli(tmp_path, parameters, elasticity=True, monkeypatch=None):
     return CliRunner().invoke(main, ["run", str(tmp_path / "c.yaml"), "-q"])
 
 
+@pytest.mark.slow
 def test_cli_writes_and_inspects_the_elasticity(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
@@ -278,6 +282,7 @@ def test_observable_derivatives_match_finite_differences(packing_2d):
         assert ours["dp_dtheta"] == pytest.approx(-np.trace(ours["dsigma_dtheta"]) / 2)
 
 
+@pytest.mark.slow
 def test_linear_range_predicts_the_first_contact_change(packing_2d):
     """Re-relaxing at half the predicted Δθ± keeps the contact network (rattlers' pairs
     aside); at twice it, the network has changed."""
@@ -314,6 +319,7 @@ def test_linear_range_predicts_the_first_contact_change(packing_2d):
 
 
 @pytest.mark.parametrize("settings", [{"preconditioner": "none"}, {"solver": "dense"}])
+@pytest.mark.slow
 def test_lockstep_cg_tensor_equals_the_engine_solves(packing_2d, settings):
     """The default (one lockstep CG for every strain component) against one engine solve
     per component (CG without scaling; a dense minimum-norm solve)."""

@@ -63,6 +63,7 @@ def packing():
     return y, i, j, K, box, H, dense, t
 
 
+@pytest.mark.slow
 def test_ell_product_equals_the_dense_hessian_of_the_energy():
     # an unrelaxed packing (many overlaps), every pair: the Hessian is not PSD, still exact
     n = 16
@@ -87,6 +88,7 @@ def test_ell_product_equals_the_dense_hessian_of_the_energy():
     assert pad.any() and np.all(blocks[pad] == 0)
 
 
+@pytest.mark.slow
 def test_builder_ignores_padding_merges_duplicates_and_rounds_capacity(packing):
     y, i, j, K, box, H, dense, t = packing
     n = len(y)
@@ -111,6 +113,7 @@ def test_builder_ignores_padding_merges_duplicates_and_rounds_capacity(packing):
     assert [hs.ell_capacity(k) for k in (1, 4, 5, 8, 9)] == [4, 4, 8, 8, 12]
 
 
+@pytest.mark.slow
 def test_partition_is_balanced_and_shapes_depend_on_n_alone():
     rng = np.random.default_rng(0)
     for n in (37, 64, 100):
@@ -199,6 +202,7 @@ def _solve(apply, H, data, b, basis):
 
 @pytest.mark.parametrize("name", [k for k in PRECONDITIONERS
                                   if k not in ("schwarz_none", "schwarz_translations")])
+@pytest.mark.slow
 def test_cg_with_preconditioner_matches_dense_pseudo_inverse(packing, name):
     y, i, j, K, box, H, dense, t = packing
     n = len(y)
@@ -215,6 +219,7 @@ def test_cg_with_preconditioner_matches_dense_pseudo_inverse(packing, name):
     assert int(info.iterations) < int(info0.iterations)
 
 
+@pytest.mark.slow
 def test_tethered_extra_particle_diagonal_and_active(packing):
     """A rattler-like particle with no pairs, held by a tether ``k I`` (diagonal=): the null
     space is the translation of the others (active=); CG with the spectral Schwarz
@@ -249,6 +254,7 @@ def test_tethered_extra_particle_diagonal_and_active(packing):
 
 
 @pytest.mark.parametrize("diagonal_only", [False, True])
+@pytest.mark.slow
 def test_block_scaling_is_s_h_s_and_matches_preconditioned_cg(packing, diagonal_only):
     """``build_block_scaling``: the scaled blocks are ``S H S`` with ``S² D = I`` (dense
     check), and plain CG on the scaled system gives the pseudo-inverse answer in the

@@ -50,6 +50,7 @@ def packing_2d():
     return system, model, params, relaxer, result, solver, out
 
 
+@pytest.mark.slow
 def test_factorization_equals_dense_every_column(packing_2d):
     system, model, params, relaxer, result, solver, out = packing_2d
     (dense, dense_attrs), (fac, attrs) = out["dense"], out["factorization"]
@@ -81,6 +82,7 @@ def test_factorization_every_column_against_central_differences(packing_2d):
     assert errors.max() <= 1e-5, (errors.argmax(), errors.max())
 
 
+@pytest.mark.slow
 def test_factorization_columns_against_central_differences(packing_2d):
     """Three columns (the whole set is the slow test above)."""
     system, model, params, relaxer, result, solver, out = packing_2d
@@ -91,6 +93,7 @@ def test_factorization_columns_against_central_differences(packing_2d):
         assert _column_errors(fac[p:p + 1], fd[None], backbone)[0] <= 1e-5, p
 
 
+@pytest.mark.slow
 def test_sparse_hessian_is_the_dense_hessian(packing_2d):
     """The scipy matrix against jax.hessian of the energy over the backbone's pairs."""
     import jax
@@ -105,6 +108,7 @@ def test_sparse_hessian_is_the_dense_hessian(packing_2d):
     np.testing.assert_allclose(got, expected, atol=1e-10 * np.abs(expected).max())
 
 
+@pytest.mark.slow
 def test_3d_factorization_equals_dense():
     system, model, params, relaxer, result, _ = relaxed(24, 3, 0.72, 1, shrink=0.5)
     solver, out = _both(model, result, params)
@@ -113,6 +117,7 @@ def test_3d_factorization_equals_dense():
     assert _column_errors(out["factorization"][0], out["dense"][0], backbone).max() < 1e-10
 
 
+@pytest.mark.slow
 def test_free_boundary_cluster_rotation_is_gauge():
     """Free space: the backbone's rotation is in the null space too (grounded and projected)."""
     rng = np.random.default_rng(3)
@@ -148,6 +153,7 @@ def test_choose_method_by_size_and_by_config():
         resolve_sensitivity({"many_rhs": "cholmod"})
 
 
+@pytest.mark.slow
 def test_colored_right_hand_sides_equal_one_jvp_per_column(packing_2d):
     """One JVP per colour, decompressed, against one JVP per column (jax.linearize)."""
     import jax.numpy as jnp
@@ -240,6 +246,7 @@ def test_reverse_mode_for_a_few_observables_equals_the_forward_jacobian(packing_
     np.testing.assert_allclose(got[0], forward[:, 7, 1], atol=1e-10 * np.abs(got[0]).max())
 
 
+@pytest.mark.slow
 def test_a_failed_factorization_falls_back_to_krylov_solves(packing_2d, monkeypatch):
     import sensitivity
 

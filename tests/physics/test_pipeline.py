@@ -53,6 +53,7 @@ def finished(packing_file, tmp_path_factory):
     return summary, out, events
 
 
+@pytest.mark.slow
 def test_run_task_writes_a_complete_result(finished, packing_file):
     summary, out, events = finished
     assert summary.converged, summary.message
@@ -79,6 +80,7 @@ def test_run_task_writes_a_complete_result(finished, packing_file):
     assert events[0] == "start" and events[-1] == "done" and "solve" in events
 
 
+@pytest.mark.slow
 def test_audit_task(packing_file):
     config = config_for(packing_file, **{"sensitivity.audit": False})
     config["parameters"] = [{"name": "eps0", "kind": "epsilon", "species": 0}]
@@ -97,6 +99,7 @@ def test_non_converged_relaxation_is_flagged_not_differentiated(packing_file, tm
     assert np.isnan(result.responses["small_diameter"]["dx_dtheta"]).all()
 
 
+@pytest.mark.slow
 def test_non_converged_linear_solve_is_flagged(packing_file, tmp_path):
     """CG stopped by maxiter: the result and the message say so, with the residual the
     convergence test compared with tol, and the file keeps what was computed."""

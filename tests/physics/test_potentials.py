@@ -28,6 +28,7 @@ def energy(system, potential, scale=1.0):
 
 
 @pytest.mark.parametrize("alpha", [2.0, 2.5])
+@pytest.mark.slow
 def test_soft_sphere_closed_form(alpha):
     r, sigma = 0.9, 1.2
     system = two_particles(r, diameters=(1.0, 1.4))
@@ -74,6 +75,7 @@ def test_resolve_potential_merges_and_rejects():
             resolve_potential(bad, 2)
 
 
+@pytest.mark.slow
 def test_neighbor_list_matches_all_pairs_and_cutoff_covers_sigma():
     system = random_packing(600, dim=2, phi=0.9, seed=2)
     model = PairModel.build(system, resolve_potential({}, system.n_species))
@@ -94,6 +96,7 @@ def test_neighbor_list_matches_all_pairs_and_cutoff_covers_sigma():
     assert float(model.energy(y, params, half)) == pytest.approx(float(reference), rel=1e-12)
 
 
+@pytest.mark.slow
 def test_sparse_hessian_vector_product_is_exact():
     system = random_packing(24, dim=3, phi=0.7, seed=0)
     model = PairModel.build(system, resolve_potential({}, system.n_species))
@@ -161,6 +164,7 @@ def test_interacting_pairs_equals_brute_force(case, search, monkeypatch):
 
 
 @pytest.mark.parametrize("alpha", [2.0, 2.5, 3.0])
+@pytest.mark.slow
 def test_pair_laws_match_jax_md_energy(alpha):
     from jax_md import energy as jmd
 
@@ -201,6 +205,7 @@ def test_pair_laws_match_jax_md_energy(alpha):
         np.testing.assert_allclose(hess_mine, hess_ref, rtol=1e-11, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_a_run_imports_only_the_jax_md_modules_it_uses(tmp_path):
     """A whole `sensitivity run` loads jax-md's space and partition, never rigid_body, nn or
     energy (5 s of import for modules the run does not use)."""

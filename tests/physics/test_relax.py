@@ -28,6 +28,7 @@ def max_force(model, params, positions):
     return np.max(np.linalg.norm(f, axis=1))
 
 
+@pytest.mark.slow
 def test_fire_converges_and_reports(small):
     system, model, params, relaxer = small
     events = []
@@ -57,6 +58,7 @@ def test_max_steps_is_reported_not_raised(small):
     assert "raise minimizer.max_steps" in result.message()
 
 
+@pytest.mark.slow
 def test_gradient_descent_and_energy_tolerance():
     system = random_packing(16, dim=2, phi=0.9, seed=1)
     gd = relax(system, {}, {"kind": "gradient_descent", "ftol": 1e-8, "step_size": 0.2})
@@ -65,6 +67,7 @@ def test_gradient_descent_and_energy_tolerance():
     assert etol.converged and etol.stop_reason == "etol"
 
 
+@pytest.mark.slow
 def test_neighbor_list_overflow_is_reallocated():
     system = random_packing(160, dim=2, phi=0.9, seed=3)
     model = PairModel.build(system, resolve_potential({"neighbor_list": True,

@@ -25,6 +25,8 @@ from systems.relax import (
     resolve_minimizer,
 )
 
+pytestmark = pytest.mark.slow  # each test relaxes packings of up to 256 particles twice
+
 # species matter only through a non-uniform ε matrix
 POTENTIAL = {"epsilon": [[1.0, 1.3], [1.3, 0.8]]}
 FTOL = 1e-12
@@ -106,6 +108,7 @@ def check_minimum(run):
     assert result.energy == pytest.approx(float(e), rel=1e-12)
 
 
+@pytest.mark.slow
 def test_second_packing_compiles_nothing(sweep):
     assert sweep["a"]["use_nl"] == (sweep["n"] == 256)
     # the hook sees compilations: the first packing compiled the relaxation
@@ -119,6 +122,7 @@ def test_second_packing_compiles_nothing(sweep):
     assert sweep["info_b"]["hits"] >= sweep["info_a"]["hits"] + 2  # init and chunk
 
 
+@pytest.mark.slow
 def test_shared_compilation_gives_the_result_of_a_fresh_one(sweep):
     b, fresh = sweep["b"]["result"], sweep["fresh_b"]["result"]
     check_minimum(sweep["b"])

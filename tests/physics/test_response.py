@@ -32,6 +32,7 @@ def packing_2d():
     return system, model, params, relaxer, result, solver, scalars, vector
 
 
+@pytest.mark.slow
 def test_2d_has_the_rattler_and_zero_modes(packing_2d):
     system, model, params, relaxer, result, solver, scalars, vector = packing_2d
     assert np.flatnonzero(solver.rattlers).tolist() == [0]
@@ -46,6 +47,7 @@ def test_2d_has_the_rattler_and_zero_modes(packing_2d):
     assert contacts["contact_overlap_min"] > 0 and contacts["contact_gap_min"] > 0
 
 
+@pytest.mark.slow
 def test_lanczos_diagnostics_against_the_dense_eigendecomposition(packing_2d, monkeypatch):
     """The Lanczos path of zero_modes (forced by a zero dense limit) against the dense one:
     run to the whole backbone space it gives the same spectrum ends; after 12 steps the
@@ -77,6 +79,7 @@ def test_lanczos_diagnostics_against_the_dense_eigendecomposition(packing_2d, mo
 
 
 @pytest.mark.parametrize("pspec", KINDS, ids=[p.name for p in KINDS])
+@pytest.mark.slow
 def test_2d_scalar_theta_matches_central_differences(packing_2d, pspec):
     system, model, params, relaxer, result, solver, scalars, vector = packing_2d
     dx, attrs = scalars[pspec.name]
@@ -112,6 +115,7 @@ def _dense_system(packing, pspec):
             np.asarray(rhs).reshape(-1)[rows])
 
 
+@pytest.mark.slow
 def test_2d_matches_dense_pseudo_inverse(packing_2d):
     system, model, params, relaxer, result, solver, scalars, vector = packing_2d
     backbone = ~solver.rattlers
@@ -127,6 +131,7 @@ def test_2d_matches_dense_pseudo_inverse(packing_2d):
         assert relative_error(scalars[pspec.name][0], expected, backbone) < 1e-8, pspec.name
 
 
+@pytest.mark.slow
 def test_2d_vector_theta(packing_2d):
     """Every diameter: [N][N][d], dense factorization, against differences and the scalar θ."""
     system, model, params, relaxer, result, solver, scalars, vector = packing_2d
@@ -147,6 +152,7 @@ def test_2d_vector_theta(packing_2d):
     assert np.max(np.abs(dx[0][backbone])) < 1e-12
 
 
+@pytest.mark.slow
 def test_vector_theta_batched_iterative_equals_dense(packing_2d):
     system, model, params, relaxer, result, solver, scalars, vector = packing_2d
     iterative = ResponseSolver(model, result.positions, params, max_force=result.max_force,
@@ -170,6 +176,7 @@ def test_vector_theta_batched_iterative_equals_dense(packing_2d):
                                      {"solver": "gmres"}],
                          ids=["cg-two-level", "cg-schwarz", "cg-plain", "cg-jacobi", "minres",
                               "minres-block-jacobi", "gmres-block-jacobi"])
+@pytest.mark.slow
 def test_other_solvers_and_preconditioners_agree(packing_2d, options):
     system, model, params, relaxer, result, solver, scalars, vector = packing_2d
     other = ResponseSolver(model, result.positions, params, max_force=result.max_force,
@@ -179,6 +186,7 @@ def test_other_solvers_and_preconditioners_agree(packing_2d, options):
     assert relative_error(dx, scalars["small_diameter"][0], ~solver.rattlers) < 1e-8
 
 
+@pytest.mark.slow
 def test_scaled_solve_reports_the_residual_of_the_unscaled_system(packing_2d):
     """The default (block-Jacobi scaled) solve reports ``‖H dx - b‖`` of the Hessian system
     itself: recomputed here with the dense Hessian of the energy (jax.hessian)."""
@@ -198,6 +206,7 @@ def test_scaled_solve_reports_the_residual_of_the_unscaled_system(packing_2d):
     assert attrs["solver_relative_residual"] != attrs["relative_residual"]
 
 
+@pytest.mark.slow
 def test_translation_gauge(packing_2d):
     """Translating the packing rigidly does not change the (gauge-fixed) response."""
     system, model, params, relaxer, result, solver, scalars, vector = packing_2d
@@ -210,6 +219,7 @@ def test_translation_gauge(packing_2d):
     assert relative_error(dx, scalars["small_diameter"][0], backbone) < 1e-8
 
 
+@pytest.mark.slow
 def test_3d_packing_with_rattler():
     system, model, params, relaxer, result, solver = relaxed(32, 3, 0.72, 1, shrink=0.5)
     assert np.flatnonzero(solver.rattlers).tolist() == [0]
@@ -223,6 +233,7 @@ def test_3d_packing_with_rattler():
     assert zero["found"] == zero["expected"] == 3 * 2
 
 
+@pytest.mark.slow
 def test_free_boundary_lennard_jones_cluster():
     """A 2D Lennard-Jones cluster in free space: translations and the rotation are gauge."""
     rng = np.random.default_rng(3)
@@ -285,6 +296,7 @@ def test_parameter_validation():
         resolve_sensitivity({"solver": "qr"})
 
 
+@pytest.mark.slow
 def test_scalar_path_equals_custom_root_through_jacfwd(packing_2d):
     """scalar_derivatives (root_jvp, reports as values) and jax.jacfwd through the
     custom_root-decorated relaxed solver give the same derivative and the same solve."""

@@ -45,6 +45,7 @@ def test_loading_a_result_imports_no_jax_and_leaves_x64_alone(result_path):
     assert not [m for m in imported if m.split(".")[0] in ("jax", "jaxlib", "jax_md")]
 
 
+@pytest.mark.slow
 def test_import_systems_changes_no_jax_state():
     code = ("import jax, systems, systems.io, systems.plots;"
             "assert not jax.config.jax_enable_x64, 'import systems turned on x64'")

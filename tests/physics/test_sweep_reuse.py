@@ -55,6 +55,7 @@ def _packings(tmp_path, n, seeds):
 
 
 @pytest.mark.parametrize("n", [40, 160], ids=["dense-pairs", "neighbor-list"])
+@pytest.mark.slow
 def test_second_task_compiles_nothing_and_matches_a_fresh_process(tmp_path, n):
     first, second = _packings(tmp_path, n, [2, 3])
 
@@ -84,6 +85,7 @@ def test_second_task_compiles_nothing_and_matches_a_fresh_process(tmp_path, n):
         np.testing.assert_allclose(a[~np.isnan(a)], b[~np.isnan(b)], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_a_sweep_over_epsilon_compiles_nothing_after_the_first_task(tmp_path):
     """ε reaches compiled code as a traced parameter: a sweep over potential.epsilon once
     recompiled every task (and grew 19 MB per task). The compiled code must still see each
