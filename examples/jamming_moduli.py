@@ -144,16 +144,8 @@ def measure(n: int, phis, seeds, progress=print) -> tuple[list[dict], dict]:
                                bulk_modulus=out["bulk_modulus"] * unit,
                                shear_modulus=out["shear_modulus"] * unit,
                                tensor_converged=bool(out["converged"]))
-                    if not out["converged"]:
-                        row["note"] = "strain solves did not converge"
-                    elif not row["pressure"] > 0:
-                        row["note"] = "p <= 0: below this packing's jamming point"
-                    elif not (row["bulk_modulus"] > 0 and row["shear_modulus"] > 0):
-                        # a small packing relaxed in a fixed box can be unstable to shear
-                        # (Dagois-Bohy et al. 2012): the averaged G comes out negative
-                        row["note"] = "B or G <= 0: unstable to a strain at fixed box"
-                    else:
-                        row["used"] = True
+                    row["note"] = _moduli_note(row)
+                    row["used"] = not row["note"]
             row["time_s"] = time.perf_counter() - t0
             rows.append(row)
             stresses.append(stress)
@@ -168,6 +160,19 @@ def measure(n: int, phis, seeds, progress=print) -> tuple[list[dict], dict]:
                          f"({relaxed.steps} FIRE steps, {row['time_s']:.1f} s) {status}")
     return rows, {"stress": np.asarray(stresses), "elastic_tensor": np.asarray(tensors),
                   "positions": np.asarray(positions), "box": np.asarray(boxes)}
+
+
+def _moduli_note(row: dict) -> str:
+    """Why a packing's moduli are left out of the fits ("" when they are used)."""
+    if not row["tensor_converged"]:
+        return "strain solves did not converge"
+    if not row["pressure"] > 0:
+        return "p <= 0: below this packing's jamming point"
+    if not (row["bulk_modulus"] > 0 and row["shear_modulus"] > 0):
+        # a small packing relaxed in a fixed box can be unstable to shear
+        # (Dagois-Bohy et al. 2012): the averaged G comes out negative
+        return "B or G <= 0: unstable to a strain at fixed box"
+    return ""
 
 
 def read_sweep(folder: Path) -> tuple[list[dict], dict]:
@@ -203,14 +208,9 @@ def read_sweep(folder: Path) -> tuple[list[dict], dict]:
             row["note"] = f"FIRE did not converge ({relaxation.get('stop_reason')})"
         elif not e:
             row["note"] = "no /elasticity in the result (sensitivity.elasticity off?)"
-        elif not e.get("converged"):
-            row["note"] = "strain solves did not converge"
-        elif not row["pressure"] > 0:
-            row["note"] = "p <= 0: below this packing's jamming point"
-        elif not (row["bulk_modulus"] > 0 and row["shear_modulus"] > 0):
-            row["note"] = "B or G <= 0: unstable to a strain at fixed box"
         else:
-            row["used"] = True
+            row["note"] = _moduli_note(row)
+            row["used"] = not row["note"]
         rows.append(row)
         stresses.append(np.asarray(e.get("stress", np.full((2, 2), np.nan))))
         tensors.append(np.asarray(e.get("elastic_tensor", np.full((2, 2, 2, 2), np.nan))))
