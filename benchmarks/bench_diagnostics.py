@@ -21,10 +21,10 @@ import jax
 
 jax.config.update("jax_enable_x64", True)  # float64 physics, before jax-md loads
 
-from systems import response
-from systems.generate import random_packing
-from systems.potentials import PairModel, resolve_potential
-from systems.relax import make_relaxer, resolve_minimizer
+from sensitivity.systems import response
+from sensitivity.systems.generate import random_packing
+from sensitivity.systems.potentials import PairModel, resolve_potential
+from sensitivity.systems.relax import make_relaxer, resolve_minimizer
 
 
 DENSE_TOO_MAX_DOF = 4096  # --dense-too stops here (8192 coordinates: 30 s)

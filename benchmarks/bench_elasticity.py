@@ -35,12 +35,12 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)  # float64 physics, before jax-md loads
 
-from systems import elasticity as el  # noqa: E402
-from systems.generate import random_packing  # noqa: E402
-from systems.potentials import PairModel, resolve_potential  # noqa: E402
-from systems.relax import make_relaxer, resolve_minimizer  # noqa: E402
-from systems.response import ResponseSolver, resolve_sensitivity  # noqa: E402
-from systems.theta import ParameterSpec
+from sensitivity.systems import elasticity as el  # noqa: E402
+from sensitivity.systems.generate import random_packing  # noqa: E402
+from sensitivity.systems.potentials import PairModel, resolve_potential  # noqa: E402
+from sensitivity.systems.relax import make_relaxer, resolve_minimizer  # noqa: E402
+from sensitivity.systems.response import ResponseSolver, resolve_sensitivity  # noqa: E402
+from sensitivity.systems.theta import ParameterSpec
 
 
 def best_of(fn, repeat):

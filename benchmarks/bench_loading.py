@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def synthetic_result(path: Path, n: int) -> None:
     """A 2D result of ``n`` particles with two scalar θs, as `sensitivity run` writes it."""
     sys.path.insert(0, str(ROOT))
-    from systems import random_packing, write_result
+    from sensitivity.systems import random_packing, write_result
 
     system = random_packing(n, seed=0)
     rng = np.random.default_rng(0)
@@ -69,12 +69,12 @@ def main(argv=None) -> None:
                 "x = f['particles/all/position/value'][0]\n"
                 "e = f['particles/all/box/edges/value'][0]\n"
                 "j = [f[f'sensitivity/{k}/dx_dtheta'][()] for k in ('small_diameter', 'box')]\n"),
-            "systems.read_result": f"import systems; systems.read_result({str(path)!r})",
+            "systems.read_result": f"from sensitivity import systems; systems.read_result({str(path)!r})",
             "  + response, magnitudes, prediction": (
-                f"import systems; r = systems.read_result({str(path)!r})\n"
+                f"from sensitivity import systems; r = systems.read_result({str(path)!r})\n"
                 "r.response('box'); r.magnitudes('box'); r.predicted_system('box', 1e-3)\n"),
             "import jax, then read_result": (
-                f"import jax, systems; systems.read_result({str(path)!r})"),
+                f"import jax; from sensitivity import systems; systems.read_result({str(path)!r})"),
         }
         times = {label: best_of(code, args.repeat) for label, code in rows.items()}
     baseline = times["bare h5py (baseline)"]

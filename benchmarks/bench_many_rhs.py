@@ -51,12 +51,12 @@ jax.config.update("jax_enable_x64", True)  # float64 physics, before jax-md load
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
-from systems.generate import random_packing  # noqa: E402
-from systems.pipeline import central_difference  # noqa: E402
-from systems.potentials import PairModel, resolve_potential  # noqa: E402
-from systems.relax import make_relaxer, resolve_minimizer  # noqa: E402
-from systems.response import ResponseSolver, resolve_sensitivity  # noqa: E402
-from systems.theta import ParameterSpec, theta_apply  # noqa: E402
+from sensitivity.systems.generate import random_packing  # noqa: E402
+from sensitivity.systems.pipeline import central_difference  # noqa: E402
+from sensitivity.systems.potentials import PairModel, resolve_potential  # noqa: E402
+from sensitivity.systems.relax import make_relaxer, resolve_minimizer  # noqa: E402
+from sensitivity.systems.response import ResponseSolver, resolve_sensitivity  # noqa: E402
+from sensitivity.systems.theta import ParameterSpec, theta_apply  # noqa: E402
 
 DIAMETERS = ParameterSpec("diameters", "diameters")
 

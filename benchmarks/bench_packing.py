@@ -42,12 +42,12 @@ import numpy as np
 
 jax.config.update("jax_enable_x64", True)  # float64 physics, before jax-md loads
 
-from systems.generate import random_packing
-from systems.potentials import PairModel, resolve_potential
-from systems.relax import _FireState, make_relaxer, resolve_minimizer
-from systems.contacts import gauge_fix
-from systems.response import ResponseSolver, resolve_sensitivity
-from systems.theta import ParameterSpec, theta_apply
+from sensitivity.systems.generate import random_packing
+from sensitivity.systems.potentials import PairModel, resolve_potential
+from sensitivity.systems.relax import _FireState, make_relaxer, resolve_minimizer
+from sensitivity.systems.contacts import gauge_fix
+from sensitivity.systems.response import ResponseSolver, resolve_sensitivity
+from sensitivity.systems.theta import ParameterSpec, theta_apply
 
 THETA = ParameterSpec("small_diameter", "diameter", 0)
 
@@ -93,7 +93,7 @@ def plain_time(solver, repeat):
     """The engine used directly: ``custom_root`` on autodiff forces (forward-over-reverse
     Hessian-vector products), plain CG with the translations as null space."""
     import sensitivity
-    from systems.response import _nullspace
+    from sensitivity.systems.response import _nullspace
 
     pk = solver.data
     theta0, apply = theta_apply(THETA, solver.params, np.asarray(solver.model.species))
@@ -172,7 +172,7 @@ def jaxmd_fire_time(relaxer, system, params, ftol=1e-12, max_steps=200_000):
     the square root, which slows it near tight tolerances."""
     from jax_md import minimize
 
-    from systems.potentials import Pairs
+    from sensitivity.systems.potentials import Pairs
 
     model = relaxer.model
     y0 = jnp.asarray(system.positions)

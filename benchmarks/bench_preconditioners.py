@@ -36,12 +36,12 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)  # float64 physics, before jax-md loads
 
 import sensitivity
-from systems import hessian as hs
-from systems.generate import random_packing
-from systems.potentials import PairModel, resolve_potential
-from systems.relax import make_relaxer, resolve_minimizer
-from systems.response import ResponseSolver, resolve_sensitivity
-from systems.theta import ParameterSpec, theta_apply
+from sensitivity.systems import hessian as hs
+from sensitivity.systems.generate import random_packing
+from sensitivity.systems.potentials import PairModel, resolve_potential
+from sensitivity.systems.relax import make_relaxer, resolve_minimizer
+from sensitivity.systems.response import ResponseSolver, resolve_sensitivity
+from sensitivity.systems.theta import ParameterSpec, theta_apply
 
 THETA = ParameterSpec("small_diameter", "diameter", 0)
 DEFAULT_CONFIGS = ["none", "block_jacobi", "block_scaling", "16-none", "default",

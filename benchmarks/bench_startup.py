@@ -51,7 +51,7 @@ def main() -> None:
         cache = work / "cache"
         env = dict(os.environ, SENSITIVITY_CACHE_DIR=str(cache),
                    PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        cli = [sys.executable, "-m", "cli"]
+        cli = [sys.executable, "-m", "sensitivity.cli"]
         run = cli + ["run", "packing.yaml", "--overwrite"]
 
         def best(argv, fresh_cache=False):

@@ -35,7 +35,7 @@ def sensitivity(*args: str, env: dict, cwd: Path) -> float:
     """Run ``python -m cli ARGS`` in a fresh process; its wall-clock seconds."""
     start = time.perf_counter()
     completed = subprocess.run(
-        [sys.executable, "-m", "cli", *args], cwd=cwd, env=env, capture_output=True, text=True
+        [sys.executable, "-m", "sensitivity.cli", *args], cwd=cwd, env=env, capture_output=True, text=True
     )
     elapsed = time.perf_counter() - start
     if completed.returncode != 0:
@@ -64,7 +64,7 @@ def main() -> None:
 
     print(f"generating {args.tasks} packings of N = {args.n} in {work}", flush=True)
     sys.path.insert(0, str(ROOT))
-    from systems import random_packing, write_packing
+    from sensitivity.systems import random_packing, write_packing
 
     names = []
     for seed in range(args.tasks):
@@ -94,14 +94,14 @@ def main() -> None:
     per_task = total / args.tasks
     print(f"  {total:.2f} s, {per_task:.3f} s per task", flush=True)
     print("start-up alone (import jax + jax-md) ...", flush=True)
-    startup_code = "import time; t=time.perf_counter(); import systems, jax_md; print(time.perf_counter()-t)"
+    startup_code = "import time; t=time.perf_counter(); import sensitivity.systems, jax_md; print(time.perf_counter()-t)"
     startup = float(
         subprocess.run([sys.executable, "-c", startup_code], env=env, capture_output=True, text=True,
                        cwd=ROOT, check=True).stdout.strip()
     )
 
     # Per-task times recorded by the run itself (relaxation, solves, compilation).
-    from systems import read_result
+    from sensitivity.systems import read_result
 
     inner = [read_result(work / "sweep" / f"task-{i:04d}" / "sensitivity.h5").timings for i in range(args.tasks)]
 

@@ -41,10 +41,10 @@ def main() -> None:
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    from cli.config import load_config
-    from systems import random_packing, write_packing
-    from systems.pipeline import run_task
-    from systems import relax, response
+    from sensitivity.cli.config import load_config
+    from sensitivity.systems import random_packing, write_packing
+    from sensitivity.systems.pipeline import run_task
+    from sensitivity.systems import relax, response
 
     work = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     packing = work / "p.h5"

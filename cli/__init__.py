@@ -1,1 +1,1 @@
-"""cli: the ``sensitivity`` command line, a thin click layer over ``systems``."""
+"""sensitivity.cli: the ``sensitivity`` command line, a thin click layer over ``systems``."""

@@ -1,4 +1,4 @@
-"""``python -m cli``: the ``sensitivity`` command (what Slurm array scripts run)."""
+"""``python -m sensitivity.cli``: the ``sensitivity`` command (what Slurm array scripts run)."""
 
 from .main import main
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from systems.tasks import RESULT_NAME
+from sensitivity.systems.tasks import RESULT_NAME
 
 from ._manifest import find_tasks
 from .config import ConfigError
@@ -35,7 +35,7 @@ def collect_results(directory: Path, output: Path, reporter=None) -> tuple[Path,
             f"{directory}: no {RESULT_NAME} found below it; run `sensitivity run CONFIG` first "
             "(or give the folder of output.directory)"
         )
-    from systems.summary import write_summary
+    from sensitivity.systems.summary import write_summary
 
     return write_summary(directory, tasks, output,
                          warn=None if reporter is None else reporter.warning)

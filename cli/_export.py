@@ -104,7 +104,7 @@ def export_extxyz(result, path: str | os.PathLike) -> tuple[Path, list[str]]:
         for field in fields:
             cells += [_number(v) for v in field[i]]
         lines.append(" ".join(cells))
-    from systems import atomic_write_text
+    from sensitivity.systems import atomic_write_text
 
     path = atomic_write_text(path, "\n".join(lines) + "\n")
     return path, skipped

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from systems.settings import STRAIN_COMPONENTS_BY_DIM
+from sensitivity.systems.settings import STRAIN_COMPONENTS_BY_DIM
 
 from ._report import format_value, stats_block
 
@@ -33,7 +33,7 @@ def _plain(value: Any) -> Any:
 
 def summarize(path: str | Path, *, top: int = 5) -> dict:
     """A JSON-friendly summary of a result file."""
-    from systems.io import read_result
+    from sensitivity.systems.io import read_result
 
     result = read_result(path)
     system = result.system

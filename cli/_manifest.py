@@ -23,8 +23,8 @@ def write_manifest(loaded: LoadedConfig) -> Path | None:
     """``<output.directory>/sweep.json`` for a sweep (None without one)."""
     if not loaded.sweep:
         return None
-    from systems import atomic_write_text
-    from systems.tasks import config_digest
+    from sensitivity.systems import atomic_write_text
+    from sensitivity.systems.tasks import config_digest
 
     top = loaded.output_directory
     manifest = {
@@ -54,7 +54,7 @@ def find_tasks(top: Path) -> list[dict]:
     Raises:
         ConfigError: the manifest exists but is not one.
     """
-    from systems.tasks import LOCK_NAME, MARKER_NAME, RESULT_NAME
+    from sensitivity.systems.tasks import LOCK_NAME, MARKER_NAME, RESULT_NAME
 
     manifest = top / MANIFEST_NAME
     if manifest.is_file():

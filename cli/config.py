@@ -33,8 +33,8 @@ from typing import Any
 
 import yaml
 
-from systems import settings
-from systems.settings import Check, Invalid, Setting, boolean, integer, nullable, string
+from sensitivity.systems import settings
+from sensitivity.systems.settings import Check, Invalid, Setting, boolean, integer, nullable, string
 
 __all__ = [
     "ConfigError",
@@ -511,7 +511,7 @@ class Task:
 
     @property
     def result_path(self) -> Path:
-        from systems.tasks import RESULT_NAME
+        from sensitivity.systems.tasks import RESULT_NAME
 
         return self.directory / RESULT_NAME
 

@@ -211,7 +211,7 @@ _FAILURE_CLASSES = {EXIT_USAGE: UserError, EXIT_NUMERICAL: NumericalFailure,
 
 
 def _input_error_types() -> tuple[type, ...]:
-    from systems import InputError  # the standard library only: no jax
+    from sensitivity.systems import InputError  # the standard library only: no jax
 
     from .slurm import SlurmError
 
@@ -219,7 +219,7 @@ def _input_error_types() -> tuple[type, ...]:
 
 
 def _convergence_error_types() -> tuple[type, ...]:
-    from systems import ConvergenceError
+    from sensitivity.systems import ConvergenceError
 
     types: list[type] = [ConvergenceError]
     if "sensitivity" in sys.modules:  # only then can the engine have raised one
@@ -233,7 +233,7 @@ def translate_error(error: BaseException) -> click.ClickException | None:
     """The CLI form of an exception from a command (None: not ours to translate)."""
     if isinstance(error, click.ClickException):
         return error
-    storage = getattr(sys.modules.get("systems._errors"), "StorageError", None)
+    storage = getattr(sys.modules.get("sensitivity.systems._errors"), "StorageError", None)
     if storage is not None and isinstance(error, storage):
         return StorageFailure(str(error))
     if isinstance(error, _input_error_types()):
@@ -268,7 +268,7 @@ class SensitivityGroup(click.Group):
 def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
-    from systems.versions import package_version as version
+    from sensitivity.systems.versions import package_version as version
 
     own = version("sensitivity")
     others = ", ".join(f"{name} {version(name)}" for name in ("jax", "jaxlib", "jax-md"))
@@ -361,7 +361,7 @@ def setup_jax(state: State, reporter=None) -> None:
 
 def task_state(task: Task):
     """The :class:`systems.tasks.TaskStatus` of a task (stdlib only: no jax, no h5py)."""
-    from systems.tasks import task_status
+    from sensitivity.systems.tasks import task_status
 
     return task_status(task.directory, task.config)
 
@@ -428,7 +428,7 @@ def _summary_fields(summary: Any) -> dict:
 
 def _result_record(path: Path) -> dict:
     """What the stats block shows, as data (``--json``)."""
-    from systems.io import read_result
+    from sensitivity.systems.io import read_result
 
     result = read_result(path)
     return {
@@ -457,7 +457,7 @@ def _task_record(task: Task, status: str, code: int = EXIT_OK, message: str = ""
 
 def _stats_from_result(path: Path, *, title: str | None = None) -> tuple[str, bool]:
     """The stats block of a result file, and whether everything converged."""
-    from systems.io import read_result
+    from sensitivity.systems.io import read_result
 
     from ._report import stats_block
 
@@ -532,7 +532,7 @@ def run(config: str, overrides: tuple[str, ...], output: str | None, task_index:
 
     started = time.perf_counter()
     setup_jax(state, reporter)
-    from systems.pipeline import run_task
+    from sensitivity.systems.pipeline import run_task
 
     reporter.info(f"imported jax and the physics in {time.perf_counter() - started:.2f} s")
 
@@ -593,9 +593,9 @@ def _run_one(task: Task, loaded: LoadedConfig, run_task, reporter, state: State,
     result and plots, write config.yaml, and only then the completion marker. A signal or a
     crash anywhere before the marker leaves the task counted as not complete.
     """
-    from systems import atomic_write_text, ensure_writable_folder, storage_error
-    from systems import ConvergenceError, InputError, StorageError
-    from systems.tasks import (CONFIG_NAME, MARKER_NAME, RESULT_NAME, input_digests, lock_task,
+    from sensitivity.systems import atomic_write_text, ensure_writable_folder, storage_error
+    from sensitivity.systems import ConvergenceError, InputError, StorageError
+    from sensitivity.systems.tasks import (CONFIG_NAME, MARKER_NAME, RESULT_NAME, input_digests, lock_task,
                                mark_complete, mark_started)
 
     directory = task.directory
@@ -721,8 +721,8 @@ def generate(n: int, dim: str, phi: float, seed: int, size_ratio: float, output:
     path = Path(output)
     if path.exists() and not force:
         raise UserError(f"{path} exists; pass --force to overwrite it or choose another -o")
-    from systems.generate import random_packing
-    from systems.io import write_packing
+    from sensitivity.systems.generate import random_packing
+    from sensitivity.systems.io import write_packing
 
     system = random_packing(n, dim=int(dim), phi=phi, seed=seed, size_ratio=size_ratio)
     write_packing(path, system)
@@ -779,8 +779,8 @@ def plot(result: str, output: str | None, fmt: str, dpi: float, names: tuple[str
     packing (species legend, a reference arrow, arrows wrapped across the periodic boundary;
     3D: a slice), and the histogram of |dx*/dtheta| per particle, for every theta."""
     state = _state()
-    from systems.io import read_result
-    from systems.plots import plot_result
+    from sensitivity.systems.io import read_result
+    from sensitivity.systems.plots import plot_result
 
     loaded = read_result(result)
     directory = Path(output) if output else Path(result).resolve().parent / "plots"
@@ -803,7 +803,7 @@ def export(result: str, fmt: str, output: str | None) -> None:
     """Write RESULT in a format visualisation tools read: the relaxed packing, the box as
     the lattice, and each scalar theta's dx*/dtheta as a per-atom vector property."""
     state = _state()
-    from systems.io import read_result
+    from sensitivity.systems.io import read_result
 
     from ._export import export_extxyz
 
@@ -839,7 +839,7 @@ def check(config: str, overrides: tuple[str, ...], output: str | None, task_inde
     loaded = _load(config, overrides, output)
     tasks = _select_tasks(loaded, task_index)
     setup_jax(state, reporter)
-    from systems.pipeline import audit_task
+    from sensitivity.systems.pipeline import audit_task
 
     from ._inspect import render_audit
 
@@ -997,7 +997,7 @@ def submit(config: str, overrides: tuple[str, ...], output: str | None, dry_run:
         environment=environment,
         task_count=len(loaded.tasks),
     )
-    from systems import atomic_write_text, ensure_writable_folder
+    from sensitivity.systems import atomic_write_text, ensure_writable_folder
 
     script_path = Path(script) if script else top / "submit.sbatch"
     ensure_writable_folder(top / "logs", "log folder")
@@ -1028,7 +1028,7 @@ def status(directory: str, as_json: bool) -> None:
     """Show each task under DIRECTORY (a run's or sweep's output folder): done, failed (with the
     reason), incomplete, stale, missing or running, and the Slurm state of its array element
     when `submit` sent it. Exit code 0 when every task is done, 1 otherwise."""
-    from systems.tasks import task_status
+    from sensitivity.systems.tasks import task_status
 
     from .slurm import array_states, read_submissions
 

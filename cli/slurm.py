@@ -1,7 +1,7 @@
 """Slurm job arrays for sweeps: the ``sbatch`` script and its submission.
 
 One array element per task of the sweep: element ``i`` runs
-``python -m cli run CONFIG --task-index $SLURM_ARRAY_TASK_ID`` with the same ``--set`` and
+``python -m sensitivity.cli run CONFIG --task-index $SLURM_ARRAY_TASK_ID`` with the same ``--set`` and
 ``--output`` options ``submit`` was given, so the array recomputes exactly the tasks
 ``sensitivity validate`` lists. ``run`` skips a task whose complete result exists, so an array
 can be resubmitted after a time limit or a node failure; by default ``submit`` puts only the
@@ -123,7 +123,7 @@ def render_script(
             extra = extra[len("#SBATCH") :].strip()
         option(f"#SBATCH {extra}")
     count = task_count if task_count is not None else len(indices)
-    command = [python, "-m", "cli", "run", str(Path(config_path).resolve())]
+    command = [python, "-m", "sensitivity.cli", "run", str(Path(config_path).resolve())]
     command += list(run_arguments)
     lines += [
         "#",
@@ -192,7 +192,7 @@ _RANGE = re.compile(r"^(\d+)_\[([0-9,\-%]+)\]\|(\S+)$")
 def record_submission(top: str | os.PathLike, job_id: str, indices: Sequence[int],
                       script: str | os.PathLike) -> None:
     """Append a submission to ``<top>/submissions.json`` (read by ``sensitivity status``)."""
-    from systems import atomic_write_text
+    from sensitivity.systems import atomic_write_text
 
     path = Path(top) / SUBMISSIONS_NAME
     entries = read_submissions(top)

@@ -86,9 +86,9 @@ def measure(n: int, phis, seeds, progress=print) -> tuple[list[dict], dict]:
     order (NaN moduli for a skipped packing; the relaxed positions and box in units of the
     small diameter).
     """
-    import systems
-    from systems.potentials import PairModel
-    from systems.response import resolve_sensitivity
+    from sensitivity import systems
+    from sensitivity.systems.potentials import PairModel
+    from sensitivity.systems.response import resolve_sensitivity
 
     phis = sorted(phis, reverse=True)  # densest first: the pair lists' padded sizes fit all
     phi_max = phis[0]
@@ -182,7 +182,7 @@ def read_sweep(folder: Path) -> tuple[list[dict], dict]:
     count is not in the result file, so the isostatic check is left to the run's rattlers."""
     import re
 
-    import systems
+    from sensitivity import systems
 
     rows, stresses, tensors = [], [], []
     paths = sorted(Path(folder).glob("**/sensitivity.h5"))

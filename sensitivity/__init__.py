@@ -7,201 +7,130 @@ solution through the implicit function theorem (Blondel et al., "Efficient and M
 Implicit Differentiation", NeurIPS 2022) without unrolling the solver.
 
 The public API is what this module re-exports; every ``_``-prefixed module is private.
+Names are imported on first use (module ``__getattr__``), so ``import sensitivity`` does not
+import jax: the command line and the result readers (``sensitivity.systems``,
+``sensitivity.cli``) stay fast.
 jaxopt's module paths exist too (``sensitivity.implicit_diff``, ``sensitivity.linear_solve``,
 ``sensitivity.prox``, ``sensitivity.projection``, ``sensitivity.tree_util``) with jaxopt's
 names and signatures, so jaxopt code ports by changing its import.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
 
-# --- linear solvers (sensitivity/_linear_solve.py) ---
-from sensitivity._linear_solve import (  # noqa: E402
-    LinearSolveError,
-    LinearSolveInfo,
-    LinearSolveWarning,
-    get_solver,
-    solve_bicgstab,
-    solve_cg,
-    solve_cholesky,
-    solve_gmres,
-    solve_lstsq,
-    solve_lu,
-    solve_minres,
-    solve_normal_cg,
-)
-from sensitivity._linear_solve_more import (  # noqa: E402
-    solve_inv,
-    solve_iterative_refinement,
-    solve_qr,
-)
-# --- factor once, solve many (sensitivity/_factorization.py) ---
-from sensitivity._factorization import SparseFactorization as SparseFactorization
-from sensitivity._factorization import factorize_sparse as factorize_sparse
-# --- implicit differentiation (sensitivity/_implicit_diff.py) ---
-from sensitivity._implicit_diff import ClosureError as ClosureError
-from sensitivity._implicit_diff import custom_fixed_point as custom_fixed_point
-from sensitivity._implicit_diff import custom_root as custom_root
-from sensitivity._implicit_diff import record_solves as record_solves
-from sensitivity._implicit_diff import root_jvp as root_jvp
-from sensitivity._implicit_diff import root_vjp as root_vjp
-# --- optimality conditions (sensitivity/_optimality.py) ---
-from sensitivity._optimality import (  # noqa: E402
-    ConeSpec,
-    KKTSolution,
-    conic_embed,
-    conic_recover,
-    make_block_proximal_gradient_fixed_point,
-    make_cone_projection,
-    make_conic_residual_map,
-    make_gradient_descent_fixed_point,
-    make_kkt_optimality_fun,
-    make_mirror_descent_fixed_point,
-    make_newton_fixed_point,
-    make_projected_gradient_fixed_point,
-    make_proximal_gradient_fixed_point,
-    make_stationary_condition,
-)
-# --- proximal operators (sensitivity/_prox.py) ---
-from sensitivity._prox import (  # noqa: E402
-    make_prox_from_projection,
-    prox_elastic_net,
-    prox_group_lasso,
-    prox_lasso,
-    prox_non_negative_lasso,
-    prox_non_negative_ridge,
-    prox_none,
-    prox_ridge,
-)
-# --- projections (sensitivity/_projection.py) ---
-from sensitivity._projection import (  # noqa: E402
-    kl_projection_simplex,
-    projection_affine_set,
-    projection_box,
-    projection_box_section,
-    projection_halfspace,
-    projection_hypercube,
-    projection_hyperplane,
-    projection_l1_ball,
-    projection_l2_ball,
-    projection_l2_sphere,
-    projection_linf_ball,
-    projection_non_negative,
-    projection_polyhedron,
-    projection_psd_cone,
-    projection_second_order_cone,
-    projection_simplex,
-    smat,
-    svec,
-)
-from sensitivity._projection_more import (  # noqa: E402
-    kl_projection_birkhoff,
-    kl_projection_transport,
-    projection_birkhoff,
-    projection_l1_sphere,
-    projection_sparse_simplex,
-    projection_transport,
-)
-# --- solvers (sensitivity/_solvers.py) ---
-from sensitivity._solvers import (  # noqa: E402
-    ConicSolution,
-    SolverResult,
-    block_coordinate_descent,
-    gradient_descent,
-    mirror_descent,
-    newton,
-    projected_gradient,
-    proximal_gradient,
-    scipy_minimize,
-    solve_conic,
-    solve_qp,
-)
-# --- precision (sensitivity/_precision.py) ---
-from sensitivity._lanczos import lanczos as lanczos  # noqa: E402
-from sensitivity._precision import JacobianErrorEstimate as JacobianErrorEstimate
-from sensitivity._precision import jacobian_error_estimate as jacobian_error_estimate
+# public name -> the private module that owns it
+_EXPORTS = {
+    # implicit differentiation (_implicit_diff.py)
+    "ClosureError": "_implicit_diff",
+    "custom_fixed_point": "_implicit_diff",
+    "custom_root": "_implicit_diff",
+    "record_solves": "_implicit_diff",
+    "root_jvp": "_implicit_diff",
+    "root_vjp": "_implicit_diff",
+    # linear solvers (_linear_solve.py)
+    "LinearSolveError": "_linear_solve",
+    "LinearSolveInfo": "_linear_solve",
+    "LinearSolveWarning": "_linear_solve",
+    "get_solver": "_linear_solve",
+    "solve_bicgstab": "_linear_solve",
+    "solve_cg": "_linear_solve",
+    "solve_cholesky": "_linear_solve",
+    "solve_gmres": "_linear_solve",
+    "solve_lstsq": "_linear_solve",
+    "solve_lu": "_linear_solve",
+    "solve_minres": "_linear_solve",
+    "solve_normal_cg": "_linear_solve",
+    # linear solvers (jaxopt's extra ones) (_linear_solve_more.py)
+    "solve_inv": "_linear_solve_more",
+    "solve_iterative_refinement": "_linear_solve_more",
+    "solve_qr": "_linear_solve_more",
+    # factor once, solve many (_factorization.py)
+    "SparseFactorization": "_factorization",
+    "factorize_sparse": "_factorization",
+    # optimality conditions (_optimality.py)
+    "ConeSpec": "_optimality",
+    "KKTSolution": "_optimality",
+    "conic_embed": "_optimality",
+    "conic_recover": "_optimality",
+    "make_block_proximal_gradient_fixed_point": "_optimality",
+    "make_cone_projection": "_optimality",
+    "make_conic_residual_map": "_optimality",
+    "make_gradient_descent_fixed_point": "_optimality",
+    "make_kkt_optimality_fun": "_optimality",
+    "make_mirror_descent_fixed_point": "_optimality",
+    "make_newton_fixed_point": "_optimality",
+    "make_projected_gradient_fixed_point": "_optimality",
+    "make_proximal_gradient_fixed_point": "_optimality",
+    "make_stationary_condition": "_optimality",
+    # proximal operators (_prox.py)
+    "make_prox_from_projection": "_prox",
+    "prox_elastic_net": "_prox",
+    "prox_group_lasso": "_prox",
+    "prox_lasso": "_prox",
+    "prox_non_negative_lasso": "_prox",
+    "prox_non_negative_ridge": "_prox",
+    "prox_none": "_prox",
+    "prox_ridge": "_prox",
+    # projections (_projection.py)
+    "kl_projection_simplex": "_projection",
+    "projection_affine_set": "_projection",
+    "projection_box": "_projection",
+    "projection_box_section": "_projection",
+    "projection_halfspace": "_projection",
+    "projection_hypercube": "_projection",
+    "projection_hyperplane": "_projection",
+    "projection_l1_ball": "_projection",
+    "projection_l2_ball": "_projection",
+    "projection_l2_sphere": "_projection",
+    "projection_linf_ball": "_projection",
+    "projection_non_negative": "_projection",
+    "projection_polyhedron": "_projection",
+    "projection_psd_cone": "_projection",
+    "projection_second_order_cone": "_projection",
+    "projection_simplex": "_projection",
+    "smat": "_projection",
+    "svec": "_projection",
+    # projections (jaxopt's transport and sparse ones) (_projection_more.py)
+    "kl_projection_birkhoff": "_projection_more",
+    "kl_projection_transport": "_projection_more",
+    "projection_birkhoff": "_projection_more",
+    "projection_l1_sphere": "_projection_more",
+    "projection_sparse_simplex": "_projection_more",
+    "projection_transport": "_projection_more",
+    # solvers (_solvers.py)
+    "ConicSolution": "_solvers",
+    "SolverResult": "_solvers",
+    "block_coordinate_descent": "_solvers",
+    "gradient_descent": "_solvers",
+    "mirror_descent": "_solvers",
+    "newton": "_solvers",
+    "projected_gradient": "_solvers",
+    "proximal_gradient": "_solvers",
+    "scipy_minimize": "_solvers",
+    "solve_conic": "_solvers",
+    "solve_qp": "_solvers",
+    # extreme eigenvalues (_lanczos.py)
+    "lanczos": "_lanczos",
+    # precision of a Jacobian (_precision.py)
+    "JacobianErrorEstimate": "_precision",
+    "jacobian_error_estimate": "_precision",
+}
 
-__all__ = [
-    "lanczos",
-    "LinearSolveError",
-    "LinearSolveInfo",
-    "LinearSolveWarning",
-    "get_solver",
-    "solve_bicgstab",
-    "solve_cg",
-    "solve_cholesky",
-    "solve_gmres",
-    "solve_lstsq",
-    "solve_lu",
-    "solve_minres",
-    "solve_normal_cg",
-    "solve_inv",
-    "solve_iterative_refinement",
-    "solve_qr",
-    "SparseFactorization",
-    "factorize_sparse",
-    "ClosureError",
-    "custom_fixed_point",
-    "custom_root",
-    "record_solves",
-    "root_jvp",
-    "root_vjp",
-    "ConeSpec",
-    "KKTSolution",
-    "conic_embed",
-    "conic_recover",
-    "make_block_proximal_gradient_fixed_point",
-    "make_cone_projection",
-    "make_conic_residual_map",
-    "make_gradient_descent_fixed_point",
-    "make_kkt_optimality_fun",
-    "make_mirror_descent_fixed_point",
-    "make_newton_fixed_point",
-    "make_projected_gradient_fixed_point",
-    "make_proximal_gradient_fixed_point",
-    "make_stationary_condition",
-    "make_prox_from_projection",
-    "prox_elastic_net",
-    "prox_group_lasso",
-    "prox_lasso",
-    "prox_non_negative_lasso",
-    "prox_non_negative_ridge",
-    "prox_none",
-    "prox_ridge",
-    "kl_projection_simplex",
-    "projection_affine_set",
-    "projection_box",
-    "projection_box_section",
-    "projection_halfspace",
-    "projection_hypercube",
-    "projection_hyperplane",
-    "projection_l1_ball",
-    "projection_l2_ball",
-    "projection_l2_sphere",
-    "projection_linf_ball",
-    "projection_non_negative",
-    "projection_polyhedron",
-    "projection_psd_cone",
-    "projection_second_order_cone",
-    "projection_simplex",
-    "smat",
-    "svec",
-    "kl_projection_birkhoff",
-    "kl_projection_transport",
-    "projection_birkhoff",
-    "projection_l1_sphere",
-    "projection_sparse_simplex",
-    "projection_transport",
-    "ConicSolution",
-    "SolverResult",
-    "block_coordinate_descent",
-    "gradient_descent",
-    "mirror_descent",
-    "newton",
-    "projected_gradient",
-    "proximal_gradient",
-    "scipy_minimize",
-    "solve_conic",
-    "solve_qp",
-    "JacobianErrorEstimate",
-    "jacobian_error_estimate",
-]
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    owner = _EXPORTS.get(name)
+    if owner is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{owner}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

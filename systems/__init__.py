@@ -1,12 +1,12 @@
-"""systems: particle packings, their relaxation and the sensitivity of their energy minima.
+"""sensitivity.systems: particle packings, their relaxation and the sensitivity of their energy minima.
 
 Reading results needs neither jax nor jax-md::
 
-    import systems
+    from sensitivity import systems
     result = systems.read_result("out/sensitivity.h5")   # numpy arrays, no jax imported
     result.positions, result.box, result.response("small_diameter").dx_dtheta
 
-Every name below is imported on first use (module ``__getattr__``), so ``import systems``
+Every name below is imported on first use (module ``__getattr__``), so ``import sensitivity.systems``
 is instant and changes no global state. The physics (:mod:`systems.relax`,
 :mod:`systems.response`, :mod:`systems.pipeline`) runs in float64: whoever runs it turns
 on JAX's 64-bit mode first, before jax-md is imported (the ``sensitivity`` command does;
@@ -80,7 +80,7 @@ __all__ = list(_EXPORTS)
 def __getattr__(name: str) -> Any:
     owner = _EXPORTS.get(name)
     if owner is None:
-        raise AttributeError(f"module 'systems' has no attribute {name!r}")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{owner}", __name__), name)
     globals()[name] = value  # later look-ups skip this function
     return value

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import main
+from sensitivity.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,7 +40,7 @@ def invoke(args, **kwargs):
 
 def fake_result(path: Path, *, n: int = 8, converged: bool = True, seed: int = 0) -> Path:
     """A result file as `run` writes it, without running anything."""
-    from systems import random_packing, write_result
+    from sensitivity.systems import random_packing, write_result
 
     system = random_packing(n, phi=0.9, seed=seed)
     rng = np.random.default_rng(seed)
@@ -93,12 +93,13 @@ def test_help_imports_no_heavy_module():
     code = (
         "import sys\n"
         "from click.testing import CliRunner\n"
-        "from cli.main import main\n"
+        "from sensitivity.cli.main import main\n"
         "r = CliRunner().invoke(main, ['--help'])\n"
         "assert r.exit_code == 0, r.output\n"
         "heavy = [m for m in ('jax', 'jax_md', 'matplotlib', 'h5py', 'numpy', 'scipy')"
         " if m in sys.modules]\n"
-        "heavy += [m for m in sys.modules if m.startswith('systems.') and m != 'systems.settings']\n"
+        "heavy += [m for m in sys.modules if m.startswith('sensitivity.systems.')\n"
+        "          and m != 'sensitivity.systems.settings']\n"
         "print(','.join(heavy))\n"
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -117,8 +118,8 @@ def test_version():
 
 def test_python_dash_m_cli_is_the_same_command():
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, "-m", "cli", "--help"], capture_output=True, text=True,
-                         env=env, timeout=60)
+    out = subprocess.run([sys.executable, "-m", "sensitivity.cli", "--help"], capture_output=True,
+                         text=True, env=env, timeout=60)
     assert out.returncode == 0 and "Usage: sensitivity" in out.stdout
 
 
@@ -131,7 +132,7 @@ def test_unknown_command_and_option_are_usage_errors():
 
 
 def test_generate_writes_a_packing(tmp_path: Path):
-    from systems import read_packing
+    from sensitivity.systems import read_packing
 
     out = tmp_path / "p.h5"
     result = invoke(["generate", "--n", 20, "--dim", 2, "--phi", 0.85, "--seed", 4, "-o", out])
@@ -267,7 +268,7 @@ def test_inspect_errors(tmp_path: Path):
     assert missing.exit_code == 2 and "file not found" in missing.output
     (tmp_path / "text.h5").write_text("not hdf5")
     assert invoke(["inspect", tmp_path / "text.h5"]).exit_code == 2
-    from systems import random_packing, write_packing
+    from sensitivity.systems import random_packing, write_packing
 
     write_packing(tmp_path / "packing.h5", random_packing(4))
     packing = invoke(["inspect", tmp_path / "packing.h5"])
@@ -318,7 +319,7 @@ def test_collect_errors(tmp_path: Path):
 @pytest.fixture(scope="module")
 def packings(tmp_path_factory) -> Path:
     """Two 16-disk packings in a folder shared by the tests below."""
-    from systems import random_packing, write_packing
+    from sensitivity.systems import random_packing, write_packing
 
     folder = tmp_path_factory.mktemp("packings")
     for seed in (0, 1):
@@ -360,7 +361,7 @@ def test_run_writes_result_config_and_plots_then_skips(tmp_path: Path, packings:
     assert "relax step" in result.stderr  # log lines when not a terminal
     assert any(p.suffix == ".png" for p in out.rglob("*.png"))
 
-    from systems import read_result
+    from sensitivity.systems import read_result
 
     saved = read_result(out / "sensitivity.h5")
     assert saved.converged
@@ -386,9 +387,10 @@ def test_run_writes_result_config_and_plots_then_skips(tmp_path: Path, packings:
 
 @pytest.mark.slow
 def test_sweep_interrupted_then_resumed_then_collected(tmp_path: Path, packings: Path, monkeypatch):
-    import systems.pipeline
+    import sensitivity.systems.pipeline  # noqa: F401  (patched below as systems.pipeline)
+    from sensitivity import systems
 
-    from cli.main import Terminated
+    from sensitivity.cli.main import Terminated
 
     config = sweep_config(tmp_path, packings)
     real = systems.pipeline.run_task
@@ -530,7 +532,7 @@ def test_sigterm_stops_a_run_cleanly(tmp_path: Path, packings: Path):
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     process = subprocess.Popen(
-        [sys.executable, "-m", "cli", "run", str(config)], cwd=tmp_path, env=env,
+        [sys.executable, "-m", "sensitivity.cli", "run", str(config)], cwd=tmp_path, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     seen = []
@@ -558,7 +560,7 @@ def test_reporter_modes():
     import io
     import re
 
-    from cli._report import Reporter
+    from sensitivity.cli._report import Reporter
 
     stream = io.StringIO()
     log = Reporter("log", stream=stream)
@@ -592,7 +594,7 @@ def test_reporter_modes():
 
 
 def test_stats_block_names_the_stopping_criterion():
-    from cli._report import stats_block
+    from sensitivity.cli._report import stats_block
 
     text = stats_block(
         {"minimizer": "fire", "steps": 10, "max_steps": 10, "energy": 1.0, "max_force": 1e-3,

@@ -18,7 +18,7 @@ from test_cli import _compilation_cache, fake_result, invoke, write_config  # no
 
 @pytest.fixture(scope="module")
 def packing(tmp_path_factory) -> Path:
-    from systems import random_packing, write_packing
+    from sensitivity.systems import random_packing, write_packing
 
     path = tmp_path_factory.mktemp("packings") / "p.h5"
     write_packing(path, random_packing(16, phi=0.9, seed=0))
@@ -33,7 +33,7 @@ def one_json_object(text: str) -> dict:
 
 @pytest.mark.slow
 def test_run_json_then_skipped_json(tmp_path: Path, packing: Path):
-    from systems import read_result
+    from sensitivity.systems import read_result
 
     config = write_config(
         tmp_path,
@@ -111,7 +111,7 @@ def test_the_log_shows_the_compile_stage():
     import jax
     import jax.numpy as jnp
 
-    from cli._report import Reporter
+    from sensitivity.cli._report import Reporter
 
     stream = io.StringIO()
     log = Reporter("log", stream=stream)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.config import (
+from sensitivity.cli.config import (
     EXAMPLE_CONFIG,
     ConfigError,
     load_config,
@@ -336,7 +336,7 @@ def test_task_directory_names_widen_for_big_sweeps():
 def test_dump_yaml_round_trips(folder: Path):
     import yaml
 
-    from cli.config import dump_yaml
+    from sensitivity.cli.config import dump_yaml
 
     config = load_config(write(folder, "system: {path: packing.h5}\n")).tasks[0].config
     assert yaml.safe_load(dump_yaml(config)) == config

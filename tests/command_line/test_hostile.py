@@ -28,7 +28,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cli.main import main
+from sensitivity.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTROL = [chr(c) for c in range(32)] + ["\x7f"]
@@ -61,7 +61,7 @@ def assert_clean_failure(result, code: int, *needles: str, lines: int | None = 1
 
 @pytest.fixture(scope="module")
 def packing(tmp_path_factory) -> Path:
-    from systems import random_packing, write_packing
+    from sensitivity.systems import random_packing, write_packing
 
     folder = tmp_path_factory.mktemp("hostile")
     path = folder / "p.h5"
@@ -133,7 +133,7 @@ HOSTILE_NAMES = ["out $(touch PWNED)", "out `touch PWNED`", "out'; touch PWNED; 
 def test_hostile_paths_reach_the_job_as_plain_arguments(tmp_path, packing, name):
     """The script, run by bash, hands every hostile path to the program unchanged; the
     #SBATCH --output value reads back (as sbatch splits it) as the same path."""
-    from cli.slurm import render_script
+    from sensitivity.cli.slurm import render_script
 
     folder = tmp_path / name
     folder.mkdir()
@@ -152,7 +152,7 @@ def test_hostile_paths_reach_the_job_as_plain_arguments(tmp_path, packing, name)
                                "SLURM_ARRAY_JOB_ID": "1"}, timeout=30)
     assert done.returncode == 0, done.stderr
     argv = json.loads(done.stdout.strip().splitlines()[-1])
-    assert argv[:3] == ["-m", "cli", "run"]
+    assert argv[:3] == ["-m", "sensitivity.cli", "run"]
     assert argv[3] == str(config.resolve()) and str(folder / "out") in argv
     assert not list(tmp_path.rglob("PWNED")) and not Path("PWNED").exists()
     output_line = next(l for l in text.splitlines() if l.startswith("#SBATCH --output="))
@@ -196,7 +196,7 @@ def _sbatch_split(line: str) -> list[str]:
 
 @pytest.mark.parametrize("how", ["pair", "all", "integers"])
 def test_coincident_particles_are_an_input_error_naming_them(tmp_path, how):
-    from systems import random_packing, write_packing
+    from sensitivity.systems import random_packing, write_packing
 
     system = random_packing(16, phi=0.9, seed=1)
     positions = np.array(system.positions)
@@ -217,8 +217,8 @@ def test_coincident_particles_are_an_input_error_naming_them(tmp_path, how):
 
 
 def test_coincident_pairs_against_brute_force():
-    from systems import random_packing
-    from systems._system import coincident_pairs
+    from sensitivity.systems import random_packing
+    from sensitivity.systems._system import coincident_pairs
 
     system = random_packing(40, phi=0.9, seed=2)
     positions = np.array(system.positions)
@@ -240,7 +240,7 @@ def test_coincident_pairs_against_brute_force():
 
 @pytest.mark.slow
 def test_resume_recomputes_what_is_not_done(tmp_path, packing):
-    from systems import random_packing, write_packing
+    from sensitivity.systems import random_packing, write_packing
 
     local = tmp_path / "p.h5"
     shutil.copy(packing, local)
@@ -276,7 +276,7 @@ def test_resume_recomputes_what_is_not_done(tmp_path, packing):
 
 @pytest.mark.slow
 def test_two_runs_into_one_folder(tmp_path, packing):
-    from systems.tasks import lock_task
+    from sensitivity.systems.tasks import lock_task
 
     config = config_for(tmp_path, packing)
     out = tmp_path / "out"
@@ -310,7 +310,7 @@ def test_only_our_own_temporaries_are_removed(tmp_path, packing):
 
 
 def _status(out: Path) -> str:
-    from systems.tasks import task_status
+    from sensitivity.systems.tasks import task_status
 
     return task_status(out).state
 
@@ -369,7 +369,8 @@ def test_a_signal_swallowed_by_a_destructor_still_stops_the_run(tmp_path, packin
     the run must still exit 143 and the task must not count as complete."""
     import gc
 
-    import systems.pipeline
+    import sensitivity.systems.pipeline  # noqa: F401  (patched below as systems.pipeline)
+    from sensitivity import systems
 
     config = config_for(tmp_path, packing)
     original = systems.pipeline.run_task
@@ -451,8 +452,8 @@ def test_disk_full_while_writing_is_one_line_and_keeps_the_prior_file(tmp_path):
     code = (
         "import resource, signal, sys\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-        "from systems import random_packing, write_packing\n"
-        "from systems._errors import StorageError\n"
+        "from sensitivity.systems import random_packing, write_packing\n"
+        "from sensitivity.systems._errors import StorageError\n"
         "write_packing(sys.argv[1], random_packing(32))\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))\n"
         "try:\n"
@@ -467,7 +468,7 @@ def test_disk_full_while_writing_is_one_line_and_keeps_the_prior_file(tmp_path):
     assert done.stdout.strip() == (f"StorageError: {target}: cannot write (the file is larger "
                                    "than allowed (file size limit))")
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
-    from systems import read_packing
+    from sensitivity.systems import read_packing
 
     assert read_packing(target)[0].n == 32  # the prior file, intact
     assert [p.name for p in tmp_path.iterdir()] == ["p.h5"]
@@ -478,7 +479,7 @@ def test_disk_full_while_writing_is_one_line_and_keeps_the_prior_file(tmp_path):
 
 def _raw(path: Path, n: int = 4, **changes) -> Path:
     """A small valid H5MD packing, with ``changes`` applied through callables on the file."""
-    from systems import random_packing, write_packing
+    from sensitivity.systems import random_packing, write_packing
 
     write_packing(path, random_packing(n, phi=0.5, seed=3))
     with h5py.File(path, "a") as handle:
@@ -532,7 +533,7 @@ def test_hdf5_odds_are_one_line_in_every_reader(tmp_path, case):
 
 def test_species_labels_are_mapped_not_allocated(tmp_path, packing):
     """One species labelled 100000 used to build a 100001 x 100001 matrix (74.5 GiB)."""
-    from systems import read_packing, read_result
+    from sensitivity.systems import read_packing, read_result
 
     path = tmp_path / "labels.h5"
     shutil.copy(packing, path)
@@ -554,8 +555,8 @@ def test_species_labels_are_mapped_not_allocated(tmp_path, packing):
 @given(offset=st.integers(min_value=0, max_value=4000), length=st.integers(1, 512),
        seed=st.integers(0, 2**16))
 def test_random_bytes_inside_a_result_file(tmp_path_factory, offset, length, seed):
-    from systems._errors import InputError
-    from systems.io import read_result
+    from sensitivity.systems._errors import InputError
+    from sensitivity.systems.io import read_result
 
     folder = tmp_path_factory.mktemp("corrupt")
     path = folder / "r.h5"
@@ -573,7 +574,7 @@ def test_random_bytes_inside_a_result_file(tmp_path_factory, offset, length, see
 
 
 def _fake_result(path: Path, n: int = 8):
-    from systems import random_packing, write_result
+    from sensitivity.systems import random_packing, write_result
 
     system = random_packing(n, phi=0.9, seed=0)
     write_result(path, system=system,

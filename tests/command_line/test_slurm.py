@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli.main import main
-from cli.slurm import SlurmError, array_spec, render_script, submit_script
+from sensitivity.cli.main import main
+from sensitivity.cli.slurm import SlurmError, array_spec, render_script, submit_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,7 +58,7 @@ def test_render_script_has_resources_and_the_run_command(tmp_path: Path):
     first_command = next(i for i, l in enumerate(lines) if l and not l.startswith("#"))
     assert all(not l.startswith("#SBATCH") for l in lines[first_command:])
     run_line = lines[-1]
-    assert run_line.startswith(f"exec /opt/py/bin/python -m cli run {tmp_path / 'c.yaml'}")
+    assert run_line.startswith(f"exec /opt/py/bin/python -m sensitivity.cli run {tmp_path / 'c.yaml'}")
     assert "--set minimizer.ftol=1e-13" in run_line
     assert f"'{tmp_path / 'out dir'}'" in run_line  # quoted for the shell
     assert run_line.endswith('--task-index "$SLURM_ARRAY_TASK_ID"')
@@ -100,7 +100,7 @@ def test_submit_dry_run_writes_the_script(sweep_config: Path, tmp_path: Path):
 
 def _finish(task, converged=True):
     """Lay out a task folder as a finished `run` leaves it (result, config, marker)."""
-    from systems.tasks import mark_complete
+    from sensitivity.systems.tasks import mark_complete
 
     task.directory.mkdir(parents=True, exist_ok=True)
     (task.directory / "sensitivity.h5").write_bytes(b"result")
@@ -110,7 +110,7 @@ def _finish(task, converged=True):
 
 
 def test_submit_leaves_out_finished_tasks(sweep_config: Path, tmp_path: Path):
-    from cli.config import load_config
+    from sensitivity.cli.config import load_config
 
     tasks = load_config(sweep_config).tasks
     _finish(tasks[1])
@@ -224,7 +224,7 @@ def test_submit_a_sweep_to_slurm_and_collect(slurm_cluster, tmp_path: Path, monk
         "sweep:\n  potential.alpha: [2.0, 2.5]\n  sensitivity.solver: [cg, minres]\n"
         "slurm: {time: '00:10:00', mem: 1G}\n"
     )
-    # The jobs run `python -m cli` from this checkout whether or not it is installed, and share
+    # The jobs run `python -m sensitivity.cli` (this checkout, installed editable), and share
     # a compilation cache.
     env = {
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),

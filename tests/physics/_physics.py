@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-import systems  # noqa: F401  (x64 is on: tests/conftest.py)
-from systems.generate import random_packing
-from systems.pipeline import central_difference as central_difference_at
-from systems.potentials import PairModel, resolve_potential
-from systems.relax import make_relaxer, resolve_minimizer
-from systems.response import ResponseSolver, resolve_sensitivity
-from systems.theta import theta_apply
+from sensitivity import systems  # noqa: F401  (x64 is on: tests/conftest.py)
+from sensitivity.systems.generate import random_packing
+from sensitivity.systems.pipeline import central_difference as central_difference_at
+from sensitivity.systems.potentials import PairModel, resolve_potential
+from sensitivity.systems.relax import make_relaxer, resolve_minimizer
+from sensitivity.systems.response import ResponseSolver, resolve_sensitivity
+from sensitivity.systems.theta import theta_apply
 
 
 def relaxed(n, dim, phi, seed, *, shrink=None, potential=None, ftol=1e-13, system=None,

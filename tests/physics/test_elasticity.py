@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from _physics import relative_error, relaxed
 
-from systems import elasticity as el
-from systems._errors import InputError
-from systems.pipeline import central_difference
-from systems.potentials import resolve_potential
-from systems.theta import ParameterSpec, resolve_parameters, theta_apply
+from sensitivity.systems import elasticity as el
+from sensitivity.systems._errors import InputError
+from sensitivity.systems.pipeline import central_difference
+from sensitivity.systems.potentials import resolve_potential
+from sensitivity.systems.theta import ParameterSpec, resolve_parameters, theta_apply
 
 
 @pytest.fixture(scope="module")
@@ -187,8 +187,8 @@ def test_strain_parameter_validation(packing_2d):
 def _run_cli(tmp_path, parameters, elasticity=True, monkeypatch=None):
     from click.testing import CliRunner
 
-    from cli.main import main
-    from systems import random_packing, write_packing
+    from sensitivity.cli.main import main
+    from sensitivity.systems import random_packing, write_packing
 
     write_packing(tmp_path / "p.h5", random_packing(32, dim=2, phi=0.9, seed=1))
     (tmp_path / "c.yaml").write_text(
@@ -203,8 +203,8 @@ def _run_cli(tmp_path, parameters, elasticity=True, monkeypatch=None):
 def test_cli_writes_and_inspects_the_elasticity(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from cli.main import main
-    from systems.io import read_result
+    from sensitivity.cli.main import main
+    from sensitivity.systems.io import read_result
 
     monkeypatch.setenv("SENSITIVITY_CACHE_DIR", str(tmp_path / "cache"))
     result = _run_cli(tmp_path, "[{name: shear, kind: strain, component: xy}]")
@@ -286,8 +286,8 @@ def test_observable_derivatives_match_finite_differences(packing_2d):
 def test_linear_range_predicts_the_first_contact_change(packing_2d):
     """Re-relaxing at half the predicted Δθ± keeps the contact network (rattlers' pairs
     aside); at twice it, the network has changed."""
-    from systems.linear_range import linear_range
-    from systems.pipeline import _contacts
+    from sensitivity.systems.linear_range import linear_range
+    from sensitivity.systems.pipeline import _contacts
 
     system, model, params, relaxer, solver, out = packing_2d
     specs = [ParameterSpec("small", "diameter", 0), ParameterSpec("xy", "strain", None, "xy", 2)]
@@ -323,7 +323,7 @@ def test_linear_range_predicts_the_first_contact_change(packing_2d):
 def test_lockstep_cg_tensor_equals_the_engine_solves(packing_2d, settings):
     """The default (one lockstep CG for every strain component) against one engine solve
     per component (CG without scaling; a dense minimum-norm solve)."""
-    from systems.response import ResponseSolver, resolve_sensitivity
+    from sensitivity.systems.response import ResponseSolver, resolve_sensitivity
 
     system, model, params, relaxer, solver, out = packing_2d
     other = ResponseSolver(model, np.asarray(solver.y) * float(params.scale), params,
@@ -342,9 +342,9 @@ def test_lockstep_cg_tensor_equals_the_engine_solves(packing_2d, settings):
 def test_cli_marks_a_non_converged_tensor(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from cli.main import main
-    from systems import random_packing, write_packing
-    from systems.io import read_result
+    from sensitivity.cli.main import main
+    from sensitivity.systems import random_packing, write_packing
+    from sensitivity.systems.io import read_result
 
     monkeypatch.setenv("SENSITIVITY_CACHE_DIR", str(tmp_path / "cache"))
     write_packing(tmp_path / "p.h5", random_packing(32, dim=2, phi=0.9, seed=1))

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from systems import ParticleSystem, random_packing
+from sensitivity.systems import ParticleSystem, random_packing
 
 
 @pytest.mark.parametrize("dim", [2, 3])

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import sensitivity
-from systems import hessian as hs
-from systems.generate import random_packing
-from systems.potentials import PairModel, Pairs, resolve_potential
-from systems.relax import make_relaxer, resolve_minimizer
+from sensitivity.systems import hessian as hs
+from sensitivity.systems.generate import random_packing
+from sensitivity.systems.potentials import PairModel, Pairs, resolve_potential
+from sensitivity.systems.relax import make_relaxer, resolve_minimizer
 
 
 def _model(n, seed):

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import main
-from systems import random_packing, read_packing, read_result, write_packing, write_result
+from sensitivity.cli.main import main
+from sensitivity.systems import random_packing, read_packing, read_result, write_packing, write_result
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from test_io import make_result_inputs  # noqa: E402

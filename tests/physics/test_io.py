@@ -8,8 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-from systems import InputError, ParticleSystem, random_packing, read_packing, write_packing
-from systems.io import file_sha256
+from sensitivity.systems import InputError, ParticleSystem, random_packing, read_packing, write_packing
+from sensitivity.systems.io import file_sha256
 
 
 # --------------------------------------------------------------------------------------
@@ -490,7 +490,7 @@ def test_input_error_is_a_value_error():
 # --------------------------------------------------------------------------------------
 # result files
 
-from systems import Result, read_result, write_result  # noqa: E402
+from sensitivity.systems import Result, read_result, write_result  # noqa: E402
 
 
 def make_result_inputs(n=9, dim=2, vector=True, audit=True):

@@ -4,10 +4,10 @@ import h5py
 import numpy as np
 import pytest
 
-from systems._errors import InputError
-from systems.generate import random_packing
-from systems.io import read_result, write_result
-from systems.jacobian_file import jacobian_layout, read_jacobian_slice
+from sensitivity.systems._errors import InputError
+from sensitivity.systems.generate import random_packing
+from sensitivity.systems.io import read_result, write_result
+from sensitivity.systems.jacobian_file import jacobian_layout, read_jacobian_slice
 
 
 def _write(path, n, p):

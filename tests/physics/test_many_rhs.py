@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from _physics import central_difference, relaxed
 
-from systems._errors import InputError
-from systems.generate import random_packing
-from systems.many_rhs import choose_method, sparse_hessian
-from systems.response import ResponseSolver, resolve_sensitivity
-from systems.theta import ParameterSpec
+from sensitivity.systems._errors import InputError
+from sensitivity.systems.generate import random_packing
+from sensitivity.systems.many_rhs import choose_method, sparse_hessian
+from sensitivity.systems.response import ResponseSolver, resolve_sensitivity
+from sensitivity.systems.theta import ParameterSpec
 
 DIAMETERS = ParameterSpec("diameters", "diameters")
 
@@ -158,8 +158,8 @@ def test_colored_right_hand_sides_equal_one_jvp_per_column(packing_2d):
     """One JVP per colour, decompressed, against one JVP per column (jax.linearize)."""
     import jax.numpy as jnp
 
-    from systems.many_rhs import _ColoredRHS, _rhs_columns, distance2_coloring
-    from systems.theta import theta_data
+    from sensitivity.systems.many_rhs import _ColoredRHS, _rhs_columns, distance2_coloring
+    from sensitivity.systems.theta import theta_data
 
     system, model, params, relaxer, result, solver, out = packing_2d
     n = system.n
@@ -190,9 +190,9 @@ def test_a_result_too_large_is_refused_before_relaxing(tmp_path, monkeypatch):
     default limit is half the free memory (here pretended to be 1 MiB)."""
     import psutil
 
-    from systems.io import write_packing
-    from systems.many_rhs import check_result_size, result_bytes
-    from systems.pipeline import run_task
+    from sensitivity.systems.io import write_packing
+    from sensitivity.systems.many_rhs import check_result_size, result_bytes
+    from sensitivity.systems.pipeline import run_task
 
     path = tmp_path / "p.h5"
     write_packing(path, random_packing(64, dim=2, phi=0.9, seed=0))
@@ -200,7 +200,7 @@ def test_a_result_too_large_is_refused_before_relaxing(tmp_path, monkeypatch):
               "parameters": [{"name": "all", "kind": "diameters"}],
               "sensitivity": {"max_result_gib": 1e-5},
               "output": {"plots": False}}
-    import systems.relax as relax
+    import sensitivity.systems.relax as relax
 
     def no_relaxation(*args, **kwargs):
         raise AssertionError("relaxed before refusing")
@@ -230,7 +230,7 @@ def test_a_result_too_large_is_refused_before_relaxing(tmp_path, monkeypatch):
 def test_reverse_mode_for_a_few_observables_equals_the_forward_jacobian(packing_2d):
     """One adjoint solve per observable against the rows of the forward Jacobian: one
     particle's coordinate, and a random weighting (its rattler row ignored)."""
-    from systems.many_rhs import reverse_vector_derivative
+    from sensitivity.systems.many_rhs import reverse_vector_derivative
 
     system, model, params, relaxer, result, solver, out = packing_2d
     forward = out["dense"][0]  # (P, N, d), gauge-fixed, rattler rows NaN

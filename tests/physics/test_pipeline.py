@@ -5,11 +5,11 @@ import copy
 import numpy as np
 import pytest
 
-import systems  # noqa: F401
-from systems._errors import InputError
-from systems.generate import random_packing
-from systems.io import read_result, write_packing
-from systems.pipeline import audit_task, run_task
+from sensitivity import systems  # noqa: F401
+from sensitivity.systems._errors import InputError
+from sensitivity.systems.generate import random_packing
+from sensitivity.systems.io import read_result, write_packing
+from sensitivity.systems.pipeline import audit_task, run_task
 
 
 def config_for(path, **changes):
@@ -45,7 +45,7 @@ def finished(packing_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     events = []
     # compiled functions are shared by the process: start cold to see the compile time
-    from systems import relax, response
+    from sensitivity.systems import relax, response
     relax.clear_compile_cache()
     response.clear_compile_cache()
     summary = run_task(config_for(packing_file), out, config_text="# as written\n",

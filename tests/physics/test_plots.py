@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from systems import InputError, random_packing, read_result, write_result
-from systems.plots import (MEDIAN_ARROW, magnitudes_figure, plot_magnitudes, plot_response,
+from sensitivity.systems import InputError, random_packing, read_result, write_result
+from sensitivity.systems.plots import (MEDIAN_ARROW, magnitudes_figure, plot_magnitudes, plot_response,
                            plot_result, response_figure)
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])

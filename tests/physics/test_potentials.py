@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import systems  # noqa: F401
-from systems._errors import InputError
-from systems._system import ParticleSystem
-from systems.generate import random_packing
-from systems.potentials import PairModel, Pairs, resolve_potential
+from sensitivity import systems  # noqa: F401
+from sensitivity.systems._errors import InputError
+from sensitivity.systems._system import ParticleSystem
+from sensitivity.systems.generate import random_packing
+from sensitivity.systems.potentials import PairModel, Pairs, resolve_potential
 
 
 def two_particles(distance, box=10.0, diameters=(1.0, 1.0), species=(0, 0)):
@@ -136,7 +136,7 @@ def test_interacting_pairs_equals_brute_force(case, search, monkeypatch):
     """The half list, by NumPy over every pair (small systems) and by the k-d tree (large
     ones; forced here), against all pairs within margin × range by the minimum image, sorted
     by (i, j). A box under twice the cutoff always takes the every-pair path."""
-    from systems import _system
+    from sensitivity.systems import _system
 
     if search == "k-d tree":
         monkeypatch.setattr(_system, "BRUTE_FORCE_MAX", 0)
@@ -168,7 +168,7 @@ def test_interacting_pairs_equals_brute_force(case, search, monkeypatch):
 def test_pair_laws_match_jax_md_energy(alpha):
     from jax_md import energy as jmd
 
-    from systems import potentials as pot
+    from sensitivity.systems import potentials as pot
 
     # Through r = σ exactly, the cutoff onset and the cutoff itself, on both sides.
     r = jnp.concatenate([jnp.linspace(0.5, 3.0, 401), jnp.array([1.0, 1.2, 2.5, 2.5 - 1e-12])])
@@ -220,7 +220,7 @@ def test_a_run_imports_only_the_jax_md_modules_it_uses(tmp_path):
     (tmp_path / "run.yaml").write_text(config)
     code = (
         "import sys\n"
-        "from cli.main import main\n"
+        "from sensitivity.cli.main import main\n"
         "try:\n"
         "    main.main(['run', 'run.yaml'], standalone_mode=False)\n"
         "except SystemExit:\n"

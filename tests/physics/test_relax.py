@@ -4,11 +4,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import systems  # noqa: F401
-from systems._errors import InputError
-from systems.generate import random_packing
-from systems.potentials import PairModel, Pairs, resolve_potential
-from systems.relax import (Relaxer, clear_compile_cache, make_relaxer, relax,
+from sensitivity import systems  # noqa: F401
+from sensitivity.systems._errors import InputError
+from sensitivity.systems.generate import random_packing
+from sensitivity.systems.potentials import PairModel, Pairs, resolve_potential
+from sensitivity.systems.relax import (Relaxer, clear_compile_cache, make_relaxer, relax,
                            resolve_minimizer)
 
 

@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import systems  # noqa: F401
-from systems.generate import random_packing
-from systems.potentials import PairModel, Pairs, resolve_potential
-from systems.relax import (
+from sensitivity import systems  # noqa: F401
+from sensitivity.systems.generate import random_packing
+from sensitivity.systems.potentials import PairModel, Pairs, resolve_potential
+from sensitivity.systems.relax import (
     clear_compile_cache,
     compile_cache_info,
     make_relaxer,

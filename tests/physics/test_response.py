@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from _physics import central_difference, relative_error, relaxed
 
-from systems._errors import InputError
-from systems.generate import random_packing
-from systems.potentials import resolve_potential
-from systems.contacts import find_rattlers, gauge_fix, nullspace_basis
-from systems.response import ResponseSolver, resolve_sensitivity
-from systems.theta import ParameterSpec, resolve_parameters, theta_apply
+from sensitivity.systems._errors import InputError
+from sensitivity.systems.generate import random_packing
+from sensitivity.systems.potentials import resolve_potential
+from sensitivity.systems.contacts import find_rattlers, gauge_fix, nullspace_basis
+from sensitivity.systems.response import ResponseSolver, resolve_sensitivity
+from sensitivity.systems.theta import ParameterSpec, resolve_parameters, theta_apply
 
 KINDS = [
     ParameterSpec("small_diameter", "diameter", 0),
@@ -53,7 +53,7 @@ def test_lanczos_diagnostics_against_the_dense_eigendecomposition(packing_2d, mo
     run to the whole backbone space it gives the same spectrum ends; after 12 steps the
     largest Ritz value is close and the smallest an upper bound; with no steps, the zero
     modes of the construction and no eigenvalue figures (NaN)."""
-    import systems.response as response
+    import sensitivity.systems.response as response
 
     system, model, params, relaxer, result, solver, scalars, vector = packing_2d
     dense = solver.zero_modes()

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from systems import Response, random_packing, read_result, write_result
+from sensitivity.systems import Response, random_packing, read_result, write_result
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from test_io import make_result_inputs  # noqa: E402
@@ -27,7 +27,7 @@ def result_path(tmp_path):
 
 def test_loading_a_result_imports_no_jax_and_leaves_x64_alone(result_path):
     code = (
-        "import sys, json, systems\n"
+        "import sys, json\nfrom sensitivity import systems\n"
         f"r = systems.read_result({str(result_path)!r})\n"
         "response = r.response('small_diameter')\n"
         "moved = r.predicted_system('small_diameter', 1e-3)\n"
@@ -41,21 +41,21 @@ def test_loading_a_result_imports_no_jax_and_leaves_x64_alone(result_path):
     assert report == {"jax": [], "n": 9, "unit": "1"}
     # -X importtime lists every module imported: none of jax's
     imported = [line.split("|")[-1].strip() for line in done.stderr.splitlines() if "|" in line]
-    assert "systems._system" in imported and "h5py" in imported
+    assert "sensitivity.systems._system" in imported and "h5py" in imported
     assert not [m for m in imported if m.split(".")[0] in ("jax", "jaxlib", "jax_md")]
 
 
 @pytest.mark.slow
 def test_import_systems_changes_no_jax_state():
-    code = ("import jax, systems, systems.io, systems.plots;"
+    code = ("import jax, sensitivity.systems.io, sensitivity.systems.plots;"
             "assert not jax.config.jax_enable_x64, 'import systems turned on x64'")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
 def test_physics_without_x64_is_a_clear_error():
     code = (
-        "import systems\n"
-        "from systems.potentials import PairModel, resolve_potential\n"
+        "from sensitivity import systems\n"
+        "from sensitivity.systems.potentials import PairModel, resolve_potential\n"
         "s = systems.random_packing(6)\n"
         "try:\n"
         "    PairModel.build(s, resolve_potential({}, s.n_species))\n"
@@ -149,9 +149,9 @@ def test_prediction_matches_a_re_relaxation(tmp_path):
     import jax
 
     assert jax.config.jax_enable_x64
-    from systems import write_packing
-    from systems.pipeline import _prepare, run_task
-    from systems.theta import theta_apply
+    from sensitivity.systems import write_packing
+    from sensitivity.systems.pipeline import _prepare, run_task
+    from sensitivity.systems.theta import theta_apply
 
     sys.path.insert(0, str(ROOT / "tests" / "physics"))
     from test_pipeline import config_for

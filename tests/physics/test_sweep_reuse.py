@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from test_pipeline import config_for
 
-import systems  # noqa: F401
-from systems import response
-from systems.generate import random_packing
-from systems.io import read_result, write_packing
-from systems.pipeline import run_task
+from sensitivity import systems  # noqa: F401
+from sensitivity.systems import response
+from sensitivity.systems.generate import random_packing
+from sensitivity.systems.io import read_result, write_packing
+from sensitivity.systems.pipeline import run_task
 
 
 class CompileCounter:
@@ -73,7 +73,7 @@ def test_second_task_compiles_nothing_and_matches_a_fresh_process(tmp_path, n):
 
     # the same packing in a cleared cache: the same numbers (no stale species, pairs or box)
     response.clear_compile_cache()
-    from systems import relax
+    from sensitivity.systems import relax
     relax.clear_compile_cache()
     summary = run(second, "fresh")
     fresh = read_result(tmp_path / "fresh" / "sensitivity.h5")
