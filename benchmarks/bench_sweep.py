@@ -32,11 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def sensitivity(*args: str, env: dict, cwd: Path) -> float:
-    """Run ``python -m cli ARGS`` in a fresh process; its wall-clock seconds."""
+    """Run ``python -m sensitivity.cli ARGS`` in a fresh process; its wall-clock seconds."""
     start = time.perf_counter()
     completed = subprocess.run(
-        [sys.executable, "-m", "sensitivity.cli", *args], cwd=cwd, env=env, capture_output=True, text=True
-    )
+        [sys.executable, "-m", "sensitivity.cli", *args], cwd=cwd, env=env, capture_output=True,
+        text=True)
     elapsed = time.perf_counter() - start
     if completed.returncode != 0:
         sys.exit(

@@ -41,7 +41,7 @@ def main() -> None:
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    from sensitivity.cli.config import load_config
+    from sensitivity.systems.config import load_config
     from sensitivity.systems import random_packing, write_packing
     from sensitivity.systems.pipeline import run_task
     from sensitivity.systems import relax, response

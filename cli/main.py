@@ -26,8 +26,8 @@ from typing import Any
 
 import click
 
-from ._manifest import MANIFEST_NAME, find_tasks, write_manifest
-from .config import EXAMPLE_CONFIG, ConfigError, LoadedConfig, Task, dump_yaml, load_config
+from sensitivity.systems.manifest import MANIFEST_NAME, find_tasks, write_manifest
+from sensitivity.systems.config import EXAMPLE_CONFIG, ConfigError, LoadedConfig, Task, dump_yaml, load_config
 
 EXIT_OK, EXIT_NUMERICAL, EXIT_USAGE = 0, 1, 2
 EXIT_STORAGE = 74  # EX_IOERR: the environment refused a write (disk full, read-only, ...)
@@ -233,8 +233,9 @@ def translate_error(error: BaseException) -> click.ClickException | None:
     """The CLI form of an exception from a command (None: not ours to translate)."""
     if isinstance(error, click.ClickException):
         return error
-    storage = getattr(sys.modules.get("sensitivity.systems._errors"), "StorageError", None)
-    if storage is not None and isinstance(error, storage):
+    from sensitivity.systems import StorageError  # the standard library only: no jax
+
+    if isinstance(error, StorageError):
         return StorageFailure(str(error))
     if isinstance(error, _input_error_types()):
         return UserError(str(error))
@@ -805,7 +806,7 @@ def export(result: str, fmt: str, output: str | None) -> None:
     state = _state()
     from sensitivity.systems.io import read_result
 
-    from ._export import export_extxyz
+    from sensitivity.systems.export import export_extxyz
 
     loaded = read_result(result)
     path = Path(output) if output else Path(result).with_suffix(f".{fmt}")
@@ -889,7 +890,7 @@ def collect(directory: str, output: str) -> None:
     """Gather the results under DIRECTORY (a sweep's output folder) into one CSV table and one
     HDF5 file with every task's relaxed packing and dx*/dtheta."""
     state = _state()
-    from ._collect import collect_results
+    from sensitivity.systems.summary import collect_results
 
     reporter = state.reporter()
     csv_path, h5_path, table = collect_results(Path(directory), Path(output), reporter)

@@ -39,7 +39,7 @@ def main(argv=None) -> dict:
     jax.config.update("jax_enable_x64", True)  # float64 physics, before jax-md loads
 
     from sensitivity import systems
-    from sensitivity.cli.config import resolve_config
+    from sensitivity.systems.config import resolve_config
 
     out = Path(args.output)
     work = out / "packing_sensitivity"

@@ -2,7 +2,7 @@
 
 :func:`run_task` is what ``sensitivity run`` calls for each task of a config;
 :func:`audit_task` is ``sensitivity check``. Both take the *resolved config dict* (see
-``cli/config.py``); both report through an optional ``progress(event, **fields)``.
+``systems/config.py``); both report through an optional ``progress(event, **fields)``.
 
 A relaxation that did not converge is never differentiated: the result file is still
 written (relaxed positions, the minimizer's report), its responses are NaN with

@@ -1,6 +1,6 @@
 """Every setting of the physics, defined once: its default, the values it accepts, its help.
 
-The command line (``cli/config.py``) derives its validation, its one-line messages, the
+The config file (``systems/config.py``) derives its validation, its one-line messages, the
 defaults it fills in and the help it prints from these definitions; :mod:`systems.potentials`,
 :mod:`systems.relax` and :mod:`systems.response` take their defaults and their checks from
 here too, so a script that calls them directly is checked by the same rules. Changing a

@@ -22,6 +22,8 @@ import numpy as np
 
 from ._atomic import atomic_path
 from .io import copy_result, read_result, response_magnitudes
+from .config import ConfigError
+from .manifest import find_tasks
 from .tasks import RESULT_NAME
 
 __all__ = ["SUMMARY_FORMAT", "summary_paths", "write_summary"]
@@ -169,3 +171,24 @@ def _as_array(values: list) -> np.ndarray:
             return np.asarray(values, dtype=np.int64)
         return np.asarray([np.nan if v is None else float(v) for v in values], dtype=np.float64)
     return np.asarray(["" if v is None else str(v) for v in values], dtype=h5py.string_dtype())
+
+
+def collect_results(directory: Path, output: Path, reporter=None) -> tuple[Path, Path, list[dict]]:
+    """Write the CSV and HDF5 summaries of the results under ``directory``.
+
+    Returns:
+        (csv path, hdf5 path, the table rows).
+
+    Raises:
+        ConfigError: ``directory`` is missing or holds no result at all.
+    """
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: no such folder; give the output folder of a run or sweep")
+    tasks = find_tasks(directory)
+    if not tasks or not any((t["directory"] / RESULT_NAME).is_file() for t in tasks):
+        raise ConfigError(
+            f"{directory}: no {RESULT_NAME} found below it; run `sensitivity run CONFIG` first "
+            "(or give the folder of output.directory)"
+        )
+    return write_summary(directory, tasks, output,
+                         warn=None if reporter is None else reporter.warning)

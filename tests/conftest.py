@@ -1,4 +1,10 @@
-"""Test configuration: every test runs in float64.
+"""Test configuration: every test runs in float64, compiled for speed of compilation.
+
+The suite compiles thousands of small programs and runs each a few times: XLA's CPU backend
+optimisation (LLVM's expensive passes) costs more than it saves there, so the tests turn it
+down (``XLA_FLAGS``, set before jax is imported and inherited by the subprocesses the tests
+start). Results are the same programs without the optimisation passes; a user's run and the
+benchmarks keep XLA's defaults. ``SENSITIVITY_TEST_XLA_DEFAULTS=1`` runs the suite with them.
 
 ``SENSITIVITY_TEST_TIMES=path`` appends each test's wall time (setup + call + teardown) to
 ``path`` as it finishes, one ``seconds<TAB>node id`` line per phase, so the slow tests of a
@@ -7,7 +13,11 @@ run are known even when it is interrupted (``pytest --durations`` prints only at
 
 import os
 
-import jax
+_FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+if not os.environ.get("SENSITIVITY_TEST_XLA_DEFAULTS"):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
+
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 

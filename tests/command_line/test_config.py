@@ -1,4 +1,4 @@
-"""The config schema (cli/config.py): defaults, every documented error, --set, sweeps.
+"""The config schema (systems/config.py): defaults, every documented error, --set, sweeps.
 
 No physics here: the input file only has to exist, so an empty file stands in for a packing.
 """
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from sensitivity.cli.config import (
+from sensitivity.systems.config import (
     EXAMPLE_CONFIG,
     ConfigError,
     load_config,
@@ -336,7 +336,7 @@ def test_task_directory_names_widen_for_big_sweeps():
 def test_dump_yaml_round_trips(folder: Path):
     import yaml
 
-    from sensitivity.cli.config import dump_yaml
+    from sensitivity.systems.config import dump_yaml
 
     config = load_config(write(folder, "system: {path: packing.h5}\n")).tasks[0].config
     assert yaml.safe_load(dump_yaml(config)) == config

@@ -72,7 +72,7 @@ def test_jamming_scaled_box_matches_the_pipeline_and_from_sweep(tmp_path):
     packing written in those units (diameters 1 and 1.4, its own box) must give the same
     numbers, and --from-sweep must read them back into the same table."""
     from sensitivity import systems
-    from sensitivity.cli.config import resolve_config
+    from sensitivity.systems.config import resolve_config
 
     module = _load()
     phi, seed = 0.92, 3  # the middle quick packing: diameters shrunk by √(0.92/0.96)
@@ -118,7 +118,7 @@ def test_jamming_sweep_config_lists_one_task_per_packing(tmp_path):
     import shutil
 
     from sensitivity import systems
-    from sensitivity.cli.config import load_config
+    from sensitivity.systems.config import load_config
 
     config = tmp_path / "jamming_sweep.yaml"
     shutil.copyfile(SCRIPT.parent / "jamming_sweep.yaml", config)

@@ -110,7 +110,7 @@ def _finish(task, converged=True):
 
 
 def test_submit_leaves_out_finished_tasks(sweep_config: Path, tmp_path: Path):
-    from sensitivity.cli.config import load_config
+    from sensitivity.systems.config import load_config
 
     tasks = load_config(sweep_config).tasks
     _finish(tasks[1])

@@ -33,8 +33,8 @@ from typing import Any
 
 import yaml
 
-from sensitivity.systems import settings
-from sensitivity.systems.settings import Check, Invalid, Setting, boolean, integer, nullable, string
+from . import settings
+from .settings import Check, Invalid, Setting, boolean, integer, nullable, string
 
 __all__ = [
     "ConfigError",
