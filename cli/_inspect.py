@@ -1,125 +1,18 @@
 """``sensitivity inspect`` and the audit table of ``sensitivity check``: summaries as text.
 
-Reads result files with :func:`systems.io.read_result` (h5py + numpy; no jax-md).
+The summary itself (what a result holds, as plain data) is :func:`systems.summary.summarize`;
+this module only renders it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
 
-import numpy as np
-
-from sensitivity.systems.settings import STRAIN_COMPONENTS_BY_DIM
 
 from ._report import format_value, stats_block
 
-__all__ = ["summarize", "render_summary", "render_audit"]
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist() if value.size <= 16 else f"array{list(value.shape)}"
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def summarize(path: str | Path, *, top: int = 5) -> dict:
-    """A JSON-friendly summary of a result file."""
-    from sensitivity.systems.io import read_result
-
-    result = read_result(path)
-    system = result.system
-    species, counts = np.unique(np.asarray(system.species), return_counts=True)
-    rattlers = np.asarray(result.rattlers, dtype=bool)
-    thetas = []
-    for name in result.names:
-        typed = result.response(name)
-        field = np.asarray(typed.dx_dtheta)
-        attrs = dict(typed.report)
-        magnitude = typed.magnitudes()
-        finite = np.where(np.isfinite(magnitude), magnitude, -np.inf)
-        order = np.argsort(-finite, kind="stable")[: min(top, int(np.isfinite(magnitude).sum()))]
-        valid = magnitude[np.isfinite(magnitude)]
-        thetas.append(
-            {
-                "name": name,
-                "kind": attrs.get("kind"),
-                "theta": _plain(attrs.get("theta")),
-                "shape": list(field.shape),
-                "solver": attrs.get("solver"),
-                "iterations": _plain(attrs.get("iterations")),
-                "residual": _plain(attrs.get("residual")),
-                "converged": _plain(attrs.get("converged")),
-                "unit": typed.unit,
-                "theta_unit": typed.theta_unit,
-                "max_response": float(valid.max()) if valid.size else None,
-                "rms_response": float(np.sqrt(np.mean(valid**2))) if valid.size else None,
-                "largest": [
-                    {
-                        "particle": int(i),
-                        "species": int(system.species[i]),
-                        "magnitude": float(magnitude[i]),
-                    }
-                    for i in order
-                ],
-                "attrs": _plain(attrs),
-                "dataset_attrs": _plain(typed.description),
-            }
-        )
-    config = result.parameters.get("config")
-    config = config if isinstance(config, Mapping) else {}
-    provenance = result.parameters.get("provenance", {})
-    return {
-        "file": str(path),
-        "converged": bool(result.converged),
-        "system": {
-            "n": int(system.n),
-            "dim": int(system.dim),
-            "periodic": bool(system.periodic),
-            "box": None if system.box is None else [float(b) for b in system.box],
-            "packing_fraction": _plain(system.packing_fraction),
-            "species": {int(s): int(c) for s, c in zip(species, counts)},
-            "input": (config.get("system") or {}).get("path"),
-        },
-        "potential": _plain(result.parameters.get("potential") or config.get("potential") or {}),
-        "relaxation": _plain(result.relaxation),
-        "thetas": thetas,
-        "rattlers": {
-            "count": int(rattlers.sum()),
-            "indices": [int(i) for i in np.flatnonzero(rattlers)[:50]],
-        },
-        "zero_modes": _plain(result.zero_modes),
-        "timings": _plain(result.timings),
-        "audit": _plain(result.audit),
-        "elasticity": _elasticity_summary(result.elasticity),
-        "provenance": _plain(provenance),
-    }
-
-
-def _elasticity_summary(elasticity: Mapping | None) -> dict | None:
-    """``/elasticity`` with the tensor as its Voigt matrix (no per-particle fields)."""
-    if elasticity is None:
-        return None
-    out = {k: _plain(v) for k, v in elasticity.items()
-           if k not in ("elastic_tensor", "nonaffine", "stress")}
-    tensor = elasticity.get("elastic_tensor")
-    if tensor is not None:
-        c = np.asarray(tensor)
-        labels = STRAIN_COMPONENTS_BY_DIM.get(c.shape[0], ())
-        index = [("xyz".index(a), "xyz".index(b)) for a, b in labels]
-        out["voigt_components"] = list(labels)
-        out["voigt"] = [[float(c[a, b, e, f]) for e, f in index] for a, b in index]
-    if elasticity.get("stress") is not None:
-        out["stress"] = np.asarray(elasticity["stress"]).tolist()
-    return out
+__all__ = ["render_summary", "render_audit"]
 
 
 def _render_elasticity(e: Mapping) -> list[str]:

@@ -743,7 +743,9 @@ def generate(n: int, dim: str, phi: float, seed: int, size_ratio: float, output:
 def inspect(result: str, top: int) -> None:
     """Summarize a result file: system, thetas (with their units, axes and gauge),
     convergence, residuals, zero modes and the largest responses."""
-    from ._inspect import summarize, render_summary
+    from sensitivity.systems.summary import summarize
+
+    from ._inspect import render_summary
 
     summary = summarize(result, top=top)
     if _state().json:

@@ -41,6 +41,7 @@ _EXPORTS = {
     "export_extxyz": "export",
     "collect_results": "summary",
     "write_summary": "summary",
+    "summarize": "summary",
     # the config file (standard library and PyYAML)
     "ConfigError": "config",
     "LoadedConfig": "config",
