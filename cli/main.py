@@ -417,16 +417,6 @@ def stop_on_sigterm() -> StopSignals:
     return StopSignals()
 
 
-def _summary_fields(summary: Any) -> dict:
-    if summary is None:
-        return {}
-    if isinstance(summary, dict):
-        return summary
-    if dataclasses.is_dataclass(summary):
-        return {f.name: getattr(summary, f.name) for f in dataclasses.fields(summary)}
-    return dict(getattr(summary, "__dict__", {}))
-
-
 def _result_record(path: Path) -> dict:
     """What the stats block shows, as data (``--json``)."""
     from sensitivity.systems.io import read_result
@@ -588,45 +578,22 @@ def run(config: str, overrides: tuple[str, ...], output: str | None, task_index:
 
 def _run_one(task: Task, loaded: LoadedConfig, run_task, reporter, state: State,
              signals: StopSignals) -> tuple[int, str]:
-    """Run one task; returns (exit code, message) and never raises for a task's own failure.
+    """Run one task in its folder (:func:`systems.tasks.run_in_folder`, which keeps the folder
+    honest); returns (exit code, message) and never raises for a task's own failure."""
+    from sensitivity.systems import ConvergenceError, InputError, StorageError, storage_error
+    from sensitivity.systems.tasks import run_in_folder
 
-    Order: lock the folder, forget its completion, prove it writable, compute and write the
-    result and plots, write config.yaml, and only then the completion marker. A signal or a
-    crash anywhere before the marker leaves the task counted as not complete.
-    """
-    from sensitivity.systems import atomic_write_text, ensure_writable_folder, storage_error
-    from sensitivity.systems import ConvergenceError, InputError, StorageError
-    from sensitivity.systems.tasks import (CONFIG_NAME, MARKER_NAME, RESULT_NAME, input_digests, lock_task,
-                               mark_complete, mark_started)
-
-    directory = task.directory
     label = task.label if len(loaded.tasks) > 1 else Path(loaded.path).name
-    ftol = task.config["minimizer"]["ftol"]
+
+    def run(config, directory):
+        reporter.info(f"start: {config['system']['path']} -> {directory}")
+        return run_task(config, directory, progress=reporter.progress, config_text=loaded.text)
+
     try:
-        ensure_writable_folder(directory, replaces=(RESULT_NAME, CONFIG_NAME, MARKER_NAME))
-        with lock_task(directory):
-            mark_started(directory)
-            inputs = input_digests(task.config)
-            with reporter.task(label, ftol=ftol):
-                reporter.info(f"start: {task.config['system']['path']} -> {directory}")
-                summary = run_task(
-                    task.config, directory, progress=reporter.progress, config_text=loaded.text
-                )
-            # Written after the run, so that it always describes the result file beside it.
-            config_path = atomic_write_text(directory / CONFIG_NAME, dump_yaml(task.config))
-            fields = _summary_fields(summary)
-            result_path = Path(fields.get("result_path") or task.result_path)
-            converged = bool(fields.get("converged"))
-            message = " ".join(str(fields.get("message") or "").split())
-            code = EXIT_OK if converged else EXIT_NUMERICAL
-            if not converged and not message:
-                message = "did not converge (see the stats above)"
-            signals.check()  # a signal whose exception was swallowed: not complete
-            mark_complete(
-                directory, task.config,
-                artifacts=[result_path, config_path, *fields.get("plot_paths", [])],
-                converged=converged, message=message, exit_code=code, inputs=inputs,
-            )
+        with reporter.task(label, ftol=task.config["minimizer"]["ftol"]):
+            outcome = run_in_folder(task.config, task.directory, run,
+                                    before_complete=signals.check,
+                                    not_converged_code=EXIT_NUMERICAL)
     except StorageError as error:
         if state.debug:
             raise
@@ -634,7 +601,7 @@ def _run_one(task: Task, loaded: LoadedConfig, run_task, reporter, state: State,
     except OSError as error:  # a write outside the atomic writer (a figure): same story
         if state.debug:
             raise
-        return EXIT_STORAGE, str(storage_error(error.filename or directory, error))
+        return EXIT_STORAGE, str(storage_error(error.filename or task.directory, error))
     except InputError as error:
         if state.debug:
             raise
@@ -643,12 +610,12 @@ def _run_one(task: Task, loaded: LoadedConfig, run_task, reporter, state: State,
         if state.debug:
             raise
         return EXIT_NUMERICAL, " ".join(str(error).split())
-    if not state.quiet and not state.json and result_path.is_file():
-        text, _ = _stats_from_result(result_path, title=None)
+    if not state.quiet and not state.json and outcome.result_path.is_file():
+        text, _ = _stats_from_result(outcome.result_path, title=None)
         if len(loaded.tasks) > 1:
             click.echo(f"--- {task.label}")
         click.echo(text)
-    return code, "" if code == EXIT_OK else message
+    return (EXIT_OK, "") if outcome.converged else (EXIT_NUMERICAL, outcome.message)
 
 
 @main.command(short_help="Check a config; print the resolved configuration.")

@@ -316,3 +316,73 @@ def task_status(
     if not marker.get("converged"):
         return TaskStatus("failed", marker.get("message") or "did not converge", marker)
     return TaskStatus("done", "", marker)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a task in its folder
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskOutcome:
+    """What :func:`run_in_folder` left in a task's folder (its marker records the same)."""
+
+    result_path: Path
+    converged: bool
+    message: str  # one line; empty when converged
+    artifacts: tuple[Path, ...]
+
+
+def _fields(summary: Any) -> dict:
+    """The fields of what a ``run`` returned (a dataclass such as TaskSummary, or a dict)."""
+    if summary is None:
+        return {}
+    if isinstance(summary, Mapping):
+        return dict(summary)
+    if dataclasses.is_dataclass(summary):
+        return {f.name: getattr(summary, f.name) for f in dataclasses.fields(summary)}
+    return dict(getattr(summary, "__dict__", {}))
+
+
+def run_in_folder(
+    config: Mapping[str, Any],
+    directory: str | os.PathLike,
+    run,
+    *,
+    before_complete=None,
+    not_converged_code: int = 1,
+) -> TaskOutcome:
+    """Run one task in its folder, in the order that keeps the folder honest.
+
+    Prove the folder writable, lock it, forget its completion, ``run(config, directory)``
+    (computes and writes the result and plots), write ``config.yaml``, call
+    ``before_complete()`` (a last chance to refuse, e.g. a signal whose exception was lost),
+    and only then write the marker. A crash or signal anywhere before the marker leaves the
+    task counted as not complete.
+
+    Raises:
+        StorageError, InputError, ConvergenceError: from the run or a write; nothing is
+        marked complete.
+    """
+    from ._atomic import ensure_writable_folder
+    from .config import dump_yaml
+
+    directory = Path(directory)
+    ensure_writable_folder(directory, replaces=OWNED_NAMES)
+    with lock_task(directory):
+        mark_started(directory)
+        inputs = input_digests(config)  # as they were read, before the run
+        fields = _fields(run(config, directory))
+        # Written after the run, so that it always describes the result file beside it.
+        config_path = atomic_write_text(directory / CONFIG_NAME, dump_yaml(config))
+        result_path = Path(fields.get("result_path") or directory / RESULT_NAME)
+        converged = bool(fields.get("converged"))
+        message = " ".join(str(fields.get("message") or "").split())
+        if not converged and not message:
+            message = "did not converge (see the stats above)"
+        artifacts = (result_path, config_path, *map(Path, fields.get("plot_paths") or ()))
+        if before_complete is not None:
+            before_complete()
+        mark_complete(directory, config, artifacts=artifacts, converged=converged,
+                      message=message, exit_code=0 if converged else not_converged_code,
+                      inputs=inputs)
+    return TaskOutcome(result_path, converged, "" if converged else message, artifacts)
