@@ -84,7 +84,8 @@ def summarize(path: str | Path, *, top: int = 5) -> dict:
             "n": int(system.n),
             "dim": int(system.dim),
             "periodic": bool(system.periodic),
-            "box": None if system.box is None else [float(b) for b in system.box],
+            # edge lengths, or a sheared cell's matrix (columns = cell vectors) as rows
+            "box": None if system.box is None else np.asarray(system.box, float).tolist(),
             "packing_fraction": _plain(system.packing_fraction),
             "species": {int(s): int(c) for s, c in zip(species, counts)},
             "input": (config.get("system") or {}).get("path"),
@@ -155,9 +156,14 @@ def render_summary(summary: Mapping) -> str:
     """The text ``sensitivity inspect`` prints."""
     s = summary["system"]
     lines = [f"Result {summary['file']}"]
-    box = "free boundaries" if s["box"] is None else (
-        ("periodic box " if s["periodic"] else "box ") + " x ".join(f"{b:.6g}" for b in s["box"])
-    )
+    if s["box"] is None:
+        box = "free boundaries"
+    elif isinstance(s["box"][0], list):  # a sheared cell: its cell vectors (the columns)
+        box = "periodic sheared cell, vectors " + ", ".join(
+            "(" + ", ".join(f"{e:.6g}" for e in column) + ")" for column in zip(*s["box"]))
+    else:
+        box = ("periodic box " if s["periodic"] else "box ") + " x ".join(
+            f"{b:.6g}" for b in s["box"])
     species = ", ".join(f"{c} of species {k}" for k, c in s["species"].items())
     phi = s.get("packing_fraction")
     lines.append(

@@ -7,7 +7,9 @@ files written by other molecular-dynamics tools load::
     /particles/<group>/
         position    time-dependent element {value [T][N][d], step, (time)} or fixed [N][d]
         box         attrs dimension (2 or 3), boundary (["periodic"]*d or ["none"]*d)
-            edges   fixed [d] (or diagonal [d][d]) dataset, or a time-dependent element
+            edges   fixed [d] edge lengths or [d][d] cell (rows = cell vectors, H5MD's
+                    convention; read as the cell matrix H whose columns they are), or a
+                    time-dependent element of either
         (species)   [N] int, default all 0          (fixed or time-dependent)
         (diameter)  [N] float, default 1.0          (fixed or time-dependent)
     (/parameters/potential)  attrs: kind, and the potential's parameters
@@ -64,7 +66,7 @@ import numpy as np
 
 from ._atomic import atomic_path
 from ._errors import InputError
-from ._system import ParticleSystem, wrap_positions
+from ._system import ParticleSystem, box_problem, wrap_positions
 from .tasks import file_sha256
 from .versions import package_version
 
@@ -558,24 +560,24 @@ class _Reader:
         if edges.dtype.kind not in "fiu":
             raise self.error(f"{edges_path} has dtype {edges.dtype}, expected float")
         edges = edges.astype(np.float64)
-        if edges.shape == (dim, dim):
-            off_diagonal = edges - np.diag(np.diag(edges))
-            if np.any(off_diagonal != 0):
-                raise self.error(
-                    f"{edges_path} is a non-diagonal [{dim}][{dim}] matrix (triclinic box), "
-                    "expected a cuboid box (diagonal edges)"
-                )
-            edges = np.diag(edges).copy()
-        if edges.shape != (dim,):
+        if edges.shape == (dim, dim) and np.array_equal(edges, np.diag(np.diag(edges))):
+            edges = np.diag(edges).copy()  # a cuboid box written as a matrix
+        if edges.shape not in ((dim,), (dim, dim)):
             raise self.error(
                 f"{edges_path} has shape {edges.shape}, expected ({dim},) or ({dim}, {dim})"
             )
         if not periodic:
             return None, False
-        if not np.all(np.isfinite(edges)) or np.any(edges <= 0):
-            raise self.error(
-                f"{edges_path} = {edges.tolist()}, expected finite edge lengths > 0"
-            )
+        if edges.ndim == 2:
+            # H5MD: the rows of edges are the cell vectors; the box is the cell matrix
+            # whose columns they are (x = H s for fractional coordinates s)
+            problem = box_problem(edges, dim)
+            if problem:
+                raise self.error(f"{edges_path} {problem.replace('(the columns)', '(rows)')}")
+            return edges.T.copy(), True
+        problem = box_problem(edges, dim)
+        if problem:
+            raise self.error(f"{edges_path} {problem}")
         return edges, True
 
 
@@ -685,6 +687,8 @@ def _write_particles(
     box.attrs["boundary"] = np.array([boundary.encode()] * dim, dtype="S8")
     if system.box is not None:
         edges = np.asarray(system.box, dtype=np.float64)
+        if edges.ndim == 2:  # a sheared cell: H5MD's rows are the cell vectors
+            edges = edges.T.copy()
         if time_dependent:
             dataset = _time_dependent(box, "edges", edges)
         else:

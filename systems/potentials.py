@@ -36,7 +36,7 @@ import numpy as np
 
 from . import _jaxmd, settings
 from ._errors import InputError
-from ._system import pairs_within
+from ._system import pairs_within, perpendicular_widths
 
 __all__ = [
     "POTENTIAL_DEFAULTS",
@@ -287,15 +287,29 @@ def with_position_jvp(fun, product):
 
 
 def make_space(box: np.ndarray | None, periodic: bool):
-    """jax-md ``(displacement_fn, shift_fn)`` for a periodic cuboid box or free space.
+    """jax-md ``(displacement_fn, shift_fn)`` for a periodic box or free space.
+
+    Edge lengths ``(d,)`` take ``space.periodic`` (today's path, unchanged); a cell matrix
+    ``(d, d)`` (columns = cell vectors) takes ``space.periodic_general(H,
+    fractional_coordinates=False)``: positions stay Cartesian, and each displacement is
+    mapped to fractional coordinates, rounded to the nearest image and mapped back (the
+    minimum image while the interaction range is below half the cell's smallest face
+    distance, which :func:`systems.io.read_packing` and :meth:`PairModel.build` check).
 
     Cached by value: equal boxes get the *same* function objects, so the pair models (and
     jax-md neighbor lists, whose update functions close over them) of two packings in one
     box compare equal as static data, and compiled functions are reused between them.
     """
-    key = None if box is None or not periodic else tuple(
-        float(e) for e in np.asarray(box, np.float64).reshape(-1))
+    key = None if box is None or not periodic else _box_key(box)
     return _space(key, bool(periodic))
+
+
+def _box_key(box) -> tuple:
+    """A box as a hashable value: edge lengths, or rows of a cell matrix."""
+    box = np.asarray(box, np.float64)
+    if box.ndim == 2:
+        return tuple(tuple(float(e) for e in row) for row in box)
+    return tuple(float(e) for e in box)
 
 
 def require_x64() -> None:
@@ -314,6 +328,9 @@ def _space(box: tuple | None, periodic: bool):
     require_x64()
     space = _jaxmd.module("space")
 
+    if periodic and isinstance(box[0], tuple):  # a cell matrix: a sheared cell
+        return space.periodic_general(jnp.asarray(box, jnp.float64),
+                                      fractional_coordinates=False)
     if periodic:
         return space.periodic(jnp.asarray(box, jnp.float64))
     return space.free()
@@ -370,7 +387,7 @@ class PairModel:
         def arr(a):
             return None if a is None else (np.asarray(a).shape, np.asarray(a).tobytes())
 
-        box = None if self.box is None else tuple(np.asarray(self.box, np.float64).tolist())
+        box = None if self.box is None else _box_key(self.box)
         return (spec.kind, np.shape(spec.epsilon), arr(spec.alpha), arr(spec.sigma),
                 float(spec.r_onset), float(spec.r_cutoff), arr(spec.morse_alpha),
                 str(spec.neighbor_list), float(spec.capacity_multiplier), box,
@@ -531,7 +548,7 @@ class PairModel:
     def use_neighbor_list(self, cutoff: float) -> bool:
         """Whether a cell-list neighbor list fits (auto: N >= 128 and box >= 3 cells)."""
         choice = self.spec.neighbor_list
-        fits = self.periodic and bool(np.all(np.asarray(self.box) / 3.0 > cutoff))
+        fits = self.periodic and bool(np.all(perpendicular_widths(self.box) / 3.0 > cutoff))
         if choice == "auto":
             return fits and self.n >= NEIGHBOR_LIST_MIN_PARTICLES
         if choice and not self.periodic:
@@ -539,8 +556,20 @@ class PairModel:
         return bool(choice)
 
     def neighbor_list_fn(self, cutoff: float, skin: float):
-        """jax-md OrderedSparse (i < j) neighbor list over the reference box, ``cutoff + skin``."""
+        """jax-md OrderedSparse (i < j) neighbor list over the reference box, ``cutoff + skin``.
+
+        In a sheared cell (a cell matrix) jax-md's cell lists need fractional coordinates,
+        which the rest of this package does not use: the candidates are every pair
+        (``disable_cell_list``), pruned to the list at each rebuild, so FIRE's steps still
+        cost O(N k) and only the rare rebuilds O(N²).
+        """
         partition = _jaxmd.module("partition")
+        if self.box is not None and np.ndim(self.box) == 2:
+            return partition.neighbor_list(
+                self.displacement_fn, jnp.asarray(self.box, jnp.float64),
+                r_cutoff=float(cutoff), dr_threshold=float(skin),
+                capacity_multiplier=float(self.spec.capacity_multiplier),
+                disable_cell_list=True, format=partition.NeighborListFormat.OrderedSparse)
 
         return partition.neighbor_list(
             self.displacement_fn,

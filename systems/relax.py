@@ -352,7 +352,9 @@ class _NeighborLists:
 
     def __init__(self, model: PairModel, cutoff: float, skin: float):
         self.fn = model.neighbor_list_fn(cutoff, skin)
-        self.half_box = jnp.asarray(0.5 * np.asarray(model.box, np.float64))
+        box = np.asarray(model.box, np.float64)
+        # half of each cell vector's sum: half a box away along every axis
+        self.half_box = jnp.asarray(0.5 * (box.sum(axis=1) if box.ndim == 2 else box))
         self.cell_list_fn = None
         self.kept: dict[tuple, Any] = {}  # positions shape -> the template list
 
@@ -576,9 +578,20 @@ class Relaxer:
 
 
 def make_relaxer(model: PairModel, minimizer: MinimizerSpec,
-                 params_seen: list[PotentialParams], skin: float | None = None) -> Relaxer:
-    """A :class:`Relaxer` whose neighbor cutoff covers every parameter set in ``params_seen``."""
+                 params_seen: list[PotentialParams], skin: float | None = None, *,
+                 where: str = "the periodic box") -> Relaxer:
+    """A :class:`Relaxer` whose neighbor cutoff covers every parameter set in ``params_seen``.
+
+    A sheared cell (cell matrix) thinner than twice that cutoff is refused (``InputError``
+    naming ``where``): its pairs' nearest images would be ambiguous.
+    """
     cutoff = model.reference_cutoff(params_seen)
+    if model.periodic and np.ndim(model.box) == 2:
+        from ._system import thin_cell_problem
+
+        problem = thin_cell_problem(model.box, cutoff)
+        if problem:
+            raise InputError(f"{where} {problem}")
     return Relaxer(model, minimizer, cutoff=cutoff,
                    neighbor_list=model.use_neighbor_list(cutoff * 1.25), skin=skin)
 

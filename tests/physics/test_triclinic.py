@@ -1,0 +1,191 @@
+"""Sheared (triclinic) periodic cells: the cell helpers against a brute-force image search, the
+H5MD cell matrix, and the physics of a packing expressed in an equivalent sheared cell (the
+same lattice, so the same energy, forces, minimum, responses and elastic tensor as in the
+square/cubic box), plus a packing generated in a genuinely tilted cell against central
+differences of re-relaxed packings."""
+
+import itertools
+
+import h5py
+import numpy as np
+import pytest
+from _physics import central_difference, relative_error, relaxed
+
+from sensitivity.systems import elasticity as el
+from sensitivity.systems._errors import InputError
+from sensitivity.systems._system import (
+    ParticleSystem, box_volume, minimum_image, pairs_within, perpendicular_widths,
+    wrap_positions)
+from sensitivity.systems.contacts import gauge_fix
+from sensitivity.systems.generate import random_packing, tilt_matrix
+from sensitivity.systems.io import read_packing, write_packing
+from sensitivity.systems.potentials import PairModel, resolve_potential
+from sensitivity.systems.relax import make_relaxer, resolve_minimizer
+from sensitivity.systems.theta import ParameterSpec
+
+SCALARS = [ParameterSpec("small_diameter", "diameter", 0),
+           ParameterSpec("epsilon_small", "epsilon", 0),
+           ParameterSpec("box", "box", None)]
+
+
+def _equivalent_cell(box):
+    """A sheared cell of the same lattice as the square/cubic ``box``: 2D [[L, L], [0, L]];
+    3D columns (L,0,0), (0,L,0), (-L,L,L)."""
+    cell = np.diag(box)
+    cell[0, 1] = box[0]
+    if len(box) == 3:
+        cell[0, 1] = 0.0
+        cell[1, 2], cell[0, 2] = box[1], -box[0]
+    return cell
+
+
+def test_cell_helpers_against_a_brute_force_image_search():
+    rng = np.random.default_rng(0)
+    cell = np.array([[3.0, 1.2, -0.4], [0.0, 2.5, 0.7], [0.0, 0.0, 2.8]])
+    assert box_volume(cell) == pytest.approx(3.0 * 2.5 * 2.8)
+    widths = perpendicular_widths(cell)
+    normals = np.linalg.inv(cell)  # row k is normal to the face of the other two vectors
+    for k in range(3):
+        assert widths[k] == pytest.approx(abs(cell[:, k] @ normals[k]) / np.linalg.norm(normals[k]))
+    points = rng.uniform(-5, 5, size=(200, 3))
+    wrapped = wrap_positions(points, cell)
+    frac = wrapped @ np.linalg.inv(cell).T
+    assert np.all((frac >= 0) & (frac < 1))
+    shift = np.linalg.solve(cell, (points - wrapped).T).T  # whole cell vectors
+    np.testing.assert_allclose(shift, np.round(shift), atol=1e-9)
+    # every displacement shorter than half the smallest width is its own minimum image
+    delta = rng.uniform(-1, 1, size=(500, 3)) * 0.49 * widths.min() / np.sqrt(3)
+    images = np.array(list(itertools.product(range(-2, 3), repeat=3))) @ cell.T
+    for dr in delta[:50]:
+        moved = dr + images[rng.integers(len(images))]
+        found = minimum_image(moved[None], cell)[0]
+        best = (moved - images)[np.argmin(np.linalg.norm(moved - images, axis=1))]
+        np.testing.assert_allclose(found, best, atol=1e-12)
+    # pairs_within in a sheared cell = the brute-force search over images
+    y = wrap_positions(rng.uniform(0, 3, size=(40, 3)), cell)
+    reach = 0.45 * widths.min()
+    pairs = {tuple(p) for p in pairs_within(y, reach, cell)}
+    expected = {(i, j) for i in range(40) for j in range(i + 1, 40)
+                if np.min(np.linalg.norm(y[i] - y[j] - images, axis=1)) <= reach}
+    assert pairs == expected
+
+
+def test_cell_matrix_round_trip_and_h5md_rows(tmp_path):
+    system = random_packing(16, dim=3, phi=0.5, seed=3, tilt={"xy": 0.2, "yz": -0.3})
+    cell = system.box
+    assert cell.shape == (3, 3) and cell[0, 1] == pytest.approx(0.2 * cell[0, 0])
+    assert system.packing_fraction == pytest.approx(0.5)
+    path = tmp_path / "sheared.h5"
+    write_packing(path, system)
+    loaded, _ = read_packing(path)
+    assert loaded == system
+    with h5py.File(path) as f:  # H5MD: the rows of edges are the cell vectors
+        np.testing.assert_array_equal(f["particles/all/box/edges/value"][0], cell.T)
+    # a diagonal cell matrix is an orthorhombic box: the edge-length form, today's path
+    square = random_packing(8, dim=2, phi=0.5, seed=0)
+    assert square.replace(box=np.diag(square.box)).box.shape == (2,)
+    with pytest.raises(ValueError, match="tilt 'xz'"):
+        tilt_matrix({"xz": 0.1}, 2)
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["2d", "3d"])
+def equivalent(request):
+    """A relaxed packing (32 disks / 64 spheres, one rattler) and the same packing in an
+    equivalent sheared cell, with both responses and elastic tensors."""
+    dim = request.param
+    n, phi = (32, 0.9) if dim == 2 else (64, 0.7)
+    square = relaxed(n, dim, phi, 1, shrink=0.3)
+    system, result = square[0], square[4]
+    cell = _equivalent_cell(system.box)
+    sheared_system = system.replace(box=cell, positions=wrap_positions(result.positions, cell))
+    sheared = relaxed(0, dim, 0, 0, system=sheared_system)
+    out = []
+    for s in (square, sheared):
+        solver = s[-1]
+        out.append((s, solver.scalar_derivatives(SCALARS), el.elastic_response(solver)))
+    return out
+
+
+@pytest.mark.slow
+def test_equivalent_cell_same_energy_forces_minimum_and_response(equivalent):
+    (square, d_square, e_square), (sheared, d_sheared, e_sheared) = equivalent
+    system, model, params = square[0], square[1], square[2]
+    cell = sheared[1].box
+    x, x2 = square[4].positions, sheared[4].positions
+    # the same minimum, each particle moved by whole cell vectors at most
+    np.testing.assert_allclose(minimum_image(x2 - x, cell), 0.0, atol=1e-12)
+    assert sheared[4].energy == pytest.approx(square[4].energy, rel=1e-12)
+    # energy and forces of one unrelaxed configuration, wrapped into either cell
+    y = system.positions
+    pairs = model.interacting_pairs(y, params)
+    pairs2 = sheared[1].interacting_pairs(wrap_positions(y, cell), params)
+    assert len(pairs2.i) == len(pairs.i)
+    e1, e2 = model.energy(y, params, pairs), sheared[1].energy(wrap_positions(y, cell), params,
+                                                                pairs2)
+    assert float(e2) == pytest.approx(float(e1), rel=1e-12)
+    f1 = np.asarray(model.forces(y, params, pairs))
+    f2 = np.asarray(sheared[1].forces(wrap_positions(y, cell), params, pairs2))
+    np.testing.assert_allclose(f2, f1, atol=1e-12 * np.abs(f1).max())
+    assert (sheared[-1].rattlers == square[-1].rattlers).all()
+    backbone = ~square[-1].rattlers
+    for name in ("small_diameter", "epsilon_small"):
+        a, b = d_square[name][0], d_sheared[name][0]
+        assert relative_error(b, a, backbone) < 1e-10, name
+    # kind box: x = λ y, so dx/dλ = y* + dy/dλ; y* depends on the image: compare dy/dλ
+    rattlers = square[-1].rattlers
+    a = gauge_fix(d_square["box"][0] - np.asarray(square[-1].y), rattlers)
+    b = gauge_fix(d_sheared["box"][0] - np.asarray(sheared[-1].y), rattlers)
+    assert relative_error(b, a, backbone) < 1e-10
+    # stress and elastic tensor: the same lattice, the same tensor
+    scale = np.abs(e_square["elastic_tensor"]).max()
+    np.testing.assert_allclose(e_sheared["elastic_tensor"], e_square["elastic_tensor"],
+                               atol=1e-9 * scale)
+    np.testing.assert_allclose(e_sheared["stress"], e_square["stress"],
+                               atol=1e-12 * np.abs(e_square["stress"]).max())
+
+
+@pytest.fixture(scope="module")
+def tilted():
+    """32 disks generated and relaxed in a cell tilted by xy = 0.3."""
+    system = random_packing(32, dim=2, phi=0.9, seed=4, tilt={"xy": 0.3})
+    return relaxed(0, 2, 0, 0, system=system)
+
+
+@pytest.mark.slow
+def test_tilted_cell_response_matches_central_differences(tilted):
+    system, model, params, relaxer, result, solver = tilted
+    assert model.box.shape == (2, 2) and result.converged
+    backbone = ~solver.rattlers
+    derivatives = solver.scalar_derivatives(SCALARS)
+    for pspec in SCALARS:
+        fd = central_difference(system, model, params, relaxer, solver, pspec)
+        assert relative_error(derivatives[pspec.name][0], fd, backbone) < 1e-6, pspec.name
+
+
+@pytest.mark.slow
+def test_tilted_cell_neighbor_list_equals_every_pair(tilted):
+    """The sheared cell's neighbor list (every pair as candidates, pruned) relaxes to the
+    same minimum as the dense pair loop."""
+    system, model, params, _, result, _ = tilted
+    spec = resolve_potential({"neighbor_list": True}, system.n_species)
+    listed = PairModel.build(system, spec)
+    relaxer = make_relaxer(listed, resolve_minimizer({"ftol": 1e-13}), [params])
+    assert relaxer.use_nl
+    other = relaxer.run(system.positions, params)
+    assert other.converged and other.steps == result.steps
+    np.testing.assert_allclose(minimum_image(other.positions - result.positions, model.box),
+                               0.0, atol=1e-10)
+
+
+def test_thin_and_bad_cells_are_refused():
+    system = random_packing(8, dim=2, phi=0.5, seed=0)
+    cell = np.diag(system.box)
+    cell[0, 1] = 3.0 * system.box[0]  # a long, thin cell: widths L/sqrt(10)
+    thin = system.replace(box=cell, positions=wrap_positions(system.positions, cell))
+    model = PairModel.build(thin, resolve_potential({}, thin.n_species))
+    params = model.default_params(thin.diameters)
+    with pytest.raises(InputError, match="too thin for the interaction range"):
+        make_relaxer(model, resolve_minimizer({}), [params], where="p.h5: box/edges")
+    with pytest.raises(ValueError, match="box must have shape"):
+        ParticleSystem(positions=np.zeros((2, 2)), diameters=np.ones(2), species=np.zeros(2),
+                       box=np.ones((2, 3)), periodic=True)
