@@ -189,3 +189,81 @@ def test_thin_and_bad_cells_are_refused():
     with pytest.raises(ValueError, match="box must have shape"):
         ParticleSystem(positions=np.zeros((2, 2)), diameters=np.ones(2), species=np.zeros(2),
                        box=np.ones((2, 3)), periodic=True)
+
+
+def _sheared_result(tmp_path, dim):
+    import sys
+    sys.path.insert(0, __file__.rsplit("/", 1)[0])
+    from test_io import make_result_inputs
+    from sensitivity.systems import write_result
+
+    inputs = make_result_inputs(n=11, dim=dim)
+    system = inputs["system"]
+    tilt = {"xy": 0.25} if dim == 2 else {"xy": 0.25, "xz": -0.1, "yz": 0.3}
+    cell = system.box[0] * tilt_matrix(tilt, dim)
+    inputs["system"] = system.replace(box=cell, positions=wrap_positions(system.positions, cell))
+    return inputs["system"], write_result(tmp_path / "sensitivity.h5", **inputs)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_ase_reads_the_sheared_cell_of_the_extxyz_export(tmp_path, dim):
+    import ase.io
+    from click.testing import CliRunner
+
+    from sensitivity.cli.main import main
+
+    system, path = _sheared_result(tmp_path, dim)
+    done = CliRunner().invoke(main, ["export", str(path), "--format", "extxyz"])
+    assert done.exit_code == 0, done.output
+    atoms = ase.io.read(tmp_path / "sensitivity.extxyz", format="extxyz")
+    # ASE's cell rows are the cell vectors: our cell matrix's columns
+    np.testing.assert_array_equal(atoms.cell.array[:dim, :dim], system.box.T)
+    np.testing.assert_array_equal(atoms.positions[:, :dim], system.positions)
+    frac = atoms.get_scaled_positions(wrap=False)[:, :dim]
+    assert np.all((frac > -1e-12) & (frac < 1 + 1e-12))  # inside ASE's cell too
+
+
+def test_mdanalysis_reads_the_sheared_cell_of_a_3d_result(tmp_path):
+    import warnings
+
+    import MDAnalysis as mda
+    from MDAnalysis.lib.mdamath import triclinic_vectors
+
+    system, path = _sheared_result(tmp_path, 3)
+    universe = mda.Universe.empty(system.n, trajectory=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        universe.load_new(str(path), format="H5MD", convert_units=False)
+    np.testing.assert_allclose(universe.atoms.positions, system.positions, rtol=2e-7, atol=1e-6)
+    # MDAnalysis stores lengths and angles; its vectors (rows) are our columns, in its
+    # canonical orientation (first vector along x, second in the x-y plane): ours is
+    # upper-triangular, so transposed it is lower-triangular, the same orientation
+    np.testing.assert_allclose(triclinic_vectors(universe.dimensions), system.box.T,
+                               rtol=2e-6, atol=1e-6)
+
+
+def test_plot_draws_the_parallelogram_and_wraps_arrows_by_cell_vectors():
+    from matplotlib.patches import Polygon
+
+    from sensitivity.systems.plots import response_figure
+
+    cell = np.array([[10.0, 4.0], [0.0, 8.0]])
+    # fractional coordinates: near the left (sheared) edge, the bottom edge, and inside
+    frac = np.array([[0.03, 0.5], [0.5, 0.02], [0.5, 0.5]])
+    positions = frac @ cell.T
+    field = np.array([[-1.0, 0.0], [0.0, -0.5], [0.3, 0.3]])
+    arrays = {"positions": positions, "diameters": np.full(3, 0.5), "box": cell,
+              "dx_dtheta": field, "species": np.zeros(3, int)}
+    figure = response_figure(arrays, "theta", scale=1.0)
+    axes = figure.axes[0]
+    (outline,) = [p for p in axes.patches if isinstance(p, Polygon)]
+    corners = np.array([[0, 0], [10, 0], [14, 8], [4, 8]])
+    np.testing.assert_allclose(outline.get_xy()[:4], corners)
+    (quiver,) = [c for c in axes.collections if hasattr(c, "U")]
+    drawn = np.column_stack([quiver.X, quiver.Y])
+    # arrow 0 leaves through the left edge: its image starts one cell vector (10, 0) away;
+    # arrow 1 leaves through the bottom: its image starts one cell vector (4, 8) away
+    assert quiver.N == 5
+    assert any(np.allclose(xy, positions[0] + cell[:, 0]) for xy in drawn)
+    assert any(np.allclose(xy, positions[1] + cell[:, 1]) for xy in drawn)
+    assert "2 wrapped" in axes.get_title()
