@@ -831,7 +831,8 @@ class Result:
 
     @property
     def box(self) -> np.ndarray | None:
-        """``[d]`` box edge lengths (``None``: free boundaries)."""
+        """``[d]`` box edge lengths, or a sheared cell's ``[d][d]`` cell matrix (columns = cell
+        vectors); ``None``: free boundaries."""
         return self.system.box
 
     @property
