@@ -8,6 +8,7 @@ physics modules. It does no physics itself.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import numpy as np
@@ -294,17 +295,22 @@ def pairs_within(positions: np.ndarray, reach: float, box: np.ndarray | None = N
     """Every pair ``(i, j)``, ``i < j``, at (minimum-image) distance ``<= reach``, as an
     ``[P, 2]`` int64 array sorted by ``(i, j)``.
 
-    Periodic when ``box`` is given. Every pair is compared directly for small systems, or
-    when ``reach`` is half a box edge or more (no k-d tree can search that far periodically);
-    otherwise a ``scipy.spatial.cKDTree`` (with ``boxsize`` for periodic boxes) finds them.
+    Periodic when ``box`` is given (edge lengths or a sheared cell's matrix). Every pair is
+    compared directly for small systems, or when ``reach`` is half a box edge (half the
+    smallest perpendicular width) or more; otherwise a ``scipy.spatial.cKDTree`` finds them
+    (with ``boxsize`` for edge lengths; over the particles' images in the neighbouring cells
+    for a sheared cell).
     """
     y = np.asarray(positions, dtype=np.float64)
     n = y.shape[0]
     if box is not None:
         box = np.asarray(box, dtype=np.float64)
         y = wrap_positions(y, box)
-    brute = n <= BRUTE_FORCE_MAX or (box is not None and (
-        box.ndim == 2 or not np.all(reach < 0.5 * box)))  # no k-d tree for a sheared cell
+    if box is not None and box.ndim == 2:  # a sheared cell: half its smallest width
+        too_far = not reach < 0.5 * float(np.min(perpendicular_widths(box)))
+    else:
+        too_far = box is not None and not np.all(reach < 0.5 * box)
+    brute = n <= BRUTE_FORCE_MAX or too_far
     if brute:
         ij = []
         for start in range(0, n, 512):  # bounded memory: 512 rows of the distance matrix
@@ -316,6 +322,20 @@ def pairs_within(positions: np.ndarray, reach: float, box: np.ndarray | None = N
                                     & (i[:, None] < np.arange(n)[None, :]))
             ij.append(np.stack([i[rows], cols], axis=-1))
         ij = np.concatenate(ij).astype(np.int64) if ij else np.zeros((0, 2), np.int64)
+    elif box is not None and box.ndim == 2:
+        # no periodic k-d tree for a sheared cell: the particles and their images in the
+        # 3^d neighbouring cells, searched from the particles (a pair within reach, below
+        # half the smallest width, has exactly one such image)
+        from scipy.spatial import cKDTree
+
+        shifts = np.array(list(itertools.product((-1.0, 0.0, 1.0), repeat=y.shape[1])))
+        images = (y[None, :, :] + (shifts @ box.T)[:, None, :]).reshape(-1, y.shape[1])
+        found = cKDTree(y).sparse_distance_matrix(cKDTree(images), reach,
+                                                  output_type="ndarray")
+        i = found["i"].astype(np.int64)
+        j = found["j"].astype(np.int64) % n
+        keep = i < j
+        ij = np.stack([i[keep], j[keep]], axis=-1).astype(np.int64)
     else:
         from scipy.spatial import cKDTree
 

@@ -555,15 +555,41 @@ class PairModel:
             return False  # free space: dense pairs (documented)
         return bool(choice)
 
+    @property
+    def fractional_lists(self) -> bool:
+        """Whether the neighbor list takes fractional coordinates (:meth:`list_positions`):
+        a sheared cell with an upper-triangular matrix, the form jax-md's cell lists in a
+        general box accept."""
+        return (self.periodic and np.ndim(self.box) == 2
+                and bool(np.all(np.tril(self.box, -1) == 0)))
+
+    def list_positions(self, y):
+        """The positions the neighbor list is given: ``y`` itself, or in a sheared cell with
+        :attr:`fractional_lists` its fractional coordinates ``H⁻¹ y``."""
+        if not self.fractional_lists:
+            return y
+        return y @ jnp.asarray(np.linalg.inv(self.box).T, jnp.float64)
+
     def neighbor_list_fn(self, cutoff: float, skin: float):
         """jax-md OrderedSparse (i < j) neighbor list over the reference box, ``cutoff + skin``.
 
-        In a sheared cell (a cell matrix) jax-md's cell lists need fractional coordinates,
-        which the rest of this package does not use: the candidates are every pair
-        (``disable_cell_list``), pruned to the list at each rebuild, so FIRE's steps still
-        cost O(N k) and only the rare rebuilds O(N²).
+        A sheared cell: jax-md's cell lists work in fractional coordinates, so the list is
+        given :meth:`list_positions` (the energy still takes Cartesian ``y``, the list gives
+        only indices) with ``periodic_general(H, fractional_coordinates=True)``'s
+        displacement (distances in real units). A cell matrix that is not upper triangular
+        has no cell list: the candidates are every pair (``disable_cell_list``), pruned at
+        each rebuild.
         """
         partition = _jaxmd.module("partition")
+        if self.fractional_lists:
+            space = _jaxmd.module("space")
+            box = jnp.asarray(self.box, jnp.float64)
+            displacement, _ = space.periodic_general(box, fractional_coordinates=True)
+            return partition.neighbor_list(
+                displacement, box, r_cutoff=float(cutoff), dr_threshold=float(skin),
+                capacity_multiplier=float(self.spec.capacity_multiplier),
+                fractional_coordinates=True,
+                format=partition.NeighborListFormat.OrderedSparse)
         if self.box is not None and np.ndim(self.box) == 2:
             return partition.neighbor_list(
                 self.displacement_fn, jnp.asarray(self.box, jnp.float64),

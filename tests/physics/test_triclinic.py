@@ -39,7 +39,7 @@ def _equivalent_cell(box):
     return cell
 
 
-def test_cell_helpers_against_a_brute_force_image_search():
+def test_cell_helpers_against_a_brute_force_image_search(monkeypatch):
     rng = np.random.default_rng(0)
     cell = np.array([[3.0, 1.2, -0.4], [0.0, 2.5, 0.7], [0.0, 0.0, 2.8]])
     assert box_volume(cell) == pytest.approx(3.0 * 2.5 * 2.8)
@@ -67,7 +67,10 @@ def test_cell_helpers_against_a_brute_force_image_search():
     pairs = {tuple(p) for p in pairs_within(y, reach, cell)}
     expected = {(i, j) for i in range(40) for j in range(i + 1, 40)
                 if np.min(np.linalg.norm(y[i] - y[j] - images, axis=1)) <= reach}
-    assert pairs == expected
+    assert pairs == expected and len(expected) > 20
+    import sensitivity.systems._system as system_module
+    monkeypatch.setattr(system_module, "BRUTE_FORCE_MAX", 0)  # the k-d tree over images
+    np.testing.assert_array_equal(pairs_within(y, reach, cell), sorted(expected))
 
 
 def test_cell_matrix_round_trip_and_h5md_rows(tmp_path):
@@ -163,18 +166,35 @@ def test_tilted_cell_response_matches_central_differences(tilted):
 
 
 @pytest.mark.slow
-def test_tilted_cell_neighbor_list_equals_every_pair(tilted):
-    """The sheared cell's neighbor list (every pair as candidates, pruned) relaxes to the
-    same minimum as the dense pair loop."""
-    system, model, params, _, result, _ = tilted
-    spec = resolve_potential({"neighbor_list": True}, system.n_species)
-    listed = PairModel.build(system, spec)
-    relaxer = make_relaxer(listed, resolve_minimizer({"ftol": 1e-13}), [params])
-    assert relaxer.use_nl
-    other = relaxer.run(system.positions, params)
-    assert other.converged and other.steps == result.steps
-    np.testing.assert_allclose(minimum_image(other.positions - result.positions, model.box),
-                               0.0, atol=1e-10)
+@pytest.mark.parametrize("tilt", [{"xy": 0.3}, {"xy": -0.4}], ids=["upper", "general"])
+def test_tilted_cell_neighbor_list_equals_every_pair(tilt):
+    """The sheared cell's neighbor list (jax-md's cell list in fractional coordinates for
+    an upper-triangular cell; every pair as candidates, pruned, for a general one)
+    relaxes along the same path to the same minimum as the dense pair loop."""
+    system = random_packing(64, dim=2, phi=0.9, seed=6, tilt={"xy": abs(tilt["xy"])})
+    if tilt["xy"] < 0:  # the lattice turned by 90 degrees: a cell matrix, not triangular
+        rotation = np.array([[0.0, -1.0], [1.0, 0.0]])
+        system = system.replace(box=rotation @ system.box,
+                                positions=system.positions @ rotation.T)
+    results = []
+    for choice in (False, True):
+        spec = resolve_potential({"neighbor_list": choice}, system.n_species)
+        model = PairModel.build(system, spec)
+        params = model.default_params(system.diameters)
+        relaxer = make_relaxer(model, resolve_minimizer({"ftol": 1e-13}), [params])
+        assert relaxer.use_nl == choice
+        results.append(relaxer.run(system.positions, params))
+        assert results[-1].converged
+    if tilt["xy"] > 0:
+        assert model.fractional_lists
+        assert relaxer._lists.cell_list_fn is not None  # the cell list is in use
+    else:
+        assert not model.fractional_lists
+    dense, listed = results
+    assert abs(listed.steps - dense.steps) <= 2
+    np.testing.assert_allclose(minimum_image(listed.positions - dense.positions, model.box),
+                               0.0, atol=1e-8)
+    assert listed.energy == pytest.approx(dense.energy, rel=1e-10)
 
 
 def test_thin_and_bad_cells_are_refused():
