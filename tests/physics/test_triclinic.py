@@ -325,3 +325,60 @@ def test_tilted_cell_elastic_tensor_matches_jax_md_athermal_moduli(tilted):
     c = ours["elastic_tensor"]
     assert np.abs(c - np.asarray(theirs)).max() <= 1e-6 * np.abs(c).max()
     assert ours["volume"] == pytest.approx(float(np.linalg.det(model.box)), rel=1e-14)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preconditioner", ["schwarz", "two_level"])
+def test_tilted_cell_preconditioners_agree(tilted, preconditioner):
+    """The preconditioners that cut the box into parts (along the cell vectors, in
+    fractional coordinates, for a sheared cell) give the same derivative."""
+    from sensitivity.systems.response import ResponseSolver, resolve_sensitivity
+
+    system, model, params, relaxer, result, solver = tilted
+    reference = solver.scalar_derivatives(SCALARS[:1])["small_diameter"][0]
+    other = ResponseSolver(model, result.positions, params, max_force=result.max_force,
+                           settings=resolve_sensitivity({"preconditioner": preconditioner}))
+    dx, attrs = other.scalar_derivatives(SCALARS[:1])["small_diameter"]
+    assert attrs["converged"]
+    assert relative_error(dx, reference, ~solver.rattlers) < 1e-8
+
+
+def test_partition_of_a_sheared_cell_follows_its_cell_vectors():
+    from sensitivity.systems.hessian import partition
+
+    cell = np.array([[4.0, 4.0], [0.0, 4.0]])
+    frac = np.random.default_rng(0).uniform(0, 1, size=(64, 2))
+    part = partition(frac @ cell.T + cell[:, 1], cell, 2)  # any image: wrapped first
+    assert np.bincount(part).tolist() == [16] * 4
+    for p in range(4):  # cut along the longer cell vector, then the other: quadrants
+        members = frac[part == p]
+        assert np.ptp(members[:, 0]) < 0.7 and np.ptp(members[:, 1]) < 0.7
+
+
+def test_3d_sheared_cell_slice_is_the_shifted_parallelogram():
+    from matplotlib.patches import Polygon
+
+    from sensitivity.systems.plots import response_figure
+
+    system = random_packing(40, dim=3, phi=0.5, seed=2,
+                            tilt={"xy": 0.2, "xz": 0.3, "yz": -0.2})
+    cell = system.box
+    field = np.random.default_rng(0).normal(size=(40, 3))
+    figure = response_figure({"system": system, "dx_dtheta": field}, "theta",
+                             slice_z=0.25 * cell[2, 2])
+    axes = figure.axes[0]
+    (outline,) = [p for p in axes.patches if isinstance(p, Polygon)]
+    origin = 0.25 * cell[:2, 2]  # the plane z = H_zz / 4 cuts the cell a quarter up a3
+    corners = origin + np.array([[0, 0], [1, 0], [1, 1], [0, 1]]) @ cell[:2, :2].T
+    np.testing.assert_allclose(outline.get_xy()[:4], corners)
+    (disks,) = [c for c in axes.collections if not hasattr(c, "U")]
+    centres = disks.get_offsets()
+    frac = (centres - origin) @ np.linalg.inv(cell[:2, :2]).T
+    dz = system.positions[:, 2] - 0.25 * cell[2, 2]
+    dz -= cell[2, 2] * np.round(dz / cell[2, 2])  # lattice planes of constant z: H_zz apart
+    cut = int(np.sum(np.abs(dz) < system.diameters / 2))
+    # each cut sphere once inside the parallelogram (its images, whole cell vectors away,
+    # outside it)
+    inside = np.all((frac > 0) & (frac < 1), axis=1)
+    assert cut >= 3 and inside.sum() == cut
+    assert f"{cut} of 40 spheres cut" in axes.get_title()
