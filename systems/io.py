@@ -66,7 +66,7 @@ import numpy as np
 
 from ._atomic import atomic_path
 from ._errors import InputError
-from ._system import ParticleSystem, box_problem, wrap_positions
+from ._system import ParticleSystem, box_problem, cell_matrix, wrap_positions
 from .tasks import file_sha256
 from .versions import package_version
 
@@ -899,7 +899,9 @@ class Result:
         ``delta`` is a number for a scalar θ, a ``[P]`` vector for a θ with P components
         (``x* + Σ_p Δθ_p ∂x*/∂θ_p``). What θ moves moves too: a species' diameter
         (``diameter``), every diameter (``diameters``), the box edges (``box``: edges ×
-        (λ + Δλ)/λ). Positions are wrapped into the (new) periodic box. Rattlers, whose
+        (λ + Δλ)/λ), the cell (``strain``: ``(I + Δε E) H`` for the unit symmetric strain
+        ``E`` of the component, a sheared cell for a shear). Positions are wrapped into the
+        (new) periodic box. Rattlers, whose
         response is undefined (NaN), stay where they are. The prediction is in the result's
         gauge (backbone mean unchanged) and holds while no contact opens or closes.
         """
@@ -928,6 +930,11 @@ class Result:
             diameters = diameters + delta
         elif response.kind == "box" and box is not None:
             box = box * (response.theta + delta) / response.theta
+        elif response.kind == "strain" and box is not None and "component" in response.report:
+            a, b = ("xyz".index(c) for c in str(response.report["component"]))
+            unit = np.zeros((self.system.dim, self.system.dim))
+            unit[a, b] = unit[b, a] = 1.0
+            box = (np.eye(self.system.dim) + delta * unit) @ cell_matrix(box)
         if self.system.periodic:
             positions = wrap_positions(positions, box)
         return self.system.replace(positions=positions, diameters=diameters, box=box)

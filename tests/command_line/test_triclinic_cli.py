@@ -89,3 +89,21 @@ def test_run_inspect_and_plot_a_sheared_packing(tmp_path: Path):
     with h5py.File(tmp_path / "out" / "sensitivity.h5") as f:
         assert f["elasticity/elastic_tensor"].shape == (2, 2, 2, 2)
         assert f["particles/all/box/edges/value"].shape == (1, 2, 2)
+
+    # the packing predicted at ε_xy = Δ: its cell (I + Δ E) H, positions x* + Δ dx*/dε;
+    # re-relaxed in that cell it moves by O(Δ²) only
+    from sensitivity.systems import read_result
+    from sensitivity.systems.relax import relax
+    from sensitivity.systems._system import minimum_image
+
+    result = read_result(tmp_path / "out" / "sensitivity.h5")
+    delta = 1e-4
+    predicted = result.predicted_system("shear", delta)
+    np.testing.assert_allclose(
+        predicted.box, (np.eye(2) + delta * np.array([[0, 1], [1, 0]])) @ result.box,
+        rtol=1e-15)
+    relaxed = relax(predicted, {}, {"ftol": 1e-13})
+    assert relaxed.converged
+    moved = np.abs(minimum_image(relaxed.positions - predicted.positions, predicted.box))
+    step = delta * np.nanmax(np.abs(result.dx_dtheta("shear")))
+    assert moved.max() < 1e-2 * step
