@@ -294,7 +294,7 @@ def make_space(box: np.ndarray | None, periodic: bool):
     fractional_coordinates=False)``: positions stay Cartesian, and each displacement is
     mapped to fractional coordinates, rounded to the nearest image and mapped back (the
     minimum image while the interaction range is below half the cell's smallest face
-    distance, which :func:`systems.io.read_packing` and :meth:`PairModel.build` check).
+    distance, which :func:`systems.relax.make_relaxer` checks).
 
     Cached by value: equal boxes get the *same* function objects, so the pair models (and
     jax-md neighbor lists, whose update functions close over them) of two packings in one
