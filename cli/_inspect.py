@@ -48,9 +48,14 @@ def render_summary(summary: Mapping) -> str:
     """The text ``sensitivity inspect`` prints."""
     s = summary["system"]
     lines = [f"Result {summary['file']}"]
-    box = "free boundaries" if s["box"] is None else (
-        ("periodic box " if s["periodic"] else "box ") + " x ".join(f"{b:.6g}" for b in s["box"])
-    )
+    if s["box"] is None:
+        box = "free boundaries"
+    elif isinstance(s["box"][0], list):  # a sheared cell: its cell vectors (the columns)
+        box = "periodic sheared cell, vectors " + ", ".join(
+            "(" + ", ".join(f"{e:.6g}" for e in column) + ")" for column in zip(*s["box"]))
+    else:
+        box = ("periodic box " if s["periodic"] else "box ") + " x ".join(
+            f"{b:.6g}" for b in s["box"])
     species = ", ".join(f"{c} of species {k}" for k, c in s["species"].items())
     phi = s.get("packing_fraction")
     lines.append(

@@ -673,12 +673,15 @@ def validate(config: str, overrides: tuple[str, ...], output: str | None, task_i
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--size-ratio", type=click.FloatRange(min=0, min_open=True), default=1.4,
               show_default=True, help="Large over small diameter (50:50 mixture).")
+@click.option("--tilt", multiple=True, metavar="NAME=T",
+              help="A sheared (triclinic) box: tilt factor xy, xz or yz (2D: xy) in units of "
+                   "the box edge, e.g. --tilt xy=0.2 (repeatable; the volume is unchanged).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
               help="The H5MD file to write.")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 @common_options
-def generate(n: int, dim: str, phi: float, seed: int, size_ratio: float, output: str,
-             force: bool) -> None:
+def generate(n: int, dim: str, phi: float, seed: int, size_ratio: float, tilt: tuple,
+             output: str, force: bool) -> None:
     """Write a random bidisperse packing (H5MD) to start from.
 
     Half the particles are small (species 0, diameter 1), half large (species 1, diameter
@@ -689,15 +692,38 @@ def generate(n: int, dim: str, phi: float, seed: int, size_ratio: float, output:
     path = Path(output)
     if path.exists() and not force:
         raise UserError(f"{path} exists; pass --force to overwrite it or choose another -o")
-    from sensitivity.systems.generate import random_packing
+    from sensitivity.systems._system import thin_cell_problem
+    from sensitivity.systems.generate import random_packing, tilt_matrix
     from sensitivity.systems.io import write_packing
 
-    system = random_packing(n, dim=int(dim), phi=phi, seed=seed, size_ratio=size_ratio)
+    tilts = {}
+    for item in tilt:
+        name, _, value = item.partition("=")
+        try:
+            tilts[name.strip()] = float(value)
+        except ValueError:
+            raise UserError(f"--tilt {item!r}: expected NAME=T with a number T, "
+                            "e.g. --tilt xy=0.2") from None
+    try:
+        tilt_matrix(tilts, int(dim))
+    except ValueError as error:
+        raise UserError(f"--{error}") from None
+    system = random_packing(n, dim=int(dim), phi=phi, seed=seed, size_ratio=size_ratio,
+                            tilt=tilts or None)
+    if system.box.ndim == 2:
+        problem = thin_cell_problem(system.box, float(system.diameters.max()))
+        if problem:
+            raise UserError(f"--tilt: the sheared box {problem}")
     write_packing(path, system)
     if not state.quiet:
+        if system.box.ndim == 2:
+            box = "cell vectors " + ", ".join(
+                "(" + ", ".join(f"{e:.6g}" for e in column) + ")" for column in system.box.T)
+        else:
+            box = "box " + " x ".join(f"{edge:.6g}" for edge in system.box)
         click.echo(
             f"wrote {path}: {n} {'disks' if dim == '2' else 'spheres'}, phi {phi:g}, seed {seed}, "
-            f"box {' x '.join(f'{edge:.6g}' for edge in system.box)}"
+            f"{box}"
         )
 
 

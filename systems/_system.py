@@ -8,20 +8,108 @@ physics modules. It does no physics itself.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import numpy as np
 
-__all__ = ["ParticleSystem", "wrap_positions"]
+__all__ = ["ParticleSystem", "wrap_positions", "cell_matrix", "box_volume", "is_triclinic",
+           "minimum_image", "perpendicular_widths"]
+
+
+def is_triclinic(box) -> bool:
+    """Whether ``box`` is a cell matrix ``(d, d)`` (a general parallelepiped) rather than the
+    edge lengths ``(d,)`` of an orthorhombic box."""
+    return box is not None and np.ndim(box) == 2
+
+
+def cell_matrix(box) -> np.ndarray:
+    """The ``(d, d)`` cell matrix ``H`` of ``box``: its columns are the cell vectors (H5MD's
+    ``box/edges`` convention); ``diag(L)`` for edge lengths ``L``."""
+    box = np.asarray(box, dtype=np.float64)
+    return box if box.ndim == 2 else np.diag(box)
+
+
+def box_volume(box) -> float:
+    """Volume (area in 2D) of the periodic cell, ``det H`` (``prod L`` for edge lengths)."""
+    box = np.asarray(box, dtype=np.float64)
+    return float(np.linalg.det(box)) if box.ndim == 2 else float(np.prod(box))
+
+
+def perpendicular_widths(box) -> np.ndarray:
+    """``(d,)`` distances between opposite faces of the cell, ``1 / |row k of H⁻¹|`` (the
+    edge lengths for an orthorhombic box). A pair closer than half the smallest width has
+    exactly one periodic image that close, the one fractional rounding finds."""
+    box = np.asarray(box, dtype=np.float64)
+    if box.ndim == 1:
+        return box.copy()
+    return 1.0 / np.linalg.norm(np.linalg.inv(box), axis=1)
+
+
+def box_problem(box, dim: int) -> str | None:
+    """What is wrong with ``box`` as the periodic cell of a ``dim``-dimensional system (a
+    phrase naming what was expected), or ``None`` when it is a valid cell: finite edge
+    lengths ``> 0`` ``(d,)``, or a ``(d, d)`` cell matrix (columns = cell vectors) with
+    ``det H > 0`` (not degenerate, right-handed)."""
+    box = np.asarray(box, dtype=np.float64)
+    if box.shape not in ((dim,), (dim, dim)):
+        return f"has shape {box.shape}, expected ({dim},) or ({dim}, {dim})"
+    if not np.all(np.isfinite(box)):
+        return f"= {box.tolist()}, expected finite values"
+    if box.ndim == 1:
+        if np.any(box <= 0):
+            return f"= {box.tolist()}, expected finite edge lengths > 0"
+        return None
+    det = float(np.linalg.det(box))
+    scale = float(np.prod(np.linalg.norm(box, axis=0)))
+    if not det > 1e-12 * scale:
+        kind = "left-handed" if det < -1e-12 * scale else "degenerate"
+        return (f"= {box.tolist()} is a {kind} cell (det = {det:.6g}), expected cell vectors "
+                "(the columns) with det > 0")
+    return None
+
+
+def thin_cell_problem(box, cutoff: float) -> str | None:
+    """A phrase when the cell is too thin for pairs interacting up to ``cutoff`` (a face
+    distance below ``2 × cutoff``: a particle would meet two images of a neighbour, or
+    fractional rounding would miss the nearest image), else ``None``."""
+    widths = perpendicular_widths(box)
+    if np.min(widths) >= 2.0 * cutoff:
+        return None
+    return (f"is too thin for the interaction range {cutoff:.6g}: its perpendicular widths "
+            f"{np.round(widths, 6).tolist()} must all be at least 2 x {cutoff:.6g}; use a "
+            "larger box or a less tilted cell")
+
+
+def minimum_image(delta: np.ndarray, box) -> np.ndarray:
+    """Displacements ``delta`` ``(..., d)`` moved by whole cell vectors to their fractional
+    coordinates' nearest integer (the minimum image for distances below half the smallest
+    perpendicular width, :func:`perpendicular_widths`)."""
+    delta = np.asarray(delta, dtype=np.float64)
+    box = np.asarray(box, dtype=np.float64)
+    if box.ndim == 1:
+        return delta - box * np.round(delta / box)
+    frac = delta @ np.linalg.inv(box).T
+    return delta - np.round(frac) @ box.T
 
 
 def wrap_positions(positions: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """Wrap ``positions`` ``(n, d)`` into ``[0, L)`` along every axis of edge lengths ``box``.
+    """Wrap ``positions`` ``(n, d)`` into the periodic cell: ``[0, L)`` along every axis of
+    edge lengths ``box`` ``(d,)``, or fractional coordinates in ``[0, 1)`` for a cell matrix
+    ``box`` ``(d, d)`` (columns = cell vectors).
 
-    ``np.mod`` can round a tiny negative coordinate up to exactly ``L``; such values are
-    mapped to 0 (the same point modulo ``L``) so the result is always strictly below ``L``.
+    ``np.mod`` can round a tiny negative coordinate up to exactly ``L`` (or 1); such values
+    are mapped to 0 (the same point modulo ``L``) so the result is always strictly below.
     """
     box = np.asarray(box, dtype=np.float64)
+    if box.ndim == 2:
+        positions = np.asarray(positions, dtype=np.float64)
+        frac = positions @ np.linalg.inv(box).T
+        inside = np.all((frac >= 0.0) & (frac < 1.0), axis=-1, keepdims=True)
+        frac = np.mod(frac, 1.0)
+        frac = np.where(frac >= 1.0, 0.0, frac)
+        # points already in the cell stay bit for bit (a written packing reads back equal)
+        return np.where(inside, positions, frac @ box.T)
     wrapped = np.mod(np.asarray(positions, dtype=np.float64), box)
     return np.where(wrapped >= box, 0.0, wrapped)
 
@@ -41,9 +129,11 @@ class ParticleSystem:
             (LAMMPS types start at 1, a file may use 7 and 100000): the reader maps the
             sorted distinct labels to codes 0..S-1, so per-species matrices are S×S whatever
             the labels, and writers write the labels back.
-        box: ``(d,)`` float64 edge lengths of a cuboid box, or ``None`` for free
-            (non-periodic) boundaries.
-        periodic: ``True`` for a periodic cuboid box.
+        box: ``(d,)`` float64 edge lengths of a cuboid box, or a ``(d, d)`` cell matrix
+            whose columns are the cell vectors (a triclinic, sheared box; a diagonal matrix
+            is stored as its diagonal, so orthorhombic boxes take one code path), or
+            ``None`` for free (non-periodic) boundaries.
+        periodic: ``True`` for a periodic box.
 
     The constructor converts the arrays to these dtypes and checks their shapes
     (``ValueError`` on a mismatch: a programming error, not a user input error -- files are
@@ -76,8 +166,11 @@ class ParticleSystem:
         box = self.box
         if box is not None:
             box = np.array(box, dtype=np.float64)
-            if box.shape != (dim,):
-                raise ValueError(f"box must have shape ({dim},), got {box.shape}")
+            if box.shape == (dim, dim) and np.array_equal(box, np.diag(np.diag(box))):
+                box = np.diag(box).copy()  # orthorhombic: the edge-length form
+            if box.shape not in ((dim,), (dim, dim)):
+                raise ValueError(f"box must have shape ({dim},) or ({dim}, {dim}), "
+                                 f"got {box.shape}")
         periodic = bool(self.periodic)
         if periodic and box is None:
             raise ValueError("a periodic system needs box edge lengths")
@@ -144,7 +237,7 @@ class ParticleSystem:
         """Particle volume over box volume φ (``None`` without a box)."""
         if self.box is None:
             return None
-        return self.particle_volume / float(np.prod(self.box))
+        return self.particle_volume / box_volume(self.box)
 
     def replace(self, **changes) -> "ParticleSystem":
         """A copy with some fields replaced (``dataclasses.replace``)."""
@@ -202,27 +295,47 @@ def pairs_within(positions: np.ndarray, reach: float, box: np.ndarray | None = N
     """Every pair ``(i, j)``, ``i < j``, at (minimum-image) distance ``<= reach``, as an
     ``[P, 2]`` int64 array sorted by ``(i, j)``.
 
-    Periodic when ``box`` is given. Every pair is compared directly for small systems, or
-    when ``reach`` is half a box edge or more (no k-d tree can search that far periodically);
-    otherwise a ``scipy.spatial.cKDTree`` (with ``boxsize`` for periodic boxes) finds them.
+    Periodic when ``box`` is given (edge lengths or a sheared cell's matrix). Every pair is
+    compared directly for small systems, or when ``reach`` is half a box edge (half the
+    smallest perpendicular width) or more; otherwise a ``scipy.spatial.cKDTree`` finds them
+    (with ``boxsize`` for edge lengths; over the particles' images in the neighbouring cells
+    for a sheared cell).
     """
     y = np.asarray(positions, dtype=np.float64)
     n = y.shape[0]
     if box is not None:
         box = np.asarray(box, dtype=np.float64)
         y = wrap_positions(y, box)
-    brute = n <= BRUTE_FORCE_MAX or (box is not None and not np.all(reach < 0.5 * box))
+    if box is not None and box.ndim == 2:  # a sheared cell: half its smallest width
+        too_far = not reach < 0.5 * float(np.min(perpendicular_widths(box)))
+    else:
+        too_far = box is not None and not np.all(reach < 0.5 * box)
+    brute = n <= BRUTE_FORCE_MAX or too_far
     if brute:
         ij = []
         for start in range(0, n, 512):  # bounded memory: 512 rows of the distance matrix
             i = np.arange(start, min(start + 512, n))
             d = y[i, None, :] - y[None, :, :]
             if box is not None:
-                d -= box * np.round(d / box)
+                d = minimum_image(d, box)
             rows, cols = np.nonzero((np.einsum("ijk,ijk->ij", d, d) <= reach * reach)
                                     & (i[:, None] < np.arange(n)[None, :]))
             ij.append(np.stack([i[rows], cols], axis=-1))
         ij = np.concatenate(ij).astype(np.int64) if ij else np.zeros((0, 2), np.int64)
+    elif box is not None and box.ndim == 2:
+        # no periodic k-d tree for a sheared cell: the particles and their images in the
+        # 3^d neighbouring cells, searched from the particles (a pair within reach, below
+        # half the smallest width, has exactly one such image)
+        from scipy.spatial import cKDTree
+
+        shifts = np.array(list(itertools.product((-1.0, 0.0, 1.0), repeat=y.shape[1])))
+        images = (y[None, :, :] + (shifts @ box.T)[:, None, :]).reshape(-1, y.shape[1])
+        found = cKDTree(y).sparse_distance_matrix(cKDTree(images), reach,
+                                                  output_type="ndarray")
+        i = found["i"].astype(np.int64)
+        j = found["j"].astype(np.int64) % n
+        keep = i < j
+        ij = np.stack([i[keep], j[keep]], axis=-1).astype(np.int64)
     else:
         from scipy.spatial import cKDTree
 
@@ -250,7 +363,7 @@ def coincident_pairs(system: "ParticleSystem", fraction: float = COINCIDENT_FRAC
     i, j = pairs[:, 0], pairs[:, 1]
     delta = positions[i] - positions[j]
     if box is not None:
-        delta -= box * np.round(delta / box)
+        delta = minimum_image(delta, box)
     distance = np.linalg.norm(delta, axis=1)
     mean = 0.5 * (system.diameters[i] + system.diameters[j])
     close = np.flatnonzero(distance < fraction * mean)

@@ -31,7 +31,8 @@ isotropic tensor nearest to ``C``: in 2D ``(C_11 + C_22 - 2 C_12 + 4 C_66) / 8``
 of the pure-shear and simple-shear moduli), in 3D the Voigt average
 ``(C_11 + C_22 + C_33 - C_12 - C_13 - C_23 + 3 (C_44 + C_55 + C_66)) / 15``.
 
-Orthorhombic boxes only (the strain is a perturbation of an orthorhombic reference box).
+Any periodic cell, orthorhombic or sheared: the strain maps every minimum-image pair
+displacement ``r`` to ``(I + ε) r``, the same for either form of a cell.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import numpy as np
 
 from . import settings
 from ._errors import InputError
+from ._system import box_volume as cell_volume
 from .hessian import hessian_matvec, scale_blocks
 from .potentials import PairModel, Pairs, PotentialParams
 
@@ -107,10 +109,10 @@ def strain_direction(component: str, dim: int) -> np.ndarray:
 
 
 def box_volume(model: PairModel, params: PotentialParams) -> float:
-    """Volume (area in 2D) of the periodic box ``λ (I + ε) L`` at ``params``."""
+    """Volume (area in 2D) of the periodic box ``λ (I + ε) H`` at ``params``."""
     if not model.periodic:
         raise ValueError("the volume of a free-boundary system is undefined")
-    volume = float(np.prod(np.asarray(model.box, np.float64))) * float(params.scale) ** model.dim
+    volume = cell_volume(model.box) * float(params.scale) ** model.dim
     if params.strain is not None:
         volume *= float(np.linalg.det(np.eye(model.dim) + np.asarray(params.strain)))
     return volume
@@ -406,7 +408,7 @@ def elastic_response(solver) -> dict:
 
 def _volume(model: PairModel, params: PotentialParams):
     """The box volume at ``params`` (jax, differentiable in λ and ε)."""
-    volume = float(np.prod(np.asarray(model.box, np.float64))) * params.scale ** model.dim
+    volume = cell_volume(model.box) * params.scale ** model.dim
     if params.strain is not None:
         volume = volume * jnp.linalg.det(jnp.eye(model.dim) + params.strain)
     return volume

@@ -1,7 +1,8 @@
 """``sensitivity export``: a result file in a format visualisation tools read.
 
 ``extxyz`` (extended XYZ) is read by ASE (``ase.io.read``) and OVITO (and, as plain XYZ, by
-VMD and MDAnalysis). One frame: the relaxed packing, the box as ``Lattice``, and per atom:
+VMD and MDAnalysis). One frame: the relaxed packing, the box as ``Lattice`` (its cell vectors,
+so a sheared cell reads back as the same cell in ASE), and per atom:
 
 - ``species`` (a chemical symbol, ASE needs one: species s -> element of atomic number
   s + 1, H, He, Li, ...), ``pos`` (x*, float64 written to 17 significant digits, so
@@ -58,8 +59,9 @@ def export_extxyz(result, path: str | os.PathLike) -> tuple[Path, list[str]]:
     positions = np.zeros((n, 3))
     positions[:, :dim] = system.positions
     lattice = np.zeros((3, 3))
-    if system.box is not None:
-        lattice[:dim, :dim] = np.diag(system.box)
+    if system.box is not None:  # extxyz's Lattice: the cell vectors, one after another
+        box = np.asarray(system.box, np.float64)
+        lattice[:dim, :dim] = box.T if box.ndim == 2 else np.diag(box)
     if dim == 2:
         lattice[2, 2] = float(system.diameters.max())
     pbc = ["T" if system.periodic else "F"] * dim + (["F"] if dim == 2 else [])

@@ -2,19 +2,21 @@
 
 The standard glass-forming mixture of soft-sphere jamming studies (O'Hern et al., Phys.
 Rev. E 68, 011306, 2003): half the particles have diameter 1.0 (species 0), half 1.4
-(species 1), placed uniformly at random in a periodic cuboid box sized for the requested
-packing fraction. The particles overlap; the relaxation (FIRE) happens later.
+(species 1), placed uniformly at random in a periodic cuboid (or, with ``tilt``, sheared)
+box sized for the requested packing fraction. The particles overlap; the relaxation (FIRE)
+happens later.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 import numpy as np
 
 from ._system import ParticleSystem, particle_volume
 
-__all__ = ["random_packing"]
+__all__ = ["random_packing", "tilt_matrix", "TILTS"]
 
 
 def random_packing(
@@ -24,6 +26,7 @@ def random_packing(
     seed: int = 0,
     size_ratio: float = 1.4,
     small_diameter: float = 1.0,
+    tilt: Mapping[str, float] | None = None,
 ) -> ParticleSystem:
     """A random bidisperse 50:50 packing in a periodic square (cubic) box.
 
@@ -41,6 +44,11 @@ def random_packing(
         seed: random seed; the same arguments give the same packing.
         size_ratio: large over small diameter (> 0).
         small_diameter: the small diameter (> 0).
+        tilt: a sheared (triclinic) cell: LAMMPS-style tilt factors ``{"xy": t, "xz": t,
+            "yz": t}`` (2D: ``xy`` only) in units of the edge ``L``: the cell matrix is
+            ``L (I + T)`` with ``T[a, b] = t_ab`` above the diagonal, e.g. ``xy`` moves the
+            second cell vector by ``t L`` along x. Its volume is still ``L**dim``, so
+            ``phi`` is unchanged; positions are uniform in fractional coordinates.
 
     Returns:
         A periodic :class:`~systems.ParticleSystem`.
@@ -63,6 +71,28 @@ def random_packing(
     rng = np.random.default_rng(seed)
     positions = rng.uniform(0.0, 1.0, size=(n, dim)) * box
     positions = np.where(positions >= box, 0.0, positions)
+    if tilt:
+        box = edge * tilt_matrix(tilt, dim)
+        positions = positions / edge @ box.T  # the same fractional coordinates
     return ParticleSystem(
         positions=positions, diameters=diameters, species=species, box=box, periodic=True
     )
+
+
+#: The tilt factors of a sheared cell, and the matrix entry (row, column) each one sets.
+TILTS = {"xy": (0, 1), "xz": (0, 2), "yz": (1, 2)}
+
+
+def tilt_matrix(tilt: Mapping[str, float], dim: int) -> np.ndarray:
+    """``I + T``: the unit upper-triangular cell of tilt factors ``{"xy": t, ...}``
+    (``ValueError`` naming the factor for an unknown or, in 2D, a z factor, or a
+    non-finite value)."""
+    cell = np.eye(dim)
+    for name, value in tilt.items():
+        if name not in TILTS or max(TILTS[name]) >= dim:
+            known = [k for k, (a, b) in TILTS.items() if b < dim]
+            raise ValueError(f"tilt {name!r}: expected one of {known} for a {dim}D box")
+        if not math.isfinite(float(value)):
+            raise ValueError(f"tilt {name!r} = {value!r}: expected a finite number")
+        cell[TILTS[name]] = float(value)
+    return cell

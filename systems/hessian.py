@@ -436,7 +436,11 @@ def partition(positions, box, levels: int) -> np.ndarray:
     """
     y = np.asarray(positions, np.float64)
     n, d = y.shape
-    if box is not None:
+    if box is not None and np.ndim(box) == 2:  # a sheared cell: cut along its cell vectors
+        box = np.asarray(box, np.float64)
+        edges = np.linalg.norm(box, axis=0)
+        y = wrap_positions(y, box) @ np.linalg.inv(box).T * edges
+    elif box is not None:
         edges = np.asarray(box, np.float64)
         y = wrap_positions(y, edges)
     else:
@@ -676,7 +680,10 @@ def two_level(model: PairModel, blocks, pairs: Pairs, positions, *, per_cell: in
     """
     n, d = model.n, model.dim
     y = np.asarray(positions)
-    if model.periodic:
+    if model.periodic and np.ndim(model.box) == 2:  # fractional coordinates of the cell
+        y = wrap_positions(y, model.box) @ np.linalg.inv(model.box).T
+        lo, box = np.zeros(d), np.ones(d)
+    elif model.periodic:
         box = np.asarray(model.box)
         lo = np.zeros(d)
     else:

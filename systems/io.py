@@ -7,7 +7,9 @@ files written by other molecular-dynamics tools load::
     /particles/<group>/
         position    time-dependent element {value [T][N][d], step, (time)} or fixed [N][d]
         box         attrs dimension (2 or 3), boundary (["periodic"]*d or ["none"]*d)
-            edges   fixed [d] (or diagonal [d][d]) dataset, or a time-dependent element
+            edges   fixed [d] edge lengths or [d][d] cell (rows = cell vectors, H5MD's
+                    convention; read as the cell matrix H whose columns they are), or a
+                    time-dependent element of either
         (species)   [N] int, default all 0          (fixed or time-dependent)
         (diameter)  [N] float, default 1.0          (fixed or time-dependent)
     (/parameters/potential)  attrs: kind, and the potential's parameters
@@ -64,7 +66,7 @@ import numpy as np
 
 from ._atomic import atomic_path
 from ._errors import InputError
-from ._system import ParticleSystem, wrap_positions
+from ._system import ParticleSystem, box_problem, cell_matrix, wrap_positions
 from .tasks import file_sha256
 from .versions import package_version
 
@@ -558,24 +560,24 @@ class _Reader:
         if edges.dtype.kind not in "fiu":
             raise self.error(f"{edges_path} has dtype {edges.dtype}, expected float")
         edges = edges.astype(np.float64)
-        if edges.shape == (dim, dim):
-            off_diagonal = edges - np.diag(np.diag(edges))
-            if np.any(off_diagonal != 0):
-                raise self.error(
-                    f"{edges_path} is a non-diagonal [{dim}][{dim}] matrix (triclinic box), "
-                    "expected a cuboid box (diagonal edges)"
-                )
-            edges = np.diag(edges).copy()
-        if edges.shape != (dim,):
+        if edges.shape == (dim, dim) and np.array_equal(edges, np.diag(np.diag(edges))):
+            edges = np.diag(edges).copy()  # a cuboid box written as a matrix
+        if edges.shape not in ((dim,), (dim, dim)):
             raise self.error(
                 f"{edges_path} has shape {edges.shape}, expected ({dim},) or ({dim}, {dim})"
             )
         if not periodic:
             return None, False
-        if not np.all(np.isfinite(edges)) or np.any(edges <= 0):
-            raise self.error(
-                f"{edges_path} = {edges.tolist()}, expected finite edge lengths > 0"
-            )
+        if edges.ndim == 2:
+            # H5MD: the rows of edges are the cell vectors; the box is the cell matrix
+            # whose columns they are (x = H s for fractional coordinates s)
+            problem = box_problem(edges, dim)
+            if problem:
+                raise self.error(f"{edges_path} {problem.replace('(the columns)', '(rows)')}")
+            return edges.T.copy(), True
+        problem = box_problem(edges, dim)
+        if problem:
+            raise self.error(f"{edges_path} {problem}")
         return edges, True
 
 
@@ -685,6 +687,8 @@ def _write_particles(
     box.attrs["boundary"] = np.array([boundary.encode()] * dim, dtype="S8")
     if system.box is not None:
         edges = np.asarray(system.box, dtype=np.float64)
+        if edges.ndim == 2:  # a sheared cell: H5MD's rows are the cell vectors
+            edges = edges.T.copy()
         if time_dependent:
             dataset = _time_dependent(box, "edges", edges)
         else:
@@ -827,7 +831,8 @@ class Result:
 
     @property
     def box(self) -> np.ndarray | None:
-        """``[d]`` box edge lengths (``None``: free boundaries)."""
+        """``[d]`` box edge lengths, or a sheared cell's ``[d][d]`` cell matrix (columns = cell
+        vectors); ``None``: free boundaries."""
         return self.system.box
 
     @property
@@ -894,7 +899,9 @@ class Result:
         ``delta`` is a number for a scalar θ, a ``[P]`` vector for a θ with P components
         (``x* + Σ_p Δθ_p ∂x*/∂θ_p``). What θ moves moves too: a species' diameter
         (``diameter``), every diameter (``diameters``), the box edges (``box``: edges ×
-        (λ + Δλ)/λ). Positions are wrapped into the (new) periodic box. Rattlers, whose
+        (λ + Δλ)/λ), the cell (``strain``: ``(I + Δε E) H`` for the unit symmetric strain
+        ``E`` of the component, a sheared cell for a shear). Positions are wrapped into the
+        (new) periodic box. Rattlers, whose
         response is undefined (NaN), stay where they are. The prediction is in the result's
         gauge (backbone mean unchanged) and holds while no contact opens or closes.
         """
@@ -923,6 +930,11 @@ class Result:
             diameters = diameters + delta
         elif response.kind == "box" and box is not None:
             box = box * (response.theta + delta) / response.theta
+        elif response.kind == "strain" and box is not None and "component" in response.report:
+            a, b = ("xyz".index(c) for c in str(response.report["component"]))
+            unit = np.zeros((self.system.dim, self.system.dim))
+            unit[a, b] = unit[b, a] = 1.0
+            box = (np.eye(self.system.dim) + delta * unit) @ cell_matrix(box)
         if self.system.periodic:
             positions = wrap_positions(positions, box)
         return self.system.replace(positions=positions, diameters=diameters, box=box)

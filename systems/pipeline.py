@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ._errors import InputError
+from ._system import minimum_image
 from .tasks import RESULT_NAME
 from .many_rhs import check_result_size
 from .potentials import PairModel, real_positions, resolve_potential
@@ -142,7 +143,8 @@ def _prepare(config: Mapping[str, Any], *, for_audit: bool, output_dir=None) -> 
             theta0, apply = theta_apply(pspec, params, system.species)
             for sign in (1.0, -1.0):
                 seen.append(apply(params, theta0 + sign * h))
-    relaxer = make_relaxer(model, minimizer, seen)
+    relaxer = make_relaxer(model, minimizer, seen, where=f"{where}: /particles/"
+                           f"{system_cfg.get('group', 'all')}/box/edges")
     return _Task(config, input_path, system, model, params, minimizer, settings, pspecs,
                  relaxer)
 
@@ -203,7 +205,7 @@ def central_difference(relaxer, model: PairModel, params, apply, theta0, y_star,
         y = np.asarray(r.positions) / scale
         if box is not None:  # moved by whole box vectors to lie next to x*
             d = y - y_star
-            y = y_star + d - box * np.round(d / box)
+            y = y_star + minimum_image(d, box)
         ends.append(np.asarray(real_positions(p, y)))  # x = λ (I + ε) y
         runs.append((r, p, y))
     fd = gauge_fix((ends[0] - ends[1]) / (2 * h), rattlers, y_star, model.periodic)

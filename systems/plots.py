@@ -35,7 +35,7 @@ import numpy as np
 
 from ._atomic import atomic_path
 from ._errors import InputError
-from ._system import ParticleSystem
+from ._system import ParticleSystem, perpendicular_widths
 from .io import LENGTH_UNIT, Result, response_magnitudes
 
 __all__ = [
@@ -190,6 +190,35 @@ def _wrapped_arrows(
     return np.concatenate(all_tails), np.concatenate(all_vectors), images
 
 
+def _cell_images(positions: np.ndarray, radii: np.ndarray, cell: np.ndarray,
+                 origin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_periodic_images` for a sheared 2D cell (columns ``cell``, corner ``origin``):
+    the images, shifted by whole cell vectors, of the disks that cross the parallelogram's
+    edges (a disk reaches an edge when its fractional coordinate is within radius / width)."""
+    inverse = np.linalg.inv(cell)
+    frac = (positions - origin) @ inverse.T
+    reach = radii[:, None] * np.linalg.norm(inverse, axis=1)[None, :]  # radius / width
+    centres, indices = [], []
+    for shift in itertools.product((-1.0, 0.0, 1.0), repeat=2):
+        if shift == (0.0, 0.0):
+            continue
+        shifted = frac + np.asarray(shift)
+        inside = np.all((shifted + reach > 0) & (shifted - reach < 1), axis=1)
+        centres.append(origin + shifted[inside] @ cell.T)
+        indices.append(np.flatnonzero(inside))
+    return np.concatenate(centres), np.concatenate(indices)
+
+
+def _cell_arrows(tails: np.ndarray, vectors: np.ndarray, cell: np.ndarray,
+                 origin: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """:func:`_wrapped_arrows` for a sheared 2D cell: clipped in fractional coordinates (a
+    linear map keeps segments segments), where the cell is the unit square."""
+    inverse = np.linalg.inv(cell)
+    frac_tails, frac_vectors, images = _wrapped_arrows(
+        (tails - origin) @ inverse.T, vectors @ inverse.T, np.ones(2))
+    return origin + frac_tails @ cell.T, frac_vectors @ cell.T, images
+
+
 def _nice(value: float) -> float:
     """``value`` rounded to 1, 2 or 5 times a power of ten (the quiverkey's length)."""
     if not value > 0 or not math.isfinite(value):
@@ -317,28 +346,47 @@ def response_figure(
     """
     from matplotlib.collections import EllipseCollection
     from matplotlib.lines import Line2D
-    from matplotlib.patches import Rectangle
+    from matplotlib.patches import Polygon, Rectangle
 
     data = _Source(source, name)
     system = data.system
     field, which, component = _select_component(data.dx_dtheta, data.rattlers, component)
     rattlers = data.rattlers
     box = None if system.box is None else system.box[:2]
+    # A sheared cell is drawn as the parallelogram of its first two cell vectors (``cell``,
+    # columns) from ``origin``; ``box`` then holds its perpendicular widths (the arrow rule).
+    cell = origin = None
+    positions = system.positions[:, :2]
+    if system.box is not None and system.box.ndim == 2:
+        full = system.box
+        if system.dim == 3 and np.any(full[2, :2] != 0):
+            raise InputError("a 3D sheared cell is drawn only when its first two cell vectors "
+                             "lie in the x-y plane (an upper-triangular cell matrix)")
+        cell, origin = full[:2, :2], np.zeros(2)
+        box = perpendicular_widths(cell)
     diameters = system.diameters.copy()
     shown = np.ones(system.n, dtype=bool)
     z_text = ""
     if system.dim == 3:
         z = system.positions[:, 2]
+        height = None if system.box is None else (
+            float(system.box[2, 2]) if cell is not None else float(system.box[2]))
         if slice_z is None:
-            slice_z = float(system.box[2] / 2) if system.box is not None else float(np.median(z))
+            slice_z = height / 2 if height is not None else float(np.median(z))
         dz = z - slice_z
-        if system.periodic and system.box is not None:
-            dz -= system.box[2] * np.round(dz / system.box[2])
+        if system.periodic and height is not None:
+            layers = np.round(dz / height)
+            dz -= height * layers
+            if cell is not None:  # the slice's cell is moved along the third vector
+                positions = positions - layers[:, None] * system.box[:2, 2]
+                origin = (slice_z / height) * system.box[:2, 2]
         shown = np.abs(dz) < diameters / 2
         diameters = np.where(shown, 2 * np.sqrt(np.maximum((diameters / 2) ** 2 - dz**2, 0.0)), 0.0)
         z_text = (f"3D: slice z = {_format_number(slice_z)} ({int(shown.sum())} of {system.n} "
                   "spheres cut, as cross-sections); arrows: x-y components")
-    positions = system.positions[:, :2]
+    if cell is not None:  # every centre inside the drawn parallelogram
+        frac = np.mod((positions - origin) @ np.linalg.inv(cell).T, 1.0)
+        positions = origin + frac @ cell.T
     index = np.flatnonzero(shown)
 
     magnitude = response_magnitudes(field)
@@ -364,13 +412,24 @@ def response_figure(
     colors[rattlers] = _RATTLER_COLOR
 
     centres, particle = positions[index], index
-    if system.periodic and box is not None:
+    if system.periodic and cell is not None:
+        image_centres, image_particle = _cell_images(positions[index], diameters[index] / 2,
+                                                     cell, origin)
+        centres = np.concatenate([centres, image_centres])
+        particle = np.concatenate([particle, index[image_particle]])
+    elif system.periodic and box is not None:
         image_centres, image_particle = _periodic_images(positions[index], diameters[index] / 2,
                                                          box)
         centres = np.concatenate([centres, image_centres])
         particle = np.concatenate([particle, index[image_particle]])
 
-    extent = box if box is not None else np.ptp(positions, axis=0) + 2 * system.diameters.max()
+    if cell is not None:
+        corners = origin + np.array([[0, 0], [1, 0], [0, 1], [1, 1]]) @ cell.T
+        low, high = corners.min(axis=0), corners.max(axis=0)
+        extent = high - low
+    else:
+        extent = (box if box is not None
+                  else np.ptp(positions, axis=0) + 2 * system.diameters.max())
     aspect = float(extent[1] / extent[0]) if extent[0] > 0 else 1.0
     figure = _new_figure((6.0, max(2.5, min(10.0, 4.9 * aspect)) + 1.5), dpi)
     axes = figure.add_subplot()
@@ -389,7 +448,9 @@ def response_figure(
                            arrow_length, scale)
     tails, drawn = positions[backbone], vectors * factor
     images = 0
-    if system.periodic and box is not None and len(tails):
+    if system.periodic and cell is not None and len(tails):
+        tails, drawn, images = _cell_arrows(tails, drawn, cell, origin)
+    elif system.periodic and box is not None and len(tails):
         tails, drawn, images = _wrapped_arrows(tails, drawn, box)
     unit = _unit_tex(data.unit) if data.unit else ""
     if len(tails):
@@ -427,7 +488,11 @@ def response_figure(
                               label=f"rattler ({int(rattlers.sum())}, no arrow)"))
     if data.kind == "diameters" and component is not None and shown[component]:
         ring = [positions[component]]
-        if system.periodic and box is not None:
+        if system.periodic and cell is not None:
+            more, _ = _cell_images(positions[component:component + 1],
+                                   diameters[component:component + 1] / 2, cell, origin)
+            ring += list(more)
+        elif system.periodic and box is not None:
             more, _ = _periodic_images(positions[component:component + 1],
                                        diameters[component:component + 1] / 2, box)
             ring += list(more)
@@ -445,7 +510,15 @@ def response_figure(
                       ncols=len(handles) if len(handles) <= 3 else 2,
                       fontsize=8, frameon=False)
 
-    if box is not None:
+    if cell is not None:  # the parallelogram; disks beyond it (images) are clipped to it
+        outline = Polygon(origin + np.array([[0, 0], [1, 0], [1, 1], [0, 1]]) @ cell.T,
+                          closed=True, fill=False, edgecolor="black", linewidth=1.0)
+        axes.add_patch(outline)
+        for artist in list(axes.collections):
+            artist.set_clip_path(outline)
+        axes.set_xlim(low[0], high[0])
+        axes.set_ylim(low[1], high[1])
+    elif box is not None:
         axes.add_patch(Rectangle((0, 0), box[0], box[1], fill=False, edgecolor="black", linewidth=1.0))
         axes.set_xlim(0, box[0])
         axes.set_ylim(0, box[1])

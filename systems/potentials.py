@@ -36,7 +36,7 @@ import numpy as np
 
 from . import _jaxmd, settings
 from ._errors import InputError
-from ._system import pairs_within
+from ._system import pairs_within, perpendicular_widths
 
 __all__ = [
     "POTENTIAL_DEFAULTS",
@@ -287,15 +287,29 @@ def with_position_jvp(fun, product):
 
 
 def make_space(box: np.ndarray | None, periodic: bool):
-    """jax-md ``(displacement_fn, shift_fn)`` for a periodic cuboid box or free space.
+    """jax-md ``(displacement_fn, shift_fn)`` for a periodic box or free space.
+
+    Edge lengths ``(d,)`` take ``space.periodic`` (today's path, unchanged); a cell matrix
+    ``(d, d)`` (columns = cell vectors) takes ``space.periodic_general(H,
+    fractional_coordinates=False)``: positions stay Cartesian, and each displacement is
+    mapped to fractional coordinates, rounded to the nearest image and mapped back (the
+    minimum image while the interaction range is below half the cell's smallest face
+    distance, which :func:`systems.relax.make_relaxer` checks).
 
     Cached by value: equal boxes get the *same* function objects, so the pair models (and
     jax-md neighbor lists, whose update functions close over them) of two packings in one
     box compare equal as static data, and compiled functions are reused between them.
     """
-    key = None if box is None or not periodic else tuple(
-        float(e) for e in np.asarray(box, np.float64).reshape(-1))
+    key = None if box is None or not periodic else _box_key(box)
     return _space(key, bool(periodic))
+
+
+def _box_key(box) -> tuple:
+    """A box as a hashable value: edge lengths, or rows of a cell matrix."""
+    box = np.asarray(box, np.float64)
+    if box.ndim == 2:
+        return tuple(tuple(float(e) for e in row) for row in box)
+    return tuple(float(e) for e in box)
 
 
 def require_x64() -> None:
@@ -314,6 +328,9 @@ def _space(box: tuple | None, periodic: bool):
     require_x64()
     space = _jaxmd.module("space")
 
+    if periodic and isinstance(box[0], tuple):  # a cell matrix: a sheared cell
+        return space.periodic_general(jnp.asarray(box, jnp.float64),
+                                      fractional_coordinates=False)
     if periodic:
         return space.periodic(jnp.asarray(box, jnp.float64))
     return space.free()
@@ -370,7 +387,7 @@ class PairModel:
         def arr(a):
             return None if a is None else (np.asarray(a).shape, np.asarray(a).tobytes())
 
-        box = None if self.box is None else tuple(np.asarray(self.box, np.float64).tolist())
+        box = None if self.box is None else _box_key(self.box)
         return (spec.kind, np.shape(spec.epsilon), arr(spec.alpha), arr(spec.sigma),
                 float(spec.r_onset), float(spec.r_cutoff), arr(spec.morse_alpha),
                 str(spec.neighbor_list), float(spec.capacity_multiplier), box,
@@ -531,16 +548,54 @@ class PairModel:
     def use_neighbor_list(self, cutoff: float) -> bool:
         """Whether a cell-list neighbor list fits (auto: N >= 128 and box >= 3 cells)."""
         choice = self.spec.neighbor_list
-        fits = self.periodic and bool(np.all(np.asarray(self.box) / 3.0 > cutoff))
+        fits = self.periodic and bool(np.all(perpendicular_widths(self.box) / 3.0 > cutoff))
         if choice == "auto":
             return fits and self.n >= NEIGHBOR_LIST_MIN_PARTICLES
         if choice and not self.periodic:
             return False  # free space: dense pairs (documented)
         return bool(choice)
 
+    @property
+    def fractional_lists(self) -> bool:
+        """Whether the neighbor list takes fractional coordinates (:meth:`list_positions`):
+        a sheared cell with an upper-triangular matrix, the form jax-md's cell lists in a
+        general box accept."""
+        return (self.periodic and np.ndim(self.box) == 2
+                and bool(np.all(np.tril(self.box, -1) == 0)))
+
+    def list_positions(self, y):
+        """The positions the neighbor list is given: ``y`` itself, or in a sheared cell with
+        :attr:`fractional_lists` its fractional coordinates ``H⁻¹ y``."""
+        if not self.fractional_lists:
+            return y
+        return y @ jnp.asarray(np.linalg.inv(self.box).T, jnp.float64)
+
     def neighbor_list_fn(self, cutoff: float, skin: float):
-        """jax-md OrderedSparse (i < j) neighbor list over the reference box, ``cutoff + skin``."""
+        """jax-md OrderedSparse (i < j) neighbor list over the reference box, ``cutoff + skin``.
+
+        A sheared cell: jax-md's cell lists work in fractional coordinates, so the list is
+        given :meth:`list_positions` (the energy still takes Cartesian ``y``, the list gives
+        only indices) with ``periodic_general(H, fractional_coordinates=True)``'s
+        displacement (distances in real units). A cell matrix that is not upper triangular
+        has no cell list: the candidates are every pair (``disable_cell_list``), pruned at
+        each rebuild.
+        """
         partition = _jaxmd.module("partition")
+        if self.fractional_lists:
+            space = _jaxmd.module("space")
+            box = jnp.asarray(self.box, jnp.float64)
+            displacement, _ = space.periodic_general(box, fractional_coordinates=True)
+            return partition.neighbor_list(
+                displacement, box, r_cutoff=float(cutoff), dr_threshold=float(skin),
+                capacity_multiplier=float(self.spec.capacity_multiplier),
+                fractional_coordinates=True,
+                format=partition.NeighborListFormat.OrderedSparse)
+        if self.box is not None and np.ndim(self.box) == 2:
+            return partition.neighbor_list(
+                self.displacement_fn, jnp.asarray(self.box, jnp.float64),
+                r_cutoff=float(cutoff), dr_threshold=float(skin),
+                capacity_multiplier=float(self.spec.capacity_multiplier),
+                disable_cell_list=True, format=partition.NeighborListFormat.OrderedSparse)
 
         return partition.neighbor_list(
             self.displacement_fn,

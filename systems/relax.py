@@ -235,9 +235,9 @@ def _sorted(neighbors):
     return dataclasses.replace(neighbors, idx=idx)
 
 
-def _update(neighbors, y):
+def _update(model: PairModel, neighbors, y):
     """jax-md's update, sorted (:func:`_sorted`) where it rebuilt the list."""
-    new = neighbors.update(y)
+    new = neighbors.update(model.list_positions(y))
     rebuilt = jnp.any(new.reference_position != neighbors.reference_position)
     return jax.lax.cond(rebuilt, _sorted, lambda nbrs: nbrs, new)
 
@@ -249,14 +249,14 @@ def _step(s: _LoopSettings, model: PairModel, state: _FireState, neighbors, para
     if s.kind == "gradient_descent":
         y = shift(state.position, s.step_size * state.force)
         if s.use_nl:
-            neighbors = _update(neighbors, y)
+            neighbors = _update(model, neighbors, y)
         e, f = _energy_and_force(s, model, y, params, neighbors, with_energy)
         return state._replace(position=y, force=f), neighbors, e
     dt = state.dt
     v_half = state.velocity + 0.5 * dt * state.force
     y = shift(state.position, dt * v_half)
     if s.use_nl:
-        neighbors = _update(neighbors, y)
+        neighbors = _update(model, neighbors, y)
     e, f = _energy_and_force(s, model, y, params, neighbors, with_energy)
     v = v_half + 0.5 * dt * f
     f_norm = jnp.sqrt(jnp.sum(f * f))
@@ -304,7 +304,7 @@ def _chunk(s: _LoopSettings, model: PairModel, carry: _Carry, params, end_step, 
     return out, e_final
 
 
-def _rebuild(neighbors, y, half_box):
+def _rebuild(model: PairModel, neighbors, y, half_box):
     """``neighbors`` rebuilt at ``y`` with its capacities (a forced jax-md update).
 
     jax-md rebuilds a list only where a particle moved more than skin/2 from the list's
@@ -315,6 +315,7 @@ def _rebuild(neighbors, y, half_box):
     from ._jaxmd import module
 
     partition = module("partition")
+    y = model.list_positions(y)
     far = dataclasses.replace(neighbors, reference_position=y + half_box,
                               error=partition.PartitionError(jnp.zeros((), jnp.uint8)))
     return _sorted(far.update(y))
@@ -323,7 +324,7 @@ def _rebuild(neighbors, y, half_box):
 def _init(s: _LoopSettings, model: PairModel, y, params, neighbors, half_box):
     """The loop's first carry; with a neighbor list, ``neighbors`` is rebuilt at ``y``."""
     if s.use_nl:
-        neighbors = _rebuild(neighbors, y, half_box)
+        neighbors = _rebuild(model, neighbors, y, half_box)
     e, f = _energy_and_force(s, model, y, params, neighbors, True)
     state = _FireState(y, jnp.zeros_like(y), f, jnp.asarray(s.dt_start),
                        jnp.asarray(s.alpha_start), jnp.asarray(0, jnp.int32))
@@ -352,7 +353,12 @@ class _NeighborLists:
 
     def __init__(self, model: PairModel, cutoff: float, skin: float):
         self.fn = model.neighbor_list_fn(cutoff, skin)
-        self.half_box = jnp.asarray(0.5 * np.asarray(model.box, np.float64))
+        box = np.asarray(model.box, np.float64)
+        # half a box away along every axis (of the coordinates the list is given)
+        self.half_box = jnp.asarray(
+            0.5 * (np.ones(model.dim) if model.fractional_lists
+                   else box.sum(axis=1) if box.ndim == 2 else box))
+        self.model = model
         self.cell_list_fn = None
         self.kept: dict[tuple, Any] = {}  # positions shape -> the template list
 
@@ -367,7 +373,8 @@ class _NeighborLists:
     def allocate(self, y, extra_per_particle: int = 0):
         """A fresh list at ``y`` (capacities at least the template's); the new template."""
         key = self._key(y)
-        nbrs = self.fn.allocate(y, extra_capacity=int(extra_per_particle))
+        nbrs = self.fn.allocate(self.model.list_positions(y),
+                                extra_capacity=int(extra_per_particle))
         if self.cell_list_fn is None:
             self.cell_list_fn = nbrs.cell_list_fn
         nbrs = dataclasses.replace(nbrs, cell_list_fn=self.cell_list_fn)
@@ -539,7 +546,7 @@ class Relaxer:
                         "potential.capacity_multiplier or set potential.neighbor_list: false")
                 old = int(carry.neighbors.idx.shape[-1])
                 grown = self._allocate(new.state.position, math.ceil(0.25 * old / model.n))
-                grown = _sorted(grown.update(carry.state.position))
+                grown = _sorted(grown.update(model.list_positions(carry.state.position)))
                 carry = carry._replace(neighbors=grown)
                 chunk_fn = self._compiled_fn(_chunk, model, carry, params,
                                              jnp.asarray(0, jnp.int64), ftol_arg)
@@ -576,9 +583,20 @@ class Relaxer:
 
 
 def make_relaxer(model: PairModel, minimizer: MinimizerSpec,
-                 params_seen: list[PotentialParams], skin: float | None = None) -> Relaxer:
-    """A :class:`Relaxer` whose neighbor cutoff covers every parameter set in ``params_seen``."""
+                 params_seen: list[PotentialParams], skin: float | None = None, *,
+                 where: str = "the periodic box") -> Relaxer:
+    """A :class:`Relaxer` whose neighbor cutoff covers every parameter set in ``params_seen``.
+
+    A sheared cell (cell matrix) thinner than twice that cutoff is refused (``InputError``
+    naming ``where``): its pairs' nearest images would be ambiguous.
+    """
     cutoff = model.reference_cutoff(params_seen)
+    if model.periodic and np.ndim(model.box) == 2:
+        from ._system import thin_cell_problem
+
+        problem = thin_cell_problem(model.box, cutoff)
+        if problem:
+            raise InputError(f"{where} {problem}")
     return Relaxer(model, minimizer, cutoff=cutoff,
                    neighbor_list=model.use_neighbor_list(cutoff * 1.25), skin=skin)
 

@@ -695,6 +695,7 @@ class ResponseSolver:
             "species": -1 if pspec.species is None else int(pspec.species),
             "theta": theta_value.tolist() if theta_value.ndim else float(theta_value),
             "theta_meaning": theta_meaning(pspec),
+            **({"component": pspec.component} if pspec.component else {}),
             "solver": solver_name,
             "method": method,
             "preconditioner": (s.get("preconditioner") or "none")

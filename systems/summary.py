@@ -1,11 +1,13 @@
 """A sweep's results as one table (CSV) and one HDF5 file (``sensitivity collect``).
 
 One row per task: the swept values, the relaxation (steps, energy, max force, stopping
-criterion), rattlers, timings, and per θ the solver's iterations, residual, convergence and the
-largest and rms |dx_i*/dθ|. The HDF5 summary holds the same table (``/table/<column>``, one
-dataset per column) and, for each task, a copy of its result file's groups under
-``/tasks/<task folder>/`` (``particles``, ``sensitivity``, ``relaxation``, ``parameters``,
-``audit``), so one file carries every Jacobian. Needs h5py and numpy, not jax.
+criterion), rattlers, timings, per θ the solver's iterations, residual, convergence and the
+largest and rms |dx_i*/dθ|, and, where the result has ``/elasticity``, its pressure, bulk and
+shear moduli, volume and solver report (``elasticity.<key>``). The HDF5 summary holds the
+same table (``/table/<column>``, one dataset per column) and, for each task, a copy of its
+result file's groups under ``/tasks/<task folder>/`` (``particles``, ``sensitivity``,
+``relaxation``, ``parameters``, ``audit``, ``elasticity``), so one file carries every
+Jacobian. Needs h5py and numpy, not jax.
 """
 
 from __future__ import annotations
@@ -30,6 +32,11 @@ from .tasks import RESULT_NAME
 __all__ = ["SUMMARY_FORMAT", "collect_results", "summarize", "summary_paths", "write_summary"]
 
 SUMMARY_FORMAT = "sensitivity-summary"
+
+#: The attributes of a result's ``/elasticity`` group that become columns
+#: ``elasticity.<key>`` (tasks without the group leave them empty).
+ELASTICITY_COLUMNS = ("pressure", "bulk_modulus", "shear_modulus", "volume", "converged",
+                      "iterations", "residual")
 
 
 def summary_paths(output: Path) -> tuple[Path, Path]:
@@ -112,6 +119,10 @@ def write_summary(directory: Path, tasks: Sequence[Mapping[str, Any]], output: P
                 row[f"{name}.{key}"] = _column_value(attrs.get(key))
             row[f"{name}.max_response"] = float(finite.max()) if finite.size else None
             row[f"{name}.rms_response"] = float(np.sqrt(np.mean(finite**2))) if finite.size else None
+        elasticity = result.elasticity or {}
+        for key in ELASTICITY_COLUMNS:  # /elasticity's scalars (sensitivity.elasticity: true)
+            if key in elasticity:
+                row[f"elasticity.{key}"] = _column_value(elasticity[key])
         rows.append(row)
         results.append(path)
 
@@ -258,7 +269,8 @@ def summarize(path: str | Path, *, top: int = 5) -> dict:
             "n": int(system.n),
             "dim": int(system.dim),
             "periodic": bool(system.periodic),
-            "box": None if system.box is None else [float(b) for b in system.box],
+            # edge lengths, or a sheared cell's matrix (columns = cell vectors) as rows
+            "box": None if system.box is None else np.asarray(system.box, float).tolist(),
             "packing_fraction": _plain(system.packing_fraction),
             "species": {int(s): int(c) for s, c in zip(species, counts)},
             "input": (config.get("system") or {}).get("path"),

@@ -396,9 +396,17 @@ BAD_CASES = {
         lambda f: _replace(f, "particles/all/box/edges", np.array([0.0, 1.0])),
         ["/particles/all/box/edges", "> 0"],
     ),
-    "edges triclinic": (
-        lambda f: _replace(f, "particles/all/box/edges", np.array([[3.0, 1.0], [0.0, 3.0]])),
-        ["/particles/all/box/edges", "triclinic"],
+    "edges left-handed cell": (  # rows are the cell vectors: (0, 3) then (3, 1)
+        lambda f: _replace(f, "particles/all/box/edges", np.array([[0.0, 3.0], [3.0, 1.0]])),
+        ["/particles/all/box/edges", "left-handed cell", "det > 0"],
+    ),
+    "edges degenerate cell": (
+        lambda f: _replace(f, "particles/all/box/edges", np.array([[3.0, 1.0], [6.0, 2.0]])),
+        ["/particles/all/box/edges", "degenerate cell", "det > 0"],
+    ),
+    "edges non-finite cell": (
+        lambda f: _replace(f, "particles/all/box/edges", np.array([[3.0, np.nan], [0, 2.0]])),
+        ["/particles/all/box/edges", "finite"],
     ),
     "diameter N mismatch": (
         lambda f: _replace(f, "particles/all/diameter", np.ones(5)),
