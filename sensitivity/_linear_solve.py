@@ -4,7 +4,8 @@ The solvers live in :mod:`sensitivity._krylov` (CG, normal CG, BiCGSTAB, GMRES, 
 :mod:`sensitivity._dense` (LU, Cholesky, least squares, QR, inverse, iterative refinement);
 this module owns what they have in common: the keyword options (declared once,
 :class:`_Options`, and given to every solver by :func:`_linear_solver`), the flattened and
-projected problem, the failure policies and the report :class:`LinearSolveInfo`.
+projected problem, the congruence-scaled solve, the convergence test and the report
+:class:`LinearSolveInfo`; :mod:`sensitivity._solve_failure` the failure policies.
 
 Every solver is a plain function of a matrix-vector product (the jaxopt
 convention)::
@@ -82,31 +83,26 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import warnings
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.experimental import io_callback
 from jax.flatten_util import ravel_pytree
 
 from ._closure import check_operator_closure
+from ._solve_failure import (
+    LinearSolveError,
+    LinearSolveWarning,
+    _apply_policy,
+    _check_policy,
+)
 
 __all__ = ["LinearSolveError", "LinearSolveInfo", "LinearSolveWarning", "CongruenceScaling",
            "within_tolerance"]
 
-_POLICIES = ("raise", "warn", "nan", "ignore")
 _HIGHEST = lax.Precision.HIGHEST
-
-
-class LinearSolveError(RuntimeError):
-    """A linear solve did not converge, or its right-hand side was inconsistent."""
-
-
-class LinearSolveWarning(RuntimeWarning):
-    """Warning emitted by a linear solve with ``on_failure="warn"``."""
 
 
 class LinearSolveInfo(NamedTuple):
@@ -302,10 +298,6 @@ def _safe_div(num, den):
     return jnp.where(ok, num / jnp.where(ok, den, 1), jnp.zeros_like(num))
 
 
-def _is_tracer(x) -> bool:
-    return isinstance(x, jax.core.Tracer)
-
-
 def _default_tol(dtype) -> float:
     return max(1e-10, 100.0 * float(jnp.finfo(dtype).eps))
 
@@ -468,89 +460,6 @@ def _orthonormal_basis(nullspace, b, dtype, name):
     return U * keep.astype(dtype)
 
 
-# ---------------------------------------------------------------------------------------
-# failure reporting
-
-_HINTS = {
-    "solve_cg": "raise maxiter, loosen tol, precondition (M=...), or for a "
-                "singular/indefinite system use solve_minres with nullspace=...",
-    "solve_normal_cg": "raise maxiter, loosen tol or precondition; normal CG squares the "
-                       "condition number, so prefer solve_gmres or solve_bicgstab, and pass "
-                       "nullspace=... for a singular system",
-    "solve_minres": "raise maxiter, loosen tol, precondition (M must be symmetric positive "
-                    "definite), or for a singular system pass nullspace=...; a "
-                    "non-symmetric operator needs solve_gmres",
-    "solve_gmres": "raise maxiter or restart, loosen tol, precondition (M=...), or for a "
-                   "singular system pass nullspace=...",
-    "solve_bicgstab": "raise maxiter, loosen tol, precondition (M=...), or use solve_gmres; "
-                      "for a singular system pass nullspace=...",
-    "solve_lu": "the matrix is singular or badly conditioned: pass nullspace=... for known "
-                "zero modes, add a ridge, or use solve_lstsq for the minimum-norm answer",
-    "solve_cholesky": "the Cholesky factorization failed, so the matrix is not symmetric "
-                      "positive definite (or is singular): use solve_lu / solve_lstsq, add a "
-                      "ridge, or pass nullspace=...",
-    "solve_lstsq": "the system has no exact solution (the returned x is the minimum-norm "
-                   "least-squares one): loosen tol, or pass nullspace=... for known zero "
-                   "modes",
-    "solve_iterative_refinement": "raise maxiter, loosen tol, or give a more accurate inner "
-                                  "solve (solve=..., matvec_bar=...); refinement converges "
-                                  "only when the inner solve reduces the residual at each "
-                                  "step",
-}
-_HINTS["solve_qr"] = _HINTS["solve_inv"] = _HINTS["solve_lu"]
-
-
-def _failure_message(name, iterations, residual, tolerance, inconsistency, consistent,
-                     consistency_tol, rhs_norm, dense):
-    if not np.isfinite(rhs_norm):
-        return (f"{name}: the right-hand side is not finite (its norm is {rhs_norm}); the "
-                "NaN or inf comes from before the solve (the matvec's inputs or b itself).")
-    if not consistent:
-        return (
-            f"{name}: the right-hand side has a component {inconsistency:.1e} of its norm "
-            f"along the given null space (consistency tolerance {consistency_tol:.1e}): the "
-            "system has no solution. The returned x solves the projected system (the "
-            "minimum-norm least-squares answer). If that component is expected (e.g. a "
-            "cotangent of a gauge-dependent quantity), project it out of the right-hand "
-            "side or pass consistency_tol=float('inf'); otherwise check the null-space "
-            "basis.")
-    hint = _HINTS.get(name, "raise maxiter, loosen tol or precondition")
-    if not np.isfinite(residual):
-        return (f"{name} broke down: the residual is {residual} after {iterations} "
-                f"iterations (rhs norm {rhs_norm:.1e}); {hint}")
-    if dense:
-        return (f"{name}: the factorization finished but the residual {residual:.1e} is above "
-                f"the tolerance {tolerance:.1e} (rhs norm {rhs_norm:.1e}), more than round-off "
-                f"allows: the matrix is singular or too ill-conditioned for its dtype (float32 "
-                f"keeps about 7 digits, float64 about 16). Solve in float64, add a ridge, "
-                f"pass nullspace=... for known zero modes, use solve_lstsq for the "
-                f"minimum-norm answer, or pass a looser tol")
-    return (f"{name} did not converge in {iterations} iterations (residual {residual:.1e} "
-            f"> tolerance {tolerance:.1e}); {hint}")
-
-
-def _report_host(name, policy, dense, stacklevel, converged, iterations, residual, tolerance,
-                 inconsistency, consistent, consistency_tol, rhs_norm):
-    converged = np.asarray(converged)
-    if converged.all():
-        return
-    bad = np.flatnonzero(~converged.reshape(-1))
-    i = int(bad[0])
-
-    def pick(a):
-        a = np.asarray(a)
-        return a.reshape(-1)[i].item() if a.size > 1 else a.item()
-
-    msg = _failure_message(name, pick(iterations), pick(residual), pick(tolerance),
-                           pick(inconsistency), bool(pick(consistent)),
-                           pick(consistency_tol), pick(rhs_norm), dense)
-    if converged.size > 1:
-        msg += f" ({bad.size} of {converged.size} batched solves failed; the first is shown.)"
-    if policy == "raise":
-        raise LinearSolveError(msg)
-    warnings.warn(msg, LinearSolveWarning, stacklevel=stacklevel)
-
-
 def _roundoff_tolerance(prob: _Problem, matrix_norm, x_flat):
     """The acceptance threshold of a dense (direct) solve.
 
@@ -628,32 +537,6 @@ def within_tolerance(residual_norm: Any, rhs_norm: Any, tol: Any, atol: Any = 0.
     columns) and applies the solvers' own test to them.
     """
     return residual_norm <= _absolute_tolerance(rhs_norm, tol, atol)
-
-
-def _apply_policy(prob, x, info, on_failure, dense, test):
-    if on_failure == "ignore":
-        return x
-    if on_failure == "nan":
-        return jax.tree_util.tree_map(
-            lambda leaf: jnp.where(info.converged, leaf, jnp.full_like(leaf, jnp.nan)), x)
-    args = (info.converged, info.iterations, test[0], test[1],
-            info.inconsistency, prob.consistent,
-            jnp.asarray(prob.consistency_tol, info.residual_norm.dtype), info.rhs_norm)
-    if any(_is_tracer(a) for a in args):
-        # io_callback, not jax.debug.callback: under vmap it runs in a rolled loop, where a
-        # debug callback is unrolled once per batch element (slow to compile and to run).
-        # (It cannot sit in a lax.cond taken only on failure: JAX has no vmap-of-cond for
-        # IO effects.)
-        report = functools.partial(_report_host, prob.name, on_failure, dense, 2)
-        io_callback(report, None, *args)
-    else:  # concrete values: report right here; the warning points at the caller's line
-        _report_host(prob.name, on_failure, dense, 5, *args)
-    return x
-
-
-def _check_policy(on_failure):
-    if on_failure not in _POLICIES:
-        raise ValueError(f"on_failure must be one of {_POLICIES}, got {on_failure!r}")
 
 
 # ---------------------------------------------------------------------------------------
