@@ -270,7 +270,9 @@ class SparseFactorization:
             rhs_norm=rhs_norm.reshape(b.shape[:-1]),
             converged=((residual <= tolerance) & np.isfinite(residual)).reshape(b.shape[:-1]),
             inconsistency=inconsistency.reshape(b.shape[:-1]),
-            tolerance=tolerance.reshape(b.shape[:-1]))
+            tolerance=tolerance.reshape(b.shape[:-1]),
+            solver_residual_norm=residual.reshape(b.shape[:-1]),
+            solver_rhs_norm=rhs_norm.reshape(b.shape[:-1]))
         return x, info
 
     def describe(self) -> dict[str, Any]:

@@ -33,6 +33,10 @@ import numpy as np
 from jax.experimental import io_callback
 from jax.flatten_util import ravel_pytree
 
+from ._closure import ClosureError, _differentiated_tracers, _internal
+from ._krylov import solve_gmres, solve_minres
+from .tree_util import tree_negative, tree_sub
+
 __all__ = [
     "custom_root",
     "custom_fixed_point",
@@ -44,15 +48,7 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------------
-# Small pytree helpers.
-
-
-def _tree_neg(tree):
-    return jax.tree.map(jnp.negative, tree)
-
-
-def _tree_sub(a, b):
-    return jax.tree.map(jnp.subtract, a, b)
+# Small helpers.
 
 
 def _zero_tangent(x):
@@ -70,8 +66,6 @@ def _default_solve(symmetric: bool = False):
     packings with zero modes) in about as many products as CG, where restarted GMRES can
     stall (benchmarks/bench_linear_solvers.py).
     """
-    from sensitivity._linear_solve import solve_gmres, solve_minres
-
     return solve_minres if symmetric else solve_gmres
 
 
@@ -151,7 +145,8 @@ def _instrumented(solve: Callable) -> Callable:
 
     def solve_and_record(matvec, b):
         x, info = solve(matvec, b, full_output=True)
-        io_callback(_record, None, info)  # batched by a rolled loop, not unrolled like debug.callback
+        # batched by a rolled loop, not unrolled like debug.callback
+        io_callback(_record, None, info)
         return x
 
     return solve_and_record
@@ -200,7 +195,8 @@ def root_jvp(
     args = _split_args(args)
     tangents = _split_args(tangents)
     if len(args) != len(tangents):
-        raise ValueError(f"got {len(args)} args but {len(tangents)} tangents; pass one tangent per argument")
+        raise ValueError(f"got {len(args)} args but {len(tangents)} tangents; pass one "
+                         f"tangent per argument")
 
     def fun_of_sol(x):
         return optimality_fun(x, *args)
@@ -210,7 +206,7 @@ def root_jvp(
         return jax.jvp(fun_of_sol, (sol,), (u,))[1]
 
     _, rhs = jax.jvp(lambda *a: optimality_fun(sol, *a), args, tangents)
-    rhs = _tree_neg(rhs)
+    rhs = tree_negative(rhs)
     if full_output:
         return solve(matvec, rhs, full_output=True)
     return solve(matvec, rhs)
@@ -253,93 +249,12 @@ def root_vjp(
     else:
         u = solve(matvec_transposed, cotangent)
     _, vjp_args = jax.vjp(lambda *a: optimality_fun(sol, *a), *args)
-    vjps = tuple(_tree_neg(v) for v in vjp_args(u))
+    vjps = tuple(tree_negative(v) for v in vjp_args(u))
     return (vjps, info) if full_output else vjps
 
 
 # ---------------------------------------------------------------------------------------
 # The decorators.
-
-
-class ClosureError(TypeError):
-    """A decorated solver or its optimality function closed over a differentiated value."""
-
-
-def _internal(fn: Callable) -> Callable:
-    """Mark an operator built by this engine: its closure holds primal values that may be
-    tracers of an enclosing transformation (a Hessian), legitimately."""
-    fn._sensitivity_internal = True
-    return fn
-
-
-def _differentiated_tracers(fn: Callable, depth: int = 3, kinds: tuple | None = None) -> list:
-    """Values being differentiated that ``fn`` closes over (JVP or linearize tracers).
-
-    Closing over constants, and over values traced only by ``jit`` or ``vmap``, is fine;
-    closing over a value that an enclosing ``jvp``/``grad`` differentiates is not, because
-    the implicit rule only sees explicit arguments.
-    """
-    from jax._src.interpreters import ad
-
-    if kinds is None:
-        kinds = (ad.JVPTracer, ad.LinearizeTracer)
-    if getattr(fn, "_sensitivity_internal", False):
-        return []
-    found = []
-    cells = []
-    if isinstance(fn, functools.partial):
-        cells.extend(fn.args)
-        cells.extend(fn.keywords.values())
-        fn = fn.func
-    cells.extend(c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if _filled(c))
-    for value in cells:
-        if callable(value) and depth > 0 and not isinstance(value, jax.Array):
-            found.extend(_differentiated_tracers(value, depth - 1, kinds))
-            continue
-        try:
-            leaves = jax.tree.leaves(value)
-        except Exception:  # not a pytree: cannot hold a tracer we could see
-            continue
-        found.extend(leaf for leaf in leaves if isinstance(leaf, kinds))
-    return found
-
-
-def check_operator_closure(name: str, **operators) -> None:
-    """Raise :class:`ClosureError` when a linear solver's operator (``matvec``, ``M``)
-    closes over a value that reverse mode is differentiating.
-
-    The solvers are ``while_loop`` programs that JAX cannot transpose, and the closed-over
-    value would otherwise surface as an internal error ("No constant handler for type
-    LinearizeTracer"). Forward mode through a solver (a ``JVPTracer`` in the closure) works
-    and is not refused.
-    """
-    from jax._src import core
-    from jax._src.interpreters import ad, partial_eval
-
-    # Inside jax.lax.custom_linear_solve (the documented way to differentiate a solve) the
-    # solver is traced to a jaxpr and only ever runs on primal values: a closed-over tracer
-    # is then a constant of that jaxpr, which is fine.
-    if isinstance(getattr(core.trace_ctx, "trace", None), partial_eval.DynamicJaxprTrace):
-        return
-    for what, op in operators.items():
-        if op is None or not callable(op):
-            continue
-        if _differentiated_tracers(op, kinds=(ad.LinearizeTracer,)):
-            raise ClosureError(
-                f"{name}: {what} closes over a value that reverse mode is differentiating; "
-                f"a linear solver is not differentiated through its iterations. Write the "
-                f"solve as jax.lax.custom_linear_solve(matvec, b, solve={name}) with the "
-                f"value as an explicit input of matvec, or obtain x through "
-                f"sensitivity.custom_root(lambda x, theta: A(theta) x - b, solve={name})"
-            )
-
-
-def _filled(cell) -> bool:
-    try:
-        cell.cell_contents
-    except ValueError:  # an empty cell (a name assigned later in the enclosing scope)
-        return False
-    return True
 
 
 def _check_signature(reference_signature, solver_name, args, kwargs):
@@ -477,7 +392,7 @@ def _implicit_solver(
             return jax.jvp(lambda x: fun(x, *rest), (sol,), (u,))[1]
 
         _, rhs = jax.jvp(lambda *a: fun(sol, *a), rest, rest_dot)
-        rhs = _tree_neg(rhs)
+        rhs = tree_negative(rhs)
         # The linear solve runs on one flat vector: custom_linear_solve transposes only a
         # right-hand side whose every leaf is linear in the tangents, and a block of F that
         # does not depend on θ (e.g. an equality constraint) gives a constant zero leaf.
@@ -641,7 +556,7 @@ def custom_fixed_point(
         reference_signature = _as_signature(fixed_point_fun)
 
     def optimality_fun(x, *args, **kwargs):
-        return _tree_sub(fixed_point_fun(x, *args, **kwargs), x)
+        return tree_sub(fixed_point_fun(x, *args, **kwargs), x)
 
     return custom_root(
         optimality_fun,

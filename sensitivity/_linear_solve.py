@@ -1,6 +1,13 @@
-"""Linear solvers that report.
+"""Linear solvers that report: the conventions, the report and the machinery they share.
 
-Every solver here is a plain function of a matrix-vector product (the jaxopt
+The solvers live in :mod:`sensitivity._krylov` (CG, normal CG, BiCGSTAB, GMRES, MINRES) and
+:mod:`sensitivity._dense` (LU, Cholesky, least squares, QR, inverse, iterative refinement);
+this module owns what they have in common: the keyword options (declared once,
+:class:`_Options`, and given to every solver by :func:`_linear_solver`), the flattened and
+projected problem, the congruence-scaled solve, the convergence test and the report
+:class:`LinearSolveInfo`; :mod:`sensitivity._solve_failure` the failure policies.
+
+Every solver is a plain function of a matrix-vector product (the jaxopt
 convention)::
 
     x = solve_cg(matvec, b)
@@ -55,6 +62,11 @@ Common keyword arguments (all solvers):
     leaf of ``x`` by NaN, ``"ignore"`` does nothing (inspect ``full_output``).
 ``full_output``
     also return a :class:`LinearSolveInfo`.
+``scaling``
+    (Krylov solvers) a :class:`CongruenceScaling` ``S``: iterate on ``(S A S) z = S P b``
+    and return ``x = P S z`` (a diagonal or block-diagonal ``S = D^(-1/2)`` is Jacobi
+    preconditioning folded into the operator); the convergence test is on the scaled
+    residual, reported as ``solver_residual_norm`` / ``solver_rhs_norm``.
 
 All solvers work under ``jit`` and ``vmap`` and can be used as the ``solve`` and
 ``transpose_solve`` of :func:`jax.lax.custom_linear_solve` (this is how the
@@ -69,42 +81,28 @@ confirm.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
-import warnings
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.experimental import io_callback
 from jax.flatten_util import ravel_pytree
 
-__all__ = [
-    "LinearSolveError",
-    "LinearSolveInfo",
-    "LinearSolveWarning",
-    "get_solver",
-    "solve_bicgstab",
-    "solve_cg",
-    "solve_cholesky",
-    "solve_gmres",
-    "solve_lstsq",
-    "solve_lu",
-    "solve_minres",
-    "solve_normal_cg",
-]
+from ._closure import check_operator_closure
+from ._solve_failure import (
+    LinearSolveError,
+    LinearSolveWarning,
+    _apply_policy,
+    _check_policy,
+)
 
-_POLICIES = ("raise", "warn", "nan", "ignore")
+__all__ = ["LinearSolveError", "LinearSolveInfo", "LinearSolveWarning", "CongruenceScaling",
+           "within_tolerance"]
+
 _HIGHEST = lax.Precision.HIGHEST
-
-
-class LinearSolveError(RuntimeError):
-    """A linear solve did not converge, or its right-hand side was inconsistent."""
-
-
-class LinearSolveWarning(RuntimeWarning):
-    """Warning emitted by a linear solve with ``on_failure="warn"``."""
 
 
 class LinearSolveInfo(NamedTuple):
@@ -119,6 +117,10 @@ class LinearSolveInfo(NamedTuple):
       inconsistency: ``||component of b in the null space|| / max(||b||, tiny)``; 0
         without a null space.
       tolerance: the absolute tolerance used, ``max(tol * ||b||, atol)``.
+      solver_residual_norm, solver_rhs_norm: the norms the convergence test compared
+        (``converged`` is ``solver_residual_norm <= tolerance of the solved system``): with
+        ``scaling=`` those of the scaled system ``||S r||``, ``||S b_proj||``; otherwise
+        ``residual_norm`` and ``rhs_norm`` again.
     """
 
     iterations: Any
@@ -127,6 +129,155 @@ class LinearSolveInfo(NamedTuple):
     converged: Any
     inconsistency: Any
     tolerance: Any
+    solver_residual_norm: Any
+    solver_rhs_norm: Any
+
+
+class CongruenceScaling(NamedTuple):
+    """A symmetric positive definite scaling ``S`` under which a Krylov solver iterates.
+
+    With ``scaling=CongruenceScaling(scale, scaled_matvec, unscale)`` a Krylov solver
+    solves ``(S A S) z = S P b`` and returns ``x = P S z`` (``P`` the projector off the null
+    space, identity without one): the minimum-norm solution of ``A x = b`` that the
+    unscaled solve returns. With ``S = D^(-1/2)``, ``D`` the (block) diagonal of ``A``, CG
+    on the scaled system is CG preconditioned with ``D^-1`` without a preconditioner
+    application per iteration: the scaling can be folded into the operator once
+    (``scaled_matvec``). The convergence test is on the scaled system, ``||S r|| <= tol
+    ||S P b||`` (reported as ``solver_residual_norm`` / ``solver_rhs_norm`` of
+    :class:`LinearSolveInfo`); ``residual_norm`` is recomputed on ``A x = b``.
+
+    Null space: ``S P b`` is orthogonal to the null space ``S^-1 N`` of ``S A S``, so CG and
+    MINRES never leave its range and run without per-iteration projection; the other
+    methods get the scaled basis ``S^-1 N`` (which needs ``unscale``).
+
+    Attributes:
+      scale: ``v -> S v`` on pytrees like ``b`` (linear, symmetric positive definite).
+      scaled_matvec: ``v -> S A S v``, e.g. with the scaling folded into the matrix;
+        default ``scale(matvec(scale(v)))``. It must be the same operator as ``matvec``'s
+        (``matvec`` is used only for the residual of the report).
+      unscale: ``v -> S^-1 v``; needed for a warm start ``init`` and for a null space with
+        GMRES, BiCGSTAB or normal CG.
+    """
+
+    scale: Any
+    scaled_matvec: Any = None
+    unscale: Any = None
+
+
+# ---------------------------------------------------------------------------------------
+# the options every solver takes, declared once
+
+
+class _Options(NamedTuple):
+    """The keyword-only options of every solver (documented in the module docstring).
+
+    :func:`_linear_solver` turns a solver body ``body(matvec, b, ridge, init, opts,
+    **extra)`` into the public ``solve_x(matvec, b, ridge=None, init=None, *, tol=None,
+    atol=0.0, maxiter=None, M=None, nullspace=None, on_failure="raise",
+    full_output=False, consistency_tol=None, scaling=None, **extra)``, jaxopt's
+    positional order followed by these keywords with these defaults (``M`` and ``scaling``
+    only for the Krylov solvers), then the solver's own ``extra`` keywords.
+    """
+
+    tol: Any = None
+    atol: Any = 0.0
+    maxiter: Any = None
+    M: Any = None
+    nullspace: Any = None
+    on_failure: str = "raise"
+    full_output: bool = False
+    consistency_tol: Any = None
+    scaling: Any = None
+
+
+def _linear_solver(preconditioned: bool = True, **extra):
+    """Decorator: the public signature of a solver from :class:`_Options` (see there).
+
+    ``extra`` maps the solver's own keywords to their defaults. The signature is real
+    (``inspect.signature`` shows every keyword, which the engine relies on to pass
+    ``consistency_tol``), and a wrong keyword raises ``TypeError`` as Python would.
+    """
+    kw = inspect.Parameter.KEYWORD_ONLY
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter("matvec", positional), inspect.Parameter("b", positional),
+              inspect.Parameter("ridge", positional, default=None),
+              inspect.Parameter("init", positional, default=None)]
+    params += [inspect.Parameter(name, kw, default=default)
+               for name, default in _Options._field_defaults.items()
+               if preconditioned or name not in ("M", "scaling")]
+    params += [inspect.Parameter(name, kw, default=default) for name, default in extra.items()]
+    signature = inspect.Signature(params)
+
+    def decorate(body):
+        @functools.wraps(body)
+        def solver(*args, **kwargs):
+            arguments = signature.bind(*args, **kwargs)
+            arguments.apply_defaults()
+            a = arguments.arguments
+            opts = _Options(**{name: a[name] for name in _Options._fields if name in a})
+            _check_policy(opts.on_failure)
+            own = {name: a[name] for name in extra}
+            if opts.scaling is not None:
+                return _scaled_solve(solver, body.__name__, a["matvec"], a["b"], a["ridge"],
+                                     a["init"], opts, own)
+            return body(a["matvec"], a["b"], a["ridge"], a["init"], opts, **own)
+
+        del solver.__wrapped__  # the signature is the declared one, not the body's
+        solver.__signature__ = signature
+        return solver
+
+    return decorate
+
+
+# Krylov methods whose iterates stay in the range of a symmetric operator: on a consistent
+# scaled system they need no null-space projection (see CongruenceScaling)
+_STAYS_IN_RANGE = ("solve_cg", "solve_minres")
+
+
+def _scaled_solve(solver, name, matvec, b, ridge, init, opts: _Options, own: dict):
+    """``solver`` on the congruence-scaled system of ``opts.scaling`` (CongruenceScaling)."""
+    sc = opts.scaling
+    if not isinstance(sc, CongruenceScaling):
+        raise TypeError(f"{name}: scaling must be a CongruenceScaling, got {type(sc).__name__}")
+    prob = _problem(name, matvec, b, ridge, None, opts._replace(M=None))
+    scale = sc.scale
+    if sc.scaled_matvec is not None:
+        scaled = sc.scaled_matvec
+    else:
+        def scaled(v):
+            return scale(matvec(scale(v)))
+    if ridge is not None:
+        folded = scaled
+
+        def scaled(v):  # S (A + ridge I) S = S A S + ridge S^2
+            return jax.tree_util.tree_map(lambda u, w: u + ridge * w, folded(v),
+                                          scale(scale(v)))
+    nullspace = None
+    needs_unscale = init is not None or (
+        opts.nullspace is not None and name not in _STAYS_IN_RANGE)
+    if needs_unscale and sc.unscale is None:
+        raise ValueError(f"{name}: scaling needs unscale (v -> S^-1 v) for a warm start or for "
+                         f"a null space with this method; pass CongruenceScaling(scale, "
+                         f"scaled_matvec, unscale)")
+    if opts.nullspace is not None and name not in _STAYS_IN_RANGE:
+        single = all(jnp.shape(v) == jnp.shape(leaf) for v, leaf in zip(
+            jax.tree_util.tree_leaves(opts.nullspace), jax.tree_util.tree_leaves(b)))
+        nullspace = (sc.unscale(opts.nullspace) if single
+                     else jax.vmap(sc.unscale)(opts.nullspace))
+    z, inner = solver(scaled, scale(prob.unravel(prob.b_proj)), None,
+                      None if init is None else sc.unscale(init), tol=opts.tol,
+                      atol=opts.atol, maxiter=opts.maxiter, M=opts.M, nullspace=nullspace,
+                      on_failure="ignore", full_output=True, consistency_tol=float("inf"),
+                      **own)
+    x_flat = ravel_pytree(scale(z))[0].astype(prob.dtype)
+    return _finish(prob, x_flat, inner.iterations, opts.on_failure, opts.full_output,
+                   inner=inner)
+
+
+def _problem(name, matvec, b, ridge, init, opts: _Options) -> "_Problem":
+    """The flattened, projected system of a solver called with ``opts``."""
+    return _Problem(name, matvec, b, ridge, init, opts.M, opts.nullspace, opts.tol, opts.atol,
+                    opts.consistency_tol, opts.maxiter)
 
 
 # ---------------------------------------------------------------------------------------
@@ -145,10 +296,6 @@ def _norm(a):
 def _safe_div(num, den):
     ok = den != 0
     return jnp.where(ok, num / jnp.where(ok, den, 1), jnp.zeros_like(num))
-
-
-def _is_tracer(x) -> bool:
-    return isinstance(x, jax.core.Tracer)
 
 
 def _default_tol(dtype) -> float:
@@ -175,8 +322,6 @@ class _Problem:
     def __init__(self, name, matvec, b, ridge, init, M, nullspace, tol, atol,
                  consistency_tol, maxiter):
         self.name = name
-        from sensitivity._implicit_diff import check_operator_closure
-
         check_operator_closure(name, matvec=matvec, M=M)
         b_flat, unravel = ravel_pytree(b)
         if not jnp.issubdtype(b_flat.dtype, jnp.inexact):
@@ -211,8 +356,7 @@ class _Problem:
             tol = _default_tol(self.dtype)
         self.tol = tol
         self.bnorm = _norm(b_flat)
-        self.tol_abs = jnp.maximum(jnp.asarray(tol, self.dtype) * self.bnorm,
-                                   jnp.asarray(atol, self.dtype))
+        self.tol_abs = _absolute_tolerance(self.bnorm, tol, atol, self.dtype)
         self.maxiter = 10 * self.n if maxiter is None else maxiter
         tiny = jnp.finfo(self.dtype).tiny
 
@@ -222,7 +366,10 @@ class _Problem:
             Q = _orthonormal_basis(nullspace, b, self.dtype, name)
             self.Q = Q
             Qt = Q.T  # (k, n), transposed once here rather than inside every loop body
-            P = lambda x: _project(Qt, x)
+
+            def P(x):
+                return _project(Qt, x)
+
             self.P = P
             b_null = jnp.matmul(Qt, b_flat, precision=_HIGHEST)
             self.inconsistency = _norm(b_null) / jnp.maximum(self.bnorm, tiny)
@@ -313,84 +460,6 @@ def _orthonormal_basis(nullspace, b, dtype, name):
     return U * keep.astype(dtype)
 
 
-# ---------------------------------------------------------------------------------------
-# failure reporting
-
-_HINTS = {
-    "solve_cg": "raise maxiter, loosen tol, precondition (M=...), or for a "
-                "singular/indefinite system use solve_minres with nullspace=...",
-    "solve_normal_cg": "raise maxiter, loosen tol or precondition; normal CG squares the "
-                       "condition number, so prefer solve_gmres or solve_bicgstab, and pass "
-                       "nullspace=... for a singular system",
-    "solve_minres": "raise maxiter, loosen tol, precondition (M must be symmetric positive "
-                    "definite), or for a singular system pass nullspace=...; a "
-                    "non-symmetric operator needs solve_gmres",
-    "solve_gmres": "raise maxiter or restart, loosen tol, precondition (M=...), or for a "
-                   "singular system pass nullspace=...",
-    "solve_bicgstab": "raise maxiter, loosen tol, precondition (M=...), or use solve_gmres; "
-                      "for a singular system pass nullspace=...",
-    "solve_lu": "the matrix is singular or badly conditioned: pass nullspace=... for known "
-                "zero modes, add a ridge, or use solve_lstsq for the minimum-norm answer",
-    "solve_cholesky": "the Cholesky factorization failed, so the matrix is not symmetric "
-                      "positive definite (or is singular): use solve_lu / solve_lstsq, add a "
-                      "ridge, or pass nullspace=...",
-    "solve_lstsq": "the system has no exact solution (the returned x is the minimum-norm "
-                   "least-squares one): loosen tol, or pass nullspace=... for known zero "
-                   "modes",
-}
-
-
-def _failure_message(name, iterations, residual, tolerance, inconsistency, consistent,
-                     consistency_tol, rhs_norm, dense):
-    if not np.isfinite(rhs_norm):
-        return (f"{name}: the right-hand side is not finite (its norm is {rhs_norm}); the "
-                "NaN or inf comes from before the solve (the matvec's inputs or b itself).")
-    if not consistent:
-        return (
-            f"{name}: the right-hand side has a component {inconsistency:.1e} of its norm "
-            f"along the given null space (consistency tolerance {consistency_tol:.1e}): the "
-            "system has no solution. The returned x solves the projected system (the "
-            "minimum-norm least-squares answer). If that component is expected (e.g. a "
-            "cotangent of a gauge-dependent quantity), project it out of the right-hand "
-            "side or pass consistency_tol=float('inf'); otherwise check the null-space "
-            "basis.")
-    hint = _HINTS.get(name, "raise maxiter, loosen tol or precondition")
-    if not np.isfinite(residual):
-        return (f"{name} broke down: the residual is {residual} after {iterations} "
-                f"iterations (rhs norm {rhs_norm:.1e}); {hint}")
-    if dense:
-        return (f"{name}: the factorization finished but the residual {residual:.1e} is above "
-                f"the tolerance {tolerance:.1e} (rhs norm {rhs_norm:.1e}), more than round-off "
-                f"allows: the matrix is singular or too ill-conditioned for its dtype (float32 "
-                f"keeps about 7 digits, float64 about 16). Solve in float64, add a ridge, "
-                f"pass nullspace=... for known zero modes, use solve_lstsq for the "
-                f"minimum-norm answer, or pass a looser tol")
-    return (f"{name} did not converge in {iterations} iterations (residual {residual:.1e} "
-            f"> tolerance {tolerance:.1e}); {hint}")
-
-
-def _report_host(name, policy, dense, stacklevel, converged, iterations, residual, tolerance,
-                 inconsistency, consistent, consistency_tol, rhs_norm):
-    converged = np.asarray(converged)
-    if converged.all():
-        return
-    bad = np.flatnonzero(~converged.reshape(-1))
-    i = int(bad[0])
-
-    def pick(a):
-        a = np.asarray(a)
-        return a.reshape(-1)[i].item() if a.size > 1 else a.item()
-
-    msg = _failure_message(name, pick(iterations), pick(residual), pick(tolerance),
-                           pick(inconsistency), bool(pick(consistent)),
-                           pick(consistency_tol), pick(rhs_norm), dense)
-    if converged.size > 1:
-        msg += f" ({bad.size} of {converged.size} batched solves failed; the first is shown.)"
-    if policy == "raise":
-        raise LinearSolveError(msg)
-    warnings.warn(msg, LinearSolveWarning, stacklevel=stacklevel)
-
-
 def _roundoff_tolerance(prob: _Problem, matrix_norm, x_flat):
     """The acceptance threshold of a dense (direct) solve.
 
@@ -415,12 +484,14 @@ def _roundoff_tolerance(prob: _Problem, matrix_norm, x_flat):
 
 
 def _finish(prob: _Problem, x_flat, iterations, on_failure, full_output, r_proj=None,
-            dense=False, matrix_norm=None):
+            dense=False, matrix_norm=None, inner=None):
     """Project, recompute the residual, build the info, apply the failure policy.
 
     ``r_proj`` may be given when it is already ``b_proj - A_orig(x_flat)`` at a projected
     ``x_flat`` (the iterative driver computes exactly that). ``matrix_norm`` (dense solves)
-    switches on the round-off acceptance test of :func:`_roundoff_tolerance`."""
+    switches on the round-off acceptance test of :func:`_roundoff_tolerance`. ``inner``:
+    the LinearSolveInfo of the scaled system a scaled solve iterated on, whose test decides
+    convergence."""
     if r_proj is None:
         x_flat = prob.P(x_flat)
         r_proj = prob.b_proj - prob.A_orig(x_flat)
@@ -428,7 +499,14 @@ def _finish(prob: _Problem, x_flat, iterations, on_failure, full_output, r_proj=
     tol_abs = prob.tol_abs
     if matrix_norm is not None:
         tol_abs = _roundoff_tolerance(prob, matrix_norm, x_flat)
-    converged = (res <= tol_abs) & prob.consistent
+    if inner is None:
+        test = (res, tol_abs)
+        converged = (res <= tol_abs) & prob.consistent
+        solver_norms = (res, prob.bnorm)
+    else:
+        test = (inner.residual_norm, inner.tolerance)
+        converged = inner.converged & prob.consistent
+        solver_norms = (inner.residual_norm, inner.rhs_norm)
     info = LinearSolveInfo(
         iterations=jnp.asarray(iterations, jnp.int32),
         residual_norm=res,
@@ -436,36 +514,29 @@ def _finish(prob: _Problem, x_flat, iterations, on_failure, full_output, r_proj=
         converged=converged,
         inconsistency=prob.inconsistency,
         tolerance=tol_abs,
+        solver_residual_norm=solver_norms[0],
+        solver_rhs_norm=solver_norms[1],
     )
     x = prob.unravel(x_flat)
-    x = _apply_policy(prob, x, info, on_failure, dense)
+    x = _apply_policy(prob, x, info, on_failure, dense, test)
     return (x, info) if full_output else x
 
 
-def _apply_policy(prob, x, info, on_failure, dense):
-    if on_failure == "ignore":
-        return x
-    if on_failure == "nan":
-        return jax.tree_util.tree_map(
-            lambda l: jnp.where(info.converged, l, jnp.full_like(l, jnp.nan)), x)
-    args = (info.converged, info.iterations, info.residual_norm, info.tolerance,
-            info.inconsistency, prob.consistent,
-            jnp.asarray(prob.consistency_tol, info.residual_norm.dtype), info.rhs_norm)
-    if any(_is_tracer(a) for a in args):
-        # io_callback, not jax.debug.callback: under vmap it runs in a rolled loop, where a
-        # debug callback is unrolled once per batch element (slow to compile and to run).
-        # (It cannot sit in a lax.cond taken only on failure: JAX has no vmap-of-cond for
-        # IO effects.)
-        report = functools.partial(_report_host, prob.name, on_failure, dense, 2)
-        io_callback(report, None, *args)
-    else:  # concrete values: report right here; the warning points at the caller's line
-        _report_host(prob.name, on_failure, dense, 5, *args)
-    return x
+def _absolute_tolerance(rhs_norm, tol, atol, dtype=None):
+    """``max(tol * ||b||, atol)``, the threshold of every solver's convergence test."""
+    xp = np if isinstance(rhs_norm, np.ndarray | float) else jnp
+    dtype = dtype or getattr(rhs_norm, "dtype", None)
+    return xp.maximum(xp.asarray(tol, dtype) * rhs_norm, xp.asarray(atol, dtype))
 
 
-def _check_policy(on_failure):
-    if on_failure not in _POLICIES:
-        raise ValueError(f"on_failure must be one of {_POLICIES}, got {on_failure!r}")
+def within_tolerance(residual_norm: Any, rhs_norm: Any, tol: Any, atol: Any = 0.0):
+    """The convergence test of every solver: ``residual_norm <= max(tol * rhs_norm, atol)``.
+
+    Elementwise (one test per column of a batch); NumPy in, NumPy out. A NaN residual
+    fails. For a caller that recomputes the residuals of many solves at once (a Jacobian's
+    columns) and applies the solvers' own test to them.
+    """
+    return residual_norm <= _absolute_tolerance(rhs_norm, tol, atol)
 
 
 # ---------------------------------------------------------------------------------------
@@ -506,488 +577,3 @@ def _drive(prob: _Problem, inner, max_cycles):
     return x, k, r
 
 
-_MAX_CYCLES = 4  # CG / BiCGSTAB / MINRES: the first run plus up to three restarts
-
-
-# ---------------------------------------------------------------------------------------
-# conjugate gradients
-
-
-def _cg_inner(prob: _Problem):
-    # The driver hands over x and r in range(P). Projecting the updated residual,
-    # r <- P(r - alpha A p), and z = P M r keeps r, z and p in range(P); then A P p = A p
-    # (to round-off), and p.(A p) = p.(P A p): one projection for the operator and one
-    # for the preconditioner per iteration, instead of P A P and P M P. (Projecting r
-    # itself rather than A p matters: r shrinks by many orders of magnitude, and the
-    # null-space round-off it would otherwise accumulate from its early, large values
-    # would be amplified by M relative to the small late r.)
-    A, Mp, tol_abs, P = prob.A_orig, prob.precond_range, prob.tol_abs, prob.P
-    plain = prob.M_range is None
-
-    def norm_r(r, rz):
-        # without a preconditioner r.z is r.r: reuse it (one reduction fewer per step)
-        return jnp.sqrt(rz) if plain else _norm(r)
-
-    def inner(x, r, budget):
-        z = Mp(r)
-        rz = _dot(r, z)
-
-        def cond(c):
-            x, r, p, rz, rnorm, k, broke = c
-            return (rnorm > tol_abs) & (k < budget) & ~broke
-
-        def body(c):
-            x, r, p, rz, _, k, _ = c
-            Ap = A(p)
-            pAp = _dot(p, Ap)
-            alpha = _safe_div(rz, pAp)
-            x = x + alpha * p
-            r = P(r - alpha * Ap)
-            z = Mp(r)
-            rz_new = _dot(r, z)
-            beta = _safe_div(rz_new, rz)
-            p = z + beta * p
-            broke = (pAp == 0) | (rz_new == 0) | ~jnp.isfinite(rz_new)
-            return x, r, p, rz_new, norm_r(r, rz_new), k + 1, broke
-
-        c = (x, r, z, rz, norm_r(r, rz), jnp.zeros((), jnp.int32), rz == 0)
-        x, _, _, _, _, k, _ = lax.while_loop(cond, body, c)
-        return x, k
-
-    return inner
-
-
-def solve_cg(matvec: Callable, b: Any, ridge=None, init=None, *, tol=None, atol=0.0,
-             maxiter=None, M=None, nullspace=None, on_failure="raise", full_output=False,
-             consistency_tol=None):
-    """Conjugate gradients for a symmetric positive (semi-)definite operator.
-
-    One iteration is one matvec (plus one preconditioner application). ``M`` must be
-    symmetric positive definite. See the module docstring for the common arguments.
-    """
-    _check_policy(on_failure)
-    prob = _Problem("solve_cg", matvec, b, ridge, init, M, nullspace, tol, atol,
-                    consistency_tol, maxiter)
-    x, k, r = _drive(prob, _cg_inner(prob), _MAX_CYCLES)
-    return _finish(prob, x, k, on_failure, full_output, r_proj=r)
-
-
-# ---------------------------------------------------------------------------------------
-# CG on the normal equations
-
-
-def solve_normal_cg(matvec: Callable, b: Any, ridge=None, init=None, *, tol=None,
-                    atol=0.0, maxiter=None, M=None, nullspace=None, on_failure="raise",
-                    full_output=False, consistency_tol=None, ridge_placement="operator"):
-    """CG on the normal equations ``A^T A x = A^T b``, for a general square operator.
-
-    ``A^T`` is obtained by :func:`jax.linear_transpose` of ``matvec`` (which must be
-    linear and transposable). The ridge applies to ``A`` (``(A + ridge I) x = b``, as for
-    every solver here), and the stopping test is on the residual of the original system,
-    ``||b - A x||``, tracked by recurrence and recomputed at the end. One iteration is one
-    ``A`` and one ``A^T`` product. ``M`` preconditions ``A^T A`` (symmetric positive
-    definite).
-
-    jaxopt's behaviour is available with ``ridge_placement="normal"``: CG on
-    ``(A^T A + ridge I) x = A^T b`` (ridge on the normal operator, tolerance on the normal
-    residual). A non-square ``A`` (``matvec`` maps ``init``-shaped pytrees to ``b``-shaped
-    ones) also takes that route and needs ``init`` to know the shape of ``x``, as in jaxopt.
-    """
-    _check_policy(on_failure)
-    if ridge_placement not in ("operator", "normal"):
-        raise ValueError(
-            f"ridge_placement must be 'operator' ((A + ridge I) x = b) or 'normal' "
-            f"((A^T A + ridge I) x = A^T b, jaxopt's), got {ridge_placement!r}")
-    square = init is None or (
-        jax.tree_util.tree_structure(init) == jax.tree_util.tree_structure(b)
-        and all(jnp.shape(u) == jnp.shape(v)
-                for u, v in zip(jax.tree_util.tree_leaves(init), jax.tree_util.tree_leaves(b))))
-    if ridge_placement == "normal" or not square:
-        if not square and ridge is not None and ridge_placement == "operator":
-            raise ValueError("solve_normal_cg: a ridge on a non-square operator needs "
-                             "ridge_placement='normal' ((A^T A + ridge I) x = A^T b)")
-        like = b if init is None else init
-        At_lin = jax.linear_transpose(matvec, like)
-        At = lambda y: At_lin(y)[0]
-        return solve_cg(lambda x: At(matvec(x)), At(b), ridge=ridge, init=init, tol=tol,
-                        atol=atol, maxiter=maxiter, M=M, nullspace=nullspace,
-                        on_failure=on_failure, full_output=full_output,
-                        consistency_tol=consistency_tol)
-    prob = _Problem("solve_normal_cg", matvec, b, ridge, init, M, nullspace, tol, atol,
-                    consistency_tol, maxiter)
-    A, Mp, tol_abs = prob.A, prob.precond, prob.tol_abs
-    At_lin = jax.linear_transpose(A, jax.ShapeDtypeStruct(prob.b.shape, prob.dtype))
-    At = lambda y: At_lin(y)[0]
-
-    def inner(x, r, budget):
-        s = At(r)
-        z = Mp(s)
-        sz = _dot(s, z)
-
-        def cond(c):
-            x, r, p, sz, k, broke = c
-            return (_norm(r) > tol_abs) & (k < budget) & ~broke
-
-        def body(c):
-            x, r, p, sz, k, _ = c
-            q = A(p)
-            qq = _dot(q, q)
-            alpha = _safe_div(sz, qq)
-            x = x + alpha * p
-            r = r - alpha * q
-            s = At(r)
-            z = Mp(s)
-            sz_new = _dot(s, z)
-            p = z + _safe_div(sz_new, sz) * p
-            broke = (qq == 0) | (sz_new == 0) | ~jnp.isfinite(sz_new)
-            return x, r, p, sz_new, k + 1, broke
-
-        c = (x, r, z, sz, jnp.zeros((), jnp.int32), sz == 0)
-        x, _, _, _, k, _ = lax.while_loop(cond, body, c)
-        return x, k
-
-    x, k, r = _drive(prob, inner, _MAX_CYCLES)
-    return _finish(prob, x, k, on_failure, full_output, r_proj=r)
-
-
-# ---------------------------------------------------------------------------------------
-# BiCGSTAB
-
-
-def solve_bicgstab(matvec: Callable, b: Any, ridge=None, init=None, *, tol=None,
-                   atol=0.0, maxiter=None, M=None, nullspace=None, on_failure="raise",
-                   full_output=False, consistency_tol=None):
-    """BiCGSTAB (van der Vorst) for a general square operator, right-preconditioned.
-
-    One iteration is two matvecs (and two preconditioner applications). On a breakdown
-    (``rho = 0`` or ``omega = 0``) it restarts from the current iterate with the true
-    residual as the new shadow vector.
-    """
-    _check_policy(on_failure)
-    prob = _Problem("solve_bicgstab", matvec, b, ridge, init, M, nullspace, tol, atol,
-                    consistency_tol, maxiter)
-    A, Mp, tol_abs = prob.A, prob.precond, prob.tol_abs
-
-    def inner(x, r, budget):
-        rhat = r
-        one = jnp.ones((), prob.dtype)
-
-        def cond(c):
-            x, r, p, v, rho, alpha, omega, k, broke = c
-            return (_norm(r) > tol_abs) & (k < budget) & ~broke
-
-        def body(c):
-            x, r, p, v, rho, alpha, omega, k, _ = c
-            rho_new = _dot(rhat, r)
-            beta = _safe_div(rho_new, rho) * _safe_div(alpha, omega)
-            p = r + beta * (p - omega * v)
-            phat = Mp(p)
-            v = A(phat)
-            rv = _dot(rhat, v)
-            alpha = _safe_div(rho_new, rv)
-            s = r - alpha * v
-            shat = Mp(s)
-            t = A(shat)
-            omega = _safe_div(_dot(t, s), _dot(t, t))
-            x = x + alpha * phat + omega * shat
-            r = s - omega * t
-            broke = ((rho_new == 0) | (rv == 0) | (omega == 0)
-                     | ~jnp.isfinite(omega) | ~jnp.isfinite(alpha))
-            return x, r, p, v, rho_new, alpha, omega, k + 1, broke
-
-        z = jnp.zeros_like(r)
-        c = (x, r, z, z, one, one, one, jnp.zeros((), jnp.int32), jnp.array(False))
-        out = lax.while_loop(cond, body, c)
-        return out[0], out[7]
-
-    x, k, r = _drive(prob, inner, _MAX_CYCLES)
-    return _finish(prob, x, k, on_failure, full_output, r_proj=r)
-
-
-# ---------------------------------------------------------------------------------------
-# GMRES
-
-
-def _back_substitution(R, g):
-    """Solve the upper-triangular ``R y = g`` (small; a loop compiles faster than trsv)."""
-    m = g.shape[0]
-
-    def step(t, y):
-        i = m - 1 - t
-        return y.at[i].set((g[i] - _dot(R[i], y)) / R[i, i])
-
-    return lax.fori_loop(0, m, step, jnp.zeros_like(g))
-
-
-def solve_gmres(matvec: Callable, b: Any, ridge=None, init=None, *, tol=None, atol=0.0,
-                maxiter=None, M=None, nullspace=None, on_failure="raise",
-                full_output=False, consistency_tol=None, restart=20):
-    """Restarted GMRES(``restart``) for a general square operator, right-preconditioned.
-
-    Arnoldi with classical Gram-Schmidt applied twice, Givens rotations for the small
-    least-squares problem. With right preconditioning the residual it minimizes is the
-    true 2-norm residual. One iteration is one Arnoldi step (one matvec); ``maxiter``
-    counts them over all restart cycles (default ``10 * n``); every cycle ends with the
-    true residual recomputed.
-    """
-    _check_policy(on_failure)
-    prob = _Problem("solve_gmres", matvec, b, ridge, init, M, nullspace, tol, atol,
-                    consistency_tol, maxiter)
-    A, Mp, tol_abs, dtype = prob.A, prob.precond, prob.tol_abs, prob.dtype
-    m = max(1, min(int(restart), prob.n))
-    n = prob.n
-    tiny = jnp.finfo(dtype).tiny
-
-    def inner(x, r, budget):
-        beta = _norm(r)
-        V = jnp.zeros((m + 1, n), dtype).at[0].set(_safe_div(r, beta))
-        R = jnp.zeros((m + 1, m), dtype)
-        Om = jnp.eye(m + 1, dtype=dtype)  # product of the Givens rotations so far
-        g = jnp.zeros((m + 1,), dtype).at[0].set(beta)
-
-        def cond(c):
-            V, R, Om, g, j, broke = c
-            return (j < m) & (j < budget) & (jnp.abs(g[j]) > tol_abs) & ~broke
-
-        def body(c):
-            V, R, Om, g, j, _ = c
-            w = A(Mp(V[j]))
-            h = jnp.matmul(V, w, precision=_HIGHEST)
-            w = w - jnp.matmul(h, V, precision=_HIGHEST)
-            h2 = jnp.matmul(V, w, precision=_HIGHEST)
-            w = w - jnp.matmul(h2, V, precision=_HIGHEST)
-            h = h + h2
-            hn = _norm(w)
-            V = V.at[j + 1].set(jnp.where(hn > tiny, w / jnp.where(hn > tiny, hn, 1), 0))
-            col = h.at[j + 1].set(hn)
-
-            col = jnp.matmul(Om, col, precision=_HIGHEST)  # previous rotations
-            a, bb = col[j], col[j + 1]
-            den = jnp.hypot(a, bb)
-            c_j = jnp.where(den > 0, a / jnp.where(den > 0, den, 1), 1.0)
-            s_j = jnp.where(den > 0, bb / jnp.where(den > 0, den, 1), 0.0)
-            col = col.at[j].set(den).at[j + 1].set(0.0)
-            rows = lax.dynamic_slice_in_dim(Om, j, 2, axis=0)
-            G = jnp.stack([jnp.stack([c_j, s_j]), jnp.stack([-s_j, c_j])])
-            Om = lax.dynamic_update_slice_in_dim(
-                Om, jnp.matmul(G, rows, precision=_HIGHEST), j, axis=0)
-            g = g.at[j + 1].set(-s_j * g[j]).at[j].set(c_j * g[j])
-            R = R.at[:, j].set(col)
-            broke = (hn <= tiny) | ~jnp.isfinite(hn)
-            return V, R, Om, g, j + 1, broke
-
-        c = (V, R, Om, g, jnp.zeros((), jnp.int32), beta == 0)
-        V, R, Om, g, j, _ = lax.while_loop(cond, body, c)
-        used = jnp.arange(m) < j
-        diag = jnp.diagonal(R[:m, :m])
-        good = used & (diag != 0)
-        Rm = jnp.where(used[None, :] & used[:, None], R[:m, :m], 0.0)
-        Rm = Rm.at[jnp.arange(m), jnp.arange(m)].set(jnp.where(good, diag, 1.0))
-        gm = jnp.where(good, g[:m], 0.0)
-        y = _back_substitution(Rm, gm)
-        x = x + Mp(jnp.matmul(y, V[:m], precision=_HIGHEST))
-        return x, j
-
-    x, k, r = _drive(prob, inner, jnp.iinfo(jnp.int32).max)
-    return _finish(prob, x, k, on_failure, full_output, r_proj=r)
-
-
-# ---------------------------------------------------------------------------------------
-# MINRES
-
-
-def solve_minres(matvec: Callable, b: Any, ridge=None, init=None, *, tol=None, atol=0.0,
-                 maxiter=None, M=None, nullspace=None, on_failure="raise",
-                 full_output=False, consistency_tol=None):
-    """MINRES (Paige & Saunders 1975) for a symmetric, possibly indefinite or singular,
-    operator; ``M`` must be symmetric positive definite.
-
-    The Lanczos/QR recurrences follow Paige & Saunders (as in SciPy's ``minres``); in
-    addition the 2-norm residual vector is carried along by recurrence (``A w`` vectors),
-    so the stopping test is the documented 2-norm test even when preconditioned (the
-    preconditioned method itself minimizes the ``M``-norm of the residual). One iteration
-    is one matvec. On a singular system without ``nullspace`` MINRES still returns a
-    least-squares iterate; pass ``nullspace`` for the minimum-norm, gauge-fixed answer.
-    """
-    _check_policy(on_failure)
-    prob = _Problem("solve_minres", matvec, b, ridge, init, M, nullspace, tol, atol,
-                    consistency_tol, maxiter)
-    # r from the driver is in range(P), hence so are the Lanczos vectors, w, A w and x:
-    # the operator needs one projection per application (A_range: P A, not P A P). The
-    # preconditioner keeps both (P M P): the Lanczos vector r2 it is applied to comes out
-    # of a three-term recurrence with cancellation, and M would amplify its null-space
-    # round-off (measured: up to a third more iterations with P M alone).
-    A, Mp = prob.A_range, prob.precond
-    tol_abs, dtype = prob.tol_abs, prob.dtype
-    eps = jnp.finfo(dtype).eps
-
-    def inner(x, r, budget):
-        y = Mp(r)
-        beta1 = jnp.sqrt(_dot(r, y))
-        zero = jnp.zeros((), dtype)
-        zv = jnp.zeros_like(r)
-        # carry: x, res, r1, r2, y, beta, oldb, dbar, epsln, phibar, cs, sn, tnorm2,
-        #        w, w2, Aw, Aw2, k, stop
-        c0 = dict(x=x, res=r, r1=r, r2=r, y=y, beta=beta1, oldb=zero, dbar=zero,
-                  epsln=zero, phibar=beta1, cs=-jnp.ones((), dtype), sn=zero, tnorm2=zero,
-                  w=zv, w2=zv, Aw=zv, Aw2=zv, k=jnp.zeros((), jnp.int32),
-                  stop=~(beta1 > 0))
-
-        def cond(c):
-            return (_norm(c["res"]) > tol_abs) & (c["k"] < budget) & ~c["stop"]
-
-        def body(c):
-            beta, oldb = c["beta"], c["oldb"]
-            s = _safe_div(jnp.ones((), dtype), beta)
-            v = s * c["y"]
-            Av = A(v)
-            y = Av - _safe_div(beta, oldb) * c["r1"]
-            alfa = _dot(v, y)
-            y = y - _safe_div(alfa, beta) * c["r2"]
-            r1 = c["r2"]
-            r2 = y
-            y = Mp(r2)
-            oldb = beta
-            beta = jnp.sqrt(_dot(r2, y))
-            tnorm2 = c["tnorm2"] + alfa ** 2 + oldb ** 2 + beta ** 2
-            cs, sn, dbar = c["cs"], c["sn"], c["dbar"]
-            oldeps = c["epsln"]
-            delta = cs * dbar + sn * alfa
-            gbar = sn * dbar - cs * alfa
-            epsln = sn * beta
-            dbar = -cs * beta
-            gamma = jnp.maximum(jnp.hypot(gbar, beta), eps)
-            cs = gbar / gamma
-            sn = beta / gamma
-            phi = cs * c["phibar"]
-            phibar = sn * c["phibar"]
-            w1, w2 = c["w2"], c["w"]
-            w = (v - oldeps * w1 - delta * w2) / gamma
-            Aw1, Aw2 = c["Aw2"], c["Aw"]
-            Aw = (Av - oldeps * Aw1 - delta * Aw2) / gamma
-            x = c["x"] + phi * w
-            res = c["res"] - phi * Aw
-            # Lanczos found an invariant subspace (or produced NaN): stop, the driver
-            # recomputes the true residual and restarts if needed
-            stop = ~(beta > 10 * eps * jnp.sqrt(tnorm2))
-            return dict(x=x, res=res, r1=r1, r2=r2, y=y, beta=beta, oldb=oldb, dbar=dbar,
-                        epsln=epsln, phibar=phibar, cs=cs, sn=sn, tnorm2=tnorm2, w=w,
-                        w2=w2, Aw=Aw, Aw2=Aw2, k=c["k"] + 1, stop=stop)
-
-        out = lax.while_loop(cond, body, c0)
-        return out["x"], out["k"]
-
-    x, k, r = _drive(prob, inner, _MAX_CYCLES)
-    return _finish(prob, x, k, on_failure, full_output, r_proj=r)
-
-
-# ---------------------------------------------------------------------------------------
-# dense solvers (materialize the matrix: n matvecs)
-
-
-def _dense_setup(name, matvec, b, ridge, nullspace, tol, atol, consistency_tol):
-    prob = _Problem(name, matvec, b, ridge, None, None, nullspace, tol, atol,
-                    consistency_tol, None)
-    Amat = prob.dense_matrix()  # projected when a null space is given
-    return prob, Amat
-
-
-def _deflate(prob, Amat):
-    """``P A P + c Q Q^T``: nonsingular when null(A) = span(Q); its solution of ``P b``
-    is the minimum-norm one (no component along Q)."""
-    if prob.Q is None:
-        return Amat
-    c = jnp.max(jnp.abs(Amat))
-    c = jnp.where(c > 0, c, 1.0)
-    return Amat + c * jnp.matmul(prob.Q, prob.Q.T, precision=_HIGHEST)
-
-
-def solve_lu(matvec: Callable, b: Any, ridge=None, init=None, *, tol=None, atol=0.0,
-             maxiter=None, nullspace=None, on_failure="raise", full_output=False,
-             consistency_tol=None):
-    """Dense LU solve (``jnp.linalg.solve``) of the materialized matrix (``n`` matvecs).
-
-    For small systems. ``init`` and ``maxiter`` are accepted and ignored. With a null
-    space, solves the deflated ``(P A P + c Q Q^T) x = P b``. The residual is checked
-    against the tolerance like the iterative solvers (a singular matrix is reported).
-    """
-    del init, maxiter
-    _check_policy(on_failure)
-    prob, Amat = _dense_setup("solve_lu", matvec, b, ridge, nullspace, tol, atol,
-                              consistency_tol)
-    x = jnp.linalg.solve(_deflate(prob, Amat), prob.b_proj)
-    return _finish(prob, x, 0, on_failure, full_output, dense=True,
-                   matrix_norm=jnp.linalg.norm(Amat))
-
-
-def solve_cholesky(matvec: Callable, b: Any, ridge=None, init=None, *, tol=None,
-                   atol=0.0, maxiter=None, nullspace=None, on_failure="raise",
-                   full_output=False, consistency_tol=None):
-    """Dense Cholesky solve of the materialized symmetric positive definite matrix.
-
-    ``init`` and ``maxiter`` are accepted and ignored. A matrix that is not SPD gives NaN
-    and is reported. With a null space (a positive semi-definite ``A``), solves the
-    deflated ``(P A P + c Q Q^T) x = P b``, which is SPD.
-    """
-    del init, maxiter
-    _check_policy(on_failure)
-    prob, Amat = _dense_setup("solve_cholesky", matvec, b, ridge, nullspace, tol, atol,
-                              consistency_tol)
-    Ad = _deflate(prob, Amat)
-    Ad = 0.5 * (Ad + Ad.T)
-    cf = jax.scipy.linalg.cho_factor(Ad, lower=True)
-    x = jax.scipy.linalg.cho_solve(cf, prob.b_proj)
-    return _finish(prob, x, 0, on_failure, full_output, dense=True,
-                   matrix_norm=jnp.linalg.norm(Amat))
-
-
-def solve_lstsq(matvec: Callable, b: Any, ridge=None, init=None, *, tol=None, atol=0.0,
-                maxiter=None, nullspace=None, on_failure="raise", full_output=False,
-                consistency_tol=None, rcond=None):
-    """Dense minimum-norm least-squares solve (pseudo-inverse, ``jnp.linalg.lstsq``).
-
-    Singular values below ``rcond * s_max`` are cut (default ``eps * n``). The returned
-    ``x`` is ``pinv(A) b``; it is reported as converged only if ``||A x - b||`` meets the
-    tolerance, so an inconsistent system is reported (use ``on_failure="ignore"`` to take
-    the least-squares answer silently). ``init`` and ``maxiter`` are ignored.
-    """
-    del init, maxiter
-    _check_policy(on_failure)
-    prob, Amat = _dense_setup("solve_lstsq", matvec, b, ridge, nullspace, tol, atol,
-                              consistency_tol)
-    x = jnp.linalg.lstsq(Amat, prob.b_proj, rcond=rcond)[0]
-    return _finish(prob, x, 0, on_failure, full_output, dense=True)
-
-
-# ---------------------------------------------------------------------------------------
-# dispatcher
-
-_SOLVERS = {
-    "cg": solve_cg,
-    "normal_cg": solve_normal_cg,
-    "gmres": solve_gmres,
-    "bicgstab": solve_bicgstab,
-    "minres": solve_minres,
-    "lu": solve_lu,
-    "cholesky": solve_cholesky,
-    "lstsq": solve_lstsq,
-    "dense": solve_lstsq,
-}
-
-
-def get_solver(name, **options):
-    """The solver called ``name`` (``"cg"``, ``"normal_cg"``, ``"gmres"``, ``"bicgstab"``,
-    ``"minres"``, ``"lu"``, ``"cholesky"``, ``"lstsq"``, ``"dense"`` (= lstsq); a
-    ``"solve_"`` prefix is accepted). A callable is returned as is. Keyword ``options``
-    are bound with :func:`functools.partial`, e.g. ``get_solver("cg", tol=1e-8)``."""
-    if callable(name):
-        fn = name
-    else:
-        key = str(name).lower().replace("-", "_")
-        if key.startswith("solve_"):
-            key = key[len("solve_"):]
-        if key not in _SOLVERS:
-            raise ValueError(f"unknown linear solver {name!r}; choose one of "
-                             f"{sorted(_SOLVERS)}")
-        fn = _SOLVERS[key]
-    return functools.partial(fn, **options) if options else fn

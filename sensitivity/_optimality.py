@@ -16,7 +16,7 @@ projected gradient fixed point         :func:`make_projected_gradient_fixed_poin
 mirror descent fixed point             :func:`make_mirror_descent_fixed_point`     fixed point
 Newton fixed point                     :func:`make_newton_fixed_point`             fixed point
 block proximal gradient fixed point    :func:`make_block_proximal_gradient_fixed_point` fixed point
-conic program residual map             :func:`make_conic_residual_map`             root
+conic program residual map             :func:`sensitivity.make_conic_residual_map` root
 =====================================  ==========================================  ==========
 
 The fixed points of the gradient-type maps do not depend on the step size ``eta > 0``; it is a
@@ -29,17 +29,13 @@ F. Pedregosa, J.-P. Vert, "Efficient and Modular Implicit Differentiation", Neur
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from ._projection import (
-    _projection_psd_cone_svec,
-    projection_non_negative,
-    projection_second_order_cone,
-)
+from .tree_util import tree_add_scalar_mul
 
 __all__ = [
     "KKTSolution",
@@ -51,17 +47,7 @@ __all__ = [
     "make_mirror_descent_fixed_point",
     "make_newton_fixed_point",
     "make_block_proximal_gradient_fixed_point",
-    "ConeSpec",
-    "make_cone_projection",
-    "make_conic_residual_map",
-    "conic_embed",
-    "conic_recover",
 ]
-
-
-def _tree_axpy(alpha, x, y):
-    """``alpha * x + y`` on pytrees."""
-    return jax.tree.map(lambda u, v: alpha * u + v, x, y)
 
 
 # --------------------------------------------------------------------------- stationarity
@@ -99,7 +85,7 @@ def make_gradient_descent_fixed_point(fun: Callable, step_size: float = 1.0) -> 
     grad_fun = jax.grad(fun)
 
     def fixed_point_fun(x, *args, **kwargs):
-        return _tree_axpy(-step_size, grad_fun(x, *args, **kwargs), x)
+        return tree_add_scalar_mul(x, -step_size, grad_fun(x, *args, **kwargs))
 
     return fixed_point_fun
 
@@ -192,7 +178,7 @@ def make_proximal_gradient_fixed_point(
     grad_fun = jax.grad(fun)
 
     def fixed_point_fun(x, hyperparams_prox, *args, **kwargs):
-        y = _tree_axpy(-step_size, grad_fun(x, *args, **kwargs), x)
+        y = tree_add_scalar_mul(x, -step_size, grad_fun(x, *args, **kwargs))
         return prox(y, hyperparams_prox, step_size)
 
     return fixed_point_fun
@@ -216,7 +202,7 @@ def make_projected_gradient_fixed_point(
     grad_fun = jax.grad(fun)
 
     def fixed_point_fun(x, hyperparams_proj, *args, **kwargs):
-        y = _tree_axpy(-step_size, grad_fun(x, *args, **kwargs), x)
+        y = tree_add_scalar_mul(x, -step_size, grad_fun(x, *args, **kwargs))
         return projection(y, hyperparams_proj)
 
     return fixed_point_fun
@@ -253,7 +239,7 @@ def make_mirror_descent_fixed_point(
     grad_fun = jax.grad(fun)
 
     def fixed_point_fun(x, hyperparams_proj, *args, **kwargs):
-        y = _tree_axpy(-step_size, grad_fun(x, *args, **kwargs), mapping_fun(x))
+        y = tree_add_scalar_mul(mapping_fun(x), -step_size, grad_fun(x, *args, **kwargs))
         return projection_bregman(y, hyperparams_proj)
 
     return fixed_point_fun
@@ -296,7 +282,7 @@ def make_newton_fixed_point(fun: Callable, hessian_solve: Callable | None = None
             step = _hessian_solve(fun, x, g, args, kwargs)
         else:
             step = hessian_solve(x, g, *args, **kwargs)
-        return _tree_axpy(-1.0, step, x)
+        return tree_add_scalar_mul(x, -1.0, step)
 
     return fixed_point_fun
 
@@ -329,7 +315,7 @@ def make_block_proximal_gradient_fixed_point(
         if isinstance(x, (tuple, list)):
             steps = jnp.broadcast_to(jnp.asarray(step_size), (len(x),))
             return type(x)(
-                block_prox(_tree_axpy(-steps[j], g[j], x[j]), hyperparams_prox, steps[j])
+                block_prox(tree_add_scalar_mul(x[j], -steps[j], g[j]), hyperparams_prox, steps[j])
                 for j in range(len(x))
             )
         steps = jnp.broadcast_to(jnp.asarray(step_size, dtype=x.dtype), (x.shape[0],))
@@ -337,163 +323,3 @@ def make_block_proximal_gradient_fixed_point(
         return jax.vmap(block_prox, in_axes=(0, None, 0))(y, hyperparams_prox, steps)
 
     return fixed_point_fun
-
-
-# --------------------------------------------------------------------------- conic programs
-
-
-class ConeSpec(NamedTuple):
-    """A product cone ``K``, in the SCS order: zero cone, orthant, second-order cones, PSD.
-
-    Attributes:
-      zero: dimension of the zero cone ``{0}`` (equality constraints); its dual is free.
-      nonneg: dimension of the non-negative orthant.
-      soc: dimensions ``1 + k`` of each second-order cone ``{(t, z) : ||z|| <= t}``.
-      psd: matrix sizes ``n`` of each PSD cone, each taking ``n (n + 1) / 2`` entries in
-        :func:`sensitivity.svec` form.
-    """
-
-    zero: int = 0
-    nonneg: int = 0
-    soc: Sequence[int] = ()
-    psd: Sequence[int] = ()
-
-    @property
-    def dim(self) -> int:
-        return self.zero + self.nonneg + sum(self.soc) + sum(n * (n + 1) // 2 for n in self.psd)
-
-
-def _as_cone_spec(cones: ConeSpec | Mapping[str, Any]) -> ConeSpec:
-    if isinstance(cones, ConeSpec):
-        return cones
-    if isinstance(cones, Mapping):
-        aliases = {"z": "zero", "f": "zero", "l": "nonneg", "q": "soc", "s": "psd"}
-        fields = {}
-        for key, value in cones.items():
-            name = aliases.get(key, key)
-            if name not in ConeSpec._fields:
-                raise ValueError(
-                    f"unknown cone {key!r}: expected one of zero/z, nonneg/l, soc/q, psd/s"
-                )
-            fields[name] = tuple(value) if name in ("soc", "psd") else int(value)
-        return ConeSpec(**fields)
-    raise TypeError(
-        f"cones must be a ConeSpec or a dict like {{'z': 1, 'l': 3}}, got {type(cones).__name__}"
-    )
-
-
-def make_cone_projection(cones: ConeSpec | Mapping[str, Any], dual: bool = False) -> Callable:
-    """Projection onto the product cone ``K`` (or its dual ``K*``), for vectors in SCS order.
-
-    The orthant, second-order and PSD cones are self-dual; the zero cone's dual is the whole
-    space (so ``dual=True`` leaves those entries unchanged).
-
-    Args:
-      cones: a :class:`ConeSpec` or an SCS-style dict (``{"z": 1, "l": 3, "q": [3], "s": [2]}``).
-      dual: project onto ``K*`` instead of ``K``.
-
-    Returns:
-      ``projection(v)`` for ``v`` of shape ``(cones.dim,)``.
-    """
-    spec = _as_cone_spec(cones)
-
-    def projection(v):
-        if v.shape != (spec.dim,):
-            raise ValueError(
-                f"cone projection: expected a vector of shape ({spec.dim},), got {v.shape}"
-            )
-        pieces = []
-        start = 0
-        block = v[start : start + spec.zero]
-        pieces.append(block if dual else jnp.zeros_like(block))
-        start += spec.zero
-        pieces.append(projection_non_negative(v[start : start + spec.nonneg]))
-        start += spec.nonneg
-        for k in spec.soc:
-            pieces.append(projection_second_order_cone(v[start : start + k]))
-            start += k
-        for n in spec.psd:
-            size = n * (n + 1) // 2
-            pieces.append(_projection_psd_cone_svec(v[start : start + size]))
-            start += size
-        return jnp.concatenate(pieces)
-
-    return projection
-
-
-def make_conic_residual_map(cones: ConeSpec | Mapping[str, Any]) -> Callable:
-    r"""Residual map of the homogeneous self-dual embedding of a conic program.
-
-    Primal ``min c^T x s.t. A x + s = b, s in K``; dual ``max -b^T y s.t. A^T y + c = 0,
-    y in K*``. With ``Q = [[0, A^T, c], [-A, 0, b], [-c^T, -b^T, 0]]`` and ``Pi`` the projection
-    onto ``C = R^n x K* x R_+``, the residual map (Busseti, Moursi & Boyd 2019) is
-
-        N(z, c, A, b) = ((Q - I) Pi + I)(z),          z = (z_x, z_y, z_tau) in R^{n + m + 1}.
-
-    Its roots with ``z_tau > 0`` are the primal-dual solutions:
-    ``u = Pi(z) = (x, y, 1) tau``, ``v = Pi(z) - z = (0, s, 0) tau`` (see :func:`conic_embed`,
-    :func:`conic_recover`). ``N`` is positively homogeneous of degree 1, so its Jacobian in
-    ``z`` is singular along ``z`` itself; the system of implicit differentiation is nonetheless
-    consistent and the derivatives of ``(x, y, s)`` (ratios to ``tau``) are unique: use a
-    minimum-norm solve (``solve_lstsq``) with :func:`sensitivity.custom_root`, as
-    :func:`sensitivity.solve_conic` does.
-
-    Args:
-      cones: a :class:`ConeSpec` or an SCS-style dict.
-
-    Returns:
-      ``N(z, c, A, b)`` with ``c`` of shape ``(n,)``, ``A`` of shape ``(m, n)``, ``b`` of shape
-      ``(m,)``, returning a vector of shape ``(n + m + 1,)``.
-    """
-    spec = _as_cone_spec(cones)
-    project_dual = make_cone_projection(spec, dual=True)
-
-    def residual_map(z, c, A, b):
-        n = c.shape[0]
-        u = _project_embedding(z, n, project_dual)
-        ux, uy, utau = u[:n], u[n:-1], u[-1]
-        qu = jnp.concatenate(
-            [A.T @ uy + c * utau, -A @ ux + b * utau, jnp.reshape(-c @ ux - b @ uy, (1,))]
-        )
-        return qu - u + z
-
-    return residual_map
-
-
-def _project_embedding(z, n, project_dual):
-    """``Pi_C(z)`` with ``C = R^n x K* x R_+``."""
-    return jnp.concatenate([z[:n], project_dual(z[n:-1]), projection_non_negative(z[-1:])])
-
-
-def conic_embed(x: jax.Array, y: jax.Array, s: jax.Array) -> jax.Array:
-    """The root ``z = (x, y - s, 1)`` of :func:`make_conic_residual_map` for a solution.
-
-    Args:
-      x: primal solution, shape ``(n,)``.
-      y: dual solution in ``K*``, shape ``(m,)``.
-      s: primal slack in ``K``, shape ``(m,)``, with ``y^T s = 0``.
-
-    Returns:
-      ``z`` of shape ``(n + m + 1,)``.
-    """
-    return jnp.concatenate([x, y - s, jnp.ones((1,), x.dtype)])
-
-
-def conic_recover(z: jax.Array, n: int, cones: ConeSpec | Mapping[str, Any]) -> tuple:
-    """Primal-dual solution ``(x, y, s)`` from a root ``z`` of the residual map (``z_tau > 0``).
-
-    ``u = Pi(z)``, ``v = u - z``, and ``(x, y, s) = (u_x, u_y, v_y) / u_tau``. Differentiable,
-    so it can follow a solver decorated with the residual map.
-
-    Args:
-      z: root, shape ``(n + m + 1,)``.
-      n: number of primal variables.
-      cones: the cone of the problem.
-
-    Returns:
-      ``(x, y, s)``.
-    """
-    u = _project_embedding(z, n, make_cone_projection(cones, dual=True))
-    v = u - z
-    tau = u[-1]
-    return u[:n] / tau, u[n:-1] / tau, v[n:-1] / tau

@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from ._krylov import solve_gmres
+
 __all__ = ["JacobianErrorEstimate", "jacobian_error_estimate"]
 
 
@@ -67,22 +69,14 @@ class JacobianErrorEstimate(NamedTuple):
     @property
     def relative_error_estimate(self) -> jax.Array:
         """``error_estimate / ‖J(x̂)‖``."""
-        return self.error_estimate / jnp.maximum(self.jacobian_norm, jnp.finfo(self.jacobian_norm.dtype).tiny)
+        tiny = jnp.finfo(self.jacobian_norm.dtype).tiny
+        return self.error_estimate / jnp.maximum(self.jacobian_norm, tiny)
 
 
 @functools.lru_cache(maxsize=None)
 def _default_solve():
-    try:
-        from functools import partial
-
-        from sensitivity._linear_solve import solve_gmres
-
-        return partial(solve_gmres, tol=1e-12, on_failure="warn")
-    except ImportError:  # pragma: no cover - the linear solvers ship with the package
-        def solve(matvec, b):
-            return jax.scipy.sparse.linalg.gmres(matvec, b, tol=1e-12, solve_method="batched")[0]
-
-        return solve
+    # one object for every call: it is a static argument of the jitted estimate
+    return functools.partial(solve_gmres, tol=1e-12, on_failure="warn")
 
 
 def jacobian_error_estimate(
@@ -157,11 +151,13 @@ def jacobian_error_estimate(
         method = "dense" if n <= dense_max else "iterative"
     if method == "iterative" and solve is None:
         solve = _default_solve()
-    return _estimate(optimality_fun, argnums_t, method, solve, power_iterations, seed, sol_hat, args, v_flat)
+    return _estimate(optimality_fun, argnums_t, method, solve, power_iterations, seed, sol_hat,
+                     args, v_flat)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
-def _estimate(optimality_fun, argnums_t, method, solve, power_iterations, seed, sol_hat, args, v_flat):
+def _estimate(optimality_fun, argnums_t, method, solve, power_iterations, seed, sol_hat, args,
+              v_flat):
     theta = tuple(args[i] for i in argnums_t)
     x_flat, unravel_x = ravel_pytree(sol_hat)
     t_flat, unravel_t = ravel_pytree(theta)

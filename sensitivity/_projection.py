@@ -29,6 +29,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from .tree_util import tree_l2_norm, tree_vdot
+
 __all__ = [
     "projection_non_negative",
     "projection_box",
@@ -41,18 +43,14 @@ __all__ = [
     "projection_hyperplane",
     "projection_halfspace",
     "projection_affine_set",
-    "projection_polyhedron",
-    "projection_box_section",
+    "projection_l1_sphere",
+    "projection_sparse_simplex",
     "projection_second_order_cone",
     "projection_psd_cone",
     "kl_projection_simplex",
     "svec",
     "smat",
 ]
-
-
-def _tree_sq_norm(x: Any) -> jax.Array:
-    return sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(x))
 
 
 def _clamp(x, lower, upper):
@@ -244,7 +242,7 @@ def projection_l2_ball(x: Any, max_value: float = 1.0) -> Any:
       A pytree like ``x``.
     """
     max_value = 1.0 if max_value is None else max_value
-    sq_norm = _tree_sq_norm(x)
+    sq_norm = tree_l2_norm(x, squared=True)
     outside = sq_norm >= max_value**2
     safe_norm = jnp.sqrt(jnp.where(outside & (sq_norm > 0), sq_norm, 1.0))
     factor = jnp.where(outside & (sq_norm > 0), max_value / safe_norm, 1.0)
@@ -266,7 +264,7 @@ def projection_l2_sphere(x: Any, value: float = 1.0) -> Any:
       A pytree like ``x``.
     """
     value = 1.0 if value is None else value
-    sq_norm = _tree_sq_norm(x)
+    sq_norm = tree_l2_norm(x, squared=True)
     nonzero = sq_norm > 0
     factor = jnp.where(nonzero, value / jnp.sqrt(jnp.where(nonzero, sq_norm, 1.0)), 0.0)
     leaves, treedef = jax.tree.flatten(x)
@@ -276,11 +274,6 @@ def projection_l2_sphere(x: Any, value: float = 1.0) -> Any:
 
 
 # --------------------------------------------------------------------------- affine sets
-
-
-def _tree_vdot(a: Any, b: Any) -> jax.Array:
-    return sum(jnp.vdot(jnp.asarray(u), jnp.asarray(v)) for u, v in
-               zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def projection_hyperplane(x: Any, hyperparams: tuple[Any, Any]) -> Any:
@@ -297,7 +290,7 @@ def projection_hyperplane(x: Any, hyperparams: tuple[Any, Any]) -> Any:
       A pytree like ``x``.
     """
     a, b = hyperparams
-    step = (_tree_vdot(a, x) - b) / _tree_vdot(a, a)
+    step = (tree_vdot(a, x) - b) / tree_vdot(a, a)
     return jax.tree.map(lambda u, v: u - step * v, x, a)
 
 
@@ -315,8 +308,8 @@ def projection_halfspace(x: Any, hyperparams: tuple[Any, Any]) -> Any:
       A pytree like ``x``. On the boundary the JVP is the hyperplane projection's.
     """
     a, b = hyperparams
-    violation = _tree_vdot(a, x) - b
-    step = jnp.where(violation >= 0, violation, 0.0) / _tree_vdot(a, a)
+    violation = tree_vdot(a, x) - b
+    step = jnp.where(violation >= 0, violation, 0.0) / tree_vdot(a, a)
     return jax.tree.map(lambda u, v: u - step * v, x, a)
 
 
@@ -335,138 +328,6 @@ def projection_affine_set(x: jax.Array, hyperparams: tuple[jax.Array, jax.Array]
     A, b = hyperparams
     gram = A @ A.T
     return x - A.T @ jnp.linalg.solve(gram, A @ x - b)
-
-
-def projection_polyhedron(
-    x: jax.Array,
-    hyperparams: tuple[jax.Array, jax.Array, jax.Array, jax.Array],
-    check_feasible: bool = False,
-    *,
-    tol: float | None = None,
-    maxiter: int = 100,
-) -> jax.Array:
-    """Projection onto the polyhedron ``{y : A y = b, G y <= h}``.
-
-    Solves the QP ``min 1/2 ||y - x||^2 s.t. A y = b, G y <= h`` with
-    :func:`sensitivity.solve_qp` (primal-dual interior point), whose derivatives come from the
-    implicit function theorem applied to the KKT conditions. Needs a non-empty polyhedron; at a
-    point where the QP has not converged (e.g. an empty polyhedron) the result is NaN, unless
-    ``check_feasible`` asks for an error.
-
-    Args:
-      x: vector of shape ``(n,)``.
-      hyperparams: ``(A, b, G, h)`` with shapes ``(p, n), (p,), (m, n), (m,)``; ``A, b`` may be
-        ``None`` (no equality) and so may ``G, h`` (no inequality).
-      check_feasible: raise ``ValueError`` when the QP does not converge (an empty polyhedron,
-        or too few iterations), as jaxopt does; needs concrete values (not under ``jit``).
-        Default ``False``: NaN, which works under every transformation.
-      tol: interior-point tolerance (default from the dtype and the data's scale, see
-        :func:`sensitivity.solve_qp`).
-      maxiter: interior-point iteration limit.
-
-    Returns:
-      A vector of shape ``(n,)``.
-    """
-    from ._solvers import solve_qp  # local import: _solvers imports this module
-
-    A, b, G, h = hyperparams
-    n = x.shape[0]
-    result = solve_qp(jnp.eye(n, dtype=x.dtype), -x, A, b, G, h, tol=tol, maxiter=maxiter)
-    if check_feasible:
-        _require_concrete(result.converged, "projection_polyhedron")
-        if not bool(result.converged):
-            raise ValueError(
-                f"projection_polyhedron: the QP did not converge in {int(result.iterations)} "
-                f"iterations (KKT error {float(result.error):.1e}): the polyhedron "
-                f"{{A y = b, G y <= h}} is most likely empty; check A, b, G, h, or raise maxiter"
-            )
-    return jnp.where(result.converged, result.params.primal, jnp.nan)
-
-
-def _require_concrete(value, name):
-    if isinstance(value, jax.core.Tracer):
-        raise ValueError(
-            f"{name}(check_feasible=True) needs concrete values to raise; under jit, vmap or "
-            f"autodiff pass check_feasible=False (the result is then NaN where infeasible)"
-        )
-
-
-def _box_section_root(tau, x, alpha, beta, w, c):
-    return jnp.vdot(w, jnp.clip(x - tau * w, alpha, beta)) - c
-
-
-def projection_box_section(
-    x: jax.Array,
-    hyperparams: tuple[Any, Any, jax.Array, Any],
-    check_feasible: bool = False,
-    *,
-    tol: float = 1e-12,
-    maxiter: int = 200,
-) -> jax.Array:
-    """Projection onto the box section ``{y : alpha <= y <= beta, <w, y> = c}``, ``w > 0``.
-
-    The solution is ``clip(x - tau w, alpha, beta)`` with ``tau`` the root of the decreasing
-    scalar function ``<w, clip(x - tau w, alpha, beta)> - c``, found by bisection; its
-    derivatives come from the implicit function theorem (``custom_root``) on that scalar
-    equation. Needs ``<w, alpha> <= c <= <w, beta>`` (non-empty set).
-
-    Args:
-      x: vector of shape ``(n,)``.
-      hyperparams: ``(alpha, beta, w, c)``; ``alpha, beta`` scalars or ``(n,)``, ``w`` of shape
-        ``(n,)`` with positive entries, ``c`` a scalar.
-      check_feasible: raise ``ValueError`` unless ``<w, alpha> <= c <= <w, beta>`` (needs
-        concrete values, as in jaxopt).
-      tol: bisection tolerance on ``tau`` (relative to the initial bracket).
-      maxiter: bisection iterations (each halves the bracket).
-
-    Returns:
-      A vector of shape ``(n,)``.
-    """
-    from ._implicit_diff import custom_root
-    from ._linear_solve import solve_lu
-
-    alpha, beta, w, c = hyperparams
-    alpha = jnp.broadcast_to(jnp.asarray(alpha, x.dtype), x.shape)
-    beta = jnp.broadcast_to(jnp.asarray(beta, x.dtype), x.shape)
-    if check_feasible:
-        low, high = jnp.vdot(w, alpha), jnp.vdot(w, beta)
-        _require_concrete(low - high + c, "projection_box_section")
-        if not float(low) <= float(c):
-            raise ValueError(f"projection_box_section: the set is empty, <w, alpha> = "
-                             f"{float(low):.6g} > c = {float(c):.6g}; lower alpha or raise c")
-        if not float(high) >= float(c):
-            raise ValueError(f"projection_box_section: the set is empty, <w, beta> = "
-                             f"{float(high):.6g} < c = {float(c):.6g}; raise beta or lower c")
-
-    @custom_root(_box_section_root, solve=solve_lu)
-    def solve_tau(tau_init, x, alpha, beta, w, c):
-        del tau_init
-        # tau brackets: at tau_low every y_i = beta_i, at tau_high every y_i = alpha_i.
-        tau_low = jnp.min((x - beta) / w)
-        tau_high = jnp.max((x - alpha) / w)
-        width = tau_high - tau_low
-
-        def body(state):
-            lo, hi, it = state
-            mid = 0.5 * (lo + hi)
-            positive = _box_section_root(mid, x, alpha, beta, w, c) > 0
-            return jnp.where(positive, mid, lo), jnp.where(positive, hi, mid), it + 1
-
-        def cond(state):
-            lo, hi, it = state
-            return (hi - lo > tol * jnp.maximum(width, 1.0)) & (it < maxiter)
-
-        lo, hi, _ = jax.lax.while_loop(cond, body, (tau_low, tau_high, 0))
-        # The root function is piecewise linear: once the bracket holds no breakpoint, the
-        # secant through its ends is exact (and otherwise stays inside the bracket).
-        f_lo = _box_section_root(lo, x, alpha, beta, w, c)
-        f_hi = _box_section_root(hi, x, alpha, beta, w, c)
-        denom = f_lo - f_hi
-        secant = lo + f_lo * (hi - lo) / jnp.where(denom > 0, denom, 1.0)
-        return jnp.where(denom > 0, jnp.clip(secant, lo, hi), 0.5 * (lo + hi))
-
-    tau = solve_tau(jnp.zeros((), x.dtype), x, alpha, beta, w, c)
-    return jnp.clip(x - tau * w, alpha, beta)
 
 
 # --------------------------------------------------------------------------- cones
@@ -583,3 +444,55 @@ def smat(v: jax.Array) -> jax.Array:
 
 def _projection_psd_cone_svec(v: jax.Array) -> jax.Array:
     return svec(projection_psd_cone(smat(v)))
+
+
+# ------------------------------------------------------------- l1 sphere, sparse simplex
+
+
+def projection_l1_sphere(x: jax.Array, value: float = 1.0) -> jax.Array:
+    """Projection onto the l1 sphere ``{y : ||y||_1 = value}``.
+
+    ``s * projection_simplex(|x|, value)`` with ``s_i = sign(x_i)`` and ``s_i = +1`` where
+    ``x_i = 0`` (either sign is a nearest point there; ``+1`` keeps the result on the sphere,
+    e.g. ``x = 0`` gives the uniform vector ``value / n``, a nearest point).
+
+    Args:
+      x: array to project (the whole array).
+      value: radius (``None`` means 1).
+
+    Returns:
+      An array like ``x``.
+    """
+    x = jnp.asarray(x)
+    value = 1.0 if value is None else value
+    signs = jnp.where(x >= 0, 1.0, -1.0).astype(x.dtype)
+    return signs * projection_simplex(jnp.abs(x), value)
+
+
+def projection_sparse_simplex(
+    x: jax.Array, max_nz: int, use_approx_max_nz: bool = False, value: float = 1.0
+) -> jax.Array:
+    """Projection onto the simplex with at most ``max_nz`` non-zero entries.
+
+    ``argmin ||p - x||^2 s.t. p >= 0, sum(p) = value, ||p||_0 <= max_nz``. Keeping the
+    ``max_nz`` largest entries and projecting them onto the simplex is exact (Kyrillidis
+    et al. 2013, greedy selector and simplex projector).
+
+    Args:
+      x: vector of shape ``(n,)``.
+      max_nz: the largest number of non-zero entries (a Python int).
+      use_approx_max_nz: pick the largest entries with :func:`jax.lax.approx_max_k`
+        (faster on TPU, approximate).
+      value: total mass (``None`` means 1).
+
+    Returns:
+      A vector like ``x``. Derivatives are those of the simplex projection of the kept
+      entries (zero for the others).
+    """
+    x = jnp.asarray(x)
+    value = 1.0 if value is None else value
+    if use_approx_max_nz:
+        top, idx = jax.lax.approx_max_k(x, max_nz)
+    else:
+        top, idx = jax.lax.top_k(x, max_nz)
+    return jnp.zeros_like(x).at[idx].set(projection_simplex(top, value))

@@ -29,6 +29,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from .tree_util import tree_l2_norm
+
 __all__ = [
     "prox_none",
     "prox_lasso",
@@ -51,10 +53,6 @@ def _map_with_hyperparams(fn: Callable, x: Any, hyperparams: Any) -> Any:
 def _soft_threshold(x, threshold):
     # where-based so that the derivative at |x| == threshold is the zero branch's.
     return jnp.where(jnp.abs(x) > threshold, x - jnp.sign(x) * threshold, 0.0)
-
-
-def _tree_l2_norm_squared(x) -> jax.Array:
-    return sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(x))
 
 
 def prox_none(x: Any, hyperparams: Any = None, scaling: float = 1.0) -> Any:
@@ -162,7 +160,7 @@ def prox_group_lasso(x: Any, l2reg: Any = 1.0, scaling: float = 1.0) -> Any:
       and so is the JVP; no NaN is produced.
     """
     l2reg = 1.0 if l2reg is None else l2reg
-    sq_norm = _tree_l2_norm_squared(x)
+    sq_norm = tree_l2_norm(x, squared=True)
     active = sq_norm > (scaling * l2reg) ** 2
     # Double-where: the norm is never evaluated at 0 on the branch that is differentiated.
     safe_norm = jnp.sqrt(jnp.where(active, sq_norm, 1.0))

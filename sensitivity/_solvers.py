@@ -1,4 +1,6 @@
-"""Small JAX solvers for the catalog of optimality conditions, with implicit differentiation.
+"""First-order solvers (and Newton) for the catalog of optimality conditions, with implicit
+differentiation; the QP and conic solvers are in :mod:`sensitivity._qp` and
+:mod:`sensitivity._conic`, the loop they all share in :mod:`sensitivity._solver_loop`.
 
 Each solver runs its iterations in a ``jax.lax.while_loop`` (stopping at ``tol`` or
 ``maxiter``) and returns a :class:`SolverResult` ``(params, iterations, error, converged)``.
@@ -30,23 +32,16 @@ scipy_minimize    stationarity ``grad f = 0``                    CG
 
 from __future__ import annotations
 
-import functools
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from ._krylov import solve_cg
 from ._optimality import (
-    KKTSolution,
-    _as_cone_spec,
-    _project_embedding,
-    conic_recover,
     make_block_proximal_gradient_fixed_point,
-    make_cone_projection,
-    make_conic_residual_map,
-    make_kkt_optimality_fun,
     make_mirror_descent_fixed_point,
     make_newton_fixed_point,
     make_projected_gradient_fixed_point,
@@ -54,131 +49,18 @@ from ._optimality import (
     make_stationary_condition,
 )
 from ._prox import make_prox_from_projection
+from ._solver_loop import SolverResult, _check_unroll, _decorate, _iterate, _result
+from .tree_util import tree_add_scalar_mul, tree_l2_norm, tree_sub, tree_vdot
 
 __all__ = [
-    "SolverResult",
     "gradient_descent",
     "proximal_gradient",
     "projected_gradient",
     "mirror_descent",
     "block_coordinate_descent",
     "newton",
-    "solve_qp",
-    "solve_conic",
-    "ConicSolution",
     "scipy_minimize",
 ]
-
-
-class SolverResult(NamedTuple):
-    """What a solver returns (a pytree: it passes through ``jit`` and ``vmap``).
-
-    Attributes:
-      params: the solution (differentiable, implicitly or by unrolling).
-      iterations: number of iterations run.
-      error: the stopping criterion at ``params`` (see each solver).
-      converged: ``error <= tol``.
-    """
-
-    params: Any
-    iterations: jax.Array
-    error: jax.Array
-    converged: jax.Array
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _tree_norm(x) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(leaf**2) for leaf in jax.tree.leaves(x)))
-
-
-def _tree_sub(a, b):
-    return jax.tree.map(jnp.subtract, a, b)
-
-
-def _tree_axpy(alpha, x, y):
-    return jax.tree.map(lambda u, v: alpha * u + v, x, y)
-
-
-def _tree_vdot(a, b):
-    return sum(jnp.vdot(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
-def _iterate(update: Callable, carry: Any, tol: float, maxiter: int, unroll: bool):
-    """Runs ``carry, error = update(carry)`` until ``error <= tol`` or ``maxiter`` iterations.
-
-    Returns ``(carry, error, iterations)``. With ``unroll`` a ``scan`` of ``maxiter`` steps
-    whose updates are frozen once converged (reverse-differentiable, memory O(maxiter)).
-    The error is a stopping criterion, not differentiated: a norm at exact convergence would
-    otherwise send ``0 * inf = NaN`` into the unrolled derivative.
-    """
-    error0 = jnp.asarray(jnp.inf)
-    inner = update
-
-    def update(carry):
-        carry, error = inner(carry)
-        return carry, jax.lax.stop_gradient(error)
-
-    if not unroll:
-
-        def cond(state):
-            _, error, it = state
-            return (error > tol) & (it < maxiter)
-
-        def body(state):
-            c, _, it = state
-            c, error = update(c)
-            return c, jnp.asarray(error, error0.dtype), it + 1
-
-        return jax.lax.while_loop(cond, body, (carry, error0, jnp.asarray(0)))
-
-    def step(state, _):
-        c, error, it = state
-        done = error <= tol
-        new_c, new_error = update(c)
-        c = jax.tree.map(lambda old, new: jnp.where(done, old, new), c, new_c)
-        error = jnp.where(done, error, jnp.asarray(new_error, error0.dtype))
-        return (c, error, it + jnp.where(done, 0, 1)), None
-
-    state, _ = jax.lax.scan(step, (carry, error0, jnp.asarray(0)), None, length=maxiter)
-    return state
-
-
-def _finish(
-    run: Callable,
-    optimality_fun: Callable | None,
-    fixed_point: bool,
-    implicit_diff: bool,
-    solve: Callable | None,
-    symmetric: bool = False,
-):
-    """Decorates ``run(init, *args) -> (params, (iterations, error))`` for implicit diff."""
-    if implicit_diff:
-        from ._implicit_diff import custom_fixed_point, custom_root
-
-        if fixed_point:
-            run = custom_fixed_point(optimality_fun, has_aux=True, solve=solve)(run)
-        else:
-            run = custom_root(optimality_fun, has_aux=True, solve=solve, symmetric=symmetric)(run)
-    return run
-
-
-def _result(out, tol) -> SolverResult:
-    params, (iterations, error) = out
-    return SolverResult(params, iterations, error, error <= tol)
-
-
-def _check_unroll(implicit_diff: bool, unroll: bool, step_size) -> None:
-    if implicit_diff and unroll:
-        raise ValueError(
-            "implicit_diff=True and unroll=True are exclusive: pick one way to differentiate"
-        )
-    if unroll and step_size is None:
-        raise ValueError(
-            "unroll=True needs a fixed step_size (the backtracking line search is a while_loop, "
-            "which reverse mode cannot unroll)"
-        )
 
 
 def _precision_slack(value):
@@ -192,20 +74,14 @@ def _initial_step(grad_fun: Callable, x, grad):
     The secant underestimates ``L``, so the step errs on the long side and backtracking
     shrinks it. Returns 1 when the gradient vanishes or the estimate is degenerate.
     """
-    norm = _tree_norm(grad)
+    norm = tree_l2_norm(grad)
     t = 1e-4 / jnp.where(norm > 0, norm, 1.0)
-    x_probe = _tree_axpy(-t, grad, x)
-    lipschitz = _tree_norm(_tree_sub(grad_fun(x_probe), grad)) / (
+    x_probe = tree_add_scalar_mul(x, -t, grad)
+    lipschitz = tree_l2_norm(tree_sub(grad_fun(x_probe), grad)) / (
         t * jnp.where(norm > 0, norm, 1.0)
     )
     ok = (norm > 0) & (lipschitz > 0) & jnp.isfinite(lipschitz)
     return jnp.where(ok, 1.0 / jnp.where(ok, lipschitz, 1.0), 1.0).astype(norm.dtype)
-
-
-def _default_solve(name: str):
-    from . import _linear_solve
-
-    return getattr(_linear_solve, name)
 
 
 # --------------------------------------------------------------------------- gradient descent
@@ -257,7 +133,7 @@ def gradient_descent(
 
         def update(carry):
             x, value, grad, eta = carry
-            sq = _tree_vdot(grad, grad)
+            sq = tree_vdot(grad, grad)
             if step_size is None:
                 # Armijo, the step never grows (it only shrinks until it is <= ~1/L).
                 slack = _precision_slack(value)
@@ -268,24 +144,25 @@ def gradient_descent(
 
                 def shrink(state):
                     eta = 0.5 * state[0]
-                    x_new = _tree_axpy(-eta, grad, x)
+                    x_new = tree_add_scalar_mul(x, -eta, grad)
                     return eta, fun(x_new, *args), x_new
 
-                x_try = _tree_axpy(-eta, grad, x)
+                x_try = tree_add_scalar_mul(x, -eta, grad)
                 eta, _, x_new = jax.lax.while_loop(
                     armijo_fails, shrink, (eta, fun(x_try, *args), x_try)
                 )
             else:
-                x_new = _tree_axpy(-eta, grad, x)
+                x_new = tree_add_scalar_mul(x, -eta, grad)
             new_value, new_grad = value_and_grad(x_new, *args)
-            return (x_new, new_value, new_grad, eta), _tree_norm(new_grad)
+            return (x_new, new_value, new_grad, eta), tree_l2_norm(new_grad)
 
         carry, error, iterations = _iterate(update, (init, value, grad, eta0), tol, maxiter, unroll)
         return carry[0], (iterations, error)
 
     if solve is None and implicit_diff:
-        solve = _default_solve("solve_cg")
-    run = _finish(run, make_stationary_condition(fun), False, implicit_diff, solve, symmetric=True)
+        solve = solve_cg
+    run = _decorate(run, make_stationary_condition(fun), False, implicit_diff, solve,
+                    symmetric=True)
     return _result(run(init_params, *args), tol)
 
 
@@ -311,7 +188,7 @@ def _proximal_gradient_run(fun, prox, step_size, acceleration, tol, maxiter, unr
             value_y, grad_y = value_and_grad(y, *args)
 
             def candidate(eta):
-                return prox(_tree_axpy(-eta, grad_y, y), hyperparams_prox, eta)
+                return prox(tree_add_scalar_mul(y, -eta, grad_y), hyperparams_prox, eta)
 
             if step_size is None:
                 # Beck & Teboulle backtracking (the step never grows): the quadratic model at
@@ -320,8 +197,8 @@ def _proximal_gradient_run(fun, prox, step_size, acceleration, tol, maxiter, unr
 
                 def model_fails(state):
                     eta, x_new = state
-                    diff = _tree_sub(x_new, y)
-                    model = value_y + _tree_vdot(grad_y, diff) + _tree_vdot(diff, diff) / (2 * eta)
+                    diff = tree_sub(x_new, y)
+                    model = value_y + tree_vdot(grad_y, diff) + tree_vdot(diff, diff) / (2 * eta)
                     return (fun(x_new, *args) > model + slack) & (eta > 1e-20)
 
                 def shrink(state):
@@ -332,15 +209,15 @@ def _proximal_gradient_run(fun, prox, step_size, acceleration, tol, maxiter, unr
             else:
                 x_new = candidate(eta)
             # Gradient mapping norm ||y - x_new|| / eta: zero iff y is a fixed point.
-            error = _tree_norm(_tree_sub(x_new, y)) / eta
+            error = tree_l2_norm(tree_sub(x_new, y)) / eta
             if acceleration:
                 # FISTA momentum with the adaptive restart of O'Donoghue & Candes (2015): reset
                 # when the step goes against the momentum (gives linear rates when f is
                 # strongly convex).
-                restart = _tree_vdot(_tree_sub(y, x_new), _tree_sub(x_new, x)) > 0
+                restart = tree_vdot(tree_sub(y, x_new), tree_sub(x_new, x)) > 0
                 t_new = jnp.where(restart, 1.0, 0.5 * (1.0 + jnp.sqrt(1.0 + 4.0 * t**2)))
                 momentum = jnp.where(restart, 0.0, (t - 1.0) / t_new)
-                y_new = _tree_axpy(momentum, _tree_sub(x_new, x), x_new)
+                y_new = tree_add_scalar_mul(x_new, momentum, tree_sub(x_new, x))
             else:
                 t_new, y_new = t, x_new
             return (x_new, y_new, t_new, eta), error
@@ -393,7 +270,7 @@ def proximal_gradient(
     run = _proximal_gradient_run(fun, prox, step_size, acceleration, tol, maxiter, unroll)
     eta = 1.0 if step_size is None else step_size
     optimality = make_proximal_gradient_fixed_point(fun, prox, eta)
-    run = _finish(run, optimality, True, implicit_diff, solve)
+    run = _decorate(run, optimality, True, implicit_diff, solve)
     return _result(run(init_params, hyperparams_prox, *args), tol)
 
 
@@ -432,7 +309,7 @@ def projected_gradient(
     run = _proximal_gradient_run(fun, prox, step_size, acceleration, tol, maxiter, unroll)
     eta = 1.0 if step_size is None else step_size
     optimality = make_projected_gradient_fixed_point(fun, projection, eta)
-    run = _finish(run, optimality, True, implicit_diff, solve)
+    run = _decorate(run, optimality, True, implicit_diff, solve)
     return _result(run(init_params, hyperparams_proj, *args), tol)
 
 
@@ -487,12 +364,12 @@ def mirror_descent(
     def run(init, hyperparams_proj, *args):
         def update(x):
             x_new = fixed_point_fun(x, hyperparams_proj, *args)
-            return x_new, _tree_norm(_tree_sub(x_new, x)) / step_size
+            return x_new, tree_l2_norm(tree_sub(x_new, x)) / step_size
 
         x, error, iterations = _iterate(update, init, tol, maxiter, unroll)
         return x, (iterations, error)
 
-    run = _finish(run, fixed_point_fun, True, implicit_diff, solve)
+    run = _decorate(run, fixed_point_fun, True, implicit_diff, solve)
     return _result(run(init_params, hyperparams_proj, *args), tol)
 
 
@@ -548,13 +425,13 @@ def block_coordinate_descent(
 
         def update(x):
             x_new = jax.lax.fori_loop(0, n_blocks, block_step, x)
-            return x_new, _tree_norm(x_new - x) / jnp.max(steps)
+            return x_new, tree_l2_norm(x_new - x) / jnp.max(steps)
 
         x, error, iterations = _iterate(update, init, tol, maxiter, unroll)
         return x, (iterations, error)
 
     optimality = make_block_proximal_gradient_fixed_point(fun, block_prox, steps)
-    run = _finish(run, optimality, True, implicit_diff, solve)
+    run = _decorate(run, optimality, True, implicit_diff, solve)
     return _result(run(init_params, hyperparams_prox, *args), tol)
 
 
@@ -637,349 +514,8 @@ def newton(
         carry, error, iterations = _iterate(update, (flat0, value, grad), tol, maxiter, unroll)
         return unravel(carry[0]), (iterations, error)
 
-    run = _finish(run, make_newton_fixed_point(fun), True, implicit_diff, solve)
+    run = _decorate(run, make_newton_fixed_point(fun), True, implicit_diff, solve)
     return _result(run(init_params, *args), tol)
-
-
-# --------------------------------------------------------------------------- quadratic programs
-
-
-def _qp_objective(x, params_obj):
-    Q, c = params_obj
-    return 0.5 * jnp.vdot(x, Q @ x) + jnp.vdot(c, x)
-
-
-def _qp_eq(x, params_eq):
-    A, b = params_eq
-    return A @ x - b
-
-
-def _qp_ineq(x, params_ineq):
-    G, h = params_ineq
-    return G @ x - h
-
-
-_qp_kkt = make_kkt_optimality_fun(_qp_objective, _qp_eq, _qp_ineq)
-
-
-def _vacuous_rows(A):
-    """``diag(1)`` at the all-zero rows of ``A`` (the constraint ``0 = b_i``, vacuous when
-    ``b_i = 0``), ``0`` elsewhere: added to the KKT system's equality-dual block it pins
-    those multipliers to 0 instead of leaving the KKT matrix singular (jaxopt's tests write
-    "no equality" as ``A = [[0, 0]], b = [0]``). Exactly zero for a full-rank ``A``."""
-    return jnp.diag((jnp.max(jnp.abs(A), axis=1, initial=0.0) == 0).astype(A.dtype))
-
-
-def _qp_interior_point(Q, c, A, b, G, h, tol, maxiter):
-    """Mehrotra predictor-corrector primal-dual interior point on the full KKT system."""
-    n, p, m = c.shape[0], b.shape[0], h.shape[0]
-    dtype = c.dtype
-    zeros = functools.partial(jnp.zeros, dtype=dtype)
-    vacuous = _vacuous_rows(A)
-
-    def residuals(x, nu, lam, s):
-        rd = Q @ x + c + A.T @ nu + G.T @ lam
-        rp = A @ x - b
-        ri = G @ x + s - h
-        return rd, rp, ri
-
-    def newton_direction(x, nu, lam, s, rc):
-        rd, rp, ri = residuals(x, nu, lam, s)
-        # Unknowns (dx, dnu, dlam, ds); rows: stationarity, equalities, inequalities, s*lam.
-        kkt = jnp.block(
-            [
-                [Q, A.T, G.T, zeros((n, m))],
-                [A, vacuous, zeros((p, m)), zeros((p, m))],
-                [G, zeros((m, p)), zeros((m, m)), jnp.eye(m, dtype=dtype)],
-                [zeros((m, n)), zeros((m, p)), jnp.diag(s), jnp.diag(lam)],
-            ]
-        )
-        rhs = -jnp.concatenate([rd, rp, ri, rc])
-        d = jnp.linalg.solve(kkt, rhs)
-        return d[:n], d[n : n + p], d[n + p : n + p + m], d[n + p + m :]
-
-    def max_step(v, dv):
-        ratios = jnp.where(dv < 0, -v / jnp.where(dv < 0, dv, -1.0), jnp.inf)
-        return jnp.minimum(1.0, jnp.min(ratios, initial=jnp.inf))
-
-    def error_of(x, nu, lam, s):
-        rd, rp, ri = residuals(x, nu, lam, s)
-        gap = jnp.vdot(s, lam) / m
-        return jnp.max(
-            jnp.stack(
-                [jnp.max(jnp.abs(rd)), jnp.max(jnp.abs(rp), initial=0.0), jnp.max(jnp.abs(ri)), gap]
-            )
-        )
-
-    def update(carry):
-        x, nu, lam, s = carry
-        mu = jnp.vdot(s, lam) / m
-        # Predictor (affine scaling) step.
-        dx, dnu, dlam, ds = newton_direction(x, nu, lam, s, s * lam)
-        alpha = jnp.minimum(max_step(s, ds), max_step(lam, dlam))
-        mu_aff = jnp.vdot(s + alpha * ds, lam + alpha * dlam) / m
-        sigma = (mu_aff / mu) ** 3
-        # Corrector with centering.
-        rc = s * lam + ds * dlam - sigma * mu
-        dx, dnu, dlam, ds = newton_direction(x, nu, lam, s, rc)
-        alpha = 0.99 * jnp.minimum(max_step(s, ds), max_step(lam, dlam))
-        alpha = jnp.minimum(alpha, 1.0)
-        new = (x + alpha * dx, nu + alpha * dnu, lam + alpha * dlam, s + alpha * ds)
-        return new, error_of(*new)
-
-    return update
-
-
-def _qp_polish(Q, c, A, b, G, h, x, nu, lam, s, error):
-    """Solves the KKT system of the active set the interior point identified (OSQP's polish).
-
-    Constraints with ``lam_i > s_i`` are taken as equalities, the others get ``lam_i = 0``;
-    the result is exact (complementarity holds to rounding) and is kept only if it is
-    primal and dual feasible and its KKT error is no worse.
-    """
-    n, p, m = c.shape[0], b.shape[0], h.shape[0]
-    dtype = c.dtype
-    active = (lam > s).astype(dtype)
-    kkt = jnp.block(
-        [
-            [Q, A.T, G.T],
-            [A, _vacuous_rows(A), jnp.zeros((p, m), dtype)],
-            [active[:, None] * G, jnp.zeros((m, p), dtype), jnp.diag(1.0 - active)],
-        ]
-    )
-    d = jnp.linalg.solve(kkt, jnp.concatenate([-c, b, active * h]))
-    x_p, nu_p, lam_p = d[:n], d[n : n + p], d[n + p :]
-    rd = Q @ x_p + c + A.T @ nu_p + G.T @ lam_p
-    error_p = jnp.max(
-        jnp.stack(
-            [
-                jnp.max(jnp.abs(rd)),
-                jnp.max(jnp.abs(A @ x_p - b), initial=0.0),
-                jnp.max(jnp.maximum(G @ x_p - h, 0.0)),
-                jnp.max(jnp.maximum(-lam_p, 0.0)),
-            ]
-        )
-    )
-    keep = jnp.isfinite(error_p) & (error_p <= jnp.maximum(error, 1e3 * jnp.finfo(dtype).eps))
-    pick = lambda new, old: jnp.where(keep, new, old)  # noqa: E731
-    return pick(x_p, x), pick(nu_p, nu), pick(lam_p, lam), pick(error_p, error)
-
-
-def solve_qp(
-    Q: jax.Array,
-    c: jax.Array,
-    A: jax.Array | None = None,
-    b: jax.Array | None = None,
-    G: jax.Array | None = None,
-    h: jax.Array | None = None,
-    *,
-    tol: float | None = None,
-    maxiter: int = 100,
-    polish: bool = True,
-    implicit_diff: bool = True,
-    solve: Callable | None = None,
-) -> SolverResult:
-    r"""Solves the convex QP ``min 1/2 x^T Q x + c^T x  s.t.  A x = b,  G x <= h``.
-
-    Dense primal-dual interior point (Mehrotra predictor-corrector) on the full KKT system, with
-    slacks ``s = h - G x >= 0`` and multipliers ``lam >= 0``; without inequalities, one solve
-    of the KKT system ``[[Q, A^T], [A, 0]]``. ``Q`` must be positive semi-definite and the
-    problem feasible and bounded; ``A`` of full row rank (all-zero rows, ``0 = 0``, are
-    allowed). ``error`` is the largest of the stationarity, equality and inequality
-    residuals (max-norms) and the mean complementarity ``s^T lam / m``. With ``polish`` the
-    interior point's active set is then solved exactly (OSQP's solution polishing): kept when
-    feasible, it makes complementarity exact, which a tight derivative needs.
-
-    Implicit differentiation: :func:`sensitivity.make_kkt_optimality_fun` (stationarity,
-    primal feasibility, complementary slackness) in ``(x, nu, lam)``, with respect to
-    ``Q, c, A, b, G, h``; default linear solve a dense LU (the KKT Jacobian is not symmetric).
-    Valid where strict complementarity holds (no weakly active constraint).
-
-    Args:
-      Q: ``(n, n)`` positive semi-definite.
-      c: ``(n,)``.
-      A, b: equality constraints ``(p, n)``, ``(p,)``, or None.
-      G, h: inequality constraints ``(m, n)``, ``(m,)``, or None.
-      tol: tolerance on ``error`` (absolute). Default: ``max(1e-10, 1000 eps) * max(1, s)``
-        with ``eps`` the dtype's machine epsilon and ``s`` the largest magnitude in
-        ``Q, c, A, b, G, h``: ``1e-10`` for unit-scale float64 data, about ``1.2e-4 s`` in
-        float32, where the KKT residuals cannot go below a few ulps of the data (a fixed
-        ``1e-10`` would never be met and every float32 QP would report failure).
-      maxiter: interior-point iteration limit (each iteration solves the KKT system twice).
-      polish: refine with the KKT system of the identified active set.
-      implicit_diff: decorate with implicit differentiation.
-      solve: linear solver for implicit differentiation (default ``solve_lu``).
-
-    Returns:
-      :class:`SolverResult` whose ``params`` is a :class:`sensitivity.KKTSolution`
-      ``(primal x, dual_eq nu, dual_ineq lam)``; absent constraints give empty arrays.
-    """
-    c = jnp.asarray(c)
-    n = c.shape[0]
-    dtype = jnp.result_type(c.dtype, Q.dtype)
-    if (A is None) != (b is None) or (G is None) != (h is None):
-        raise ValueError("solve_qp: pass A with b and G with h (or neither of a pair)")
-    A = jnp.zeros((0, n), dtype) if A is None else jnp.asarray(A, dtype)
-    b = jnp.zeros((0,), dtype) if b is None else jnp.asarray(b, dtype)
-    G = jnp.zeros((0, n), dtype) if G is None else jnp.asarray(G, dtype)
-    h = jnp.zeros((0,), dtype) if h is None else jnp.asarray(h, dtype)
-    p, m = b.shape[0], h.shape[0]
-    Q = jnp.asarray(Q, dtype)
-    c = c.astype(dtype)
-
-    def tolerance(Q, c, A, b, G, h):
-        if tol is not None:
-            return tol
-        floor = max(1e-10, 1000.0 * float(jnp.finfo(dtype).eps))
-        scale = jnp.max(jnp.stack([jnp.max(jnp.abs(v), initial=0.0) for v in (Q, c, A, b, G, h)]))
-        return floor * jnp.maximum(1.0, jax.lax.stop_gradient(scale))
-
-    def run(init, params_obj, params_eq, params_ineq):
-        del init
-        Q, c = params_obj
-        A, b = params_eq
-        G, h = params_ineq
-        tol_run = tolerance(Q, c, A, b, G, h)
-        if m == 0:
-            kkt = jnp.block([[Q, A.T], [A, _vacuous_rows(A)]])
-            d = jnp.linalg.solve(kkt, jnp.concatenate([-c, b]))
-            sol = KKTSolution(d[:n], d[n:], jnp.zeros((0,), dtype))
-            error = jnp.max(jnp.abs(kkt @ d - jnp.concatenate([-c, b])))
-            return sol, (jnp.asarray(1), error)
-        update = _qp_interior_point(Q, c, A, b, G, h, tol_run, maxiter)
-        start = (jnp.zeros(n, dtype), jnp.zeros(p, dtype), jnp.ones(m, dtype), jnp.ones(m, dtype))
-        (x, nu, lam, s), error, iterations = _iterate(update, start, tol_run, maxiter, False)
-        if polish:
-            x, nu, lam, error = _qp_polish(Q, c, A, b, G, h, x, nu, lam, s, error)
-        return KKTSolution(x, nu, lam), (iterations, error)
-
-    if implicit_diff:
-        if solve is None:
-            solve = _default_solve("solve_lu")
-        run = _finish(run, _qp_kkt, False, True, solve)
-    init = KKTSolution(jnp.zeros(n, dtype), jnp.zeros(p, dtype), jnp.zeros(m, dtype))
-    return _result(run(init, (Q, c), (A, b), (G, h)), tolerance(Q, c, A, b, G, h))
-
-
-# --------------------------------------------------------------------------- conic programs
-
-
-class ConicSolution(NamedTuple):
-    """Primal-dual solution of a conic program (see :func:`solve_conic`)."""
-
-    x: jax.Array
-    y: jax.Array
-    s: jax.Array
-    z: jax.Array  # root of the residual map (x, y - s, 1)
-
-
-def solve_conic(
-    c: jax.Array,
-    A: jax.Array,
-    b: jax.Array,
-    cones: Any,
-    *,
-    tol: float = 1e-9,
-    maxiter: int = 20000,
-    refine_steps: int = 5,
-    implicit_diff: bool = True,
-    solve: Callable | None = None,
-) -> SolverResult:
-    r"""Solves the conic program ``min c^T x s.t. A x + s = b, s in K`` (and its dual).
-
-    SCS's algorithm (O'Donoghue, Chu, Parikh & Boyd 2016), dense: ADMM on the homogeneous
-    self-dual embedding ``Q u = v, u in R^n x K* x R_+, v in {0}^n x K x R_+``, followed by
-    ``refine_steps`` Newton steps on the residual map (solution refinement, Busseti, Moursi &
-    Boyd 2019). Small dense problems only. ``error`` is the largest of the relative primal
-    residual ``||A x + s - b||``, dual residual ``||A^T y + c||`` and duality gap
-    ``|c^T x + b^T y|``; an infeasible or unbounded problem does not converge.
-
-    Implicit differentiation: :func:`sensitivity.make_conic_residual_map` (root ``z``), with a
-    minimum-norm least-squares solve (the residual map is homogeneous, so its Jacobian has
-    ``z`` in its null space; the derivatives of ``x, y, s`` are unique). Needs a unique,
-    strictly complementary solution.
-
-    Args:
-      c: ``(n,)`` cost.
-      A: ``(m, n)`` constraint matrix.
-      b: ``(m,)``.
-      cones: :class:`sensitivity.ConeSpec` or SCS-style dict, of total dimension ``m``.
-      tol: tolerance on ``error``.
-      maxiter: ADMM iteration limit.
-      refine_steps: Newton refinement steps on the residual map.
-      implicit_diff: decorate with implicit differentiation.
-      solve: linear solver for implicit differentiation (default ``solve_lstsq``).
-
-    Returns:
-      :class:`SolverResult` whose ``params`` is a :class:`ConicSolution` ``(x, y, s, z)``.
-    """
-    spec = _as_cone_spec(cones)
-    n, m = c.shape[0], b.shape[0]
-    if A.shape != (m, n) or spec.dim != m:
-        raise ValueError(
-            f"solve_conic: A has shape {A.shape}, c {c.shape}, b {b.shape} and the cones have "
-            f"dimension {spec.dim}; need A of shape (m, n) = ({m}, {n}) and cone dimension m"
-        )
-    residual_map = make_conic_residual_map(spec)
-    project_dual = make_cone_projection(spec, dual=True)
-
-    def errors(z, c, A, b):
-        x, y, s = conic_recover(z, n, spec)
-        primal = jnp.linalg.norm(A @ x + s - b) / (1.0 + jnp.linalg.norm(b))
-        dual = jnp.linalg.norm(A.T @ y + c) / (1.0 + jnp.linalg.norm(c))
-        gap = jnp.abs(c @ x + b @ y) / (1.0 + jnp.abs(c @ x) + jnp.abs(b @ y))
-        return jnp.max(jnp.stack([primal, dual, gap]))
-
-    def run(init, c, A, b):
-        del init
-        size = n + m + 1
-        Qmat = jnp.block(
-            [
-                [jnp.zeros((n, n)), A.T, c[:, None]],
-                [-A, jnp.zeros((m, m)), b[:, None]],
-                [-c[None, :], -b[None, :], jnp.zeros((1, 1))],
-            ]
-        )
-        lu = jax.scipy.linalg.lu_factor(jnp.eye(size) + Qmat)
-        u0 = jnp.zeros(size).at[-1].set(1.0)
-        v0 = jnp.zeros(size).at[-1].set(1.0)
-
-        def update(carry):
-            u, v, it = carry
-            u_tilde = jax.scipy.linalg.lu_solve(lu, u + v)
-            u_new = _project_embedding(u_tilde - v, n, project_dual)
-            v_new = v - u_tilde + u_new
-            tau = u_new[-1]
-            z = (u_new - v_new) / jnp.where(tau > 0, tau, 1.0)
-            # Checking the residuals costs as much as an iteration: do it every 10th. While
-            # tau = 0 the iterate is no solution (it may become a certificate of infeasibility).
-            error = jnp.where((it % 10 == 9) & (tau > 0), errors(z, c, A, b), jnp.inf)
-            return (u_new, v_new, it + 1), error
-
-        (u, v, _), _, iterations = _iterate(update, (u0, v0, jnp.asarray(0)), tol, maxiter, False)
-        z = (u - v) / u[-1]
-
-        def refine(_, z):
-            jac = jax.jacfwd(residual_map)(z, c, A, b)
-            step = jnp.linalg.lstsq(jac, residual_map(z, c, A, b))[0]
-            z_new = z - step
-            z_new = z_new / z_new[-1]
-            better = jnp.linalg.norm(residual_map(z_new, c, A, b)) < jnp.linalg.norm(
-                residual_map(z, c, A, b)
-            )
-            return jnp.where(better, z_new, z)
-
-        z = jax.lax.fori_loop(0, refine_steps, refine, z)
-        error = errors(z, c, A, b)
-        return z, (iterations, jnp.where(jnp.isfinite(error), error, jnp.inf))
-
-    if implicit_diff:
-        if solve is None:
-            solve = _default_solve("solve_lstsq")
-        run = _finish(run, residual_map, False, True, solve)
-    z, (iterations, error) = run(jnp.zeros(n + m + 1, c.dtype), c, A, b)
-    x, y, s = conic_recover(z, n, spec)
-    return SolverResult(ConicSolution(x, y, s, z), iterations, error, error <= tol)
 
 
 # --------------------------------------------------------------------------- SciPy
@@ -1052,6 +588,7 @@ def scipy_minimize(
         return unravel(x), (nit, grad_norm)
 
     if implicit_diff and solve is None:
-        solve = _default_solve("solve_cg")
-    run = _finish(run, make_stationary_condition(fun), False, implicit_diff, solve, symmetric=True)
+        solve = solve_cg
+    run = _decorate(run, make_stationary_condition(fun), False, implicit_diff, solve,
+                    symmetric=True)
     return _result(run(init_params, *args), tol)

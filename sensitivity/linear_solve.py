@@ -9,15 +9,14 @@ default tolerance comes from the dtype (``1e-10`` in float64) instead of ``1e-5`
 ``ridge_placement="normal"``).
 """
 
-from sensitivity._linear_solve import (
-    solve_bicgstab,
-    solve_cg,
+from sensitivity._dense import (
     solve_cholesky,
-    solve_gmres,
+    solve_inv,
+    solve_iterative_refinement,
     solve_lu,
-    solve_normal_cg,
+    solve_qr,
 )
-from sensitivity._linear_solve_more import solve_inv, solve_iterative_refinement, solve_qr
+from sensitivity._krylov import solve_bicgstab, solve_cg, solve_gmres, solve_normal_cg
 
 __all__ = [
     "solve_lu",

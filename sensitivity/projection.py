@@ -1,6 +1,6 @@
 """jaxopt's ``jaxopt.projection`` module path: ``projection_x(x, hyperparams)``.
 
-The projections of :mod:`sensitivity._projection` and :mod:`sensitivity._projection_more`
+The projections of :mod:`sensitivity._projection` and :mod:`sensitivity._projection_solved`
 under jaxopt's names and argument order. Deliberate differences (README, "Migrating from
 jaxopt"): ``projection_polyhedron`` returns NaN for an empty polyhedron unless
 ``check_feasible=True``; ``projection_l1_ball`` takes the projected Jacobian on the sphere
@@ -16,23 +16,23 @@ from sensitivity import _projection
 from sensitivity._projection import (
     projection_affine_set,
     projection_box,
-    projection_box_section,
     projection_halfspace,
     projection_hyperplane,
     projection_l1_ball,
+    projection_l1_sphere,
     projection_l2_ball,
     projection_l2_sphere,
     projection_linf_ball,
     projection_non_negative,
-    projection_polyhedron,
     projection_simplex,
+    projection_sparse_simplex,
 )
-from sensitivity._projection_more import (
+from sensitivity._projection_solved import (
     kl_projection_birkhoff,
     kl_projection_transport,
     projection_birkhoff,
-    projection_l1_sphere,
-    projection_sparse_simplex,
+    projection_box_section,
+    projection_polyhedron,
     projection_transport,
 )
 

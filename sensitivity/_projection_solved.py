@@ -1,13 +1,14 @@
-"""More projections: the l1 sphere, the sparse simplex, transportation polytopes.
+"""Projections computed by an inner solver and differentiated implicitly.
 
 Same conventions as :mod:`sensitivity._projection` (``proj(x, hyperparams)``, derivatives
-in forward and reverse mode). The transportation projections are for small matrices: the
-Euclidean one solves a dense QP with ``n m`` variables (:func:`sensitivity.solve_qp`), the
-KL one runs log-domain Sinkhorn iterations and is differentiated implicitly.
+in forward and reverse mode), for the sets without a closed form: the polyhedron and the
+transportation polytope are QPs (:func:`sensitivity.solve_qp`, differentiated through its
+KKT conditions; small problems, the KKT system is dense), the box section is a scalar root
+found by bisection, and the KL transportation projection runs log-domain Sinkhorn
+iterations; the last two are differentiated by :func:`sensitivity.custom_root`.
 
-References: Kyrillidis, Becker, Cevher & Koch, "Sparse projections onto the simplex",
-ICML 2013; Cuturi, "Sinkhorn distances", NeurIPS 2013; Blondel, Seguy & Rolet, "Smooth and
-sparse optimal transport", AISTATS 2018.
+References: Cuturi, "Sinkhorn distances", NeurIPS 2013; Blondel, Seguy & Rolet, "Smooth
+and sparse optimal transport", AISTATS 2018.
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
-from sensitivity._projection import projection_simplex
+from ._dense import solve_lu
+from ._implicit_diff import custom_root
+from ._qp import solve_qp
 
 __all__ = [
-    "projection_l1_sphere",
-    "projection_sparse_simplex",
+    "projection_polyhedron",
+    "projection_box_section",
     "projection_transport",
     "projection_birkhoff",
     "kl_projection_transport",
@@ -30,53 +33,134 @@ __all__ = [
 ]
 
 
-def projection_l1_sphere(x: jax.Array, value: float = 1.0) -> jax.Array:
-    """Projection onto the l1 sphere ``{y : ||y||_1 = value}``.
-
-    ``s * projection_simplex(|x|, value)`` with ``s_i = sign(x_i)`` and ``s_i = +1`` where
-    ``x_i = 0`` (either sign is a nearest point there; ``+1`` keeps the result on the sphere,
-    e.g. ``x = 0`` gives the uniform vector ``value / n``, a nearest point).
-
-    Args:
-      x: array to project (the whole array).
-      value: radius (``None`` means 1).
-
-    Returns:
-      An array like ``x``.
-    """
-    x = jnp.asarray(x)
-    value = 1.0 if value is None else value
-    signs = jnp.where(x >= 0, 1.0, -1.0).astype(x.dtype)
-    return signs * projection_simplex(jnp.abs(x), value)
+# --------------------------------------------------------------------------- polyhedra
 
 
-def projection_sparse_simplex(
-    x: jax.Array, max_nz: int, use_approx_max_nz: bool = False, value: float = 1.0
+def projection_polyhedron(
+    x: jax.Array,
+    hyperparams: tuple[jax.Array, jax.Array, jax.Array, jax.Array],
+    check_feasible: bool = False,
+    *,
+    tol: float | None = None,
+    maxiter: int = 100,
 ) -> jax.Array:
-    """Projection onto the simplex with at most ``max_nz`` non-zero entries.
+    """Projection onto the polyhedron ``{y : A y = b, G y <= h}``.
 
-    ``argmin ||p - x||^2 s.t. p >= 0, sum(p) = value, ||p||_0 <= max_nz``. Keeping the
-    ``max_nz`` largest entries and projecting them onto the simplex is exact (Kyrillidis
-    et al. 2013, greedy selector and simplex projector).
+    Solves the QP ``min 1/2 ||y - x||^2 s.t. A y = b, G y <= h`` with
+    :func:`sensitivity.solve_qp` (primal-dual interior point), whose derivatives come from the
+    implicit function theorem applied to the KKT conditions. Needs a non-empty polyhedron; at a
+    point where the QP has not converged (e.g. an empty polyhedron) the result is NaN, unless
+    ``check_feasible`` asks for an error.
 
     Args:
       x: vector of shape ``(n,)``.
-      max_nz: the largest number of non-zero entries (a Python int).
-      use_approx_max_nz: pick the largest entries with :func:`jax.lax.approx_max_k`
-        (faster on TPU, approximate).
-      value: total mass (``None`` means 1).
+      hyperparams: ``(A, b, G, h)`` with shapes ``(p, n), (p,), (m, n), (m,)``; ``A, b`` may be
+        ``None`` (no equality) and so may ``G, h`` (no inequality).
+      check_feasible: raise ``ValueError`` when the QP does not converge (an empty polyhedron,
+        or too few iterations), as jaxopt does; needs concrete values (not under ``jit``).
+        Default ``False``: NaN, which works under every transformation.
+      tol: interior-point tolerance (default from the dtype and the data's scale, see
+        :func:`sensitivity.solve_qp`).
+      maxiter: interior-point iteration limit.
 
     Returns:
-      A vector like ``x``. Derivatives are those of the simplex projection of the kept
-      entries (zero for the others).
+      A vector of shape ``(n,)``.
     """
-    x = jnp.asarray(x)
-    value = 1.0 if value is None else value
-    if use_approx_max_nz:
-        top, idx = jax.lax.approx_max_k(x, max_nz)
-    else:
-        top, idx = jax.lax.top_k(x, max_nz)
-    return jnp.zeros_like(x).at[idx].set(projection_simplex(top, value))
+    A, b, G, h = hyperparams
+    n = x.shape[0]
+    result = solve_qp(jnp.eye(n, dtype=x.dtype), -x, A, b, G, h, tol=tol, maxiter=maxiter)
+    if check_feasible:
+        _require_concrete(result.converged, "projection_polyhedron")
+        if not bool(result.converged):
+            raise ValueError(
+                f"projection_polyhedron: the QP did not converge in {int(result.iterations)} "
+                f"iterations (KKT error {float(result.error):.1e}): the polyhedron "
+                f"{{A y = b, G y <= h}} is most likely empty; check A, b, G, h, or raise maxiter"
+            )
+    return jnp.where(result.converged, result.params.primal, jnp.nan)
+
+
+def _require_concrete(value, name):
+    if isinstance(value, jax.core.Tracer):
+        raise ValueError(
+            f"{name}(check_feasible=True) needs concrete values to raise; under jit, vmap or "
+            f"autodiff pass check_feasible=False (the result is then NaN where infeasible)"
+        )
+
+
+def _box_section_root(tau, x, alpha, beta, w, c):
+    return jnp.vdot(w, jnp.clip(x - tau * w, alpha, beta)) - c
+
+
+def projection_box_section(
+    x: jax.Array,
+    hyperparams: tuple[Any, Any, jax.Array, Any],
+    check_feasible: bool = False,
+    *,
+    tol: float = 1e-12,
+    maxiter: int = 200,
+) -> jax.Array:
+    """Projection onto the box section ``{y : alpha <= y <= beta, <w, y> = c}``, ``w > 0``.
+
+    The solution is ``clip(x - tau w, alpha, beta)`` with ``tau`` the root of the decreasing
+    scalar function ``<w, clip(x - tau w, alpha, beta)> - c``, found by bisection; its
+    derivatives come from the implicit function theorem (``custom_root``) on that scalar
+    equation. Needs ``<w, alpha> <= c <= <w, beta>`` (non-empty set).
+
+    Args:
+      x: vector of shape ``(n,)``.
+      hyperparams: ``(alpha, beta, w, c)``; ``alpha, beta`` scalars or ``(n,)``, ``w`` of shape
+        ``(n,)`` with positive entries, ``c`` a scalar.
+      check_feasible: raise ``ValueError`` unless ``<w, alpha> <= c <= <w, beta>`` (needs
+        concrete values, as in jaxopt).
+      tol: bisection tolerance on ``tau`` (relative to the initial bracket).
+      maxiter: bisection iterations (each halves the bracket).
+
+    Returns:
+      A vector of shape ``(n,)``.
+    """
+    alpha, beta, w, c = hyperparams
+    alpha = jnp.broadcast_to(jnp.asarray(alpha, x.dtype), x.shape)
+    beta = jnp.broadcast_to(jnp.asarray(beta, x.dtype), x.shape)
+    if check_feasible:
+        low, high = jnp.vdot(w, alpha), jnp.vdot(w, beta)
+        _require_concrete(low - high + c, "projection_box_section")
+        if not float(low) <= float(c):
+            raise ValueError(f"projection_box_section: the set is empty, <w, alpha> = "
+                             f"{float(low):.6g} > c = {float(c):.6g}; lower alpha or raise c")
+        if not float(high) >= float(c):
+            raise ValueError(f"projection_box_section: the set is empty, <w, beta> = "
+                             f"{float(high):.6g} < c = {float(c):.6g}; raise beta or lower c")
+
+    @custom_root(_box_section_root, solve=solve_lu)
+    def solve_tau(tau_init, x, alpha, beta, w, c):
+        del tau_init
+        # tau brackets: at tau_low every y_i = beta_i, at tau_high every y_i = alpha_i.
+        tau_low = jnp.min((x - beta) / w)
+        tau_high = jnp.max((x - alpha) / w)
+        width = tau_high - tau_low
+
+        def body(state):
+            lo, hi, it = state
+            mid = 0.5 * (lo + hi)
+            positive = _box_section_root(mid, x, alpha, beta, w, c) > 0
+            return jnp.where(positive, mid, lo), jnp.where(positive, hi, mid), it + 1
+
+        def cond(state):
+            lo, hi, it = state
+            return (hi - lo > tol * jnp.maximum(width, 1.0)) & (it < maxiter)
+
+        lo, hi, _ = jax.lax.while_loop(cond, body, (tau_low, tau_high, 0))
+        # The root function is piecewise linear: once the bracket holds no breakpoint, the
+        # secant through its ends is exact (and otherwise stays inside the bracket).
+        f_lo = _box_section_root(lo, x, alpha, beta, w, c)
+        f_hi = _box_section_root(hi, x, alpha, beta, w, c)
+        denom = f_lo - f_hi
+        secant = lo + f_lo * (hi - lo) / jnp.where(denom > 0, denom, 1.0)
+        return jnp.where(denom > 0, jnp.clip(secant, lo, hi), 0.5 * (lo + hi))
+
+    tau = solve_tau(jnp.zeros((), x.dtype), x, alpha, beta, w, c)
+    return jnp.clip(x - tau * w, alpha, beta)
 
 
 # --------------------------------------------------------------------------- transport
@@ -121,7 +205,6 @@ def projection_transport(
       differ).
     """
     del make_solver, use_semi_dual
-    from sensitivity._solvers import solve_qp  # _solvers imports the projection modules
 
     S = jnp.asarray(sim_matrix)
     if not jnp.issubdtype(S.dtype, jnp.inexact):
@@ -213,9 +296,6 @@ def kl_projection_transport(
       iterations.
     """
     del make_solver, use_semi_dual
-    from sensitivity._implicit_diff import custom_root
-    from sensitivity._linear_solve import solve_lu
-
     S = jnp.asarray(sim_matrix)
     if not jnp.issubdtype(S.dtype, jnp.inexact):
         S = S.astype(jnp.result_type(float))
