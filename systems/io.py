@@ -236,7 +236,7 @@ def _open_for_reading(path: str | os.PathLike) -> Iterator[tuple[h5py.File, str]
 
 
 @contextlib.contextmanager
-def _atomic_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
+def _atomic_h5(path: str | os.PathLike, on_disk: int = 0) -> Iterator[h5py.File]:
     """Build an HDF5 file in memory, then write its bytes atomically
     (:func:`systems._atomic.atomic_path`).
 
@@ -244,7 +244,20 @@ def _atomic_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
     open object, from destructors, and then crashes the process (seen: exit 139). Built in
     memory (the ``core`` driver without a backing store), the file is written to disk by one
     plain write, whose failure is one OSError, reported as a StorageError.
+
+    ``on_disk`` bytes (a Jacobian written as it is computed, too large to build in memory):
+    the file is written in place, in the temporary file of :func:`atomic_path`, after that
+    much disk is reserved for it (:func:`systems.jacobian_file.reserve_space`: a full disk
+    fails there, cleanly); any failure removes the temporary file.
     """
+    if on_disk:
+        from .jacobian_file import reserve_space
+
+        with atomic_path(path) as tmp:
+            reserve_space(tmp, on_disk)
+            with h5py.File(tmp, "w") as handle:
+                yield handle
+        return
     name = f"{os.fspath(path)}.{secrets.token_hex(8)}.in-memory"  # never touches the disk
     handle = h5py.File(name, "w", driver="core", backing_store=False)
     try:
@@ -1160,7 +1173,12 @@ def write_result(
     overlap = set(timings) & set(zero_modes)
     if overlap:
         raise ValueError(f"timings and zero_modes share keys {sorted(overlap)}")
-    with _atomic_h5(path) as handle:
+    from .jacobian_file import is_stream, jacobian_layout, write_streamed
+
+    streamed = sum(r["dx_dtheta"].nbytes for r in responses.values()
+                   if is_stream(r.get("dx_dtheta")))
+    on_disk = streamed + (64 << 20) if streamed else 0  # + room for the rest of the file
+    with _atomic_h5(path, on_disk) as handle:
         _write_h5md_header(handle, author, creator)
         _write_particles(handle, system, "all", time_dependent=True)
 
@@ -1183,16 +1201,22 @@ def write_result(
                 raise InputError("/sensitivity: a parameter cannot be named 'rattlers' (reserved)")
             if "dx_dtheta" not in response:
                 raise ValueError(f"responses[{name!r}] has no 'dx_dtheta'")
-            dx_dtheta = np.asarray(response["dx_dtheta"], dtype=np.float64)
-            if dx_dtheta.shape[-2:] != (n, dim) or dx_dtheta.ndim not in (2, 3):
+            dx_dtheta = response["dx_dtheta"]
+            stream = is_stream(dx_dtheta)
+            if not stream:
+                dx_dtheta = np.asarray(dx_dtheta, dtype=np.float64)
+            if tuple(dx_dtheta.shape[-2:]) != (n, dim) or len(dx_dtheta.shape) not in (2, 3):
                 raise ValueError(
                     f"responses[{name!r}]['dx_dtheta'] has shape {dx_dtheta.shape}, expected "
                     f"({n}, {dim}) or (P, {n}, {dim})"
                 )
             group = sensitivity.create_group(name, track_order=True)
-            from .jacobian_file import jacobian_layout  # chunked when large
-
-            group.create_dataset("dx_dtheta", data=dx_dtheta, **jacobian_layout(dx_dtheta.shape))
+            if stream:  # computed block by block as it is written; its report comes last
+                write_streamed(group, dx_dtheta)
+                response["attrs"] = {**(response.get("attrs") or {}), **dx_dtheta.attrs}
+            else:  # chunked when large
+                group.create_dataset("dx_dtheta", data=dx_dtheta,
+                                     **jacobian_layout(dx_dtheta.shape))
             _describe_jacobian(group["dx_dtheta"], name, response.get("attrs") or {}, system,
                                parameters.get("potential"))
             attrs = dict(response.get("attrs") or {})

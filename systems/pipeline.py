@@ -294,8 +294,9 @@ def _audit(task: _Task, solver: ResponseSolver, responses: Mapping[str, Mapping]
 # Entry points.
 
 
-def _compute(task: _Task, progress, *, audit: bool):
-    """Relax, then (if converged) differentiate and optionally audit."""
+def _compute(task: _Task, progress, *, audit: bool, stream: bool = False):
+    """Relax, then (if converged) differentiate and optionally audit. ``stream``: leave a
+    large vector θ to be computed as it is written (:meth:`ResponseSolver.run_all`)."""
     if progress is not None:
         progress("start", n=task.system.n, dim=task.system.dim,
                  neighbor_list=task.relaxer.use_nl)
@@ -307,7 +308,9 @@ def _compute(task: _Task, progress, *, audit: bool):
         return relaxed, None, None, None
     solver = ResponseSolver(task.model, relaxed.positions, task.params,
                             max_force=relaxed.max_force, settings=task.settings)
-    result = solver.run_all(task.pspecs, progress)
+    # a vector θ nothing else reads here is computed while it is written (run_task)
+    stream = stream and not audit and not task.settings.get("elasticity")
+    result = solver.run_all(task.pspecs, progress, stream=stream)
     if task.settings.get("elasticity"):
         from .elasticity import elastic_response, observable_derivatives
 
@@ -361,7 +364,8 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
     output_dir.mkdir(parents=True, exist_ok=True)
     task = _prepare(config, for_audit=False, output_dir=output_dir)
     relaxed, solver, result, audit_result = _compute(task, progress,
-                                                     audit=bool(task.settings["audit"]))
+                                                     audit=bool(task.settings["audit"]),
+                                                     stream=True)
     system = task.system.replace(positions=relaxed.positions)
     n, d = system.n, system.dim
     timings = {
@@ -397,37 +401,11 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
         timings["time_compile_s"] += t["time_sensitivity_compile_s"]
         timings["time_setup_s"] = t["time_setup_s"]
         timings["time_diagnostics_s"] = t["time_diagnostics_s"]
-        failed = [name for name, r in responses.items() if not r["attrs"]["converged"]]
-        converged = not failed
-        if failed:
-            first = responses[failed[0]]["attrs"]
-            message = (f"the linear solve for {', '.join(failed)} did not converge "
-                       f"({first['iterations']} iterations, relative residual "
-                       f"{first['solver_relative_residual']:.1e} > tol {first['tol']:.0e}); "
-                       "raise sensitivity.maxiter, loosen sensitivity.tol, or use solver "
-                       "minres/dense")
-        else:
-            message = (f"converged: {relaxed.steps} {relaxed.minimizer} steps, "
-                       f"{len(responses)} derivative(s), {int(rattlers.sum())} rattler(s)")
-        elastic = result.get("elasticity")
-        if elastic is not None:
-            timings["time_elasticity_s"] = elastic["time_s"]
-            timings["time_compile_s"] += elastic["time_compile_s"]
-            if not elastic["converged"] and converged:
-                converged = False
-                message = (f"the elastic tensor is not converged: a strain solve stopped at "
-                           f"{elastic['iterations']} iterations, relative residual "
-                           f"{elastic['solver_relative_residual']:.1e} > tol "
-                           f"{elastic['tol']:.0e}; raise sensitivity.maxiter or loosen "
-                           "sensitivity.tol")
+        if result.get("elasticity") is not None:
+            timings["time_elasticity_s"] = result["elasticity"]["time_s"]
+            timings["time_compile_s"] += result["elasticity"]["time_compile_s"]
         if audit_result is not None:
             timings["time_audit_s"] = audit_result["time_s"]
-            if not audit_result["passed"]:
-                converged = False
-                message = (f"finite-difference audit failed (max relative error "
-                           f"{audit_result['max_relative_error']:.1e} > "
-                           f"{AUDIT_TOLERANCE:.0e}); tighten minimizer.ftol or change "
-                           "sensitivity.fd_step")
     timings["time_total_s"] = time.perf_counter() - t_total
     parameters = {
         "config": _jsonable(config),
@@ -443,6 +421,42 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
                     timings=timings, audit=audit_result,
                     elasticity=None if result is None else _elastic_record(result))
     timings = dict(timings, time_write_s=time.perf_counter() - t_write)
+    for name, response in responses.items():
+        if response["attrs"].pop("streamed", False):  # its time was the write's
+            timings["time_sensitivity_s"] += response["attrs"].get("time_s", 0.0)
+            if progress is not None:
+                attrs = response["attrs"]
+                progress("solve", name=name, iterations=attrs["iterations"],
+                         residual=attrs["residual"], converged=attrs["converged"])
+    if result is not None:  # after the write: a streamed Jacobian reports as it is written
+        failed = [name for name, r in responses.items() if not r["attrs"]["converged"]]
+        converged = not failed
+        if failed:
+            first = responses[failed[0]]["attrs"]
+            message = (f"the linear solve for {', '.join(failed)} did not converge "
+                       f"({first['iterations']} iterations, relative residual "
+                       f"{first['solver_relative_residual']:.1e} > tol {first['tol']:.0e}); "
+                       "raise sensitivity.maxiter, loosen sensitivity.tol, or use solver "
+                       "minres/dense")
+        else:
+            message = (f"converged: {relaxed.steps} {relaxed.minimizer} steps, "
+                       f"{len(responses)} derivative(s), {int(rattlers.sum())} rattler(s)")
+        elastic = result.get("elasticity")
+        if elastic is not None:
+            if not elastic["converged"] and converged:
+                converged = False
+                message = (f"the elastic tensor is not converged: a strain solve stopped at "
+                           f"{elastic['iterations']} iterations, relative residual "
+                           f"{elastic['solver_relative_residual']:.1e} > tol "
+                           f"{elastic['tol']:.0e}; raise sensitivity.maxiter or loosen "
+                           "sensitivity.tol")
+        if audit_result is not None:
+            if not audit_result["passed"]:
+                converged = False
+                message = (f"finite-difference audit failed (max relative error "
+                           f"{audit_result['max_relative_error']:.1e} > "
+                           f"{AUDIT_TOLERANCE:.0e}); tighten minimizer.ftol or change "
+                           "sensitivity.fd_step")
     if progress is not None:
         progress("written", time_s=timings["time_write_s"])
     plot_paths = []
