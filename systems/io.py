@@ -804,6 +804,9 @@ class Result:
     audit: dict | None = None
     path: Path | None = None
     elasticity: dict | None = None
+    #: ``{θ name: {"d_observable_d_theta" (K, P), "value" (K,), "attrs"}}``
+    #: (``/observable_derivatives``, :mod:`systems.reverse`)
+    observable_derivatives: dict = dataclasses.field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -1145,6 +1148,7 @@ def write_result(
     author: str | None = None,
     creator: Any = None,
     elasticity: Mapping | None = None,
+    observable_derivatives: Mapping | None = None,
 ) -> Path:
     """Write a sensitivity result as a valid H5MD 1.1 file (float64; atomic).
 
@@ -1244,6 +1248,10 @@ def write_result(
             _write_tree(handle.create_group("audit", track_order=True), audit, "/audit")
         if elasticity is not None:
             _write_elasticity(handle, elasticity, dim)
+        if observable_derivatives:  # dO/dθ of a vector θ (reverse or forward mode)
+            from .reverse import write_observable_derivatives
+
+            write_observable_derivatives(handle, observable_derivatives)
 
         group = handle.create_group("parameters", track_order=True)
         rest = dict(parameters)
@@ -1366,6 +1374,9 @@ def read_result(path: str | os.PathLike) -> Result:
         relaxation = _read_tree(handle["relaxation"]) if isinstance(handle.get("relaxation"), h5py.Group) else {}
         audit = _read_tree(handle["audit"]) if isinstance(handle.get("audit"), h5py.Group) else None
         elasticity = _read_elasticity(handle, label, system.dim)
+        from .reverse import read_observable_derivatives
+
+        observable_derivatives = read_observable_derivatives(handle)
         parameters: dict = {}
         if isinstance(handle.get("parameters"), h5py.Group):
             parameters_group = handle["parameters"]
@@ -1390,6 +1401,7 @@ def read_result(path: str | os.PathLike) -> Result:
                 **{k: v for k, v in parameters.items() if k not in ("config", "config_text")},
             }
     return Result(
+        observable_derivatives=observable_derivatives,
         system=system,
         relaxation=relaxation,
         responses=responses,

@@ -19,6 +19,8 @@ the transpose of the same linear solve); a rattler's position has no derivative 
 ``∇_y U = 0`` at x*, ``dU/dθ = ∂U/∂θ`` (the adjoint part vanishes up to the force
 tolerance).
 
+Reading a file (:func:`read_observable_derivatives`) imports no JAX.
+
 File layout (:func:`write_observable_derivatives`): ``/observable_derivatives/<θ name>/``
 with ``d_observable_d_theta`` ``[K][P]``, ``value`` ``[K]`` (the observables at x*), the
 attribute ``observables`` (their names) and the report (mode, reason, solves, residual).
@@ -29,8 +31,6 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping, NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from . import settings as _settings
@@ -127,6 +127,8 @@ def reversed_thetas(pspecs, settings: Mapping[str, Any], n: int, dim: int) -> di
 def _values(pk, y, params, obs):
     """The K observables at reference positions ``y`` (jax): U, p (over the backbone's
     pairs) and coordinates of real positions ``x = λ y``."""
+    import jax.numpy as jnp
+
     from .elasticity import observables
     from .potentials import real_positions
 
@@ -138,6 +140,8 @@ def _values(pk, y, params, obs):
 
 def _gradients(cfg, pk, base, theta0, member, obs):
     """``(O (K,), ∂O/∂y (K, N, d), ∂O/∂θ (K, P))`` at ``(y*, θ0)``: reverse mode."""
+    import jax
+
     from .theta import apply_theta
 
     (tag,) = cfg.tags
@@ -188,6 +192,8 @@ def observable_derivatives(solver, pspec, obs: ObservableSet, mode: str, reason:
       ``{"d_observable_d_theta": (K, P), "value": (K,), "attrs": report}``; rows of a
       rattler's position are NaN.
     """
+    import jax.numpy as jnp
+
     from .many_rhs import reverse_vector_derivative
     from .theta import theta_data
 

@@ -93,3 +93,48 @@ def test_out_of_range_observables_name_the_key():
     with pytest.raises(InputError, match=r"observables\[0\].position.axis = 2: out of range; "
                                          r"the packing is 2D"):
         resolve_observables([{"position": {"particle": 3, "axis": 2}}], 32, 2)
+
+
+def _config(path, **sensitivity):
+    return {
+        "system": {"path": str(path), "group": "all", "frame": -1},
+        "minimizer": {"kind": "fire", "ftol": 1e-12, "max_steps": 200000},
+        "parameters": [{"name": "diameters", "kind": "diameters", "species": None},
+                       {"name": "box", "kind": "box", "species": None}],
+        "sensitivity": {"audit": False, **sensitivity},
+        "output": {"directory": "out", "plots": False},
+        "seed": 0,
+    }
+
+
+@pytest.mark.slow
+def test_run_task_reverse_and_forward_write_the_same_derivatives(tmp_path):
+    """auto with 3 observables of 40 components: reverse, no Jacobian in the file; forced
+    forward: the Jacobian and the same dO/dθ from it."""
+    from sensitivity.systems.generate import random_packing
+    from sensitivity.systems.io import read_result, write_packing
+    from sensitivity.systems.pipeline import run_task
+
+    path = tmp_path / "p.h5"
+    write_packing(path, random_packing(40, dim=2, phi=0.9, seed=2))
+    observables = ["pressure", {"position": {"particle": 3}}]
+    events = []
+    auto = run_task(_config(path, observables=observables), tmp_path / "auto",
+                    progress=lambda event, **fields: events.append((event, fields)))
+    forward = run_task(_config(path, observables=observables, mode="forward"),
+                       tmp_path / "forward")
+    assert auto.converged and forward.converged, (auto.message, forward.message)
+    a, f = read_result(auto.result_path), read_result(forward.result_path)
+    assert a.names == ["box"] and f.names == ["diameters", "box"]
+    ra, rf = a.observable_derivatives["diameters"], f.observable_derivatives["diameters"]
+    assert ra["attrs"]["mode"] == "reverse" and rf["attrs"]["mode"] == "forward"
+    assert ra["attrs"]["reason"].startswith("3 observable(s) < 40 θ components")
+    assert ra["attrs"]["observables"] == ["pressure", "x[3]", "y[3]"]
+    assert ra["attrs"]["n_solves"] == 3 and ra["attrs"]["converged"]
+    got, expected = ra["d_observable_d_theta"], rf["d_observable_d_theta"]
+    assert got.shape == (3, 40)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10 * np.nanmax(np.abs(expected)))
+    np.testing.assert_allclose(expected[1:], f.dx_dtheta("diameters")[:, 3, :].T,
+                               atol=1e-12 * np.nanmax(np.abs(expected)))
+    assert [e for e, _ in events if e == "observables"] == ["observables"]
+    np.testing.assert_allclose(a.dx_dtheta("box"), f.dx_dtheta("box"), atol=1e-12)
