@@ -25,6 +25,7 @@ N      d   FIRE        Jacobian     ratio  result  RSS increase    fill      FD 
 1024   2   1.44 s      2.54 s       1.8x   16 MB   +115 MB         5.5       2.6e-6
 4096   2   12.06 s     20.24 s      1.7x   256 MB  +448 MB (1.75x) 7.3       7.6e-6
 4096   3   120.5 s     162.0 s      1.3x   384 MB  +1079 MB (2.8x) 40.4      1.5e-5
+16384  2   83.65 s     226.8 s      2.7x   4 GB    +812 MB (0.2x)  10.2      7.0e-5
 =====  ==  ==========  ===========  =====  ======  ==============  ========  ============
 
 (2D 4096: factorization 0.54 s, right-hand sides 0.33 s by 32 JVPs, the rest the triangular
@@ -36,6 +37,9 @@ N = 256 0.84 / 0.10 s: hence ``auto`` takes the dense path only up to 256 unknow
     python benchmarks/bench_many_rhs.py                      # N = 1024, 4096 (2D)
     python benchmarks/bench_many_rhs.py --sizes 4096 --dim 3
     python benchmarks/bench_many_rhs.py --sizes 1024 --dense --iterative
+    python benchmarks/bench_many_rhs.py --sizes 16384 --write /tmp/out   # streamed to a file
+
+(N = 16384 with ``--write``: the result streamed to a file, RSS growth against 4 GB.)
 """
 
 from __future__ import annotations
