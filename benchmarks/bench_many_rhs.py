@@ -14,7 +14,9 @@ For each N (bidisperse 50:50, diameters 1 and 1.4, harmonic soft spheres; 2D φ 
 * peak RSS during the Jacobian (sampled every 5 ms) above the RSS before it, against the
   size of the result;
 * ``--check``: one column against central differences of re-relaxed packings (two more
-  relaxations), relative error on the backbone.
+  relaxations, step :data:`FD_STEP`; 1e-5 for the figures below, which at the larger sizes
+  measure the reference's relaxation tolerance, see ``bench_fd_reference.py``), relative
+  error on the backbone.
 
 Measured 2026-12-07 on 2 shared CPU cores (load ~8; absolute times noisy, ratios in one
 process less so), ``sensitivity.many_rhs = factorization`` (the ``auto`` choice at these sizes):
@@ -63,6 +65,12 @@ from sensitivity.systems.response import ResponseSolver, resolve_sensitivity  # 
 from sensitivity.systems.theta import ParameterSpec, theta_apply  # noqa: E402
 
 DIAMETERS = ParameterSpec("diameters", "diameters")
+
+#: The central-difference step of ``--check``. Its re-relaxations stop at max |F| <= 1e-13,
+#: which leaves an error ~ ftol / (λ_min h) in x*(θ ± h): at h = 1e-5 that was the 7e-5
+#: (2D, N = 16,384) and 1.5e-5 (3D, 4,096) of the table, not the solve
+#: (``bench_fd_reference.py``; a tighter ftol does not converge at that size in minutes).
+FD_STEP = 1e-4
 
 
 class PeakRSS:
@@ -155,8 +163,9 @@ def run(n: int, dim: int, methods: list[str], check: bool, seed: int = 0,
             backbone = ~solver.rattlers
             component = int(np.flatnonzero(backbone)[n // 3])
             theta0, apply = theta_apply(DIAMETERS, params, system.species)
-            fd, _ = central_difference(relaxer, model, params, apply, theta0, solver.y, 1e-5,
-                                       solver.rattlers, component=component, ftol=1e-13)
+            fd, _ = central_difference(relaxer, model, params, apply, theta0, solver.y,
+                                       FD_STEP, solver.rattlers, component=component,
+                                       ftol=1e-13)
             if streamed:
                 from sensitivity.systems.jacobian_file import read_jacobian_slice
 
