@@ -246,16 +246,20 @@ def _atomic_h5(path: str | os.PathLike, on_disk: int = 0) -> Iterator[h5py.File]
     plain write, whose failure is one OSError, reported as a StorageError.
 
     ``on_disk`` bytes (a Jacobian written as it is computed, too large to build in memory):
-    the file is written in place, in the temporary file of :func:`atomic_path`, after that
-    much disk is reserved for it (:func:`systems.jacobian_file.reserve_space`: a full disk
-    fails there, cleanly); any failure removes the temporary file.
+    the file is written in place, in the temporary file of :func:`atomic_path`: an empty
+    HDF5 file (one plain write), then that much disk reserved behind it
+    (:func:`systems.jacobian_file.reserve_space`: a full disk fails there, cleanly), then
+    opened by HDF5, whose writes land in the reserved space (it trims the rest on closing);
+    any failure removes the temporary file.
     """
     if on_disk:
         from .jacobian_file import reserve_space
 
         with atomic_path(path) as tmp:
+            with open(tmp, "wb") as stream:
+                stream.write(_empty_h5_image(path))
             reserve_space(tmp, on_disk)
-            with h5py.File(tmp, "w") as handle:
+            with h5py.File(tmp, "r+") as handle:
                 yield handle
         return
     name = f"{os.fspath(path)}.{secrets.token_hex(8)}.in-memory"  # never touches the disk
@@ -269,6 +273,17 @@ def _atomic_h5(path: str | os.PathLike, on_disk: int = 0) -> Iterator[h5py.File]
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as stream:
             stream.write(image)
+
+
+def _empty_h5_image(path) -> bytes:
+    """The bytes of an empty HDF5 file (built in memory, see :func:`_atomic_h5`)."""
+    name = f"{os.fspath(path)}.{secrets.token_hex(8)}.in-memory"
+    handle = h5py.File(name, "w", driver="core", backing_store=False)
+    try:
+        handle.flush()
+        return handle.id.get_file_image()
+    finally:
+        handle.close()
 
 
 def _decode(value: Any) -> Any:

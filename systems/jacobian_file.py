@@ -61,9 +61,10 @@ def write_streamed(group, stream):
 
 
 def reserve_space(path, nbytes: int) -> None:
-    """Allocate ``nbytes`` on disk for the file ``path`` (created empty if missing) before
-    HDF5 writes to it, so that a full disk or a file-size limit fails here, as one OSError,
-    and not inside HDF5 (which reports a failed flush from destructors, then may crash)."""
+    """Allocate ``nbytes`` on disk for the file ``path`` (extending it; an HDF5 file opened
+    afterwards writes into that space and trims what it did not use when it closes), so
+    that a full disk or a file-size limit fails here, as one OSError, and not inside HDF5
+    (which reports a failed flush from destructors, then may crash)."""
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         if hasattr(os, "posix_fallocate"):

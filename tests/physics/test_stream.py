@@ -157,3 +157,12 @@ def test_disk_full_while_streaming_is_one_line_and_leaves_nothing(tmp_path):
                                    "than allowed (file size limit))")
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_unused_reservation_is_trimmed(tmp_path):
+    """The space reserved before HDF5 writes (the result plus 64 MiB of head room) is
+    trimmed to what HDF5 used when it closes: the file is its data's size."""
+    field = np.random.default_rng(0).standard_normal((256, 256, 2))
+    _write(tmp_path / "r.h5", _Stream(field))
+    size = (tmp_path / "r.h5").stat().st_size
+    assert field.nbytes < size < field.nbytes + (1 << 20)  # not the 64 MiB head room
