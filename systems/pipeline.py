@@ -442,6 +442,9 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
         timings["time_compile_s"] += t["time_sensitivity_compile_s"]
         timings["time_setup_s"] = t["time_setup_s"]
         timings["time_diagnostics_s"] = t["time_diagnostics_s"]
+        for entry in (result.get("observable_derivatives") or {}).values():
+            timings["time_sensitivity_s"] += entry["attrs"]["time_s"]  # reverse mode's
+            timings["time_compile_s"] += entry["attrs"]["time_compile_s"]
         if result.get("elasticity") is not None:
             timings["time_elasticity_s"] = result["elasticity"]["time_s"]
             timings["time_compile_s"] += result["elasticity"]["time_compile_s"]

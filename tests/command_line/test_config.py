@@ -92,6 +92,9 @@ def test_bundled_examples_are_valid():
     assert single.tasks[0].config["system"]["path"] == str(root / "packing.h5")
     sweep = load_config(root / "sweep.yaml")
     assert len(sweep.tasks) == 4
+    observed = load_config(root / "observables.yaml").tasks[0].config["sensitivity"]
+    assert observed["observables"] == ["pressure", "energy",
+                                       {"position": {"particle": 7, "axis": None}}]
 
 
 def test_paths_are_relative_to_the_config_folder(folder: Path, monkeypatch):
