@@ -14,7 +14,9 @@ For each N (bidisperse 50:50, diameters 1 and 1.4, harmonic soft spheres; 2D φ 
 * peak RSS during the Jacobian (sampled every 5 ms) above the RSS before it, against the
   size of the result;
 * ``--check``: one column against central differences of re-relaxed packings (two more
-  relaxations), relative error on the backbone.
+  relaxations, step :data:`FD_STEP`; 1e-5 for the figures below, which at the larger sizes
+  measure the reference's relaxation tolerance, see ``bench_fd_reference.py``), relative
+  error on the backbone.
 
 Measured 2026-12-07 on 2 shared CPU cores (load ~8; absolute times noisy, ratios in one
 process less so), ``sensitivity.many_rhs = factorization`` (the ``auto`` choice at these sizes):
@@ -25,6 +27,7 @@ N      d   FIRE        Jacobian     ratio  result  RSS increase    fill      FD 
 1024   2   1.44 s      2.54 s       1.8x   16 MB   +115 MB         5.5       2.6e-6
 4096   2   12.06 s     20.24 s      1.7x   256 MB  +448 MB (1.75x) 7.3       7.6e-6
 4096   3   120.5 s     162.0 s      1.3x   384 MB  +1079 MB (2.8x) 40.4      1.5e-5
+16384  2   83.65 s     226.8 s      2.7x   4 GB    +812 MB (0.2x)  10.2      7.0e-5
 =====  ==  ==========  ===========  =====  ======  ==============  ========  ============
 
 (2D 4096: factorization 0.54 s, right-hand sides 0.33 s by 32 JVPs, the rest the triangular
@@ -36,6 +39,9 @@ N = 256 0.84 / 0.10 s: hence ``auto`` takes the dense path only up to 256 unknow
     python benchmarks/bench_many_rhs.py                      # N = 1024, 4096 (2D)
     python benchmarks/bench_many_rhs.py --sizes 4096 --dim 3
     python benchmarks/bench_many_rhs.py --sizes 1024 --dense --iterative
+    python benchmarks/bench_many_rhs.py --sizes 16384 --write /tmp/out   # streamed to a file
+
+(N = 16384 with ``--write``: the result streamed to a file, RSS growth against 4 GB.)
 """
 
 from __future__ import annotations
@@ -59,6 +65,12 @@ from sensitivity.systems.response import ResponseSolver, resolve_sensitivity  # 
 from sensitivity.systems.theta import ParameterSpec, theta_apply  # noqa: E402
 
 DIAMETERS = ParameterSpec("diameters", "diameters")
+
+#: The central-difference step of ``--check``. Its re-relaxations stop at max |F| <= 1e-13,
+#: which leaves an error ~ ftol / (λ_min h) in x*(θ ± h): at h = 1e-5 that was the 7e-5
+#: (2D, N = 16,384) and 1.5e-5 (3D, 4,096) of the table, not the solve
+#: (``bench_fd_reference.py``; a tighter ftol does not converge at that size in minutes).
+FD_STEP = 1e-4
 
 
 class PeakRSS:
@@ -86,7 +98,23 @@ class PeakRSS:
         self.peak = max(self.peak, self.process.memory_info().rss)
 
 
-def run(n: int, dim: int, methods: list[str], check: bool, seed: int = 0) -> list[dict]:
+def _streamed(solver, system, folder):
+    """The Jacobian computed block by block into a result file (``folder/jacobian.h5``),
+    as ``sensitivity run`` does on the factorization path: ``(path, attrs)``."""
+    from pathlib import Path
+
+    from sensitivity.systems.io import write_result
+
+    jacobian, attrs = solver.vector_derivative(DIAMETERS, stream=True)
+    path = Path(folder) / "jacobian.h5"
+    responses = {"diameters": {"dx_dtheta": jacobian, "attrs": attrs}}
+    write_result(path, system=system, relaxation={}, responses=responses,
+                 rattlers=solver.rattlers, zero_modes={}, parameters={}, timings={})
+    return path, responses["diameters"]["attrs"]
+
+
+def run(n: int, dim: int, methods: list[str], check: bool, seed: int = 0,
+        write: str | None = None) -> list[dict]:
     phi = 0.9 if dim == 2 else 0.7
     system = random_packing(n, dim=dim, phi=phi, seed=seed)
     spec = resolve_potential({}, system.n_species)
@@ -104,15 +132,25 @@ def run(n: int, dim: int, methods: list[str], check: bool, seed: int = 0) -> lis
         solver = ResponseSolver(model, relaxed.positions, params, max_force=relaxed.max_force,
                                 settings=resolve_sensitivity({"many_rhs": method}))
         t_setup = time.perf_counter() - t0 - solver.time_compile_s
+        streamed = write is not None and method == "factorization"
+        t0 = time.perf_counter()
         with PeakRSS() as rss:
-            dx, attrs = solver.vector_derivative(DIAMETERS)
+            if streamed:
+                path, attrs = _streamed(solver, system.replace(positions=relaxed.positions),
+                                        write)
+                dx = None
+            else:
+                dx, attrs = solver.vector_derivative(DIAMETERS)
+        t_all = time.perf_counter() - t0
         row = {
-            "n": n, "dim": dim, "method": method, "steps": relaxed.steps, "fire_s": t_fire,
+            "n": n, "dim": dim, "method": method + " (streamed)" * streamed,
+            "steps": relaxed.steps, "fire_s": t_fire,
             "setup_s": t_setup, "jacobian_s": attrs["time_s"],
+            "written_s": t_all - attrs["time_compile_s"],
             "compile_s": attrs["time_compile_s"],
             "ratio": attrs["time_s"] / t_fire,
             "ratio_with_setup": (attrs["time_s"] + t_setup) / t_fire,
-            "result_mb": dx.nbytes / 2**20,
+            "result_mb": 8 * n * n * dim / 2**20,
             "rss_before_mb": rss.before / 2**20, "rss_peak_mb": rss.peak / 2**20,
             "rss_increase_mb": (rss.peak - rss.before) / 2**20,
             "iterations": attrs["iterations"], "relative_residual": attrs["relative_residual"],
@@ -125,9 +163,15 @@ def run(n: int, dim: int, methods: list[str], check: bool, seed: int = 0) -> lis
             backbone = ~solver.rattlers
             component = int(np.flatnonzero(backbone)[n // 3])
             theta0, apply = theta_apply(DIAMETERS, params, system.species)
-            fd, _ = central_difference(relaxer, model, params, apply, theta0, solver.y, 1e-5,
-                                       solver.rattlers, component=component, ftol=1e-13)
-            implicit = dx[component]
+            fd, _ = central_difference(relaxer, model, params, apply, theta0, solver.y,
+                                       FD_STEP, solver.rattlers, component=component,
+                                       ftol=1e-13)
+            if streamed:
+                from sensitivity.systems.jacobian_file import read_jacobian_slice
+
+                implicit = read_jacobian_slice(path, "diameters", theta=component)
+            else:
+                implicit = dx[component]
             row["fd_column"] = component
             row["fd_relative_error"] = float(
                 np.linalg.norm(fd[backbone] - implicit[backbone])
@@ -142,6 +186,7 @@ def _line(row: dict) -> str:
     text = (f"N={row['n']:>6} {row['dim']}D {row['method']:<13} FIRE {row['steps']} steps "
             f"{row['fire_s']:.2f} s | setup {row['setup_s']:.2f} s | jacobian "
             f"{row['jacobian_s']:.2f} s = {row['ratio']:.1f}x FIRE "
+            f"(whole call without compile, writing included: {row['written_s']:.2f} s) "
             f"({row['ratio_with_setup']:.1f}x with setup; compile {row['compile_s']:.2f} s) | "
             f"result {row['result_mb']:.0f} MB, RSS +{row['rss_increase_mb']:.0f} MB "
             f"(peak {row['rss_peak_mb']:.0f} MB) | iterations {row['iterations']}, "
@@ -163,10 +208,13 @@ def main() -> None:
                         help="also time the batched Krylov path (slow above N = 1024)")
     parser.add_argument("--no-check", dest="check", action="store_false",
                         help="skip the central-difference spot check of one column")
+    parser.add_argument("--write", metavar="DIR", default=None,
+                        help="factorization: write the Jacobian block by block into "
+                             "DIR/jacobian.h5 as it is computed (as `sensitivity run` does)")
     args = parser.parse_args()
     methods = ["factorization"] + ["dense"] * args.dense + ["iterative"] * args.iterative
     for n in args.sizes:
-        run(n, args.dim, methods, args.check)
+        run(n, args.dim, methods, args.check, write=args.write)
 
 
 if __name__ == "__main__":

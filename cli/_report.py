@@ -214,6 +214,11 @@ class Reporter:
             self._relax(fields)
         elif event == "solve":
             self._solve(fields)
+        elif event == "jacobian" and self._progress is not None and self.verbosity == 0:
+            columns, total = fields.get("columns", 0), fields.get("of") or 1
+            self._progress.update(self._bar, completed=min(columns / total, 1.0),
+                                  description=f"{self.prefix}: jacobian {fields.get('name')}",
+                                  status=f"{columns}/{total} columns")
         elif self.mode == "log" or self.verbosity > 0:
             self.info(f"{event} " + " ".join(f"{k}={format_value(v)}" for k, v in fields.items()))
         elif self._progress is not None:

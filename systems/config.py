@@ -323,6 +323,7 @@ def resolve_config(
         pot = {k: settings.POTENTIAL[k].default if v is None else v
                for k, v in resolved["potential"].items()}
         errors += settings.potential_errors(pot) + settings.minimizer_errors(resolved["minimizer"])
+        errors += settings.sensitivity_errors(resolved["sensitivity"])
     path = resolved["system"].get("path")
     if check_files and isinstance(path, str) and "system.path" not in " ".join(errors):
         if not os.path.isfile(path):

@@ -238,7 +238,7 @@ def _open_for_reading(path: str | os.PathLike) -> Iterator[tuple[h5py.File, str]
 
 
 @contextlib.contextmanager
-def _atomic_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
+def _atomic_h5(path: str | os.PathLike, on_disk: int = 0) -> Iterator[h5py.File]:
     """Build an HDF5 file in memory, then write its bytes atomically
     (:func:`systems._atomic.atomic_path`).
 
@@ -246,7 +246,24 @@ def _atomic_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
     open object, from destructors, and then crashes the process (seen: exit 139). Built in
     memory (the ``core`` driver without a backing store), the file is written to disk by one
     plain write, whose failure is one OSError, reported as a StorageError.
+
+    ``on_disk`` bytes (a Jacobian written as it is computed, too large to build in memory):
+    the file is written in place, in the temporary file of :func:`atomic_path`: an empty
+    HDF5 file (one plain write), then that much disk reserved behind it
+    (:func:`systems.jacobian_file.reserve_space`: a full disk fails there, cleanly), then
+    opened by HDF5, whose writes land in the reserved space (it trims the rest on closing);
+    any failure removes the temporary file.
     """
+    if on_disk:
+        from .jacobian_file import reserve_space
+
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as stream:
+                stream.write(_empty_h5_image(path))
+            reserve_space(tmp, on_disk)
+            with h5py.File(tmp, "r+") as handle:
+                yield handle
+        return
     name = f"{os.fspath(path)}.{secrets.token_hex(8)}.in-memory"  # never touches the disk
     handle = h5py.File(name, "w", driver="core", backing_store=False)
     try:
@@ -258,6 +275,17 @@ def _atomic_h5(path: str | os.PathLike) -> Iterator[h5py.File]:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as stream:
             stream.write(image)
+
+
+def _empty_h5_image(path) -> bytes:
+    """The bytes of an empty HDF5 file (built in memory, see :func:`_atomic_h5`)."""
+    name = f"{os.fspath(path)}.{secrets.token_hex(8)}.in-memory"
+    handle = h5py.File(name, "w", driver="core", backing_store=False)
+    try:
+        handle.flush()
+        return handle.id.get_file_image()
+    finally:
+        handle.close()
 
 
 def _decode(value: Any) -> Any:
@@ -795,6 +823,9 @@ class Result:
     audit: dict | None = None
     path: Path | None = None
     elasticity: dict | None = None
+    #: ``{θ name: {"d_observable_d_theta" (K, P), "value" (K,), "attrs"}}``
+    #: (``/observable_derivatives``, :mod:`systems.reverse`)
+    observable_derivatives: dict = dataclasses.field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
@@ -1144,6 +1175,7 @@ def write_result(
     author: str | None = None,
     creator: Any = None,
     elasticity: Mapping | None = None,
+    observable_derivatives: Mapping | None = None,
 ) -> Path:
     """Write a sensitivity result as a valid H5MD 1.1 file (float64; atomic).
 
@@ -1172,7 +1204,12 @@ def write_result(
     overlap = set(timings) & set(zero_modes)
     if overlap:
         raise ValueError(f"timings and zero_modes share keys {sorted(overlap)}")
-    with _atomic_h5(path) as handle:
+    from .jacobian_file import is_stream, jacobian_layout, write_streamed
+
+    streamed = sum(r["dx_dtheta"].nbytes for r in responses.values()
+                   if is_stream(r.get("dx_dtheta")))
+    on_disk = streamed + (64 << 20) if streamed else 0  # + room for the rest of the file
+    with _atomic_h5(path, on_disk) as handle:
         _write_h5md_header(handle, author, creator)
         _write_particles(handle, system, "all", time_dependent=True)
 
@@ -1195,16 +1232,22 @@ def write_result(
                 raise InputError("/sensitivity: a parameter cannot be named 'rattlers' (reserved)")
             if "dx_dtheta" not in response:
                 raise ValueError(f"responses[{name!r}] has no 'dx_dtheta'")
-            dx_dtheta = np.asarray(response["dx_dtheta"], dtype=np.float64)
-            if dx_dtheta.shape[-2:] != (n, dim) or dx_dtheta.ndim not in (2, 3):
+            dx_dtheta = response["dx_dtheta"]
+            stream = is_stream(dx_dtheta)
+            if not stream:
+                dx_dtheta = np.asarray(dx_dtheta, dtype=np.float64)
+            if tuple(dx_dtheta.shape[-2:]) != (n, dim) or len(dx_dtheta.shape) not in (2, 3):
                 raise ValueError(
                     f"responses[{name!r}]['dx_dtheta'] has shape {dx_dtheta.shape}, expected "
                     f"({n}, {dim}) or (P, {n}, {dim})"
                 )
             group = sensitivity.create_group(name, track_order=True)
-            from .jacobian_file import jacobian_layout  # chunked when large
-
-            group.create_dataset("dx_dtheta", data=dx_dtheta, **jacobian_layout(dx_dtheta.shape))
+            if stream:  # computed block by block as it is written; its report comes last
+                write_streamed(group, dx_dtheta)
+                response["attrs"] = {**(response.get("attrs") or {}), **dx_dtheta.attrs}
+            else:  # chunked when large
+                group.create_dataset("dx_dtheta", data=dx_dtheta,
+                                     **jacobian_layout(dx_dtheta.shape))
             _describe_jacobian(group["dx_dtheta"], name, response.get("attrs") or {}, system,
                                parameters.get("potential"))
             attrs = dict(response.get("attrs") or {})
@@ -1232,6 +1275,10 @@ def write_result(
             _write_tree(handle.create_group("audit", track_order=True), audit, "/audit")
         if elasticity is not None:
             _write_elasticity(handle, elasticity, dim)
+        if observable_derivatives:  # dO/dθ of a vector θ (reverse or forward mode)
+            from .reverse import write_observable_derivatives
+
+            write_observable_derivatives(handle, observable_derivatives)
 
         group = handle.create_group("parameters", track_order=True)
         rest = dict(parameters)
@@ -1354,6 +1401,9 @@ def read_result(path: str | os.PathLike) -> Result:
         relaxation = _read_tree(handle["relaxation"]) if isinstance(handle.get("relaxation"), h5py.Group) else {}
         audit = _read_tree(handle["audit"]) if isinstance(handle.get("audit"), h5py.Group) else None
         elasticity = _read_elasticity(handle, label, system.dim)
+        from .reverse import read_observable_derivatives
+
+        observable_derivatives = read_observable_derivatives(handle)
         parameters: dict = {}
         if isinstance(handle.get("parameters"), h5py.Group):
             parameters_group = handle["parameters"]
@@ -1378,6 +1428,7 @@ def read_result(path: str | os.PathLike) -> Result:
                 **{k: v for k, v in parameters.items() if k not in ("config", "config_text")},
             }
     return Result(
+        observable_derivatives=observable_derivatives,
         system=system,
         relaxation=relaxation,
         responses=responses,

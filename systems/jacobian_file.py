@@ -6,6 +6,11 @@ result file (:func:`systems.io.write_result`): above :data:`CHUNKED_MIN_BYTES`, 
 of ``[64][64][d]`` (64 KiB in 2D), so that one θ component's field ``[p, :, :]`` or one
 particle's response to every θ ``[:, i, :]`` reads ``N / 64`` chunks, 1/64 of the file,
 instead of the whole matrix. :func:`read_jacobian_slice` reads such a slice by name.
+
+A Jacobian too large to hold comfortably is not held at all: :func:`write_streamed` fills the
+chunked dataset block by block as a :class:`~systems.many_rhs.FactorizedJacobian` computes
+it, in the result's temporary file (:func:`systems.io.write_result`, atomic as every file of
+the package), so the run's memory grows by one block, not by the result.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import numpy as np
 
 from ._errors import InputError
 
-__all__ = ["CHUNK_EDGE", "CHUNKED_MIN_BYTES", "jacobian_layout", "read_jacobian_slice"]
+__all__ = ["CHUNK_EDGE", "CHUNKED_MIN_BYTES", "jacobian_layout", "read_jacobian_slice",
+           "is_stream", "write_streamed", "reserve_space"]
 
 #: Chunks of ``[CHUNK_EDGE][CHUNK_EDGE][d]`` along (θ component, particle).
 CHUNK_EDGE = 64
@@ -34,6 +40,39 @@ def jacobian_layout(shape) -> dict:
         return {}
     p, n, d = shape
     return {"chunks": (min(p, CHUNK_EDGE), min(n, CHUNK_EDGE), d)}
+
+
+def is_stream(value) -> bool:
+    """Whether a response's ``dx_dtheta`` is computed while it is written (it has
+    ``shape`` and ``blocks()``; :class:`~systems.many_rhs.FactorizedJacobian`)."""
+    return hasattr(value, "blocks") and hasattr(value, "shape")
+
+
+def write_streamed(group, stream):
+    """Create ``group/dx_dtheta`` (chunked, :func:`jacobian_layout`) and fill it with every
+    block of ``stream`` as it is computed; the stream's report (``stream.attrs``) is
+    available when this returns. Returns the dataset."""
+    shape = tuple(int(s) for s in stream.shape)
+    dataset = group.create_dataset("dx_dtheta", shape=shape, dtype="f8",
+                                   **(jacobian_layout(shape) or {"chunks": True}))
+    for start, stop, block in stream.blocks():
+        dataset[start:stop] = block
+    return dataset
+
+
+def reserve_space(path, nbytes: int) -> None:
+    """Allocate ``nbytes`` on disk for the file ``path`` (extending it; an HDF5 file opened
+    afterwards writes into that space and trims what it did not use when it closes), so
+    that a full disk or a file-size limit fails here, as one OSError, and not inside HDF5
+    (which reports a failed flush from destructors, then may crash)."""
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(descriptor, 0, int(nbytes))
+        else:  # pragma: no cover (macOS): at least the size limit is met here
+            os.truncate(descriptor, int(nbytes))
+    finally:
+        os.close(descriptor)
 
 
 def _index(value, size: int, what: str, where: str):

@@ -37,6 +37,7 @@ from .hessian import BlockHessian, ell_blocks
 
 __all__ = ["MANY_RHS_METHODS", "DENSE_MANY_RHS_MAX_DOF", "FACTOR_MAX_DOF", "choose_method",
            "sparse_hessian", "distance2_coloring", "factorized_vector_derivative",
+           "FactorizedJacobian",
            "result_bytes", "check_result_size", "backbone_factorization",
            "reverse_vector_derivative"]
 
@@ -336,9 +337,120 @@ def reverse_vector_derivative(solver, pspec, cotangents) -> tuple[np.ndarray, di
     return scale * np.asarray(out), report
 
 
-def factorized_vector_derivative(solver, pspec, reason: str = "", chunk: int = 256,
+#: Columns of the Jacobian computed (and written) together: a multiple of the file's chunk
+#: edge (:data:`systems.jacobian_file.CHUNK_EDGE`), so each HDF5 chunk is written once.
+BLOCK_COLUMNS = 256
+
+
+class FactorizedJacobian:
+    """The ``[P][N][d]`` ∂x*/∂θ of a vector θ by one sparse factorization, computed in blocks
+    of ``chunk`` columns (:meth:`blocks`), so that a caller can write each block as it comes
+    (:func:`systems.jacobian_file.write_streamed`) instead of holding the whole result.
+
+    After :meth:`blocks` is exhausted, :attr:`attrs` holds the report (as
+    :func:`factorized_vector_derivative`'s).
+    """
+
+    def __init__(self, solver, pspec, reason: str = "", chunk: int | None = None,
+                 progress=None):
+        from .theta import theta_data
+
+        self.solver, self.pspec, self.reason, self.progress = solver, pspec, reason, progress
+        self.factor = backbone_factorization(solver)  # may raise LinAlgError: before any block
+        self.tag, self.theta0, self.member = theta_data(pspec, solver.params,
+                                                        np.asarray(solver.model.species))
+        p_count = int(np.shape(self.theta0)[0])
+        chunk = BLOCK_COLUMNS if chunk is None else chunk
+        self.chunk = max(1, min(int(chunk), p_count))
+        self.shape = (p_count, solver.model.n, solver.model.dim)
+        self.attrs: dict | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return 8 * int(np.prod(self.shape))
+
+    def blocks(self):
+        """Yield ``(start, stop, dx[start:stop])`` for every block of columns; rows ``p`` are
+        ``∂x*/∂θ_p``, gauge-fixed (rattler rows NaN, the backbone's rigid motion removed)."""
+        solver, pspec, factor = self.solver, self.pspec, self.factor
+        tag, theta0, member, chunk = self.tag, self.theta0, self.member, self.chunk
+        t0 = time.perf_counter()
+        p_count, n, d = self.shape
+        tol = float(solver.settings["tol"])
+        backbone = ~np.asarray(solver.rattlers)
+        nb = int(backbone.sum())
+        y = np.asarray(solver.y)
+        cfg = solver._config(tags=[tag], chunk=chunk)
+        scale = float(np.asarray(solver.params.scale))
+        infos = []
+        t_rhs = t_compile = 0.0
+        colored = None
+        if tag == "diameters":  # ∂F/∂d follows the pair graph: one JVP per colour
+            colored = _ColoredRHS(solver, tag, theta0, member, backbone)
+            t_rhs, t_compile = colored.time_s, colored.time_compile_s
+        for start in range(0, p_count, chunk):
+            stop = min(p_count, start + chunk)
+            t1 = time.perf_counter()
+            if colored is not None:
+                rhs, dscale = colored.block(start, stop), np.zeros(stop - start)
+            else:  # one JVP per column (the last chunk overlaps the one before)
+                first = min(start, p_count - chunk)
+                (rhs, dscale), _, seconds = solver._run(_rhs_columns, cfg, solver.data,
+                                                        solver.params, theta0, member,
+                                                        jnp.asarray(first))
+                t_compile += seconds
+                t1 += seconds
+                rhs = np.asarray(rhs)[start - first:, backbone, :].reshape(-1, nb * d)
+                dscale = np.asarray(dscale)[start - first:]
+            t_rhs += time.perf_counter() - t1
+            dy, info = factor.solve(rhs, tol=tol, full_output=True)
+            infos.append(info)
+            block = np.full((stop - start, n, d), np.nan)
+            block[:, backbone, :] = scale * dy.reshape(-1, nb, d)
+            del dy, rhs
+            if np.any(dscale != 0):  # x = λ y: an affine part (not for diameters)
+                block[:, backbone, :] += dscale[:, None, None] * y[backbone]
+            yield start, stop, block
+            if self.progress is not None:
+                self.progress("jacobian", name=pspec.name, columns=stop, of=p_count,
+                              seconds=round(time.perf_counter() - t0, 3))
+        self.attrs = self._report(infos, time.perf_counter() - t0 - t_compile, t_compile,
+                                  t_rhs, colored)
+
+    def _report(self, infos, t_total, t_compile, t_rhs, colored) -> dict:
+        p_count = self.shape[0]
+        factor = self.factor
+        report = {field: np.concatenate([np.ravel(getattr(i, field)) for i in infos])
+                  for field in ("iterations", "residual_norm", "rhs_norm", "converged",
+                                "inconsistency")}
+        rhs_norm = report["rhs_norm"]
+        rel = np.where(rhs_norm > 0,
+                       report["residual_norm"] / np.where(rhs_norm > 0, rhs_norm, 1), 0.0)
+        info = {
+            "iterations": int(report["iterations"].max()) if p_count else 0,
+            "iterations_total": int(report["iterations"].sum()),
+            "residual": float(report["residual_norm"].max()) if p_count else 0.0,
+            "relative_residual": float(rel.max()) if p_count else 0.0,
+            "solver_relative_residual": float(rel.max()) if p_count else 0.0,
+            "converged": bool(report["converged"].all()),
+            "inconsistency": float(report["inconsistency"].max()) if p_count else 0.0,
+            "n_solves": p_count,
+        }
+        method = (f"forward mode, one sparse factorization (SuperLU, {factor.ordering}) for "
+                  f"{p_count} right-hand sides")
+        attrs = self.solver._attrs(self.pspec, self.theta0, "sparse_lu", method, info)
+        attrs.update(many_rhs="factorization", reason=self.reason, time_s=t_total,
+                     time_compile_s=t_compile, time_rhs_s=t_rhs,
+                     time_factor_s=factor.time_factor_s, factor_fill=factor.fill,
+                     factor_levels=list(factor.levels), factor_unknowns=factor.shape[0],
+                     rhs_jvps=colored.colors if colored is not None else p_count)
+        return attrs
+
+
+def factorized_vector_derivative(solver, pspec, reason: str = "", chunk: int | None = None,
                                  progress=None) -> tuple[np.ndarray, dict]:
-    """``[N][N][d]`` ∂x*/∂θ of a vector θ (kind ``diameters``) by one sparse factorization.
+    """``[N][N][d]`` ∂x*/∂θ of a vector θ (kind ``diameters``) by one sparse factorization,
+    held in memory (:class:`FactorizedJacobian` computes it block by block).
 
     Args:
       solver: a :class:`~systems.response.ResponseSolver` (its Hessian, rattlers, settings).
@@ -354,75 +466,8 @@ def factorized_vector_derivative(solver, pspec, reason: str = "", chunk: int = 2
       ``reason``, the solves' residuals, ``iterations`` (solves per column: 1, or 2 with a
       refinement step) and the factorization's figures.
     """
-    from .theta import theta_data
-
-    t0 = time.perf_counter()
-    n, d = solver.model.n, solver.model.dim
-    s = solver.settings
-    tol = float(s["tol"])
-    backbone = ~np.asarray(solver.rattlers)
-    nb = int(backbone.sum())
-    y = np.asarray(solver.y)
-    factor = backbone_factorization(solver)
-    tag, theta0, member = theta_data(pspec, solver.params, np.asarray(solver.model.species))
-    p_count = int(np.shape(theta0)[0])
-    chunk = max(1, min(int(chunk), p_count))
-    cfg = solver._config(tags=[tag], chunk=chunk)
-    scale = float(np.asarray(solver.params.scale))
-    dx = np.empty((p_count, n, d))
-    infos = []
-    t_rhs = t_compile = 0.0
-    colored = None
-    if tag == "diameters":  # ∂F/∂d follows the pair graph: one JVP per colour
-        colored = _ColoredRHS(solver, tag, theta0, member, backbone)
-        t_rhs, t_compile = colored.time_s, colored.time_compile_s
-    for start in range(0, p_count, chunk):
-        stop = min(p_count, start + chunk)
-        t1 = time.perf_counter()
-        if colored is not None:
-            rhs, dscale = colored.block(start, stop), np.zeros(stop - start)
-        else:  # one JVP per column (the last chunk overlaps the one before)
-            first = min(start, p_count - chunk)
-            (rhs, dscale), _, seconds = solver._run(_rhs_columns, cfg, solver.data,
-                                                    solver.params, theta0, member,
-                                                    jnp.asarray(first))
-            t_compile += seconds
-            t1 += seconds
-            rhs = np.asarray(rhs)[start - first:, backbone, :].reshape(-1, nb * d)
-            dscale = np.asarray(dscale)[start - first:]
-        t_rhs += time.perf_counter() - t1
-        dy, info = factor.solve(rhs, tol=tol, full_output=True)
-        infos.append(info)
-        dx[start:stop] = np.nan
-        dx[start:stop, backbone, :] = scale * dy.reshape(-1, nb, d)
-        if np.any(dscale != 0):  # x = λ y: an affine part (not for diameters)
-            dx[start:stop, backbone, :] += dscale[:, None, None] * y[backbone]
-        if progress is not None:
-            progress("jacobian", name=pspec.name, columns=stop, of=p_count,
-                     seconds=round(time.perf_counter() - t0, 3))
-    report = {field: np.concatenate([np.ravel(getattr(i, field)) for i in infos])
-              for field in ("iterations", "residual_norm", "rhs_norm", "converged",
-                            "inconsistency")}
-    rhs_norm = report["rhs_norm"]
-    rel = np.where(rhs_norm > 0, report["residual_norm"] / np.where(rhs_norm > 0, rhs_norm, 1),
-                   0.0)
-    t_total = time.perf_counter() - t0 - t_compile
-    info = {
-        "iterations": int(report["iterations"].max()) if p_count else 0,
-        "iterations_total": int(report["iterations"].sum()),
-        "residual": float(report["residual_norm"].max()) if p_count else 0.0,
-        "relative_residual": float(rel.max()) if p_count else 0.0,
-        "solver_relative_residual": float(rel.max()) if p_count else 0.0,
-        "converged": bool(report["converged"].all()),
-        "inconsistency": float(report["inconsistency"].max()) if p_count else 0.0,
-        "n_solves": p_count,
-    }
-    method = (f"forward mode, one sparse factorization (SuperLU, {factor.ordering}) for "
-              f"{p_count} right-hand sides")
-    attrs = solver._attrs(pspec, theta0, "sparse_lu", method, info)
-    attrs.update(many_rhs="factorization", reason=reason, time_s=t_total,
-                 time_compile_s=t_compile, time_rhs_s=t_rhs,
-                 time_factor_s=factor.time_factor_s, factor_fill=factor.fill,
-                 factor_levels=list(factor.levels), factor_unknowns=factor.shape[0],
-                 rhs_jvps=colored.colors if colored is not None else p_count)
-    return dx, attrs
+    jacobian = FactorizedJacobian(solver, pspec, reason, chunk, progress)
+    dx = np.empty(jacobian.shape)
+    for start, stop, block in jacobian.blocks():
+        dx[start:stop] = block
+    return dx, jacobian.attrs

@@ -112,6 +112,10 @@ class _Task:
     settings: dict
     pspecs: list
     relaxer: Relaxer
+    #: sensitivity.observables against this packing (:mod:`systems.reverse`), and the
+    #: vector θs reverse mode takes ({name: reason}: no Jacobian for them)
+    observables: Any = None
+    reversed: dict = dataclasses.field(default_factory=dict)
 
 
 def _prepare(config: Mapping[str, Any], *, for_audit: bool, output_dir=None) -> _Task:
@@ -130,8 +134,12 @@ def _prepare(config: Mapping[str, Any], *, for_audit: bool, output_dir=None) -> 
     minimizer = resolve_minimizer(config.get("minimizer"))
     settings = resolve_sensitivity(config.get("sensitivity"))
     pspecs = resolve_parameters(config.get("parameters"), system, spec)
-    check_result_size(pspecs, system.n, system.dim, settings, where=where,
-                      output_dir=output_dir)
+    from .reverse import resolve_observables, reversed_thetas
+
+    observables = resolve_observables(settings["observables"], system.n, system.dim, where)
+    reverse = reversed_thetas(pspecs, settings, system.n, system.dim)
+    check_result_size([p for p in pspecs if p.name not in reverse], system.n, system.dim,
+                      settings, where=where, output_dir=output_dir)
     model = PairModel.build(system, spec)
     params = model.default_params(system.diameters)
     # The neighbor cutoff must cover every parameter set the run evaluates: with an audit,
@@ -146,7 +154,7 @@ def _prepare(config: Mapping[str, Any], *, for_audit: bool, output_dir=None) -> 
     relaxer = make_relaxer(model, minimizer, seen, where=f"{where}: /particles/"
                            f"{system_cfg.get('group', 'all')}/box/edges")
     return _Task(config, input_path, system, model, params, minimizer, settings, pspecs,
-                 relaxer)
+                 relaxer, observables, reverse)
 
 
 def _refuse_coincident(system, where: str, group: str) -> None:
@@ -236,6 +244,8 @@ def _audit(task: _Task, solver: ResponseSolver, responses: Mapping[str, Mapping]
     all_passed = True
     t_start = time.perf_counter()
     for pspec in task.pspecs:
+        if pspec.name not in responses:
+            continue  # reverse mode: no Jacobian to check
         theta0, apply = theta_apply(pspec, params, system.species)
         h = _fd_step(task.settings, pspec, params, system)
         implicit_all = np.asarray(responses[pspec.name]["dx_dtheta"])
@@ -296,8 +306,9 @@ def _audit(task: _Task, solver: ResponseSolver, responses: Mapping[str, Mapping]
 # Entry points.
 
 
-def _compute(task: _Task, progress, *, audit: bool):
-    """Relax, then (if converged) differentiate and optionally audit."""
+def _compute(task: _Task, progress, *, audit: bool, stream: bool = False):
+    """Relax, then (if converged) differentiate and optionally audit. ``stream``: leave a
+    large vector θ to be computed as it is written (:meth:`ResponseSolver.run_all`)."""
     if progress is not None:
         progress("start", n=task.system.n, dim=task.system.dim,
                  neighbor_list=task.relaxer.use_nl)
@@ -309,19 +320,27 @@ def _compute(task: _Task, progress, *, audit: bool):
         return relaxed, None, None, None
     solver = ResponseSolver(task.model, relaxed.positions, task.params,
                             max_force=relaxed.max_force, settings=task.settings)
-    result = solver.run_all(task.pspecs, progress)
+    # the θs differentiated forward (a reversed vector θ has no Jacobian)
+    pspecs = [p for p in task.pspecs if p.name not in task.reversed]
+    # a vector θ nothing else reads here is computed while it is written (run_task)
+    observed = bool(task.observables) and any(p.kind == "diameters" for p in pspecs)
+    stream = stream and not audit and not task.settings.get("elasticity") and not observed
+    result = solver.run_all(pspecs, progress, stream=stream)
+    if task.observables:
+        result["observable_derivatives"] = _observables(task, solver, result["responses"],
+                                                        progress)
     if task.settings.get("elasticity"):
         from .elasticity import elastic_response, observable_derivatives
 
         result["elasticity"] = elastic_response(solver)
         # dU/dθ, dσ/dθ, dp/dθ of every θ, from the responses just solved
-        for name, derivatives in observable_derivatives(solver, task.pspecs,
+        for name, derivatives in observable_derivatives(solver, pspecs,
                                                         result["responses"]).items():
             result["responses"][name]["observables"] = derivatives
         # where the linear response stops: the first contact to open or close along each θ
         from .linear_range import linear_range
 
-        for name, entry in linear_range(solver, task.pspecs, result["responses"]).items():
+        for name, entry in linear_range(solver, pspecs, result["responses"]).items():
             response = result["responses"][name]
             if isinstance(entry["linear_range_plus"], float):
                 response["attrs"].update(entry)
@@ -336,6 +355,29 @@ def _compute(task: _Task, progress, *, audit: bool):
     if audit:
         audit_result = _audit(task, solver, result["responses"], progress)
     return relaxed, solver, result, audit_result
+
+
+def _observables(task: _Task, solver, responses, progress) -> dict:
+    """``dO/dθ`` of ``sensitivity.observables`` for every vector θ: reverse mode for the
+    reversed ones, else forward from the Jacobian just solved (:mod:`systems.reverse`)."""
+    from .reverse import choose_mode, observable_derivatives
+
+    out = {}
+    for pspec in task.pspecs:
+        if pspec.kind != "diameters":
+            continue
+        if pspec.name in task.reversed:
+            mode, reason, dx = "reverse", task.reversed[pspec.name], None
+        else:
+            mode, reason = choose_mode(task.settings, len(task.observables), task.system.n)
+            mode, dx = "forward", responses[pspec.name]["dx_dtheta"]
+        entry = observable_derivatives(solver, pspec, task.observables, mode, reason, dx)
+        out[pspec.name] = entry
+        if progress is not None:
+            attrs = entry["attrs"]
+            progress("observables", name=pspec.name, mode=mode, count=len(task.observables),
+                     solves=attrs["n_solves"], reason=reason)
+    return out
 
 
 def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
@@ -363,7 +405,8 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
     output_dir.mkdir(parents=True, exist_ok=True)
     task = _prepare(config, for_audit=False, output_dir=output_dir)
     relaxed, solver, result, audit_result = _compute(task, progress,
-                                                     audit=bool(task.settings["audit"]))
+                                                     audit=bool(task.settings["audit"]),
+                                                     stream=True)
     system = task.system.replace(positions=relaxed.positions)
     n, d = system.n, system.dim
     timings = {
@@ -375,6 +418,8 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
         message = _report_not_converged(relaxed)
         responses = {}
         for pspec in task.pspecs:
+            if pspec.name in task.reversed:
+                continue  # no Jacobian asked for
             shape = (n, n, d) if pspec.kind == "diameters" else (n, d)
             responses[pspec.name] = {
                 "dx_dtheta": np.full(shape, np.nan),
@@ -399,37 +444,14 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
         timings["time_compile_s"] += t["time_sensitivity_compile_s"]
         timings["time_setup_s"] = t["time_setup_s"]
         timings["time_diagnostics_s"] = t["time_diagnostics_s"]
-        failed = [name for name, r in responses.items() if not r["attrs"]["converged"]]
-        converged = not failed
-        if failed:
-            first = responses[failed[0]]["attrs"]
-            message = (f"the linear solve for {', '.join(failed)} did not converge "
-                       f"({first['iterations']} iterations, relative residual "
-                       f"{first['solver_relative_residual']:.1e} > tol {first['tol']:.0e}); "
-                       "raise sensitivity.maxiter, loosen sensitivity.tol, or use solver "
-                       "minres/dense")
-        else:
-            message = (f"converged: {relaxed.steps} {relaxed.minimizer} steps, "
-                       f"{len(responses)} derivative(s), {int(rattlers.sum())} rattler(s)")
-        elastic = result.get("elasticity")
-        if elastic is not None:
-            timings["time_elasticity_s"] = elastic["time_s"]
-            timings["time_compile_s"] += elastic["time_compile_s"]
-            if not elastic["converged"] and converged:
-                converged = False
-                message = (f"the elastic tensor is not converged: a strain solve stopped at "
-                           f"{elastic['iterations']} iterations, relative residual "
-                           f"{elastic['solver_relative_residual']:.1e} > tol "
-                           f"{elastic['tol']:.0e}; raise sensitivity.maxiter or loosen "
-                           "sensitivity.tol")
+        for entry in (result.get("observable_derivatives") or {}).values():
+            timings["time_sensitivity_s"] += entry["attrs"]["time_s"]  # reverse mode's
+            timings["time_compile_s"] += entry["attrs"]["time_compile_s"]
+        if result.get("elasticity") is not None:
+            timings["time_elasticity_s"] = result["elasticity"]["time_s"]
+            timings["time_compile_s"] += result["elasticity"]["time_compile_s"]
         if audit_result is not None:
             timings["time_audit_s"] = audit_result["time_s"]
-            if not audit_result["passed"]:
-                converged = False
-                message = (f"finite-difference audit failed (max relative error "
-                           f"{audit_result['max_relative_error']:.1e} > "
-                           f"{AUDIT_TOLERANCE:.0e}); tighten minimizer.ftol or change "
-                           "sensitivity.fd_step")
     timings["time_total_s"] = time.perf_counter() - t_total
     parameters = {
         "config": _jsonable(config),
@@ -443,8 +465,52 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
     io.write_result(path, system=system, relaxation=relaxed.as_dict(), responses=responses,
                     rattlers=rattlers, zero_modes=zero_modes, parameters=parameters,
                     timings=timings, audit=audit_result,
-                    elasticity=None if result is None else _elastic_record(result))
+                    elasticity=None if result is None else _elastic_record(result),
+                    observable_derivatives=None if result is None
+                    else result.get("observable_derivatives"))
     timings = dict(timings, time_write_s=time.perf_counter() - t_write)
+    for name, response in responses.items():
+        if response["attrs"].pop("streamed", False):  # its time was the write's
+            timings["time_sensitivity_s"] += response["attrs"].get("time_s", 0.0)
+            if progress is not None:
+                attrs = response["attrs"]
+                progress("solve", name=name, iterations=attrs["iterations"],
+                         residual=attrs["residual"], converged=attrs["converged"])
+    if result is not None:  # after the write: a streamed Jacobian reports as it is written
+        failed = [name for name, r in responses.items() if not r["attrs"]["converged"]]
+        failed += [f"the observables of {name}" for name, r in
+                   (result.get("observable_derivatives") or {}).items()
+                   if r["attrs"].get("converged") is False]
+        converged = not failed
+        if failed and failed[0] not in responses:
+            message = (f"the adjoint solve for {failed[0]} did not converge; loosen "
+                       "sensitivity.tol or use sensitivity.mode forward")
+        elif failed:
+            first = responses[failed[0]]["attrs"]
+            message = (f"the linear solve for {', '.join(failed)} did not converge "
+                       f"({first['iterations']} iterations, relative residual "
+                       f"{first['solver_relative_residual']:.1e} > tol {first['tol']:.0e}); "
+                       "raise sensitivity.maxiter, loosen sensitivity.tol, or use solver "
+                       "minres/dense")
+        else:
+            message = (f"converged: {relaxed.steps} {relaxed.minimizer} steps, "
+                       f"{len(responses)} derivative(s), {int(rattlers.sum())} rattler(s)")
+        elastic = result.get("elasticity")
+        if elastic is not None:
+            if not elastic["converged"] and converged:
+                converged = False
+                message = (f"the elastic tensor is not converged: a strain solve stopped at "
+                           f"{elastic['iterations']} iterations, relative residual "
+                           f"{elastic['solver_relative_residual']:.1e} > tol "
+                           f"{elastic['tol']:.0e}; raise sensitivity.maxiter or loosen "
+                           "sensitivity.tol")
+        if audit_result is not None:
+            if not audit_result["passed"]:
+                converged = False
+                message = (f"finite-difference audit failed (max relative error "
+                           f"{audit_result['max_relative_error']:.1e} > "
+                           f"{AUDIT_TOLERANCE:.0e}); tighten minimizer.ftol or change "
+                           "sensitivity.fd_step")
     if progress is not None:
         progress("written", time_s=timings["time_write_s"])
     plot_paths = []

@@ -100,6 +100,7 @@ def resolve_sensitivity(config: Mapping[str, Any] | None, where: str = "config")
     """Defaults updated by the ``sensitivity`` config block, checked by the rules of
     :data:`systems.settings.SENSITIVITY` (the first mistake raises :class:`InputError`)."""
     values, errors = settings.check_section(settings.SENSITIVITY, config, "sensitivity")
+    errors = errors or settings.sensitivity_errors(values)
     if errors:
         raise InputError(f"{where}: {errors[0]}")
     return values
@@ -575,8 +576,8 @@ class ResponseSolver:
         return out
 
     def vector_derivative(self, pspec: ParameterSpec,
-                          progress: Callable[..., None] | None = None
-                          ) -> tuple[np.ndarray, dict]:
+                          progress: Callable[..., None] | None = None,
+                          stream: bool = False) -> tuple[np.ndarray, dict]:
         """The ``[N][N][d]`` Jacobian of every particle's diameter (kind ``diameters``).
 
         Forward mode: N right-hand sides (reverse mode would need N·d), solved by the method
@@ -584,14 +585,23 @@ class ResponseSolver:
         ``attrs["reason"]``): one dense factorization, one sparse factorization
         (:func:`~systems.many_rhs.factorized_vector_derivative`), or chunks of batched
         iterative solves.
+
+        ``stream``: on the factorization path, return a
+        :class:`~systems.many_rhs.FactorizedJacobian` (computed block by block while
+        :func:`systems.io.write_result` writes it; its report is filled in then) and
+        ``attrs`` with the method and the reason only.
         """
-        from .many_rhs import choose_method, factorized_vector_derivative
+        from .many_rhs import FactorizedJacobian, choose_method, factorized_vector_derivative
 
         s = self.settings
         n, d = self.model.n, self.model.dim
         many_rhs, reason = choose_method(s, self.n_dof, n, d)
         if many_rhs == "factorization":
             try:
+                if stream:
+                    jacobian = FactorizedJacobian(self, pspec, reason, progress=progress)
+                    return jacobian, {"kind": pspec.kind, "many_rhs": many_rhs,
+                                      "reason": reason, "streamed": True}
                 return factorized_vector_derivative(self, pspec, reason, progress=progress)
             except np.linalg.LinAlgError as error:  # a zero mode beyond the rigid motions
                 many_rhs = "iterative"
@@ -741,8 +751,11 @@ class ResponseSolver:
 
 
     def run_all(self, pspecs: list[ParameterSpec],
-                progress: Callable[..., None] | None = None) -> dict:
-        """Every θ's derivative, then the zero-mode diagnostics (see :func:`response`)."""
+                progress: Callable[..., None] | None = None, stream: bool = False) -> dict:
+        """Every θ's derivative, then the zero-mode diagnostics (see :func:`response`).
+
+        ``stream``: a vector θ on the factorization path is left to be computed while it is
+        written (:meth:`vector_derivative`); its attrs say ``streamed``."""
         responses = {}
         t_solve = 0.0
         scalars = [p for p in pspecs if p.kind != "diameters"]
@@ -752,11 +765,13 @@ class ResponseSolver:
             t_solve += first["time_s"]
         for pspec in pspecs:
             if pspec.kind == "diameters":
-                results[pspec.name] = self.vector_derivative(pspec, progress)
-                t_solve += results[pspec.name][1]["time_s"]
+                results[pspec.name] = self.vector_derivative(pspec, progress, stream)
+                t_solve += results[pspec.name][1].get("time_s", 0.0)
         for pspec in pspecs:
             dx, attrs = results[pspec.name]
             responses[pspec.name] = {"dx_dtheta": dx, "attrs": attrs}
+            if attrs.get("streamed"):
+                continue  # reported as it is written
             if pspec.kind == "strain":  # the non-affine part, beside the total
                 from .elasticity import nonaffine_part
 

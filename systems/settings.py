@@ -30,6 +30,7 @@ __all__ = [
     "POTENTIALS", "PRECONDITIONERS", "SENSITIVITY", "SOLVERS", "STRAIN_COMPONENTS", "STRAIN_COMPONENTS_BY_DIM", "DEFAULT_PARAMETERS", "Check",
     "Invalid", "Setting", "any_of", "boolean", "check_section", "choice", "defaults", "integer",
     "matrix", "minimizer_errors", "nullable", "number", "potential_errors", "string",
+    "MODES", "OBSERVABLES", "observable_list", "sensitivity_errors",
 ]
 
 #: The largest integer any setting accepts unless it says otherwise (steps, counts and seeds
@@ -199,6 +200,39 @@ def any_of(*specs: Check) -> Check:
     return Check(check, allowed)
 
 
+def observable_list() -> Check:
+    """A list of observables: ``energy``, ``pressure``, or ``{position: {particle: i}}``
+    (optionally ``axis: a``; without it, every coordinate of particle i). The resolved value
+    has the same form (``axis`` filled in as null), so a saved config reads back."""
+    allowed = ("a list whose items are energy, pressure or {position: {particle: i, axis: a}} "
+               "(i an integer >= 0, axis optional: 0, 1, 2 or null)")
+    index = integer(ge=0)
+    axis_check = nullable(integer(ge=0, le=2))
+
+    def item(k, value):
+        if value in ("energy", "pressure"):
+            return value
+        bad = Invalid(f"{allowed}; item {k} = {value!r} is not")
+        if not (isinstance(value, Mapping) and list(value) == ["position"]
+                and isinstance(value["position"], Mapping)):
+            raise bad
+        where = value["position"]
+        if "particle" not in where or set(where) - {"particle", "axis"}:
+            raise bad
+        try:
+            return {"position": {"particle": index(where["particle"]),
+                                 "axis": axis_check(where.get("axis"))}}
+        except Invalid:
+            raise bad from None
+
+    def check(value):
+        if not isinstance(value, list):
+            raise Invalid(allowed)
+        return [item(k, v) for k, v in enumerate(value)]
+
+    return Check(check, allowed)
+
+
 _REQUIRED = object()
 
 
@@ -227,6 +261,10 @@ PARAMETER_KINDS = ("diameter", "diameters", "epsilon", "box", "strain")
 STRAIN_COMPONENTS_BY_DIM = {2: ("xx", "yy", "xy"), 3: ("xx", "yy", "zz", "yz", "xz", "xy")}
 STRAIN_COMPONENTS = STRAIN_COMPONENTS_BY_DIM[3]
 MANY_RHS = ("auto", "dense", "factorization", "iterative")
+#: Values of ``sensitivity.mode``: how a vector θ (kind diameters) is differentiated.
+MODES = ("auto", "forward", "reverse")
+#: Observables of ``sensitivity.observables`` (:mod:`systems.reverse`).
+OBSERVABLES = ("energy", "pressure", "position")
 
 #: The pair potential. epsilon, alpha, sigma and morse_alpha also take an ``[S][S]``
 #: per-species-pair matrix. In a config file a key left out (null) takes the input file's
@@ -280,6 +318,13 @@ SENSITIVITY: dict[str, Setting] = {
     "many_rhs": Setting(choice(*MANY_RHS), "auto",
                         "kind diameters (N right-hand sides): one dense or sparse "
                         "factorization, or Krylov solves; auto: by size"),
+    "mode": Setting(choice(*MODES), "auto",
+                    "a vector theta (kind diameters): forward (the whole [N][N][d] Jacobian) "
+                    "or reverse (one adjoint solve per observable: d observable/d theta "
+                    "only); auto: reverse when there are fewer observables than components"),
+    "observables": Setting(observable_list(), [],
+                           "d observable/d theta of a vector theta: energy, pressure, "
+                           "{position: {particle: i, axis: a}}"),
     "max_result_gib": Setting(nullable(number(gt=0)), None,
                               "refuse a run whose result is larger (null: half the free "
                               "memory / disk)"),
@@ -337,6 +382,14 @@ def potential_errors(values: Mapping[str, Any]) -> list[str]:
                       "soft spheres use the particle diameters (sigma_ij = (d_i + d_j)/2): "
                       "remove it or set potential.kind")
     return errors
+
+
+def sensitivity_errors(values: Mapping[str, Any]) -> list[str]:
+    """The checks across keys of a resolved sensitivity section."""
+    if values.get("mode") == "reverse" and not values.get("observables"):
+        return ["sensitivity.mode = 'reverse': needs sensitivity.observables (e.g. [pressure]): "
+                "reverse mode differentiates a few observables, not the whole Jacobian"]
+    return []
 
 
 def minimizer_errors(values: Mapping[str, Any]) -> list[str]:

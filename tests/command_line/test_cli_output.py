@@ -147,3 +147,23 @@ def test_plot_formats_and_options(tmp_path: Path):
         assert "gauge" in f["sensitivity/small_diameter/dx_dtheta"].attrs
     text = invoke(["inspect", path]).stdout
     assert "gauge: backbone mean zero" in text and "axes: [N][d]" in text
+
+
+def test_jacobian_blocks_are_reported_as_they_are_written():
+    """The streamed Jacobian's progress (systems.many_rhs): a log line per block, and the
+    bar's fraction of columns in rich mode."""
+    import io
+
+    from sensitivity.cli._report import Reporter
+
+    stream = io.StringIO()
+    log = Reporter("log", stream=stream)
+    with log.task("t"):
+        log.progress("jacobian", name="d", columns=256, of=1024, seconds=1.5)
+    assert "[t] jacobian name=d columns=256 of=1024 seconds=1.5" in stream.getvalue()
+    fancy = Reporter("rich", stream=io.StringIO())
+    with fancy.task("t"):
+        fancy.progress("jacobian", name="d", columns=256, of=1024, seconds=1.5)
+        (bar,) = fancy._progress.tasks
+        assert bar.completed == 0.25 and bar.fields["status"] == "256/1024 columns"
+        assert bar.description == "t: jacobian d"

@@ -92,6 +92,9 @@ def test_bundled_examples_are_valid():
     assert single.tasks[0].config["system"]["path"] == str(root / "packing.h5")
     sweep = load_config(root / "sweep.yaml")
     assert len(sweep.tasks) == 4
+    observed = load_config(root / "observables.yaml").tasks[0].config["sensitivity"]
+    assert observed["observables"] == ["pressure", "energy",
+                                       {"position": {"particle": 7, "axis": None}}]
 
 
 def test_paths_are_relative_to_the_config_folder(folder: Path, monkeypatch):
@@ -203,6 +206,18 @@ def test_resolve_config_directly_reports_errors_without_raising(folder: Path):
          "sensitivity.many_rhs = 'cholmod': must be one of auto, dense, factorization, iterative"),
         ("system: {path: packing.h5}\nsensitivity: {max_result_gib: 0}\n",
          "sensitivity.max_result_gib = 0: must be null or a number > 0"),
+        ("system: {path: packing.h5}\nsensitivity: {mode: backward}\n",
+         "sensitivity.mode = 'backward': must be one of auto, forward, reverse"),
+        ("system: {path: packing.h5}\nsensitivity: {observables: [pressure, volume]}\n",
+         "sensitivity.observables = [pressure, volume]: must be a list whose items are "
+         "energy, pressure or {position: {particle: i, axis: a}} (i an integer >= 0, axis "
+         "optional: 0, 1, 2 or null); item 1 = 'volume' is not"),
+        ("system: {path: packing.h5}\nsensitivity: {observables: [{position: {axis: 1}}]}\n",
+         "sensitivity.observables = [{position: {axis: 1}}]: must be a list"),
+        ("system: {path: packing.h5}\nsensitivity: {observables: pressure}\n",
+         "sensitivity.observables = 'pressure': must be a list whose items"),
+        ("system: {path: packing.h5}\nsensitivity: {mode: reverse}\n",
+         "sensitivity.mode = 'reverse': needs sensitivity.observables (e.g. [pressure])"),
         ("[1, 2]\n", "the config must be a mapping of sections"),
         ("system: {path: packing.h5\n", "not valid YAML"),
     ],

@@ -423,6 +423,15 @@ def immutable(tmp_path):
         path.chmod(0o755 if path.is_dir() else 0o644)
 
 
+def test_observable_of_a_missing_particle_is_one_line_exit_2(tmp_path, packing):
+    extra = ("parameters: [{name: d, kind: diameters}]\n"
+             "sensitivity: {observables: [pressure, {position: {particle: 16}}]}\n")
+    result = invoke(["run", config_for(tmp_path, packing, extra)])
+    assert_clean_failure(result, 2, "sensitivity.observables[1].position.particle = 16: out "
+                                    "of range; the packing has 16 particles (0 .. 15)")
+    assert "relax step" not in result.output  # refused before relaxing
+
+
 def test_read_only_target_fails_before_any_computation(tmp_path, packing, immutable):
     out = tmp_path / "out"
     out.mkdir()
