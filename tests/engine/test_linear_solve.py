@@ -196,9 +196,17 @@ def test_reported_residual_is_the_true_one(name):
     b = rhs(40)
     x, info = get_solver(name)(matvec_of(A), jnp.asarray(b), tol=1e-9, maxiter=400,
                                on_failure="ignore", full_output=True)
-    true_res = np.linalg.norm(A @ np.asarray(x) - b)
-    np.testing.assert_allclose(info.residual_norm, true_res, rtol=1e-6, atol=1e-15)
-    assert bool(info.converged) == (true_res <= 1e-9 * np.linalg.norm(b))
+    x = np.asarray(x)
+    true_res = np.linalg.norm(A @ x - b)
+    # a residual computed in float64 is known to eps (||A|| ||x|| + ||b||), whoever computes
+    # it; at cond 1e7 that is the size of a converged residual, so XLA's order of summation
+    # decides the last digits (the compile flags change them by 1e-3 relative)
+    rounding = 4 * np.finfo(float).eps * (np.linalg.norm(A, 2) * np.linalg.norm(x)
+                                          + np.linalg.norm(b))
+    np.testing.assert_allclose(info.residual_norm, true_res, rtol=1e-6, atol=rounding)
+    threshold = 1e-9 * np.linalg.norm(b)
+    if abs(true_res - threshold) > rounding:
+        assert bool(info.converged) == (true_res <= threshold)
 
 
 @pytest.mark.parametrize("name", ALL)
