@@ -392,6 +392,32 @@ def test_a_signal_swallowed_by_a_destructor_still_stops_the_run(tmp_path, packin
     assert _status(tmp_path / "out") != "done"
 
 
+def test_a_signal_masked_by_an_extension_error_still_stops_the_run(tmp_path, packing, monkeypatch):
+    """A C extension that sees the handler's exception as a failed call raises its own error
+    instead (matplotlib's Agg renderer: "ValueError: Invalid bounding box", seen once in 12
+    random SIGTERMs); the run must still exit 143, not 1, and leave no complete task."""
+    import sensitivity.systems.pipeline  # noqa: F401  (patched below as systems.pipeline)
+    from sensitivity import systems
+
+    config = config_for(tmp_path, packing)
+    original = systems.pipeline.run_task
+
+    def run_task(*args, **kwargs):
+        summary = original(*args, **kwargs)
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler raises here
+            time.sleep(1)
+        except BaseException as signal_exception:
+            raise ValueError("Invalid bounding box") from signal_exception
+        return summary
+
+    monkeypatch.setattr(systems.pipeline, "run_task", run_task)
+    result = invoke(["run", config])
+    assert result.exit_code == 143, result.output
+    assert "stopped by SIGTERM" in result.output and "unexpected" not in result.output
+    assert _status(tmp_path / "out") != "done"
+
+
 # --- 6. storage faults ----------------------------------------------------------------------
 
 
