@@ -145,7 +145,11 @@ def main():
     parser.add_argument("--dense-max", type=int, default=4096,
                         help="dense reference up to this many unknowns")
     parser.add_argument("--no-jax-md", action="store_true")
+    parser.add_argument("--product", choices=("auto", "joint", "separate"), default="auto",
+                        help="elasticity.STRAIN_PRODUCT: how the lockstep CG forms the strain "
+                             "components' Hessian products")
     args = parser.parse_args()
+    el.STRAIN_PRODUCT = args.product
     phi = args.phi or (0.9 if args.dim == 2 else 0.7)
     for n in args.sizes:
         run(n, args.dim, phi, args.seed, args.repeat, args.dense_max, not args.no_jax_md)

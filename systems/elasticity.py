@@ -211,12 +211,22 @@ def nonaffine_part(dx: np.ndarray, component: str, y: np.ndarray, scale: float,
 # The elastic tensor through the ResponseSolver's compiled machinery.
 
 
+#: How :func:`_block_matvec` forms the m strain products: ``"joint"`` (one gather of the m
+#: vectors and one batched product, each block read once), ``"separate"`` (one product per
+#: vector, unrolled in one loop body) or ``"auto"``: joint in 3D (six vectors share each
+#: 3 x 3 block), separate in 2D (three vectors: the batched product costs more than it
+#: saves). The measurement behind it is in benchmarks/README.md, "Elastic tensor".
+STRAIN_PRODUCT = "auto"
+
+
 def _block_matvec(hessian, v):
-    """``H v_p`` for m vectors ``v`` (m, N, d), one product per vector, unrolled in one
-    fused loop body. (Measured at N = 1024 on 2 CPU cores: 3 products 58 µs against 20 µs
-    for one; ``vmap`` 92 µs, a batched (d × K d) @ (K d × m) einsum 103 µs: the product
-    is bound by memory traffic, so reading the blocks once for m vectors does not pay.)"""
-    return jnp.stack([hessian_matvec(hessian, v[p]) for p in range(v.shape[0])])
+    """``H v_p`` for m vectors ``v`` (m, N, d), as :data:`STRAIN_PRODUCT` says."""
+    m, n, d = v.shape
+    joint = STRAIN_PRODUCT == "joint" or (STRAIN_PRODUCT == "auto" and d == 3)
+    if not joint:
+        return jnp.stack([hessian_matvec(hessian, v[p]) for p in range(m)])
+    gathered = jnp.moveaxis(v, 0, -1)[hessian.idx].reshape(n, -1, m)  # (N, K d, m)
+    return jnp.moveaxis(jnp.einsum("nak,nkm->nam", hessian.rows, gathered), -1, 0)
 
 
 def _lockstep_cg(pk, b, tol: float, maxiter: int):

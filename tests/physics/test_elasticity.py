@@ -358,3 +358,22 @@ def test_cli_marks_a_non_converged_tensor(tmp_path, monkeypatch):
     assert read.elasticity["iterations"] == 3
     shown = CliRunner().invoke(main, ["inspect", str(tmp_path / "out" / "sensitivity.h5")])
     assert "Elasticity (NOT CONVERGED)" in shown.output
+
+
+@pytest.mark.parametrize("product", ["separate", "joint"])
+def test_block_matvec_of_every_strain_component_against_the_dense_hessian(product, monkeypatch):
+    """The m strain products, one per vector or one joint gather and product, against the
+    dense matrix."""
+    from sensitivity.systems.hessian import BlockHessian, dense_hessian
+
+    rng = np.random.default_rng(3)
+    n, k, d, m = 40, 7, 3, 6
+    idx = np.concatenate([np.arange(n)[:, None], rng.integers(0, n, (n, k - 1))], axis=1)
+    rows = rng.normal(size=(n, d, k * d))
+    hessian = BlockHessian(jnp.asarray(idx, jnp.int32), jnp.asarray(rows))
+    v = rng.normal(size=(m, n, d))
+    monkeypatch.setattr(el, "STRAIN_PRODUCT", product)
+    out = np.asarray(el._block_matvec(hessian, jnp.asarray(v)))
+    dense = dense_hessian(hessian)
+    expected = (dense @ v.reshape(m, -1).T).T.reshape(m, n, d)
+    np.testing.assert_allclose(out, expected, rtol=1e-13, atol=1e-13 * np.abs(expected).max())
