@@ -234,7 +234,7 @@ def write_observable_derivatives(handle, entries: Mapping[str, Mapping]) -> None
     file; ``entries`` as :func:`observable_derivatives` returns, by θ name."""
     import h5py
 
-    from .io import _write_tree
+    from ._h5 import write_tree
 
     if not entries:
         return
@@ -251,7 +251,7 @@ def write_observable_derivatives(handle, entries: Mapping[str, Mapping]) -> None
         data.attrs["axes"] = np.array(["observable", "theta_component"],
                                       dtype=h5py.string_dtype())
         group.create_dataset("value", data=np.asarray(entry["value"], np.float64))
-        _write_tree(group, entry["attrs"], f"/{GROUP}/{name}")
+        write_tree(group, entry["attrs"], f"/{GROUP}/{name}")
 
 
 def read_observable_derivatives(handle) -> dict:
@@ -259,7 +259,7 @@ def read_observable_derivatives(handle) -> dict:
     (empty when it has none)."""
     import h5py
 
-    from .io import _read_tree
+    from ._h5 import read_tree
 
     top = handle.get(GROUP)
     if not isinstance(top, h5py.Group):
@@ -268,5 +268,5 @@ def read_observable_derivatives(handle) -> dict:
     for name, group in top.items():
         out[name] = {"d_observable_d_theta": np.asarray(group["d_observable_d_theta"]),
                      "value": np.asarray(group["value"]),
-                     "attrs": _read_tree(group, skip=("d_observable_d_theta", "value"))}
+                     "attrs": read_tree(group, skip=("d_observable_d_theta", "value"))}
     return out

@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from ._atomic import atomic_path
-from .io import copy_result, read_result, response_magnitudes
+from ._result_read import copy_result, read_result, response_magnitudes
 from .config import ConfigError
 from .manifest import find_tasks
 from .settings import STRAIN_COMPONENTS_BY_DIM
