@@ -34,6 +34,7 @@ _EXPORTS = {
     "random_packing": "generate",
     "Result": "_result_read",
     "Response": "_result_read",
+    "RelaxReport": "_result_read",
     "file_sha256": "tasks",
     "read_packing": "_packing_file",
     "read_result": "_result_read",

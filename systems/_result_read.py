@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,50 @@ from ._packing_file import PackingReader
 from ._system import ParticleSystem, cell_matrix, wrap_positions
 
 
+@dataclasses.dataclass(frozen=True)
+class RelaxReport:
+    """The minimizer's report, as ``/relaxation`` stores it: the one type that
+    :func:`~systems._result_write.write_result` writes (:meth:`to_attrs`) and
+    :func:`read_result` reads back (:meth:`from_attrs`) as :attr:`Result.relaxation`.
+
+    The fields are those of :class:`systems.relax.RelaxResult` but its positions (see there
+    for their meaning); ``None``: not recorded (a file written by hand or by an older
+    version). ``extra`` keeps any other attribute the group holds, so nothing read is lost.
+    """
+
+    steps: int | None = None
+    energy: float | None = None
+    max_force: float | None = None
+    stop_reason: str | None = None
+    converged: bool | None = None
+    minimizer: str | None = None
+    ftol: float | None = None
+    etol: float | None = None
+    max_steps: int | None = None
+    time_s: float | None = None
+    time_compile_s: float | None = None
+    neighbor_list: bool | None = None
+    reallocations: int | None = None
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_attrs(self) -> dict[str, Any]:
+        """The ``/relaxation`` attributes: the recorded fields in declaration order (the
+        order :meth:`systems.relax.RelaxResult.as_dict` gives), then ``extra``."""
+        out = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
+               if field.name != "extra" and getattr(self, field.name) is not None}
+        return {**out, **self.extra}
+
+    @classmethod
+    def from_attrs(cls, attrs: "RelaxReport | Mapping[str, Any]") -> "RelaxReport":
+        """The report of ``/relaxation``'s attributes (or of ``RelaxResult.as_dict()``);
+        unknown keys go to ``extra``."""
+        if isinstance(attrs, RelaxReport):
+            return attrs
+        names = {field.name for field in dataclasses.fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in attrs.items() if k in names},
+                   extra={k: v for k, v in attrs.items() if k not in names})
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Result:
     """Everything a ``sensitivity.h5`` result file holds (see :func:`write_result`).
@@ -42,7 +87,8 @@ class Result:
 
     Attributes:
         system: the relaxed packing (``/particles/all``).
-        relaxation: minimizer report (steps, energy, max_force, stop_reason, converged, ...).
+        relaxation: the minimizer's :class:`RelaxReport` (steps, energy, max_force,
+            stop_reason, converged, ...).
         responses: ``{name: {"dx_dtheta": array, "attrs": {...}}}``, one entry per parameter
             θ: ``dx_dtheta`` is ``[N][d]`` for a scalar θ and ``[P][N][d]`` for a θ with P
             components; rattler rows are NaN. ``attrs`` holds θ's value, the solver,
@@ -57,7 +103,7 @@ class Result:
     """
 
     system: ParticleSystem
-    relaxation: dict
+    relaxation: RelaxReport
     responses: dict
     rattlers: np.ndarray
     zero_modes: dict
@@ -83,7 +129,7 @@ class Result:
     def converged(self) -> bool:
         """True when the relaxation and every linear solve (the elastic tensor's included)
         report convergence."""
-        ok = bool(self.relaxation.get("converged", True))
+        ok = bool(True if self.relaxation.converged is None else self.relaxation.converged)
         for response in self.responses.values():
             ok = ok and bool(response.get("attrs", {}).get("converged", True))
         if self.elasticity is not None:  # the strain solves of the elastic tensor
@@ -358,7 +404,8 @@ def read_result(path: str | os.PathLike) -> Result:
             if isinstance(group.get("extra"), h5py.Group):
                 response.update(read_tree(group["extra"]))
             responses[name] = response
-        relaxation = read_tree(handle["relaxation"]) if isinstance(handle.get("relaxation"), h5py.Group) else {}
+        relaxation = RelaxReport.from_attrs(read_tree(handle["relaxation"]) if isinstance(
+            handle.get("relaxation"), h5py.Group) else {})
         audit = read_tree(handle["audit"]) if isinstance(handle.get("audit"), h5py.Group) else None
         elasticity = _read_elasticity(handle, label, system.dim)
         from .reverse import read_observable_derivatives

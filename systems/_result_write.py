@@ -33,6 +33,7 @@ from ._h5 import (
     write_tree,
 )
 from ._packing_file import write_h5md_header, write_particles
+from ._result_read import RelaxReport
 from ._system import ParticleSystem
 
 
@@ -107,10 +108,10 @@ def _describe_jacobian(dataset: h5py.Dataset, name: str, attrs: Mapping, system:
             dataset.attrs[key] = encode(attrs[key], where)
 
 
-def _write_observables(handle: h5py.File, relaxation: Mapping) -> None:
+def _write_observables(handle: h5py.File, relaxation: RelaxReport) -> None:
     """``/observables/potential_energy`` (H5MD, unit ε): the relaxed energy where MD tools
     look for it (MDAnalysis puts it in ``ts.data``); ``/relaxation`` keeps the full report."""
-    energy = relaxation.get("energy")
+    energy = relaxation.energy
     if isinstance(energy, (bool, np.bool_)) or not isinstance(energy, (int, float, np.number)):
         return
     value = time_dependent_element(handle.require_group("observables"), "potential_energy",
@@ -122,7 +123,7 @@ def write_result(
     path: str | os.PathLike,
     *,
     system: ParticleSystem,
-    relaxation: Mapping,
+    relaxation: RelaxReport | Mapping,
     responses: Mapping[str, Mapping],
     rattlers: np.ndarray,
     zero_modes: Mapping,
@@ -136,7 +137,7 @@ def write_result(
 ) -> Path:
     """Write a sensitivity result as a valid H5MD 1.1 file (float64; atomic).
 
-    Layout (see the module docstring): ``/h5md``; ``/particles/all`` = the relaxed
+    Layout (see :mod:`systems.io`): ``/h5md``; ``/particles/all`` = the relaxed
     ``system``; ``/sensitivity/<name>/dx_dtheta`` with ``attrs`` on the ``<name>`` group;
     ``/sensitivity/rattlers``; ``timings`` and ``zero_modes`` as attributes of
     ``/sensitivity``; ``relaxation`` in ``/relaxation``; ``audit`` in ``/audit``;
@@ -147,6 +148,9 @@ def write_result(
     arrays of more than 256 elements datasets; ``None`` is an empty attribute.
 
     Args:
+        relaxation: the minimizer's report, a :class:`~systems._result_read.RelaxReport` or
+            its attributes (``RelaxResult.as_dict()``), written as
+            :meth:`RelaxReport.to_attrs <systems._result_read.RelaxReport.to_attrs>` gives them.
         responses: ``{name: {"dx_dtheta": [N][d] or [P][N][d] array, "attrs": {...}}}``;
             other entries are kept in ``/sensitivity/<name>/extra``.
         rattlers: ``[N]`` bool.
@@ -226,7 +230,9 @@ def write_result(
             if extra:
                 write_tree(group.create_group("extra", track_order=True), extra, f"/sensitivity/{name}/extra")
 
-        write_tree(handle.create_group("relaxation", track_order=True), relaxation, "/relaxation")
+        relaxation = RelaxReport.from_attrs(relaxation)  # what read_result gives back
+        write_tree(handle.create_group("relaxation", track_order=True), relaxation.to_attrs(),
+                   "/relaxation")
         _write_observables(handle, relaxation)
         if audit is not None:
             write_tree(handle.create_group("audit", track_order=True), audit, "/audit")

@@ -47,7 +47,8 @@ Result files add (groups of our own, which H5MD allows)::
                                  [d][d][d][d], nonaffine [m][N][d], per_particle_stress
                                  [N][d][d]; attrs pressure,
                                  bulk_modulus, shear_modulus, definitions, solve report
-    /relaxation                  attrs: steps, energy, max_force, stop_reason, converged
+    /relaxation                  attrs: steps, energy, max_force, stop_reason, converged, ...
+                                 (:class:`RelaxReport`: written and read as that one type)
     (/audit)                     the finite-difference audit, if run
     /parameters/
         config                   attr json: the resolved configuration (attr text: as given)
@@ -67,7 +68,14 @@ from ._h5 import (
     UNITS_NOTE,
 )
 from ._packing_file import read_packing, write_packing
-from ._result_read import Response, Result, copy_result, read_result, response_magnitudes
+from ._result_read import (
+    RelaxReport,
+    Response,
+    Result,
+    copy_result,
+    read_result,
+    response_magnitudes,
+)
 from ._result_write import write_result
 from .tasks import file_sha256
 
@@ -79,6 +87,7 @@ __all__ = [
     "RESULT_FORMAT_VERSION",
     "THETA_UNITS",
     "UNITS_NOTE",
+    "RelaxReport",
     "Response",
     "Result",
     "copy_result",

@@ -498,7 +498,7 @@ def test_input_error_is_a_value_error():
 # --------------------------------------------------------------------------------------
 # result files
 
-from sensitivity.systems import Result, read_result, write_result  # noqa: E402
+from sensitivity.systems import RelaxReport, Result, read_result, write_result  # noqa: E402
 
 
 def make_result_inputs(n=9, dim=2, vector=True, audit=True):
@@ -617,7 +617,8 @@ def test_result_round_trip(tmp_path, dim, vector):
         np.testing.assert_array_equal(result.dx_dtheta(name), response["dx_dtheta"])  # NaN-aware
         assert result.dx_dtheta(name).dtype == np.float64
         assert_tree_equal(result.responses[name]["attrs"], response["attrs"])
-    assert_tree_equal(result.relaxation, inputs["relaxation"])
+    assert result.relaxation == RelaxReport.from_attrs(inputs["relaxation"])
+    assert_tree_equal(result.relaxation.to_attrs(), inputs["relaxation"])
     assert_tree_equal(result.zero_modes, inputs["zero_modes"])
     assert_tree_equal(result.timings, inputs["timings"])
     config = dict(inputs["parameters"]["config"], seed=0)
