@@ -81,11 +81,14 @@ def _check_links(handle: h5py.File, label: str) -> None:
                 problems.append(f"{path} is a soft link to {link.path} that does not resolve "
                                 "(dangling, or a loop of links)")
 
-    try:
-        handle.visititems_links(visit)
-    except (KeyError, RuntimeError, OSError, ValueError, SystemError) as error:
-        raise InputError(f"{label}: cannot list its contents ({' '.join(str(error).split())}); "
-                         "the file is damaged") from None
+    def walk(visit_method, visitor) -> None:
+        try:
+            visit_method(visitor)
+        except (KeyError, RuntimeError, OSError, ValueError, SystemError) as error:
+            raise InputError(f"{label}: cannot list its contents "
+                             f"({' '.join(str(error).split())}); the file is damaged") from None
+
+    walk(handle.visititems_links, visit)
     if count > _MAX_OBJECTS:
         raise InputError(f"{label}: holds more than {_MAX_OBJECTS} objects; not a packing or "
                          "result file")
@@ -101,11 +104,7 @@ def _check_links(handle: h5py.File, label: str) -> None:
                 problems.append(f"/{name} is a virtual dataset mapping other files; store its "
                                 "data inside this file")
 
-    try:
-        handle.visititems(datasets)
-    except (KeyError, RuntimeError, OSError, ValueError, SystemError) as error:
-        raise InputError(f"{label}: cannot list its contents ({' '.join(str(error).split())}); "
-                         "the file is damaged") from None
+    walk(handle.visititems, datasets)
     if problems:
         raise InputError(f"{label}: {problems[0]}")
 
