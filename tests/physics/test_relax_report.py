@@ -105,10 +105,13 @@ def test_file_format_modules_import_no_jax(tmp_path):
         "from sensitivity.systems._result_read import read_result\n"
         "from sensitivity.systems.jacobian_file import read_jacobian_slice\n"
         "from sensitivity.systems.io import read_packing, write_packing, write_result\n"
+        "from sensitivity.systems.summary import summarize\n"  # inspect and collect
         f"r = read_result({str(path)!r})\n"
-        "print(json.dumps({'steps': r.relaxation.steps, 'jax': sorted(m for m in sys.modules "
-        "if m.split('.')[0] in ('jax', 'jaxlib', 'jax_md'))}))\n"
+        f"s = summarize({str(path)!r})\n"
+        "print(json.dumps({'steps': r.relaxation.steps, 'summary': s['relaxation'], "
+        "'jax': sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', "
+        "'jax_md'))}))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, check=True, timeout=120)
-    assert json.loads(done.stdout) == {"steps": AS_DICT["steps"], "jax": []}
+    assert json.loads(done.stdout) == {"steps": AS_DICT["steps"], "summary": AS_DICT, "jax": []}
