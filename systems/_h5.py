@@ -340,6 +340,9 @@ def jacobian_unit(kind: Any, multiplier: bool = False) -> tuple[str, str]:
 
 
 
+#: The result file's group of dO/dθ for a vector θ (:mod:`systems.reverse`).
+OBSERVABLE_DERIVATIVES = "observable_derivatives"
+
 ELASTICITY_DATASETS = {"stress": 2, "elastic_tensor": 4, "nonaffine": 3, "per_particle_stress": 3}
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from ._errors import InputError
 from ._h5 import (
     ELASTICITY_DATASETS,
+    OBSERVABLE_DERIVATIVES,
     RESULT_FORMAT,
     RESULT_FORMAT_VERSION,
     checked_read,
@@ -113,7 +114,7 @@ class Result:
     path: Path | None = None
     elasticity: dict | None = None
     #: ``{θ name: {"d_observable_d_theta" (K, P), "value" (K,), "attrs"}}``
-    #: (``/observable_derivatives``, :mod:`systems.reverse`)
+    #: (``/observable_derivatives``, computed by :mod:`systems.reverse`)
     observable_derivatives: dict = dataclasses.field(default_factory=dict)
 
     @property
@@ -348,6 +349,20 @@ def _read_elasticity(handle: h5py.File, label: str, dim: int) -> dict | None:
 
 
 
+def _read_observable_derivatives(handle) -> dict:
+    """``{name: {"d_observable_d_theta", "value", "attrs"}}`` from an open result file
+    (empty when it has none)."""
+    top = handle.get(OBSERVABLE_DERIVATIVES)
+    if not isinstance(top, h5py.Group):
+        return {}
+    out = {}
+    for name, group in top.items():
+        out[name] = {"d_observable_d_theta": np.asarray(group["d_observable_d_theta"]),
+                     "value": np.asarray(group["value"]),
+                     "attrs": read_tree(group, skip=("d_observable_d_theta", "value"))}
+    return out
+
+
 def read_result(path: str | os.PathLike) -> Result:
     """Read a result file written by :func:`write_result` (the output of ``sensitivity run``).
 
@@ -408,9 +423,7 @@ def read_result(path: str | os.PathLike) -> Result:
             handle.get("relaxation"), h5py.Group) else {})
         audit = read_tree(handle["audit"]) if isinstance(handle.get("audit"), h5py.Group) else None
         elasticity = _read_elasticity(handle, label, system.dim)
-        from .reverse import read_observable_derivatives
-
-        observable_derivatives = read_observable_derivatives(handle)
+        observable_derivatives = _read_observable_derivatives(handle)
         parameters: dict = {}
         if isinstance(handle.get("parameters"), h5py.Group):
             parameters_group = handle["parameters"]

@@ -21,6 +21,7 @@ from ._h5 import (
     ENERGY_UNIT,
     LENGTH_UNIT,
     MAX_ATTRIBUTE_ELEMENTS,
+    OBSERVABLE_DERIVATIVES,
     RESULT_FORMAT,
     RESULT_FORMAT_VERSION,
     UNITS_NOTE,
@@ -35,6 +36,7 @@ from ._h5 import (
 from ._packing_file import write_h5md_header, write_particles
 from ._result_read import RelaxReport
 from ._system import ParticleSystem
+from .jacobian_file import is_stream, jacobian_layout, write_streamed
 
 
 def _json_default(value: Any) -> Any:
@@ -165,8 +167,6 @@ def write_result(
     overlap = set(timings) & set(zero_modes)
     if overlap:
         raise ValueError(f"timings and zero_modes share keys {sorted(overlap)}")
-    from .jacobian_file import is_stream, jacobian_layout, write_streamed
-
     streamed = sum(r["dx_dtheta"].nbytes for r in responses.values()
                    if is_stream(r.get("dx_dtheta")))
     on_disk = streamed + (64 << 20) if streamed else 0  # + room for the rest of the file
@@ -239,9 +239,7 @@ def write_result(
         if elasticity is not None:
             _write_elasticity(handle, elasticity, dim)
         if observable_derivatives:  # dO/dθ of a vector θ (reverse or forward mode)
-            from .reverse import write_observable_derivatives
-
-            write_observable_derivatives(handle, observable_derivatives)
+            _write_observable_derivatives(handle, observable_derivatives)
 
         group = handle.create_group("parameters", track_order=True)
         rest = dict(parameters)
@@ -267,3 +265,24 @@ def _write_elasticity(handle: h5py.File, elasticity: Mapping, dim: int) -> None:
             group.create_dataset(key, data=np.asarray(elasticity[key], dtype=np.float64))
     rest = {k: v for k, v in elasticity.items() if k not in ELASTICITY_DATASETS}
     write_tree(group, rest, "/elasticity")
+
+
+def _write_observable_derivatives(handle, entries: Mapping[str, Mapping]) -> None:
+    """``/observable_derivatives/<name>/`` (see :mod:`systems.io`) in an open HDF5 file;
+    ``entries`` as :func:`systems.reverse.observable_derivatives` returns, by θ name."""
+    if not entries:
+        return
+    top = handle.create_group(OBSERVABLE_DERIVATIVES, track_order=True)
+    top.attrs["definition"] = (
+        "d_observable_d_theta[k, p] = dO_k/dtheta_p at the relaxed packing, total "
+        "derivative through x*(theta); observables: energy U, pressure p, x[i] / y[i] / z[i] "
+        "the position of particle i relative to the backbone (its rigid motion removed), "
+        "NaN for a rattler")
+    for name, entry in entries.items():
+        group = top.create_group(name, track_order=True)
+        data = group.create_dataset("d_observable_d_theta",
+                                    data=np.asarray(entry["d_observable_d_theta"], np.float64))
+        data.attrs["axes"] = np.array(["observable", "theta_component"],
+                                      dtype=h5py.string_dtype())
+        group.create_dataset("value", data=np.asarray(entry["value"], np.float64))
+        write_tree(group, entry["attrs"], f"/{OBSERVABLE_DERIVATIVES}/{name}")

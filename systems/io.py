@@ -47,6 +47,10 @@ Result files add (groups of our own, which H5MD allows)::
                                  [d][d][d][d], nonaffine [m][N][d], per_particle_stress
                                  [N][d][d]; attrs pressure,
                                  bulk_modulus, shear_modulus, definitions, solve report
+    (/observable_derivatives/<name>/)  dO/dθ of a vector θ (:mod:`systems.reverse`):
+                                 d_observable_d_theta [K][P], value [K] (the observables
+                                 at x*), attrs observables (their names) and the report
+                                 (mode, reason, solves, residual)
     /relaxation                  attrs: steps, energy, max_force, stop_reason, converged, ...
                                  (:class:`RelaxReport`: written and read as that one type)
     (/audit)                     the finite-difference audit, if run
