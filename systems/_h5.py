@@ -262,9 +262,8 @@ def encode(value: Any, where: str) -> Any:
         if array.dtype.kind in "US" or (
             array.dtype.kind == "O" and all(isinstance(item, str) for item in array.ravel())
         ):
-            return np.array([str(item) for item in array.ravel()], dtype=h5py.string_dtype()).reshape(
-                array.shape
-            )
+            return np.array([str(item) for item in array.ravel()],
+                            dtype=h5py.string_dtype()).reshape(array.shape)
         if array.dtype.kind == "f":
             return array.astype(np.float64)
         if array.dtype.kind in "iub":
@@ -294,7 +293,8 @@ def time_dependent_element(parent: h5py.Group, name: str, frame: np.ndarray) -> 
 def check_name(name: Any, where: str) -> str:
     name = str(name)
     if not name or "/" in name or name in (".", ".."):
-        raise InputError(f"{where}: name {name!r} cannot be an HDF5 group/attribute name (no '/', not empty)")
+        raise InputError(f"{where}: name {name!r} cannot be an HDF5 group/attribute name "
+                         "(no '/', not empty)")
     return name
 
 

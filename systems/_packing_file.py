@@ -44,7 +44,8 @@ class PackingReader:
             raise InputError(f"{label}: /particles is missing, expected an H5MD particles group")
         particles = handle["particles"]
         if group not in particles or not isinstance(particles[group], h5py.Group):
-            present = ", ".join(sorted(name for name in particles if isinstance(particles[name], h5py.Group)))
+            present = ", ".join(sorted(name for name in particles
+                                       if isinstance(particles[name], h5py.Group)))
             raise InputError(
                 f"{label}: {self.group_path} is missing, expected a particles group "
                 f"(groups present: {present or 'none'})"
@@ -171,9 +172,11 @@ class PackingReader:
                 shape, expected = (n_frames,) + positions.shape, "(T, N, d)"
             else:
                 shape, expected = positions.shape, "(N, d)"
-            raise self.error(f"{position_path} has shape {shape}, expected {expected} with d = 2 or 3")
+            raise self.error(f"{position_path} has shape {shape}, expected {expected} with "
+                             "d = 2 or 3")
         if positions.dtype.kind not in "fiu":
-            raise self.error(f"{position_path} has dtype {positions.dtype}, expected floating point")
+            raise self.error(f"{position_path} has dtype {positions.dtype}, expected floating "
+                             "point")
         positions = positions.astype(np.float64)
         n, dim = positions.shape
         if n == 0:
@@ -199,7 +202,8 @@ class PackingReader:
                 "expected diameters > 0"
             )
         species = self._read_per_particle("species", n, position_path, 0, per_particle)
-        if species.dtype.kind == "f" and np.all(np.isfinite(species)) and np.all(species == np.round(species)):
+        if species.dtype.kind == "f" and np.all(np.isfinite(species)) \
+                and np.all(species == np.round(species)):
             species = species.astype(np.int64)
         if species.dtype.kind not in "iu":
             raise self.error(f"{group_path}/species has dtype {species.dtype}, expected integers")
@@ -243,7 +247,8 @@ class PackingReader:
             )
         if "boundary" not in box_group.attrs:
             raise self.error(
-                f"{box_path} has no attribute 'boundary', expected ['periodic']*{dim} or ['none']*{dim}"
+                f"{box_path} has no attribute 'boundary', expected ['periodic']*{dim} or "
+                f"['none']*{dim}"
             )
         boundary = decode(box_group.attrs["boundary"])
         if isinstance(boundary, str):
@@ -264,7 +269,8 @@ class PackingReader:
         if len(set(boundary)) > 1:
             raise self.error(
                 f"{box_path} attribute boundary = {boundary} mixes periodic and free axes, "
-                f"expected ['periodic']*{dim} or ['none']*{dim} (mixed boundaries are not supported)"
+                f"expected ['periodic']*{dim} or ['none']*{dim} (mixed boundaries are not "
+                "supported)"
             )
         periodic = boundary[0] == "periodic"
         if "edges" not in box_group:

@@ -372,7 +372,8 @@ def read_result(path: str | os.PathLike) -> Result:
     """
     with open_for_reading(path) as (handle, label):
         sensitivity = handle.get("/sensitivity")
-        if not isinstance(sensitivity, h5py.Group) or sensitivity.attrs.get("format") != RESULT_FORMAT:
+        if not isinstance(sensitivity, h5py.Group) \
+                or sensitivity.attrs.get("format") != RESULT_FORMAT:
             hint = " (this looks like an input packing)" if "particles" in handle else ""
             raise InputError(
                 f"{label}: /sensitivity is missing or has no attribute format = '{RESULT_FORMAT}', "
@@ -385,12 +386,13 @@ def read_result(path: str | os.PathLike) -> Result:
                 f"{RESULT_FORMAT_VERSION} (written by a newer sensitivity; upgrade to read it)"
             )
         system = PackingReader(handle, label, "all").read_system(-1)
-        rattlers_item = require(handle, label, "/sensitivity/rattlers", h5py.Dataset, f"[{system.n}] bool")
+        rattlers_item = require(handle, label, "/sensitivity/rattlers", h5py.Dataset,
+                                f"[{system.n}] bool")
         rattlers = checked_read(rattlers_item, "/sensitivity/rattlers", label).astype(bool)
         if rattlers.shape != (system.n,):
             raise InputError(
-                f"{label}: /sensitivity/rattlers has shape {rattlers.shape}, expected ({system.n},) "
-                "to match /particles/all/position"
+                f"{label}: /sensitivity/rattlers has shape {rattlers.shape}, expected "
+                f"({system.n},) to match /particles/all/position"
             )
         figures = {}
         for key in ("timings", "zero_modes"):
@@ -436,7 +438,8 @@ def read_result(path: str | os.PathLike) -> Result:
                         parameters["config"] = json.loads(attrs["json"])
                     except (TypeError, ValueError) as error:
                         raise InputError(
-                            f"{label}: /parameters/config attribute json is not valid JSON ({error})"
+                            f"{label}: /parameters/config attribute json is not valid JSON "
+                            f"({error})"
                         ) from None
                     if "text" in attrs:
                         parameters["config_text"] = attrs["text"]

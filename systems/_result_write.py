@@ -184,7 +184,8 @@ def write_result(
             )
             for name, value in figures.items():
                 if isinstance(value, Mapping):
-                    raise TypeError(f"/sensitivity attribute {name}: {key} values must not be mappings")
+                    raise TypeError(f"/sensitivity attribute {name}: {key} values must not be "
+                                    "mappings")
                 sensitivity.attrs[str(name)] = encode(value, f"/sensitivity attribute {name}")
         sensitivity.create_dataset("rattlers", data=rattlers.astype(bool))
         for name, response in responses.items():
@@ -214,7 +215,8 @@ def write_result(
             attrs = dict(response.get("attrs") or {})
             for reserved in ("dx_dtheta", "extra"):
                 if reserved in attrs:
-                    raise ValueError(f"responses[{name!r}]['attrs'] uses the reserved key {reserved!r}")
+                    raise ValueError(f"responses[{name!r}]['attrs'] uses the reserved key "
+                                     f"{reserved!r}")
             write_tree(group, attrs, f"/sensitivity/{name}")
             if response.get("nonaffine") is not None:
                 nonaffine = np.asarray(response["nonaffine"], dtype=np.float64)
@@ -228,7 +230,8 @@ def write_result(
             extra = {k: v for k, v in response.items()
                      if k not in ("dx_dtheta", "attrs", "nonaffine")}
             if extra:
-                write_tree(group.create_group("extra", track_order=True), extra, f"/sensitivity/{name}/extra")
+                write_tree(group.create_group("extra", track_order=True), extra,
+                           f"/sensitivity/{name}/extra")
 
         relaxation = RelaxReport.from_attrs(relaxation)  # what read_result gives back
         write_tree(handle.create_group("relaxation", track_order=True), relaxation.to_attrs(),
