@@ -428,7 +428,7 @@ def _result_record(path: Path) -> dict:
         "n": result.system.n,
         "dim": result.system.dim,
         "rattlers": int(sum(bool(r) for r in result.rattlers)),
-        "relaxation": result.relaxation,
+        "relaxation": result.relaxation.to_attrs(),
         "responses": {name: dict(r.get("attrs", {})) for name, r in result.responses.items()},
         "timings": result.timings,
     }
@@ -456,7 +456,7 @@ def _stats_from_result(path: Path, *, title: str | None = None) -> tuple[str, bo
     responses = {name: dict(r.get("attrs", {})) for name, r in result.responses.items()}
     rattlers = int(sum(bool(r) for r in result.rattlers))
     text = stats_block(
-        result.relaxation,
+        result.relaxation.to_attrs(),
         responses,
         result.timings,
         rattlers=rattlers,

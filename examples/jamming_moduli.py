@@ -197,15 +197,15 @@ def read_sweep(folder: Path) -> tuple[list[dict], dict]:
         source = str((result.provenance or {}).get("input_path", path))
         seed = re.search(r"seed(\d+)", Path(source).name)
         row = {"n": system.n, "phi": round(phi, 6), "seed": int(seed[1]) if seed else -1,
-               "used": False, "note": "", "fire_steps": relaxation.get("steps"),
-               "max_force": relaxation.get("max_force"),
+               "used": False, "note": "", "fire_steps": relaxation.steps,
+               "max_force": relaxation.max_force,
                "rattlers": int(np.sum(result.rattlers)), "contacts": "",
                "isostatic_contacts": "", "pressure": float(e.get("pressure", np.nan)),
                "bulk_modulus": float(e.get("bulk_modulus", np.nan)),
                "shear_modulus": float(e.get("shear_modulus", np.nan)),
                "tensor_converged": bool(e.get("converged", False)), "time_s": np.nan}
-        if not relaxation.get("converged"):
-            row["note"] = f"FIRE did not converge ({relaxation.get('stop_reason')})"
+        if not relaxation.converged:
+            row["note"] = f"FIRE did not converge ({relaxation.stop_reason})"
         elif not e:
             row["note"] = "no /elasticity in the result (sensitivity.elasticity off?)"
         else:

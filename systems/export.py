@@ -85,7 +85,7 @@ def export_extxyz(result, path: str | os.PathLike) -> tuple[Path, list[str]]:
             info[f"theta_{key}"] = _number(response.theta)
             info[f"theta_unit_{key}"] = _quoted(response.theta_unit)
             info[f"dx_dtheta_unit_{key}"] = _quoted(response.unit)
-    energy = result.relaxation.get("energy")
+    energy = result.relaxation.energy
     header = [
         "Lattice=" + _quoted(" ".join(_number(v) for v in lattice.reshape(-1))),
         "Properties=" + ":".join(f"{name}:{kind}:{width}" for name, kind, width in columns),

@@ -20,9 +20,10 @@ import os
 import numpy as np
 
 from ._errors import InputError
+from ._h5 import open_for_reading
 
 __all__ = ["CHUNK_EDGE", "CHUNKED_MIN_BYTES", "jacobian_layout", "read_jacobian_slice",
-           "is_stream", "write_streamed", "reserve_space"]
+           "is_stream", "write_streamed"]
 
 #: Chunks of ``[CHUNK_EDGE][CHUNK_EDGE][d]`` along (θ component, particle).
 CHUNK_EDGE = 64
@@ -60,21 +61,6 @@ def write_streamed(group, stream):
     return dataset
 
 
-def reserve_space(path, nbytes: int) -> None:
-    """Allocate ``nbytes`` on disk for the file ``path`` (extending it; an HDF5 file opened
-    afterwards writes into that space and trims what it did not use when it closes), so
-    that a full disk or a file-size limit fails here, as one OSError, and not inside HDF5
-    (which reports a failed flush from destructors, then may crash)."""
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        if hasattr(os, "posix_fallocate"):
-            os.posix_fallocate(descriptor, 0, int(nbytes))
-        else:  # pragma: no cover (macOS): at least the size limit is met here
-            os.truncate(descriptor, int(nbytes))
-    finally:
-        os.close(descriptor)
-
-
 def _index(value, size: int, what: str, where: str):
     if value is None:
         return slice(None)
@@ -103,9 +89,7 @@ def read_jacobian_slice(path: str | os.PathLike, name: str, *, theta: int | None
     Raises:
       InputError: the file, the dataset or an index is wrong (named, with the shape).
     """
-    from .io import _open_for_reading
-
-    with _open_for_reading(path) as (handle, label):
+    with open_for_reading(path) as (handle, label):
         where = f"/sensitivity/{name}/dx_dtheta"
         dataset = handle.get(where)
         if dataset is None or not hasattr(dataset, "shape"):

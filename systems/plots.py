@@ -35,8 +35,9 @@ import numpy as np
 
 from ._atomic import atomic_path
 from ._errors import InputError
+from ._h5 import LENGTH_UNIT
+from ._result_read import Result, response_magnitudes
 from ._system import ParticleSystem, perpendicular_widths
-from .io import LENGTH_UNIT, Result, response_magnitudes
 
 __all__ = [
     "FORMATS",

@@ -19,11 +19,8 @@ the transpose of the same linear solve); a rattler's position has no derivative 
 ``∇_y U = 0`` at x*, ``dU/dθ = ∂U/∂θ`` (the adjoint part vanishes up to the force
 tolerance).
 
-Reading a file (:func:`read_observable_derivatives`) imports no JAX.
-
-File layout (:func:`write_observable_derivatives`): ``/observable_derivatives/<θ name>/``
-with ``d_observable_d_theta`` ``[K][P]``, ``value`` ``[K]`` (the observables at x*), the
-attribute ``observables`` (their names) and the report (mode, reason, solves, residual).
+The result file stores them in ``/observable_derivatives`` (:mod:`systems.io`, which reads
+them back without JAX).
 """
 
 from __future__ import annotations
@@ -37,11 +34,7 @@ from . import settings as _settings
 from ._errors import InputError
 
 __all__ = ["ObservableSet", "resolve_observables", "choose_mode", "reversed_thetas",
-           "observable_derivatives", "write_observable_derivatives",
-           "read_observable_derivatives", "GROUP"]
-
-#: The result file's group.
-GROUP = "observable_derivatives"
+           "observable_derivatives"]
 
 _CODES = {"energy": 0, "pressure": 1, "position": 2}
 _AXES = "xyz"
@@ -227,46 +220,3 @@ def observable_derivatives(solver, pspec, obs: ObservableSet, mode: str, reason:
                  time_s=time.perf_counter() - t0 - t_compile, time_compile_s=t_compile)
     return {"d_observable_d_theta": total, "value": np.asarray(value, np.float64),
             "attrs": attrs}
-
-
-def write_observable_derivatives(handle, entries: Mapping[str, Mapping]) -> None:
-    """``/observable_derivatives/<name>/`` (see the module docstring) in an open HDF5
-    file; ``entries`` as :func:`observable_derivatives` returns, by θ name."""
-    import h5py
-
-    from .io import _write_tree
-
-    if not entries:
-        return
-    top = handle.create_group(GROUP, track_order=True)
-    top.attrs["definition"] = (
-        "d_observable_d_theta[k, p] = dO_k/dtheta_p at the relaxed packing, total "
-        "derivative through x*(theta); observables: energy U, pressure p, x[i] / y[i] / z[i] "
-        "the position of particle i relative to the backbone (its rigid motion removed), "
-        "NaN for a rattler")
-    for name, entry in entries.items():
-        group = top.create_group(name, track_order=True)
-        data = group.create_dataset("d_observable_d_theta",
-                                    data=np.asarray(entry["d_observable_d_theta"], np.float64))
-        data.attrs["axes"] = np.array(["observable", "theta_component"],
-                                      dtype=h5py.string_dtype())
-        group.create_dataset("value", data=np.asarray(entry["value"], np.float64))
-        _write_tree(group, entry["attrs"], f"/{GROUP}/{name}")
-
-
-def read_observable_derivatives(handle) -> dict:
-    """``{name: {"d_observable_d_theta", "value", "attrs"}}`` from an open result file
-    (empty when it has none)."""
-    import h5py
-
-    from .io import _read_tree
-
-    top = handle.get(GROUP)
-    if not isinstance(top, h5py.Group):
-        return {}
-    out = {}
-    for name, group in top.items():
-        out[name] = {"d_observable_d_theta": np.asarray(group["d_observable_d_theta"]),
-                     "value": np.asarray(group["value"]),
-                     "attrs": _read_tree(group, skip=("d_observable_d_theta", "value"))}
-    return out

@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from ._atomic import atomic_path
-from .io import copy_result, read_result, response_magnitudes
+from ._result_read import copy_result, read_result, response_magnitudes
 from .config import ConfigError
 from .manifest import find_tasks
 from .settings import STRAIN_COMPONENTS_BY_DIM
@@ -106,7 +106,7 @@ def write_summary(directory: Path, tasks: Sequence[Mapping[str, Any]], output: P
         row["n"] = result.system.n
         row["dim"] = result.system.dim
         for key in ("steps", "energy", "max_force", "stop_reason", "converged"):
-            row[f"relax_{key}"] = _column_value(relaxation.get(key))
+            row[f"relax_{key}"] = _column_value(getattr(relaxation, key))
         row["rattlers"] = int(np.asarray(result.rattlers).sum())
         for key, value in result.timings.items():
             row[key] = _column_value(value)
@@ -276,7 +276,7 @@ def summarize(path: str | Path, *, top: int = 5) -> dict:
             "input": (config.get("system") or {}).get("path"),
         },
         "potential": _plain(result.parameters.get("potential") or config.get("potential") or {}),
-        "relaxation": _plain(result.relaxation),
+        "relaxation": _plain(result.relaxation.to_attrs()),
         "thetas": thetas,
         "rattlers": {
             "count": int(rattlers.sum()),

@@ -71,4 +71,4 @@ def test_installed_names_from_outside_the_repository(tmp_path):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {
         "jax_after_cli": False, "top_level": [], "systems": "sensitivity.systems",
-        "reader": "sensitivity.systems.io", "engine": "sensitivity._implicit_diff"}
+        "reader": "sensitivity.systems._result_read", "engine": "sensitivity._implicit_diff"}

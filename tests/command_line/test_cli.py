@@ -381,7 +381,7 @@ def test_run_writes_result_config_and_plots_then_skips(tmp_path: Path, packings:
     quiet = invoke(["-q", "run", config, "--set", "minimizer.ftol=1e-11"])
     assert quiet.exit_code == 0, quiet.output
     assert quiet.output == ""
-    assert read_result(out / "sensitivity.h5").relaxation["max_force"] <= 1e-11
+    assert read_result(out / "sensitivity.h5").relaxation.max_force <= 1e-11
     same = invoke(["run", config, "--set", "minimizer.ftol=1e-11", "--set", "slurm.time=5"])
     assert same.exit_code == 0 and "skipped, complete result exists" in same.output
 

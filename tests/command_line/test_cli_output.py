@@ -50,7 +50,7 @@ def test_run_json_then_skipped_json(tmp_path: Path, packing: Path):
     saved = read_result(task["result"])
     assert task["responses"]["small_diameter"]["iterations"] == \
         saved.responses["small_diameter"]["attrs"]["iterations"]
-    assert task["relaxation"]["steps"] == saved.relaxation["steps"]
+    assert task["relaxation"]["steps"] == saved.relaxation.steps
     assert task["rattlers"] == int(saved.rattlers.sum()) and task["n"] == 16
     assert "Minimization stats" not in result.stdout  # the text is replaced, not added to
 

@@ -498,7 +498,7 @@ def test_input_error_is_a_value_error():
 # --------------------------------------------------------------------------------------
 # result files
 
-from sensitivity.systems import Result, read_result, write_result  # noqa: E402
+from sensitivity.systems import RelaxReport, Result, read_result, write_result  # noqa: E402
 
 
 def make_result_inputs(n=9, dim=2, vector=True, audit=True):
@@ -617,7 +617,8 @@ def test_result_round_trip(tmp_path, dim, vector):
         np.testing.assert_array_equal(result.dx_dtheta(name), response["dx_dtheta"])  # NaN-aware
         assert result.dx_dtheta(name).dtype == np.float64
         assert_tree_equal(result.responses[name]["attrs"], response["attrs"])
-    assert_tree_equal(result.relaxation, inputs["relaxation"])
+    assert result.relaxation == RelaxReport.from_attrs(inputs["relaxation"])
+    assert_tree_equal(result.relaxation.to_attrs(), inputs["relaxation"])
     assert_tree_equal(result.zero_modes, inputs["zero_modes"])
     assert_tree_equal(result.timings, inputs["timings"])
     config = dict(inputs["parameters"]["config"], seed=0)
@@ -749,3 +750,19 @@ def test_read_result_missing_and_not_hdf5(tmp_path):
     (tmp_path / "x.h5").write_bytes(b"\x00" * 10)
     with pytest.raises(InputError, match="not an HDF5 file"):
         read_result(tmp_path / "x.h5")
+
+
+@pytest.mark.parametrize("visit", ["visititems_links", "visititems"])
+def test_a_file_whose_contents_cannot_be_listed_is_one_line(tmp_path, monkeypatch, visit):
+    """HDF5 failing while the reader walks the file (links, then datasets) is an InputError
+    that names the file and says it is damaged, not a traceback."""
+    path = write_packing(tmp_path / "p.h5", random_packing(6, dim=2, phi=0.5, seed=0))
+
+    def broken(self, visitor):
+        raise RuntimeError("bad  symbol\ntable")
+
+    monkeypatch.setattr(h5py.Group, visit, broken)
+    with pytest.raises(InputError) as caught:
+        read_packing(path)
+    assert str(caught.value) == (f"{path}: cannot list its contents (bad symbol table); the "
+                                 "file is damaged")

@@ -60,7 +60,7 @@ def test_run_task_writes_a_complete_result(finished, packing_file):
     assert summary.result_path == out / "sensitivity.h5"
     result = read_result(summary.result_path)
     assert result.converged
-    assert result.relaxation["stop_reason"] == "ftol"
+    assert result.relaxation.stop_reason == "ftol"
     assert set(result.responses) == {"small_diameter", "box"}
     dx = result.responses["small_diameter"]["dx_dtheta"]
     assert dx.shape == (24, 2)
@@ -95,7 +95,7 @@ def test_non_converged_relaxation_is_flagged_not_differentiated(packing_file, tm
     assert not summary.converged
     assert "max_steps" in summary.message and "not differentiated" in summary.message
     result = read_result(summary.result_path)
-    assert not result.converged and result.relaxation["stop_reason"] == "max_steps"
+    assert not result.converged and result.relaxation.stop_reason == "max_steps"
     assert np.isnan(result.responses["small_diameter"]["dx_dtheta"]).all()
 
 

@@ -112,4 +112,4 @@ def test_a_sweep_over_epsilon_compiles_nothing_after_the_first_task(tmp_path):
     d2 = two.responses["small_diameter"]["dx_dtheta"]
     np.testing.assert_allclose(d2, d1, rtol=1e-6, atol=1e-9)  # x*(σ) does not depend on ε
     assert np.nanmax(np.abs(two.responses["eps"]["dx_dtheta"])) < 1e-8
-    assert two.relaxation["energy"] == pytest.approx(2 * one.relaxation["energy"], rel=1e-6)
+    assert two.relaxation.energy == pytest.approx(2 * one.relaxation.energy, rel=1e-6)
