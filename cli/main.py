@@ -213,7 +213,7 @@ _FAILURE_CLASSES = {EXIT_USAGE: UserError, EXIT_NUMERICAL: NumericalFailure,
 def _input_error_types() -> tuple[type, ...]:
     from sensitivity.systems import InputError  # the standard library only: no jax
 
-    from .slurm import SlurmError
+    from sensitivity.systems.slurm import SlurmError
 
     return (ConfigError, InputError, SlurmError)
 
@@ -935,7 +935,8 @@ def submit(config: str, overrides: tuple[str, ...], output: str | None, dry_run:
     the tasks that are not done (see `sensitivity status`), less those already queued or
     running from an earlier submission; resubmitting resumes a sweep.
     """
-    from .slurm import array_states, read_submissions, record_submission, render_script, submit_script
+    from sensitivity.systems.slurm import (queued_indices, record_submission, render_script,
+                                           submit_script)
 
     state = _state()
     if all_tasks and only_failed:
@@ -952,10 +953,7 @@ def submit(config: str, overrides: tuple[str, ...], output: str | None, dry_run:
     if all_tasks:
         indices = [task.index for task in loaded.tasks]
     else:
-        queued = {index for index, slurm_state in
-                  array_states([e["job_id"] for e in read_submissions(top)]).items()
-                  if slurm_state in ("PENDING", "RUNNING", "CONFIGURING", "REQUEUED", "RESIZING",
-                                     "SUSPENDED", "COMPLETING")}
+        queued = queued_indices(top)
         indices = []
         for task in loaded.tasks:
             status = task_state(task)
@@ -1026,7 +1024,7 @@ def status(directory: str, as_json: bool) -> None:
     when `submit` sent it. Exit code 0 when every task is done, 1 otherwise."""
     from sensitivity.systems.tasks import task_status
 
-    from .slurm import array_states, read_submissions
+    from sensitivity.systems.slurm import submitted_states
 
     state = _state()
     top = Path(directory)
@@ -1036,7 +1034,7 @@ def status(directory: str, as_json: bool) -> None:
     if not tasks:
         raise UserError(f"{top}: no task found (no {MANIFEST_NAME}, no task folder); run "
                         "`sensitivity run CONFIG` or `sensitivity submit CONFIG` first")
-    slurm_states = array_states([e["job_id"] for e in read_submissions(top)])
+    slurm_states = submitted_states(top)
     rows = []
     for task in tasks:
         status_ = task_status(task["directory"], config_sha256=task.get("config_sha256"))

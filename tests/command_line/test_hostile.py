@@ -133,7 +133,7 @@ HOSTILE_NAMES = ["out $(touch PWNED)", "out `touch PWNED`", "out'; touch PWNED; 
 def test_hostile_paths_reach_the_job_as_plain_arguments(tmp_path, packing, name):
     """The script, run by bash, hands every hostile path to the program unchanged; the
     #SBATCH --output value reads back (as sbatch splits it) as the same path."""
-    from sensitivity.cli.slurm import render_script
+    from sensitivity.systems.slurm import render_script
 
     folder = tmp_path / name
     folder.mkdir()
