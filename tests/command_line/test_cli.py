@@ -391,7 +391,7 @@ def test_sweep_interrupted_then_resumed_then_collected(tmp_path: Path, packings:
     import sensitivity.systems.pipeline  # noqa: F401  (patched below as systems.pipeline)
     from sensitivity import systems
 
-    from sensitivity.cli.main import Terminated
+    from sensitivity.systems.batch import Terminated
 
     config = sweep_config(tmp_path, packings)
     real = systems.pipeline.run_task
