@@ -337,8 +337,7 @@ def generate(n: int, dim: str, phi: float, seed: int, size_ratio: float, tilt: t
     path = Path(output)
     if path.exists() and not force:
         raise UserError(f"{path} exists; pass --force to overwrite it or choose another -o")
-    from sensitivity.systems._system import thin_cell_problem
-    from sensitivity.systems.generate import random_packing, tilt_matrix
+    from sensitivity.systems.generate import random_packing, sheared_cell_problem, tilt_matrix
     from sensitivity.systems.io import write_packing
 
     tilts = {}
@@ -355,10 +354,9 @@ def generate(n: int, dim: str, phi: float, seed: int, size_ratio: float, tilt: t
         raise UserError(f"--{error}") from None
     system = random_packing(n, dim=int(dim), phi=phi, seed=seed, size_ratio=size_ratio,
                             tilt=tilts or None)
-    if system.box.ndim == 2:
-        problem = thin_cell_problem(system.box, float(system.diameters.max()))
-        if problem:
-            raise UserError(f"--tilt: the sheared box {problem}")
+    problem = sheared_cell_problem(system)
+    if problem:
+        raise UserError(f"--tilt: the sheared box {problem}")
     write_packing(path, system)
     if not state.quiet:
         if system.box.ndim == 2:

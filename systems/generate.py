@@ -14,7 +14,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ._system import ParticleSystem, particle_volume
+from ._system import ParticleSystem, particle_volume, thin_cell_problem
 
 __all__ = ["random_packing", "tilt_matrix", "TILTS"]
 
@@ -96,3 +96,11 @@ def tilt_matrix(tilt: Mapping[str, float], dim: int) -> np.ndarray:
             raise ValueError(f"tilt {name!r} = {value!r}: expected a finite number")
         cell[TILTS[name]] = float(value)
     return cell
+
+
+def sheared_cell_problem(system: ParticleSystem) -> str | None:
+    """A phrase when ``system``'s sheared (triclinic) cell is too thin for its largest
+    particle (see :func:`systems._system.thin_cell_problem`), else ``None``."""
+    if system.box.ndim != 2:
+        return None
+    return thin_cell_problem(system.box, float(system.diameters.max()))
