@@ -21,8 +21,9 @@ from pathlib import Path
 
 import click
 
-from sensitivity.systems.config import EXAMPLE_CONFIG, LoadedConfig, Task, dump_yaml, load_config
+from sensitivity.systems.config import LoadedConfig, Task, dump_yaml, load_config
 from sensitivity.systems.manifest import MANIFEST_NAME, find_tasks, write_manifest
+from sensitivity.systems.schema import EXAMPLE_CONFIG
 
 from . import _results
 from ._common import (_FAILURE_CLASSES, EXIT_NUMERICAL, EXIT_OK, EXIT_STORAGE, NumericalFailure,

@@ -30,7 +30,7 @@ __all__ = [
     "POTENTIALS", "PRECONDITIONERS", "SENSITIVITY", "SOLVERS", "STRAIN_COMPONENTS", "STRAIN_COMPONENTS_BY_DIM", "DEFAULT_PARAMETERS", "Check",
     "Invalid", "Setting", "any_of", "boolean", "check_section", "choice", "defaults", "integer",
     "matrix", "minimizer_errors", "nullable", "number", "potential_errors", "string",
-    "MODES", "OBSERVABLES", "observable_list", "sensitivity_errors",
+    "MODES", "NAME", "OBSERVABLES", "observable_list", "sensitivity_errors",
 ]
 
 #: The largest integer any setting accepts unless it says otherwise (steps, counts and seeds
@@ -330,12 +330,13 @@ SENSITIVITY: dict[str, Setting] = {
                               "memory / disk)"),
 }
 
-_NAME = string(r"[A-Za-z_][A-Za-z0-9_.\-]*",
-               "a name of letters, digits, '_', '-' or '.', starting with a letter or '_'")
+#: A name (of a theta, a Slurm job): what file and group names can hold.
+NAME = string(r"[A-Za-z_][A-Za-z0-9_.\-]*",
+              "a name of letters, digits, '_', '-' or '.', starting with a letter or '_'")
 
 #: One entry of ``parameters``: a θ to differentiate x* with respect to.
 PARAMETER: dict[str, Setting] = {
-    "name": Setting(_NAME, help="name of the result group /sensitivity/<name>"),
+    "name": Setting(NAME, help="name of the result group /sensitivity/<name>"),
     "kind": Setting(choice(*PARAMETER_KINDS)),
     "species": Setting(nullable(integer(ge=0)), None,
                        "species index (diameter; optional for epsilon)"),

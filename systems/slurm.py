@@ -100,9 +100,9 @@ def render_script(
         environment: variables to export in the script.
         task_count: number of tasks in the sweep (for the comment).
 
-    A key missing from ``slurm`` takes the config's default (:data:`systems.config.SCHEMA`).
+    A key missing from ``slurm`` takes the config's default (:data:`systems.schema.SCHEMA`).
     """
-    from .config import SCHEMA
+    from .schema import SCHEMA
     from .settings import defaults
 
     slurm = {**defaults(SCHEMA["slurm"]), **{k: v for k, v in slurm.items() if v is not None}}

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from sensitivity.systems.config import (
-    EXAMPLE_CONFIG,
     ConfigError,
     load_config,
     parse_override,
     resolve_config,
     task_directory_name,
 )
+from sensitivity.systems.schema import EXAMPLE_CONFIG
 
 
 @pytest.fixture
