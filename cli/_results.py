@@ -60,9 +60,10 @@ def plot(result: str, output: str | None, fmt: str, dpi: float, names: tuple[str
     state = _state()
     from sensitivity.systems.io import read_result
     from sensitivity.systems.plots import plot_result
+    from sensitivity.systems.tasks import PLOTS_NAME
 
     loaded = read_result(result)
-    directory = Path(output) if output else Path(result).resolve().parent / "plots"
+    directory = Path(output) if output else Path(result).resolve().parent / PLOTS_NAME
     paths = plot_result(loaded, directory, format=fmt, dpi=dpi, names=list(names) or None,
                         component=component, color_by_magnitude=color_by_magnitude,
                         slice_z=slice_z, scale=scale)

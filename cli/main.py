@@ -24,6 +24,7 @@ import click
 from sensitivity.systems.config import LoadedConfig, Task, dump_yaml, load_config
 from sensitivity.systems.manifest import MANIFEST_NAME, find_tasks, write_manifest
 from sensitivity.systems.schema import EXAMPLE_CONFIG
+from sensitivity.systems.settings import PACKING
 
 from . import _results
 from ._common import (_FAILURE_CLASSES, EXIT_NUMERICAL, EXIT_OK, EXIT_STORAGE, NumericalFailure,
@@ -312,13 +313,14 @@ def validate(config: str, overrides: tuple[str, ...], output: str | None, task_i
 
 @main.command(short_help="Write a random bidisperse packing (H5MD).")
 @click.option("--n", "n", type=click.IntRange(min=2), required=True, help="Number of particles.")
-@click.option("--dim", type=click.Choice(["2", "3"]), default="2", show_default=True,
-              help="2: disks, 3: spheres.")
-@click.option("--phi", type=click.FloatRange(min=0, max=2, min_open=True), default=0.9,
-              show_default=True, help="Packing fraction.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--size-ratio", type=click.FloatRange(min=0, min_open=True), default=1.4,
-              show_default=True, help="Large over small diameter (50:50 mixture).")
+@click.option("--dim", type=click.Choice(["2", "3"]), default=str(PACKING["dim"]),
+              show_default=True, help="2: disks, 3: spheres.")
+@click.option("--phi", type=click.FloatRange(min=0, max=2, min_open=True),
+              default=PACKING["phi"], show_default=True, help="Packing fraction.")
+@click.option("--seed", type=click.IntRange(min=0), default=PACKING["seed"], show_default=True)
+@click.option("--size-ratio", type=click.FloatRange(min=0, min_open=True),
+              default=PACKING["size_ratio"], show_default=True,
+              help="Large over small diameter (50:50 mixture).")
 @click.option("--tilt", multiple=True, metavar="NAME=T",
               help="A sheared (triclinic) box: tilt factor xy, xz or yz (2D: xy) in units of "
                    "the box edge, e.g. --tilt xy=0.2 (repeatable; the volume is unchanged).")
@@ -498,13 +500,13 @@ def submit(config: str, overrides: tuple[str, ...], output: str | None, dry_run:
         run_arguments.append("--keep-failed")
     if state.verbose:
         run_arguments.append("-" + "v" * state.verbose)
-    cache = state.cache_directory()
+    cache, logs = state.cache_directory(), top / "logs"
     environment = {"SENSITIVITY_CACHE_DIR": str(cache) if cache is not None else "off"}
     text = render_script(
         config_path=loaded.path,
         indices=indices,
         slurm=loaded.base["slurm"],
-        log_directory=top / "logs",
+        log_directory=logs,
         workdir=Path.cwd(),
         run_arguments=run_arguments,
         environment=environment,
@@ -513,7 +515,7 @@ def submit(config: str, overrides: tuple[str, ...], output: str | None, dry_run:
     from sensitivity.systems import atomic_write_text, ensure_writable_folder
 
     script_path = Path(script) if script else top / "submit.sbatch"
-    ensure_writable_folder(top / "logs", "log folder")
+    ensure_writable_folder(logs, "log folder")
     atomic_write_text(script_path, text)
     write_manifest(loaded)
     if dry_run:
@@ -528,7 +530,7 @@ def submit(config: str, overrides: tuple[str, ...], output: str | None, dry_run:
         click.echo(job_id)
     else:
         click.echo(f"submitted job {job_id}: {len(indices)} task(s) of {len(loaded.tasks)}, "
-                   f"script {script_path}, logs {top / 'logs'}")
+                   f"script {script_path}, logs {logs}")
         click.echo(f"follow it: sensitivity status {top}; when done: sensitivity collect {top} "
                    f"-o {top / 'summary'}")
 

@@ -15,16 +15,17 @@ from typing import Mapping
 import numpy as np
 
 from ._system import ParticleSystem, particle_volume, thin_cell_problem
+from .settings import PACKING
 
 __all__ = ["random_packing", "tilt_matrix", "TILTS"]
 
 
 def random_packing(
     n: int,
-    dim: int = 2,
-    phi: float = 0.9,
-    seed: int = 0,
-    size_ratio: float = 1.4,
+    dim: int = PACKING["dim"],
+    phi: float = PACKING["phi"],
+    seed: int = PACKING["seed"],
+    size_ratio: float = PACKING["size_ratio"],
     small_diameter: float = 1.0,
     tilt: Mapping[str, float] | None = None,
 ) -> ParticleSystem:

@@ -30,7 +30,7 @@ __all__ = [
     "POTENTIALS", "PRECONDITIONERS", "SENSITIVITY", "SOLVERS", "STRAIN_COMPONENTS", "STRAIN_COMPONENTS_BY_DIM", "DEFAULT_PARAMETERS", "Check",
     "Invalid", "Setting", "any_of", "boolean", "check_section", "choice", "defaults", "integer",
     "matrix", "minimizer_errors", "nullable", "number", "potential_errors", "string",
-    "MODES", "NAME", "OBSERVABLES", "observable_list", "sensitivity_errors",
+    "MODES", "NAME", "OBSERVABLES", "PACKING", "observable_list", "sensitivity_errors",
 ]
 
 #: The largest integer any setting accepts unless it says otherwise (steps, counts and seeds
@@ -344,6 +344,10 @@ PARAMETER: dict[str, Setting] = {
                          "strain component (kind strain; 2D: xx, yy, xy)"),
 }
 DEFAULT_PARAMETERS = ({"name": "small_diameter", "kind": "diameter", "species": 0},)
+
+#: The random bidisperse packing of :func:`systems.generate.random_packing` (``sensitivity
+#: generate``): dimension, packing fraction, seed, large over small diameter.
+PACKING = {"dim": 2, "phi": 0.9, "seed": 0, "size_ratio": 1.4}
 
 
 def defaults(section: Mapping[str, Setting]) -> dict[str, Any]:
