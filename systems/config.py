@@ -434,7 +434,8 @@ def _check_sweep(sweep: Any, label: str) -> tuple[dict, list[str]]:
 
 
 def _example_values() -> dict:
-    return {s: {k: f.default for k, f in fields.items()} for s, fields in SCHEMA.items()}
+    """The defaults of every section (a required key, having none, is left out)."""
+    return {section: settings.defaults(fields) for section, fields in SCHEMA.items()}
 
 
 def load_config(
