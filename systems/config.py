@@ -35,8 +35,8 @@ import yaml
 
 from . import settings
 from .schema import (PATH_KEYS, SCHEMA, SEED, SWEEPABLE, TOP_LEVEL, ConfigError,
-                     check_printable, control_errors, show, unknown_key)
-from .settings import Invalid
+                     check_printable, control_errors, show)
+from .settings import Invalid, unknown_key
 
 __all__ = ["ConfigError", "LoadedConfig", "Task", "dump_yaml", "load_config", "parse_override",
            "resolve_config", "task_directory_name"]
@@ -91,27 +91,9 @@ def resolve_config(
         if not isinstance(given, Mapping):
             errors.append(f"{section} = {show(given)}: must be a mapping with keys {', '.join(fields)}")
             given = {}
-        out: dict[str, Any] = {}
-        for key in given:
-            if key not in fields:
-                errors.append(unknown_key(section, key, fields))
-        for key, field in fields.items():
-            where = f"{section}.{key}"
-            value = given.get(key)
-            if key not in given or (value is None and field.default is not None):
-                # A key left empty (``ftol:``) takes its default like a missing one.
-                if field.required:
-                    errors.append(f"{where} is required: {field.help or field.check.allowed}")
-                out[key] = copy.deepcopy(field.default)
-                if (section, key) in PATH_KEYS and isinstance(out[key], str):
-                    out[key] = _resolve_path(out[key], base)
-                continue
-            try:
-                out[key] = field.check(value)
-            except Invalid as bad:
-                errors.append(f"{where} = {show(given[key])}: must be {bad.allowed}")
-                out[key] = copy.deepcopy(field.default)
-                continue
+        out, section_errors = settings.check_section(fields, given, section, show=show)
+        errors += section_errors
+        for key in fields:
             if (section, key) in PATH_KEYS and isinstance(out[key], str):
                 out[key] = _resolve_path(out[key], base)
         resolved[section] = out

@@ -5,17 +5,16 @@ The physics sections (``potential``, ``minimizer``, ``sensitivity``, ``parameter
 defined once in :mod:`systems.settings`; the sections only a run's bookkeeping reads
 (``system``, ``output``, ``slurm``) are defined here, with the Slurm grammar their values must
 follow and the rule that no config string holds a control character. :mod:`systems.config`
-reads a file against this schema; :func:`show` and :func:`unknown_key` give its messages
-their shape (the value as the user typed it, the closest known key for a typo).
+reads a file against this schema; :func:`show` gives its messages their shape (the value
+as the user typed it).
 
 This module imports only the standard library and PyYAML.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -24,7 +23,7 @@ from . import settings
 from .settings import NAME, Check, Invalid, Setting, boolean, integer, nullable, string
 
 __all__ = ["ConfigError", "EXAMPLE_CONFIG", "PATH_KEYS", "SCHEMA", "SEED", "SWEEPABLE",
-           "TOP_LEVEL", "check_printable", "control_errors", "show", "unknown_key"]
+           "TOP_LEVEL", "check_printable", "control_errors", "show"]
 
 #: Characters no config string may hold: C0 controls (newline, CR, NUL, tab, ESC...) and DEL.
 #: Strings reach file names, log lines and the sbatch script; a newline there is a new command.
@@ -190,16 +189,6 @@ def show(value: Any) -> str:
             text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
-
-def unknown_key(where: str, key: Any, known: Iterable[str]) -> str:
-    known = list(known)
-    full = f"{where}.{key}" if where else str(key)
-    hint = difflib.get_close_matches(str(key), known, n=1)
-    prefix = f"{where}." if where else ""
-    suggestion = f"did you mean '{prefix}{hint[0]}'? " if hint else ""
-    return f"unknown key '{full}': {suggestion}allowed keys{' in ' + where if where else ''}: " + (
-        ", ".join(known)
-    )
 
 def control_errors(node: Any, where: str = "") -> list[str]:
     """One message per string (key or value) below ``node`` holding a control character."""
