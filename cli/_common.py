@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from sensitivity.systems.config import ConfigError
 
 EXIT_OK, EXIT_NUMERICAL, EXIT_USAGE = 0, 1, 2
 EXIT_STORAGE = 74  # EX_IOERR: the environment refused a write (disk full, read-only, ...)
-EXIT_SIGTERM, EXIT_SIGINT = 128 + signal.SIGTERM, 128 + signal.SIGINT
 
 
 

@@ -112,6 +112,19 @@ def _task_record(task: Task, status: str, code: int = EXIT_OK, message: str = ""
     return record
 
 
+def _progress(reporter, loaded: LoadedConfig, task: Task):
+    """The reporter's progress context of one task (labelled by the config file alone)."""
+    label = task.label if len(loaded.tasks) > 1 else Path(loaded.path).name
+    return reporter.task(label, ftol=task.config["minimizer"]["ftol"])
+
+
+def _echo_task_text(loaded: LoadedConfig, task: Task, text: str) -> None:
+    """A task's block of text on stdout, headed by its label in a sweep."""
+    if len(loaded.tasks) > 1:
+        click.echo(f"--- {task.label}")
+    click.echo(text)
+
+
 def _stats_from_result(path: Path) -> str:
     """The stats block of a result file."""
     from sensitivity.systems.batch import result_record
@@ -148,7 +161,8 @@ def run(config: str, overrides: tuple[str, ...], output: str | None, task_index:
     OUTPUT/sweep.json. A task is skipped only when it is complete: converged (or failed, with
     --keep-failed), for this config and these input files (SHA-256), every file in place.
     """
-    from sensitivity.systems.batch import StopSignals, Terminated, select_tasks, setup_jax, task_state
+    from sensitivity.systems.batch import (StopSignals, Terminated, select_tasks, setup_jax,
+                                           task_state)
 
     state = _state()
     reporter = state.reporter()
@@ -239,14 +253,12 @@ def _run_one(task: Task, loaded: LoadedConfig, run_task, reporter, state: State,
     from sensitivity.systems import ConvergenceError, InputError, StorageError, storage_error
     from sensitivity.systems.tasks import run_in_folder
 
-    label = task.label if len(loaded.tasks) > 1 else Path(loaded.path).name
-
     def run(config, directory):
         reporter.info(f"start: {config['system']['path']} -> {directory}")
         return run_task(config, directory, progress=reporter.progress, config_text=loaded.text)
 
     try:
-        with reporter.task(label, ftol=task.config["minimizer"]["ftol"]):
+        with _progress(reporter, loaded, task):
             outcome = run_in_folder(task.config, task.directory, run,
                                     before_complete=signals.check,
                                     not_converged_code=EXIT_NUMERICAL)
@@ -260,9 +272,7 @@ def _run_one(task: Task, loaded: LoadedConfig, run_task, reporter, state: State,
         return failure.exit_code, failure.message
     if not state.quiet and not state.json and outcome.result_path.is_file():
         text = _stats_from_result(outcome.result_path)
-        if len(loaded.tasks) > 1:
-            click.echo(f"--- {task.label}")
-        click.echo(text)
+        _echo_task_text(loaded, task, text)
     return (EXIT_OK, "") if outcome.converged else (EXIT_NUMERICAL, outcome.message)
 
 
@@ -405,16 +415,13 @@ def check(config: str, overrides: tuple[str, ...], output: str | None, task_inde
     records = []  # --json
     with StopSignals():
         for task in tasks:
-            label = task.label if len(loaded.tasks) > 1 else Path(loaded.path).name
-            with reporter.task(label, ftol=task.config["minimizer"]["ftol"]):
+            with _progress(reporter, loaded, task):
                 audit = audit_task(task.config, progress=reporter.progress)
             text, ok = render_audit(audit, tolerance=tolerance)
             records.append({"index": task.index, "label": task.label, "passed": ok,
                             "audit": audit})
             if not state.quiet and not state.json:
-                if len(loaded.tasks) > 1:
-                    click.echo(f"--- {task.label}")
-                click.echo(text)
+                _echo_task_text(loaded, task, text)
             if not ok:
                 failed.append(task.index)
                 if audit.get("reason"):
