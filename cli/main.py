@@ -373,8 +373,9 @@ def generate(n: int, dim: str, phi: float, seed: int, size_ratio: float, tilt: t
     write_packing(path, system)
     if not state.quiet:
         if system.box.ndim == 2:
-            box = "cell vectors " + ", ".join(
-                "(" + ", ".join(f"{e:.6g}" for e in column) + ")" for column in system.box.T)
+            from ._report import format_vectors
+
+            box = "cell vectors " + format_vectors(system.box.T)
         else:
             box = "box " + " x ".join(f"{edge:.6g}" for edge in system.box)
         click.echo(
@@ -562,7 +563,7 @@ def status(directory: str, as_json: bool) -> None:
                         "`sensitivity run CONFIG` or `sensitivity submit CONFIG` first")
     rows, counts = status_table(top, tasks)
     if as_json:
-        click.echo(json.dumps({"directory": str(top), "counts": counts, "tasks": rows}, indent=1))
+        emit_json({"directory": str(top), "counts": counts, "tasks": rows})
     elif not state.quiet:
         width = max(len(r["directory"]) for r in rows)
         show_slurm = any(r["slurm"] for r in rows)
