@@ -7,7 +7,7 @@ Slurm's ``SLURM_ARRAY_TASK_ID``), the tasks a submission puts in its array, the 
 compilation cache), SIGTERM/SIGINT turned into a clean stop, and a result file's figures as
 plain data.
 
-Only the standard library is imported at module level (no jax, no h5py).
+Only the standard library and PyYAML are imported at module level (no jax, no h5py).
 """
 
 from __future__ import annotations
