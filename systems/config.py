@@ -100,14 +100,12 @@ def resolve_config(
 
     resolved["parameters"] = _resolve_parameters(raw.get("parameters", None), errors)
 
+    resolved["seed"] = SEED.default
     if "seed" in raw:
         try:
-            resolved["seed"] = SEED(raw["seed"])
+            resolved["seed"] = SEED.check(raw["seed"])
         except Invalid as bad:
             errors.append(f"seed = {show(raw['seed'])}: must be {bad.allowed}")
-            resolved["seed"] = 0
-    else:
-        resolved["seed"] = 0
 
     # Checks across keys (defined with the settings). A potential key left null is checked
     # at its default here, and again with the input file's values when the run reads it.
@@ -130,9 +128,13 @@ def resolve_config(
     return {key: resolved[key] for key in order}, errors
 
 
+def _default_parameters() -> list[dict]:
+    return copy.deepcopy(list(settings.DEFAULT_PARAMETERS))
+
+
 def _resolve_parameters(given: Any, errors: list[str]) -> list[dict]:
     if given is None:
-        return copy.deepcopy(list(settings.DEFAULT_PARAMETERS))
+        return _default_parameters()
     if isinstance(given, Mapping) and given:
         given = [given]  # a single θ written as a mapping
     if not isinstance(given, list) or not given:
@@ -140,7 +142,7 @@ def _resolve_parameters(given: Any, errors: list[str]) -> list[dict]:
             f"parameters = {show(given)}: must be a non-empty list of "
             "{name, kind, species} entries, e.g. [{name: small_diameter, kind: diameter, species: 0}]"
         )
-        return copy.deepcopy(list(settings.DEFAULT_PARAMETERS))
+        return _default_parameters()
     out = []
     names: dict[str, int] = {}
     for i, entry in enumerate(given):
@@ -247,7 +249,7 @@ def _apply_override(raw: dict, parts: list[str | int], value: Any, text: str) ->
         if not isinstance(node, dict):
             raise ConfigError(f"--set {text!r}: {where} is not a mapping")
         if part == "parameters" and node.get("parameters") is None:
-            node["parameters"] = copy.deepcopy(list(settings.DEFAULT_PARAMETERS))
+            node["parameters"] = _default_parameters()
         child = node.get(part)
         if child is None:
             child = node[part] = {}

@@ -129,7 +129,7 @@ SCHEMA: dict[str, dict[str, Setting]] = {
 }
 
 TOP_LEVEL = (*SCHEMA, "parameters", "seed", "sweep")
-SEED = integer(ge=0, le=2**32 - 1)
+SEED = Setting(integer(ge=0, le=2**32 - 1), 0, "the random seed of a run")
 
 # Keys whose values are paths; relative ones are resolved against a base folder.
 PATH_KEYS = {("system", "path"), ("output", "directory")}
