@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping
 
 
-from ._report import format_value, stats_block
+from ._report import format_value, format_vectors, stats_block
 
 __all__ = ["render_summary", "render_audit"]
 
@@ -51,8 +51,7 @@ def render_summary(summary: Mapping) -> str:
     if s["box"] is None:
         box = "free boundaries"
     elif isinstance(s["box"][0], list):  # a sheared cell: its cell vectors (the columns)
-        box = "periodic sheared cell, vectors " + ", ".join(
-            "(" + ", ".join(f"{e:.6g}" for e in column) + ")" for column in zip(*s["box"]))
+        box = "periodic sheared cell, vectors " + format_vectors(zip(*s["box"]))
     else:
         box = ("periodic box " if s["periodic"] else "box ") + " x ".join(
             f"{b:.6g}" for b in s["box"])

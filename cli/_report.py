@@ -31,7 +31,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
-__all__ = ["Reporter", "stats_block", "format_value"]
+__all__ = ["Reporter", "stats_block", "format_value", "format_vectors"]
 
 #: JAX's compile-stage duration events (jax._src.dispatch), and its persistent-cache hit event.
 _COMPILE_EVENTS = (
@@ -56,6 +56,11 @@ def format_value(value: Any) -> str:
     if value is None:
         return "-"
     return str(value)
+
+
+def format_vectors(columns) -> str:
+    """Cell vectors (the columns of a box matrix) as ``(a, b), (c, d)``."""
+    return ", ".join("(" + ", ".join(f"{e:.6g}" for e in column) + ")" for column in columns)
 
 
 class Reporter:

@@ -1,8 +1,9 @@
-"""The YAML configuration: schema, validation, defaults, ``--set`` overrides and sweeps.
+"""The YAML configuration: validation, defaults, ``--set`` overrides and sweeps.
 
 A config file is read into the *resolved config dict* that ``systems.pipeline.run_task`` takes
 (see the systems/CLI contract): every section present, every default filled in, every value
-checked, every path absolute. Unknown keys are rejected; each error names the file, the key path,
+checked, every path absolute (the keys: :mod:`systems.schema` and :mod:`systems.settings`).
+Unknown keys are rejected; each error names the file, the key path,
 the value found and what is allowed, one line per mistake, and suggests the closest known key for
 a typo.
 
@@ -26,218 +27,27 @@ import difflib
 import itertools
 import math
 import os
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from . import settings
-from .settings import Check, Invalid, Setting, boolean, integer, nullable, string
+from .schema import (PATH_KEYS, SCHEMA, SEED, SWEEPABLE, TOP_LEVEL, ConfigError,
+                     check_printable, control_errors, show)
+from .settings import Invalid, unknown_key
 
-__all__ = [
-    "ConfigError",
-    "LoadedConfig",
-    "Task",
-    "EXAMPLE_CONFIG",
-    "load_config",
-    "parse_override",
-    "check_printable",
-    "resolve_config",
-    "task_directory_name",
-    "dump_yaml",
-]
+__all__ = ["ConfigError", "LoadedConfig", "Task", "dump_yaml", "load_config", "parse_override",
+           "resolve_config", "task_directory_name"]
 
 MAX_TASKS = 100_000
-
-#: Characters no config string may hold: C0 controls (newline, CR, NUL, tab, ESC...) and DEL.
-#: Strings reach file names, log lines and the sbatch script; a newline there is a new command.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-class ConfigError(ValueError):
-    """A mistake in a config file or a ``--set`` override (exit code 2 on the command line).
-
-    Attributes:
-        errors: one complete, one-line message per mistake.
-    """
-
-    def __init__(self, errors: str | Sequence[str]):
-        self.errors = [errors] if isinstance(errors, str) else list(errors)
-        super().__init__("\n".join(self.errors))
-
-
-# ---------------------------------------------------------------------------------------------
-# The schema. The physics sections (potential, minimizer, sensitivity, parameters) are defined
-# once in systems.settings; the sections only the command line reads are defined here.
-# ---------------------------------------------------------------------------------------------
-
-
-def _sbatch_options() -> Check:
-    allowed = ("a list of sbatch options such as --account=abc or --qos=low (one option each, "
-               "no spaces or quotes in the value)")
-
-    def check(value):
-        if value is None:
-            return []
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise Invalid(allowed)
-        if not all(_SBATCH_OPTION.fullmatch(v.strip()) for v in value):
-            raise Invalid(allowed)
-        return [v.strip() for v in value]
-
-    return Check(check, allowed)
-
-
-# A path: resolved against the config file's folder (the base passed to the resolver).
-_PATH = string(what="a file path (string)")
-_DIRECTORY = string(what="a folder path (string)")
-
-_NAME = string(
-    r"[A-Za-z_][A-Za-z0-9_.\-]*",
-    "a name of letters, digits, '_', '-' or '.', starting with a letter or '_'",
-)
-_TIME = string(
-    r"(\d+-)?\d+(:\d{1,2}){0,2}|\d+-\d+",
-    "a Slurm time limit such as 30, 01:00:00 or 2-00:00:00",
-    numbers=True,
-)
-_MEMORY = string(r"\d+[KMGT]?", "a Slurm memory size such as 4000, 500M or 4G", numbers=True)
-_PARTITION = string(
-    r"[A-Za-z0-9_.\-]+(,[A-Za-z0-9_.\-]+)*",
-    "a Slurm partition name (letters, digits, '_', '-', '.'; several separated by commas)",
-)
-#: One extra sbatch option: ``--name``, ``--name=value`` or ``-X value`` (an optional leading
-#: ``#SBATCH`` is dropped), the value without whitespace or quotes.
-_SBATCH_OPTION = re.compile(r"(#SBATCH\s+)?(--[A-Za-z][A-Za-z0-9\-]*(=[^\s'\"\\]+)?"
-                            r"|-[A-Za-z](\s+[^\s'\"\\-][^\s'\"\\]*)?)")
-
-
-# The schema of every section whose keys are fixed. ``parameters`` (a list) and ``sweep`` (a
-# mapping of key paths) are checked by hand below.
-def _unset_means_file_or_default(section: dict[str, Setting]) -> dict[str, Setting]:
-    """A potential key left out (null) takes the input file's ``/parameters/potential`` value,
-    else the systems default (shown in the help); an explicit value overrides the file."""
-    out = {}
-    for key, setting in section.items():
-        if setting.default is None:  # null is already a value of its own
-            out[key] = setting
-            continue
-        shown = setting.default
-        help_ = f"{setting.help} (null: {shown})" if setting.help else f"null: {shown}"
-        out[key] = Setting(nullable(setting.check), None, help_)
-    return out
-
-
-SCHEMA: dict[str, dict[str, Setting]] = {
-    "system": {
-        "path": Setting(_PATH, help="H5MD input file"),
-        "group": Setting(string(), "all", "particles group in the H5MD file"),
-        "frame": Setting(integer(), -1, "frame of a time-dependent file (-1: the last)"),
-    },
-    "potential": _unset_means_file_or_default(settings.POTENTIAL),
-    "minimizer": settings.MINIMIZER,
-    "sensitivity": settings.SENSITIVITY,
-    "output": {
-        "directory": Setting(_DIRECTORY, "out"),
-        "plots": Setting(boolean(), True),
-    },
-    "slurm": {
-        "partition": Setting(nullable(_PARTITION), None),
-        "time": Setting(_TIME, "01:00:00"),
-        "cpus_per_task": Setting(integer(ge=1), 1),
-        "mem": Setting(_MEMORY, "4G"),
-        "gpus": Setting(integer(ge=0), 0, "GPUs per task (--gres=gpu:N)"),
-        "job_name": Setting(_NAME, "sensitivity"),
-        "max_parallel": Setting(nullable(integer(ge=1, le=1_000_000)), None,
-                           "array throttle (--array=0-N%M)"),
-        "extra": Setting(_sbatch_options(), [], "extra '#SBATCH' option lines, e.g. --account=abc"),
-    },
-}
-
-PARAMETER_SCHEMA = settings.PARAMETER
-DEFAULT_PARAMETERS = list(settings.DEFAULT_PARAMETERS)
-
-TOP_LEVEL = (*SCHEMA, "parameters", "seed", "sweep")
-SEED = integer(ge=0, le=2**32 - 1)
-
-# Keys whose values are paths; relative ones are resolved against a base folder.
-PATH_KEYS = {("system", "path"), ("output", "directory")}
-
-# Keys a sweep may vary: every leaf of the schema except slurm's, plus seed and parameters.
-SWEEPABLE = sorted(
-    [f"{s}.{k}" for s, fields in SCHEMA.items() if s != "slurm" for k in fields]
-    + ["seed", "parameters"]
-)
-
-
-def _example(section: str, key: str) -> str:
-    """``key: default`` as YAML, from the one definition of the setting."""
-    return yaml.safe_dump({key: SCHEMA[section][key].default}).strip()
-
-
-def _choices(values) -> str:
-    return " | ".join(values)
-
-
-_POT, _MIN, _SENS = settings.POTENTIAL, settings.MINIMIZER, settings.SENSITIVITY
-EXAMPLE_CONFIG = f"""\
-system:
-  path: packing.h5          # H5MD input (relative to this file's folder)
-potential:
-  kind: {_POT["kind"].default:<19} # {_choices(settings.POTENTIALS)}
-  alpha: {_POT["alpha"].default}
-  epsilon: {_POT["epsilon"].default}
-minimizer:
-  kind: {_MIN["kind"].default:<19} # {_choices(settings.MINIMIZERS)}
-  ftol: {_MIN["ftol"].default:.1e}
-  max_steps: {_MIN["max_steps"].default}
-parameters:                 # the thetas to differentiate x* with respect to
-  - {{name: small_diameter, kind: diameter, species: 0}}
-  - {{name: stiffness, kind: epsilon}}
-sensitivity:
-  solver: {_SENS["solver"].default:<17} # {_choices(settings.SOLVERS[:6])}
-  tol: {_SENS["tol"].default:.1e}
-output:
-  {_example("output", "directory")}
-  {_example("output", "plots")}
-sweep:                      # optional: one task per combination
-  system.path: [a.h5, b.h5]
-"""
 
 
 # ---------------------------------------------------------------------------------------------
 # Resolution of one (sweep-free) config
 # ---------------------------------------------------------------------------------------------
 
-
-def _show(value: Any) -> str:
-    """A value as the user would have typed it (YAML flow style, one line)."""
-    if isinstance(value, str):
-        text = repr(value)
-    else:
-        try:
-            text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
-            if text.endswith("\n..."):
-                text = text[: -len("\n...")]
-            text = text.removesuffix("...").strip()
-        except yaml.YAMLError:
-            text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _unknown_key(where: str, key: Any, known: Iterable[str]) -> str:
-    known = list(known)
-    full = f"{where}.{key}" if where else str(key)
-    hint = difflib.get_close_matches(str(key), known, n=1)
-    prefix = f"{where}." if where else ""
-    suggestion = f"did you mean '{prefix}{hint[0]}'? " if hint else ""
-    return f"unknown key '{full}': {suggestion}allowed keys{' in ' + where if where else ''}: " + (
-        ", ".join(known)
-    )
 
 
 def _resolve_path(value: str, base: Path) -> str:
@@ -268,54 +78,34 @@ def resolve_config(
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
-        return {}, [f"the config must be a mapping of sections ({', '.join(TOP_LEVEL)}); got {_show(raw)}"]
+        return {}, [f"the config must be a mapping of sections ({', '.join(TOP_LEVEL)}); got {show(raw)}"]
 
     for key in raw:
         if key not in TOP_LEVEL:
-            errors.append(_unknown_key("", key, TOP_LEVEL))
+            errors.append(unknown_key("", key, TOP_LEVEL))
 
     for section, fields in SCHEMA.items():
         given = raw.get(section)
         if given is None:
             given = {}
         if not isinstance(given, Mapping):
-            errors.append(f"{section} = {_show(given)}: must be a mapping with keys {', '.join(fields)}")
+            errors.append(f"{section} = {show(given)}: must be a mapping with keys {', '.join(fields)}")
             given = {}
-        out: dict[str, Any] = {}
-        for key in given:
-            if key not in fields:
-                errors.append(_unknown_key(section, key, fields))
-        for key, field in fields.items():
-            where = f"{section}.{key}"
-            value = given.get(key)
-            if key not in given or (value is None and field.default is not None):
-                # A key left empty (``ftol:``) takes its default like a missing one.
-                if field.required:
-                    errors.append(f"{where} is required: {field.help or field.check.allowed}")
-                out[key] = copy.deepcopy(field.default)
-                if (section, key) in PATH_KEYS and isinstance(out[key], str):
-                    out[key] = _resolve_path(out[key], base)
-                continue
-            try:
-                out[key] = field.check(value)
-            except Invalid as bad:
-                errors.append(f"{where} = {_show(given[key])}: must be {bad.allowed}")
-                out[key] = copy.deepcopy(field.default)
-                continue
+        out, section_errors = settings.check_section(fields, given, section, show=show)
+        errors += section_errors
+        for key in fields:
             if (section, key) in PATH_KEYS and isinstance(out[key], str):
                 out[key] = _resolve_path(out[key], base)
         resolved[section] = out
 
     resolved["parameters"] = _resolve_parameters(raw.get("parameters", None), errors)
 
+    resolved["seed"] = SEED.default
     if "seed" in raw:
         try:
-            resolved["seed"] = SEED(raw["seed"])
+            resolved["seed"] = SEED.check(raw["seed"])
         except Invalid as bad:
-            errors.append(f"seed = {_show(raw['seed'])}: must be {bad.allowed}")
-            resolved["seed"] = 0
-    else:
-        resolved["seed"] = 0
+            errors.append(f"seed = {show(raw['seed'])}: must be {bad.allowed}")
 
     # Checks across keys (defined with the settings). A potential key left null is checked
     # at its default here, and again with the input file's values when the run reads it.
@@ -328,7 +118,7 @@ def resolve_config(
     if check_files and isinstance(path, str) and "system.path" not in " ".join(errors):
         if not os.path.isfile(path):
             given = raw["system"]["path"]
-            shown = _show(given) if given == path else f"{_show(given)} ({path})"
+            shown = show(given) if given == path else f"{show(given)} ({path})"
             problem = "is a folder, not a file" if os.path.isdir(path) else "no such file"
             errors.append(
                 f"system.path = {shown}: {problem}; give an H5MD packing, e.g. one written by "
@@ -338,32 +128,36 @@ def resolve_config(
     return {key: resolved[key] for key in order}, errors
 
 
+def _default_parameters() -> list[dict]:
+    return copy.deepcopy(list(settings.DEFAULT_PARAMETERS))
+
+
 def _resolve_parameters(given: Any, errors: list[str]) -> list[dict]:
     if given is None:
-        return copy.deepcopy(DEFAULT_PARAMETERS)
+        return _default_parameters()
     if isinstance(given, Mapping) and given:
         given = [given]  # a single θ written as a mapping
     if not isinstance(given, list) or not given:
         errors.append(
-            f"parameters = {_show(given)}: must be a non-empty list of "
+            f"parameters = {show(given)}: must be a non-empty list of "
             "{name, kind, species} entries, e.g. [{name: small_diameter, kind: diameter, species: 0}]"
         )
-        return copy.deepcopy(DEFAULT_PARAMETERS)
+        return _default_parameters()
     out = []
     names: dict[str, int] = {}
     for i, entry in enumerate(given):
         where = f"parameters[{i}]"
         if not isinstance(entry, Mapping):
             errors.append(
-                f"{where} = {_show(entry)}: must be a mapping such as "
+                f"{where} = {show(entry)}: must be a mapping such as "
                 "{name: small_diameter, kind: diameter, species: 0}"
             )
             continue
         item: dict[str, Any] = {}
         for key in entry:
-            if key not in PARAMETER_SCHEMA:
-                errors.append(_unknown_key(where, key, PARAMETER_SCHEMA))
-        for key, field in PARAMETER_SCHEMA.items():
+            if key not in settings.PARAMETER:
+                errors.append(unknown_key(where, key, settings.PARAMETER))
+        for key, field in settings.PARAMETER.items():
             if key not in entry:
                 if field.required:
                     errors.append(f"{where}.{key} is required: {field.check.allowed}")
@@ -372,7 +166,7 @@ def _resolve_parameters(given: Any, errors: list[str]) -> list[dict]:
             try:
                 item[key] = field.check(entry[key])
             except Invalid as bad:
-                errors.append(f"{where}.{key} = {_show(entry[key])}: must be {bad.allowed}")
+                errors.append(f"{where}.{key} = {show(entry[key])}: must be {bad.allowed}")
                 item[key] = None
         kind, species = item.get("kind"), item.get("species")
         if kind == "diameter" and species is None and "species" not in entry:
@@ -400,7 +194,7 @@ def _resolve_parameters(given: Any, errors: list[str]) -> list[dict]:
         if isinstance(name, str):
             if name in names:
                 errors.append(
-                    f"{where}.name = {_show(name)}: already used by parameters[{names[name]}]; "
+                    f"{where}.name = {show(name)}: already used by parameters[{names[name]}]; "
                     "names must be unique"
                 )
             names.setdefault(name, i)
@@ -455,7 +249,7 @@ def _apply_override(raw: dict, parts: list[str | int], value: Any, text: str) ->
         if not isinstance(node, dict):
             raise ConfigError(f"--set {text!r}: {where} is not a mapping")
         if part == "parameters" and node.get("parameters") is None:
-            node["parameters"] = copy.deepcopy(DEFAULT_PARAMETERS)
+            node["parameters"] = _default_parameters()
         child = node.get(part)
         if child is None:
             child = node[part] = {}
@@ -468,7 +262,7 @@ def _apply_override(raw: dict, parts: list[str | int], value: Any, text: str) ->
     elif isinstance(node, dict):
         node[last] = value
     else:
-        raise ConfigError(f"--set {text!r}: cannot set a key inside {_show(node)}")
+        raise ConfigError(f"--set {text!r}: cannot set a key inside {show(node)}")
 
 
 def _absolute_from_cwd(parts: list[str | int], value: Any) -> Any:
@@ -527,7 +321,7 @@ class Task:
 def _show_short(value: Any) -> str:
     if isinstance(value, str) and os.sep in value:
         return os.path.basename(value)
-    return _show(value).strip("'")
+    return show(value).strip("'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -595,7 +389,7 @@ def _check_sweep(sweep: Any, label: str) -> tuple[dict, list[str]]:
         return {}, []
     if not isinstance(sweep, Mapping):
         return {}, [
-            f"sweep = {_show(sweep)}: must map dotted key paths to lists of values, "
+            f"sweep = {show(sweep)}: must map dotted key paths to lists of values, "
             "e.g. {system.path: [a.h5, b.h5]}"
         ]
     errors = []
@@ -611,8 +405,8 @@ def _check_sweep(sweep: Any, label: str) -> tuple[dict, list[str]]:
             continue
         if not isinstance(values, list) or not values:
             errors.append(
-                f"sweep.{key} = {_show(values)}: must be a non-empty list of values, "
-                f"e.g. [{_show(_get(_example_values(), key) or 1)}, ...]"
+                f"sweep.{key} = {show(values)}: must be a non-empty list of values, "
+                f"e.g. [{show(_get(_example_values(), key) or 1)}, ...]"
             )
             continue
         out[key] = values
@@ -622,43 +416,10 @@ def _check_sweep(sweep: Any, label: str) -> tuple[dict, list[str]]:
     return out, errors
 
 
-def _control_errors(node: Any, where: str = "") -> list[str]:
-    """One message per string (key or value) below ``node`` holding a control character."""
-    errors: list[str] = []
-    if isinstance(node, str):
-        match = _CONTROL.search(node)
-        if match:
-            errors.append(
-                f"{where or 'the config'} = {node[:60]!r}: contains the control character "
-                f"{match.group()!r} at position {match.start()}; config strings must be one "
-                "line of printable characters"
-            )
-    elif isinstance(node, Mapping):
-        for key, value in node.items():
-            inner = f"{where}.{key}" if where else str(key)
-            if isinstance(key, str) and _CONTROL.search(key):
-                errors.append(f"key {key[:60]!r} in {where or 'the config'}: contains a control "
-                              "character; keys are plain names")
-                continue
-            errors += _control_errors(value, inner)
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            errors += _control_errors(value, f"{where}[{i}]")
-    return errors
-
-
-def check_printable(text: str, what: str) -> None:
-    """ConfigError when a command-line string (a path, an option) holds a control character."""
-    match = _CONTROL.search(text)
-    if match:
-        raise ConfigError(
-            f"{what} {text[:60]!r}: contains the control character {match.group()!r} at "
-            f"position {match.start()}; give one line of printable characters"
-        )
-
 
 def _example_values() -> dict:
-    return {s: {k: f.default for k, f in fields.items()} for s, fields in SCHEMA.items()}
+    """The defaults of every section (a required key, having none, is left out)."""
+    return {section: settings.defaults(fields) for section, fields in SCHEMA.items()}
 
 
 def load_config(
@@ -715,7 +476,7 @@ def load_config(
     for override in overrides:
         parts, value = parse_override(override)
         _apply_override(raw, parts, _absolute_from_cwd(parts, value), override)
-    control = _control_errors(raw)
+    control = control_errors(raw)
     if control:
         raise ConfigError([f"{label}: {e}" for e in control])
     if output is not None:

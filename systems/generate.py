@@ -14,17 +14,18 @@ from typing import Mapping
 
 import numpy as np
 
-from ._system import ParticleSystem, particle_volume
+from ._system import ParticleSystem, particle_volume, thin_cell_problem
+from .settings import PACKING
 
 __all__ = ["random_packing", "tilt_matrix", "TILTS"]
 
 
 def random_packing(
     n: int,
-    dim: int = 2,
-    phi: float = 0.9,
-    seed: int = 0,
-    size_ratio: float = 1.4,
+    dim: int = PACKING["dim"],
+    phi: float = PACKING["phi"],
+    seed: int = PACKING["seed"],
+    size_ratio: float = PACKING["size_ratio"],
     small_diameter: float = 1.0,
     tilt: Mapping[str, float] | None = None,
 ) -> ParticleSystem:
@@ -96,3 +97,11 @@ def tilt_matrix(tilt: Mapping[str, float], dim: int) -> np.ndarray:
             raise ValueError(f"tilt {name!r} = {value!r}: expected a finite number")
         cell[TILTS[name]] = float(value)
     return cell
+
+
+def sheared_cell_problem(system: ParticleSystem) -> str | None:
+    """A phrase when ``system``'s sheared (triclinic) cell is too thin for its largest
+    particle (see :func:`systems._system.thin_cell_problem`), else ``None``."""
+    if system.box.ndim != 2:
+        return None
+    return thin_cell_problem(system.box, float(system.diameters.max()))

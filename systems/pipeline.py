@@ -25,7 +25,7 @@ import numpy as np
 
 from ._errors import InputError
 from ._system import minimum_image
-from .tasks import RESULT_NAME
+from .tasks import PLOTS_NAME, RESULT_NAME
 from .many_rhs import check_result_size
 from .potentials import PairModel, real_positions, resolve_potential
 from .relax import RelaxResult, Relaxer, make_relaxer, resolve_minimizer
@@ -518,7 +518,7 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
         t_plots = time.perf_counter()
         from .plots import plot_result
 
-        plot_paths = plot_result(io.read_result(path), output_dir / "plots")
+        plot_paths = plot_result(io.read_result(path), output_dir / PLOTS_NAME)
         timings["time_plots_s"] = time.perf_counter() - t_plots
         if progress is not None:
             progress("plotted", figures=len(plot_paths), time_s=timings["time_plots_s"])

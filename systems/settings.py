@@ -19,10 +19,12 @@ This module imports only the standard library (``sensitivity --help`` stays inst
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import difflib
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 __all__ = [
@@ -30,7 +32,8 @@ __all__ = [
     "POTENTIALS", "PRECONDITIONERS", "SENSITIVITY", "SOLVERS", "STRAIN_COMPONENTS", "STRAIN_COMPONENTS_BY_DIM", "DEFAULT_PARAMETERS", "Check",
     "Invalid", "Setting", "any_of", "boolean", "check_section", "choice", "defaults", "integer",
     "matrix", "minimizer_errors", "nullable", "number", "potential_errors", "string",
-    "MODES", "OBSERVABLES", "observable_list", "sensitivity_errors",
+    "MODES", "NAME", "OBSERVABLES", "PACKING", "observable_list", "sensitivity_errors",
+    "unknown_key",
 ]
 
 #: The largest integer any setting accepts unless it says otherwise (steps, counts and seeds
@@ -330,12 +333,13 @@ SENSITIVITY: dict[str, Setting] = {
                               "memory / disk)"),
 }
 
-_NAME = string(r"[A-Za-z_][A-Za-z0-9_.\-]*",
-               "a name of letters, digits, '_', '-' or '.', starting with a letter or '_'")
+#: A name (of a theta, a Slurm job): what file and group names can hold.
+NAME = string(r"[A-Za-z_][A-Za-z0-9_.\-]*",
+              "a name of letters, digits, '_', '-' or '.', starting with a letter or '_'")
 
 #: One entry of ``parameters``: a θ to differentiate x* with respect to.
 PARAMETER: dict[str, Setting] = {
-    "name": Setting(_NAME, help="name of the result group /sensitivity/<name>"),
+    "name": Setting(NAME, help="name of the result group /sensitivity/<name>"),
     "kind": Setting(choice(*PARAMETER_KINDS)),
     "species": Setting(nullable(integer(ge=0)), None,
                        "species index (diameter; optional for epsilon)"),
@@ -344,30 +348,54 @@ PARAMETER: dict[str, Setting] = {
 }
 DEFAULT_PARAMETERS = ({"name": "small_diameter", "kind": "diameter", "species": 0},)
 
+#: The random bidisperse packing of :func:`systems.generate.random_packing` (``sensitivity
+#: generate``): dimension, packing fraction, seed, large over small diameter.
+PACKING = {"dim": 2, "phi": 0.9, "seed": 0, "size_ratio": 1.4}
+
 
 def defaults(section: Mapping[str, Setting]) -> dict[str, Any]:
     """``{key: default}`` of a section (required keys left out)."""
     return {k: s.default for k, s in section.items() if not s.required}
 
 
-def check_section(section: Mapping[str, Setting], given: Mapping[str, Any] | None,
-                  name: str) -> tuple[dict[str, Any], list[str]]:
-    """Defaults updated by ``given`` (a ``None`` value takes the default), each value checked.
+def unknown_key(where: str, key: Any, known: Iterable[str]) -> str:
+    """The message for a key not in ``known``, naming the closest known key (a typo)."""
+    known = list(known)
+    full = f"{where}.{key}" if where else str(key)
+    hint = difflib.get_close_matches(str(key), known, n=1)
+    prefix = f"{where}." if where else ""
+    suggestion = f"did you mean '{prefix}{hint[0]}'? " if hint else ""
+    return f"unknown key '{full}': {suggestion}allowed keys{' in ' + where if where else ''}: " + (
+        ", ".join(known)
+    )
 
-    Returns ``(values, errors)``: one message per mistake, ``"<name>.<key> = <value>: must
-    be <allowed>"`` or ``"unknown key <name>.<key> ..."``; a key in error keeps its default.
+
+def check_section(section: Mapping[str, Setting], given: Mapping[str, Any] | None,
+                  name: str, *, show: Callable[[Any], str] = repr
+                  ) -> tuple[dict[str, Any], list[str]]:
+    """Every key of ``section`` in its order: the value ``given`` checked, else (left out or
+    ``None``) a copy of its default. The one validation of a section, for a config file and
+    for a direct call alike.
+
+    Returns ``(values, errors)``: one message per mistake (unknown keys first),
+    ``"<name>.<key> = <show(value)>: must be <allowed>"``, ``"<name>.<key> is required: ..."``
+    or :func:`unknown_key`'s; a key in error keeps its default (a required one: ``None``).
     """
-    values = defaults(section)
-    errors = []
-    for key, value in (given or {}).items():
-        setting = section.get(key)
-        if setting is None:
-            errors.append(f"unknown key {name}.{key}; expected one of {', '.join(section)}")
-        elif value is not None:
-            try:
-                values[key] = setting.check(value)
-            except Invalid as bad:
-                errors.append(f"{name}.{key} = {value!r}: must be {bad.allowed}")
+    given = given or {}
+    errors = [unknown_key(name, key, section) for key in given if key not in section]
+    values: dict[str, Any] = {}
+    for key, setting in section.items():
+        value = given.get(key)
+        if value is None:  # left out or empty (``ftol:``): the default
+            if setting.required:
+                errors.append(f"{name}.{key} is required: {setting.help or setting.check.allowed}")
+            values[key] = None if setting.required else copy.deepcopy(setting.default)
+            continue
+        try:
+            values[key] = setting.check(value)
+        except Invalid as bad:
+            errors.append(f"{name}.{key} = {show(value)}: must be {bad.allowed}")
+            values[key] = None if setting.required else copy.deepcopy(setting.default)
     return values, errors
 
 

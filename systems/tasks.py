@@ -44,6 +44,7 @@ from ._errors import InputError
 __all__ = [
     "CONFIG_NAME",
     "MARKER_NAME",
+    "PLOTS_NAME",
     "RESULT_NAME",
     "TaskBusy",
     "TaskStatus",
@@ -58,6 +59,7 @@ __all__ = [
 
 RESULT_NAME = "sensitivity.h5"
 CONFIG_NAME = "config.yaml"
+PLOTS_NAME = "plots"  # the figures of a task, and of `sensitivity plot` beside a result
 MARKER_NAME = "complete.json"
 LOCK_NAME = ".sensitivity.lock"
 MARKER_FORMAT = "sensitivity-task"

@@ -98,7 +98,7 @@ def test_help_imports_no_heavy_module():
         "assert r.exit_code == 0, r.output\n"
         "heavy = [m for m in ('jax', 'jax_md', 'matplotlib', 'h5py', 'numpy', 'scipy')"
         " if m in sys.modules]\n"
-        "light = {'settings', 'config', 'manifest', '_errors'}  # stdlib and PyYAML only\n"
+        "light = {'settings', 'schema', 'config', 'manifest', '_errors'}  # stdlib, PyYAML\n"
         "heavy += [m for m in sys.modules if m.startswith('sensitivity.systems.')\n"
         "          and m.split('.')[-1] not in light]\n"
         "print(','.join(heavy))\n"
@@ -391,7 +391,7 @@ def test_sweep_interrupted_then_resumed_then_collected(tmp_path: Path, packings:
     import sensitivity.systems.pipeline  # noqa: F401  (patched below as systems.pipeline)
     from sensitivity import systems
 
-    from sensitivity.cli.main import Terminated
+    from sensitivity.systems.batch import Terminated
 
     config = sweep_config(tmp_path, packings)
     real = systems.pipeline.run_task

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from sensitivity.systems.config import (
-    EXAMPLE_CONFIG,
     ConfigError,
     load_config,
     parse_override,
     resolve_config,
     task_directory_name,
 )
+from sensitivity.systems.schema import EXAMPLE_CONFIG
 
 
 @pytest.fixture
@@ -365,3 +365,14 @@ def test_environment_is_not_consulted(folder: Path, monkeypatch):
     loaded = load_config(write(folder, "system: {path: packing.h5}\nsweep: {seed: [1, 2, 3]}\n"))
     assert len(loaded.tasks) == 3
     assert os.environ["SLURM_ARRAY_TASK_ID"] == "1"
+
+
+def test_an_empty_sweep_list_is_explained_with_a_readable_example(folder: Path):
+    """The example value comes from the key's default; a required key (system.path) has none,
+    and its message once showed Python's placeholder object."""
+    (folder / "c.yaml").write_text("system: {path: packing.h5}\nsweep: {system.path: []}\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(folder / "c.yaml")
+    message = str(error.value)
+    assert "sweep.system.path = []: must be a non-empty list of values" in message
+    assert "object at" not in message

@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from sensitivity.cli.main import main
-from sensitivity.cli.slurm import SlurmError, array_spec, render_script, submit_script
+from sensitivity.systems.slurm import SlurmError, array_spec, render_script, submit_script
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -24,8 +24,9 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["SlurmError", "array_spec", "array_states", "read_submissions",
-           "record_submission", "render_script", "sbatch_value", "submit_script", "LOG_PATTERN"]
+__all__ = ["SlurmError", "array_spec", "array_states", "queued_indices", "read_submissions",
+           "record_submission", "render_script", "sbatch_value", "submit_script",
+           "submitted_states", "LOG_PATTERN"]
 
 LOG_PATTERN = "slurm-%A_%a.out"
 
@@ -98,16 +99,21 @@ def render_script(
         python: the interpreter to run (default: this one).
         environment: variables to export in the script.
         task_count: number of tasks in the sweep (for the comment).
+
+    A key missing from ``slurm`` takes the config's default (:data:`systems.schema.SCHEMA`).
     """
+    from .schema import SCHEMA
+    from .settings import defaults
+
+    slurm = {**defaults(SCHEMA["slurm"]), **{k: v for k, v in slurm.items() if v is not None}}
     python = python or sys.executable
     lines = ["#!/bin/bash"]
     option = lines.append
-    job_name = sbatch_value(str(slurm.get("job_name") or "sensitivity"), "slurm.job_name")
-    option(f"#SBATCH --job-name={job_name}")
-    option(f"#SBATCH --array={array_spec(indices, slurm.get('max_parallel'))}")
-    option(f"#SBATCH --time={sbatch_value(str(slurm.get('time') or '01:00:00'), 'slurm.time')}")
+    option(f"#SBATCH --job-name={sbatch_value(str(slurm['job_name']), 'slurm.job_name')}")
+    option(f"#SBATCH --array={array_spec(indices, slurm['max_parallel'])}")
+    option(f"#SBATCH --time={sbatch_value(str(slurm['time']), 'slurm.time')}")
     option("#SBATCH --ntasks=1")
-    option(f"#SBATCH --cpus-per-task={int(slurm.get('cpus_per_task') or 1)}")
+    option(f"#SBATCH --cpus-per-task={int(slurm['cpus_per_task'])}")
     if slurm.get("mem"):
         option(f"#SBATCH --mem={sbatch_value(str(slurm['mem']), 'slurm.mem')}")
     if slurm.get("partition"):
@@ -192,7 +198,7 @@ _RANGE = re.compile(r"^(\d+)_\[([0-9,\-%]+)\]\|(\S+)$")
 def record_submission(top: str | os.PathLike, job_id: str, indices: Sequence[int],
                       script: str | os.PathLike) -> None:
     """Append a submission to ``<top>/submissions.json`` (read by ``sensitivity status``)."""
-    from sensitivity.systems import atomic_write_text
+    from ._atomic import atomic_write_text
 
     path = Path(top) / SUBMISSIONS_NAME
     entries = read_submissions(top)
@@ -264,3 +270,18 @@ def array_states(job_ids: Sequence[str], *, timeout: float = 20.0) -> dict[int, 
         if done.returncode == 0:
             states.update(_states_from(done.stdout.splitlines(), wanted))
     return states
+
+
+#: The Slurm states of an array element that will still run (or is running).
+QUEUED_STATES = frozenset({"PENDING", "RUNNING", "CONFIGURING", "REQUEUED", "RESIZING",
+                           "SUSPENDED", "COMPLETING"})
+
+
+def submitted_states(top: str | os.PathLike) -> dict[int, str]:
+    """``{task index: Slurm state}`` of the elements ``submit`` sent from output folder ``top``."""
+    return array_states([entry["job_id"] for entry in read_submissions(top)])
+
+
+def queued_indices(top: str | os.PathLike) -> set[int]:
+    """The task indices of ``top`` that an earlier submission has queued or is running."""
+    return {index for index, state in submitted_states(top).items() if state in QUEUED_STATES}
