@@ -24,13 +24,13 @@ once from the pair stiffness blocks into padded block rows
 (:class:`~systems.hessian.BlockHessian`) and each product is a gather and a batched d×d
 product. The default preconditioner, ``block_jacobi``, is folded into the operator: CG
 runs on ``S H S z = S b`` with ``S = D^(-1/2)`` from the d×d diagonal blocks ``D``
-(:func:`~systems.hessian.build_block_scaling`), which is CG preconditioned with ``D⁻¹``
+(:func:`~systems.preconditioners.build_block_scaling`), which is CG preconditioned with ``D⁻¹``
 at the price of plain CG per iteration, and, the right-hand side being consistent, without
 the per-iteration null-space projection (the engine's ``scaling=``, :func:`_block_scaling`);
 ``jacobi`` does the same
 with the diagonal of ``D``. Also: nothing (``none``), ``two_level`` (block-Jacobi plus the
 translations of grid cells) and ``schwarz`` (two-level additive Schwarz over compact parts
-of ~16 particles, :mod:`systems.hessian`: about half the iterations, dearer ones and a
+of ~16 particles, :mod:`systems.preconditioners`: about half the iterations, dearer ones and a
 dearer setup; figures in ``benchmarks/README.md``). Scalar θs go through
 :func:`sensitivity.root_jvp` (the JVP rule of :func:`sensitivity.custom_root`), which
 returns the solve's report as a value. The default ``tol = 1e-10`` matches the accuracy of
@@ -74,9 +74,10 @@ from ._errors import InputError
 from ._system import wrap_positions
 from .contacts import (clear_capacities, contact_analysis, gauge_fix, padded_pairs,
                        pair_capacity, rigid_motions, row_capacity)
-from .hessian import (BlockHessian, BlockJacobi, EllPattern, apply_block_jacobi, apply_schwarz,
-                      assemble_block_hessian, build_block_scaling, build_schwarz, ell_pattern,
-                      hessian_matvec, scale_blocks, two_level)
+from .hessian import (BlockHessian, EllPattern, assemble_block_hessian, ell_pattern,
+                      hessian_matvec, scale_blocks)
+from .preconditioners import (BlockJacobi, apply_block_jacobi, apply_schwarz, build_block_scaling,
+                              build_schwarz, two_level)
 from .potentials import PairModel, Pairs, PotentialParams, real_positions, with_position_jvp
 from .theta import ParameterSpec, apply_theta, theta_data, theta_meaning
 
@@ -127,7 +128,7 @@ class PackingData(NamedTuple):
       hessian: the Hessian at ``(y, θ0)``, tethers included, in padded block rows
         (:class:`~systems.hessian.BlockHessian`): every Hessian-vector product.
       precond: preconditioner data (``two_level``: cell index and coarse pseudo-inverse;
-        ``schwarz``: :class:`~systems.hessian.Schwarz`).
+        ``schwarz``: :class:`~systems.preconditioners.Schwarz`).
     """
 
     model: PairModel
@@ -251,7 +252,7 @@ def _scaled_solve_info():
 
 def _block_scaling(pk: PackingData):
     """The engine's congruence scaling (``jacobi``, ``block_jacobi``): ``S = D^(-1/2)`` of
-    :func:`~systems.hessian.build_block_scaling` (in ``pk.precond``), with ``S H S`` folded
+    :func:`~systems.preconditioners.build_block_scaling` (in ``pk.precond``), with ``S H S`` folded
     into the Hessian's blocks, so each iteration is one product with the scaled blocks.
     The engine solves ``(S H S) z = S P b`` and returns ``x = P S z``, the minimum-norm
     solution of ``H x = b``; its convergence test is on the scaled residual ``‖S r‖ ≤ tol
