@@ -168,7 +168,7 @@ def test_interacting_pairs_equals_brute_force(case, search, monkeypatch):
 def test_pair_laws_match_jax_md_energy(alpha):
     from jax_md import energy as jmd
 
-    from sensitivity.systems import potentials as pot
+    from sensitivity.systems import pair_laws as pot
 
     # Through r = σ exactly, the cutoff onset and the cutoff itself, on both sides.
     r = jnp.concatenate([jnp.linspace(0.5, 3.0, 401), jnp.array([1.0, 1.2, 2.5, 2.5 - 1e-12])])
