@@ -93,7 +93,7 @@ def plain_time(solver, repeat):
     """The engine used directly: ``custom_root`` on autodiff forces (forward-over-reverse
     Hessian-vector products), plain CG with the translations as null space."""
     import sensitivity
-    from sensitivity.systems.response import _nullspace
+    from sensitivity.systems._linear_system import _nullspace
 
     pk = solver.data
     theta0, apply = theta_apply(THETA, solver.params, np.asarray(solver.model.species))

@@ -114,7 +114,7 @@ def compiled_solve(apply):
     """``solve(H, data, b, basis)``, one compiled function per apply (data are arguments)."""
     if apply == SCALED and apply not in _SOLVES:
         def solve(H, data, b, basis):
-            # as systems.response._scaled_solver: b projected off the translations, CG on
+            # as systems._linear_system._block_scaling: b projected off the translations, CG on
             # the consistent scaled system without per-iteration projection
             flat = basis.reshape(basis.shape[0], -1)
             gram_inv = jnp.linalg.inv(flat @ flat.T)

@@ -222,7 +222,7 @@ def _block_matvec(hessian, v):
 def _lockstep_cg(pk, b, tol: float, maxiter: int):
     """m CG solves of ``H x = b_p`` in lockstep, ``b`` (m, N, d), on the block-Jacobi-scaled
     system ``S H S z = S P b`` (``x = P S z``; ``P`` projects off the backbone's rigid
-    translations: the minimum-norm solution, as :func:`systems.response._scaled_solver`).
+    translations: the minimum-norm solution, as :func:`systems._linear_system._block_scaling`).
 
     Each column keeps its own CG scalars and stops by the engine's test
     ``‖S r‖ ≤ tol ‖S P b‖``; a stopped column stays frozen while the others go on. Each
@@ -231,7 +231,7 @@ def _lockstep_cg(pk, b, tol: float, maxiter: int):
     the iterations, ``‖H x - P b‖``, ``‖b‖``, the scaled residual and rhs norms and the
     converged flags, per column.
     """
-    from .response import _nullspace
+    from ._linear_system import _nullspace
 
     sc = pk.precond
     basis = _nullspace(pk)
@@ -285,7 +285,7 @@ def _elastic(cfg, pk, base, directions, stress_pairs):
     (m, m), the non-affine fields ``dy_q`` (m, N, d) and the m solves' reports."""
     import sensitivity
 
-    from .response import _optimality, _scaled_solve_info, _solver
+    from ._linear_system import _optimality, _solver
 
     m, d = directions.shape[0], directions.shape[1]
     solve = _solver(cfg, pk, cfg.solver)
@@ -313,7 +313,7 @@ def _elastic(cfg, pk, base, directions, stress_pairs):
         n_dof = pk.y.shape[0] * pk.y.shape[1]
         maxiter = 10 * n_dof if cfg.maxiter is None else cfg.maxiter
         dy, iters, res, rhs, res_s, rhs_s, ok = _lockstep_cg(pk, -xi, cfg.tol, maxiter)
-        infos = _scaled_solve_info()(
+        infos = sensitivity.LinearSolveInfo(
             iterations=iters, residual_norm=res, rhs_norm=rhs, converged=ok,
             inconsistency=jnp.zeros(m), tolerance=cfg.tol * rhs, solver_residual_norm=res_s,
             solver_rhs_norm=rhs_s)
@@ -353,7 +353,7 @@ def elastic_response(solver) -> dict:
       ``time_s``.
     """
     from .contacts import gauge_fix, padded_pairs, pair_capacity
-    from .response import _merge_reports
+    from ._linear_system import _merge_reports
 
     model = solver.model
     if not model.periodic:
@@ -428,7 +428,7 @@ def _along(cfg, pk, base, thetas0, members, dy, tangents, extra, *, fn):
     directions: ``jvp`` in ``(y, θ)`` with tangents ``(dy_k, t_k)`` (forward mode from the
     solved responses ``dy`` (K, N, d); ``tangents`` a tuple, per θ tag, of (K, ...) arrays).
     ``cfg.tags`` name the θ rules (:func:`systems.response.apply_theta`)."""
-    from .response import _params_at
+    from ._linear_system import _params_at
 
     def f(y, thetas):
         return fn(pk, y, _params_at(cfg, base, thetas, thetas0, members), extra)

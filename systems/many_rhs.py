@@ -164,7 +164,7 @@ def sparse_hessian(hessian: BlockHessian, keep=None):
 def _rhs_columns(cfg, pk, base, theta0, member, start):
     """``(-∂F/∂θ_k (chunk, N, d), ∂scale/∂θ_k (chunk,))`` for ``k = start .. start+chunk``:
     the forces linearized in θ once, the linear map applied to each unit tangent."""
-    from .response import _optimality
+    from ._linear_system import _optimality
     from .theta import apply_theta
 
     (tag,) = cfg.tags
@@ -211,7 +211,7 @@ def distance2_coloring(n: int, i, j) -> np.ndarray:
 def _rhs_seeded(cfg, pk, base, theta0, member, seeds):
     """``-∂F/∂θ · s`` for each row ``s`` of ``seeds (C, P)``: the forces linearized in θ
     once, the linear map applied to every seed (colour indicators, :func:`distance2_coloring`)."""
-    from .response import _optimality
+    from ._linear_system import _optimality
     from .theta import apply_theta
 
     (tag,) = cfg.tags
@@ -283,7 +283,7 @@ def backbone_factorization(solver):
 def _vjp_theta(cfg, pk, base, theta0, member, cotangents):
     """``-λ_kᵀ ∂F/∂θ`` for each row ``λ_k`` of ``cotangents (K, N, d)``: reverse mode
     through the forces in θ (one VJP each)."""
-    from .response import _optimality
+    from ._linear_system import _optimality
     from .theta import apply_theta
 
     (tag,) = cfg.tags
