@@ -132,15 +132,10 @@ def stress_tensor(model: PairModel, y, params: PotentialParams, pairs: Pairs, vo
 def virial_stress(model: PairModel, y, params: PotentialParams, pairs: Pairs, volume: float):
     """The virial ``σ_ab = (1/V) Σ_pairs w V'(r) r_a r_b / r`` (an independent form of
     :func:`stress_tensor`, used to check it)."""
-    n = y.shape[0]
-    dr, r, sigma, valid = model.pair_geometry(y, params, pairs)
-    i = jnp.minimum(pairs.i, n - 1)
-    j = jnp.minimum(pairs.j, n - 1)
-    si, sj = model.species[i], model.species[j]
-    eps = params.epsilon[si, sj]
-    dv = jax.vmap(jax.grad(model.pair_law))(r, sigma, eps, si, sj)
-    w = jnp.where(valid, pairs.weight * dv / r, 0.0)
-    return jnp.einsum("k,ka,kb->ab", w, dr, dr) / volume
+    t = model.pair_terms(y, params, pairs)
+    dv = jax.vmap(jax.grad(model.pair_law))(t.r, t.sigma, t.epsilon, t.si, t.sj)
+    w = jnp.where(t.valid, pairs.weight * dv / t.r, 0.0)
+    return jnp.einsum("k,ka,kb->ab", w, t.dr, t.dr) / volume
 
 
 def per_particle_stress(model: PairModel, y, params: PotentialParams, pairs: Pairs,
@@ -149,14 +144,11 @@ def per_particle_stress(model: PairModel, y, params: PotentialParams, pairs: Pai
     that the sum over particles is :func:`virial_stress` (a per-particle stress times
     ``V / N`` gives the usual per-particle virial in units of energy)."""
     n = y.shape[0]
-    dr, r, sigma, valid = model.pair_geometry(y, params, pairs)
-    i = jnp.minimum(pairs.i, n - 1)
-    j = jnp.minimum(pairs.j, n - 1)
-    si, sj = model.species[i], model.species[j]
-    dv = jax.vmap(jax.grad(model.pair_law))(r, sigma, params.epsilon[si, sj], si, sj)
-    w = jnp.where(valid, 0.5 * pairs.weight * dv / r, 0.0)
-    term = w[:, None, None] * dr[:, :, None] * dr[:, None, :] / volume
-    return jax.ops.segment_sum(term, i, n) + jax.ops.segment_sum(term, j, n)
+    t = model.pair_terms(y, params, pairs)
+    dv = jax.vmap(jax.grad(model.pair_law))(t.r, t.sigma, t.epsilon, t.si, t.sj)
+    w = jnp.where(t.valid, 0.5 * pairs.weight * dv / t.r, 0.0)
+    term = w[:, None, None] * t.dr[:, :, None] * t.dr[:, None, :] / volume
+    return jax.ops.segment_sum(term, t.i, n) + jax.ops.segment_sum(term, t.j, n)
 
 
 def pressure_of(stress) -> float:

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _jaxmd, settings
+from . import settings
 from ._jaxmd import box_key, make_space
 from ._errors import InputError
 from ._system import pairs_within, perpendicular_widths
@@ -47,6 +47,7 @@ __all__ = [
     "PotentialParams",
     "Pairs",
     "PairModel",
+    "PairTerms",
     "resolve_potential",
     "deformation",
     "real_positions",
@@ -240,6 +241,22 @@ class Pairs(NamedTuple):
         return cls(np.asarray(i, np.int32), np.asarray(j, np.int32), np.ones(len(i)))
 
 
+class PairTerms(NamedTuple):
+    """Per pair (:meth:`PairModel.pair_terms`): displacement ``dr`` (real units), distance
+    ``r``, ``sigma`` σ_ij, ``epsilon`` ε_ij, species ``si``, ``sj``, indices ``i``, ``j``
+    (padding clamped to N - 1) and the ``valid`` mask."""
+
+    dr: jax.Array
+    r: jax.Array
+    sigma: jax.Array
+    epsilon: jax.Array
+    si: jax.Array
+    sj: jax.Array
+    i: jax.Array
+    j: jax.Array
+    valid: jax.Array
+
+
 def _is_zero(tangent) -> bool:
     """True for a symbolic-zero tangent (or a pytree of them)."""
     leaves = jax.tree.leaves(
@@ -399,19 +416,23 @@ class PairModel:
         sigma = self._pair_sigma(params, i, j)
         return dr, r, sigma, valid
 
-    def pair_energies(self, y, params: PotentialParams, pairs: Pairs, active=None):
-        """Weighted energy of every pair (zeros for padding and inactive particles)."""
+    def pair_terms(self, y, params: PotentialParams, pairs: Pairs) -> PairTerms:
+        """:meth:`pair_geometry` with what the pair law takes besides (ε_ij, the species)."""
         n = y.shape[0]
-        _, r, sigma, valid = self.pair_geometry(y, params, pairs)
+        dr, r, sigma, valid = self.pair_geometry(y, params, pairs)
         i = jnp.minimum(pairs.i, n - 1)
         j = jnp.minimum(pairs.j, n - 1)
         si, sj = self.species[i], self.species[j]
-        eps = params.epsilon[si, sj]
-        v = self.pair_law(r, sigma, eps, si, sj)
+        return PairTerms(dr, r, sigma, params.epsilon[si, sj], si, sj, i, j, valid)
+
+    def pair_energies(self, y, params: PotentialParams, pairs: Pairs, active=None):
+        """Weighted energy of every pair (zeros for padding and inactive particles)."""
+        t = self.pair_terms(y, params, pairs)
+        v = self.pair_law(t.r, t.sigma, t.epsilon, t.si, t.sj)
         w = pairs.weight
         if active is not None:
-            w = w * active[i] * active[j]
-        return jnp.where(valid, w * v, 0.0)
+            w = w * active[t.i] * active[t.j]
+        return jnp.where(t.valid, w * v, 0.0)
 
     def energy(self, y, params: PotentialParams, pairs: Pairs, active=None):
         """Total energy ``E(y, params)``; ``active`` (N,) 0/1 switches particles off."""
@@ -427,17 +448,12 @@ class PairModel:
 
         The Hessian is ``H v = Σ_pairs K (v_i - v_j)`` scattered with + on ``i``, - on ``j``.
         """
-        n = y.shape[0]
-        dr, _, sigma, valid = self.pair_geometry(y, params, pairs)
-        i = jnp.minimum(pairs.i, n - 1)
-        j = jnp.minimum(pairs.j, n - 1)
-        si, sj = self.species[i], self.species[j]
-        eps = params.epsilon[si, sj]
-        w = jnp.where(valid, pairs.weight, 0.0)
+        t = self.pair_terms(y, params, pairs)
+        w = jnp.where(t.valid, pairs.weight, 0.0)
         if active is not None:
-            w = w * active[i] * active[j]
-        unit = jnp.zeros_like(dr).at[:, 0].set(1.0)
-        dr = jnp.where(valid[:, None], dr, unit)
+            w = w * active[t.i] * active[t.j]
+        unit = jnp.zeros_like(t.dr).at[:, 0].set(1.0)
+        dr = jnp.where(t.valid[:, None], t.dr, unit)
 
         def block(dr, sigma, eps, si, sj, w):
             def v(dr):
@@ -445,7 +461,7 @@ class PairModel:
 
             return jax.hessian(v)(dr)
 
-        blocks = jax.vmap(block)(dr, sigma, eps, si, sj, w)
+        blocks = jax.vmap(block)(dr, t.sigma, t.epsilon, t.si, t.sj, w)
         if params.strain is None:
             return blocks * params.scale ** 2
         f = deformation(params, dr.shape[-1])  # ∂dr/∂y: the blocks in y are Fᵀ K F
@@ -512,42 +528,6 @@ class PairModel:
         if not self.fractional_lists:
             return y
         return y @ jnp.asarray(np.linalg.inv(self.box).T, jnp.float64)
-
-    def neighbor_list_fn(self, cutoff: float, skin: float):
-        """jax-md OrderedSparse (i < j) neighbor list over the reference box, ``cutoff + skin``.
-
-        A sheared cell: jax-md's cell lists work in fractional coordinates, so the list is
-        given :meth:`list_positions` (the energy still takes Cartesian ``y``, the list gives
-        only indices) with ``periodic_general(H, fractional_coordinates=True)``'s
-        displacement (distances in real units). A cell matrix that is not upper triangular
-        has no cell list: the candidates are every pair (``disable_cell_list``), pruned at
-        each rebuild.
-        """
-        partition = _jaxmd.module("partition")
-        if self.fractional_lists:
-            space = _jaxmd.module("space")
-            box = jnp.asarray(self.box, jnp.float64)
-            displacement, _ = space.periodic_general(box, fractional_coordinates=True)
-            return partition.neighbor_list(
-                displacement, box, r_cutoff=float(cutoff), dr_threshold=float(skin),
-                capacity_multiplier=float(self.spec.capacity_multiplier),
-                fractional_coordinates=True,
-                format=partition.NeighborListFormat.OrderedSparse)
-        if self.box is not None and np.ndim(self.box) == 2:
-            return partition.neighbor_list(
-                self.displacement_fn, jnp.asarray(self.box, jnp.float64),
-                r_cutoff=float(cutoff), dr_threshold=float(skin),
-                capacity_multiplier=float(self.spec.capacity_multiplier),
-                disable_cell_list=True, format=partition.NeighborListFormat.OrderedSparse)
-
-        return partition.neighbor_list(
-            self.displacement_fn,
-            jnp.asarray(self.box, jnp.float64),
-            r_cutoff=float(cutoff),
-            dr_threshold=float(skin),
-            capacity_multiplier=float(self.spec.capacity_multiplier),
-            format=partition.NeighborListFormat.OrderedSparse,
-        )
 
     def interacting_pairs(self, y, params: PotentialParams, margin: float = 1.02) -> Pairs:
         """The compact half list (i < j) of pairs within ``margin × range`` at ``y``.
