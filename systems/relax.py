@@ -45,7 +45,7 @@ from ._errors import ConvergenceError, InputError
 from ._system import wrap_positions
 from .neighbor_lists import clear as neighbor_lists_clear
 from .neighbor_lists import neighbor_lists, rebuild, sort_pairs, update_sorted
-from .potentials import PairModel, Pairs, PotentialParams, resolve_potential
+from .potentials import PairModel, Pairs, PotentialParams
 
 __all__ = [
     "MINIMIZER_DEFAULTS",
@@ -55,7 +55,6 @@ __all__ = [
     "clear_compile_cache",
     "compile_cache_info",
     "make_relaxer",
-    "relax",
     "resolve_minimizer",
 ]
 
@@ -483,26 +482,3 @@ def make_relaxer(model: PairModel, minimizer: MinimizerSpec,
     return Relaxer(model, minimizer, cutoff=cutoff,
                    neighbor_list=model.use_neighbor_list(cutoff * 1.25), skin=skin)
 
-
-def relax(system, potential_cfg: Mapping[str, Any] | None,
-          minimizer_cfg: Mapping[str, Any] | None,
-          progress: Callable[..., None] | None = None, *,
-          file_potential: Mapping[str, Any] | None = None) -> RelaxResult:
-    """Minimize the energy of ``system`` from its positions.
-
-    Args:
-      system: a :class:`~systems.ParticleSystem`.
-      potential_cfg: the ``potential`` config block (see :func:`resolve_potential`).
-      minimizer_cfg: the ``minimizer`` config block (see :func:`resolve_minimizer`).
-      progress: optional ``progress(event, **fields)``, called between chunks.
-      file_potential: the input file's ``/parameters/potential`` (config overrides it).
-
-    Returns:
-      A :class:`RelaxResult`; a run that did not converge is returned with
-      ``converged=False`` (never raised here: the caller reports and flags it).
-    """
-    spec = resolve_potential(potential_cfg, system.n_species, file_potential)
-    model = PairModel.build(system, spec)
-    params = model.default_params(system.diameters)
-    relaxer = make_relaxer(model, resolve_minimizer(minimizer_cfg), [params])
-    return relaxer.run(system.positions, params, progress)
