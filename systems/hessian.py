@@ -31,8 +31,8 @@ Public names:
   row itself with a zero block. The product is a gather and a batched matrix-vector
   product, no scatter (slow on XLA:CPU).
 * :func:`ell_pattern` (host, integers) then :func:`assemble_block_hessian` (pure JAX), or
-  both at once: :func:`block_hessian`; :func:`hessian_matvec`, :func:`dense_hessian`
-  (tests), :func:`scale_blocks` (a d×d block per particle times a vector).
+  both at once: :func:`block_hessian`; :func:`hessian_matvec`; :func:`scale_blocks` (a
+  d×d block per particle times a vector).
 * Buckets: :func:`ell_capacity` (rows rounded up to a multiple of ``ELL_STEP``). Two
   packings with the same N and the same bucketed row capacity give the same shapes, so one
   compiled solve.
@@ -61,7 +61,6 @@ __all__ = [
     "block_hessian",
     "hessian_matvec",
     "ell_blocks",
-    "dense_hessian",
     "scale_blocks",
 ]
 
@@ -217,16 +216,6 @@ def hessian_matvec(H: BlockHessian, v):
     matrix-vector product (gathers only)."""
     n = v.shape[0]
     return jnp.einsum("nak,nk->na", H.rows, v[H.idx].reshape(n, -1))
-
-
-def dense_hessian(H: BlockHessian) -> np.ndarray:
-    """The ``(N d, N d)`` dense matrix (host; for tests and small checks)."""
-    idx = np.asarray(H.idx)
-    blocks = ell_blocks(H)
-    n, cap, d, _ = blocks.shape
-    out = np.zeros((n, n, d, d))
-    np.add.at(out, (np.repeat(np.arange(n), cap), idx.ravel()), blocks.reshape(-1, d, d))
-    return out.transpose(0, 2, 1, 3).reshape(n * d, n * d)
 
 
 def scale_blocks(blocks, v):
