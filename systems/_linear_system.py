@@ -227,6 +227,11 @@ def _hessian_data(cfg: _Config, model: PairModel, y, params, pairs: Pairs,
 
 
 
+def _relative(residual, rhs):
+    """``residual / rhs`` elementwise, 0 where the right-hand side is 0."""
+    return np.where(rhs > 0, residual / np.where(rhs > 0, rhs, 1.0), 0.0)
+
+
 def _merge_reports(reports) -> dict:
     """Fold the engine's LinearSolveInfo reports (maybe batched) into attributes."""
     if not reports:
@@ -244,10 +249,10 @@ def _merge_reports(reports) -> dict:
     rhs = gather("rhs_norm")
     res_s = gather("solver_residual_norm")  # the norms the convergence test compared
     rhs_s = gather("solver_rhs_norm")
-    rel_s = np.where(rhs_s > 0, res_s / np.where(rhs_s > 0, rhs_s, 1.0), 0.0)
+    rel_s = _relative(res_s, rhs_s)
     conv = gather("converged")
     incons = gather("inconsistency")
-    rel = np.where(rhs > 0, res / np.where(rhs > 0, rhs, 1.0), 0.0)
+    rel = _relative(res, rhs)
     return {
         "iterations": int(iters.max()),
         "iterations_total": int(iters.sum()),

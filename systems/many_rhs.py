@@ -418,14 +418,15 @@ class FactorizedJacobian:
                                   t_rhs, colored)
 
     def _report(self, infos, t_total, t_compile, t_rhs, colored) -> dict:
+        from ._linear_system import _relative
+
         p_count = self.shape[0]
         factor = self.factor
         report = {field: np.concatenate([np.ravel(getattr(i, field)) for i in infos])
                   for field in ("iterations", "residual_norm", "rhs_norm", "converged",
                                 "inconsistency")}
         rhs_norm = report["rhs_norm"]
-        rel = np.where(rhs_norm > 0,
-                       report["residual_norm"] / np.where(rhs_norm > 0, rhs_norm, 1), 0.0)
+        rel = _relative(report["residual_norm"], rhs_norm)
         info = {
             "iterations": int(report["iterations"].max()) if p_count else 0,
             "iterations_total": int(report["iterations"].sum()),

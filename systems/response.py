@@ -72,7 +72,7 @@ from ._errors import InputError
 from ._system import wrap_positions
 from ._linear_system import (_DENSE, _SCALINGS, _TAKES_PRECONDITIONER, PackingData, _compiled,
                              _Config, _hessian_data, _merge_reports, _optimality, _params_at,
-                             _relaxed, _solver, compile_seconds)
+                             _relative, _relaxed, _solver, compile_seconds)
 from .contacts import (clear_capacities, contact_analysis, gauge_fix, padded_pairs,
                        pair_capacity, row_capacity)
 from .hessian import ell_pattern, scale_blocks
@@ -403,9 +403,9 @@ class ResponseSolver:
         dy = jnp.asarray(np.asarray(dx))  # (P, N, d); rattler rows 0, H t = 0 on the gauge
         (res, rhs, res_s, rhs_s), _, _ = self._run(_column_residuals, cfg, self.data,
                                                    self.params, theta0, member, dy)
-        rel = np.where(rhs > 0, res / np.where(rhs > 0, rhs, 1.0), 0.0)
+        rel = _relative(res, rhs)
         # the solver's own test (on the scaled system for jacobi / block_jacobi)
-        rel_s = np.where(rhs_s > 0, res_s / np.where(rhs_s > 0, rhs_s, 1.0), 0.0)
+        rel_s = _relative(res_s, rhs_s)
         # the solver's own test (a relative 1e-6 of slack: these residuals are recomputed
         # through the optimality map, not the solver's operator)
         ok = np.isfinite(res) & within_tolerance(np.asarray(res_s), np.asarray(rhs_s),
