@@ -1,19 +1,19 @@
 """The linear system of a relaxed packing: its optimality condition and the engine's solver.
 
 The arrays of one relaxed packing (:class:`PackingData`) and the static, hashable settings
-of a solve (:class:`_Config`) are the arguments of every compiled function of the response
+of a solve (:class:`SolveConfig`) are the arguments of every compiled function of the response
 (:mod:`systems.response`) and of its users (:mod:`systems.elasticity`,
 :mod:`systems.many_rhs`, :mod:`systems.reverse`, :mod:`systems.linear_range`):
 
-* :func:`_optimality`: ``F(y, θ) = ∇_y E`` over the backbone's pairs plus the tether of the
+* :func:`optimality`: ``F(y, θ) = ∇_y E`` over the backbone's pairs plus the tether of the
   rattler coordinates, whose JVP in ``y`` is the product with the precomputed Hessian;
-* :func:`_solver`: the engine's Krylov or dense solver with the packing's null space (its
-  rigid motions, :func:`_nullspace`), tolerance and preconditioner (the congruence scaling
+* :func:`engine_solver`: the engine's Krylov or dense solver with the packing's null space (its
+  rigid motions, :func:`nullspace`), tolerance and preconditioner (the congruence scaling
   ``jacobi`` / ``block_jacobi``, ``two_level`` or ``schwarz``);
-* :func:`_relaxed`: the already-relaxed solver decorated with ``sensitivity.custom_root``;
-* :func:`_hessian_data`: the pair stiffness blocks, the tether and the Hessian in padded
+* :func:`custom_root_solver`: the already-relaxed solver decorated with ``sensitivity.custom_root``;
+* :func:`hessian_data`: the pair stiffness blocks, the tether and the Hessian in padded
   block rows, computed once per packing;
-* :func:`_merge_reports`: the engine's ``LinearSolveInfo`` reports folded into attributes.
+* :func:`merge_reports`: the engine's ``LinearSolveInfo`` reports folded into attributes.
 
 Compiled executables are cached per (function, config, argument shapes) under the owner
 ``"response"`` (:mod:`systems._compile`), so the tasks of a sweep that share N, the
@@ -38,9 +38,13 @@ from .potentials import PairModel, Pairs, with_position_jvp
 from .preconditioners import (BlockJacobi, apply_block_jacobi, apply_schwarz, build_block_scaling)
 from .theta import apply_theta
 
-_TAKES_PRECONDITIONER = ("cg", "minres", "gmres", "bicgstab")
-_SCALINGS = ("jacobi", "block_jacobi")  # folded into the operator: _block_scaling
-_DENSE = ("dense", "lstsq", "lu", "cholesky")
+__all__ = ["DENSE_SOLVERS", "PRECONDITIONED_SOLVERS", "SCALINGS", "PackingData", "SolveConfig",
+           "compile_seconds", "compiled", "custom_root_solver", "engine_solver", "hessian_data",
+           "merge_reports", "nullspace", "optimality", "params_at", "relative"]
+
+PRECONDITIONED_SOLVERS = ("cg", "minres", "gmres", "bicgstab")
+SCALINGS = ("jacobi", "block_jacobi")  # folded into the operator: _block_scaling
+DENSE_SOLVERS = ("dense", "lstsq", "lu", "cholesky")
 
 
 class PackingData(NamedTuple):
@@ -69,7 +73,7 @@ class PackingData(NamedTuple):
     precond: Any
 
 
-class _Config(NamedTuple):
+class SolveConfig(NamedTuple):
     solver: str
     tol: float
     maxiter: int | None
@@ -85,19 +89,19 @@ def compile_seconds() -> float:
     return _compile.compile_seconds("response")
 
 
-def _compiled(fn: Callable, cfg: _Config, *args):
+def compiled(fn: Callable, cfg: SolveConfig, *args):
     """``jit(partial(fn, cfg)).lower(*args).compile()``, cached; returns (exe, seconds)."""
     return _compile.compiled("response", fn, cfg, *args)
 
 
 
-def _nullspace(pk: PackingData):
+def nullspace(pk: PackingData):
     """``(k, N, d)``: the rigid motions of the backbone. Rattler coordinates are tethered,
     so not in the null space."""
     return rigid_motions(pk.y, pk.active, pk.model.periodic, jnp)
 
 
-def _optimality(pk: PackingData, y, params):
+def optimality(pk: PackingData, y, params):
     """``F(y, θ) = ∇_y E(y, θ)`` over the backbone's pairs, plus ``k (y - y*)`` on the
     rattler coordinates (zero at y*, so their response is zero: reported as NaN).
 
@@ -124,16 +128,16 @@ def _block_inverse(pk: PackingData):
     return jnp.where(ok[:, None, None], inv, jnp.eye(d))
 
 
-def _linear_solve(cfg: _Config, pk: PackingData, name: str, report: bool):
-    """``solve(matvec, b)``: :func:`_solver`, its LinearSolveInfo recorded by
+def _linear_solve(cfg: SolveConfig, pk: PackingData, name: str, report: bool):
+    """``solve(matvec, b)``: :func:`engine_solver`, its LinearSolveInfo recorded by
     :func:`sensitivity.record_solves` (``report``: a host callback per solve) or not."""
-    solve = _solver(cfg, pk, name)
+    solve = engine_solver(cfg, pk, name)
     if report:
         return solve  # accepts full_output: custom_root sends its report to record_solves
     return lambda matvec, b: solve(matvec, b)  # no full_output: nothing recorded
 
 
-def _solver(cfg: _Config, pk: PackingData, name: str):
+def engine_solver(cfg: SolveConfig, pk: PackingData, name: str):
     """The engine's solver with this packing's null space, tolerance and preconditioner."""
     import sensitivity
 
@@ -142,16 +146,16 @@ def _solver(cfg: _Config, pk: PackingData, name: str):
     # rigid motions (Newton's third law, central forces); what the engine would measure
     # along them is round-off, which matters when ∂F/∂θ is itself tiny (a uniform ε:
     # ∂F/∂ε = F/ε, the residual force). It is still reported as "inconsistency".
-    options: dict[str, Any] = dict(tol=cfg.tol, nullspace=_nullspace(pk), on_failure="ignore",
+    options: dict[str, Any] = dict(tol=cfg.tol, nullspace=nullspace(pk), on_failure="ignore",
                                    consistency_tol=float("inf"))
-    if cfg.maxiter is not None and name not in _DENSE:
+    if cfg.maxiter is not None and name not in DENSE_SOLVERS:
         options["maxiter"] = int(cfg.maxiter)
     precond = cfg.preconditioner
-    if name in _TAKES_PRECONDITIONER and precond in _SCALINGS:
+    if name in PRECONDITIONED_SOLVERS and precond in SCALINGS:
         options["scaling"] = _block_scaling(pk)
-    elif name in _TAKES_PRECONDITIONER and precond == "schwarz":
+    elif name in PRECONDITIONED_SOLVERS and precond == "schwarz":
         options["M"] = lambda r: apply_schwarz(pk.precond, r)
-    elif name in _TAKES_PRECONDITIONER and precond == "two_level":
+    elif name in PRECONDITIONED_SOLVERS and precond == "two_level":
         inv = _block_inverse(pk)
         cid, coarse_inv = pk.precond
         nc = coarse_inv.shape[0] // pk.y.shape[1]
@@ -182,7 +186,7 @@ def _block_scaling(pk: PackingData):
         unscale=lambda v: scale_blocks(sc.unscale, v))
 
 
-def _relaxed(cfg: _Config, pk: PackingData, name: str | None = None,
+def custom_root_solver(cfg: SolveConfig, pk: PackingData, name: str | None = None,
              report: bool | None = None):
     """``relaxed(init, params) -> y*`` decorated with ``sensitivity.custom_root``: the
     relaxation already happened, so it returns ``init``; only its derivative is new."""
@@ -191,7 +195,7 @@ def _relaxed(cfg: _Config, pk: PackingData, name: str | None = None,
     name = name or cfg.solver
     report = cfg.report if report is None else report
 
-    @sensitivity.custom_root(lambda y, params: _optimality(pk, y, params),
+    @sensitivity.custom_root(lambda y, params: optimality(pk, y, params),
                              solve=_linear_solve(cfg, pk, name, report), symmetric=True)
     def relaxed(init, params):
         return init
@@ -199,14 +203,14 @@ def _relaxed(cfg: _Config, pk: PackingData, name: str | None = None,
     return relaxed
 
 
-def _params_at(cfg: _Config, base, thetas, thetas0, members):
+def params_at(cfg: SolveConfig, base, thetas, thetas0, members):
     params = base
     for k, tag in enumerate(cfg.tags):
         params = apply_theta(tag, params, thetas[k], thetas0[k], members[k])
     return params
 
 
-def _hessian_data(cfg: _Config, model: PairModel, y, params, pairs: Pairs,
+def hessian_data(cfg: SolveConfig, model: PairModel, y, params, pairs: Pairs,
                   pattern: EllPattern, active):
     """The pair stiffness blocks, the rattler tether, the Hessian in block rows (tethers
     included) and, for ``jacobi`` / ``block_jacobi``, its block scaling (else ``()``)."""
@@ -221,18 +225,18 @@ def _hessian_data(cfg: _Config, model: PairModel, y, params, pairs: Pairs,
     hessian = assemble_block_hessian(pattern, pairs.i, pairs.j,
                                      stiffness * pairs.weight[:, None, None], diagonal)
     precond = ()
-    if cfg.preconditioner in _SCALINGS:
+    if cfg.preconditioner in SCALINGS:
         precond = build_block_scaling(hessian, diagonal_only=cfg.preconditioner == "jacobi")
     return stiffness, tether, hessian, precond
 
 
 
-def _relative(residual, rhs):
+def relative(residual, rhs):
     """``residual / rhs`` elementwise, 0 where the right-hand side is 0."""
     return np.where(rhs > 0, residual / np.where(rhs > 0, rhs, 1.0), 0.0)
 
 
-def _merge_reports(reports) -> dict:
+def merge_reports(reports) -> dict:
     """Fold the engine's LinearSolveInfo reports (maybe batched) into attributes."""
     if not reports:
         return {"iterations": 0, "iterations_total": 0, "residual": math.nan,
@@ -249,10 +253,10 @@ def _merge_reports(reports) -> dict:
     rhs = gather("rhs_norm")
     res_s = gather("solver_residual_norm")  # the norms the convergence test compared
     rhs_s = gather("solver_rhs_norm")
-    rel_s = _relative(res_s, rhs_s)
+    rel_s = relative(res_s, rhs_s)
     conv = gather("converged")
     incons = gather("inconsistency")
-    rel = _relative(res, rhs)
+    rel = relative(res, rhs)
     return {
         "iterations": int(iters.max()),
         "iterations_total": int(iters.sum()),

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._linear_system import PackingData, _Config, compile_seconds
+from ._linear_system import PackingData, SolveConfig, compile_seconds
 from .contacts import rigid_motions
 from .hessian import hessian_matvec
 
@@ -44,18 +44,18 @@ def _masked_hvp(pk: PackingData, params):
     return hvp
 
 
-def _null_residuals(cfg: _Config, pk: PackingData, params, q):
+def _null_residuals(cfg: SolveConfig, pk: PackingData, params, q):
     """``‖H q_k‖`` for the columns of ``q`` (N d, k)."""
     return jnp.linalg.norm(jax.vmap(_masked_hvp(pk, params))(q.T), axis=1)
 
 
-def _dense_hessian(cfg: _Config, pk: PackingData, params):
+def _dense_hessian(cfg: SolveConfig, pk: PackingData, params):
     """The whole Hessian over the backbone's pairs (rattler rows and columns zero)."""
     grad = pk.model.gradient_fn(pk.pairs)
     return jax.jacfwd(lambda y: grad(y, params))(pk.y)
 
 
-def _lanczos(cfg: _Config, pk: PackingData, params, v0, q):
+def _lanczos(cfg: SolveConfig, pk: PackingData, params, v0, q):
     from sensitivity import lanczos
 
     mask = jnp.repeat(pk.active, pk.y.shape[1])
@@ -80,7 +80,7 @@ def zero_modes(solver: ResponseSolver, seed: int = 0) -> dict:
     compile0 = compile_seconds()
     params = solver.params
     rigid = d + (0 if solver.model.periodic else d * (d - 1) // 2)
-    # the rigid motions of the backbone, as _nullspace (on the host: no op-by-op dispatch)
+    # the rigid motions of the backbone, as nullspace (on the host: no op-by-op dispatch)
     basis = rigid_motions(np.asarray(solver.y), ~solver.rattlers,
                           solver.model.periodic).reshape(rigid, n * d)
     k = basis.shape[0]

@@ -223,10 +223,10 @@ def _lockstep_cg(pk, b, tol: float, maxiter: int):
     the iterations, ``‖H x - P b‖``, ``‖b‖``, the scaled residual and rhs norms and the
     converged flags, per column.
     """
-    from ._linear_system import _nullspace
+    from ._linear_system import nullspace
 
     sc = pk.precond
-    basis = _nullspace(pk)
+    basis = nullspace(pk)
     flat = basis.reshape(basis.shape[0], -1)
     gram_inv = jnp.linalg.inv(flat @ flat.T)
 
@@ -277,10 +277,10 @@ def _elastic(cfg, pk, base, directions, stress_pairs):
     (m, m), the non-affine fields ``dy_q`` (m, N, d) and the m solves' reports."""
     import sensitivity
 
-    from ._linear_system import _optimality, _solver
+    from ._linear_system import optimality, engine_solver
 
     m, d = directions.shape[0], directions.shape[1]
-    solve = _solver(cfg, pk, cfg.solver)
+    solve = engine_solver(cfg, pk, cfg.solver)
     zeros = jnp.zeros(m, jnp.float64)
 
     def at(thetas):
@@ -290,7 +290,7 @@ def _elastic(cfg, pk, base, directions, stress_pairs):
         return pk.model.energy(pk.y, at(thetas), pk.pairs)
 
     def forces(y, thetas):
-        return _optimality(pk, y, at(thetas))
+        return optimality(pk, y, at(thetas))
 
     stress_grad = jax.grad(lambda s: pk.model.energy(pk.y, base._replace(strain=s),
                                                      stress_pairs))(jnp.zeros((d, d)))
@@ -345,7 +345,7 @@ def elastic_response(solver) -> dict:
       ``time_s``.
     """
     from .contacts import gauge_fix, padded_pairs, pair_capacity
-    from ._linear_system import _merge_reports
+    from ._linear_system import merge_reports
 
     model = solver.model
     if not model.periodic:
@@ -362,7 +362,7 @@ def elastic_response(solver) -> dict:
     cfg = solver._config(tags=("elasticity",))
     (grad, affine, relaxation, dy, infos, per_particle), t_run, t_compile = solver._run(
         _elastic, cfg, solver.data, params, directions, stress_pairs)
-    report = _merge_reports([infos])
+    report = merge_reports([infos])
     sym = 0.5 * (relaxation + relaxation.T)
     asym = float(np.linalg.norm(relaxation - relaxation.T) / max(np.linalg.norm(relaxation),
                                                                    1e-300))
@@ -420,10 +420,10 @@ def _along(cfg, pk, base, thetas0, members, dy, tangents, extra, *, fn):
     directions: ``jvp`` in ``(y, θ)`` with tangents ``(dy_k, t_k)`` (forward mode from the
     solved responses ``dy`` (K, N, d); ``tangents`` a tuple, per θ tag, of (K, ...) arrays).
     ``cfg.tags`` name the θ rules (:func:`systems.response.apply_theta`)."""
-    from ._linear_system import _params_at
+    from ._linear_system import params_at
 
     def f(y, thetas):
-        return fn(pk, y, _params_at(cfg, base, thetas, thetas0, members), extra)
+        return fn(pk, y, params_at(cfg, base, thetas, thetas0, members), extra)
 
     def one(args):
         dy_k, t_k = args

@@ -70,9 +70,10 @@ import numpy as np
 from . import _compile, settings
 from ._errors import InputError
 from ._system import wrap_positions
-from ._linear_system import (_DENSE, _SCALINGS, _TAKES_PRECONDITIONER, PackingData, _compiled,
-                             _Config, _hessian_data, _merge_reports, _optimality, _params_at,
-                             _relative, _relaxed, _solver, compile_seconds)
+from ._linear_system import (DENSE_SOLVERS, PRECONDITIONED_SOLVERS, SCALINGS, PackingData,
+                             SolveConfig, compile_seconds, compiled, custom_root_solver,
+                             engine_solver, hessian_data, merge_reports, optimality, params_at,
+                             relative)
 from .contacts import (clear_capacities, contact_analysis, gauge_fix, padded_pairs,
                        pair_capacity, row_capacity)
 from .hessian import ell_pattern, scale_blocks
@@ -110,7 +111,7 @@ def clear_compile_cache() -> None:
 # config (:mod:`systems._linear_system`, which owns the compile cache).
 
 
-def _scalar_derivatives(cfg: _Config, pk: PackingData, base, thetas0, members):
+def _scalar_derivatives(cfg: SolveConfig, pk: PackingData, base, thetas0, members):
     """(P, N, d) derivatives of the real positions and the P solves' LinearSolveInfo.
 
     One forward-mode implicit derivative per θ (:func:`sensitivity.root_jvp`: the JVP rule
@@ -120,13 +121,13 @@ def _scalar_derivatives(cfg: _Config, pk: PackingData, base, thetas0, members):
     """
     import sensitivity
 
-    solve = _solver(cfg, pk, cfg.solver)
+    solve = engine_solver(cfg, pk, cfg.solver)
 
     def forces(y, thetas):
-        return _optimality(pk, y, _params_at(cfg, base, thetas, thetas0, members))
+        return optimality(pk, y, params_at(cfg, base, thetas, thetas0, members))
 
     def positions(thetas, y):  # x = λ (I + ε) y
-        return real_positions(_params_at(cfg, base, thetas, thetas0, members), y)
+        return real_positions(params_at(cfg, base, thetas, thetas0, members), y)
 
     def one(tangent):
         dy, info = sensitivity.root_jvp(forces, pk.y, (thetas0,), (tangent,), solve=solve,
@@ -136,13 +137,13 @@ def _scalar_derivatives(cfg: _Config, pk: PackingData, base, thetas0, members):
     return jax.lax.map(one, jnp.eye(thetas0.shape[0], dtype=thetas0.dtype))
 
 
-def _vector_derivative(cfg: _Config, pk: PackingData, base, theta0, member):
+def _vector_derivative(cfg: SolveConfig, pk: PackingData, base, theta0, member):
     """``(dx (N, N, d), iterations (N,))``: one forward-mode solve per component of a vector
     θ (iterations 0 for a dense solve)."""
     import sensitivity
 
     (tag,) = cfg.tags
-    relaxed = _relaxed(cfg, pk, report=False)
+    relaxed = custom_root_solver(cfg, pk, report=False)
     n, d = pk.y.shape
 
     def params_of(theta):
@@ -152,17 +153,17 @@ def _vector_derivative(cfg: _Config, pk: PackingData, base, theta0, member):
         params = params_of(theta)
         return real_positions(params, relaxed(pk.y, params))
 
-    if cfg.solver in _DENSE:
+    if cfg.solver in DENSE_SOLVERS:
         # vmap keeps the factorization, which does not depend on the right-hand side,
         # outside the batch: one factorization for every column
         return (jnp.moveaxis(jax.jacfwd(x_of)(theta0), -1, 0),
                 jnp.zeros(theta0.shape[0], jnp.int32))
     chunk = cfg.chunk
     n_chunks = -(-n // chunk)
-    solve = _solver(cfg, pk, cfg.solver)
+    solve = engine_solver(cfg, pk, cfg.solver)
 
     def forces(y, theta):
-        return _optimality(pk, y, params_of(theta))
+        return optimality(pk, y, params_of(theta))
 
     def one(tangent):  # root_jvp: the JVP rule of custom_root, with the solve's report
         dy, info = sensitivity.root_jvp(forces, pk.y, (theta0,), (tangent,), solve=solve,
@@ -178,19 +179,19 @@ def _vector_derivative(cfg: _Config, pk: PackingData, base, theta0, member):
     return out.reshape((-1, n, d))[:n], iterations.reshape(-1)[:n]
 
 
-def _column_residuals(cfg: _Config, pk: PackingData, base, theta0, member, dy):
+def _column_residuals(cfg: SolveConfig, pk: PackingData, base, theta0, member, dy):
     """``‖H dy_k - b_k‖`` and ``‖b_k‖`` for every column k of a vector θ, and the same in
     the norm the solver's convergence test uses (``‖S r‖``, ``‖S b‖`` for the scaled
     system of :func:`~systems._linear_system._block_scaling`; the plain norms otherwise)."""
     (tag,) = cfg.tags
-    scaled = cfg.solver in _TAKES_PRECONDITIONER and cfg.preconditioner in _SCALINGS
+    scaled = cfg.solver in PRECONDITIONED_SOLVERS and cfg.preconditioner in SCALINGS
 
     def column(k):
         tangent = jnp.zeros_like(theta0).at[k].set(1.0)
-        b = -jax.jvp(lambda t: _optimality(pk, pk.y, apply_theta(tag, base, t, theta0,
+        b = -jax.jvp(lambda t: optimality(pk, pk.y, apply_theta(tag, base, t, theta0,
                                                                  member)),
                      (theta0,), (tangent,))[1]
-        hv = jax.jvp(lambda y: _optimality(pk, y, base), (pk.y,), (dy[k],))[1]
+        hv = jax.jvp(lambda y: optimality(pk, y, base), (pk.y,), (dy[k],))[1]
         r = hv - b
         if scaled:
             r_s, b_s = scale_blocks(pk.precond.scale, r), scale_blocks(pk.precond.scale, b)
@@ -265,7 +266,7 @@ class ResponseSolver:
                               capacity=row_capacity(int(row_entries), n))
         active = jnp.asarray(~self.rattlers, jnp.float64)
         args = (model, self.y, params, padded, pattern, active)
-        exe, _ = _compiled(_hessian_data, cfg, *args)
+        exe, _ = compiled(hessian_data, cfg, *args)
         stiffness, tether, hessian, precond = exe(*args)
         if self.settings.get("preconditioner") == "two_level":
             precond = two_level(model, np.asarray(stiffness), padded, np.asarray(self.y),
@@ -283,9 +284,9 @@ class ResponseSolver:
         self.time_setup_s = time.perf_counter() - t0 - self.time_compile_s
 
     def _config(self, solver: str | None = None, *, report: bool = True, tags=(),
-                chunk: int = 0, steps: int = 0) -> _Config:
+                chunk: int = 0, steps: int = 0) -> SolveConfig:
         s = self.settings
-        return _Config(solver=solver or s["solver"], tol=float(s["tol"]),
+        return SolveConfig(solver=solver or s["solver"], tol=float(s["tol"]),
                        maxiter=None if s.get("maxiter") is None else int(s["maxiter"]),
                        preconditioner=str(s.get("preconditioner") or "none"), report=report,
                        tags=tuple(tags), chunk=int(chunk), steps=int(steps))
@@ -303,7 +304,7 @@ class ResponseSolver:
         relaxed reference positions ``self.y``), so only the implicit derivative is
         computed here, and only at the parameters of the relaxation.
         """
-        return _relaxed(self._config(solver_name, report=report), self.data)
+        return custom_root_solver(self._config(solver_name, report=report), self.data)
 
     def positions_of(self, solver, params):
         """Real positions ``(N, d)`` from the decorated solver at ``params``."""
@@ -312,7 +313,7 @@ class ResponseSolver:
     # ---- derivatives -------------------------------------------------------------------
     def _run(self, fn, cfg, *args):
         """Run a cached compiled function: (result, t_run, t_compile)."""
-        exe, t_compile = _compiled(fn, cfg, *args)
+        exe, t_compile = compiled(fn, cfg, *args)
         self.time_compile_s += t_compile
         t0 = time.perf_counter()
         out = jax.block_until_ready(exe(*args))
@@ -334,7 +335,7 @@ class ResponseSolver:
             _scalar_derivatives, cfg, self.data, self.params, thetas0, members)
         out = {}
         for k, pspec in enumerate(pspecs):
-            info = _merge_reports([jax.tree.map(lambda a: a[k], infos)])
+            info = merge_reports([jax.tree.map(lambda a: a[k], infos)])
             attrs = self._attrs(pspec, thetas0[k], s["solver"], "forward mode", info)
             attrs.update(time_s=t_run, time_compile_s=t_compile,
                          batched_with=[p.name for p in pspecs])
@@ -374,10 +375,10 @@ class ResponseSolver:
                 reason = f"{reason}; the factorization failed ({error}): Krylov solves instead"
         solver_name = s["solver"]
         if many_rhs == "dense":
-            solver_name = solver_name if solver_name in _DENSE else "dense"
+            solver_name = solver_name if solver_name in DENSE_SOLVERS else "dense"
             method = f"forward mode, one dense factorization for {n} right-hand sides"
         else:
-            solver_name = solver_name if solver_name not in _DENSE else "cg"
+            solver_name = solver_name if solver_name not in DENSE_SOLVERS else "cg"
             method = f"forward mode, {n} batched iterative solves"
         tag, theta0, member = theta_data(pspec, self.params, np.asarray(self.model.species))
         capacity = int(self.data.pairs.i.shape[0])
@@ -403,9 +404,9 @@ class ResponseSolver:
         dy = jnp.asarray(np.asarray(dx))  # (P, N, d); rattler rows 0, H t = 0 on the gauge
         (res, rhs, res_s, rhs_s), _, _ = self._run(_column_residuals, cfg, self.data,
                                                    self.params, theta0, member, dy)
-        rel = _relative(res, rhs)
+        rel = relative(res, rhs)
         # the solver's own test (on the scaled system for jacobi / block_jacobi)
-        rel_s = _relative(res_s, rhs_s)
+        rel_s = relative(res_s, rhs_s)
         # the solver's own test (a relative 1e-6 of slack: these residuals are recomputed
         # through the optimality map, not the solver's operator)
         ok = np.isfinite(res) & within_tolerance(np.asarray(res_s), np.asarray(rhs_s),
@@ -436,7 +437,7 @@ class ResponseSolver:
             "solver": solver_name,
             "method": method,
             "preconditioner": (s.get("preconditioner") or "none")
-            if solver_name in _TAKES_PRECONDITIONER else "none",
+            if solver_name in PRECONDITIONED_SOLVERS else "none",
             "tol": float(s["tol"]),
             **info,
         }
