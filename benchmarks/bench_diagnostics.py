@@ -2,7 +2,7 @@
 
 For each N (2D bidisperse, φ = 0.9, harmonic soft spheres, FIRE to max|F| ≤ 1e-12), in one
 process: ``ResponseSolver.zero_modes`` (a dense eigendecomposition up to
-``systems.response.DENSE_EIGEN_MAX_DOF`` coordinates, else the construction plus Lanczos),
+``systems.diagnostics.DENSE_EIGEN_MAX_DOF`` coordinates, else the construction plus Lanczos),
 compiled first, then best of ``--repeat``; its method, zero modes found against expected,
 and the smallest non-zero eigenvalue it reports. With ``--dense-too`` the dense path is also
 timed where it is not the default, up to 4096 coordinates (the Lanczos estimate against the
@@ -21,6 +21,7 @@ import jax
 
 jax.config.update("jax_enable_x64", True)  # float64 physics, before jax-md loads
 
+from sensitivity.systems import diagnostics as diag
 from sensitivity.systems import response
 from sensitivity.systems.generate import random_packing
 from sensitivity.systems.potentials import PairModel, resolve_potential
@@ -48,13 +49,13 @@ def run(n, repeat, dense_too, seed=0):
                                       max_force=result.max_force,
                                       settings=response.resolve_sensitivity({}))
     rows = [(*diagnostics(solver, repeat), "default")]
-    if dense_too and response.DENSE_EIGEN_MAX_DOF < n * model.dim <= DENSE_TOO_MAX_DOF:
-        limit = response.DENSE_EIGEN_MAX_DOF
-        response.DENSE_EIGEN_MAX_DOF = n * model.dim
+    if dense_too and diag.DENSE_EIGEN_MAX_DOF < n * model.dim <= DENSE_TOO_MAX_DOF:
+        limit = diag.DENSE_EIGEN_MAX_DOF
+        diag.DENSE_EIGEN_MAX_DOF = n * model.dim
         try:
             rows.append((*diagnostics(solver, repeat), "dense"))
         finally:
-            response.DENSE_EIGEN_MAX_DOF = limit
+            diag.DENSE_EIGEN_MAX_DOF = limit
     return fire, result.steps, rows
 
 
@@ -67,7 +68,7 @@ def main(argv=None):
                              "(up to 4096 coordinates)")
     args = parser.parse_args(argv)
     print(f"jax {jax.__version__}, device {jax.devices()[0]}; 2D bidisperse phi = 0.9, "
-          f"ftol 1e-12; dense eigendecomposition up to {response.DENSE_EIGEN_MAX_DOF} "
+          f"ftol 1e-12; dense eigendecomposition up to {diag.DENSE_EIGEN_MAX_DOF} "
           "coordinates")
     print(f"{'N':>5} {'FIRE s':>7} | {'diagnostics ms':>14} {'% FIRE':>7}  {'found/expected':>14}"
           f"  {'λ_min (nonzero)':>15}  method")

@@ -93,7 +93,7 @@ def plain_time(solver, repeat):
     """The engine used directly: ``custom_root`` on autodiff forces (forward-over-reverse
     Hessian-vector products), plain CG with the translations as null space."""
     import sensitivity
-    from sensitivity.systems.response import _nullspace
+    from sensitivity.systems._linear_system import nullspace
 
     pk = solver.data
     theta0, apply = theta_apply(THETA, solver.params, np.asarray(solver.model.species))
@@ -103,7 +103,7 @@ def plain_time(solver, repeat):
         forces = jax.grad(model.energy)(y, apply(base, theta), pk.pairs)
         return forces + pk.tether * (1.0 - pk.active)[:, None] * (y - pk.y)
 
-    solve = functools.partial(sensitivity.solve_cg, tol=1e-10, nullspace=_nullspace(pk),
+    solve = functools.partial(sensitivity.solve_cg, tol=1e-10, nullspace=nullspace(pk),
                               on_failure="ignore", consistency_tol=float("inf"))
 
     @sensitivity.custom_root(optimality, solve=solve, symmetric=True)

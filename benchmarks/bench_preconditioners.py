@@ -1,5 +1,5 @@
-"""CG on a relaxed packing's Hessian: the ELL operator and the preconditioners of
-systems.hessian, timed against the FIRE relaxation.
+"""CG on a relaxed packing's Hessian: the ELL operator of systems.hessian and the
+preconditioners of systems.preconditioners, timed against the FIRE relaxation.
 
 For each N (2D bidisperse, φ = 0.9, harmonic soft spheres, relaxed by FIRE to max|F| ≤ 1e-12,
 rattlers removed as in systems.response), in one process:
@@ -37,6 +37,7 @@ jax.config.update("jax_enable_x64", True)  # float64 physics, before jax-md load
 
 import sensitivity
 from sensitivity.systems import hessian as hs
+from sensitivity.systems import preconditioners as pc
 from sensitivity.systems.generate import random_packing
 from sensitivity.systems.potentials import PairModel, resolve_potential
 from sensitivity.systems.relax import make_relaxer, resolve_minimizer
@@ -47,7 +48,7 @@ THETA = ParameterSpec("small_diameter", "diameter", 0)
 DEFAULT_CONFIGS = ["none", "block_jacobi", "block_scaling", "16-none", "default",
                    "16-translations-f32", "32-spectral-12-bal"]
 SCALED = "scaled"  # the apply of block_scaling: folded into the operator, none per iteration
-_build_scaling = jax.jit(hs.build_block_scaling)
+_build_scaling = jax.jit(pc.build_block_scaling)
 
 
 def best_of(fn, repeat):
@@ -89,11 +90,11 @@ def parse_config(name):
     if name == "none":
         return None
     if name == "block_jacobi":
-        return hs.build_block_jacobi, hs.apply_block_jacobi, {}, False
+        return pc.build_block_jacobi, pc.apply_block_jacobi, {}, False
     if name == "block_scaling":  # the response's default: CG on S H S, S = D^(-1/2)
         return (lambda H, y, box: jax.block_until_ready(_build_scaling(H))), SCALED, {}, False
     if name == "default":
-        return hs.build_schwarz, hs.apply_schwarz, {}, False
+        return pc.build_schwarz, pc.apply_schwarz, {}, False
     per_cell, coarse, *rest = name.split("-")
     kw = dict(per_cell=int(per_cell), coarse=coarse)
     balanced = "bal" in rest
@@ -102,8 +103,8 @@ def parse_config(name):
     modes = [r for r in rest if r.isdigit()]
     if modes:
         kw["modes"] = int(modes[0])
-    apply = hs.apply_schwarz_balanced if balanced else hs.apply_schwarz
-    return hs.build_schwarz, apply, kw, balanced
+    apply = pc.apply_schwarz_balanced if balanced else pc.apply_schwarz
+    return pc.build_schwarz, apply, kw, balanced
 
 
 _SOLVES = {}
@@ -113,7 +114,7 @@ def compiled_solve(apply):
     """``solve(H, data, b, basis)``, one compiled function per apply (data are arguments)."""
     if apply == SCALED and apply not in _SOLVES:
         def solve(H, data, b, basis):
-            # as systems.response._scaled_solver: b projected off the translations, CG on
+            # as systems._linear_system._block_scaling: b projected off the translations, CG on
             # the consistent scaled system without per-iteration projection
             flat = basis.reshape(basis.shape[0], -1)
             gram_inv = jnp.linalg.inv(flat @ flat.T)
@@ -210,7 +211,7 @@ def run(n, configs, repeat, seed=0, batch=0):
             build, apply_fn, kw, balanced = cfg
             data = build(H, y, box, **kw)
             shape = (f"parts {data.members.shape[0]}x{data.members.shape[1]}, coarse "
-                     f"{data.coarse.shape[0]}" if isinstance(data, hs.Schwarz) else "-")
+                     f"{data.coarse.shape[0]}" if isinstance(data, pc.Schwarz) else "-")
             if balanced:
                 data = (H, data)
         solve = compiled_solve(apply_fn)

@@ -63,7 +63,6 @@ _EXPORTS = {
     "PotentialParams": "potentials",
     "PotentialSpec": "potentials",
     "resolve_potential": "potentials",
-    # (the function relax.relax is not re-exported: the same name as its module)
     "MinimizerSpec": "relax",
     "RelaxResult": "relax",
     "Relaxer": "relax",

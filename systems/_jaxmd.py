@@ -9,19 +9,27 @@ jax-md's files as usual, and any other submodule a caller touches later (``jax_m
 ``import jax_md.rigid_body``, ``jax_md.elasticity``) is imported on first attribute access.
 Where jax-md was already imported whole, that package is used unchanged.
 
-The pair laws come from :mod:`systems.potentials` (the formulas of ``jax_md.energy``, tested
+The pair laws come from :mod:`systems.pair_laws` (the formulas of ``jax_md.energy``, tested
 against it), since ``jax_md.energy`` imports ``jax_md.nn`` at module level.
+
+:func:`make_space` gives jax-md's ``(displacement_fn, shift_fn)`` of a box, cached by the
+box's value; :func:`require_x64` refuses to build one while JAX's 64-bit mode is off.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import sys
 import threading
 import types
 
-__all__ = ["module"]
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["box_key", "make_space", "module", "require_x64"]
 
 _LOCK = threading.Lock()
 
@@ -60,3 +68,53 @@ def module(name: str) -> types.ModuleType:
     with _LOCK:
         _install()
     return importlib.import_module(f"jax_md.{name}")
+
+
+def make_space(box: np.ndarray | None, periodic: bool):
+    """jax-md ``(displacement_fn, shift_fn)`` for a periodic box or free space.
+
+    Edge lengths ``(d,)`` take ``space.periodic`` (today's path, unchanged); a cell matrix
+    ``(d, d)`` (columns = cell vectors) takes ``space.periodic_general(H,
+    fractional_coordinates=False)``: positions stay Cartesian, and each displacement is
+    mapped to fractional coordinates, rounded to the nearest image and mapped back (the
+    minimum image while the interaction range is below half the cell's smallest face
+    distance, which :func:`systems.relax.make_relaxer` checks).
+
+    Cached by value: equal boxes get the *same* function objects, so the pair models (and
+    jax-md neighbor lists, whose update functions close over them) of two packings in one
+    box compare equal as static data, and compiled functions are reused between them.
+    """
+    key = None if box is None or not periodic else box_key(box)
+    return _space(key, bool(periodic))
+
+
+def box_key(box) -> tuple:
+    """A box as a hashable value: edge lengths, or rows of a cell matrix."""
+    box = np.asarray(box, np.float64)
+    if box.ndim == 2:
+        return tuple(tuple(float(e) for e in row) for row in box)
+    return tuple(float(e) for e in box)
+
+
+def require_x64() -> None:
+    """Raise unless JAX's 64-bit mode is on: the physics is float64, and jax-md casts its
+    parameters to float32 when it is off. Importing :mod:`systems` does not turn it on."""
+    if not jax.config.jax_enable_x64:
+        raise RuntimeError(
+            "systems runs its physics in float64 but JAX's 64-bit mode is off; put "
+            "jax.config.update('jax_enable_x64', True) at the top of your script, before "
+            "jax-md is imported (the `sensitivity` command does this itself)"
+        )
+
+
+@functools.lru_cache(maxsize=64)
+def _space(box: tuple | None, periodic: bool):
+    require_x64()
+    space = module("space")
+
+    if periodic and isinstance(box[0], tuple):  # a cell matrix: a sheared cell
+        return space.periodic_general(jnp.asarray(box, jnp.float64),
+                                      fractional_coordinates=False)
+    if periodic:
+        return space.periodic(jnp.asarray(box, jnp.float64))
+    return space.free()

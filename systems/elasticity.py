@@ -132,15 +132,10 @@ def stress_tensor(model: PairModel, y, params: PotentialParams, pairs: Pairs, vo
 def virial_stress(model: PairModel, y, params: PotentialParams, pairs: Pairs, volume: float):
     """The virial ``σ_ab = (1/V) Σ_pairs w V'(r) r_a r_b / r`` (an independent form of
     :func:`stress_tensor`, used to check it)."""
-    n = y.shape[0]
-    dr, r, sigma, valid = model.pair_geometry(y, params, pairs)
-    i = jnp.minimum(pairs.i, n - 1)
-    j = jnp.minimum(pairs.j, n - 1)
-    si, sj = model.species[i], model.species[j]
-    eps = params.epsilon[si, sj]
-    dv = jax.vmap(jax.grad(model.pair_law))(r, sigma, eps, si, sj)
-    w = jnp.where(valid, pairs.weight * dv / r, 0.0)
-    return jnp.einsum("k,ka,kb->ab", w, dr, dr) / volume
+    t = model.pair_terms(y, params, pairs)
+    dv = jax.vmap(jax.grad(model.pair_law))(t.r, t.sigma, t.epsilon, t.si, t.sj)
+    w = jnp.where(t.valid, pairs.weight * dv / t.r, 0.0)
+    return jnp.einsum("k,ka,kb->ab", w, t.dr, t.dr) / volume
 
 
 def per_particle_stress(model: PairModel, y, params: PotentialParams, pairs: Pairs,
@@ -149,14 +144,11 @@ def per_particle_stress(model: PairModel, y, params: PotentialParams, pairs: Pai
     that the sum over particles is :func:`virial_stress` (a per-particle stress times
     ``V / N`` gives the usual per-particle virial in units of energy)."""
     n = y.shape[0]
-    dr, r, sigma, valid = model.pair_geometry(y, params, pairs)
-    i = jnp.minimum(pairs.i, n - 1)
-    j = jnp.minimum(pairs.j, n - 1)
-    si, sj = model.species[i], model.species[j]
-    dv = jax.vmap(jax.grad(model.pair_law))(r, sigma, params.epsilon[si, sj], si, sj)
-    w = jnp.where(valid, 0.5 * pairs.weight * dv / r, 0.0)
-    term = w[:, None, None] * dr[:, :, None] * dr[:, None, :] / volume
-    return jax.ops.segment_sum(term, i, n) + jax.ops.segment_sum(term, j, n)
+    t = model.pair_terms(y, params, pairs)
+    dv = jax.vmap(jax.grad(model.pair_law))(t.r, t.sigma, t.epsilon, t.si, t.sj)
+    w = jnp.where(t.valid, 0.5 * pairs.weight * dv / t.r, 0.0)
+    term = w[:, None, None] * t.dr[:, :, None] * t.dr[:, None, :] / volume
+    return jax.ops.segment_sum(term, t.i, n) + jax.ops.segment_sum(term, t.j, n)
 
 
 def pressure_of(stress) -> float:
@@ -232,7 +224,7 @@ def _block_matvec(hessian, v):
 def _lockstep_cg(pk, b, tol: float, maxiter: int):
     """m CG solves of ``H x = b_p`` in lockstep, ``b`` (m, N, d), on the block-Jacobi-scaled
     system ``S H S z = S P b`` (``x = P S z``; ``P`` projects off the backbone's rigid
-    translations: the minimum-norm solution, as :func:`systems.response._scaled_solver`).
+    translations: the minimum-norm solution, as :func:`systems._linear_system._block_scaling`).
 
     Each column keeps its own CG scalars and stops by the engine's test
     ``‖S r‖ ≤ tol ‖S P b‖``; a stopped column stays frozen while the others go on. Each
@@ -241,10 +233,10 @@ def _lockstep_cg(pk, b, tol: float, maxiter: int):
     the iterations, ``‖H x - P b‖``, ``‖b‖``, the scaled residual and rhs norms and the
     converged flags, per column.
     """
-    from .response import _nullspace
+    from ._linear_system import nullspace
 
     sc = pk.precond
-    basis = _nullspace(pk)
+    basis = nullspace(pk)
     flat = basis.reshape(basis.shape[0], -1)
     gram_inv = jnp.linalg.inv(flat @ flat.T)
 
@@ -295,10 +287,10 @@ def _elastic(cfg, pk, base, directions, stress_pairs):
     (m, m), the non-affine fields ``dy_q`` (m, N, d) and the m solves' reports."""
     import sensitivity
 
-    from .response import _optimality, _scaled_solve_info, _solver
+    from ._linear_system import optimality, engine_solver
 
     m, d = directions.shape[0], directions.shape[1]
-    solve = _solver(cfg, pk, cfg.solver)
+    solve = engine_solver(cfg, pk, cfg.solver)
     zeros = jnp.zeros(m, jnp.float64)
 
     def at(thetas):
@@ -308,7 +300,7 @@ def _elastic(cfg, pk, base, directions, stress_pairs):
         return pk.model.energy(pk.y, at(thetas), pk.pairs)
 
     def forces(y, thetas):
-        return _optimality(pk, y, at(thetas))
+        return optimality(pk, y, at(thetas))
 
     stress_grad = jax.grad(lambda s: pk.model.energy(pk.y, base._replace(strain=s),
                                                      stress_pairs))(jnp.zeros((d, d)))
@@ -323,7 +315,7 @@ def _elastic(cfg, pk, base, directions, stress_pairs):
         n_dof = pk.y.shape[0] * pk.y.shape[1]
         maxiter = 10 * n_dof if cfg.maxiter is None else cfg.maxiter
         dy, iters, res, rhs, res_s, rhs_s, ok = _lockstep_cg(pk, -xi, cfg.tol, maxiter)
-        infos = _scaled_solve_info()(
+        infos = sensitivity.LinearSolveInfo(
             iterations=iters, residual_norm=res, rhs_norm=rhs, converged=ok,
             inconsistency=jnp.zeros(m), tolerance=cfg.tol * rhs, solver_residual_norm=res_s,
             solver_rhs_norm=rhs_s)
@@ -363,7 +355,7 @@ def elastic_response(solver) -> dict:
       ``time_s``.
     """
     from .contacts import gauge_fix, padded_pairs, pair_capacity
-    from .response import _merge_reports
+    from ._linear_system import merge_reports
 
     model = solver.model
     if not model.periodic:
@@ -380,7 +372,7 @@ def elastic_response(solver) -> dict:
     cfg = solver._config(tags=("elasticity",))
     (grad, affine, relaxation, dy, infos, per_particle), t_run, t_compile = solver._run(
         _elastic, cfg, solver.data, params, directions, stress_pairs)
-    report = _merge_reports([infos])
+    report = merge_reports([infos])
     sym = 0.5 * (relaxation + relaxation.T)
     asym = float(np.linalg.norm(relaxation - relaxation.T) / max(np.linalg.norm(relaxation),
                                                                    1e-300))
@@ -438,10 +430,10 @@ def _along(cfg, pk, base, thetas0, members, dy, tangents, extra, *, fn):
     directions: ``jvp`` in ``(y, θ)`` with tangents ``(dy_k, t_k)`` (forward mode from the
     solved responses ``dy`` (K, N, d); ``tangents`` a tuple, per θ tag, of (K, ...) arrays).
     ``cfg.tags`` name the θ rules (:func:`systems.response.apply_theta`)."""
-    from .response import _params_at
+    from ._linear_system import params_at
 
     def f(y, thetas):
-        return fn(pk, y, _params_at(cfg, base, thetas, thetas0, members), extra)
+        return fn(pk, y, params_at(cfg, base, thetas, thetas0, members), extra)
 
     def one(args):
         dy_k, t_k = args

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import settings
+from ._linear_system import DENSE_SOLVERS
 from .hessian import BlockHessian, ell_blocks
 
 __all__ = ["MANY_RHS_METHODS", "DENSE_MANY_RHS_MAX_DOF", "FACTOR_MAX_DOF", "choose_method",
@@ -55,9 +56,6 @@ DENSE_MANY_RHS_MAX_DOF = 256
 #: 60,000 unknowns extrapolates to about 1.5 GB and several minutes, against a result of 10 GB.
 FACTOR_MAX_DOF = {2: 2_000_000, 3: 60_000}
 
-_DENSE_SOLVERS = ("dense", "lstsq", "lu", "cholesky")
-
-
 def choose_method(settings: Mapping[str, Any], n_dof: int, n_rhs: int,
                   dim: int) -> tuple[str, str]:
     """``(method, reason)`` for ``n_rhs`` right-hand sides on ``n_dof`` unknowns.
@@ -71,7 +69,7 @@ def choose_method(settings: Mapping[str, Any], n_dof: int, n_rhs: int,
     if requested != "auto":
         return requested, f"sensitivity.many_rhs is {requested!r}"
     solver = settings.get("solver")
-    if solver in _DENSE_SOLVERS:
+    if solver in DENSE_SOLVERS:
         return "dense", f"sensitivity.solver is {solver!r} (dense)"
     dense_max = min(int(settings.get("dense_max_dof", DENSE_MANY_RHS_MAX_DOF)),
                     DENSE_MANY_RHS_MAX_DOF)
@@ -164,7 +162,7 @@ def sparse_hessian(hessian: BlockHessian, keep=None):
 def _rhs_columns(cfg, pk, base, theta0, member, start):
     """``(-∂F/∂θ_k (chunk, N, d), ∂scale/∂θ_k (chunk,))`` for ``k = start .. start+chunk``:
     the forces linearized in θ once, the linear map applied to each unit tangent."""
-    from .response import _optimality
+    from ._linear_system import optimality
     from .theta import apply_theta
 
     (tag,) = cfg.tags
@@ -173,7 +171,7 @@ def _rhs_columns(cfg, pk, base, theta0, member, start):
     def params_of(theta):
         return apply_theta(tag, base, theta, theta0, member)
 
-    _, forces_lin = jax.linearize(lambda t: _optimality(pk, pk.y, params_of(t)), theta0)
+    _, forces_lin = jax.linearize(lambda t: optimality(pk, pk.y, params_of(t)), theta0)
     _, scale_lin = jax.linearize(lambda t: params_of(t).scale, theta0)
     tangents = jax.nn.one_hot(start + jnp.arange(cfg.chunk), n, dtype=theta0.dtype)
     return -jax.vmap(forces_lin)(tangents), jax.vmap(scale_lin)(tangents)
@@ -211,12 +209,12 @@ def distance2_coloring(n: int, i, j) -> np.ndarray:
 def _rhs_seeded(cfg, pk, base, theta0, member, seeds):
     """``-∂F/∂θ · s`` for each row ``s`` of ``seeds (C, P)``: the forces linearized in θ
     once, the linear map applied to every seed (colour indicators, :func:`distance2_coloring`)."""
-    from .response import _optimality
+    from ._linear_system import optimality
     from .theta import apply_theta
 
     (tag,) = cfg.tags
     _, forces_lin = jax.linearize(
-        lambda t: _optimality(pk, pk.y, apply_theta(tag, base, t, theta0, member)), theta0)
+        lambda t: optimality(pk, pk.y, apply_theta(tag, base, t, theta0, member)), theta0)
     return -jax.vmap(forces_lin)(seeds)
 
 
@@ -283,12 +281,12 @@ def backbone_factorization(solver):
 def _vjp_theta(cfg, pk, base, theta0, member, cotangents):
     """``-λ_kᵀ ∂F/∂θ`` for each row ``λ_k`` of ``cotangents (K, N, d)``: reverse mode
     through the forces in θ (one VJP each)."""
-    from .response import _optimality
+    from ._linear_system import optimality
     from .theta import apply_theta
 
     (tag,) = cfg.tags
     _, pullback = jax.vjp(
-        lambda t: _optimality(pk, pk.y, apply_theta(tag, base, t, theta0, member)), theta0)
+        lambda t: optimality(pk, pk.y, apply_theta(tag, base, t, theta0, member)), theta0)
     return -jax.vmap(lambda c: pullback(c)[0])(cotangents)
 
 
@@ -418,14 +416,15 @@ class FactorizedJacobian:
                                   t_rhs, colored)
 
     def _report(self, infos, t_total, t_compile, t_rhs, colored) -> dict:
+        from ._linear_system import relative
+
         p_count = self.shape[0]
         factor = self.factor
         report = {field: np.concatenate([np.ravel(getattr(i, field)) for i in infos])
                   for field in ("iterations", "residual_norm", "rhs_norm", "converged",
                                 "inconsistency")}
         rhs_norm = report["rhs_norm"]
-        rel = np.where(rhs_norm > 0,
-                       report["residual_norm"] / np.where(rhs_norm > 0, rhs_norm, 1), 0.0)
+        rel = relative(report["residual_norm"], rhs_norm)
         info = {
             "iterations": int(report["iterations"].max()) if p_count else 0,
             "iterations_total": int(report["iterations"].sum()),

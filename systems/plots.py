@@ -23,7 +23,6 @@ Files are written atomically (temporary name in the same folder, then renamed).
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 import re
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ._atomic import atomic_path
+from ._plot_geometry import arrow_images, disk_images
 from ._errors import InputError
 from ._h5 import LENGTH_UNIT
 from ._result_read import Result, response_magnitudes
@@ -136,89 +136,6 @@ def _select_component(
     return dx_dtheta[0], f"component 0 of {count} (first; all zero)", 0
 
 
-# --------------------------------------------------------------------------------------
-# geometry
-
-
-def _periodic_images(
-    positions: np.ndarray, radii: np.ndarray, box: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Centres (and particle indices) of the periodic images of the disks that cross the box
-    edges, so that a particle cut by an edge shows its other part on the opposite side."""
-    centres, indices = [], []
-    for shift in itertools.product((-1.0, 0.0, 1.0), repeat=2):
-        if shift == (0.0, 0.0):
-            continue
-        shifted = positions + np.asarray(shift) * box
-        inside = np.all((shifted + radii[:, None] > 0) & (shifted - radii[:, None] < box), axis=1)
-        centres.append(shifted[inside])
-        indices.append(np.flatnonzero(inside))
-    return np.concatenate(centres), np.concatenate(indices)
-
-
-def _segments_enter_box(start: np.ndarray, end: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """Whether each segment ``start -> end`` (``[M][2]``) passes through the open box
-    ``(0, L)`` (Liang-Barsky clipping)."""
-    low = np.zeros(len(start))
-    high = np.ones(len(start))
-    delta = end - start
-    for axis in range(start.shape[1]):
-        sides = ((-delta[:, axis], start[:, axis]), (delta[:, axis], box[axis] - start[:, axis]))
-        for p, q in sides:
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = q / p
-            parallel = p == 0
-            high = np.where(parallel & (q <= 0), -1.0, high)  # parallel and outside
-            low = np.where(~parallel & (p < 0), np.maximum(low, ratio), low)
-            high = np.where(~parallel & (p > 0), np.minimum(high, ratio), high)
-    return low < high
-
-
-def _wrapped_arrows(
-    tails: np.ndarray, vectors: np.ndarray, box: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """The arrows plus, for those that cross a periodic edge, their images shifted by whole
-    box vectors that pass through the box. Returns (tails, vectors, number of images)."""
-    all_tails, all_vectors = [tails], [vectors]
-    for shift in itertools.product((-1.0, 0.0, 1.0), repeat=2):
-        if shift == (0.0, 0.0):
-            continue
-        shifted = tails + np.asarray(shift) * box
-        hit = _segments_enter_box(shifted, shifted + vectors, box)
-        all_tails.append(shifted[hit])
-        all_vectors.append(vectors[hit])
-    images = sum(len(t) for t in all_tails[1:])
-    return np.concatenate(all_tails), np.concatenate(all_vectors), images
-
-
-def _cell_images(positions: np.ndarray, radii: np.ndarray, cell: np.ndarray,
-                 origin: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_periodic_images` for a sheared 2D cell (columns ``cell``, corner ``origin``):
-    the images, shifted by whole cell vectors, of the disks that cross the parallelogram's
-    edges (a disk reaches an edge when its fractional coordinate is within radius / width)."""
-    inverse = np.linalg.inv(cell)
-    frac = (positions - origin) @ inverse.T
-    reach = radii[:, None] * np.linalg.norm(inverse, axis=1)[None, :]  # radius / width
-    centres, indices = [], []
-    for shift in itertools.product((-1.0, 0.0, 1.0), repeat=2):
-        if shift == (0.0, 0.0):
-            continue
-        shifted = frac + np.asarray(shift)
-        inside = np.all((shifted + reach > 0) & (shifted - reach < 1), axis=1)
-        centres.append(origin + shifted[inside] @ cell.T)
-        indices.append(np.flatnonzero(inside))
-    return np.concatenate(centres), np.concatenate(indices)
-
-
-def _cell_arrows(tails: np.ndarray, vectors: np.ndarray, cell: np.ndarray,
-                 origin: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """:func:`_wrapped_arrows` for a sheared 2D cell: clipped in fractional coordinates (a
-    linear map keeps segments segments), where the cell is the unit square."""
-    inverse = np.linalg.inv(cell)
-    frac_tails, frac_vectors, images = _wrapped_arrows(
-        (tails - origin) @ inverse.T, vectors @ inverse.T, np.ones(2))
-    return origin + frac_tails @ cell.T, frac_vectors @ cell.T, images
-
 
 def _nice(value: float) -> float:
     """``value`` rounded to 1, 2 or 5 times a power of ten (the quiverkey's length)."""
@@ -284,11 +201,13 @@ def _output_format(path: Path, fmt: str | None) -> str:
     return fmt
 
 
-def _save(figure, path: str | os.PathLike, fmt: str | None = None,
+def _save(draw, path: str | os.PathLike, fmt: str | None = None,
           dpi: float | None = None) -> Path:
-    """Save a figure (PNG, PDF or SVG) atomically."""
+    """Draw a figure (``draw()``, after a bad format was refused) and save it (PNG, PDF or
+    SVG) atomically."""
     path = Path(path)
     fmt = _output_format(path, fmt)
+    figure = draw()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format=fmt, dpi=dpi or figure.dpi)
     return path
@@ -413,14 +332,9 @@ def response_figure(
     colors[rattlers] = _RATTLER_COLOR
 
     centres, particle = positions[index], index
-    if system.periodic and cell is not None:
-        image_centres, image_particle = _cell_images(positions[index], diameters[index] / 2,
-                                                     cell, origin)
-        centres = np.concatenate([centres, image_centres])
-        particle = np.concatenate([particle, index[image_particle]])
-    elif system.periodic and box is not None:
-        image_centres, image_particle = _periodic_images(positions[index], diameters[index] / 2,
-                                                         box)
+    if system.periodic and box is not None:  # a box, or a cell (then box: its widths)
+        image_centres, image_particle = disk_images(positions[index], diameters[index] / 2,
+                                                    box, cell, origin)
         centres = np.concatenate([centres, image_centres])
         particle = np.concatenate([particle, index[image_particle]])
 
@@ -449,10 +363,8 @@ def response_figure(
                            arrow_length, scale)
     tails, drawn = positions[backbone], vectors * factor
     images = 0
-    if system.periodic and cell is not None and len(tails):
-        tails, drawn, images = _cell_arrows(tails, drawn, cell, origin)
-    elif system.periodic and box is not None and len(tails):
-        tails, drawn, images = _wrapped_arrows(tails, drawn, box)
+    if system.periodic and box is not None and len(tails):
+        tails, drawn, images = arrow_images(tails, drawn, box, cell, origin)
     unit = _unit_tex(data.unit) if data.unit else ""
     if len(tails):
         quiver = axes.quiver(
@@ -489,13 +401,9 @@ def response_figure(
                               label=f"rattler ({int(rattlers.sum())}, no arrow)"))
     if data.kind == "diameters" and component is not None and shown[component]:
         ring = [positions[component]]
-        if system.periodic and cell is not None:
-            more, _ = _cell_images(positions[component:component + 1],
-                                   diameters[component:component + 1] / 2, cell, origin)
-            ring += list(more)
-        elif system.periodic and box is not None:
-            more, _ = _periodic_images(positions[component:component + 1],
-                                       diameters[component:component + 1] / 2, box)
+        if system.periodic and box is not None:
+            more, _ = disk_images(positions[component:component + 1],
+                                  diameters[component:component + 1] / 2, box, cell, origin)
             ring += list(more)
         ring = np.asarray(ring)
         size = np.full(len(ring), diameters[component] * 1.15)
@@ -520,7 +428,8 @@ def response_figure(
         axes.set_xlim(low[0], high[0])
         axes.set_ylim(low[1], high[1])
     elif box is not None:
-        axes.add_patch(Rectangle((0, 0), box[0], box[1], fill=False, edgecolor="black", linewidth=1.0))
+        axes.add_patch(Rectangle((0, 0), box[0], box[1], fill=False, edgecolor="black",
+                                 linewidth=1.0))
         axes.set_xlim(0, box[0])
         axes.set_ylim(0, box[1])
     else:
@@ -558,9 +467,7 @@ def plot_response(
 ) -> Path:
     """Save :func:`response_figure` (``options``: its keywords) as PNG, PDF or SVG
     (``format``, else the suffix of ``path``). Returns the path written."""
-    path = Path(path)
-    _output_format(path, format)  # refuse a bad format before drawing
-    return _save(response_figure(source, name, dpi=dpi, **options), path, format, dpi)
+    return _save(lambda: response_figure(source, name, dpi=dpi, **options), path, format, dpi)
 
 
 # --------------------------------------------------------------------------------------
@@ -591,7 +498,8 @@ def magnitudes_figure(
     positive = magnitudes[magnitudes > 0]
     log_bins = positive.size > 1 and positive.max() / positive.min() > 100
     if magnitudes.size == 0:
-        axes.text(0.5, 0.5, "no particles with a response", ha="center", va="center", transform=axes.transAxes)
+        axes.text(0.5, 0.5, "no particles with a response", ha="center", va="center",
+                  transform=axes.transAxes)
     elif log_bins:
         edges = np.geomspace(positive.min(), positive.max(), bins + 1)
         axes.hist(positive, bins=edges, color=_SPECIES_COLORS[0], edgecolor="#08519c")
@@ -608,7 +516,8 @@ def magnitudes_figure(
     if magnitudes.size:
         stats = (
             f"N = {system.n} ({int(rattlers.sum())} rattler(s) excluded); "
-            f"median {np.median(magnitudes):.3g}, mean {np.mean(magnitudes):.3g}, max {np.max(magnitudes):.3g}"
+            f"median {np.median(magnitudes):.3g}, mean {np.mean(magnitudes):.3g}, "
+            f"max {np.max(magnitudes):.3g}"
         )
     else:
         stats = f"N = {system.n}"
@@ -626,9 +535,8 @@ def plot_magnitudes(
     **options: Any,
 ) -> Path:
     """Save :func:`magnitudes_figure` as PNG, PDF or SVG. Returns the path written."""
-    path = Path(path)
-    _output_format(path, format)
-    return _save(magnitudes_figure(source, name, dpi=dpi, **options), path, format, dpi)
+    return _save(lambda: magnitudes_figure(source, name, dpi=dpi, **options), path, format,
+                 dpi)
 
 
 def _file_stem(name: str) -> str:
@@ -672,3 +580,4 @@ def plot_result(
         paths.append(plot_magnitudes(result, name, directory / f"magnitudes_{stem}.{format}",
                                      format=format, dpi=dpi, **magnitude_options))
     return paths
+

@@ -21,22 +21,24 @@ laws are jax-md's:
 Everything that changes with θ lives in :class:`PotentialParams` (an explicit pytree of
 float64 arrays: diameters, the ε matrix and the box scale); everything else is static in
 :class:`PairModel`. jax-md is imported inside functions only (``import jax_md`` takes
-seconds, and jax-md must see x64 enabled first: :func:`require_x64` checks it).
+seconds, and jax-md must see x64 enabled first: :func:`systems._jaxmd.require_x64`
+checks it). The pair laws' formulas are in :mod:`systems.pair_laws`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import _jaxmd, settings
+from . import settings
+from ._jaxmd import box_key, make_space
 from ._errors import InputError
 from ._system import pairs_within, perpendicular_widths
+from .pair_laws import lennard_jones, morse, smooth_cutoff, soft_sphere
 
 __all__ = [
     "POTENTIAL_DEFAULTS",
@@ -45,8 +47,8 @@ __all__ = [
     "PotentialParams",
     "Pairs",
     "PairModel",
+    "PairTerms",
     "resolve_potential",
-    "make_space",
     "deformation",
     "real_positions",
 ]
@@ -225,15 +227,6 @@ class Pairs(NamedTuple):
                    jnp.ones(len(i), jnp.float64))
 
     @classmethod
-    def from_neighbor_list(cls, neighbors) -> "Pairs":
-        """Every (i, neighbor) entry of a jax-md Dense neighbor list (padding index = N)."""
-        idx = neighbors.idx
-        n, k = idx.shape
-        i = jnp.repeat(jnp.arange(n, dtype=jnp.int32), k)
-        j = idx.reshape(-1).astype(jnp.int32)
-        return cls(i, j, jnp.where(j < n, 0.5, 0.0))
-
-    @classmethod
     def from_sparse_neighbor_list(cls, neighbors) -> "Pairs":
         """The (i < j) pairs of a jax-md OrderedSparse neighbor list (padding index = N)."""
         n = neighbors.reference_position.shape[0]
@@ -246,6 +239,22 @@ class Pairs(NamedTuple):
         # host (numpy) arrays: moving them to the device, or casting there, would compile
         # a small function once per list length; jax takes them as they are
         return cls(np.asarray(i, np.int32), np.asarray(j, np.int32), np.ones(len(i)))
+
+
+class PairTerms(NamedTuple):
+    """Per pair (:meth:`PairModel.pair_terms`): displacement ``dr`` (real units), distance
+    ``r``, ``sigma`` σ_ij, ``epsilon`` ε_ij, species ``si``, ``sj``, indices ``i``, ``j``
+    (padding clamped to N - 1) and the ``valid`` mask."""
+
+    dr: jax.Array
+    r: jax.Array
+    sigma: jax.Array
+    epsilon: jax.Array
+    si: jax.Array
+    sj: jax.Array
+    i: jax.Array
+    j: jax.Array
+    valid: jax.Array
 
 
 def _is_zero(tangent) -> bool:
@@ -285,55 +294,6 @@ def with_position_jvp(fun, product):
     wrapped.defjvp(fun_jvp, symbolic_zeros=True)
     return wrapped
 
-
-def make_space(box: np.ndarray | None, periodic: bool):
-    """jax-md ``(displacement_fn, shift_fn)`` for a periodic box or free space.
-
-    Edge lengths ``(d,)`` take ``space.periodic`` (today's path, unchanged); a cell matrix
-    ``(d, d)`` (columns = cell vectors) takes ``space.periodic_general(H,
-    fractional_coordinates=False)``: positions stay Cartesian, and each displacement is
-    mapped to fractional coordinates, rounded to the nearest image and mapped back (the
-    minimum image while the interaction range is below half the cell's smallest face
-    distance, which :func:`systems.relax.make_relaxer` checks).
-
-    Cached by value: equal boxes get the *same* function objects, so the pair models (and
-    jax-md neighbor lists, whose update functions close over them) of two packings in one
-    box compare equal as static data, and compiled functions are reused between them.
-    """
-    key = None if box is None or not periodic else _box_key(box)
-    return _space(key, bool(periodic))
-
-
-def _box_key(box) -> tuple:
-    """A box as a hashable value: edge lengths, or rows of a cell matrix."""
-    box = np.asarray(box, np.float64)
-    if box.ndim == 2:
-        return tuple(tuple(float(e) for e in row) for row in box)
-    return tuple(float(e) for e in box)
-
-
-def require_x64() -> None:
-    """Raise unless JAX's 64-bit mode is on: the physics is float64, and jax-md casts its
-    parameters to float32 when it is off. Importing :mod:`systems` does not turn it on."""
-    if not jax.config.jax_enable_x64:
-        raise RuntimeError(
-            "systems runs its physics in float64 but JAX's 64-bit mode is off; put "
-            "jax.config.update('jax_enable_x64', True) at the top of your script, before "
-            "jax-md is imported (the `sensitivity` command does this itself)"
-        )
-
-
-@functools.lru_cache(maxsize=64)
-def _space(box: tuple | None, periodic: bool):
-    require_x64()
-    space = _jaxmd.module("space")
-
-    if periodic and isinstance(box[0], tuple):  # a cell matrix: a sheared cell
-        return space.periodic_general(jnp.asarray(box, jnp.float64),
-                                      fractional_coordinates=False)
-    if periodic:
-        return space.periodic(jnp.asarray(box, jnp.float64))
-    return space.free()
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -387,7 +347,7 @@ class PairModel:
         def arr(a):
             return None if a is None else (np.asarray(a).shape, np.asarray(a).tobytes())
 
-        box = None if self.box is None else _box_key(self.box)
+        box = None if self.box is None else box_key(self.box)
         return (spec.kind, np.shape(spec.epsilon), arr(spec.alpha), arr(spec.sigma),
                 float(spec.r_onset), float(spec.r_cutoff), arr(spec.morse_alpha),
                 str(spec.neighbor_list), float(spec.capacity_multiplier), box,
@@ -456,19 +416,23 @@ class PairModel:
         sigma = self._pair_sigma(params, i, j)
         return dr, r, sigma, valid
 
-    def pair_energies(self, y, params: PotentialParams, pairs: Pairs, active=None):
-        """Weighted energy of every pair (zeros for padding and inactive particles)."""
+    def pair_terms(self, y, params: PotentialParams, pairs: Pairs) -> PairTerms:
+        """:meth:`pair_geometry` with what the pair law takes besides (ε_ij, the species)."""
         n = y.shape[0]
-        _, r, sigma, valid = self.pair_geometry(y, params, pairs)
+        dr, r, sigma, valid = self.pair_geometry(y, params, pairs)
         i = jnp.minimum(pairs.i, n - 1)
         j = jnp.minimum(pairs.j, n - 1)
         si, sj = self.species[i], self.species[j]
-        eps = params.epsilon[si, sj]
-        v = self.pair_law(r, sigma, eps, si, sj)
+        return PairTerms(dr, r, sigma, params.epsilon[si, sj], si, sj, i, j, valid)
+
+    def pair_energies(self, y, params: PotentialParams, pairs: Pairs, active=None):
+        """Weighted energy of every pair (zeros for padding and inactive particles)."""
+        t = self.pair_terms(y, params, pairs)
+        v = self.pair_law(t.r, t.sigma, t.epsilon, t.si, t.sj)
         w = pairs.weight
         if active is not None:
-            w = w * active[i] * active[j]
-        return jnp.where(valid, w * v, 0.0)
+            w = w * active[t.i] * active[t.j]
+        return jnp.where(t.valid, w * v, 0.0)
 
     def energy(self, y, params: PotentialParams, pairs: Pairs, active=None):
         """Total energy ``E(y, params)``; ``active`` (N,) 0/1 switches particles off."""
@@ -484,17 +448,12 @@ class PairModel:
 
         The Hessian is ``H v = Σ_pairs K (v_i - v_j)`` scattered with + on ``i``, - on ``j``.
         """
-        n = y.shape[0]
-        dr, _, sigma, valid = self.pair_geometry(y, params, pairs)
-        i = jnp.minimum(pairs.i, n - 1)
-        j = jnp.minimum(pairs.j, n - 1)
-        si, sj = self.species[i], self.species[j]
-        eps = params.epsilon[si, sj]
-        w = jnp.where(valid, pairs.weight, 0.0)
+        t = self.pair_terms(y, params, pairs)
+        w = jnp.where(t.valid, pairs.weight, 0.0)
         if active is not None:
-            w = w * active[i] * active[j]
-        unit = jnp.zeros_like(dr).at[:, 0].set(1.0)
-        dr = jnp.where(valid[:, None], dr, unit)
+            w = w * active[t.i] * active[t.j]
+        unit = jnp.zeros_like(t.dr).at[:, 0].set(1.0)
+        dr = jnp.where(t.valid[:, None], t.dr, unit)
 
         def block(dr, sigma, eps, si, sj, w):
             def v(dr):
@@ -502,7 +461,7 @@ class PairModel:
 
             return jax.hessian(v)(dr)
 
-        blocks = jax.vmap(block)(dr, sigma, eps, si, sj, w)
+        blocks = jax.vmap(block)(dr, t.sigma, t.epsilon, t.si, t.sj, w)
         if params.strain is None:
             return blocks * params.scale ** 2
         f = deformation(params, dr.shape[-1])  # ∂dr/∂y: the blocks in y are Fᵀ K F
@@ -570,42 +529,6 @@ class PairModel:
             return y
         return y @ jnp.asarray(np.linalg.inv(self.box).T, jnp.float64)
 
-    def neighbor_list_fn(self, cutoff: float, skin: float):
-        """jax-md OrderedSparse (i < j) neighbor list over the reference box, ``cutoff + skin``.
-
-        A sheared cell: jax-md's cell lists work in fractional coordinates, so the list is
-        given :meth:`list_positions` (the energy still takes Cartesian ``y``, the list gives
-        only indices) with ``periodic_general(H, fractional_coordinates=True)``'s
-        displacement (distances in real units). A cell matrix that is not upper triangular
-        has no cell list: the candidates are every pair (``disable_cell_list``), pruned at
-        each rebuild.
-        """
-        partition = _jaxmd.module("partition")
-        if self.fractional_lists:
-            space = _jaxmd.module("space")
-            box = jnp.asarray(self.box, jnp.float64)
-            displacement, _ = space.periodic_general(box, fractional_coordinates=True)
-            return partition.neighbor_list(
-                displacement, box, r_cutoff=float(cutoff), dr_threshold=float(skin),
-                capacity_multiplier=float(self.spec.capacity_multiplier),
-                fractional_coordinates=True,
-                format=partition.NeighborListFormat.OrderedSparse)
-        if self.box is not None and np.ndim(self.box) == 2:
-            return partition.neighbor_list(
-                self.displacement_fn, jnp.asarray(self.box, jnp.float64),
-                r_cutoff=float(cutoff), dr_threshold=float(skin),
-                capacity_multiplier=float(self.spec.capacity_multiplier),
-                disable_cell_list=True, format=partition.NeighborListFormat.OrderedSparse)
-
-        return partition.neighbor_list(
-            self.displacement_fn,
-            jnp.asarray(self.box, jnp.float64),
-            r_cutoff=float(cutoff),
-            dr_threshold=float(skin),
-            capacity_multiplier=float(self.spec.capacity_multiplier),
-            format=partition.NeighborListFormat.OrderedSparse,
-        )
-
     def interacting_pairs(self, y, params: PotentialParams, margin: float = 1.02) -> Pairs:
         """The compact half list (i < j) of pairs within ``margin × range`` at ``y``.
 
@@ -618,39 +541,6 @@ class PairModel:
         ij = pairs_within(y, cutoff, box)
         return Pairs.from_arrays(ij[:, 0], ij[:, 1])
 
-# ---------------------------------------------------------------------------------------
-# Pair laws: the formulas of jax_md.energy (tests/test_potentials.py checks them against it),
-# written here because importing jax_md.energy imports jax-md's neural networks (1.2 s).
-
-
-def soft_sphere(r, sigma, epsilon, alpha):
-    """Harmonic-like overlap energy ``V = ε/α (1 - r/σ)^α`` for ``r < σ``, 0 beyond
-    (O'Hern et al., Phys. Rev. E 68, 011306 (2003)); finite gradients at ``r = σ``."""
-    x = r / sigma
-    inside = x < 1.0
-    overlap = jnp.where(inside, 1.0 - x, 1.0)  # the unused branch stays differentiable
-    return jnp.where(inside, epsilon / alpha * overlap**alpha, 0.0)
-
-
-def lennard_jones(r, sigma, epsilon):
-    """``V = 4ε((σ/r)^12 - (σ/r)^6)`` (non-finite values, at r = 0, set to finite ones)."""
-    inverse = (sigma / r) ** 2
-    inverse6 = inverse * inverse * inverse
-    return jnp.nan_to_num(4.0 * epsilon * (inverse6 * inverse6 - inverse6))
-
-
-def morse(r, sigma, epsilon, alpha):
-    """``V = ε(1 - exp(-α(r - σ)))² - ε``: a minimum ``-ε`` at ``r = σ``."""
-    return jnp.nan_to_num(epsilon * (1.0 - jnp.exp(-alpha * (r - sigma))) ** 2 - epsilon)
-
-
-def smooth_cutoff(r, r_onset, r_cutoff):
-    """HOOMD-blue's C¹ switch ``S(r)``: 1 below ``r_onset``, 0 beyond ``r_cutoff``, and
-    ``(r_c² - r²)² (r_c² + 2r² - 3r_o²) / (r_c² - r_o²)³`` between."""
-    rc2, ro2, r2 = r_cutoff**2, r_onset**2, r**2
-    inner = jnp.where(r < r_cutoff, (rc2 - r2) ** 2 * (rc2 + 2 * r2 - 3 * ro2) / (rc2 - ro2) ** 3,
-                      0.0)
-    return jnp.where(r < r_onset, 1.0, inner)
 
 
 class _ModelStatic:

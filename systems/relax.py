@@ -30,7 +30,6 @@ order, so a packing relaxed after others gives bit for bit what it gives alone.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import math
@@ -44,7 +43,9 @@ import numpy as np
 from . import _compile, settings
 from ._errors import ConvergenceError, InputError
 from ._system import wrap_positions
-from .potentials import PairModel, Pairs, PotentialParams, resolve_potential
+from .neighbor_lists import clear as neighbor_lists_clear
+from .neighbor_lists import neighbor_lists, rebuild, sort_pairs, update_sorted
+from .potentials import PairModel, Pairs, PotentialParams
 
 __all__ = [
     "MINIMIZER_DEFAULTS",
@@ -54,7 +55,6 @@ __all__ = [
     "clear_compile_cache",
     "compile_cache_info",
     "make_relaxer",
-    "relax",
     "resolve_minimizer",
 ]
 
@@ -175,7 +175,8 @@ class _Carry(NamedTuple):
 # packings of one sweep (the minimizer settings the loop reads) is the static first
 # argument. A compiled executable is cached under (name, settings, argument tree structure,
 # leaf shapes/dtypes): a second packing with the same N, d, potential, box, minimizer,
-# neighbor cutoff/skin (and list capacity, see ``_NeighborLists``) compiles nothing.
+# neighbor cutoff/skin (and list capacity, see
+# :class:`~systems.neighbor_lists.NeighborLists`) compiles nothing.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,32 +216,6 @@ def _energy_and_force(s: _LoopSettings, model: PairModel, y, params, neighbors,
     return jnp.nan, -jax.grad(model.energy)(y, params, pairs)
 
 
-def _sorted(neighbors):
-    """The list with its pairs in (i, j) order, padding last.
-
-    A jax-md rebuild orders the pairs by cell, and within a cell by a slot that depends on
-    the cell-list capacity; sorted, the list (and so the force summation) is the same
-    whatever capacities the list was built with, so a packing relaxed with another
-    packing's list gives the bitwise result it gets alone.
-    """
-    # One sorted key per pair, padding (n, n) last: a single-operand sort is several times
-    # faster than an argsort on XLA:CPU (0.13 vs 0.7 ms for 4752 pairs).
-    n = neighbors.reference_position.shape[0]
-    dtype = jnp.int32 if (n + 1) ** 2 < 2**31 else jnp.int64
-    i = neighbors.idx[0].astype(dtype)
-    j = neighbors.idx[1].astype(dtype)
-    valid = (i < n) & (j < n)
-    key = jnp.sort(jnp.where(valid, i * (n + 1) + j, n * (n + 1) + n))
-    idx = jnp.stack([key // (n + 1), key % (n + 1)]).astype(neighbors.idx.dtype)
-    return dataclasses.replace(neighbors, idx=idx)
-
-
-def _update(model: PairModel, neighbors, y):
-    """jax-md's update, sorted (:func:`_sorted`) where it rebuilt the list."""
-    new = neighbors.update(model.list_positions(y))
-    rebuilt = jnp.any(new.reference_position != neighbors.reference_position)
-    return jax.lax.cond(rebuilt, _sorted, lambda nbrs: nbrs, new)
-
 
 def _step(s: _LoopSettings, model: PairModel, state: _FireState, neighbors, params):
     """One minimizer step; returns the new state, neighbors and the new energy."""
@@ -249,14 +224,14 @@ def _step(s: _LoopSettings, model: PairModel, state: _FireState, neighbors, para
     if s.kind == "gradient_descent":
         y = shift(state.position, s.step_size * state.force)
         if s.use_nl:
-            neighbors = _update(model, neighbors, y)
+            neighbors = update_sorted(model, neighbors, y)
         e, f = _energy_and_force(s, model, y, params, neighbors, with_energy)
         return state._replace(position=y, force=f), neighbors, e
     dt = state.dt
     v_half = state.velocity + 0.5 * dt * state.force
     y = shift(state.position, dt * v_half)
     if s.use_nl:
-        neighbors = _update(model, neighbors, y)
+        neighbors = update_sorted(model, neighbors, y)
     e, f = _energy_and_force(s, model, y, params, neighbors, with_energy)
     v = v_half + 0.5 * dt * f
     f_norm = jnp.sqrt(jnp.sum(f * f))
@@ -304,115 +279,17 @@ def _chunk(s: _LoopSettings, model: PairModel, carry: _Carry, params, end_step, 
     return out, e_final
 
 
-def _rebuild(model: PairModel, neighbors, y, half_box):
-    """``neighbors`` rebuilt at ``y`` with its capacities (a forced jax-md update).
-
-    jax-md rebuilds a list only where a particle moved more than skin/2 from the list's
-    reference positions; placing those half a box away forces the rebuild, which orders
-    the pairs exactly as a fresh allocation at ``y`` would (the candidate order does not
-    depend on the capacities). The overflow flag tells whether the capacities suffice.
-    """
-    from ._jaxmd import module
-
-    partition = module("partition")
-    y = model.list_positions(y)
-    far = dataclasses.replace(neighbors, reference_position=y + half_box,
-                              error=partition.PartitionError(jnp.zeros((), jnp.uint8)))
-    return _sorted(far.update(y))
-
 
 def _init(s: _LoopSettings, model: PairModel, y, params, neighbors, half_box):
     """The loop's first carry; with a neighbor list, ``neighbors`` is rebuilt at ``y``."""
     if s.use_nl:
-        neighbors = _rebuild(model, neighbors, y, half_box)
+        neighbors = rebuild(model, neighbors, y, half_box)
     e, f = _energy_and_force(s, model, y, params, neighbors, True)
     state = _FireState(y, jnp.zeros_like(y), f, jnp.asarray(s.dt_start),
                        jnp.asarray(s.alpha_start), jnp.asarray(0, jnp.int32))
     fmax = _max_force(f, params)
     return _Carry(state, neighbors, jnp.asarray(0, jnp.int64), e, fmax,
                   jnp.asarray(_RUNNING, jnp.int32)), e
-
-
-_LISTS_KEPT = 16  # neighbor-list templates (one per model, cutoff and skin)
-
-
-class _NeighborLists:
-    """jax-md neighbor lists whose pytree structure is the same for every packing.
-
-    A jax-md ``NeighborList`` keeps as static pytree data its update function, its cell-list
-    functions (new objects at every allocation) and its two capacities (set from the
-    positions at allocation). Two lists share a compiled function only if all of these
-    are equal, so here: one ``neighbor_list_fn`` per (model static key, cutoff, skin); the
-    first allocation's cell-list functions stand for every later one (they depend only on
-    the box, the cell size and the capacity multiplier, which the key fixes); and the last
-    list allocated for a number of particles is kept as the template of the next packing
-    (rebuilt at its positions inside the compiled ``init``, checked for overflow). A packing
-    that needs more room gets a fresh allocation, padded up to at least the template's
-    capacities, which then becomes the template.
-    """
-
-    def __init__(self, model: PairModel, cutoff: float, skin: float):
-        self.fn = model.neighbor_list_fn(cutoff, skin)
-        box = np.asarray(model.box, np.float64)
-        # half a box away along every axis (of the coordinates the list is given)
-        self.half_box = jnp.asarray(
-            0.5 * (np.ones(model.dim) if model.fractional_lists
-                   else box.sum(axis=1) if box.ndim == 2 else box))
-        self.model = model
-        self.cell_list_fn = None
-        self.kept: dict[tuple, Any] = {}  # positions shape -> the template list
-
-    @staticmethod
-    def _key(y) -> tuple:
-        return (tuple(y.shape), str(y.dtype))
-
-    def template(self, y):
-        """The kept list for ``y``'s shape (any positions), or ``None``."""
-        return self.kept.get(self._key(y))
-
-    def allocate(self, y, extra_per_particle: int = 0):
-        """A fresh list at ``y`` (capacities at least the template's); the new template."""
-        key = self._key(y)
-        nbrs = self.fn.allocate(self.model.list_positions(y),
-                                extra_capacity=int(extra_per_particle))
-        if self.cell_list_fn is None:
-            self.cell_list_fn = nbrs.cell_list_fn
-        nbrs = dataclasses.replace(nbrs, cell_list_fn=self.cell_list_fn)
-        kept = self.kept.get(key)
-        if kept is not None:
-            nbrs = _grow(nbrs, kept.max_occupancy, kept.cell_list_capacity)
-        self.kept[key] = nbrs
-        return nbrs
-
-
-def _grow(nbrs, max_occupancy: int, cell_list_capacity: int | None):
-    """``nbrs`` with capacities at least the given ones (padded with the index N)."""
-    occupancy = max(int(nbrs.max_occupancy), int(max_occupancy))
-    cells = nbrs.cell_list_capacity
-    if cells is not None and cell_list_capacity is not None:
-        cells = max(int(cells), int(cell_list_capacity))
-    idx = nbrs.idx
-    n = nbrs.reference_position.shape[0]
-    if occupancy > idx.shape[-1]:
-        pad = jnp.full(idx.shape[:-1] + (occupancy - idx.shape[-1],), n, idx.dtype)
-        idx = jnp.concatenate([idx, pad], axis=-1)
-    return dataclasses.replace(nbrs, idx=idx, max_occupancy=occupancy,
-                               cell_list_capacity=cells)
-
-
-_NEIGHBOR_LISTS: collections.OrderedDict[tuple, _NeighborLists] = collections.OrderedDict()
-
-
-def _neighbor_lists(model: PairModel, cutoff: float, skin: float) -> _NeighborLists:
-    """The shared neighbor-list maker for (model static key, cutoff, skin) (LRU, _CACHE_SIZE)."""
-    key = (model.static_key(), float(cutoff), float(skin))
-    lists = _NEIGHBOR_LISTS.get(key)
-    if lists is None:
-        lists = _NEIGHBOR_LISTS[key] = _NeighborLists(model, cutoff, skin)
-        if len(_NEIGHBOR_LISTS) > _LISTS_KEPT:
-            _NEIGHBOR_LISTS.popitem(last=False)
-    _NEIGHBOR_LISTS.move_to_end(key)
-    return lists
 
 
 @functools.lru_cache(maxsize=16)
@@ -423,13 +300,24 @@ def _all_pairs(n: int) -> Pairs:
 def clear_compile_cache() -> None:
     """Forget every compiled relaxation function and neighbor-list template (and counts)."""
     _compile.clear("relax")
-    _NEIGHBOR_LISTS.clear()
+    neighbor_lists_clear()
     _all_pairs.cache_clear()
 
 
 def compile_cache_info() -> dict[str, Any]:
     """``{"entries", "compiles", "hits", "compile_s"}`` since the last clear."""
     return _compile.cache_info("relax")
+
+
+_MAX_REALLOCATIONS = 20
+
+
+def _check_reallocations(count: int) -> None:
+    """Give up on a neighbor list that keeps overflowing."""
+    if count > _MAX_REALLOCATIONS:
+        raise ConvergenceError(
+            f"the neighbor list kept overflowing after {_MAX_REALLOCATIONS} reallocations; "
+            "raise potential.capacity_multiplier or set potential.neighbor_list: false")
 
 
 class Relaxer:
@@ -457,7 +345,7 @@ class Relaxer:
         self.use_nl = bool(neighbor_list)
         self.skin = 0.25 * self.cutoff if skin is None else float(skin)
         self._settings = _LoopSettings.of(minimizer, self.use_nl)
-        self._lists = (_neighbor_lists(model, self.cutoff, self.skin) if self.use_nl
+        self._lists = (neighbor_lists(model, self.cutoff, self.skin) if self.use_nl
                        else None)
         self._nl_fn = self._lists.fn if self.use_nl else None
         self._all_pairs = None if self.use_nl else _all_pairs(model.n)
@@ -514,10 +402,7 @@ class Relaxer:
                 if counted:
                     reallocations += 1
                 counted = True
-                if reallocations > 20:
-                    raise ConvergenceError(
-                        "the neighbor list kept overflowing after 20 reallocations; raise "
-                        "potential.capacity_multiplier or set potential.neighbor_list: false")
+                _check_reallocations(reallocations)
                 neighbors = self._allocate(y)
                 init = self._compiled_fn(_init, model, y, params, neighbors, half_box)
                 carry, _ = init(model, y, params, neighbors, half_box)
@@ -540,13 +425,10 @@ class Relaxer:
                 # (with head room) and redo the chunk from its start.
                 t_run += time.perf_counter() - t0
                 reallocations += 1
-                if reallocations > 20:
-                    raise ConvergenceError(
-                        "the neighbor list kept overflowing after 20 reallocations; raise "
-                        "potential.capacity_multiplier or set potential.neighbor_list: false")
+                _check_reallocations(reallocations)
                 old = int(carry.neighbors.idx.shape[-1])
                 grown = self._allocate(new.state.position, math.ceil(0.25 * old / model.n))
-                grown = _sorted(grown.update(model.list_positions(carry.state.position)))
+                grown = sort_pairs(grown.update(model.list_positions(carry.state.position)))
                 carry = carry._replace(neighbors=grown)
                 chunk_fn = self._compiled_fn(_chunk, model, carry, params,
                                              jnp.asarray(0, jnp.int64), ftol_arg)
@@ -600,26 +482,3 @@ def make_relaxer(model: PairModel, minimizer: MinimizerSpec,
     return Relaxer(model, minimizer, cutoff=cutoff,
                    neighbor_list=model.use_neighbor_list(cutoff * 1.25), skin=skin)
 
-
-def relax(system, potential_cfg: Mapping[str, Any] | None,
-          minimizer_cfg: Mapping[str, Any] | None,
-          progress: Callable[..., None] | None = None, *,
-          file_potential: Mapping[str, Any] | None = None) -> RelaxResult:
-    """Minimize the energy of ``system`` from its positions.
-
-    Args:
-      system: a :class:`~systems.ParticleSystem`.
-      potential_cfg: the ``potential`` config block (see :func:`resolve_potential`).
-      minimizer_cfg: the ``minimizer`` config block (see :func:`resolve_minimizer`).
-      progress: optional ``progress(event, **fields)``, called between chunks.
-      file_potential: the input file's ``/parameters/potential`` (config overrides it).
-
-    Returns:
-      A :class:`RelaxResult`; a run that did not converge is returned with
-      ``converged=False`` (never raised here: the caller reports and flags it).
-    """
-    spec = resolve_potential(potential_cfg, system.n_species, file_potential)
-    model = PairModel.build(system, spec)
-    params = model.default_params(system.diameters)
-    relaxer = make_relaxer(model, resolve_minimizer(minimizer_cfg), [params])
-    return relaxer.run(system.positions, params, progress)

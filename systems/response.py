@@ -24,14 +24,14 @@ once from the pair stiffness blocks into padded block rows
 (:class:`~systems.hessian.BlockHessian`) and each product is a gather and a batched d×d
 product. The default preconditioner, ``block_jacobi``, is folded into the operator: CG
 runs on ``S H S z = S b`` with ``S = D^(-1/2)`` from the d×d diagonal blocks ``D``
-(:func:`~systems.hessian.build_block_scaling`), which is CG preconditioned with ``D⁻¹``
-at the price of plain CG per iteration, and, the right-hand side being consistent, without
-the per-iteration null-space projection (the engine's ``scaling=``, :func:`_block_scaling`);
-``jacobi`` does the same
-with the diagonal of ``D``. Also: nothing (``none``), ``two_level`` (block-Jacobi plus the
+(:func:`~systems.preconditioners.build_block_scaling`), which is CG preconditioned with
+``D⁻¹`` at the price of plain CG per iteration, and, the right-hand side being consistent,
+without the per-iteration null-space projection (the engine's ``scaling=``,
+:func:`~systems._linear_system._block_scaling`); ``jacobi`` does the same with the
+diagonal of ``D``. Also: nothing (``none``), ``two_level`` (block-Jacobi plus the
 translations of grid cells) and ``schwarz`` (two-level additive Schwarz over compact parts
-of ~16 particles, :mod:`systems.hessian`: about half the iterations, dearer ones and a
-dearer setup; figures in ``benchmarks/README.md``). Scalar θs go through
+of ~16 particles, :mod:`systems.preconditioners`: about half the iterations, dearer ones
+and a dearer setup; figures in ``benchmarks/README.md``). Scalar θs go through
 :func:`sensitivity.root_jvp` (the JVP rule of :func:`sensitivity.custom_root`), which
 returns the solve's report as a value. The default ``tol = 1e-10`` matches the accuracy of
 x* at ``ftol = 1e-12``: measured at N = 1024, the derivative changes by 2e-10 (relative)
@@ -60,10 +60,8 @@ a looser tolerance would throw away accuracy that x* has.
 
 from __future__ import annotations
 
-import functools
-import math
 import time
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -72,12 +70,15 @@ import numpy as np
 from . import _compile, settings
 from ._errors import InputError
 from ._system import wrap_positions
+from ._linear_system import (DENSE_SOLVERS, PRECONDITIONED_SOLVERS, SCALINGS, PackingData,
+                             SolveConfig, compile_seconds, compiled, custom_root_solver,
+                             engine_solver, hessian_data, merge_reports, optimality, params_at,
+                             relative)
 from .contacts import (clear_capacities, contact_analysis, gauge_fix, padded_pairs,
-                       pair_capacity, rigid_motions, row_capacity)
-from .hessian import (BlockHessian, BlockJacobi, EllPattern, apply_block_jacobi, apply_schwarz,
-                      assemble_block_hessian, build_block_scaling, build_schwarz, ell_pattern,
-                      hessian_matvec, scale_blocks, two_level)
-from .potentials import PairModel, Pairs, PotentialParams, real_positions, with_position_jvp
+                       pair_capacity, row_capacity)
+from .hessian import ell_pattern, scale_blocks
+from .preconditioners import build_schwarz, two_level
+from .potentials import PairModel, Pairs, PotentialParams, real_positions
 from .theta import ParameterSpec, apply_theta, theta_data, theta_meaning
 
 __all__ = ["SENSITIVITY_DEFAULTS", "ResponseSolver", "resolve_sensitivity"]
@@ -86,14 +87,6 @@ __all__ = ["SENSITIVITY_DEFAULTS", "ResponseSolver", "resolve_sensitivity"]
 SENSITIVITY_DEFAULTS: dict[str, Any] = settings.defaults(settings.SENSITIVITY)
 PRECONDITIONERS = settings.PRECONDITIONERS
 SOLVERS = settings.SOLVERS
-_TAKES_PRECONDITIONER = ("cg", "minres", "gmres", "bicgstab")
-_SCALINGS = ("jacobi", "block_jacobi")  # folded into the operator: _scaled_solver
-_DENSE = ("dense", "lstsq", "lu", "cholesky")
-
-#: Diagnostics by dense eigendecomposition up to this many degrees of freedom; Lanczos
-#: beyond. (At 1024 degrees of freedom the dense path took 110 ms, 38% of the FIRE run of
-#: that packing, N = 512; Lanczos takes a few ms.)
-DENSE_EIGEN_MAX_DOF = 256
 
 
 def resolve_sensitivity(config: Mapping[str, Any] | None, where: str = "config") -> dict:
@@ -106,190 +99,19 @@ def resolve_sensitivity(config: Mapping[str, Any] | None, where: str = "config")
     return values
 
 
-# ---------------------------------------------------------------------------------------
-# The response solver. Every compiled function takes the packing's arrays as arguments
-# (:class:`PackingData`) and its settings as a static, hashable :class:`_Config`; compiled
-# executables are cached per (function, config, argument shapes), so the tasks of a sweep
-# that share N, the potential and the box compile once (their pair lists are padded to
-# shared capacity buckets, :func:`pair_capacity`).
-
-
-class PackingData(NamedTuple):
-    """The arrays of one relaxed packing that the response's compiled functions take.
-
-    Attributes:
-      model: the pair model (a pytree: species is traced, the rest static).
-      y: ``(N, d)`` relaxed positions in the reference box.
-      active: ``(N,)`` 1.0 for the backbone, 0.0 for rattlers.
-      pairs: the backbone's interacting pairs, padded (index N, weight 0).
-      stiffness: the pair stiffness blocks at ``(y, θ0)``, one per pair.
-      tether: the stiffness of the spring holding a rattler coordinate in the linear system.
-      hessian: the Hessian at ``(y, θ0)``, tethers included, in padded block rows
-        (:class:`~systems.hessian.BlockHessian`): every Hessian-vector product.
-      precond: preconditioner data (``two_level``: cell index and coarse pseudo-inverse;
-        ``schwarz``: :class:`~systems.hessian.Schwarz`).
-    """
-
-    model: PairModel
-    y: jax.Array
-    active: jax.Array
-    pairs: Pairs
-    stiffness: jax.Array
-    tether: jax.Array
-    hessian: BlockHessian
-    precond: Any
-
-
-class _Config(NamedTuple):
-    solver: str
-    tol: float
-    maxiter: int | None
-    preconditioner: str
-    report: bool
-    tags: tuple = ()
-    chunk: int = 0
-    steps: int = 0
-
-
-def compile_seconds() -> float:
-    """Seconds this process has spent compiling the response's functions so far."""
-    return _compile.compile_seconds("response")
-
-
-def _compiled(fn: Callable, cfg: _Config, *args):
-    """``jit(partial(fn, cfg)).lower(*args).compile()``, cached; returns (exe, seconds)."""
-    return _compile.compiled("response", fn, cfg, *args)
-
-
 def clear_compile_cache() -> None:
     """Forget the compiled response functions (and the pair capacities seen)."""
     _compile.clear("response")
     clear_capacities()
 
 
-def _nullspace(pk: PackingData):
-    """``(k, N, d)``: the rigid motions of the backbone. Rattler coordinates are tethered,
-    so not in the null space."""
-    return rigid_motions(pk.y, pk.active, pk.model.periodic, jnp)
+# ---------------------------------------------------------------------------------------
+# The derivatives, compiled: every function takes the packing's arrays as arguments
+# (:class:`~systems._linear_system.PackingData`) and its settings as a static, hashable
+# config (:mod:`systems._linear_system`, which owns the compile cache).
 
 
-def _optimality(pk: PackingData, y, params):
-    """``F(y, θ) = ∇_y E(y, θ)`` over the backbone's pairs, plus ``k (y - y*)`` on the
-    rattler coordinates (zero at y*, so their response is zero: reported as NaN).
-
-    Its JVP in ``y`` is the product with the precomputed Hessian ``pk.hessian`` (every
-    product of the implicit derivative is taken at ``(y*, θ0)``, where it was built); its
-    JVP in ``θ`` is automatic differentiation of the forces.
-    """
-    grad = pk.model.gradient_fn(pk.pairs)
-
-    def plain(y, params):
-        return grad(y, params) + pk.tether * (1.0 - pk.active)[:, None] * (y - pk.y)
-
-    fun = with_position_jvp(plain, lambda y, params, y_dot: hessian_matvec(pk.hessian, y_dot))
-    return fun(y, params)
-
-
-def _block_inverse(pk: PackingData):
-    """Inverse d×d diagonal blocks of the Hessian (identity where a block is empty)."""
-    d = pk.y.shape[1]
-    diag = pk.hessian.rows[:, :, :d]  # entry 0 of each block row: the diagonal block
-    scale = jnp.trace(diag, axis1=1, axis2=2)
-    ok = scale > 1e-12 * jnp.max(scale)
-    inv = jnp.linalg.inv(jnp.where(ok[:, None, None], diag, jnp.eye(d)))
-    return jnp.where(ok[:, None, None], inv, jnp.eye(d))
-
-
-def _linear_solve(cfg: _Config, pk: PackingData, name: str, report: bool):
-    """``solve(matvec, b)``: :func:`_solver`, its LinearSolveInfo recorded by
-    :func:`sensitivity.record_solves` (``report``: a host callback per solve) or not."""
-    solve = _solver(cfg, pk, name)
-    if report:
-        return solve  # accepts full_output: custom_root sends its report to record_solves
-    return lambda matvec, b: solve(matvec, b)  # no full_output: nothing recorded
-
-
-def _solver(cfg: _Config, pk: PackingData, name: str):
-    """The engine's solver with this packing's null space, tolerance and preconditioner."""
-    import sensitivity
-
-    solve = sensitivity.get_solver(name)
-    # consistency_tol=inf: a pair potential's ∂F/∂θ is analytically orthogonal to the
-    # rigid motions (Newton's third law, central forces); what the engine would measure
-    # along them is round-off, which matters when ∂F/∂θ is itself tiny (a uniform ε:
-    # ∂F/∂ε = F/ε, the residual force). It is still reported as "inconsistency".
-    options: dict[str, Any] = dict(tol=cfg.tol, nullspace=_nullspace(pk), on_failure="ignore",
-                                   consistency_tol=float("inf"))
-    if cfg.maxiter is not None and name not in _DENSE:
-        options["maxiter"] = int(cfg.maxiter)
-    precond = cfg.preconditioner
-    if name in _TAKES_PRECONDITIONER and precond in _SCALINGS:
-        options["scaling"] = _block_scaling(pk)
-    elif name in _TAKES_PRECONDITIONER and precond == "schwarz":
-        options["M"] = lambda r: apply_schwarz(pk.precond, r)
-    elif name in _TAKES_PRECONDITIONER and precond == "two_level":
-        inv = _block_inverse(pk)
-        cid, coarse_inv = pk.precond
-        nc = coarse_inv.shape[0] // pk.y.shape[1]
-
-        def apply_m(r):
-            restricted = jax.ops.segment_sum(r, cid, nc).reshape(-1)
-            coarse = (coarse_inv @ restricted).reshape(nc, -1)
-            return apply_block_jacobi(BlockJacobi(inv), r) + coarse[cid]
-
-        options["M"] = apply_m
-    return functools.partial(solve, **options)
-
-
-def _scaled_solve_info():
-    """The report type of a scaled solve: the engine's LinearSolveInfo, whose
-    ``solver_residual_norm`` / ``solver_rhs_norm`` hold the scaled system's norms."""
-    from sensitivity import LinearSolveInfo
-
-    return LinearSolveInfo
-
-
-def _block_scaling(pk: PackingData):
-    """The engine's congruence scaling (``jacobi``, ``block_jacobi``): ``S = D^(-1/2)`` of
-    :func:`~systems.hessian.build_block_scaling` (in ``pk.precond``), with ``S H S`` folded
-    into the Hessian's blocks, so each iteration is one product with the scaled blocks.
-    The engine solves ``(S H S) z = S P b`` and returns ``x = P S z``, the minimum-norm
-    solution of ``H x = b``; its convergence test is on the scaled residual ``‖S r‖ ≤ tol
-    ‖S P b‖`` (see :class:`sensitivity.CongruenceScaling`)."""
-    import sensitivity
-
-    sc = pk.precond
-    return sensitivity.CongruenceScaling(
-        scale=lambda v: scale_blocks(sc.scale, v),
-        scaled_matvec=lambda v: hessian_matvec(sc.hessian, v),
-        unscale=lambda v: scale_blocks(sc.unscale, v))
-
-
-def _relaxed(cfg: _Config, pk: PackingData, name: str | None = None,
-             report: bool | None = None):
-    """``relaxed(init, params) -> y*`` decorated with ``sensitivity.custom_root``: the
-    relaxation already happened, so it returns ``init``; only its derivative is new."""
-    import sensitivity
-
-    name = name or cfg.solver
-    report = cfg.report if report is None else report
-
-    @sensitivity.custom_root(lambda y, params: _optimality(pk, y, params),
-                             solve=_linear_solve(cfg, pk, name, report), symmetric=True)
-    def relaxed(init, params):
-        return init
-
-    return relaxed
-
-
-def _params_at(cfg: _Config, base, thetas, thetas0, members):
-    params = base
-    for k, tag in enumerate(cfg.tags):
-        params = apply_theta(tag, params, thetas[k], thetas0[k], members[k])
-    return params
-
-
-def _scalar_derivatives(cfg: _Config, pk: PackingData, base, thetas0, members):
+def _scalar_derivatives(cfg: SolveConfig, pk: PackingData, base, thetas0, members):
     """(P, N, d) derivatives of the real positions and the P solves' LinearSolveInfo.
 
     One forward-mode implicit derivative per θ (:func:`sensitivity.root_jvp`: the JVP rule
@@ -299,13 +121,13 @@ def _scalar_derivatives(cfg: _Config, pk: PackingData, base, thetas0, members):
     """
     import sensitivity
 
-    solve = _solver(cfg, pk, cfg.solver)
+    solve = engine_solver(cfg, pk, cfg.solver)
 
     def forces(y, thetas):
-        return _optimality(pk, y, _params_at(cfg, base, thetas, thetas0, members))
+        return optimality(pk, y, params_at(cfg, base, thetas, thetas0, members))
 
     def positions(thetas, y):  # x = λ (I + ε) y
-        return real_positions(_params_at(cfg, base, thetas, thetas0, members), y)
+        return real_positions(params_at(cfg, base, thetas, thetas0, members), y)
 
     def one(tangent):
         dy, info = sensitivity.root_jvp(forces, pk.y, (thetas0,), (tangent,), solve=solve,
@@ -315,13 +137,13 @@ def _scalar_derivatives(cfg: _Config, pk: PackingData, base, thetas0, members):
     return jax.lax.map(one, jnp.eye(thetas0.shape[0], dtype=thetas0.dtype))
 
 
-def _vector_derivative(cfg: _Config, pk: PackingData, base, theta0, member):
+def _vector_derivative(cfg: SolveConfig, pk: PackingData, base, theta0, member):
     """``(dx (N, N, d), iterations (N,))``: one forward-mode solve per component of a vector
     θ (iterations 0 for a dense solve)."""
     import sensitivity
 
     (tag,) = cfg.tags
-    relaxed = _relaxed(cfg, pk, report=False)
+    relaxed = custom_root_solver(cfg, pk, report=False)
     n, d = pk.y.shape
 
     def params_of(theta):
@@ -331,17 +153,17 @@ def _vector_derivative(cfg: _Config, pk: PackingData, base, theta0, member):
         params = params_of(theta)
         return real_positions(params, relaxed(pk.y, params))
 
-    if cfg.solver in _DENSE:
+    if cfg.solver in DENSE_SOLVERS:
         # vmap keeps the factorization, which does not depend on the right-hand side,
         # outside the batch: one factorization for every column
         return (jnp.moveaxis(jax.jacfwd(x_of)(theta0), -1, 0),
                 jnp.zeros(theta0.shape[0], jnp.int32))
     chunk = cfg.chunk
     n_chunks = -(-n // chunk)
-    solve = _solver(cfg, pk, cfg.solver)
+    solve = engine_solver(cfg, pk, cfg.solver)
 
     def forces(y, theta):
-        return _optimality(pk, y, params_of(theta))
+        return optimality(pk, y, params_of(theta))
 
     def one(tangent):  # root_jvp: the JVP rule of custom_root, with the solve's report
         dy, info = sensitivity.root_jvp(forces, pk.y, (theta0,), (tangent,), solve=solve,
@@ -357,19 +179,19 @@ def _vector_derivative(cfg: _Config, pk: PackingData, base, theta0, member):
     return out.reshape((-1, n, d))[:n], iterations.reshape(-1)[:n]
 
 
-def _column_residuals(cfg: _Config, pk: PackingData, base, theta0, member, dy):
+def _column_residuals(cfg: SolveConfig, pk: PackingData, base, theta0, member, dy):
     """``‖H dy_k - b_k‖`` and ``‖b_k‖`` for every column k of a vector θ, and the same in
     the norm the solver's convergence test uses (``‖S r‖``, ``‖S b‖`` for the scaled
-    system of :func:`_block_scaling`; the plain norms otherwise)."""
+    system of :func:`~systems._linear_system._block_scaling`; the plain norms otherwise)."""
     (tag,) = cfg.tags
-    scaled = cfg.solver in _TAKES_PRECONDITIONER and cfg.preconditioner in _SCALINGS
+    scaled = cfg.solver in PRECONDITIONED_SOLVERS and cfg.preconditioner in SCALINGS
 
     def column(k):
         tangent = jnp.zeros_like(theta0).at[k].set(1.0)
-        b = -jax.jvp(lambda t: _optimality(pk, pk.y, apply_theta(tag, base, t, theta0,
+        b = -jax.jvp(lambda t: optimality(pk, pk.y, apply_theta(tag, base, t, theta0,
                                                                  member)),
                      (theta0,), (tangent,))[1]
-        hv = jax.jvp(lambda y: _optimality(pk, y, base), (pk.y,), (dy[k],))[1]
+        hv = jax.jvp(lambda y: optimality(pk, y, base), (pk.y,), (dy[k],))[1]
         r = hv - b
         if scaled:
             r_s, b_s = scale_blocks(pk.precond.scale, r), scale_blocks(pk.precond.scale, b)
@@ -379,55 +201,6 @@ def _column_residuals(cfg: _Config, pk: PackingData, base, theta0, member, dy):
 
     return jax.lax.map(column, jnp.arange(dy.shape[0]))
 
-
-def _hessian_data(cfg: _Config, model: PairModel, y, params, pairs: Pairs,
-                  pattern: EllPattern, active):
-    """The pair stiffness blocks, the rattler tether, the Hessian in block rows (tethers
-    included) and, for ``jacobi`` / ``block_jacobi``, its block scaling (else ``()``)."""
-    stiffness = model.pair_stiffness(y, params, pairs)
-    n, d = y.shape
-    # the tether: the mean diagonal stiffness of a backbone coordinate (each pair adds
-    # its block to two diagonal blocks)
-    trace = jnp.sum(jnp.trace(stiffness, axis1=-2, axis2=-1) * pairs.weight)
-    tether = 2.0 * trace / jnp.maximum(jnp.sum(active) * d, 1.0)
-    tether = jnp.where(tether > 0, tether, 1.0)
-    diagonal = (tether * (1.0 - active))[:, None, None] * jnp.eye(d, dtype=y.dtype)
-    hessian = assemble_block_hessian(pattern, pairs.i, pairs.j,
-                                     stiffness * pairs.weight[:, None, None], diagonal)
-    precond = ()
-    if cfg.preconditioner in _SCALINGS:
-        precond = build_block_scaling(hessian, diagonal_only=cfg.preconditioner == "jacobi")
-    return stiffness, tether, hessian, precond
-
-
-def _masked_hvp(pk: PackingData, params):
-    """``v -> A H A v`` with ``A`` the backbone mask: the backbone Hessian (rattler
-    coordinates mapped to zero), without the tether, on flat vectors."""
-    n, d = pk.y.shape
-    mask = jnp.repeat(pk.active, d)
-
-    def hvp(v):  # the tethers sit on rattler rows only: masked out
-        return hessian_matvec(pk.hessian, (v * mask).reshape(n, d)).reshape(-1) * mask
-
-    return hvp
-
-
-def _null_residuals(cfg: _Config, pk: PackingData, params, q):
-    """``‖H q_k‖`` for the columns of ``q`` (N d, k)."""
-    return jnp.linalg.norm(jax.vmap(_masked_hvp(pk, params))(q.T), axis=1)
-
-
-def _dense_hessian(cfg: _Config, pk: PackingData, params):
-    """The whole Hessian over the backbone's pairs (rattler rows and columns zero)."""
-    grad = pk.model.gradient_fn(pk.pairs)
-    return jax.jacfwd(lambda y: grad(y, params))(pk.y)
-
-
-def _lanczos(cfg: _Config, pk: PackingData, params, v0, q):
-    from sensitivity import lanczos
-
-    mask = jnp.repeat(pk.active, pk.y.shape[1])
-    return lanczos(_masked_hvp(pk, params), v0 * mask, q, cfg.steps)
 
 
 class ResponseSolver:
@@ -493,7 +266,7 @@ class ResponseSolver:
                               capacity=row_capacity(int(row_entries), n))
         active = jnp.asarray(~self.rattlers, jnp.float64)
         args = (model, self.y, params, padded, pattern, active)
-        exe, _ = _compiled(_hessian_data, cfg, *args)
+        exe, _ = compiled(hessian_data, cfg, *args)
         stiffness, tether, hessian, precond = exe(*args)
         if self.settings.get("preconditioner") == "two_level":
             precond = two_level(model, np.asarray(stiffness), padded, np.asarray(self.y),
@@ -504,7 +277,6 @@ class ResponseSolver:
         #: the arrays every compiled function of this packing takes
         self.data = PackingData(model, self.y, active, padded, stiffness, tether, hessian,
                                 precond)
-        self.stiffness = stiffness
         #: compilation seconds of this packing's response functions (setup, solves,
         #: diagnostics): 0 when an earlier packing of the same shapes compiled them
         self.time_compile_s = compile_seconds() - compile0
@@ -512,9 +284,9 @@ class ResponseSolver:
         self.time_setup_s = time.perf_counter() - t0 - self.time_compile_s
 
     def _config(self, solver: str | None = None, *, report: bool = True, tags=(),
-                chunk: int = 0, steps: int = 0) -> _Config:
+                chunk: int = 0, steps: int = 0) -> SolveConfig:
         s = self.settings
-        return _Config(solver=solver or s["solver"], tol=float(s["tol"]),
+        return SolveConfig(solver=solver or s["solver"], tol=float(s["tol"]),
                        maxiter=None if s.get("maxiter") is None else int(s["maxiter"]),
                        preconditioner=str(s.get("preconditioner") or "none"), report=report,
                        tags=tuple(tags), chunk=int(chunk), steps=int(steps))
@@ -524,12 +296,7 @@ class ResponseSolver:
         """Unknowns of the linear system (every coordinate; rattlers' are tethered)."""
         return self.model.n * self.model.dim
 
-    # ---- the optimality condition and the decorated solver -----------------------------
-    def optimality(self, y, params):
-        """``F(y, θ)``: the energy gradient over the backbone's pairs (rattler terms
-        dropped) plus the tether of the rattler coordinates; zero at y*."""
-        return _optimality(self.data, y, params)
-
+    # ---- the decorated solver -----------------------------------------------------------
     def relaxed_solver(self, solver_name: str | None = None, report: bool = True):
         """``solver(init, params) -> y*`` decorated with ``sensitivity.custom_root``.
 
@@ -537,7 +304,7 @@ class ResponseSolver:
         relaxed reference positions ``self.y``), so only the implicit derivative is
         computed here, and only at the parameters of the relaxation.
         """
-        return _relaxed(self._config(solver_name, report=report), self.data)
+        return custom_root_solver(self._config(solver_name, report=report), self.data)
 
     def positions_of(self, solver, params):
         """Real positions ``(N, d)`` from the decorated solver at ``params``."""
@@ -546,7 +313,7 @@ class ResponseSolver:
     # ---- derivatives -------------------------------------------------------------------
     def _run(self, fn, cfg, *args):
         """Run a cached compiled function: (result, t_run, t_compile)."""
-        exe, t_compile = _compiled(fn, cfg, *args)
+        exe, t_compile = compiled(fn, cfg, *args)
         self.time_compile_s += t_compile
         t0 = time.perf_counter()
         out = jax.block_until_ready(exe(*args))
@@ -568,7 +335,7 @@ class ResponseSolver:
             _scalar_derivatives, cfg, self.data, self.params, thetas0, members)
         out = {}
         for k, pspec in enumerate(pspecs):
-            info = _merge_reports([jax.tree.map(lambda a: a[k], infos)])
+            info = merge_reports([jax.tree.map(lambda a: a[k], infos)])
             attrs = self._attrs(pspec, thetas0[k], s["solver"], "forward mode", info)
             attrs.update(time_s=t_run, time_compile_s=t_compile,
                          batched_with=[p.name for p in pspecs])
@@ -608,10 +375,10 @@ class ResponseSolver:
                 reason = f"{reason}; the factorization failed ({error}): Krylov solves instead"
         solver_name = s["solver"]
         if many_rhs == "dense":
-            solver_name = solver_name if solver_name in _DENSE else "dense"
+            solver_name = solver_name if solver_name in DENSE_SOLVERS else "dense"
             method = f"forward mode, one dense factorization for {n} right-hand sides"
         else:
-            solver_name = solver_name if solver_name not in _DENSE else "cg"
+            solver_name = solver_name if solver_name not in DENSE_SOLVERS else "cg"
             method = f"forward mode, {n} batched iterative solves"
         tag, theta0, member = theta_data(pspec, self.params, np.asarray(self.model.species))
         capacity = int(self.data.pairs.i.shape[0])
@@ -637,9 +404,9 @@ class ResponseSolver:
         dy = jnp.asarray(np.asarray(dx))  # (P, N, d); rattler rows 0, H t = 0 on the gauge
         (res, rhs, res_s, rhs_s), _, _ = self._run(_column_residuals, cfg, self.data,
                                                    self.params, theta0, member, dy)
-        rel = np.where(rhs > 0, res / np.where(rhs > 0, rhs, 1.0), 0.0)
+        rel = relative(res, rhs)
         # the solver's own test (on the scaled system for jacobi / block_jacobi)
-        rel_s = np.where(rhs_s > 0, res_s / np.where(rhs_s > 0, rhs_s, 1.0), 0.0)
+        rel_s = relative(res_s, rhs_s)
         # the solver's own test (a relative 1e-6 of slack: these residuals are recomputed
         # through the optimality map, not the solver's operator)
         ok = np.isfinite(res) & within_tolerance(np.asarray(res_s), np.asarray(rhs_s),
@@ -670,84 +437,19 @@ class ResponseSolver:
             "solver": solver_name,
             "method": method,
             "preconditioner": (s.get("preconditioner") or "none")
-            if solver_name in _TAKES_PRECONDITIONER else "none",
+            if solver_name in PRECONDITIONED_SOLVERS else "none",
             "tol": float(s["tol"]),
             **info,
         }
 
     # ---- diagnostics -------------------------------------------------------------------
     def zero_modes(self, seed: int = 0) -> dict:
-        """Zero modes found against ``d (1 + rattlers)`` (+ rotations in free space), and
-        conditioning figures of the backbone Hessian.
+        """Zero modes found against ``d (1 + rattlers)`` and conditioning figures of the
+        backbone Hessian (:func:`systems.diagnostics.zero_modes`)."""
+        from .diagnostics import zero_modes
 
-        Up to :data:`DENSE_EIGEN_MAX_DOF` coordinates: a dense eigendecomposition of the
-        whole Hessian with the rattler terms dropped (its zero eigenvalues counted, below
-        ``1e-8 λ_max``). Beyond: the construction (rattler coordinates are exactly zero
-        rows; the rigid motions are checked by ``‖H t‖``) plus Lanczos on the backbone
-        Hessian with the rigid motions projected out, whose near-zero Ritz values would be
-        extra, unexpected zero modes; its smallest Ritz value estimates the smallest
-        non-zero eigenvalue from above.
-        """
-        n, d = self.model.n, self.model.dim
-        n_rattlers = int(self.rattlers.sum())
-        t0 = time.perf_counter()
-        compile0 = compile_seconds()
-        params = self.params
-        rigid = d + (0 if self.model.periodic else d * (d - 1) // 2)
-        # the rigid motions of the backbone, as _nullspace (on the host: no op-by-op dispatch)
-        basis = rigid_motions(np.asarray(self.y), ~self.rattlers,
-                              self.model.periodic).reshape(rigid, n * d)
-        k = basis.shape[0]
-        q, _ = np.linalg.qr(basis.T)
-        q = jnp.asarray(q)
-        cfg = self._config()
-        null_residual, _, _ = self._run(_null_residuals, cfg, self.data, params, q)
-        out: dict[str, Any] = {
-            "expected": rigid + d * n_rattlers,
-            "rattlers": n_rattlers,
-            "basis_size": k + d * n_rattlers,
-            "basis_max_residual": float(np.max(null_residual)),
-        }
-        if n * d <= DENSE_EIGEN_MAX_DOF:
-            hess, _, _ = self._run(_dense_hessian, cfg, self.data, params)
-            evals = np.linalg.eigvalsh(np.asarray(hess).reshape(n * d, n * d))
-            top = float(np.max(np.abs(evals)))
-            zero = np.abs(evals) <= 1e-8 * top
-            nonzero = evals[~zero]
-            out.update({
-                "found": int(zero.sum()),
-                "method": "dense eigendecomposition",
-                "eigenvalue_min_nonzero": float(nonzero.min()) if nonzero.size else math.nan,
-                "eigenvalue_max": top,
-                "negative_eigenvalues": int((nonzero < 0).sum()),
-            })
-        else:
-            from scipy.linalg import eigvalsh_tridiagonal
+        return zero_modes(self, seed)
 
-            live = len(self.backbone) * d
-            steps = max(0, int(min(self.settings.get("lanczos_steps", 200), live - k)))
-            ritz = np.zeros(0)
-            if steps:
-                v0 = jax.random.normal(jax.random.PRNGKey(seed), (n * d,))
-                (alphas, betas), _, _ = self._run(_lanczos, self._config(steps=steps),
-                                                  self.data, params, v0, q)
-                ritz = eigvalsh_tridiagonal(alphas, betas)
-            top = float(ritz.max()) if ritz.size else math.nan
-            tiny = np.abs(ritz) <= 1e-8 * top
-            out.update({
-                "found": k + d * n_rattlers + int(tiny.sum()),
-                "method": f"construction + Lanczos ({steps} steps) on the projected Hessian",
-                "eigenvalue_min_nonzero": float(ritz[~tiny].min()) if (~tiny).any()
-                else math.nan,
-                "eigenvalue_max": top,
-                "negative_eigenvalues": int((ritz[~tiny] < 0).sum()),
-            })
-        low, top = out["eigenvalue_min_nonzero"], out["eigenvalue_max"]
-        out["condition_number"] = (top / low if low > 0 else
-                                   math.nan if math.isnan(low) or math.isnan(top) else math.inf)
-        out["matches"] = bool(out["found"] == out["expected"])
-        out["time_s"] = time.perf_counter() - t0 - (compile_seconds() - compile0)
-        return out
 
 
     def run_all(self, pspecs: list[ParameterSpec],
@@ -797,46 +499,3 @@ class ResponseSolver:
                 "time_diagnostics_s": zero_modes["time_s"],
             },
         }
-
-
-def solver_name_is_dense(settings, n_dof: int, dim: int = 2) -> bool:
-    """Whether the vector θ uses one dense factorization
-    (:func:`~systems.many_rhs.choose_method`)."""
-    from .many_rhs import choose_method
-
-    return choose_method(settings, n_dof, n_dof // dim, dim)[0] == "dense"
-
-
-def _merge_reports(reports) -> dict:
-    """Fold the engine's LinearSolveInfo reports (maybe batched) into attributes."""
-    if not reports:
-        return {"iterations": 0, "iterations_total": 0, "residual": math.nan,
-                "relative_residual": math.nan, "solver_relative_residual": math.nan,
-                "converged": False,
-                "inconsistency": math.nan, "n_solves": 0}
-
-
-    def gather(field):
-        return np.concatenate([np.ravel(np.asarray(getattr(r, field))) for r in reports])
-
-    iters = gather("iterations")
-    res = gather("residual_norm")
-    rhs = gather("rhs_norm")
-    res_s = gather("solver_residual_norm")  # the norms the convergence test compared
-    rhs_s = gather("solver_rhs_norm")
-    rel_s = np.where(rhs_s > 0, res_s / np.where(rhs_s > 0, rhs_s, 1.0), 0.0)
-    conv = gather("converged")
-    incons = gather("inconsistency")
-    rel = np.where(rhs > 0, res / np.where(rhs > 0, rhs, 1.0), 0.0)
-    return {
-        "iterations": int(iters.max()),
-        "iterations_total": int(iters.sum()),
-        "residual": float(res.max()),
-        "relative_residual": float(rel.max()),
-        # what the convergence test compared with tol (the scaled system's for jacobi /
-        # block_jacobi: ‖S r‖ / ‖S b‖; else the same as relative_residual)
-        "solver_relative_residual": float(rel_s.max()),
-        "converged": bool(conv.all()),
-        "inconsistency": float(incons.max()),
-        "n_solves": int(iters.size),
-    }

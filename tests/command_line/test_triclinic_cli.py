@@ -93,7 +93,8 @@ def test_run_inspect_and_plot_a_sheared_packing(tmp_path: Path):
     # the packing predicted at ε_xy = Δ: its cell (I + Δ E) H, positions x* + Δ dx*/dε;
     # re-relaxed in that cell it moves by O(Δ²) only
     from sensitivity.systems import read_result
-    from sensitivity.systems.relax import relax
+    from sensitivity.systems.potentials import PairModel, resolve_potential
+    from sensitivity.systems.relax import make_relaxer, resolve_minimizer
     from sensitivity.systems._system import minimum_image
 
     result = read_result(tmp_path / "out" / "sensitivity.h5")
@@ -102,7 +103,10 @@ def test_run_inspect_and_plot_a_sheared_packing(tmp_path: Path):
     np.testing.assert_allclose(
         predicted.box, (np.eye(2) + delta * np.array([[0, 1], [1, 0]])) @ result.box,
         rtol=1e-15)
-    relaxed = relax(predicted, {}, {"ftol": 1e-13})
+    model = PairModel.build(predicted, resolve_potential({}, predicted.n_species))
+    params = model.default_params(predicted.diameters)
+    relaxed = make_relaxer(model, resolve_minimizer({"ftol": 1e-13}), [params]).run(
+        predicted.positions, params)
     assert relaxed.converged
     moved = np.abs(minimum_image(relaxed.positions - predicted.positions, predicted.box))
     step = delta * np.nanmax(np.abs(result.dx_dtheta("shear")))

@@ -1,7 +1,7 @@
-"""systems.hessian: the ELL block Hessian against jax.hessian of the pair energy, its builder
-(padding, duplicates, capacity), and every preconditioner: symmetric, positive on the
-complement of the translations, and CG with it reaching the dense pseudo-inverse answer in
-fewer iterations than without."""
+"""systems.hessian and systems.preconditioners: the ELL block Hessian against jax.hessian
+of the pair energy, its builder (padding, duplicates, capacity), and every preconditioner:
+symmetric, positive on the complement of the translations, and CG with it reaching the
+dense pseudo-inverse answer in fewer iterations than without."""
 
 import functools
 
@@ -12,9 +12,20 @@ import pytest
 
 import sensitivity
 from sensitivity.systems import hessian as hs
+from sensitivity.systems import preconditioners as pc
 from sensitivity.systems.generate import random_packing
 from sensitivity.systems.potentials import PairModel, Pairs, resolve_potential
 from sensitivity.systems.relax import make_relaxer, resolve_minimizer
+
+
+def dense_hessian(H: hs.BlockHessian) -> np.ndarray:
+    """The ``(N d, N d)`` dense matrix of an ELL Hessian (the reference of these tests)."""
+    idx = np.asarray(H.idx)
+    blocks = hs.ell_blocks(H)
+    n, cap, d, _ = blocks.shape
+    out = np.zeros((n, n, d, d))
+    np.add.at(out, (np.repeat(np.arange(n), cap), idx.ravel()), blocks.reshape(-1, d, d))
+    return out.transpose(0, 2, 1, 3).reshape(n * d, n * d)
 
 
 def _model(n, seed):
@@ -57,7 +68,7 @@ def packing():
     y, i, j, K, box = _backbone(32, 3)
     n = len(y)
     H = hs.block_hessian(i, j, K, n)
-    dense = hs.dense_hessian(H)
+    dense = dense_hessian(H)
     t = np.zeros((2, n, 2))
     t[0, :, 0] = t[1, :, 1] = 1.0
     return y, i, j, K, box, H, dense, t
@@ -75,7 +86,7 @@ def test_ell_product_equals_the_dense_hessian_of_the_energy():
     ref = np.asarray(jax.jit(jax.hessian(model.energy))(y, params, pairs)).reshape(2 * n, 2 * n)
     scale = np.abs(ref).max()
     assert scale > 1.0  # there are overlaps
-    np.testing.assert_allclose(hs.dense_hessian(H), ref, rtol=0, atol=1e-12 * scale)
+    np.testing.assert_allclose(dense_hessian(H), ref, rtol=0, atol=1e-12 * scale)
     v = np.random.default_rng(0).standard_normal((5, n, 2))
     hv = np.asarray(jax.vmap(lambda v: hs.hessian_matvec(H, v))(jnp.asarray(v)))
     np.testing.assert_allclose(hv.reshape(5, -1), v.reshape(5, -1) @ ref, rtol=0,
@@ -97,7 +108,7 @@ def test_builder_ignores_padding_merges_duplicates_and_rounds_capacity(packing):
     j2 = np.concatenate([j, j, [1, 0, n]])
     K2 = np.concatenate([K / 2, K / 2, np.ones((3, 2, 2))])
     H2 = hs.block_hessian(i2, j2, K2, n)
-    np.testing.assert_allclose(hs.dense_hessian(H2), dense, rtol=0,
+    np.testing.assert_allclose(dense_hessian(H2), dense, rtol=0,
                                atol=1e-13 * np.abs(dense).max())
     assert H2.idx.shape == H.idx.shape
     kmax = 1 + int((np.bincount(i, minlength=n) + np.bincount(j, minlength=n)).max())
@@ -117,15 +128,15 @@ def test_builder_ignores_padding_merges_duplicates_and_rounds_capacity(packing):
 def test_partition_is_balanced_and_shapes_depend_on_n_alone():
     rng = np.random.default_rng(0)
     for n in (37, 64, 100):
-        levels, m = hs.schwarz_shape(n, per_cell=8)
-        part = hs.partition(rng.uniform(0, 5, (n, 2)) - 5.0, np.array([5.0, 5.0]), levels)
+        levels, m = pc.schwarz_shape(n, per_cell=8)
+        part = pc.partition(rng.uniform(0, 5, (n, 2)) - 5.0, np.array([5.0, 5.0]), levels)
         counts = np.bincount(part, minlength=2 ** levels)
         assert counts.max() - counts.min() <= 1 and counts.max() <= m
     shapes = []
     for seed in (0, 1):
         y, i, j, K, box = _model_pairs(40, seed)
         H = hs.block_hessian(i, j, K, 40, capacity=16)
-        P = hs.build_schwarz(H, y, box, per_cell=8)
+        P = pc.build_schwarz(H, y, box, per_cell=8)
         shapes.append(jax.tree.map(jnp.shape, P))
     assert shapes[0] == shapes[1]
 
@@ -142,17 +153,17 @@ def _model_pairs(n, seed):
 
 
 PRECONDITIONERS = {
-    "block_jacobi": (hs.build_block_jacobi, hs.apply_block_jacobi, {}),
-    "schwarz_none": (hs.build_schwarz, hs.apply_schwarz, dict(per_cell=8, coarse="none")),
-    "schwarz_translations": (hs.build_schwarz, hs.apply_schwarz,
+    "block_jacobi": (pc.build_block_jacobi, pc.apply_block_jacobi, {}),
+    "schwarz_none": (pc.build_schwarz, pc.apply_schwarz, dict(per_cell=8, coarse="none")),
+    "schwarz_translations": (pc.build_schwarz, pc.apply_schwarz,
                              dict(per_cell=8, coarse="translations")),
-    "schwarz_spectral": (hs.build_schwarz, hs.apply_schwarz,
+    "schwarz_spectral": (pc.build_schwarz, pc.apply_schwarz,
                          dict(per_cell=8, coarse="spectral", modes=4)),
-    "schwarz_default": (hs.build_schwarz, hs.apply_schwarz, {}),
-    "schwarz_float32": (hs.build_schwarz, hs.apply_schwarz,
+    "schwarz_default": (pc.build_schwarz, pc.apply_schwarz, {}),
+    "schwarz_float32": (pc.build_schwarz, pc.apply_schwarz,
                         dict(per_cell=8, dtype=np.float32)),
-    "schwarz_balanced": (lambda H, y, box, **kw: (H, hs.build_schwarz(H, y, box, **kw)),
-                         hs.apply_schwarz_balanced, dict(per_cell=8, coarse="spectral",
+    "schwarz_balanced": (lambda H, y, box, **kw: (H, pc.build_schwarz(H, y, box, **kw)),
+                         pc.apply_schwarz_balanced, dict(per_cell=8, coarse="spectral",
                                                          modes=4)),
 }
 
@@ -233,14 +244,14 @@ def test_tethered_extra_particle_diagonal_and_active(packing):
     ref = np.zeros((2 * n, 2 * n))
     ref[:-2, :-2] = dense
     ref[-2:, -2:] = 3.0 * np.eye(2)
-    np.testing.assert_allclose(hs.dense_hessian(H2), ref, rtol=0,
+    np.testing.assert_allclose(dense_hessian(H2), ref, rtol=0,
                                atol=1e-13 * np.abs(dense).max())
     active = np.arange(n) < n - 1
     basis = np.zeros((2, n, 2))
     basis[0, active, 0] = basis[1, active, 1] = 1.0
-    data = hs.build_schwarz(H2, y2, box, per_cell=8, coarse="spectral", modes=4,
+    data = pc.build_schwarz(H2, y2, box, per_cell=8, coarse="spectral", modes=4,
                             active=active)
-    M = _dense_operator(hs.apply_schwarz, data, n)
+    M = _dense_operator(pc.apply_schwarz, data, n)
     q, _ = np.linalg.qr(basis.reshape(2, -1).T)
     P = np.eye(2 * n) - q @ q.T
     evals = np.linalg.eigvalsh(P @ M @ P)
@@ -248,7 +259,7 @@ def test_tethered_extra_particle_diagonal_and_active(packing):
     b = np.random.default_rng(4).standard_normal((n, 2))
     b[active] -= b[active].mean(axis=0)
     expect = np.linalg.pinv(ref, rcond=1e-10, hermitian=True) @ b.reshape(-1)
-    x, info = _solve(hs.apply_schwarz, H2, data, jnp.asarray(b), jnp.asarray(basis))
+    x, info = _solve(pc.apply_schwarz, H2, data, jnp.asarray(b), jnp.asarray(basis))
     assert bool(info.converged)
     assert np.linalg.norm(np.asarray(x).reshape(-1) - expect) <= 1e-8 * np.linalg.norm(expect)
 
@@ -261,7 +272,7 @@ def test_block_scaling_is_s_h_s_and_matches_preconditioned_cg(packing, diagonal_
     iterations of CG preconditioned with ``D⁻¹`` (the same Krylov space)."""
     y, i, j, K, box, H, dense, t = packing
     n = len(y)
-    sc = hs.build_block_scaling(H, diagonal_only=diagonal_only)
+    sc = pc.build_block_scaling(H, diagonal_only=diagonal_only)
     S = np.zeros((2 * n, 2 * n))
     Sinv = np.zeros((2 * n, 2 * n))
     D = np.zeros((2 * n, 2 * n))
@@ -272,7 +283,7 @@ def test_block_scaling_is_s_h_s_and_matches_preconditioned_cg(packing, diagonal_
         D[blk, blk] = dense[blk, blk] * (np.eye(2) if diagonal_only else 1.0)
     np.testing.assert_allclose(S @ S @ D, np.eye(2 * n), rtol=0, atol=1e-12)
     np.testing.assert_allclose(S @ Sinv, np.eye(2 * n), rtol=0, atol=1e-12)
-    np.testing.assert_allclose(hs.dense_hessian(sc.hessian), S @ dense @ S, rtol=0,
+    np.testing.assert_allclose(dense_hessian(sc.hessian), S @ dense @ S, rtol=0,
                                atol=1e-12 * np.abs(S @ dense @ S).max())
 
     b = np.random.default_rng(5).standard_normal((n, 2))

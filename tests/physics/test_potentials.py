@@ -12,6 +12,7 @@ from sensitivity import systems  # noqa: F401
 from sensitivity.systems._errors import InputError
 from sensitivity.systems._system import ParticleSystem
 from sensitivity.systems.generate import random_packing
+from sensitivity.systems.neighbor_lists import neighbor_list_fn
 from sensitivity.systems.potentials import PairModel, Pairs, resolve_potential
 
 
@@ -86,7 +87,7 @@ def test_neighbor_list_matches_all_pairs_and_cutoff_covers_sigma():
     cutoff = model.reference_cutoff([params, grown])
     assert cutoff == pytest.approx(1.4 * 1.05)
     assert model.use_neighbor_list(cutoff)
-    nbrs = model.neighbor_list_fn(cutoff, 0.2).allocate(y)
+    nbrs = neighbor_list_fn(model, cutoff, 0.2).allocate(y)
     pairs = Pairs.from_sparse_neighbor_list(nbrs)
     assert float(model.energy(y, params, pairs)) == pytest.approx(float(reference), rel=1e-12)
     # the list built for the larger σ still holds every pair at that σ
@@ -168,7 +169,7 @@ def test_interacting_pairs_equals_brute_force(case, search, monkeypatch):
 def test_pair_laws_match_jax_md_energy(alpha):
     from jax_md import energy as jmd
 
-    from sensitivity.systems import potentials as pot
+    from sensitivity.systems import pair_laws as pot
 
     # Through r = σ exactly, the cutoff onset and the cutoff itself, on both sides.
     r = jnp.concatenate([jnp.linspace(0.5, 3.0, 401), jnp.array([1.0, 1.2, 2.5, 2.5 - 1e-12])])

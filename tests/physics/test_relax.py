@@ -8,8 +8,8 @@ from sensitivity import systems  # noqa: F401
 from sensitivity.systems._errors import InputError
 from sensitivity.systems.generate import random_packing
 from sensitivity.systems.potentials import PairModel, Pairs, resolve_potential
-from sensitivity.systems.relax import (Relaxer, clear_compile_cache, make_relaxer, relax,
-                           resolve_minimizer)
+from sensitivity.systems.relax import (Relaxer, clear_compile_cache, make_relaxer,
+                                       resolve_minimizer)
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +61,16 @@ def test_max_steps_is_reported_not_raised(small):
 @pytest.mark.slow
 def test_gradient_descent_and_energy_tolerance():
     system = random_packing(16, dim=2, phi=0.9, seed=1)
-    gd = relax(system, {}, {"kind": "gradient_descent", "ftol": 1e-8, "step_size": 0.2})
+    model = PairModel.build(system, resolve_potential({}, system.n_species))
+    params = model.default_params(system.diameters)
+
+    def relax(minimizer):
+        relaxer = make_relaxer(model, resolve_minimizer(minimizer), [params])
+        return relaxer.run(system.positions, params)
+
+    gd = relax({"kind": "gradient_descent", "ftol": 1e-8, "step_size": 0.2})
     assert gd.converged and gd.stop_reason == "ftol" and gd.minimizer == "gradient_descent"
-    etol = relax(system, {}, {"ftol": 1e-30, "etol": 1e-6})
+    etol = relax({"ftol": 1e-30, "etol": 1e-6})
     assert etol.converged and etol.stop_reason == "etol"
 
 

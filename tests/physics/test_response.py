@@ -53,12 +53,12 @@ def test_lanczos_diagnostics_against_the_dense_eigendecomposition(packing_2d, mo
     run to the whole backbone space it gives the same spectrum ends; after 12 steps the
     largest Ritz value is close and the smallest an upper bound; with no steps, the zero
     modes of the construction and no eigenvalue figures (NaN)."""
-    import sensitivity.systems.response as response
+    import sensitivity.systems.diagnostics as diagnostics
 
     system, model, params, relaxer, result, solver, scalars, vector = packing_2d
     dense = solver.zero_modes()
     assert dense["method"] == "dense eigendecomposition"
-    monkeypatch.setattr(response, "DENSE_EIGEN_MAX_DOF", 0)
+    monkeypatch.setattr(diagnostics, "DENSE_EIGEN_MAX_DOF", 0)
     live = 2 * int((~solver.rattlers).sum()) - 2  # backbone coordinates off the translations
     for steps in (live, 12):
         monkeypatch.setitem(solver.settings, "lanczos_steps", steps)

@@ -344,7 +344,7 @@ def test_tilted_cell_preconditioners_agree(tilted, preconditioner):
 
 
 def test_partition_of_a_sheared_cell_follows_its_cell_vectors():
-    from sensitivity.systems.hessian import partition
+    from sensitivity.systems.preconditioners import partition
 
     cell = np.array([[4.0, 4.0], [0.0, 4.0]])
     frac = np.random.default_rng(0).uniform(0, 1, size=(64, 2))
