@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _physics import relative_error, relaxed
+from _physics import dense_hessian, relative_error, relaxed
 
 from sensitivity.systems import elasticity as el
 from sensitivity.systems._errors import InputError
@@ -364,7 +364,7 @@ def test_cli_marks_a_non_converged_tensor(tmp_path, monkeypatch):
 def test_block_matvec_of_every_strain_component_against_the_dense_hessian(product, monkeypatch):
     """The m strain products, one per vector or one joint gather and product, against the
     dense matrix."""
-    from sensitivity.systems.hessian import BlockHessian, dense_hessian
+    from sensitivity.systems.hessian import BlockHessian
 
     rng = np.random.default_rng(3)
     n, k, d, m = 40, 7, 3, 6

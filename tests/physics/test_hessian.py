@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _physics import dense_hessian
 
 import sensitivity
 from sensitivity.systems import hessian as hs
@@ -16,16 +17,6 @@ from sensitivity.systems import preconditioners as pc
 from sensitivity.systems.generate import random_packing
 from sensitivity.systems.potentials import PairModel, Pairs, resolve_potential
 from sensitivity.systems.relax import make_relaxer, resolve_minimizer
-
-
-def dense_hessian(H: hs.BlockHessian) -> np.ndarray:
-    """The ``(N d, N d)`` dense matrix of an ELL Hessian (the reference of these tests)."""
-    idx = np.asarray(H.idx)
-    blocks = hs.ell_blocks(H)
-    n, cap, d, _ = blocks.shape
-    out = np.zeros((n, n, d, d))
-    np.add.at(out, (np.repeat(np.arange(n), cap), idx.ravel()), blocks.reshape(-1, d, d))
-    return out.transpose(0, 2, 1, 3).reshape(n * d, n * d)
 
 
 def _model(n, seed):
