@@ -469,11 +469,12 @@ def make_relaxer(model: PairModel, minimizer: MinimizerSpec,
                  where: str = "the periodic box") -> Relaxer:
     """A :class:`Relaxer` whose neighbor cutoff covers every parameter set in ``params_seen``.
 
-    A sheared cell (cell matrix) thinner than twice that cutoff is refused (``InputError``
-    naming ``where``): its pairs' nearest images would be ambiguous.
+    A box or sheared cell thinner than twice that cutoff is refused (``InputError`` naming
+    ``where``): a particle would meet two images of a neighbour, and the minimum image
+    counts one (a sheared cell's fractional rounding could also miss the nearest).
     """
     cutoff = model.reference_cutoff(params_seen)
-    if model.periodic and np.ndim(model.box) == 2:
+    if model.periodic:
         from ._system import thin_cell_problem
 
         problem = thin_cell_problem(model.box, cutoff)

@@ -211,6 +211,31 @@ def test_thin_and_bad_cells_are_refused():
                        box=np.ones((2, 3)), periodic=True)
 
 
+def test_a_square_box_thinner_than_twice_the_range_is_refused_and_why():
+    """Two disks 0.75 apart in a square box of edge 1.5, range 1: each meets both periodic
+    images of the other (at 0.75 on either side), which the minimum image counts once."""
+    import jax.numpy as jnp
+
+    from sensitivity.systems._system import ParticleSystem
+    from sensitivity.systems.potentials import Pairs
+
+    box = np.array([1.5, 4.0])
+    system = ParticleSystem(positions=np.array([[0.2, 2.0], [0.95, 2.0]]), diameters=np.ones(2),
+                            species=np.zeros(2, int), box=box, periodic=True)
+    model = PairModel.build(system, resolve_potential({}, 1))
+    params = model.default_params(system.diameters)
+    # harmonic, sigma 1: each image pair at distance 0.75 holds (1 - 0.75)^2 / 2
+    every_image = 2 * 0.5 * (1 - 0.75) ** 2
+    counted = float(model.energy(jnp.asarray(system.positions), params, Pairs.all_pairs(2)))
+    assert counted == pytest.approx(every_image / 2, rel=1e-12)  # what the minimum image gives
+    with pytest.raises(InputError, match=r"too thin for the interaction range 1: its "
+                                         r"perpendicular widths \[1.5, 4.0\]"):
+        make_relaxer(model, resolve_minimizer({}), [params])
+    wide = system.replace(box=np.array([2.0, 4.0]))
+    make_relaxer(PairModel.build(wide, resolve_potential({}, 1)), resolve_minimizer({}),
+                 [params])
+
+
 def _sheared_result(tmp_path, dim):
     import sys
     sys.path.insert(0, __file__.rsplit("/", 1)[0])
