@@ -396,7 +396,10 @@ def test_projection_polyhedron_float32_and_float64_agree_with_kkt(dtype):
     x = rng.randn(5).astype(dtype)
     A, b = rng.randn(3, 5).astype(dtype), rng.randn(3).astype(dtype)
     G, h = rng.randn(2, 5).astype(dtype), rng.randn(2).astype(dtype)
-    p = proj.projection_polyhedron(x, (A, b, G, h))
+    # one compiled program for the projection and its Jacobian (eager, the interior point
+    # dispatches op by op)
+    p, J = jax.jit(lambda x, hp: (proj.projection_polyhedron(x, hp),
+                                  jax.jacrev(proj.projection_polyhedron)(x, hp)))(x, (A, b, G, h))
     assert p.dtype == dtype and bool(jnp.all(jnp.isfinite(p)))
     # reference: the active set of this instance is {G_1 y <= h_1}; KKT system in float64
     A64, b64, G64, h64, x64 = (np.asarray(v, np.float64) for v in (A, b, G, h, x))
@@ -406,7 +409,6 @@ def test_projection_polyhedron_float32_and_float64_agree_with_kkt(dtype):
     assert np.all(G64 @ ref <= h64 + 1e-12)
     tol = 1e-3 if dtype == jnp.float32 else 1e-9
     np.testing.assert_allclose(p, ref, rtol=tol, atol=tol)
-    J = jax.jacrev(proj.projection_polyhedron)(x, (A, b, G, h))
     P_null = np.eye(5) - C.T @ np.linalg.solve(C @ C.T, C)  # d proj / d x on that face
     np.testing.assert_allclose(J, P_null, atol=10 * tol)
 
@@ -420,8 +422,10 @@ def test_transport_projections_marginals_and_sinkhorn(dtype):
     b = rng.rand(5); b /= b.sum()  # noqa: E702
     a, b = a.astype(dtype), b.astype(dtype)
     tol = 1e-5 if dtype == jnp.float32 else 1e-10
-    for fn in (proj.projection_transport, proj.kl_projection_transport):
-        T = fn(S, (a, b))
+    # each projection compiled once (eager, the interior point dispatches op by op)
+    plans = {fn: jax.jit(fn)(S, (a, b))
+             for fn in (proj.projection_transport, proj.kl_projection_transport)}
+    for T in plans.values():
         assert T.dtype == dtype and bool(jnp.all(T >= -tol))
         np.testing.assert_allclose(T.sum(1), a, atol=tol)
         np.testing.assert_allclose(T.sum(0), b, atol=tol)
@@ -430,11 +434,11 @@ def test_transport_projections_marginals_and_sinkhorn(dtype):
     for _ in range(5000):
         u = a / (K @ v)
         v = b / (K.T @ u)
-    np.testing.assert_allclose(proj.kl_projection_transport(S, (a, b)), u[:, None] * K * v,
+    np.testing.assert_allclose(plans[proj.kl_projection_transport], u[:, None] * K * v,
                                atol=10 * tol)
     ds = np.array([[0.6, 0.4], [0.4, 0.6]], dtype)
-    np.testing.assert_allclose(proj.projection_birkhoff(ds), ds, atol=tol)
-    np.testing.assert_allclose(proj.kl_projection_birkhoff(ds).sum(0), 1.0, atol=tol)
+    np.testing.assert_allclose(jax.jit(proj.projection_birkhoff)(ds), ds, atol=tol)
+    np.testing.assert_allclose(jax.jit(proj.kl_projection_birkhoff)(ds).sum(0), 1.0, atol=tol)
 
 
 @pytest.mark.slow
@@ -538,12 +542,13 @@ def test_polyhedron_with_a_vacuous_equality_row(dtype):
     A, b = jnp.zeros((1, 2), dtype), jnp.zeros(1, dtype)
     G = jnp.array([[-1, -1], [0, 1], [1, -1], [-1, 0], [0, -1]], dtype)
     h = jnp.array([-1, 1, 1, 0, 0], dtype)
+    polyhedron = jax.jit(proj.projection_polyhedron)  # compiled once per structure, not per x
     for x in ([0.0, 1.0], [2.0, 3.0], [-1.0, 0.2]):
         x = jnp.asarray(x, dtype)
-        got = proj.projection_polyhedron(x, (A, b, G, h))
-        want = proj.projection_polyhedron(x, (None, None, G, h))
+        got = polyhedron(x, (A, b, G, h))
+        want = polyhedron(x, (None, None, G, h))
         assert bool(jnp.all(jnp.isfinite(got)))
         np.testing.assert_allclose(got, want, atol=1e-5 if dtype == jnp.float32 else 1e-10)
     # on the face x2 = 1 the projection of (2, 3) is (2, 1): closed form
-    np.testing.assert_allclose(proj.projection_polyhedron(jnp.asarray([2.0, 3.0], dtype),
-                                                          (A, b, G, h)), [2.0, 1.0], atol=1e-5)
+    np.testing.assert_allclose(polyhedron(jnp.asarray([2.0, 3.0], dtype), (A, b, G, h)),
+                               [2.0, 1.0], atol=1e-5)
