@@ -196,10 +196,19 @@ def test_forward_mode_and_hessian_still_work_with_keywords():
     # What jaxopt could not do (custom_vjp): jacfwd and hessian through keyword calls.
     X, y = _ridge_data()
     solver = idf.custom_root(jax.grad(_ridge_objective), solve=sensitivity.solve_cg)(_ridge_solver)
-    loss = lambda lam: jnp.sum(solver(init_params=None, X=X, y=y, lam=lam) ** 2)
+
+    def loss(lam):
+        return jnp.sum(solver(init_params=None, X=X, y=y, lam=lam) ** 2)
+
     h = 1e-4
-    fd = (jax.grad(loss)(0.5 + h) - jax.grad(loss)(0.5 - h)) / (2 * h)
-    np.testing.assert_allclose(jax.hessian(loss)(0.5), fd, rtol=1e-6)
+
+    @jax.jit  # one compiled program: eager, the CG solves dispatch op by op
+    def hessian_and_fd(lam):
+        fd = (jax.grad(loss)(lam + h) - jax.grad(loss)(lam - h)) / (2 * h)
+        return jax.hessian(loss)(lam), fd
+
+    hess, fd = hessian_and_fd(0.5)
+    np.testing.assert_allclose(hess, fd, rtol=1e-6)
 
 
 def test_solver_closing_over_a_differentiated_preconditioner_raises_closure_error():
@@ -321,17 +330,17 @@ from sensitivity import tree_util  # noqa: E402
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.slow
 def test_projection_simplex_exact_for_any_magnitude_and_minus_inf(dtype):
-    np.testing.assert_array_equal(proj.projection_simplex(jnp.array([1e9, 0], dtype)), [1, 0])
+    simplex = jax.jit(proj.projection_simplex)  # one program per shape, not one per operation
+    np.testing.assert_array_equal(simplex(jnp.array([1e9, 0], dtype)), [1, 0])
     big = 1e17 if dtype == jnp.float64 else 1e30
-    np.testing.assert_array_equal(proj.projection_simplex(jnp.array([0, big], dtype)), [0, 1])
-    np.testing.assert_allclose(proj.projection_simplex(jnp.array([0, 0, -jnp.inf], dtype)),
-                               [0.5, 0.5, 0])
+    np.testing.assert_array_equal(simplex(jnp.array([0, big], dtype)), [0, 1])
+    np.testing.assert_allclose(simplex(jnp.array([0, 0, -jnp.inf], dtype)), [0.5, 0.5, 0])
     rng = np.random.RandomState(0)
     for scale in [1.0, 1e9]:
-        p = proj.projection_simplex(jnp.asarray(scale * rng.randn(50), dtype), 0.8)
+        p = simplex(jnp.asarray(scale * rng.randn(50), dtype), 0.8)
         assert abs(float(jnp.sum(p)) - 0.8) <= 8 * jnp.finfo(dtype).eps and bool(jnp.all(p >= 0))
     # Jacobian with a -inf entry: the sparsemax Jacobian of the finite part, 0 elsewhere.
-    J = jax.jacfwd(proj.projection_simplex)(jnp.array([0.3, 0.1, -jnp.inf], dtype))
+    J = jax.jit(jax.jacfwd(proj.projection_simplex))(jnp.array([0.3, 0.1, -jnp.inf], dtype))
     np.testing.assert_allclose(J, [[0.5, -0.5, 0], [-0.5, 0.5, 0], [0, 0, 0]])
 
 
