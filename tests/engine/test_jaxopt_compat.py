@@ -348,21 +348,23 @@ def test_projection_simplex_exact_for_any_magnitude_and_minus_inf(dtype):
 def test_l1_sphere_sparse_simplex_against_brute_force():
     rng = np.random.RandomState(0)
     x = rng.randn(6)
-    p = proj.projection_l1_sphere(x, 2.0)
+    # compiled, one program per function and shape (eager, each operation compiles alone)
+    l1_sphere, simplex = jax.jit(proj.projection_l1_sphere), jax.jit(proj.projection_simplex)
+    p = l1_sphere(x, 2.0)
     np.testing.assert_allclose(np.sum(np.abs(p)), 2.0)
     # brute force: the nearest point of the l1 sphere is on the face of x's sign pattern
     signs = np.where(x >= 0, 1.0, -1.0)
-    np.testing.assert_allclose(p, signs * proj.projection_simplex(np.abs(x), 2.0))
-    np.testing.assert_allclose(proj.projection_l1_sphere(jnp.zeros(4)), 0.25)
+    np.testing.assert_allclose(p, signs * simplex(np.abs(x), 2.0))
+    np.testing.assert_allclose(l1_sphere(jnp.zeros(4)), 0.25)
     # sparse simplex: best over every support of size <= k (k = 2 of n = 5)
     x = rng.randn(5)
-    got = proj.projection_sparse_simplex(x, 2)
+    got = jax.jit(proj.projection_sparse_simplex, static_argnums=1)(x, 2)
     best = None
     for i in range(5):
         for j in range(i, 5):
             idx = sorted({i, j})
             q = np.zeros(5)
-            q[idx] = proj.projection_simplex(x[idx])
+            q[idx] = simplex(x[idx])
             d = np.sum((q - x) ** 2)
             best = (d, q) if best is None or d < best[0] else best
     np.testing.assert_allclose(got, best[1], atol=1e-12)
