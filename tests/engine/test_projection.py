@@ -155,7 +155,8 @@ CASES = {
 def test_projection_is_the_argmin(name, seed):
     projection, reference = CASES[name]
     x = np.random.default_rng(10 + seed).normal(scale=1.5, size=N)
-    assert_close(projection(jnp.asarray(x)), reference(x), atol=2e-6, what=name)
+    # compiled (eager, the interior point and the bisection dispatch op by op)
+    assert_close(jax.jit(projection)(jnp.asarray(x)), reference(x), atol=2e-6, what=name)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -171,6 +172,7 @@ def test_projection_derivatives_match_finite_differences(name):
 @pytest.mark.slow
 def test_projections_are_idempotent():
     for name, (projection, _) in CASES.items():
+        projection = jax.jit(projection)  # compiled once, used twice (not op by op)
         p = projection(jnp.asarray(X0))
         # (p lies on the polyhedron's boundary with weakly active constraints, zero
         # multipliers: the interior point alone gets there at sqrt(tol) only; polishing
