@@ -69,14 +69,15 @@ def test_has_aux_namedtuple_keeps_its_type_and_derivative(mode):
     out = solver(None, 0.5, X, y)
     assert isinstance(out, OptStep) and isinstance(out.state, State)
     jac = jax.jacrev if mode == "rev" else jax.jacfwd
-    got = jac(lambda lam: solver(None, lam, X, y).params)(0.5)
+    # the derivatives compiled (eager, the default Krylov solve dispatches op by op)
+    got = jax.jit(jac(lambda lam: solver(None, lam, X, y).params))(0.5)
     np.testing.assert_allclose(got, _ridge_dsol_dlam(0.5, X, y), rtol=1e-8, atol=1e-12)
     # jacrev of a whole float OptStep keeps the structure (jaxopt's tests unpack it).
     @idf.custom_root(jax.grad(_ridge_objective), has_aux=True)
     def float_solver(init_params, lam, X, y):
         return OptStep(_ridge_solver(init_params, lam, X, y), None)
 
-    whole = jax.jacrev(float_solver, argnums=1)(None, 0.5, X, y)
+    whole = jax.jit(jax.jacrev(float_solver, argnums=1))(None, 0.5, X, y)
     assert isinstance(whole, OptStep)
     np.testing.assert_allclose(whole.params, _ridge_dsol_dlam(0.5, X, y), rtol=1e-8)
 
@@ -117,9 +118,10 @@ def test_solver_with_catch_all_kwargs_maps_them_to_positions_of_grad_f():
         return _ridge_solver(init_params, kw["lam"], kw["X"], kw["y"])
 
     solver = idf.custom_root(jax.grad(_ridge_objective))(solver_kw)
-    got = jax.jacfwd(lambda lam: solver(None, X=X, lam=lam, y=y))(0.5)
+    # compiled (eager, the Krylov solves dispatch op by op)
+    got = jax.jit(jax.jacfwd(lambda lam: solver(None, X=X, lam=lam, y=y)))(0.5)
     np.testing.assert_allclose(got, _ridge_dsol_dlam(0.5, X, y), rtol=1e-8)
-    got = jax.grad(lambda lam: solver(None, y=y, lam=lam, X=X)[1])(0.5)
+    got = jax.jit(jax.grad(lambda lam: solver(None, y=y, lam=lam, X=X)[1]))(0.5)
     np.testing.assert_allclose(got, _ridge_dsol_dlam(0.5, X, y)[1], rtol=1e-8)
 
 
@@ -180,14 +182,15 @@ def test_root_vjp_and_root_jvp_keywords_as_jaxopt():
     F = jax.grad(_ridge_objective)
     sol = _ridge_closed_form(0.5, X, y)
     want = _ridge_dsol_dlam(0.5, X, y)
-    jvp = idf.root_jvp(
+    # compiled (eager, the Krylov solves dispatch op by op)
+    jvp = jax.jit(lambda sol: idf.root_jvp(
         optimality_fun=F, sol=sol, args=(0.5, X, y),
         tangents=(1.0, jnp.zeros_like(X), jnp.zeros_like(y)),
-    )
+    ))(sol)
     np.testing.assert_allclose(jvp, want, rtol=1e-8)
-    vjp = jax.vmap(
+    vjp = jax.jit(jax.vmap(
         lambda g: idf.root_vjp(optimality_fun=F, sol=sol, args=(0.5, X, y), cotangent=g)[0]
-    )(jnp.eye(3))
+    ))(jnp.eye(3))
     np.testing.assert_allclose(vjp, want, rtol=1e-8)
 
 
