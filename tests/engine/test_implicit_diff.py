@@ -90,14 +90,20 @@ def test_hessian_through_solver_matches_finite_differences_of_gradient():
         return jnp.sum((X @ w - Y) ** 2) + jnp.sum(jnp.sin(w))
 
     lam, h = 2.0, 1e-5
-    hess = jax.hessian(outer)(lam)
-    grad = jax.grad(outer)
-    fd = (grad(lam + h) - grad(lam - h)) / (2 * h)
+
+    @jax.jit  # one compiled program: eager, the CG solves dispatch op by op
+    def hessians_and_fd(lam):
+        grad = jax.grad(outer)
+        fd = (grad(lam + h) - grad(lam - h)) / (2 * h)
+        closed = jax.hessian(
+            lambda t: jnp.sum((X @ ridge_closed_form(t) - Y) ** 2)
+            + jnp.sum(jnp.sin(ridge_closed_form(t)))
+        )(lam)
+        return jax.hessian(outer)(lam), fd, closed
+
+    hess, fd, closed = hessians_and_fd(lam)
     np.testing.assert_allclose(hess, fd, rtol=1e-6)
     # and against the closed form, exactly
-    closed = jax.hessian(
-        lambda l: jnp.sum((X @ ridge_closed_form(l) - Y) ** 2) + jnp.sum(jnp.sin(ridge_closed_form(l)))
-    )(lam)
     np.testing.assert_allclose(hess, closed, rtol=1e-8)
 
 
@@ -203,7 +209,7 @@ def pytree_solver(init, hyper):
 def test_pytree_solution_and_hyperparameters(jac):
     hyper = {"lam": jnp.asarray(1.3), "mu": jnp.asarray(0.4)}
     init = {"w": jnp.zeros(6), "b": jnp.asarray(0.0)}
-    got = jac(lambda h: pytree_solver(init, h)[0])(hyper)
+    got = jax.jit(jac(lambda h: pytree_solver(init, h)[0]))(hyper)  # compiled: not op by op
     want = jax.jacfwd(pytree_closed_form)(hyper)
     for key_out in ("w", "b"):
         for key_in in ("lam", "mu"):
@@ -320,11 +326,14 @@ def test_singular_spring_chain_with_nullspace_both_modes(solver):
 
     rest = jnp.asarray(RNG.uniform(0.8, 1.2, size=N_SPRINGS - 1))
     want = _spring_reference(rest)
-    np.testing.assert_allclose(jax.jacfwd(relax, argnums=1)(None, rest), want, atol=1e-9)
-    np.testing.assert_allclose(jax.jacrev(relax, argnums=1)(None, rest), want, atol=1e-9)
     # A cotangent with a component along the translation: finite, minimum-norm answer.
     cot = jnp.arange(N_SPRINGS, dtype=float) + 3.0
-    grad = jax.grad(lambda r: relax(None, r) @ cot)(rest)
+    # one compiled program (eager, the Krylov solves dispatch op by op)
+    jac_fwd, jac_rev, grad = jax.jit(lambda rest: (
+        jax.jacfwd(relax, argnums=1)(None, rest), jax.jacrev(relax, argnums=1)(None, rest),
+        jax.grad(lambda r: relax(None, r) @ cot)(rest)))(rest)
+    np.testing.assert_allclose(jac_fwd, want, atol=1e-9)
+    np.testing.assert_allclose(jac_rev, want, atol=1e-9)
     assert bool(jnp.all(jnp.isfinite(grad)))
     np.testing.assert_allclose(grad, want.T @ np.asarray(cot), atol=1e-9)
 

@@ -69,14 +69,15 @@ def test_has_aux_namedtuple_keeps_its_type_and_derivative(mode):
     out = solver(None, 0.5, X, y)
     assert isinstance(out, OptStep) and isinstance(out.state, State)
     jac = jax.jacrev if mode == "rev" else jax.jacfwd
-    got = jac(lambda lam: solver(None, lam, X, y).params)(0.5)
+    # the derivatives compiled (eager, the default Krylov solve dispatches op by op)
+    got = jax.jit(jac(lambda lam: solver(None, lam, X, y).params))(0.5)
     np.testing.assert_allclose(got, _ridge_dsol_dlam(0.5, X, y), rtol=1e-8, atol=1e-12)
     # jacrev of a whole float OptStep keeps the structure (jaxopt's tests unpack it).
     @idf.custom_root(jax.grad(_ridge_objective), has_aux=True)
     def float_solver(init_params, lam, X, y):
         return OptStep(_ridge_solver(init_params, lam, X, y), None)
 
-    whole = jax.jacrev(float_solver, argnums=1)(None, 0.5, X, y)
+    whole = jax.jit(jax.jacrev(float_solver, argnums=1))(None, 0.5, X, y)
     assert isinstance(whole, OptStep)
     np.testing.assert_allclose(whole.params, _ridge_dsol_dlam(0.5, X, y), rtol=1e-8)
 
@@ -117,9 +118,10 @@ def test_solver_with_catch_all_kwargs_maps_them_to_positions_of_grad_f():
         return _ridge_solver(init_params, kw["lam"], kw["X"], kw["y"])
 
     solver = idf.custom_root(jax.grad(_ridge_objective))(solver_kw)
-    got = jax.jacfwd(lambda lam: solver(None, X=X, lam=lam, y=y))(0.5)
+    # compiled (eager, the Krylov solves dispatch op by op)
+    got = jax.jit(jax.jacfwd(lambda lam: solver(None, X=X, lam=lam, y=y)))(0.5)
     np.testing.assert_allclose(got, _ridge_dsol_dlam(0.5, X, y), rtol=1e-8)
-    got = jax.grad(lambda lam: solver(None, y=y, lam=lam, X=X)[1])(0.5)
+    got = jax.jit(jax.grad(lambda lam: solver(None, y=y, lam=lam, X=X)[1]))(0.5)
     np.testing.assert_allclose(got, _ridge_dsol_dlam(0.5, X, y)[1], rtol=1e-8)
 
 
@@ -180,14 +182,15 @@ def test_root_vjp_and_root_jvp_keywords_as_jaxopt():
     F = jax.grad(_ridge_objective)
     sol = _ridge_closed_form(0.5, X, y)
     want = _ridge_dsol_dlam(0.5, X, y)
-    jvp = idf.root_jvp(
+    # compiled (eager, the Krylov solves dispatch op by op)
+    jvp = jax.jit(lambda sol: idf.root_jvp(
         optimality_fun=F, sol=sol, args=(0.5, X, y),
         tangents=(1.0, jnp.zeros_like(X), jnp.zeros_like(y)),
-    )
+    ))(sol)
     np.testing.assert_allclose(jvp, want, rtol=1e-8)
-    vjp = jax.vmap(
+    vjp = jax.jit(jax.vmap(
         lambda g: idf.root_vjp(optimality_fun=F, sol=sol, args=(0.5, X, y), cotangent=g)[0]
-    )(jnp.eye(3))
+    ))(jnp.eye(3))
     np.testing.assert_allclose(vjp, want, rtol=1e-8)
 
 
@@ -196,10 +199,19 @@ def test_forward_mode_and_hessian_still_work_with_keywords():
     # What jaxopt could not do (custom_vjp): jacfwd and hessian through keyword calls.
     X, y = _ridge_data()
     solver = idf.custom_root(jax.grad(_ridge_objective), solve=sensitivity.solve_cg)(_ridge_solver)
-    loss = lambda lam: jnp.sum(solver(init_params=None, X=X, y=y, lam=lam) ** 2)
+
+    def loss(lam):
+        return jnp.sum(solver(init_params=None, X=X, y=y, lam=lam) ** 2)
+
     h = 1e-4
-    fd = (jax.grad(loss)(0.5 + h) - jax.grad(loss)(0.5 - h)) / (2 * h)
-    np.testing.assert_allclose(jax.hessian(loss)(0.5), fd, rtol=1e-6)
+
+    @jax.jit  # one compiled program: eager, the CG solves dispatch op by op
+    def hessian_and_fd(lam):
+        fd = (jax.grad(loss)(lam + h) - jax.grad(loss)(lam - h)) / (2 * h)
+        return jax.hessian(loss)(lam), fd
+
+    hess, fd = hessian_and_fd(0.5)
+    np.testing.assert_allclose(hess, fd, rtol=1e-6)
 
 
 def test_solver_closing_over_a_differentiated_preconditioner_raises_closure_error():
@@ -321,17 +333,17 @@ from sensitivity import tree_util  # noqa: E402
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.slow
 def test_projection_simplex_exact_for_any_magnitude_and_minus_inf(dtype):
-    np.testing.assert_array_equal(proj.projection_simplex(jnp.array([1e9, 0], dtype)), [1, 0])
+    simplex = jax.jit(proj.projection_simplex)  # one program per shape, not one per operation
+    np.testing.assert_array_equal(simplex(jnp.array([1e9, 0], dtype)), [1, 0])
     big = 1e17 if dtype == jnp.float64 else 1e30
-    np.testing.assert_array_equal(proj.projection_simplex(jnp.array([0, big], dtype)), [0, 1])
-    np.testing.assert_allclose(proj.projection_simplex(jnp.array([0, 0, -jnp.inf], dtype)),
-                               [0.5, 0.5, 0])
+    np.testing.assert_array_equal(simplex(jnp.array([0, big], dtype)), [0, 1])
+    np.testing.assert_allclose(simplex(jnp.array([0, 0, -jnp.inf], dtype)), [0.5, 0.5, 0])
     rng = np.random.RandomState(0)
     for scale in [1.0, 1e9]:
-        p = proj.projection_simplex(jnp.asarray(scale * rng.randn(50), dtype), 0.8)
+        p = simplex(jnp.asarray(scale * rng.randn(50), dtype), 0.8)
         assert abs(float(jnp.sum(p)) - 0.8) <= 8 * jnp.finfo(dtype).eps and bool(jnp.all(p >= 0))
     # Jacobian with a -inf entry: the sparsemax Jacobian of the finite part, 0 elsewhere.
-    J = jax.jacfwd(proj.projection_simplex)(jnp.array([0.3, 0.1, -jnp.inf], dtype))
+    J = jax.jit(jax.jacfwd(proj.projection_simplex))(jnp.array([0.3, 0.1, -jnp.inf], dtype))
     np.testing.assert_allclose(J, [[0.5, -0.5, 0], [-0.5, 0.5, 0], [0, 0, 0]])
 
 
@@ -339,21 +351,23 @@ def test_projection_simplex_exact_for_any_magnitude_and_minus_inf(dtype):
 def test_l1_sphere_sparse_simplex_against_brute_force():
     rng = np.random.RandomState(0)
     x = rng.randn(6)
-    p = proj.projection_l1_sphere(x, 2.0)
+    # compiled, one program per function and shape (eager, each operation compiles alone)
+    l1_sphere, simplex = jax.jit(proj.projection_l1_sphere), jax.jit(proj.projection_simplex)
+    p = l1_sphere(x, 2.0)
     np.testing.assert_allclose(np.sum(np.abs(p)), 2.0)
     # brute force: the nearest point of the l1 sphere is on the face of x's sign pattern
     signs = np.where(x >= 0, 1.0, -1.0)
-    np.testing.assert_allclose(p, signs * proj.projection_simplex(np.abs(x), 2.0))
-    np.testing.assert_allclose(proj.projection_l1_sphere(jnp.zeros(4)), 0.25)
+    np.testing.assert_allclose(p, signs * simplex(np.abs(x), 2.0))
+    np.testing.assert_allclose(l1_sphere(jnp.zeros(4)), 0.25)
     # sparse simplex: best over every support of size <= k (k = 2 of n = 5)
     x = rng.randn(5)
-    got = proj.projection_sparse_simplex(x, 2)
+    got = jax.jit(proj.projection_sparse_simplex, static_argnums=1)(x, 2)
     best = None
     for i in range(5):
         for j in range(i, 5):
             idx = sorted({i, j})
             q = np.zeros(5)
-            q[idx] = proj.projection_simplex(x[idx])
+            q[idx] = simplex(x[idx])
             d = np.sum((q - x) ** 2)
             best = (d, q) if best is None or d < best[0] else best
     np.testing.assert_allclose(got, best[1], atol=1e-12)
@@ -396,7 +410,10 @@ def test_projection_polyhedron_float32_and_float64_agree_with_kkt(dtype):
     x = rng.randn(5).astype(dtype)
     A, b = rng.randn(3, 5).astype(dtype), rng.randn(3).astype(dtype)
     G, h = rng.randn(2, 5).astype(dtype), rng.randn(2).astype(dtype)
-    p = proj.projection_polyhedron(x, (A, b, G, h))
+    # one compiled program for the projection and its Jacobian (eager, the interior point
+    # dispatches op by op)
+    p, J = jax.jit(lambda x, hp: (proj.projection_polyhedron(x, hp),
+                                  jax.jacrev(proj.projection_polyhedron)(x, hp)))(x, (A, b, G, h))
     assert p.dtype == dtype and bool(jnp.all(jnp.isfinite(p)))
     # reference: the active set of this instance is {G_1 y <= h_1}; KKT system in float64
     A64, b64, G64, h64, x64 = (np.asarray(v, np.float64) for v in (A, b, G, h, x))
@@ -406,7 +423,6 @@ def test_projection_polyhedron_float32_and_float64_agree_with_kkt(dtype):
     assert np.all(G64 @ ref <= h64 + 1e-12)
     tol = 1e-3 if dtype == jnp.float32 else 1e-9
     np.testing.assert_allclose(p, ref, rtol=tol, atol=tol)
-    J = jax.jacrev(proj.projection_polyhedron)(x, (A, b, G, h))
     P_null = np.eye(5) - C.T @ np.linalg.solve(C @ C.T, C)  # d proj / d x on that face
     np.testing.assert_allclose(J, P_null, atol=10 * tol)
 
@@ -420,8 +436,10 @@ def test_transport_projections_marginals_and_sinkhorn(dtype):
     b = rng.rand(5); b /= b.sum()  # noqa: E702
     a, b = a.astype(dtype), b.astype(dtype)
     tol = 1e-5 if dtype == jnp.float32 else 1e-10
-    for fn in (proj.projection_transport, proj.kl_projection_transport):
-        T = fn(S, (a, b))
+    # each projection compiled once (eager, the interior point dispatches op by op)
+    plans = {fn: jax.jit(fn)(S, (a, b))
+             for fn in (proj.projection_transport, proj.kl_projection_transport)}
+    for T in plans.values():
         assert T.dtype == dtype and bool(jnp.all(T >= -tol))
         np.testing.assert_allclose(T.sum(1), a, atol=tol)
         np.testing.assert_allclose(T.sum(0), b, atol=tol)
@@ -430,11 +448,11 @@ def test_transport_projections_marginals_and_sinkhorn(dtype):
     for _ in range(5000):
         u = a / (K @ v)
         v = b / (K.T @ u)
-    np.testing.assert_allclose(proj.kl_projection_transport(S, (a, b)), u[:, None] * K * v,
+    np.testing.assert_allclose(plans[proj.kl_projection_transport], u[:, None] * K * v,
                                atol=10 * tol)
     ds = np.array([[0.6, 0.4], [0.4, 0.6]], dtype)
-    np.testing.assert_allclose(proj.projection_birkhoff(ds), ds, atol=tol)
-    np.testing.assert_allclose(proj.kl_projection_birkhoff(ds).sum(0), 1.0, atol=tol)
+    np.testing.assert_allclose(jax.jit(proj.projection_birkhoff)(ds), ds, atol=tol)
+    np.testing.assert_allclose(jax.jit(proj.kl_projection_birkhoff)(ds).sum(0), 1.0, atol=tol)
 
 
 @pytest.mark.slow
@@ -538,12 +556,13 @@ def test_polyhedron_with_a_vacuous_equality_row(dtype):
     A, b = jnp.zeros((1, 2), dtype), jnp.zeros(1, dtype)
     G = jnp.array([[-1, -1], [0, 1], [1, -1], [-1, 0], [0, -1]], dtype)
     h = jnp.array([-1, 1, 1, 0, 0], dtype)
+    polyhedron = jax.jit(proj.projection_polyhedron)  # compiled once per structure, not per x
     for x in ([0.0, 1.0], [2.0, 3.0], [-1.0, 0.2]):
         x = jnp.asarray(x, dtype)
-        got = proj.projection_polyhedron(x, (A, b, G, h))
-        want = proj.projection_polyhedron(x, (None, None, G, h))
+        got = polyhedron(x, (A, b, G, h))
+        want = polyhedron(x, (None, None, G, h))
         assert bool(jnp.all(jnp.isfinite(got)))
         np.testing.assert_allclose(got, want, atol=1e-5 if dtype == jnp.float32 else 1e-10)
     # on the face x2 = 1 the projection of (2, 3) is (2, 1): closed form
-    np.testing.assert_allclose(proj.projection_polyhedron(jnp.asarray([2.0, 3.0], dtype),
-                                                          (A, b, G, h)), [2.0, 1.0], atol=1e-5)
+    np.testing.assert_allclose(polyhedron(jnp.asarray([2.0, 3.0], dtype), (A, b, G, h)),
+                               [2.0, 1.0], atol=1e-5)

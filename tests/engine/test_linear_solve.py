@@ -592,13 +592,32 @@ def test_vmap_iteration_counts_are_per_element():
         assert int(info.iterations[1]) > 1, name
 
 
+A0_INSIDE, B0_INSIDE = jnp.asarray(spd(8, seed=12)), jnp.asarray(rhs(8))
+THETAS_INSIDE = jnp.array([0.1, 0.5, 2.0])
+
+
+@functools.cache
+def _inside_reference():
+    """The dense-solve references of :func:`test_inside_custom_linear_solve`: the same for
+    every solver, so computed once (one compiled program) and shared by its parameters."""
+
+    def fref(theta, b):
+        x = jnp.linalg.solve(A0_INSIDE + theta * jnp.eye(8), b)
+        return jnp.sum(x**2) + jnp.sum(jnp.sin(x))
+
+    return jax.jit(lambda theta, b, thetas: (
+        jax.grad(fref, argnums=(0, 1))(theta, b),
+        jax.jvp(fref, (theta, b), (1.0, b))[1],
+        jax.vmap(jax.grad(fref), (0, None))(thetas, b),
+    ))(0.5, B0_INSIDE, THETAS_INSIDE)
+
+
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.slow
 def test_inside_custom_linear_solve(name):
     """The engine passes these functions as solve/transpose_solve; grad, jvp, jit, vmap and
     the default raise policy (a debug callback inside) must all go through."""
-    A0 = jnp.asarray(spd(8, seed=12))
-    b0 = jnp.asarray(rhs(8))
+    A0, b0 = A0_INSIDE, B0_INSIDE
     solve = get_solver(name)
 
     def f(theta, b):
@@ -608,21 +627,16 @@ def test_inside_custom_linear_solve(name):
                                         symmetric=True)
         return jnp.sum(x**2) + jnp.sum(jnp.sin(x))
 
-    def fref(theta, b):
-        x = jnp.linalg.solve(A0 + theta * jnp.eye(8), b)
-        return jnp.sum(x**2) + jnp.sum(jnp.sin(x))
-
+    gref, tref, gvref = _inside_reference()
     g = jax.grad(f, argnums=(0, 1))(0.5, b0)
-    gref = jax.grad(fref, argnums=(0, 1))(0.5, b0)
     np.testing.assert_allclose(g[0], gref[0], rtol=1e-7)
     np.testing.assert_allclose(g[1], gref[1], rtol=1e-7, atol=1e-10)
     t = jax.jvp(f, (0.5, b0), (1.0, b0))[1]
-    np.testing.assert_allclose(t, jax.jvp(fref, (0.5, b0), (1.0, b0))[1], rtol=1e-7)
+    np.testing.assert_allclose(t, tref, rtol=1e-7)
     gj = jax.jit(jax.grad(f))(0.5, b0)
     np.testing.assert_allclose(gj, gref[0], rtol=1e-7)
-    thetas = jnp.array([0.1, 0.5, 2.0])
-    gv = jax.jit(jax.vmap(jax.grad(f), (0, None)))(thetas, b0)
-    np.testing.assert_allclose(gv, jax.vmap(jax.grad(fref), (0, None))(thetas, b0), rtol=1e-7)
+    gv = jax.jit(jax.vmap(jax.grad(f), (0, None)))(THETAS_INSIDE, b0)
+    np.testing.assert_allclose(gv, gvref, rtol=1e-7)
 
 
 def test_custom_linear_solve_failure_raises():

@@ -79,9 +79,11 @@ def test_tolerance_rule():
 
 def dense_ift(F, x, theta, pinv=False):
     """``dx*/dθ = -[dF/dx]^{-1} dF/dθ`` with dense Jacobians (x, theta arrays); the
-    Jacobians in the arrays' dtype, the solve in float64 (NumPy)."""
-    jx = np.asarray(jax.jacobian(F, 0)(x, theta), np.float64).reshape(x.size, x.size)
-    jt = np.asarray(jax.jacobian(F, 1)(x, theta), np.float64).reshape(x.size, -1)
+    Jacobians in the arrays' dtype (both in one compiled program: eager, they dispatch op by
+    op), the solve in float64 (NumPy)."""
+    jx, jt = jax.jit(lambda x, t: (jax.jacobian(F, 0)(x, t), jax.jacobian(F, 1)(x, t)))(x, theta)
+    jx = np.asarray(jx, np.float64).reshape(x.size, x.size)
+    jt = np.asarray(jt, np.float64).reshape(x.size, -1)
     sol = -(np.linalg.pinv(jx) @ jt if pinv else np.linalg.solve(jx, jt))
     return sol.reshape(x.shape + jnp.shape(theta))
 
@@ -316,16 +318,19 @@ def test_newton_fixed_point_logistic_regression(dtype):
         return jnp.sum(jnp.logaddexp(0.0, -margins)) + 0.5 * lam * jnp.sum(w**2)
 
     lam = jnp.asarray(0.3, dtype)
-    w = newton(logistic_objective, jnp.zeros(6, dtype), lam, tol=tol(dtype, 1e-13),
-               implicit_diff=False).params
+    # each check below is one compiled program (eager, the Newton loop and the Hessian
+    # solves dispatch op by op)
+    w = jax.jit(lambda lam: newton(logistic_objective, jnp.zeros(6, dtype), lam,
+                                   tol=tol(dtype, 1e-13), implicit_diff=False).params)(lam)
     T = make_newton_fixed_point(logistic_objective)
-    assert_close(T(w, lam), w, atol=tol(dtype, 1e-13))
+    assert_close(jax.jit(T)(w, lam), w, atol=tol(dtype, 1e-13))
     # dT/dx vanishes at the solution: the implicit system is the identity
-    assert_close(jax.jacobian(T)(w, lam), np.zeros((6, 6)), atol=tol(dtype, 1e-10))
+    assert_close(jax.jit(jax.jacobian(T))(w, lam), np.zeros((6, 6)), atol=tol(dtype, 1e-10))
     # same derivative as the stationarity condition's -H^{-1} d(grad f)/dθ
-    hess = np.asarray(jax.hessian(logistic_objective)(w, lam), np.float64)
-    expected = -np.linalg.solve(
-        hess, np.asarray(jax.jacobian(jax.grad(logistic_objective), 1)(w, lam), np.float64))
+    hess, cross = jax.jit(lambda w, lam: (
+        jax.hessian(logistic_objective)(w, lam),
+        jax.jacobian(jax.grad(logistic_objective), 1)(w, lam)))(w, lam)
+    expected = -np.linalg.solve(np.asarray(hess, np.float64), np.asarray(cross, np.float64))
     assert_close(dense_ift(lambda x, t: T(x, t) - x, w, lam), expected, atol=tol(dtype, 1e-12))
 
     # a user-supplied matrix-free Hessian solve gives the same map
@@ -338,9 +343,10 @@ def test_newton_fixed_point_logistic_regression(dtype):
         )
 
     T_cg = make_newton_fixed_point(logistic_objective, hessian_solve=cg_hessian_solve)
-    assert_close(T_cg(w + 0.1, lam), T(w + 0.1, lam), atol=tol(dtype, 1e-10))
-    assert_close(jax.jacobian(T_cg, 1)(w + 0.1, lam), jax.jacobian(T, 1)(w + 0.1, lam),
-                 atol=tol(dtype, 1e-9))
+    values = jax.jit(lambda x, lam: (T_cg(x, lam), T(x, lam), jax.jacobian(T_cg, 1)(x, lam),
+                                     jax.jacobian(T, 1)(x, lam)))(w + 0.1, lam)
+    assert_close(values[0], values[1], atol=tol(dtype, 1e-10))
+    assert_close(values[2], values[3], atol=tol(dtype, 1e-9))
 
 
 # --------------------------------------------------------------------------- block prox
@@ -414,10 +420,11 @@ def test_conic_residual_map_second_order_cone_closed_form(dtype):
         assert got.dtype == dtype
         assert_close(got, want, atol=tol(dtype, 1e-14))
     # homogeneous of degree 1: the Jacobian in z is singular along z, the system stays consistent
-    jz = jax.jacobian(N)(z, c, A, b)
+    jz = jax.jit(jax.jacobian(N))(z, c, A, b)
     assert_close(jz @ z, np.zeros(2 * n + 2), atol=tol(dtype, 1e-13))
     dz_dc = dense_ift(lambda z, c: N(z, c, A, b), z, c, pinv=True)
-    dx_dc = np.asarray(jax.jacobian(lambda z: conic_recover(z, n, cones)[0])(z), np.float64) @ dz_dc
+    dx_dz = jax.jit(jax.jacobian(lambda z: conic_recover(z, n, cones)[0]))(z)
+    dx_dc = np.asarray(dx_dz, np.float64) @ dz_dc
     cd = np.asarray(c, np.float64)
     xd = -cd / np.linalg.norm(cd)
     expected = -(np.eye(n) - np.outer(xd, xd)) / np.linalg.norm(cd)

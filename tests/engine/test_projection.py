@@ -155,7 +155,8 @@ CASES = {
 def test_projection_is_the_argmin(name, seed):
     projection, reference = CASES[name]
     x = np.random.default_rng(10 + seed).normal(scale=1.5, size=N)
-    assert_close(projection(jnp.asarray(x)), reference(x), atol=2e-6, what=name)
+    # compiled (eager, the interior point and the bisection dispatch op by op)
+    assert_close(jax.jit(projection)(jnp.asarray(x)), reference(x), atol=2e-6, what=name)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -171,6 +172,7 @@ def test_projection_derivatives_match_finite_differences(name):
 @pytest.mark.slow
 def test_projections_are_idempotent():
     for name, (projection, _) in CASES.items():
+        projection = jax.jit(projection)  # compiled once, used twice (not op by op)
         p = projection(jnp.asarray(X0))
         # (p lies on the polyhedron's boundary with weakly active constraints, zero
         # multipliers: the interior point alone gets there at sqrt(tol) only; polishing
@@ -242,8 +244,9 @@ def test_boundary_conventions_are_finite():
         projection_l1_ball,
         projection_second_order_cone,
     ):
-        jac = jax.jacfwd(projection)(zero)
-        grad = jax.grad(lambda u: jnp.sum(projection(u) ** 2))(zero)
+        # one compiled program per projection (eager, each operation compiles alone)
+        jac, grad = jax.jit(lambda u: (jax.jacfwd(projection)(u),
+                                       jax.grad(lambda v: jnp.sum(projection(v) ** 2))(u)))(zero)
         assert np.all(np.isfinite(jac)) and np.all(np.isfinite(grad)), projection.__name__
     assert_close(projection_l2_sphere(zero, 2.0), [2.0, 0, 0, 0], atol=0)
     assert_close(jax.jacfwd(projection_l2_sphere)(zero), np.zeros((4, 4)), atol=0)
@@ -372,9 +375,9 @@ def test_psd_projection_satisfies_the_moreau_certificate(seed):
 @pytest.mark.slow
 def test_psd_jacobian_matches_finite_differences():
     X = _random_symmetric(3)
-    jac = jax.jacfwd(projection_psd_cone)(X)
-    assert_close(jac, central_fd_jacobian(projection_psd_cone, X), atol=1e-7)
-    assert_close(jax.jacrev(projection_psd_cone)(X), jac, atol=1e-12)
+    jac_fwd, jac_rev, fd = jacobians_and_fd(projection_psd_cone, X)  # one compiled program
+    assert_close(jac_fwd, fd, atol=1e-7)
+    assert_close(jac_rev, jac_fwd, atol=1e-12)
 
 
 @pytest.mark.slow
@@ -382,16 +385,17 @@ def test_psd_jacobian_at_repeated_eigenvalues_is_finite():
     # the identity (all eigenvalues equal), and repeated positive and negative eigenvalues:
     # differentiating eigh gives NaN there; the custom rule gives the true derivative.
     Q = np.linalg.qr(np.random.default_rng(5).normal(size=(4, 4)))[0]
+    jacobian = jax.jit(jax.jacfwd(projection_psd_cone))  # compiled once per shape, not op by op
     for eigenvalues in ([1.0, 1.0, 1.0, 1.0], [2.0, 2.0, -1.0, -1.0], [-1.0, -1.0, -1.0, -3.0]):
         X = jnp.asarray(Q @ np.diag(eigenvalues) @ Q.T)
-        jac = jax.jacfwd(projection_psd_cone)(X)
+        jac = jacobian(X)
         assert_close(
             jac,
             central_fd_jacobian(projection_psd_cone, X, h=1e-5),
             atol=1e-7,
             what=str(eigenvalues),
         )
-    identity_jac = jax.jacfwd(projection_psd_cone)(jnp.eye(3))
+    identity_jac = jacobian(jnp.eye(3))
     dX = jnp.asarray(np.random.default_rng(6).normal(size=(3, 3)))
     assert_close(jnp.einsum("ijkl,kl->ij", identity_jac, dX), 0.5 * (dX + dX.T), atol=1e-15)
 
