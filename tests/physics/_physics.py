@@ -63,3 +63,17 @@ def dense_hessian(H) -> np.ndarray:
     out = np.zeros((n, n, d, d))
     np.add.at(out, (np.repeat(np.arange(n), cap), idx.ravel()), blocks.reshape(-1, d, d))
     return out.transpose(0, 2, 1, 3).reshape(n * d, n * d)
+
+
+def task_config(path, **sensitivity):
+    """A resolved-config dict for ``run_task`` on the packing at ``path``: FIRE to 1e-12,
+    θ = every diameter and the box, no audit, no plots; ``sensitivity`` adds settings."""
+    return {
+        "system": {"path": str(path), "group": "all", "frame": -1},
+        "minimizer": {"kind": "fire", "ftol": 1e-12, "max_steps": 200000},
+        "parameters": [{"name": "diameters", "kind": "diameters", "species": None},
+                       {"name": "box", "kind": "box", "species": None}],
+        "sensitivity": {"audit": False, **sensitivity},
+        "output": {"directory": "out", "plots": False},
+        "seed": 0,
+    }

@@ -5,7 +5,7 @@ the mode chosen and the reason; bad observables named by key."""
 
 import numpy as np
 import pytest
-from _physics import relaxed
+from _physics import relaxed, task_config
 
 from sensitivity.systems._errors import InputError
 from sensitivity.systems.elasticity import observable_derivatives as elastic_derivatives
@@ -95,18 +95,6 @@ def test_out_of_range_observables_name_the_key():
         resolve_observables([{"position": {"particle": 3, "axis": 2}}], 32, 2)
 
 
-def _config(path, **sensitivity):
-    return {
-        "system": {"path": str(path), "group": "all", "frame": -1},
-        "minimizer": {"kind": "fire", "ftol": 1e-12, "max_steps": 200000},
-        "parameters": [{"name": "diameters", "kind": "diameters", "species": None},
-                       {"name": "box", "kind": "box", "species": None}],
-        "sensitivity": {"audit": False, **sensitivity},
-        "output": {"directory": "out", "plots": False},
-        "seed": 0,
-    }
-
-
 @pytest.mark.slow
 def test_run_task_reverse_and_forward_write_the_same_derivatives(tmp_path):
     """auto with 3 observables of 40 components: reverse, no Jacobian in the file; forced
@@ -119,9 +107,9 @@ def test_run_task_reverse_and_forward_write_the_same_derivatives(tmp_path):
     write_packing(path, random_packing(40, dim=2, phi=0.9, seed=2))
     observables = ["pressure", {"position": {"particle": 3}}]
     events = []
-    auto = run_task(_config(path, observables=observables), tmp_path / "auto",
+    auto = run_task(task_config(path, observables=observables), tmp_path / "auto",
                     progress=lambda event, **fields: events.append((event, fields)))
-    forward = run_task(_config(path, observables=observables, mode="forward"),
+    forward = run_task(task_config(path, observables=observables, mode="forward"),
                        tmp_path / "forward")
     assert auto.converged and forward.converged, (auto.message, forward.message)
     a, f = read_result(auto.result_path), read_result(forward.result_path)

@@ -11,6 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from _physics import task_config
 
 from sensitivity import systems  # noqa: F401
 from sensitivity.systems import many_rhs
@@ -25,18 +26,6 @@ from sensitivity.systems.theta import ParameterSpec
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _config(path, **sensitivity):
-    return {
-        "system": {"path": str(path), "group": "all", "frame": -1},
-        "minimizer": {"kind": "fire", "ftol": 1e-12, "max_steps": 200000},
-        "parameters": [{"name": "diameters", "kind": "diameters", "species": None},
-                       {"name": "box", "kind": "box", "species": None}],
-        "sensitivity": {"many_rhs": "factorization", "audit": False, **sensitivity},
-        "output": {"directory": "out", "plots": False},
-        "seed": 0,
-    }
-
-
 @pytest.fixture(scope="module")
 def packing_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("input") / "packing.h5"
@@ -47,7 +36,7 @@ def packing_file(tmp_path_factory):
 def test_streamed_file_equals_the_in_memory_jacobian(packing_file, tmp_path, monkeypatch):
     monkeypatch.setattr(many_rhs, "BLOCK_COLUMNS", 16)  # 40 columns: blocks 16, 16, 8
     events = []
-    summary = run_task(_config(packing_file), tmp_path,
+    summary = run_task(task_config(packing_file, many_rhs="factorization"), tmp_path,
                        progress=lambda event, **fields: events.append((event, fields)))
     assert summary.converged, summary.message
     blocks = [f["columns"] for e, f in events if e == "jacobian"]
@@ -89,7 +78,7 @@ def test_a_block_failing_mid_stream_leaves_no_file(packing_file, tmp_path, monke
 
     monkeypatch.setattr(many_rhs._ColoredRHS, "block", failing)
     with pytest.raises(RuntimeError, match="solve failed"):
-        run_task(_config(packing_file), tmp_path)
+        run_task(task_config(packing_file, many_rhs="factorization"), tmp_path)
     assert calls == [0, 16]
     assert list(tmp_path.iterdir()) == []  # neither sensitivity.h5 nor a .tmp
 
