@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -227,3 +228,9 @@ class SensitivityGroup(click.Group):
                 f"unexpected {type(error).__name__}: {message} (rerun with --debug for the "
                 "traceback, and report it)"
             ) from None
+        except BaseException as error:  # a stop signal (systems.batch.Terminated) ends a command
+            batch = sys.modules.get("sensitivity.systems.batch")  # only it raises Terminated
+            if batch is None or not isinstance(error, batch.Terminated) or _state(ctx).debug:
+                raise
+            click.echo(f"error: stopped by {signal.Signals(error.signum).name}", err=True)
+            ctx.exit(128 + error.signum)

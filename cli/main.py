@@ -218,15 +218,15 @@ def run(config: str, overrides: tuple[str, ...], output: str | None, task_index:
                 if code == EXIT_STORAGE:
                     break  # a full or read-only disk fails every later task the same way
             signals.check()
-    except Exception:
-        # A signal's exception raised inside a C extension can surface as that extension's own
-        # error (matplotlib's Agg: "Invalid bounding box"); after a signal, any failure is the stop.
-        if signals.signum is None:
-            raise
-        _report_stop(reporter, signals.signum, current, loaded)
     except (Terminated, KeyboardInterrupt) as stop:
-        _report_stop(reporter, getattr(stop, "signum", None) or signals.signum or signal.SIGINT,
-                     current, loaded)
+        signum = getattr(stop, "signum", None) or signals.signum or signal.SIGINT
+        which = f"({current.label}) " if current is not None and len(loaded.tasks) > 1 else ""
+        reporter.warning(
+            f"stopped by {signal.Signals(signum).name}: the running task {which}is not complete "
+            "and will be computed again when you rerun the same command (complete tasks are "
+            "skipped)"
+        )
+        sys.exit(128 + signum)
     elapsed = time.perf_counter() - started
     done = ran - len(failures)
     if len(todo) > 1:
@@ -244,16 +244,6 @@ def run(config: str, overrides: tuple[str, ...], output: str | None, task_index:
         not_started = len(todo) - ran
         raise failure(f"{len(failures)} of {len(todo)} task(s) failed:\n" + "\n".join(lines)
                       + (f"\n{not_started} task(s) not started" if not_started > 0 else ""))
-
-
-def _report_stop(reporter, signum: int, current: Task | None, loaded: LoadedConfig) -> None:
-    """Say which task a signal stopped and exit with 128 + the signal's number."""
-    which = f"({current.label}) " if current is not None and len(loaded.tasks) > 1 else ""
-    reporter.warning(
-        f"stopped by {signal.Signals(signum).name}: the running task {which}is not complete and "
-        "will be computed again when you rerun the same command (complete tasks are skipped)"
-    )
-    sys.exit(128 + signum)
 
 
 def _run_one(task: Task, loaded: LoadedConfig, run_task, reporter, state: State,

@@ -193,6 +193,10 @@ class StopSignals:
                 break
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, traceback) -> None:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
+        # A C extension can turn the handler's exception into its own error (matplotlib's
+        # Agg: "Invalid bounding box"): after a signal, any failure is the stop.
+        if isinstance(exc, Exception) and self.signum is not None:
+            raise Terminated(self.signum) from exc

@@ -422,6 +422,21 @@ def test_a_signal_masked_by_an_extension_error_still_stops_the_run(tmp_path, pac
     assert _status(tmp_path / "out") != "done"
 
 
+def test_a_signal_during_check_stops_it_with_one_line(tmp_path, packing, monkeypatch):
+    """check audits under the same stop-signal rule as run: 143, one line, no traceback."""
+    import sensitivity.systems.pipeline  # noqa: F401  (patched below as systems.pipeline)
+    from sensitivity import systems
+
+    def audit_task(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises here
+        time.sleep(1)
+
+    monkeypatch.setattr(systems.pipeline, "audit_task", audit_task)
+    result = invoke(["check", config_for(tmp_path, packing)])
+    assert result.exit_code == 143, result.output
+    assert "stopped by SIGTERM" in result.output and "Traceback" not in result.output
+
+
 # --- 6. storage faults ----------------------------------------------------------------------
 
 
