@@ -34,7 +34,7 @@ def synthetic_result(path: Path, n: int) -> None:
     for name, kind in (("small_diameter", "diameter"), ("box", "box")):
         field = rng.normal(size=(n, 2))
         field[rattlers] = np.nan
-        responses[name] = {"dx_dtheta": field, "attrs": {
+        responses[name] = {"dx_dtheta": field, "report": {
             "kind": kind, "species": 0, "theta": 1.0, "theta_meaning": kind, "solver": "cg",
             "iterations": 2390, "residual": 1e-11, "converged": True}}
     write_result(path, system=system,

@@ -100,17 +100,17 @@ class PeakRSS:
 
 def _streamed(solver, system, folder):
     """The Jacobian computed block by block into a result file (``folder/jacobian.h5``),
-    as ``sensitivity run`` does on the factorization path: ``(path, attrs)``."""
+    as ``sensitivity run`` does on the factorization path: ``(path, report)``."""
     from pathlib import Path
 
     from sensitivity.systems.io import write_result
 
-    jacobian, attrs = solver.vector_derivative(DIAMETERS, stream=True)
+    jacobian, report = solver.vector_derivative(DIAMETERS, stream=True)
     path = Path(folder) / "jacobian.h5"
-    responses = {"diameters": {"dx_dtheta": jacobian, "attrs": attrs}}
+    responses = {"diameters": {"dx_dtheta": jacobian, "report": report}}
     write_result(path, system=system, relaxation={}, responses=responses,
                  rattlers=solver.rattlers, zero_modes={}, parameters={}, timings={})
-    return path, responses["diameters"]["attrs"]
+    return path, responses["diameters"]["report"]  # filled in by the write
 
 
 def run(n: int, dim: int, methods: list[str], check: bool, seed: int = 0,
@@ -136,29 +136,29 @@ def run(n: int, dim: int, methods: list[str], check: bool, seed: int = 0,
         t0 = time.perf_counter()
         with PeakRSS() as rss:
             if streamed:
-                path, attrs = _streamed(solver, system.replace(positions=relaxed.positions),
+                path, report = _streamed(solver, system.replace(positions=relaxed.positions),
                                         write)
                 dx = None
             else:
-                dx, attrs = solver.vector_derivative(DIAMETERS)
+                dx, report = solver.vector_derivative(DIAMETERS)
         t_all = time.perf_counter() - t0
         row = {
             "n": n, "dim": dim, "method": method + " (streamed)" * streamed,
             "steps": relaxed.steps, "fire_s": t_fire,
-            "setup_s": t_setup, "jacobian_s": attrs["time_s"],
-            "written_s": t_all - attrs["time_compile_s"],
-            "compile_s": attrs["time_compile_s"],
-            "ratio": attrs["time_s"] / t_fire,
-            "ratio_with_setup": (attrs["time_s"] + t_setup) / t_fire,
+            "setup_s": t_setup, "jacobian_s": report.time_s,
+            "written_s": t_all - report.time_compile_s,
+            "compile_s": report.time_compile_s,
+            "ratio": report.time_s / t_fire,
+            "ratio_with_setup": (report.time_s + t_setup) / t_fire,
             "result_mb": 8 * n * n * dim / 2**20,
             "rss_before_mb": rss.before / 2**20, "rss_peak_mb": rss.peak / 2**20,
             "rss_increase_mb": (rss.peak - rss.before) / 2**20,
-            "iterations": attrs["iterations"], "relative_residual": attrs["relative_residual"],
-            "converged": attrs["converged"], "rattlers": int(solver.rattlers.sum()),
+            "iterations": report.iterations, "relative_residual": report.relative_residual,
+            "converged": report.converged, "rattlers": int(solver.rattlers.sum()),
         }
         for key in ("time_factor_s", "time_rhs_s", "factor_fill", "factor_levels"):
-            if key in attrs:
-                row[key] = attrs[key]
+            if getattr(report, key) is not None:
+                row[key] = getattr(report, key)
         if check and method == methods[0]:
             backbone = ~solver.rattlers
             component = int(np.flatnonzero(backbone)[n // 3])

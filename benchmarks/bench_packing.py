@@ -73,9 +73,9 @@ def implicit_time(solver, repeat):
     (solve seconds, dx, iterations, converged), the solve timed without compilation."""
     times = []
     for _ in range(repeat):
-        dx, attrs = solver.scalar_derivatives([THETA])[THETA.name]
-        times.append(attrs["time_s"])
-    return min(times), np.asarray(dx), attrs["iterations"], attrs["converged"]
+        dx, report = solver.scalar_derivatives([THETA])[THETA.name]
+        times.append(report.time_s)
+    return min(times), np.asarray(dx), report.iterations, report.converged
 
 
 def setup_time(model, result, params, repeat):

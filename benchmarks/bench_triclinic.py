@@ -48,9 +48,9 @@ def one(system, positions):
     t0 = time.perf_counter()
     solver = ResponseSolver(model, result.positions, params, max_force=result.max_force,
                             settings=settings)
-    dx, attrs = solver.scalar_derivatives(spec)["small_diameter"]
+    dx, report = solver.scalar_derivatives(spec)["small_diameter"]
     t_derivative = time.perf_counter() - t0
-    return result, relaxer.use_nl, t_relax, dx, attrs["iterations"], t_derivative
+    return result, relaxer.use_nl, t_relax, dx, report.iterations, t_derivative
 
 
 def main():

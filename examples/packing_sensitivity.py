@@ -67,7 +67,7 @@ def main(argv=None) -> dict:
     dx = np.asarray(response["dx_dtheta"])
     movers = ~np.asarray(result.rattlers, bool)
     norms = np.linalg.norm(dx[movers], axis=1)
-    attrs = summary.responses["small_diameter"]
+    report = summary.responses["small_diameter"]  # a systems.SolveReport
 
     rows = [
         ("disks (small/large)", f"{n} ({int(np.sum(packing.species == 0))}/{int(np.sum(packing.species == 1))}), "
@@ -76,8 +76,8 @@ def main(argv=None) -> dict:
                        f"{summary.relaxation.get('max_force', float('nan')):.1e}, "
                        f"converged={summary.relaxation.get('converged')}"),
         ("rattlers", str(summary.rattlers)),
-        ("linear solve", f"{attrs.get('solver', 'cg')}: {attrs.get('iterations')} iterations, relative residual "
-                         f"{attrs.get('relative_residual', float('nan')):.1e}, converged={attrs.get('converged')}"),
+        ("linear solve", f"{report.solver}: {report.iterations} iterations, relative residual "
+                         f"{report.relative_residual:.1e}, converged={report.converged}"),
         ("|dx*_i/dθ| over non-rattlers", f"mean {norms.mean():.3f}, max {norms.max():.3f}"),
         ("time relax / sensitivity [s]", f"{summary.timings['time_relax_s']:.2f} / "
                                          f"{summary.timings['time_sensitivity_s']:.3f}"),

@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,51 +29,8 @@ from ._h5 import (
     require,
 )
 from ._packing_file import PackingReader
+from ._reports import ObservableReport, RelaxReport, SolveReport
 from ._system import ParticleSystem, cell_matrix, wrap_positions
-
-
-@dataclasses.dataclass(frozen=True)
-class RelaxReport:
-    """The minimizer's report, as ``/relaxation`` stores it: the one type that
-    :func:`~systems._result_write.write_result` writes (:meth:`to_attrs`) and
-    :func:`read_result` reads back (:meth:`from_attrs`) as :attr:`Result.relaxation`.
-
-    The fields are those of :class:`systems.relax.RelaxResult` but its positions (see there
-    for their meaning); ``None``: not recorded (a file written by hand or by an older
-    version). ``extra`` keeps any other attribute the group holds, so nothing read is lost.
-    """
-
-    steps: int | None = None
-    energy: float | None = None
-    max_force: float | None = None
-    stop_reason: str | None = None
-    converged: bool | None = None
-    minimizer: str | None = None
-    ftol: float | None = None
-    etol: float | None = None
-    max_steps: int | None = None
-    time_s: float | None = None
-    time_compile_s: float | None = None
-    neighbor_list: bool | None = None
-    reallocations: int | None = None
-    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-    def to_attrs(self) -> dict[str, Any]:
-        """The ``/relaxation`` attributes: the recorded fields in declaration order (the
-        order :meth:`systems.relax.RelaxResult.as_dict` gives), then ``extra``."""
-        out = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
-               if field.name != "extra" and getattr(self, field.name) is not None}
-        return {**out, **self.extra}
-
-    @classmethod
-    def from_attrs(cls, attrs: "RelaxReport | Mapping[str, Any]") -> "RelaxReport":
-        """The report of ``/relaxation``'s attributes (or of ``RelaxResult.as_dict()``);
-        unknown keys go to ``extra``."""
-        if isinstance(attrs, RelaxReport):
-            return attrs
-        names = {field.name for field in dataclasses.fields(cls)} - {"extra"}
-        return cls(**{k: v for k, v in attrs.items() if k in names},
-                   extra={k: v for k, v in attrs.items() if k not in names})
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -90,9 +46,10 @@ class Result:
         system: the relaxed packing (``/particles/all``).
         relaxation: the minimizer's :class:`RelaxReport` (steps, energy, max_force,
             stop_reason, converged, ...).
-        responses: ``{name: {"dx_dtheta": array, "attrs": {...}}}``, one entry per parameter
-            θ: ``dx_dtheta`` is ``[N][d]`` for a scalar θ and ``[P][N][d]`` for a θ with P
-            components; rattler rows are NaN. ``attrs`` holds θ's value, the solver,
+        responses: ``{name: {"dx_dtheta": array, "report": SolveReport, ...}}``, one entry
+            per parameter θ: ``dx_dtheta`` is ``[N][d]`` for a scalar θ and ``[P][N][d]`` for
+            a θ with P components; rattler rows are NaN. ``report``
+            (:class:`~systems._reports.SolveReport`) holds θ's value, the solver,
             iterations, residual, converged, ...
         rattlers: ``[N]`` bool mask.
         zero_modes: zero-mode and conditioning figures.
@@ -113,7 +70,7 @@ class Result:
     audit: dict | None = None
     path: Path | None = None
     elasticity: dict | None = None
-    #: ``{θ name: {"d_observable_d_theta" (K, P), "value" (K,), "attrs"}}``
+    #: ``{θ name: {"d_observable_d_theta" (K, P), "value" (K,), "report": ObservableReport}}``
     #: (``/observable_derivatives``, computed by :mod:`systems.reverse`)
     observable_derivatives: dict = dataclasses.field(default_factory=dict)
 
@@ -132,7 +89,8 @@ class Result:
         report convergence."""
         ok = bool(True if self.relaxation.converged is None else self.relaxation.converged)
         for response in self.responses.values():
-            ok = ok and bool(response.get("attrs", {}).get("converged", True))
+            converged = response["report"].converged
+            ok = ok and bool(True if converged is None else converged)
         if self.elasticity is not None:  # the strain solves of the elastic tensor
             ok = ok and bool(self.elasticity.get("converged", True))
         return ok
@@ -191,22 +149,22 @@ class Result:
                 f"{', '.join(self.names) or 'none'}"
             )
         entry = self.responses[name]
-        attrs = dict(entry.get("attrs") or {})
+        report = entry["report"]
         description = dict(entry.get("description") or {})
-        unit, theta_unit = jacobian_unit(attrs.get("kind"))  # files written before the attrs
+        unit, theta_unit = jacobian_unit(report.kind)  # files written before the attrs
         unit = str(description.get("unit", unit))
         theta_unit = str(description.get("theta_unit", theta_unit))
-        theta = attrs.get("theta")
+        theta = report.theta
         return Response(
             name=name,
             dx_dtheta=entry["dx_dtheta"],
-            kind=attrs.get("kind"),
+            kind=report.kind,
             theta=None if theta is None else (np.asarray(theta, dtype=np.float64)
                                               if np.ndim(theta) else float(theta)),
             unit=unit or "unknown",
             theta_unit=theta_unit,
-            converged=attrs.get("converged"),
-            report=attrs,
+            converged=report.converged,
+            report=report,
             description=description,
         )
 
@@ -245,14 +203,15 @@ class Result:
         positions = self.positions + np.where(moved[:, None], step, 0.0)
         diameters, box = self.diameters, self.box
         if response.kind == "diameter":
-            species = response.report.get("species")
+            species = response.report.species
             diameters = diameters + delta * (self.species == species)
         elif response.kind == "diameters":
             diameters = diameters + delta
         elif response.kind == "box" and box is not None:
             box = box * (response.theta + delta) / response.theta
-        elif response.kind == "strain" and box is not None and "component" in response.report:
-            a, b = ("xyz".index(c) for c in str(response.report["component"]))
+        elif response.kind == "strain" and box is not None \
+                and response.report.component is not None:
+            a, b = ("xyz".index(c) for c in str(response.report.component))
             unit = np.zeros((self.system.dim, self.system.dim))
             unit[a, b] = unit[b, a] = 1.0
             box = (np.eye(self.system.dim) + delta * unit) @ cell_matrix(box)
@@ -292,7 +251,8 @@ class Response:
         unit: H5MD unit string of ``dx_dtheta`` (length per unit of θ; reduced units).
         theta_unit: θ's unit.
         converged: whether the linear solve converged (``None``: not recorded).
-        report: the group's attributes (solver, iterations, residual, tol, time_s, ...).
+        report: the solve's :class:`~systems._reports.SolveReport` (solver, iterations,
+            residual, tol, time_s, ...: the group's attributes).
         description: the dataset's attributes (axes, gauge, rattler rows, θ definition).
     """
 
@@ -303,7 +263,7 @@ class Response:
     unit: str
     theta_unit: str
     converged: bool | None
-    report: dict
+    report: SolveReport
     description: dict
 
     def __repr__(self) -> str:
@@ -350,7 +310,7 @@ def _read_elasticity(handle: h5py.File, label: str, dim: int) -> dict | None:
 
 
 def _read_observable_derivatives(handle) -> dict:
-    """``{name: {"d_observable_d_theta", "value", "attrs"}}`` from an open result file
+    """``{name: {"d_observable_d_theta", "value", "report"}}`` from an open result file
     (empty when it has none)."""
     top = handle.get(OBSERVABLE_DERIVATIVES)
     if not isinstance(top, h5py.Group):
@@ -359,7 +319,8 @@ def _read_observable_derivatives(handle) -> dict:
     for name, group in top.items():
         out[name] = {"d_observable_d_theta": np.asarray(group["d_observable_d_theta"]),
                      "value": np.asarray(group["value"]),
-                     "attrs": read_tree(group, skip=("d_observable_d_theta", "value"))}
+                     "report": ObservableReport.from_attrs(
+                         read_tree(group, skip=("d_observable_d_theta", "value")))}
     return out
 
 
@@ -412,8 +373,8 @@ def read_result(path: str | os.PathLike) -> Result:
                     f"{label}: {where} has shape {dx_dtheta.shape}, expected ({system.n}, "
                     f"{system.dim}) or (P, {system.n}, {system.dim})"
                 )
-            response = {"dx_dtheta": dx_dtheta,
-                        "attrs": read_tree(group, skip=("dx_dtheta", "extra", "nonaffine"))}
+            response = {"dx_dtheta": dx_dtheta, "report": SolveReport.from_attrs(
+                read_tree(group, skip=("dx_dtheta", "extra", "nonaffine")))}
             if isinstance(group.get("nonaffine"), h5py.Dataset):
                 response["nonaffine"] = checked_read(group["nonaffine"],
                                                       f"/sensitivity/{name}/nonaffine", label)

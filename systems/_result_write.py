@@ -34,7 +34,7 @@ from ._h5 import (
     write_tree,
 )
 from ._packing_file import write_h5md_header, write_particles
-from ._result_read import RelaxReport
+from ._reports import ObservableReport, RelaxReport, SolveReport
 from ._system import ParticleSystem
 from .jacobian_file import is_stream, jacobian_layout, write_streamed
 
@@ -61,15 +61,15 @@ _RATTLERS = (
 
 
 
-def _describe_jacobian(dataset: h5py.Dataset, name: str, attrs: Mapping, system: ParticleSystem,
-                       potential: Mapping | None) -> None:
+def _describe_jacobian(dataset: h5py.Dataset, name: str, report: SolveReport,
+                       system: ParticleSystem, potential: Mapping | None) -> None:
     """Attributes that make ``/sensitivity/<name>/dx_dtheta`` readable without this package:
     axes, unit, θ (name, kind, definition, value, unit), gauge, rattler rows, and the linear
     solve's report (copied from the group's attributes)."""
-    kind = attrs.get("kind")
+    kind = report.kind
     # ε of no particular species over a non-uniform ε matrix: θ multiplies the matrix
     epsilon = None if potential is None else potential.get("epsilon")
-    multiplier = (kind == "epsilon" and attrs.get("species") in (None, -1) and epsilon is not None
+    multiplier = (kind == "epsilon" and report.species in (None, -1) and epsilon is not None
                   and np.unique(np.asarray(epsilon, dtype=np.float64)).size > 1)
     if dataset.ndim == 3:
         count = dataset.shape[0]
@@ -90,9 +90,9 @@ def _describe_jacobian(dataset: h5py.Dataset, name: str, attrs: Mapping, system:
     dataset.attrs["theta_name"] = name
     dataset.attrs["theta_kind"] = "unknown" if kind is None else str(kind)
     dataset.attrs["theta_unit"] = theta_unit
-    if attrs.get("theta_meaning") is not None:
-        dataset.attrs["theta_definition"] = str(attrs["theta_meaning"])
-    theta = attrs.get("theta")
+    if report.theta_meaning is not None:
+        dataset.attrs["theta_definition"] = str(report.theta_meaning)
+    theta = report.theta
     if theta is not None:
         value = np.asarray(theta, dtype=np.float64)
         if value.size <= MAX_ATTRIBUTE_ELEMENTS:
@@ -105,9 +105,9 @@ def _describe_jacobian(dataset: h5py.Dataset, name: str, attrs: Mapping, system:
     dataset.attrs["rattlers"] = _RATTLERS
     for key in ("converged", "residual", "solver_relative_residual", "iterations", "solver",
                 "method", "tol"):
-        if attrs.get(key) is not None:
+        if getattr(report, key) is not None:
             where = f"/sensitivity/{name}/dx_dtheta attribute {key}"
-            dataset.attrs[key] = encode(attrs[key], where)
+            dataset.attrs[key] = encode(getattr(report, key), where)
 
 
 def _write_observables(handle: h5py.File, relaxation: RelaxReport) -> None:
@@ -150,11 +150,15 @@ def write_result(
     arrays of more than 256 elements datasets; ``None`` is an empty attribute.
 
     Args:
-        relaxation: the minimizer's report, a :class:`~systems._result_read.RelaxReport` or
+        relaxation: the minimizer's report, a :class:`~systems._reports.RelaxReport` or
             its attributes (``RelaxResult.as_dict()``), written as
-            :meth:`RelaxReport.to_attrs <systems._result_read.RelaxReport.to_attrs>` gives them.
-        responses: ``{name: {"dx_dtheta": [N][d] or [P][N][d] array, "attrs": {...}}}``;
-            other entries are kept in ``/sensitivity/<name>/extra``.
+            :meth:`RelaxReport.to_attrs <systems._reports.RelaxReport.to_attrs>` gives them.
+        responses: ``{name: {"dx_dtheta": [N][d] or [P][N][d] array, "report": ...}}``, the
+            report a :class:`~systems._reports.SolveReport` or its attributes, written as
+            :meth:`SolveReport.to_attrs <systems._reports.SolveReport.to_attrs>` gives them
+            (a streamed ``dx_dtheta``'s own report is added to it, and left in
+            ``responses[name]["report"]``); other entries are kept in
+            ``/sensitivity/<name>/extra``.
         rattlers: ``[N]`` bool.
 
     Returns:
@@ -204,18 +208,20 @@ def write_result(
                     f"({n}, {dim}) or (P, {n}, {dim})"
                 )
             group = sensitivity.create_group(name, track_order=True)
+            report = SolveReport.from_attrs(response.get("report") or {})
             if stream:  # computed block by block as it is written; its report comes last
                 write_streamed(group, dx_dtheta)
-                response["attrs"] = {**(response.get("attrs") or {}), **dx_dtheta.attrs}
+                report = report.replace(**dx_dtheta.report.to_attrs())
+                response["report"] = report
             else:  # chunked when large
                 group.create_dataset("dx_dtheta", data=dx_dtheta,
                                      **jacobian_layout(dx_dtheta.shape))
-            _describe_jacobian(group["dx_dtheta"], name, response.get("attrs") or {}, system,
+            _describe_jacobian(group["dx_dtheta"], name, report, system,
                                parameters.get("potential"))
-            attrs = dict(response.get("attrs") or {})
+            attrs = report.to_attrs()
             for reserved in ("dx_dtheta", "extra"):
                 if reserved in attrs:
-                    raise ValueError(f"responses[{name!r}]['attrs'] uses the reserved key "
+                    raise ValueError(f"responses[{name!r}]['report'] uses the reserved key "
                                      f"{reserved!r}")
             write_tree(group, attrs, f"/sensitivity/{name}")
             if response.get("nonaffine") is not None:
@@ -228,7 +234,7 @@ def write_result(
                     "non-affine part of dx_dtheta: dx*/dtheta minus the affine motion "
                     "lambda E y* of the strain direction E, backbone mean zero, rattlers NaN")
             extra = {k: v for k, v in response.items()
-                     if k not in ("dx_dtheta", "attrs", "nonaffine")}
+                     if k not in ("dx_dtheta", "report", "nonaffine")}
             if extra:
                 write_tree(group.create_group("extra", track_order=True), extra,
                            f"/sensitivity/{name}/extra")
@@ -288,4 +294,5 @@ def _write_observable_derivatives(handle, entries: Mapping[str, Mapping]) -> Non
         data.attrs["axes"] = np.array(["observable", "theta_component"],
                                       dtype=h5py.string_dtype())
         group.create_dataset("value", data=np.asarray(entry["value"], np.float64))
-        write_tree(group, entry["attrs"], f"/{OBSERVABLE_DERIVATIVES}/{name}")
+        write_tree(group, ObservableReport.from_attrs(entry["report"]).to_attrs(),
+                   f"/{OBSERVABLE_DERIVATIVES}/{name}")

@@ -106,7 +106,7 @@ def result_record(path: Path) -> dict:
         "dim": result.system.dim,
         "rattlers": int(sum(bool(r) for r in result.rattlers)),
         "relaxation": result.relaxation.to_attrs(),
-        "responses": {name: dict(r.get("attrs", {})) for name, r in result.responses.items()},
+        "responses": {name: r["report"].to_attrs() for name, r in result.responses.items()},
         "timings": result.timings,
     }
 

@@ -38,6 +38,7 @@ Result files add (groups of our own, which H5MD allows)::
     /sensitivity                 attrs: format, timings (time_*_s), zero-mode figures
         rattlers     [N] bool
         <name>/                  one group per parameter θ; attrs: theta, solver, ...
+                                 (:class:`SolveReport`: written and read as that one type)
             dx_dtheta            [N][d] (scalar θ) or [P][N][d] (θ with P components);
                                  attrs: axes, unit, theta_*, gauge, rattlers, the solve's
                                  converged / residual / iterations
@@ -50,7 +51,7 @@ Result files add (groups of our own, which H5MD allows)::
     (/observable_derivatives/<name>/)  dO/dθ of a vector θ (:mod:`systems.reverse`):
                                  d_observable_d_theta [K][P], value [K] (the observables
                                  at x*), attrs observables (their names) and the report
-                                 (mode, reason, solves, residual)
+                                 (mode, reason, solves, residual: :class:`ObservableReport`)
     /relaxation                  attrs: steps, energy, max_force, stop_reason, converged, ...
                                  (:class:`RelaxReport`: written and read as that one type)
     (/audit)                     the finite-difference audit, if run
@@ -72,8 +73,8 @@ from ._h5 import (
     UNITS_NOTE,
 )
 from ._packing_file import read_packing, write_packing
+from ._reports import ObservableReport, RelaxReport, SolveReport
 from ._result_read import (
-    RelaxReport,
     Response,
     Result,
     copy_result,
@@ -91,9 +92,11 @@ __all__ = [
     "RESULT_FORMAT_VERSION",
     "THETA_UNITS",
     "UNITS_NOTE",
+    "ObservableReport",
     "RelaxReport",
     "Response",
     "Result",
+    "SolveReport",
     "copy_result",
     "file_sha256",
     "read_packing",

@@ -51,7 +51,7 @@ def is_stream(value) -> bool:
 
 def write_streamed(group, stream):
     """Create ``group/dx_dtheta`` (chunked, :func:`jacobian_layout`) and fill it with every
-    block of ``stream`` as it is computed; the stream's report (``stream.attrs``) is
+    block of ``stream`` as it is computed; the stream's report (``stream.report``) is
     available when this returns. Returns the dataset."""
     shape = tuple(int(s) for s in stream.shape)
     dataset = group.create_dataset("dx_dtheta", shape=shape, dtype="f8",

@@ -34,6 +34,7 @@ import numpy as np
 
 from . import settings
 from ._linear_system import DENSE_SOLVERS
+from ._reports import ObservableReport
 from .hessian import BlockHessian, ell_blocks
 
 __all__ = ["MANY_RHS_METHODS", "DENSE_MANY_RHS_MAX_DOF", "FACTOR_MAX_DOF", "choose_method",
@@ -290,7 +291,7 @@ def _vjp_theta(cfg, pk, base, theta0, member, cotangents):
     return -jax.vmap(lambda c: pullback(c)[0])(cotangents)
 
 
-def reverse_vector_derivative(solver, pspec, cotangents) -> tuple[np.ndarray, dict]:
+def reverse_vector_derivative(solver, pspec, cotangents):
     """``dO_k/dθ`` for a few observables linear in the positions, ``O_k = Σ_i c_k[i]·x*_i``,
     against every component of a vector θ: one adjoint solve per observable instead of one
     forward solve per component of θ.
@@ -308,7 +309,8 @@ def reverse_vector_derivative(solver, pspec, cotangents) -> tuple[np.ndarray, di
         particle's coordinate).
 
     Returns:
-      ``(K, P)`` the derivatives, and a report (``converged``, ``residual``, ``n_solves``).
+      ``(K, P)`` the derivatives, and an :class:`~systems._reports.ObservableReport`
+      (``method``, ``converged``, ``residual``, ``iterations``, ``n_solves``, times).
     """
     from .theta import theta_data
 
@@ -325,13 +327,13 @@ def reverse_vector_derivative(solver, pspec, cotangents) -> tuple[np.ndarray, di
     scale = float(np.asarray(solver.params.scale))
     out, _, t_compile = solver._run(_vjp_theta, solver._config(tags=[tag]), solver.data,
                                     solver.params, theta0, member, jnp.asarray(lam))
-    report = {"method": f"reverse mode, {len(c)} adjoint solve(s) with one sparse "
-                        f"factorization (SuperLU, {factor.ordering})",
-              "converged": bool(np.all(info.converged)),
-              "residual": float(np.max(info.residual_norm, initial=0.0)),
-              "iterations": int(np.max(info.iterations, initial=0)),
-              "n_solves": len(c),
-              "time_s": time.perf_counter() - t0 - t_compile, "time_compile_s": t_compile}
+    report = ObservableReport(
+        method=f"reverse mode, {len(c)} adjoint solve(s) with one sparse factorization "
+               f"(SuperLU, {factor.ordering})",
+        converged=bool(np.all(info.converged)),
+        residual=float(np.max(info.residual_norm, initial=0.0)),
+        iterations=int(np.max(info.iterations, initial=0)), n_solves=len(c),
+        time_s=time.perf_counter() - t0 - t_compile, time_compile_s=t_compile)
     return scale * np.asarray(out), report
 
 
@@ -345,8 +347,8 @@ class FactorizedJacobian:
     of ``chunk`` columns (:meth:`blocks`), so that a caller can write each block as it comes
     (:func:`systems.jacobian_file.write_streamed`) instead of holding the whole result.
 
-    After :meth:`blocks` is exhausted, :attr:`attrs` holds the report (as
-    :func:`factorized_vector_derivative`'s).
+    After :meth:`blocks` is exhausted, :attr:`report` holds the
+    :class:`~systems._reports.SolveReport` (as :func:`factorized_vector_derivative`'s).
     """
 
     def __init__(self, solver, pspec, reason: str = "", chunk: int | None = None,
@@ -361,7 +363,7 @@ class FactorizedJacobian:
         chunk = BLOCK_COLUMNS if chunk is None else chunk
         self.chunk = max(1, min(int(chunk), p_count))
         self.shape = (p_count, solver.model.n, solver.model.dim)
-        self.attrs: dict | None = None
+        self.report = None
 
     @property
     def nbytes(self) -> int:
@@ -412,42 +414,41 @@ class FactorizedJacobian:
             if self.progress is not None:
                 self.progress("jacobian", name=pspec.name, columns=stop, of=p_count,
                               seconds=round(time.perf_counter() - t0, 3))
-        self.attrs = self._report(infos, time.perf_counter() - t0 - t_compile, t_compile,
+        self.report = self._report(infos, time.perf_counter() - t0 - t_compile, t_compile,
                                   t_rhs, colored)
 
-    def _report(self, infos, t_total, t_compile, t_rhs, colored) -> dict:
+    def _report(self, infos, t_total, t_compile, t_rhs, colored):
         from ._linear_system import relative
 
         p_count = self.shape[0]
         factor = self.factor
-        report = {field: np.concatenate([np.ravel(getattr(i, field)) for i in infos])
+        gathered = {field: np.concatenate([np.ravel(getattr(i, field)) for i in infos])
                   for field in ("iterations", "residual_norm", "rhs_norm", "converged",
                                 "inconsistency")}
-        rhs_norm = report["rhs_norm"]
-        rel = relative(report["residual_norm"], rhs_norm)
+        rhs_norm = gathered["rhs_norm"]
+        rel = relative(gathered["residual_norm"], rhs_norm)
         info = {
-            "iterations": int(report["iterations"].max()) if p_count else 0,
-            "iterations_total": int(report["iterations"].sum()),
-            "residual": float(report["residual_norm"].max()) if p_count else 0.0,
+            "iterations": int(gathered["iterations"].max()) if p_count else 0,
+            "iterations_total": int(gathered["iterations"].sum()),
+            "residual": float(gathered["residual_norm"].max()) if p_count else 0.0,
             "relative_residual": float(rel.max()) if p_count else 0.0,
             "solver_relative_residual": float(rel.max()) if p_count else 0.0,
-            "converged": bool(report["converged"].all()),
-            "inconsistency": float(report["inconsistency"].max()) if p_count else 0.0,
+            "converged": bool(gathered["converged"].all()),
+            "inconsistency": float(gathered["inconsistency"].max()) if p_count else 0.0,
             "n_solves": p_count,
         }
         method = (f"forward mode, one sparse factorization (SuperLU, {factor.ordering}) for "
                   f"{p_count} right-hand sides")
-        attrs = self.solver._attrs(self.pspec, self.theta0, "sparse_lu", method, info)
-        attrs.update(many_rhs="factorization", reason=self.reason, time_s=t_total,
-                     time_compile_s=t_compile, time_rhs_s=t_rhs,
-                     time_factor_s=factor.time_factor_s, factor_fill=factor.fill,
-                     factor_levels=list(factor.levels), factor_unknowns=factor.shape[0],
-                     rhs_jvps=colored.colors if colored is not None else p_count)
-        return attrs
+        return self.solver.report(
+            self.pspec, self.theta0, "sparse_lu", method, info, many_rhs="factorization",
+            reason=self.reason, time_s=t_total, time_compile_s=t_compile, time_rhs_s=t_rhs,
+            time_factor_s=factor.time_factor_s, factor_fill=factor.fill,
+            factor_levels=list(factor.levels), factor_unknowns=factor.shape[0],
+            rhs_jvps=colored.colors if colored is not None else p_count)
 
 
 def factorized_vector_derivative(solver, pspec, reason: str = "", chunk: int | None = None,
-                                 progress=None) -> tuple[np.ndarray, dict]:
+                                 progress=None):
     """``[N][N][d]`` ∂x*/∂θ of a vector θ (kind ``diameters``) by one sparse factorization,
     held in memory (:class:`FactorizedJacobian` computes it block by block).
 
@@ -460,8 +461,9 @@ def factorized_vector_derivative(solver, pspec, reason: str = "", chunk: int | N
         every chunk.
 
     Returns:
-      ``(dx_dtheta, attrs)``: rows ``p`` are ``∂x*/∂θ_p``, gauge-fixed (rattler rows NaN,
-      the backbone's rigid motion removed); ``attrs`` as the other paths', with ``method``,
+      ``(dx_dtheta, report)``: rows ``p`` are ``∂x*/∂θ_p``, gauge-fixed (rattler rows NaN,
+      the backbone's rigid motion removed); the :class:`~systems._reports.SolveReport` as
+      the other paths', with ``method``,
       ``reason``, the solves' residuals, ``iterations`` (solves per column: 1, or 2 with a
       refinement step) and the factorization's figures.
     """
@@ -469,4 +471,4 @@ def factorized_vector_derivative(solver, pspec, reason: str = "", chunk: int | N
     dx = np.empty(jacobian.shape)
     for start, stop, block in jacobian.blocks():
         dx[start:stop] = block
-    return dx, jacobian.attrs
+    return dx, jacobian.report

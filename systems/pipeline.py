@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ._errors import InputError
+from ._reports import SolveReport
 from ._system import minimum_image
 from .tasks import PLOTS_NAME, RESULT_NAME
 from .many_rhs import check_result_size
@@ -57,7 +58,8 @@ class TaskSummary:
         passed, when one ran).
       message: one line: what happened, or what failed and what to try.
       result_path: the ``sensitivity.h5`` written; plot_paths: PNGs written.
-      relaxation: the minimizer's report; responses: per-θ attributes (no arrays);
+      relaxation: the minimizer's report; responses: per-θ
+        :class:`~systems._reports.SolveReport` (no arrays);
       zero_modes: zero-mode and conditioning figures; timings: seconds;
       n, dim, rattlers: sizes; audit: the audit dict or None.
     """
@@ -343,7 +345,7 @@ def _compute(task: _Task, progress, *, audit: bool, stream: bool = False):
         for name, entry in linear_range(solver, pspecs, result["responses"]).items():
             response = result["responses"][name]
             if isinstance(entry["linear_range_plus"], float):
-                response["attrs"].update(entry)
+                response["report"] = response["report"].replace(**entry)
             else:  # a vector θ: one value per component, beside its Jacobian
                 response["linear_range"] = entry
         if progress is not None:
@@ -374,9 +376,8 @@ def _observables(task: _Task, solver, responses, progress) -> dict:
         entry = observable_derivatives(solver, pspec, task.observables, mode, reason, dx)
         out[pspec.name] = entry
         if progress is not None:
-            attrs = entry["attrs"]
             progress("observables", name=pspec.name, mode=mode, count=len(task.observables),
-                     solves=attrs["n_solves"], reason=reason)
+                     solves=entry["report"].n_solves, reason=reason)
     return out
 
 
@@ -423,10 +424,10 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
             shape = (n, n, d) if pspec.kind == "diameters" else (n, d)
             responses[pspec.name] = {
                 "dx_dtheta": np.full(shape, np.nan),
-                "attrs": {"kind": pspec.kind, "converged": False,
-                          "species": -1 if pspec.species is None
-                          else task.system.species_label(pspec.species),
-                          "skipped": message},
+                "report": SolveReport(kind=pspec.kind, converged=False,
+                                      species=-1 if pspec.species is None
+                                      else task.system.species_label(pspec.species),
+                                      skipped=message),
             }
         rattlers = np.zeros(n, bool)
         zero_modes: dict = {"skipped": "relaxation did not converge"}
@@ -434,9 +435,10 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
     else:
         responses = result["responses"]
         for response in responses.values():  # species as the input file labels them
-            attrs = response["attrs"]
-            if isinstance(attrs.get("species"), (int, np.integer)) and attrs["species"] >= 0:
-                attrs["species"] = task.system.species_label(attrs["species"])
+            species = response["report"].species
+            if isinstance(species, (int, np.integer)) and species >= 0:
+                response["report"] = response["report"].replace(
+                    species=task.system.species_label(species))
         rattlers = result["rattlers"]
         zero_modes = _flat_zero_modes(result)
         t = result["timings"]
@@ -445,8 +447,8 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
         timings["time_setup_s"] = t["time_setup_s"]
         timings["time_diagnostics_s"] = t["time_diagnostics_s"]
         for entry in (result.get("observable_derivatives") or {}).values():
-            timings["time_sensitivity_s"] += entry["attrs"]["time_s"]  # reverse mode's
-            timings["time_compile_s"] += entry["attrs"]["time_compile_s"]
+            timings["time_sensitivity_s"] += entry["report"].time_s  # reverse mode's
+            timings["time_compile_s"] += entry["report"].time_compile_s
         if result.get("elasticity") is not None:
             timings["time_elasticity_s"] = result["elasticity"]["time_s"]
             timings["time_compile_s"] += result["elasticity"]["time_compile_s"]
@@ -470,26 +472,27 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
                     else result.get("observable_derivatives"))
     timings = dict(timings, time_write_s=time.perf_counter() - t_write)
     for name, response in responses.items():
-        if response["attrs"].pop("streamed", False):  # its time was the write's
-            timings["time_sensitivity_s"] += response["attrs"].get("time_s", 0.0)
+        report = response["report"]
+        if report.streamed:  # its time was the write's
+            response["report"] = report.replace(streamed=None)
+            timings["time_sensitivity_s"] += report.time_s or 0.0
             if progress is not None:
-                attrs = response["attrs"]
-                progress("solve", name=name, iterations=attrs["iterations"],
-                         residual=attrs["residual"], converged=attrs["converged"])
+                progress("solve", name=name, iterations=report.iterations,
+                         residual=report.residual, converged=report.converged)
     if result is not None:  # after the write: a streamed Jacobian reports as it is written
-        failed = [name for name, r in responses.items() if not r["attrs"]["converged"]]
+        failed = [name for name, r in responses.items() if not r["report"].converged]
         failed += [f"the observables of {name}" for name, r in
                    (result.get("observable_derivatives") or {}).items()
-                   if r["attrs"].get("converged") is False]
+                   if r["report"].converged is False]
         converged = not failed
         if failed and failed[0] not in responses:
             message = (f"the adjoint solve for {failed[0]} did not converge; loosen "
                        "sensitivity.tol or use sensitivity.mode forward")
         elif failed:
-            first = responses[failed[0]]["attrs"]
+            first = responses[failed[0]]["report"]
             message = (f"the linear solve for {', '.join(failed)} did not converge "
-                       f"({first['iterations']} iterations, relative residual "
-                       f"{first['solver_relative_residual']:.1e} > tol {first['tol']:.0e}); "
+                       f"({first.iterations} iterations, relative residual "
+                       f"{first.solver_relative_residual:.1e} > tol {first.tol:.0e}); "
                        "raise sensitivity.maxiter, loosen sensitivity.tol, or use solver "
                        "minres/dense")
         else:
@@ -531,7 +534,7 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
         result_path=path,
         plot_paths=list(plot_paths),
         relaxation=relaxed.as_dict(),
-        responses={k: dict(v["attrs"]) for k, v in responses.items()},
+        responses={k: v["report"] for k, v in responses.items()},
         zero_modes=zero_modes,
         timings=timings,
         n=n,
@@ -560,7 +563,7 @@ def audit_task(config: Mapping[str, Any], *,
     if result is None:
         return {"passed": False, "reason": _report_not_converged(relaxed),
                 "max_relative_error": math.nan}
-    failed = [name for name, r in result["responses"].items() if not r["attrs"]["converged"]]
+    failed = [name for name, r in result["responses"].items() if not r["report"].converged]
     if failed:
         audit_result["passed"] = False
         audit_result["reason"] = f"linear solve did not converge for {', '.join(failed)}"

@@ -88,7 +88,7 @@ class _Source:
             self.theta = response.theta
             self.unit = response.unit if response.unit != "unknown" else ""
             self.theta_unit = response.theta_unit if response.theta_unit != "unknown" else ""
-            self.species_of_theta = response.report.get("species")
+            self.species_of_theta = response.report.species
             return
         if not isinstance(source, Mapping):
             raise TypeError("plot source must be a Result or a mapping of arrays")

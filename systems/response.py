@@ -69,6 +69,7 @@ import numpy as np
 
 from . import _compile, settings
 from ._errors import InputError
+from ._reports import SolveReport
 from ._system import wrap_positions
 from ._linear_system import (DENSE_SOLVERS, PRECONDITIONED_SOLVERS, SCALINGS, PackingData,
                              SolveConfig, compile_seconds, compiled, custom_root_solver,
@@ -323,7 +324,7 @@ class ResponseSolver:
     def scalar_derivatives(self, pspecs: list[ParameterSpec]) -> dict:
         """∂x*/∂θ for scalar θs, all in one compiled, batched forward-mode solve.
 
-        Returns {name: (dx_dtheta (N, d), attrs)}.
+        Returns {name: (dx_dtheta (N, d), SolveReport)}.
         """
         s = self.settings
         species = np.asarray(self.model.species)
@@ -336,27 +337,27 @@ class ResponseSolver:
         out = {}
         for k, pspec in enumerate(pspecs):
             info = merge_reports([jax.tree.map(lambda a: a[k], infos)])
-            attrs = self._attrs(pspec, thetas0[k], s["solver"], "forward mode", info)
-            attrs.update(time_s=t_run, time_compile_s=t_compile,
-                         batched_with=[p.name for p in pspecs])
-            out[pspec.name] = (self._gauge(dx[k]), attrs)
+            report = self.report(pspec, thetas0[k], s["solver"], "forward mode", info,
+                                 time_s=t_run, time_compile_s=t_compile,
+                                 batched_with=[p.name for p in pspecs])
+            out[pspec.name] = (self._gauge(dx[k]), report)
         return out
 
     def vector_derivative(self, pspec: ParameterSpec,
                           progress: Callable[..., None] | None = None,
-                          stream: bool = False) -> tuple[np.ndarray, dict]:
+                          stream: bool = False) -> tuple[np.ndarray, SolveReport]:
         """The ``[N][N][d]`` Jacobian of every particle's diameter (kind ``diameters``).
 
         Forward mode: N right-hand sides (reverse mode would need N·d), solved by the method
-        :func:`~systems.many_rhs.choose_method` picks (``attrs["many_rhs"]`` and
-        ``attrs["reason"]``): one dense factorization, one sparse factorization
+        :func:`~systems.many_rhs.choose_method` picks (the report's ``many_rhs`` and
+        ``reason``): one dense factorization, one sparse factorization
         (:func:`~systems.many_rhs.factorized_vector_derivative`), or chunks of batched
         iterative solves.
 
         ``stream``: on the factorization path, return a
         :class:`~systems.many_rhs.FactorizedJacobian` (computed block by block while
         :func:`systems.io.write_result` writes it; its report is filled in then) and
-        ``attrs`` with the method and the reason only.
+        a report with the method and the reason only (``streamed``).
         """
         from .many_rhs import FactorizedJacobian, choose_method, factorized_vector_derivative
 
@@ -367,8 +368,8 @@ class ResponseSolver:
             try:
                 if stream:
                     jacobian = FactorizedJacobian(self, pspec, reason, progress=progress)
-                    return jacobian, {"kind": pspec.kind, "many_rhs": many_rhs,
-                                      "reason": reason, "streamed": True}
+                    return jacobian, SolveReport(kind=pspec.kind, many_rhs=many_rhs,
+                                                 reason=reason, streamed=True)
                 return factorized_vector_derivative(self, pspec, reason, progress=progress)
             except np.linalg.LinAlgError as error:  # a zero mode beyond the rigid motions
                 many_rhs = "iterative"
@@ -391,9 +392,9 @@ class ResponseSolver:
         info = self._residuals(cfg, dx, theta0, member)
         info.update(iterations=int(np.max(iterations, initial=0)),
                     iterations_total=int(np.sum(iterations)))
-        attrs = self._attrs(pspec, theta0, solver_name, method, info)
-        attrs.update(time_s=t_run, time_compile_s=t_compile, many_rhs=many_rhs, reason=reason)
-        return self._gauge(dx), attrs
+        report = self.report(pspec, theta0, solver_name, method, info, time_s=t_run,
+                             time_compile_s=t_compile, many_rhs=many_rhs, reason=reason)
+        return self._gauge(dx), report
 
     def _residuals(self, cfg, dx, theta0, member) -> dict:
         """``‖H v_p - b_p‖`` of every column of a vector θ, recomputed (one batched pass);
@@ -425,22 +426,27 @@ class ResponseSolver:
     def _gauge(self, dx):
         return gauge_fix(dx, self.rattlers, np.asarray(self.y), self.model.periodic)
 
-    def _attrs(self, pspec, theta0, solver_name, method, info) -> dict:
+    def report(self, pspec, theta0, solver_name: str, method: str, info: Mapping,
+               **figures) -> SolveReport:
+        """θ's :class:`~systems._reports.SolveReport`: θ, the solver and its settings, the
+        solves' figures ``info`` (:func:`~systems._linear_system.merge_reports`) and
+        ``figures`` (timings, the many-right-hand-side method)."""
         s = self.settings
         theta_value = np.asarray(theta0)
-        return {
-            "kind": pspec.kind,
-            "species": -1 if pspec.species is None else int(pspec.species),
-            "theta": theta_value.tolist() if theta_value.ndim else float(theta_value),
-            "theta_meaning": theta_meaning(pspec),
-            **({"component": pspec.component} if pspec.component else {}),
-            "solver": solver_name,
-            "method": method,
-            "preconditioner": (s.get("preconditioner") or "none")
+        return SolveReport(
+            kind=pspec.kind,
+            species=-1 if pspec.species is None else int(pspec.species),
+            theta=theta_value.tolist() if theta_value.ndim else float(theta_value),
+            theta_meaning=theta_meaning(pspec),
+            component=pspec.component or None,
+            solver=solver_name,
+            method=method,
+            preconditioner=(s.get("preconditioner") or "none")
             if solver_name in PRECONDITIONED_SOLVERS else "none",
-            "tol": float(s["tol"]),
+            tol=float(s["tol"]),
             **info,
-        }
+            **figures,
+        )
 
     # ---- diagnostics -------------------------------------------------------------------
     def zero_modes(self, seed: int = 0) -> dict:
@@ -457,22 +463,21 @@ class ResponseSolver:
         """Every θ's derivative, then the zero-mode diagnostics (see :func:`response`).
 
         ``stream``: a vector θ on the factorization path is left to be computed while it is
-        written (:meth:`vector_derivative`); its attrs say ``streamed``."""
+        written (:meth:`vector_derivative`); its report says ``streamed``."""
         responses = {}
         t_solve = 0.0
         scalars = [p for p in pspecs if p.kind != "diameters"]
         results = self.scalar_derivatives(scalars) if scalars else {}
         if scalars:
-            first = results[scalars[0].name][1]
-            t_solve += first["time_s"]
+            t_solve += results[scalars[0].name][1].time_s
         for pspec in pspecs:
             if pspec.kind == "diameters":
                 results[pspec.name] = self.vector_derivative(pspec, progress, stream)
-                t_solve += results[pspec.name][1].get("time_s", 0.0)
+                t_solve += results[pspec.name][1].time_s or 0.0
         for pspec in pspecs:
-            dx, attrs = results[pspec.name]
-            responses[pspec.name] = {"dx_dtheta": dx, "attrs": attrs}
-            if attrs.get("streamed"):
+            dx, report = results[pspec.name]
+            responses[pspec.name] = {"dx_dtheta": dx, "report": report}
+            if report.streamed:
                 continue  # reported as it is written
             if pspec.kind == "strain":  # the non-affine part, beside the total
                 from .elasticity import nonaffine_part
@@ -481,8 +486,8 @@ class ResponseSolver:
                     dx, pspec.component, np.asarray(self.y), float(self.params.scale),
                     self.rattlers)
             if progress is not None:
-                progress("solve", name=pspec.name, iterations=attrs["iterations"],
-                         residual=attrs["residual"], converged=attrs["converged"])
+                progress("solve", name=pspec.name, iterations=report.iterations,
+                         residual=report.residual, converged=report.converged)
         zero_modes = self.zero_modes()
         contacts = {k: v for k, v in self.contacts.items() if k not in ("rattlers", "pairs")}
         return {

@@ -32,6 +32,7 @@ import numpy as np
 
 from . import settings as _settings
 from ._errors import InputError
+from ._reports import ObservableReport
 
 __all__ = ["ObservableSet", "resolve_observables", "choose_mode", "reversed_thetas",
            "observable_derivatives"]
@@ -182,8 +183,8 @@ def observable_derivatives(solver, pspec, obs: ObservableSet, mode: str, reason:
       reason: why this mode (for the report).
 
     Returns:
-      ``{"d_observable_d_theta": (K, P), "value": (K,), "attrs": report}``; rows of a
-      rattler's position are NaN.
+      ``{"d_observable_d_theta": (K, P), "value": (K,), "report": ObservableReport}``
+      (:class:`~systems._reports.ObservableReport`); rows of a rattler's position are NaN.
     """
     import jax.numpy as jnp
 
@@ -200,23 +201,22 @@ def observable_derivatives(solver, pspec, obs: ObservableSet, mode: str, reason:
         scale = float(np.asarray(solver.params.scale))
         implicit, report = reverse_vector_derivative(solver, pspec, np.asarray(gy) / scale)
         total = np.asarray(gt) + implicit
-        t_compile += report["time_compile_s"]
-        attrs = {"method": report["method"], "converged": report["converged"],
-                 "residual": report["residual"], "iterations": report["iterations"],
-                 "n_solves": report["n_solves"]}
+        t_compile += report.time_compile_s
     elif mode == "forward":
         if dx_dtheta is None:
             raise ValueError("forward mode needs the Jacobian dx_dtheta")
         value, total, t_compile = _forward(solver, pspec, dx_dtheta, arrays)
-        attrs = {"method": f"forward mode, contracted with the [{len(theta0)}][N][d] "
-                           "Jacobian (one JVP per component)", "n_solves": 0}
+        report = ObservableReport(method=f"forward mode, contracted with the "
+                                         f"[{len(theta0)}][N][d] Jacobian (one JVP per "
+                                         "component)", n_solves=0)
     else:
         raise ValueError(f"mode must be 'forward' or 'reverse', got {mode!r}")
     total = np.array(total, np.float64)
     rattler = np.asarray(solver.rattlers)[obs.particle] & (obs.code == 2)
     total[rattler] = np.nan
-    attrs.update(mode=mode, reason=reason, theta_kind=pspec.kind,
-                 observables=list(obs.names),
-                 time_s=time.perf_counter() - t0 - t_compile, time_compile_s=t_compile)
+    report = report.replace(mode=mode, reason=reason, theta_kind=pspec.kind,
+                            observables=list(obs.names),
+                            time_s=time.perf_counter() - t0 - t_compile,
+                            time_compile_s=t_compile)
     return {"d_observable_d_theta": total, "value": np.asarray(value, np.float64),
-            "attrs": attrs}
+            "report": report}

@@ -111,12 +111,12 @@ def write_summary(directory: Path, tasks: Sequence[Mapping[str, Any]], output: P
         for key, value in result.timings.items():
             row[key] = _column_value(value)
         for name, response in result.responses.items():
-            attrs = response.get("attrs", {})
+            report = response["report"]
             magnitude = response_magnitudes(response["dx_dtheta"])
             finite = magnitude[np.isfinite(magnitude)]
-            row[f"{name}.theta"] = _column_value(attrs.get("theta"))
+            row[f"{name}.theta"] = _column_value(report.theta)
             for key in ("iterations", "residual", "converged"):
-                row[f"{name}.{key}"] = _column_value(attrs.get(key))
+                row[f"{name}.{key}"] = _column_value(getattr(report, key))
             row[f"{name}.max_response"] = float(finite.max()) if finite.size else None
             row[f"{name}.rms_response"] = float(np.sqrt(np.mean(finite**2))) if finite.size else None
         elasticity = result.elasticity or {}
@@ -228,7 +228,7 @@ def summarize(path: str | Path, *, top: int = 5) -> dict:
     for name in result.names:
         typed = result.response(name)
         field = np.asarray(typed.dx_dtheta)
-        attrs = dict(typed.report)
+        report = typed.report
         magnitude = typed.magnitudes()
         finite = np.where(np.isfinite(magnitude), magnitude, -np.inf)
         order = np.argsort(-finite, kind="stable")[: min(top, int(np.isfinite(magnitude).sum()))]
@@ -236,13 +236,13 @@ def summarize(path: str | Path, *, top: int = 5) -> dict:
         thetas.append(
             {
                 "name": name,
-                "kind": attrs.get("kind"),
-                "theta": _plain(attrs.get("theta")),
+                "kind": report.kind,
+                "theta": _plain(report.theta),
                 "shape": list(field.shape),
-                "solver": attrs.get("solver"),
-                "iterations": _plain(attrs.get("iterations")),
-                "residual": _plain(attrs.get("residual")),
-                "converged": _plain(attrs.get("converged")),
+                "solver": report.solver,
+                "iterations": _plain(report.iterations),
+                "residual": _plain(report.residual),
+                "converged": _plain(report.converged),
                 "unit": typed.unit,
                 "theta_unit": typed.theta_unit,
                 "max_response": float(valid.max()) if valid.size else None,
@@ -255,7 +255,7 @@ def summarize(path: str | Path, *, top: int = 5) -> dict:
                     }
                     for i in order
                 ],
-                "attrs": _plain(attrs),
+                "attrs": _plain(report.to_attrs()),
                 "dataset_attrs": _plain(typed.description),
             }
         )

@@ -54,7 +54,7 @@ def fake_result(path: Path, *, n: int = 8, converged: bool = True, seed: int = 0
         relaxation={"minimizer": "fire", "steps": 321, "energy": 1.5e-3, "max_force": 3e-13,
                     "stop_reason": "ftol" if converged else "max_steps", "converged": converged,
                     "ftol": 1e-12, "max_steps": 1000},
-        responses={"small_diameter": {"dx_dtheta": dx, "attrs": {
+        responses={"small_diameter": {"dx_dtheta": dx, "report": {
             "theta": 1.0, "kind": "diameter", "solver": "cg", "iterations": 17,
             "residual": 2.5e-11, "converged": True}}},
         rattlers=rattlers,

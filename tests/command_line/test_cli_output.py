@@ -49,7 +49,7 @@ def test_run_json_then_skipped_json(tmp_path: Path, packing: Path):
     assert task["status"] == "done" and task["exit_code"] == 0
     saved = read_result(task["result"])
     assert task["responses"]["small_diameter"]["iterations"] == \
-        saved.responses["small_diameter"]["attrs"]["iterations"]
+        saved.responses["small_diameter"]["report"].iterations
     assert task["relaxation"]["steps"] == saved.relaxation.steps
     assert task["rattlers"] == int(saved.rattlers.sum()) and task["n"] == 16
     assert "Minimization stats" not in result.stdout  # the text is replaced, not added to

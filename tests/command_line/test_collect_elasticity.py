@@ -22,7 +22,7 @@ def _result(path: Path, seed: int, elasticity: dict | None) -> None:
         relaxation={"minimizer": "fire", "steps": 10, "energy": 1e-3, "max_force": 1e-13,
                     "stop_reason": "ftol", "converged": True, "ftol": 1e-12,
                     "max_steps": 100},
-        responses={"d": {"dx_dtheta": np.ones((8, 2)), "attrs": {
+        responses={"d": {"dx_dtheta": np.ones((8, 2)), "report": {
             "theta": 1.0, "kind": "diameter", "iterations": 3, "residual": 1e-12,
             "converged": True}}},
         rattlers=np.zeros(8, bool), zero_modes={}, parameters={"config": {}},

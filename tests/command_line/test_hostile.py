@@ -601,7 +601,7 @@ def test_species_labels_are_mapped_not_allocated(tmp_path, packing):
     result = invoke(["run", config])
     assert result.exit_code == 0, result.output
     saved = read_result(tmp_path / "out" / "sensitivity.h5")
-    assert saved.responses["big"]["attrs"]["species"] == 100000
+    assert saved.responses["big"]["report"].species == 100000
     np.testing.assert_array_equal(saved.system.labelled_species, np.where(species == 0, 100000, 7))
 
 
@@ -633,7 +633,7 @@ def _fake_result(path: Path, n: int = 8):
     system = random_packing(n, phi=0.9, seed=0)
     write_result(path, system=system,
                  relaxation={"steps": 1, "converged": True, "stop_reason": "ftol"},
-                 responses={"d": {"dx_dtheta": np.ones((n, 2)), "attrs": {"converged": True}}},
+                 responses={"d": {"dx_dtheta": np.ones((n, 2)), "report": {"converged": True}}},
                  rattlers=np.zeros(n, bool), zero_modes={}, parameters={}, timings={})
     return path
 

@@ -72,8 +72,8 @@ def test_strain_theta_matches_re_relaxed_strained_packings(packing, request):
     backbone = ~solver.rattlers
     h = 1e-6
     for spec in specs:
-        dx, attrs = results[spec.name]
-        assert attrs["converged"]
+        dx, report = results[spec.name]
+        assert report.converged
         theta0, apply = theta_apply(spec, params, system.species)
         assert theta0 == 0.0
         fd, runs = central_difference(relaxer, model, params, apply, theta0, solver.y, h,
@@ -233,9 +233,9 @@ def test_cli_writes_and_inspects_the_elasticity(tmp_path, monkeypatch):
     shown = CliRunner().invoke(main, ["inspect", str(tmp_path / "out" / "sensitivity.h5")])
     assert shown.exit_code == 0, shown.output
     assert "elastic tensor (Voigt)" in shown.output and "shear modulus G" in shown.output
-    attrs = shear["attrs"]
-    assert attrs["linear_range_plus"] > 0 > attrs["linear_range_minus"]
-    assert attrs["linear_range_plus_event"] in ("opens", "closes")
+    report = shear["report"]
+    assert report.linear_range_plus > 0 > report.linear_range_minus
+    assert report.linear_range_plus_event in ("opens", "closes")
     assert "linear range: dtheta+ = " in shown.output
 
 

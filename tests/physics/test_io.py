@@ -511,7 +511,7 @@ def make_result_inputs(n=9, dim=2, vector=True, audit=True):
     responses = {
         "small_diameter": {
             "dx_dtheta": scalar,
-            "attrs": {
+            "report": {
                 "theta": 1.0,
                 "kind": "diameter",
                 "species": 0,
@@ -527,7 +527,7 @@ def make_result_inputs(n=9, dim=2, vector=True, audit=True):
         jacobian[:, rattlers] = np.nan
         responses["diameters"] = {
             "dx_dtheta": jacobian,
-            "attrs": {
+            "report": {
                 "theta": system.diameters,
                 "kind": "diameters",
                 "species": None,
@@ -616,7 +616,9 @@ def test_result_round_trip(tmp_path, dim, vector):
     for name, response in inputs["responses"].items():
         np.testing.assert_array_equal(result.dx_dtheta(name), response["dx_dtheta"])  # NaN-aware
         assert result.dx_dtheta(name).dtype == np.float64
-        assert_tree_equal(result.responses[name]["attrs"], response["attrs"])
+        # the report's attributes, an explicit None (not recorded) left out
+        assert_tree_equal(result.responses[name]["report"].to_attrs(),
+                          {k: v for k, v in response["report"].items() if v is not None})
     assert result.relaxation == RelaxReport.from_attrs(inputs["relaxation"])
     assert_tree_equal(result.relaxation.to_attrs(), inputs["relaxation"])
     assert_tree_equal(result.zero_modes, inputs["zero_modes"])
@@ -662,14 +664,14 @@ def test_result_large_vector_theta_goes_to_datasets(tmp_path):
         path,
         system=system,
         relaxation={},
-        responses={"diameters": {"dx_dtheta": np.zeros((2, n, 2)), "attrs": {"theta": system.diameters}}},
+        responses={"diameters": {"dx_dtheta": np.zeros((2, n, 2)), "report": {"theta": system.diameters}}},
         rattlers=np.zeros(n, bool),
         zero_modes={},
         parameters={},
         timings={},
     )
     result = read_result(path)
-    np.testing.assert_array_equal(result.responses["diameters"]["attrs"]["theta"], system.diameters)
+    np.testing.assert_array_equal(result.responses["diameters"]["report"].theta, system.diameters)
     assert result.zero_modes == {} and result.timings == {} and result.parameters == {}
 
 

@@ -15,8 +15,8 @@ def _write(path, n, p):
     field = np.random.default_rng(1).standard_normal((p, n, 2))
     field[:, 3] = np.nan  # a rattler row
     write_result(path, system=system, relaxation={},
-                 responses={"all": {"dx_dtheta": field, "attrs": {"kind": "diameters"}},
-                            "one": {"dx_dtheta": field[0], "attrs": {"kind": "diameter"}}},
+                 responses={"all": {"dx_dtheta": field, "report": {"kind": "diameters"}},
+                            "one": {"dx_dtheta": field[0], "report": {"kind": "diameter"}}},
                  rattlers=np.arange(n) == 3, zero_modes={}, parameters={}, timings={})
     return field
 

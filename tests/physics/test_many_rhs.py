@@ -53,7 +53,7 @@ def packing_2d():
 @pytest.mark.slow
 def test_factorization_equals_dense_every_column(packing_2d):
     system, model, params, relaxer, result, solver, out = packing_2d
-    (dense, dense_attrs), (fac, attrs) = out["dense"], out["factorization"]
+    (dense, dense_report), (fac, report) = out["dense"], out["factorization"]
     backbone = ~solver.rattlers
     assert np.flatnonzero(solver.rattlers).tolist() == [0]
     assert fac.shape == dense.shape == (32, 32, 2)
@@ -62,13 +62,13 @@ def test_factorization_equals_dense_every_column(packing_2d):
     # the gauge: the backbone's mean response is zero in every column
     assert np.abs(fac[:, backbone].mean(axis=1)).max() < 1e-12 * np.abs(fac[:, backbone]).max()
     # the report: method, reason, residuals, iterations that mean something
-    assert attrs["many_rhs"] == "factorization" and attrs["solver"] == "sparse_lu"
-    assert dense_attrs["many_rhs"] == "dense" and dense_attrs["solver"] == "dense"
-    assert "many_rhs" in attrs["reason"]
-    assert attrs["converged"] and attrs["n_solves"] == 32
-    assert 1 <= attrs["iterations"] <= 2 and 32 <= attrs["iterations_total"] <= 64
-    assert attrs["relative_residual"] < 1e-10
-    assert attrs["factor_unknowns"] == 2 * 31 and attrs["factor_fill"] >= 1
+    assert report.many_rhs == "factorization" and report.solver == "sparse_lu"
+    assert dense_report.many_rhs == "dense" and dense_report.solver == "dense"
+    assert "many_rhs" in report.reason
+    assert report.converged and report.n_solves == 32
+    assert 1 <= report.iterations <= 2 and 32 <= report.iterations_total <= 64
+    assert report.relative_residual < 1e-10
+    assert report.factor_unknowns == 2 * 31 and report.factor_fill >= 1
 
 
 @pytest.mark.slow
@@ -129,8 +129,8 @@ def test_free_boundary_cluster_rotation_is_gauge():
         16, 2, 0, 0, system=system, potential={"kind": "lennard_jones"},
         minimizer={"dt_start": 0.002, "dt_max": 0.02})
     solver, out = _both(model, result, params)
-    fac, attrs = out["factorization"]
-    assert attrs["converged"]
+    fac, report = out["factorization"]
+    assert report.converged
     all_rows = np.ones(16, bool)
     assert _column_errors(fac, out["dense"][0], all_rows).max() < 1e-9
     fd = central_difference(system, model, params, relaxer, solver, DIAMETERS, component=5)
@@ -240,7 +240,7 @@ def test_reverse_mode_for_a_few_observables_equals_the_forward_jacobian(packing_
     c[0, 7, 1] = 1.0  # y of particle 7
     c[1] = np.random.default_rng(0).standard_normal((n, d))
     got, report = reverse_vector_derivative(solver, DIAMETERS, c)
-    assert got.shape == (2, n) and report["converged"] and report["n_solves"] == 2
+    assert got.shape == (2, n) and report.converged and report.n_solves == 2
     expected = np.einsum("kia,pia->kp", c[:, backbone], forward[:, backbone])
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10 * np.abs(expected).max())
     np.testing.assert_allclose(got[0], forward[:, 7, 1], atol=1e-10 * np.abs(got[0]).max())
@@ -258,8 +258,8 @@ def test_a_failed_factorization_falls_back_to_krylov_solves(packing_2d, monkeypa
     monkeypatch.setattr(sensitivity, "factorize_sparse", singular)
     fresh = ResponseSolver(model, result.positions, params, max_force=result.max_force,
                            settings=resolve_sensitivity({"many_rhs": "factorization"}))
-    dx, attrs = fresh.vector_derivative(DIAMETERS)
-    assert attrs["many_rhs"] == "iterative" and attrs["converged"]
+    dx, report = fresh.vector_derivative(DIAMETERS)
+    assert report.many_rhs == "iterative" and report.converged
     assert "the factorization failed (singular beyond its given null space (test))" \
-        in attrs["reason"]
+        in report.reason
     assert _column_errors(dx, out["dense"][0], ~solver.rattlers).max() < 1e-8

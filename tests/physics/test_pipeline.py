@@ -64,8 +64,8 @@ def test_run_task_writes_a_complete_result(finished, packing_file):
     assert set(result.responses) == {"small_diameter", "box"}
     dx = result.responses["small_diameter"]["dx_dtheta"]
     assert dx.shape == (24, 2)
-    attrs = result.responses["small_diameter"]["attrs"]
-    assert attrs["converged"] and attrs["iterations"] > 0 and attrs["solver"] == "cg"
+    report = result.responses["small_diameter"]["report"]
+    assert report.converged and report.iterations > 0 and report.solver == "cg"
     for key in ("time_relax_s", "time_sensitivity_s", "time_compile_s", "time_total_s"):
         assert result.timings[key] >= 0
     assert result.timings["time_compile_s"] > result.timings["time_sensitivity_s"]
@@ -109,10 +109,10 @@ def test_non_converged_linear_solve_is_flagged(packing_file, tmp_path):
     assert "did not converge" in summary.message and "3 iterations" in summary.message
     result = read_result(summary.result_path)
     assert not result.converged
-    attrs = result.responses["small_diameter"]["attrs"]
-    assert not attrs["converged"] and attrs["iterations"] == 3
-    assert attrs["solver_relative_residual"] > 1e-10 and attrs["relative_residual"] > 1e-10
-    assert f"{attrs['solver_relative_residual']:.1e} > tol" in summary.message
+    report = result.responses["small_diameter"]["report"]
+    assert not report.converged and report.iterations == 3
+    assert report.solver_relative_residual > 1e-10 and report.relative_residual > 1e-10
+    assert f"{report.solver_relative_residual:.1e} > tol" in summary.message
 
 
 def test_bad_inputs_raise_input_error(packing_file, tmp_path):

@@ -82,11 +82,11 @@ def test_lanczos_diagnostics_against_the_dense_eigendecomposition(packing_2d, mo
 @pytest.mark.slow
 def test_2d_scalar_theta_matches_central_differences(packing_2d, pspec):
     system, model, params, relaxer, result, solver, scalars, vector = packing_2d
-    dx, attrs = scalars[pspec.name]
-    assert attrs["converged"] and attrs["iterations"] >= 0
+    dx, report = scalars[pspec.name]
+    assert report.converged and report.iterations >= 0
     # converged: ‖S r‖ <= tol ‖S b‖ on the block-Jacobi-scaled system; the residual of
     # H dx = b itself is reported (same order: the diagonal blocks are well conditioned)
-    assert attrs["relative_residual"] <= 1e-9
+    assert report.relative_residual <= 1e-9
     fd = central_difference(system, model, params, relaxer, solver, pspec)
     backbone = ~solver.rattlers
     if pspec.kind == "epsilon" and pspec.species is None:
@@ -135,10 +135,10 @@ def test_2d_matches_dense_pseudo_inverse(packing_2d):
 def test_2d_vector_theta(packing_2d):
     """Every diameter: [N][N][d], dense factorization, against differences and the scalar θ."""
     system, model, params, relaxer, result, solver, scalars, vector = packing_2d
-    dx, attrs = vector
+    dx, report = vector
     n, d = system.n, system.dim
     assert dx.shape == (n, n, d)
-    assert attrs["converged"] and attrs["solver"] == "dense"
+    assert report.converged and report.solver == "dense"
     backbone = ~solver.rattlers
     for component in (3, 17):
         fd = central_difference(system, model, params, relaxer, solver,
@@ -157,11 +157,11 @@ def test_vector_theta_batched_iterative_equals_dense(packing_2d):
     system, model, params, relaxer, result, solver, scalars, vector = packing_2d
     iterative = ResponseSolver(model, result.positions, params, max_force=result.max_force,
                                settings=resolve_sensitivity({"many_rhs": "iterative"}))
-    dx, attrs = iterative.vector_derivative(ParameterSpec("diameters", "diameters"))
-    assert attrs["solver"] == "cg" and attrs["n_solves"] == system.n and attrs["converged"]
-    assert attrs["many_rhs"] == "iterative" and "many_rhs" in attrs["reason"]
+    dx, report = iterative.vector_derivative(ParameterSpec("diameters", "diameters"))
+    assert report.solver == "cg" and report.n_solves == system.n and report.converged
+    assert report.many_rhs == "iterative" and "many_rhs" in report.reason
     # iterations of a batched solve: the most any column took (not -1), and their sum
-    assert 5 < attrs["iterations"] <= attrs["iterations_total"] <= system.n * attrs["iterations"]
+    assert 5 < report.iterations <= report.iterations_total <= system.n * report.iterations
     backbone = ~solver.rattlers
     assert relative_error(dx.reshape(-1, 2), vector[0].reshape(-1, 2),
                           np.tile(backbone, system.n)) < 1e-8
@@ -181,8 +181,8 @@ def test_other_solvers_and_preconditioners_agree(packing_2d, options):
     system, model, params, relaxer, result, solver, scalars, vector = packing_2d
     other = ResponseSolver(model, result.positions, params, max_force=result.max_force,
                            settings=resolve_sensitivity(options))
-    dx, attrs = other.scalar_derivatives([KINDS[0]])["small_diameter"]
-    assert attrs["converged"]
+    dx, report = other.scalar_derivatives([KINDS[0]])["small_diameter"]
+    assert report.converged
     assert relative_error(dx, scalars["small_diameter"][0], ~solver.rattlers) < 1e-8
 
 
@@ -194,16 +194,16 @@ def test_scaled_solve_reports_the_residual_of_the_unscaled_system(packing_2d):
     backbone = ~solver.rattlers
     pspec = KINDS[1]
     hessian, rhs = _dense_system(packing_2d, pspec)
-    dx, attrs = scalars[pspec.name]
+    dx, report = scalars[pspec.name]
     residual = np.linalg.norm(hessian @ dx[backbone].reshape(-1) - rhs)
-    assert attrs["preconditioner"] == "block_jacobi" and attrs["iterations"] > 5
-    assert 0 < attrs["residual"] < 1e-9 * np.linalg.norm(rhs)
-    np.testing.assert_allclose(attrs["residual"], residual, rtol=1e-2)
-    np.testing.assert_allclose(attrs["relative_residual"], residual / np.linalg.norm(rhs),
+    assert report.preconditioner == "block_jacobi" and report.iterations > 5
+    assert 0 < report.residual < 1e-9 * np.linalg.norm(rhs)
+    np.testing.assert_allclose(report.residual, residual, rtol=1e-2)
+    np.testing.assert_allclose(report.relative_residual, residual / np.linalg.norm(rhs),
                                rtol=1e-2)
     # the convergence test's own figure: the scaled system's relative residual
-    assert attrs["converged"] and attrs["solver_relative_residual"] <= 1e-10 * (1 + 1e-6)
-    assert attrs["solver_relative_residual"] != attrs["relative_residual"]
+    assert report.converged and report.solver_relative_residual <= 1e-10 * (1 + 1e-6)
+    assert report.solver_relative_residual != report.relative_residual
 
 
 @pytest.mark.slow
@@ -312,7 +312,7 @@ def test_scalar_path_equals_custom_root_through_jacfwd(packing_2d):
     dx = gauge_fix(np.asarray(dx), solver.rattlers, np.asarray(solver.y))
     backbone = ~solver.rattlers
     assert relative_error(dx, scalars[pspec.name][0], backbone) < 1e-12
-    assert reports and int(reports[-1].iterations) == scalars[pspec.name][1]["iterations"]
+    assert reports and int(reports[-1].iterations) == scalars[pspec.name][1].iterations
 
 
 def test_reverse_mode_through_the_relaxed_solver(packing_2d):

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from sensitivity.systems import Response, random_packing, read_result, write_result
+from sensitivity.systems import Response, SolveReport, random_packing, read_result, write_result
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from test_io import make_result_inputs  # noqa: E402
@@ -82,7 +82,7 @@ def test_typed_result(result_path):
     assert isinstance(scalar, Response) and not scalar.vector
     assert scalar.kind == "diameter" and scalar.theta == 1.0
     assert scalar.unit == "1" and scalar.theta_unit == "sigma"
-    assert scalar.converged is True and scalar.report["iterations"] == 42
+    assert scalar.converged is True and scalar.report.iterations == 42
     assert scalar.description["gauge"].startswith("backbone mean zero")
     assert "NaN" in scalar.description["rattlers"]
     expected = np.linalg.norm(inputs["responses"]["small_diameter"]["dx_dtheta"], axis=1)
@@ -196,7 +196,7 @@ def test_prediction_matches_a_re_relaxation(tmp_path):
 def test_epsilon_units(tmp_path, epsilon, unit, theta_unit):
     inputs = make_result_inputs(n=8, vector=False)
     inputs["responses"]["stiffness"] = {"dx_dtheta": np.zeros((8, 2)),
-                                        "attrs": {"kind": "epsilon", "species": -1, "theta": 1.0}}
+                                        "report": SolveReport(kind="epsilon", species=-1, theta=1.0)}
     inputs["parameters"]["potential"]["epsilon"] = epsilon
     result = read_result(write_result(tmp_path / "r.h5", **inputs))
     response = result.response("stiffness")

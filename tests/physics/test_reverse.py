@@ -35,7 +35,7 @@ def test_names_and_shapes(packing):
     *_, obs, dx, forward, reverse = packing
     assert obs.names == ("pressure", "energy", "x[7]", "y[7]", "y[0]")
     assert reverse["d_observable_d_theta"].shape == (5, 32)
-    assert reverse["attrs"]["n_solves"] == 5 and reverse["attrs"]["converged"]
+    assert reverse["report"].n_solves == 5 and reverse["report"].converged
     assert np.isnan(reverse["d_observable_d_theta"][4]).all()  # a rattler's position
     assert np.isnan(forward["d_observable_d_theta"][4]).all()
 
@@ -115,10 +115,10 @@ def test_run_task_reverse_and_forward_write_the_same_derivatives(tmp_path):
     a, f = read_result(auto.result_path), read_result(forward.result_path)
     assert a.names == ["box"] and f.names == ["diameters", "box"]
     ra, rf = a.observable_derivatives["diameters"], f.observable_derivatives["diameters"]
-    assert ra["attrs"]["mode"] == "reverse" and rf["attrs"]["mode"] == "forward"
-    assert ra["attrs"]["reason"].startswith("3 observable(s) < 40 θ components")
-    assert ra["attrs"]["observables"] == ["pressure", "x[3]", "y[3]"]
-    assert ra["attrs"]["n_solves"] == 3 and ra["attrs"]["converged"]
+    assert ra["report"].mode == "reverse" and rf["report"].mode == "forward"
+    assert ra["report"].reason.startswith("3 observable(s) < 40 θ components")
+    assert ra["report"].observables == ["pressure", "x[3]", "y[3]"]
+    assert ra["report"].n_solves == 3 and ra["report"].converged
     got, expected = ra["d_observable_d_theta"], rf["d_observable_d_theta"]
     assert got.shape == (3, 40)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10 * np.nanmax(np.abs(expected)))

@@ -16,7 +16,7 @@ from _physics import task_config
 from sensitivity import systems  # noqa: F401
 from sensitivity.systems import many_rhs
 from sensitivity.systems.generate import random_packing
-from sensitivity.systems.io import read_result, write_packing, write_result
+from sensitivity.systems.io import SolveReport, read_result, write_packing, write_result
 from sensitivity.systems.jacobian_file import read_jacobian_slice
 from sensitivity.systems.pipeline import run_task
 from sensitivity.systems.potentials import PairModel, resolve_potential
@@ -55,11 +55,11 @@ def test_streamed_file_equals_the_in_memory_jacobian(packing_file, tmp_path, mon
     live = ~np.isnan(expected)
     np.testing.assert_allclose(got[live], expected[live], rtol=0,
                                atol=1e-12 * np.abs(expected[live]).max())
-    written = result.responses["diameters"]["attrs"]
-    assert written["many_rhs"] == "factorization" and written["converged"]
-    assert written["n_solves"] == 40 and written["streamed"]
-    assert summary.responses["diameters"]["converged"]
-    assert summary.timings["time_sensitivity_s"] >= written["time_s"]
+    written = result.responses["diameters"]["report"]
+    assert written.many_rhs == "factorization" and written.converged
+    assert written.n_solves == 40 and written.streamed
+    assert summary.responses["diameters"].converged
+    assert summary.timings["time_sensitivity_s"] >= written.time_s
     np.testing.assert_array_equal(read_jacobian_slice(summary.result_path, "diameters",
                                                       particle=5), got[:, 5])
     assert [p.name for p in tmp_path.iterdir()] == ["sensitivity.h5"]
@@ -87,7 +87,7 @@ class _Stream:
     """A stand-in for FactorizedJacobian: blocks of a known field, optionally failing."""
 
     def __init__(self, field, fail_at=None):
-        self.field, self.fail_at, self.attrs = field, fail_at, None
+        self.field, self.fail_at, self.report = field, fail_at, None
         self.shape, self.nbytes = field.shape, field.nbytes
 
     def blocks(self):
@@ -95,12 +95,12 @@ class _Stream:
             if start == self.fail_at:
                 raise RuntimeError("block failed (test)")
             yield start, start + 64, self.field[start:start + 64]
-        self.attrs = {"converged": True, "method": "test"}
+        self.report = SolveReport(converged=True, method="test")
 
 
 def _write(path, stream):
     system = random_packing(len(stream.field), seed=0)
-    responses = {"all": {"dx_dtheta": stream, "attrs": {"kind": "diameters"}}}
+    responses = {"all": {"dx_dtheta": stream, "report": SolveReport(kind="diameters")}}
     write_result(path, system=system, relaxation={}, responses=responses,
                  rattlers=np.zeros(system.n, bool), zero_modes={}, parameters={}, timings={})
     return responses
@@ -109,8 +109,8 @@ def _write(path, stream):
 def test_write_result_streams_blocks_into_the_chunked_dataset(tmp_path):
     field = np.random.default_rng(0).standard_normal((256, 256, 2))
     responses = _write(tmp_path / "r.h5", _Stream(field))
-    assert responses["all"]["attrs"] == {"kind": "diameters", "converged": True,
-                                         "method": "test"}
+    assert responses["all"]["report"] == SolveReport(kind="diameters", converged=True,
+                                                     method="test")
     with h5py.File(tmp_path / "r.h5") as f:
         assert f["sensitivity/all/dx_dtheta"].chunks == (64, 64, 2)
         assert f["sensitivity/all"].attrs["method"] == "test"

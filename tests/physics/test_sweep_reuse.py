@@ -107,7 +107,7 @@ def test_a_sweep_over_epsilon_compiles_nothing_after_the_first_task(tmp_path):
     assert events == 0, f"the second ε compiled or traced {events} times"
     one = read_result(tmp_path / "one" / "sensitivity.h5")
     two = read_result(tmp_path / "two" / "sensitivity.h5")
-    assert two.responses["eps"]["attrs"]["theta"] == 2.0
+    assert two.responses["eps"]["report"].theta == 2.0
     d1 = one.responses["small_diameter"]["dx_dtheta"]
     d2 = two.responses["small_diameter"]["dx_dtheta"]
     np.testing.assert_allclose(d2, d1, rtol=1e-6, atol=1e-9)  # x*(σ) does not depend on ε

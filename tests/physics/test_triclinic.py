@@ -363,8 +363,8 @@ def test_tilted_cell_preconditioners_agree(tilted, preconditioner):
     reference = solver.scalar_derivatives(SCALARS[:1])["small_diameter"][0]
     other = ResponseSolver(model, result.positions, params, max_force=result.max_force,
                            settings=resolve_sensitivity({"preconditioner": preconditioner}))
-    dx, attrs = other.scalar_derivatives(SCALARS[:1])["small_diameter"]
-    assert attrs["converged"]
+    dx, report = other.scalar_derivatives(SCALARS[:1])["small_diameter"]
+    assert report.converged
     assert relative_error(dx, reference, ~solver.rattlers) < 1e-8
 
 
