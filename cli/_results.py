@@ -8,11 +8,13 @@ from pathlib import Path
 
 import click
 
+from sensitivity.systems.settings import FIGURE_DPI, FIGURE_FORMATS, SUMMARY_TOP
+
 from ._common import NumericalFailure, _state, common_options, emit_json, json_option
 
 @click.command(short_help="Summarize a result file.")
 @click.argument("result", type=click.Path(dir_okay=False))
-@click.option("--top", type=click.IntRange(min=0), default=5, show_default=True,
+@click.option("--top", type=click.IntRange(min=0), default=SUMMARY_TOP, show_default=True,
               help="How many of the largest responses to list per theta.")
 @json_option
 @common_options
@@ -34,10 +36,10 @@ def inspect(result: str, top: int) -> None:
 @click.argument("result", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(file_okay=False), default=None,
               help="Folder for the figures [default: plots/ beside RESULT].")
-@click.option("--format", "fmt", type=click.Choice(["png", "pdf", "svg"]), default="png",
+@click.option("--format", "fmt", type=click.Choice(FIGURE_FORMATS), default=FIGURE_FORMATS[0],
               show_default=True, help="Figure format.")
-@click.option("--dpi", type=click.FloatRange(min=10, max=2400), default=150, show_default=True,
-              help="Resolution of PNG figures.")
+@click.option("--dpi", type=click.FloatRange(min=10, max=2400), default=FIGURE_DPI,
+              show_default=True, help="Resolution of PNG figures.")
 @click.option("--theta", "names", multiple=True, metavar="NAME",
               help="Draw only this theta (repeatable) [default: every theta].")
 @click.option("--component", type=int, default=None,

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from ._linear_solve import LinearSolveInfo
+from ._linear_solve import LinearSolveInfo, default_tol
 
 __all__ = ["SparseFactorization", "factorize_sparse", "ORDERINGS"]
 
@@ -207,7 +207,8 @@ class SparseFactorization:
         x[self.free] = self._apply_inverse(b[self.free])
         return self._project(x)
 
-    def solve(self, b, *, tol: float = 1e-10, refine: bool = True, full_output: bool = False,
+    def solve(self, b, *, tol: float | None = None, refine: bool = True,
+              full_output: bool = False,
               chunk: int = DEFAULT_CHUNK, out: np.ndarray | None = None):
         """The minimum-norm solutions of ``A x_p = P b_p`` for every row ``b_p`` of ``b``.
 
@@ -215,7 +216,8 @@ class SparseFactorization:
           b: ``(n,)`` one right-hand side, or ``(P, n)`` P of them (any leading shape whose
             last axis is ``n``).
           tol: a column whose residual ``‖A x - P b‖`` exceeds ``tol ‖b‖`` after the first
-            solve is refined once (one more solve with the residual).
+            solve is refined once (one more solve with the residual); None: the linear
+            solvers' default in float64 (:func:`~sensitivity._linear_solve.default_tol`).
           refine: allow that refinement.
           full_output: also return a :class:`~sensitivity.LinearSolveInfo` with one entry
             per right-hand side (``iterations``: solves taken, 1 or 2).
@@ -231,6 +233,7 @@ class SparseFactorization:
 
     def _solve(self, b, *, tol, refine, full_output, chunk, out):
         b = np.asarray(b, np.float64)
+        tol = default_tol(np.float64) if tol is None else tol
         n = self.shape[0]
         if b.shape[-1] != n:
             raise ValueError(f"SparseFactorization.solve: right-hand sides of length {n} "

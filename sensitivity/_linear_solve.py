@@ -298,7 +298,8 @@ def _safe_div(num, den):
     return jnp.where(ok, num / jnp.where(ok, den, 1), jnp.zeros_like(num))
 
 
-def _default_tol(dtype) -> float:
+def default_tol(dtype) -> float:
+    """The linear solvers' default relative tolerance in ``dtype`` (``tol=None``)."""
     return max(1e-10, 100.0 * float(jnp.finfo(dtype).eps))
 
 
@@ -353,7 +354,7 @@ class _Problem:
         # tolerances
         self.tol_defaulted = tol is None
         if tol is None:
-            tol = _default_tol(self.dtype)
+            tol = default_tol(self.dtype)
         self.tol = tol
         self.bnorm = _norm(b_flat)
         self.tol_abs = _absolute_tolerance(self.bnorm, tol, atol, self.dtype)

@@ -62,6 +62,11 @@ __all__ = [
     "scipy_minimize",
 ]
 
+#: The stopping tolerance and iteration cap of the first-order solvers (gradient descent,
+#: proximal / projected gradient, mirror descent, block coordinate descent): jaxopt's.
+FIRST_ORDER_TOL = 1e-8
+FIRST_ORDER_MAXITER = 1000
+
 
 def _precision_slack(value):
     """Rounding error of an objective value; sufficient-decrease tests ignore less than this."""
@@ -92,8 +97,8 @@ def gradient_descent(
     init_params: Any,
     *args: Any,
     step_size: float | None = None,
-    tol: float = 1e-8,
-    maxiter: int = 1000,
+    tol: float = FIRST_ORDER_TOL,
+    maxiter: int = FIRST_ORDER_MAXITER,
     implicit_diff: bool = True,
     unroll: bool = False,
     solve: Callable | None = None,
@@ -236,8 +241,8 @@ def proximal_gradient(
     *args: Any,
     step_size: float | None = None,
     acceleration: bool = True,
-    tol: float = 1e-8,
-    maxiter: int = 1000,
+    tol: float = FIRST_ORDER_TOL,
+    maxiter: int = FIRST_ORDER_MAXITER,
     implicit_diff: bool = True,
     unroll: bool = False,
     solve: Callable | None = None,
@@ -282,8 +287,8 @@ def projected_gradient(
     *args: Any,
     step_size: float | None = None,
     acceleration: bool = True,
-    tol: float = 1e-8,
-    maxiter: int = 1000,
+    tol: float = FIRST_ORDER_TOL,
+    maxiter: int = FIRST_ORDER_MAXITER,
     implicit_diff: bool = True,
     unroll: bool = False,
     solve: Callable | None = None,
@@ -324,8 +329,8 @@ def mirror_descent(
     hyperparams_proj: Any,
     *args: Any,
     step_size: float = 1.0,
-    tol: float = 1e-8,
-    maxiter: int = 1000,
+    tol: float = FIRST_ORDER_TOL,
+    maxiter: int = FIRST_ORDER_MAXITER,
     implicit_diff: bool = True,
     unroll: bool = False,
     solve: Callable | None = None,
@@ -383,8 +388,8 @@ def block_coordinate_descent(
     hyperparams_prox: Any,
     *args: Any,
     step_size: Any,
-    tol: float = 1e-8,
-    maxiter: int = 1000,
+    tol: float = FIRST_ORDER_TOL,
+    maxiter: int = FIRST_ORDER_MAXITER,
     implicit_diff: bool = True,
     unroll: bool = False,
     solve: Callable | None = None,

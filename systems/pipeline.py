@@ -549,7 +549,7 @@ def audit_task(config: Mapping[str, Any], *,
     """The finite-difference audit of one task (``sensitivity check``).
 
     Relaxes, computes every ∂x*/∂θ, re-minimizes at θ ± h from x* (h =
-    ``sensitivity.fd_step`` × max(1, |θ|), to max force ``min(ftol, 1e-13)``), and compares
+    ``sensitivity.fd_step`` × max(1, |θ|), to max force ``min(ftol, AUDIT_FTOL)``), and compares
     the central difference with the implicit derivative on the non-rattlers after the same
     gauge fixing. For the vector θ (every diameter) three components are checked.
 

@@ -38,6 +38,7 @@ from ._errors import InputError
 from ._h5 import LENGTH_UNIT
 from ._result_read import Result, response_magnitudes
 from ._system import ParticleSystem, perpendicular_widths
+from .settings import FIGURE_DPI, FIGURE_FORMATS
 
 __all__ = [
     "FORMATS",
@@ -48,7 +49,7 @@ __all__ = [
     "response_figure",
 ]
 
-FORMATS = ("png", "pdf", "svg")
+FORMATS = FIGURE_FORMATS
 
 _SPECIES_COLORS = ("#9ecae1", "#fdae6b", "#a1d99b", "#bcbddc", "#fa9fb5", "#c7e9c0")
 _RATTLER_COLOR = "#bdbdbd"
@@ -184,7 +185,7 @@ def _format_number(value: float) -> str:
 # output
 
 
-def _new_figure(size: tuple[float, float], dpi: float = 150):
+def _new_figure(size: tuple[float, float], dpi: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -194,7 +195,7 @@ def _new_figure(size: tuple[float, float], dpi: float = 150):
 
 
 def _output_format(path: Path, fmt: str | None) -> str:
-    fmt = (fmt or path.suffix.lstrip(".") or "png").lower()
+    fmt = (fmt or path.suffix.lstrip(".") or FORMATS[0]).lower()
     if fmt not in FORMATS:
         raise InputError(f"{path}: figure format {fmt!r} is not supported, expected one of "
                          f"{', '.join(FORMATS)}")
@@ -240,7 +241,7 @@ def response_figure(
     scale: float | None = None,
     color_by_magnitude: bool = False,
     slice_z: float | None = None,
-    dpi: float = 150,
+    dpi: float = FIGURE_DPI,
 ):
     """The packing as disks with an arrow ``∂x*_i/∂θ`` on each particle (a matplotlib
     ``Figure``; :func:`plot_response` saves it).
@@ -462,7 +463,7 @@ def plot_response(
     path: str | os.PathLike = "response.png",
     *,
     format: str | None = None,
-    dpi: float = 150,
+    dpi: float = FIGURE_DPI,
     **options: Any,
 ) -> Path:
     """Save :func:`response_figure` (``options``: its keywords) as PNG, PDF or SVG
@@ -480,7 +481,7 @@ def magnitudes_figure(
     *,
     component: int | None = None,
     bins: int = 40,
-    dpi: float = 150,
+    dpi: float = FIGURE_DPI,
 ):
     """Histogram of the per-particle response magnitudes ``|∂x*_i/∂θ|`` (rattlers excluded).
 
@@ -531,7 +532,7 @@ def plot_magnitudes(
     path: str | os.PathLike = "magnitudes.png",
     *,
     format: str | None = None,
-    dpi: float = 150,
+    dpi: float = FIGURE_DPI,
     **options: Any,
 ) -> Path:
     """Save :func:`magnitudes_figure` as PNG, PDF or SVG. Returns the path written."""
@@ -547,8 +548,8 @@ def plot_result(
     result: Result,
     directory: str | os.PathLike,
     *,
-    format: str = "png",
-    dpi: float = 150,
+    format: str = FORMATS[0],
+    dpi: float = FIGURE_DPI,
     names: list[str] | None = None,
     **options: Any,
 ) -> list[Path]:

@@ -60,6 +60,9 @@ POTENTIAL_DEFAULTS: dict[str, Any] = settings.defaults(settings.POTENTIAL)
 #: Neighbor lists are used ("auto") from this many particles on, where the box allows cells
 #: (at N = 256 they make FIRE about ten times faster than every pair).
 NEIGHBOR_LIST_MIN_PARTICLES = 128
+#: Interacting pairs: within this multiple of the interaction range (a little head room
+#: over the range, for pairs at the edge of contact).
+INTERACTING_MARGIN = 1.02
 
 
 def _species_matrix(value: Any, n_species: int, name: str, where: str) -> np.ndarray:
@@ -529,7 +532,8 @@ class PairModel:
             return y
         return y @ jnp.asarray(np.linalg.inv(self.box).T, jnp.float64)
 
-    def interacting_pairs(self, y, params: PotentialParams, margin: float = 1.02) -> Pairs:
+    def interacting_pairs(self, y, params: PotentialParams,
+                          margin: float = INTERACTING_MARGIN) -> Pairs:
         """The compact half list (i < j) of pairs within ``margin × range`` at ``y``.
 
         Built on the host (:func:`systems._system.pairs_within`): no compilation, so it costs

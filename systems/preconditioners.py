@@ -117,9 +117,17 @@ class BlockJacobi(NamedTuple):
     inverse: jax.Array  # (N, d, d)
 
 
+#: Eigenvalues below ``RCOND × max`` are dropped in the pseudo-inverses (the default of
+#: every builder here).
+RCOND = 1e-10
+#: Target particles per part / coarse cell (the default of the Schwarz and two-level
+#: builders).
+PER_CELL = 16
+
+
 @_single_threaded_blas
 def build_block_jacobi(H: BlockHessian, positions=None, box=None, *,
-                       rcond: float = 1e-10) -> BlockJacobi:
+                       rcond: float = RCOND) -> BlockJacobi:
     """Pseudo-inverses of the diagonal blocks of ``H`` (``positions``, ``box`` unused;
     accepted for a uniform signature)."""
     d = H.rows.shape[1]
@@ -201,7 +209,7 @@ class Schwarz(NamedTuple):
 COARSE = ("none", "translations", "spectral")
 
 
-def schwarz_shape(n: int, per_cell: int = 16) -> tuple[int, int]:
+def schwarz_shape(n: int, per_cell: int = PER_CELL) -> tuple[int, int]:
     """``(levels L, part capacity m)``: ``2^L`` parts of at most ``m`` particles, from the
     number of particles alone (so every packing of N particles shares them)."""
     levels = max(0, int(round(math.log2(max(n, 1) / per_cell))))
@@ -280,9 +288,9 @@ def _inverse_spd(a: np.ndarray, rcond: float) -> np.ndarray:
 
 
 @_single_threaded_blas
-def build_schwarz(H: BlockHessian, positions, box, *, per_cell: int = 16,
+def build_schwarz(H: BlockHessian, positions, box, *, per_cell: int = PER_CELL,
                   coarse: str = "translations", modes: int = 12, active=None,
-                  rcond: float = 1e-10, dtype=np.float64) -> Schwarz:
+                  rcond: float = RCOND, dtype=np.float64) -> Schwarz:
     """Two-level additive Schwarz data (host, numpy).
 
     Args:
@@ -446,7 +454,7 @@ def apply_schwarz_balanced(data: tuple[BlockHessian, Schwarz], r):
     return qr + w - back(_coarse_slots(s, _slots(s, hessian_matvec(H, w))))
 
 
-def two_level(model: PairModel, blocks, pairs: Pairs, positions, *, per_cell: int = 16,
+def two_level(model: PairModel, blocks, pairs: Pairs, positions, *, per_cell: int = PER_CELL,
               tether: float = 0.0, rattlers=None):
     """A two-level additive preconditioner ``M = D⁻¹ + R A_c⁺ Rᵀ`` (on the host, numpy).
 
@@ -492,7 +500,7 @@ def two_level(model: PairModel, blocks, pairs: Pairs, positions, *, per_cell: in
     fine = np.zeros((n, d))
     np.add.at(fine, i[keep], np.einsum("kaa->ka", k))
     np.add.at(fine, j[keep], np.einsum("kaa->ka", k))
-    cutoff = 1e-10 * max(float(np.abs(fine).max()) if fine.size else 0.0, float(tether), 1e-300)
+    cutoff = RCOND * max(float(np.abs(fine).max()) if fine.size else 0.0, float(tether), 1e-300)
     w, v = np.linalg.eigh(0.5 * (coarse + coarse.T))
     inv_w = np.where(np.abs(w) > cutoff, 1.0 / np.where(np.abs(w) > cutoff, w, 1.0), 0.0)
     coarse_inv = (v * inv_w) @ v.T

@@ -310,6 +310,9 @@ def compile_cache_info() -> dict[str, Any]:
 
 
 _MAX_REALLOCATIONS = 20
+#: The neighbor-list skin as a fraction of the cutoff (its default; the list reaches
+#: ``cutoff × (1 + SKIN)``).
+SKIN = 0.25
 
 
 def _check_reallocations(count: int) -> None:
@@ -334,7 +337,8 @@ class Relaxer:
       cutoff: neighbor cutoff in reference-box units; must cover every parameter set that
         :meth:`run` will see (see :meth:`PairModel.reference_cutoff`).
       neighbor_list: use a jax-md cell-list neighbor list (else every pair, O(N²)).
-      skin: neighbor-list skin (rebuild after a particle moves skin/2); default cutoff/4.
+      skin: neighbor-list skin (rebuild after a particle moves skin/2); default
+        :data:`SKIN` × cutoff.
     """
 
     def __init__(self, model: PairModel, minimizer: MinimizerSpec, *, cutoff: float,
@@ -343,7 +347,7 @@ class Relaxer:
         self.spec = minimizer
         self.cutoff = float(cutoff)
         self.use_nl = bool(neighbor_list)
-        self.skin = 0.25 * self.cutoff if skin is None else float(skin)
+        self.skin = SKIN * self.cutoff if skin is None else float(skin)
         self._settings = _LoopSettings.of(minimizer, self.use_nl)
         self._lists = (neighbor_lists(model, self.cutoff, self.skin) if self.use_nl
                        else None)
@@ -481,5 +485,5 @@ def make_relaxer(model: PairModel, minimizer: MinimizerSpec,
         if problem:
             raise InputError(f"{where} {problem}")
     return Relaxer(model, minimizer, cutoff=cutoff,
-                   neighbor_list=model.use_neighbor_list(cutoff * 1.25), skin=skin)
+                   neighbor_list=model.use_neighbor_list(cutoff * (1.0 + SKIN)), skin=skin)
 

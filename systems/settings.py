@@ -33,6 +33,7 @@ __all__ = [
     "Invalid", "Setting", "any_of", "boolean", "check_section", "choice", "defaults", "integer",
     "matrix", "minimizer_errors", "nullable", "number", "potential_errors", "string",
     "MODES", "NAME", "OBSERVABLES", "PACKING", "observable_list", "sensitivity_errors",
+    "FIGURE_DPI", "FIGURE_FORMATS", "SUMMARY_TOP",
     "unknown_key",
 ]
 
@@ -351,6 +352,15 @@ DEFAULT_PARAMETERS = ({"name": "small_diameter", "kind": "diameter", "species": 
 #: The random bidisperse packing of :func:`systems.generate.random_packing` (``sensitivity
 #: generate``): dimension, packing fraction, seed, large over small diameter.
 PACKING = {"dim": 2, "phi": 0.9, "seed": 0, "size_ratio": 1.4}
+
+#: Figures (:mod:`systems.plots`, ``sensitivity plot``): the file formats (the first is the
+#: default) and the resolution of PNGs (dots per inch).
+FIGURE_FORMATS = ("png", "pdf", "svg")
+FIGURE_DPI = 150
+
+#: How many of the largest responses a summary lists per θ (:func:`systems.summary.summarize`,
+#: ``sensitivity inspect --top``).
+SUMMARY_TOP = 5
 
 
 def defaults(section: Mapping[str, Setting]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from ._atomic import atomic_path
 from ._result_read import copy_result, read_result, response_magnitudes
 from .config import ConfigError
 from .manifest import find_tasks
-from .settings import STRAIN_COMPONENTS_BY_DIM
+from .settings import STRAIN_COMPONENTS_BY_DIM, SUMMARY_TOP
 from .tasks import RESULT_NAME
 
 __all__ = ["SUMMARY_FORMAT", "collect_results", "summarize", "summary_paths", "write_summary"]
@@ -218,7 +218,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def summarize(path: str | Path, *, top: int = 5) -> dict:
+def summarize(path: str | Path, *, top: int = SUMMARY_TOP) -> dict:
     """A JSON-friendly summary of a result file."""
     result = read_result(path)
     system = result.system

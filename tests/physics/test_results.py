@@ -196,7 +196,8 @@ def test_prediction_matches_a_re_relaxation(tmp_path):
 def test_epsilon_units(tmp_path, epsilon, unit, theta_unit):
     inputs = make_result_inputs(n=8, vector=False)
     inputs["responses"]["stiffness"] = {"dx_dtheta": np.zeros((8, 2)),
-                                        "report": SolveReport(kind="epsilon", species=-1, theta=1.0)}
+                                        "report": SolveReport(kind="epsilon", species=-1,
+                                                              theta=1.0)}
     inputs["parameters"]["potential"]["epsilon"] = epsilon
     result = read_result(write_result(tmp_path / "r.h5", **inputs))
     response = result.response("stiffness")
