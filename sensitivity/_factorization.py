@@ -46,7 +46,8 @@ from ._linear_solve import LinearSolveInfo, default_tol
 
 __all__ = ["SparseFactorization", "factorize_sparse", "ORDERINGS"]
 
-#: Fill-reducing orderings of SuperLU (``permc_spec``); the default suits symmetric matrices.
+#: Fill-reducing orderings of SuperLU (``permc_spec``); the first, the default, suits
+#: symmetric matrices.
 ORDERINGS = ("MMD_AT_PLUS_A", "COLAMD", "MMD_ATA", "NATURAL")
 
 #: A pivot below this times the largest means the matrix is singular beyond its null space.
@@ -126,7 +127,7 @@ class SparseFactorization:
       time_factor_s: seconds of the factorization (ordering, SuperLU, schedules).
     """
 
-    def __init__(self, matrix, *, nullspace=None, ordering: str = "MMD_AT_PLUS_A",
+    def __init__(self, matrix, *, nullspace=None, ordering: str = ORDERINGS[0],
                  symmetric: bool = True):
         import scipy.linalg
         import scipy.sparse as sp
@@ -285,7 +286,7 @@ class SparseFactorization:
                 "levels": list(self.levels), "time_factor_s": self.time_factor_s}
 
 
-def factorize_sparse(matrix, *, nullspace=None, ordering: str = "MMD_AT_PLUS_A",
+def factorize_sparse(matrix, *, nullspace=None, ordering: str = ORDERINGS[0],
                      symmetric: bool = True) -> SparseFactorization:
     """Factor a sparse square matrix once for many solves (host: NumPy / SciPy).
 

@@ -26,6 +26,7 @@ from ._h5 import (
     time_dependent_element,
 )
 from ._system import ParticleSystem, box_problem, wrap_positions
+from .settings import LAST_FRAME, PARTICLES_GROUP
 from .versions import package_version
 
 
@@ -329,7 +330,7 @@ def _read_potential(handle: h5py.File, label: str) -> dict | None:
 
 
 def read_packing(
-    path: str | os.PathLike, group: str = "all", frame: int = -1
+    path: str | os.PathLike, group: str = PARTICLES_GROUP, frame: int = LAST_FRAME
 ) -> tuple[ParticleSystem, dict | None]:
     """Read a packing from an H5MD 1.1 file.
 
@@ -449,7 +450,7 @@ def write_packing(
     potential: Mapping | None = None,
     author: str | None = None,
     creator: Any = None,
-    group: str = "all",
+    group: str = PARTICLES_GROUP,
     time_dependent: bool = True,
 ) -> Path:
     """Write a packing as an H5MD 1.1 file (float64; atomic: temporary name, then rename).

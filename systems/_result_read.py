@@ -30,6 +30,7 @@ from ._h5 import (
 )
 from ._packing_file import PackingReader
 from ._reports import ObservableReport, RelaxReport, SolveReport
+from .settings import LAST_FRAME, PARTICLES_GROUP
 from ._system import ParticleSystem, cell_matrix, wrap_positions
 
 
@@ -346,7 +347,7 @@ def read_result(path: str | os.PathLike) -> Result:
                 f"{label}: /sensitivity attribute format_version = {version!r}, expected at most "
                 f"{RESULT_FORMAT_VERSION} (written by a newer sensitivity; upgrade to read it)"
             )
-        system = PackingReader(handle, label, "all").read_system(-1)
+        system = PackingReader(handle, label, PARTICLES_GROUP).read_system(LAST_FRAME)
         rattlers_item = require(handle, label, "/sensitivity/rattlers", h5py.Dataset,
                                 f"[{system.n}] bool")
         rattlers = checked_read(rattlers_item, "/sensitivity/rattlers", label).astype(bool)

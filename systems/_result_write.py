@@ -35,6 +35,7 @@ from ._h5 import (
 )
 from ._packing_file import write_h5md_header, write_particles
 from ._reports import ObservableReport, RelaxReport, SolveReport
+from .settings import PARTICLES_GROUP
 from ._system import ParticleSystem
 from .jacobian_file import is_stream, jacobian_layout, write_streamed
 
@@ -176,7 +177,7 @@ def write_result(
     on_disk = streamed + (64 << 20) if streamed else 0  # + room for the rest of the file
     with atomic_h5(path, on_disk) as handle:
         write_h5md_header(handle, author, creator)
-        write_particles(handle, system, "all", time_dependent=True)
+        write_particles(handle, system, PARTICLES_GROUP, time_dependent=True)
 
         sensitivity = handle.create_group("sensitivity", track_order=True)
         sensitivity.attrs["format"] = RESULT_FORMAT

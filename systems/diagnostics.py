@@ -20,6 +20,7 @@ import numpy as np
 from ._linear_system import PackingData, SolveConfig, compile_seconds
 from .contacts import rigid_motions
 from .hessian import hessian_matvec
+from .settings import SENSITIVITY
 
 if TYPE_CHECKING:
     from .response import ResponseSolver
@@ -111,7 +112,8 @@ def zero_modes(solver: ResponseSolver, seed: int = 0) -> dict:
         from scipy.linalg import eigvalsh_tridiagonal
 
         live = len(solver.backbone) * d
-        steps = max(0, int(min(solver.settings.get("lanczos_steps", 200), live - k)))
+        default = SENSITIVITY["lanczos_steps"].default
+        steps = max(0, int(min(solver.settings.get("lanczos_steps", default), live - k)))
         ritz = np.zeros(0)
         if steps:
             v0 = jax.random.normal(jax.random.PRNGKey(seed), (n * d,))

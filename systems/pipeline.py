@@ -25,6 +25,8 @@ import numpy as np
 
 from ._errors import InputError
 from ._reports import SolveReport
+from .schema import SCHEMA, SEED
+from .settings import defaults
 from ._system import minimum_image
 from .tasks import PLOTS_NAME, RESULT_NAME
 from .many_rhs import check_result_size
@@ -94,7 +96,7 @@ def provenance(config: Mapping[str, Any], input_path: Path) -> dict:
         "input_sha256": file_sha256(input_path),
         "device": f"{device.platform}:{getattr(device, 'device_kind', '')}",
         "x64": bool(jax.config.jax_enable_x64),
-        "seed": int(config.get("seed", 0) or 0),
+        "seed": int(config.get("seed") or SEED.default),
         "command_line": " ".join(sys.argv),
     }
 
@@ -123,14 +125,14 @@ class _Task:
 def _prepare(config: Mapping[str, Any], *, for_audit: bool, output_dir=None) -> _Task:
     from .io import read_packing
 
-    system_cfg = config.get("system") or {}
+    system_cfg = {**defaults(SCHEMA["system"]), **(config.get("system") or {})}
     if not system_cfg.get("path"):
         raise InputError("config: system.path is required (the H5MD packing to read)")
     input_path = Path(system_cfg["path"])
-    system, file_potential = read_packing(input_path, group=system_cfg.get("group", "all"),
-                                          frame=system_cfg.get("frame", -1))
+    system, file_potential = read_packing(input_path, group=system_cfg["group"],
+                                          frame=system_cfg["frame"])
     where = str(input_path)
-    _refuse_coincident(system, where, system_cfg.get("group", "all"))
+    _refuse_coincident(system, where, system_cfg["group"])
     spec = resolve_potential(config.get("potential"), system.n_species, file_potential,
                              where=where)
     minimizer = resolve_minimizer(config.get("minimizer"))
@@ -517,7 +519,8 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
     if progress is not None:
         progress("written", time_s=timings["time_write_s"])
     plot_paths = []
-    if (config.get("output") or {}).get("plots", True) and result is not None:
+    output = {**defaults(SCHEMA["output"]), **(config.get("output") or {})}
+    if output["plots"] and result is not None:
         t_plots = time.perf_counter()
         from .plots import plot_result
 

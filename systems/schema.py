@@ -105,8 +105,9 @@ def _unset_means_file_or_default(section: dict[str, Setting]) -> dict[str, Setti
 SCHEMA: dict[str, dict[str, Setting]] = {
     "system": {
         "path": Setting(_PATH, help="H5MD input file"),
-        "group": Setting(string(), "all", "particles group in the H5MD file"),
-        "frame": Setting(integer(), -1, "frame of a time-dependent file (-1: the last)"),
+        "group": Setting(string(), settings.PARTICLES_GROUP, "particles group in the H5MD file"),
+        "frame": Setting(integer(), settings.LAST_FRAME,
+                         "frame of a time-dependent file (-1: the last)"),
     },
     "potential": _unset_means_file_or_default(settings.POTENTIAL),
     "minimizer": settings.MINIMIZER,

@@ -33,7 +33,7 @@ __all__ = [
     "Invalid", "Setting", "any_of", "boolean", "check_section", "choice", "defaults", "integer",
     "matrix", "minimizer_errors", "nullable", "number", "potential_errors", "string",
     "MODES", "NAME", "OBSERVABLES", "PACKING", "observable_list", "sensitivity_errors",
-    "FIGURE_DPI", "FIGURE_FORMATS", "SUMMARY_TOP",
+    "FIGURE_DPI", "FIGURE_FORMATS", "LAST_FRAME", "PARTICLES_GROUP", "SUMMARY_TOP",
     "unknown_key",
 ]
 
@@ -352,6 +352,12 @@ DEFAULT_PARAMETERS = ({"name": "small_diameter", "kind": "diameter", "species": 
 #: The random bidisperse packing of :func:`systems.generate.random_packing` (``sensitivity
 #: generate``): dimension, packing fraction, seed, large over small diameter.
 PACKING = {"dim": 2, "phi": 0.9, "seed": 0, "size_ratio": 1.4}
+
+#: The H5MD particles group a packing is read from by default (``system.group``) and the one
+#: a result's relaxed packing is written to (``/particles/all``); the frame read by default
+#: (``system.frame``; -1: the last).
+PARTICLES_GROUP = "all"
+LAST_FRAME = -1
 
 #: Figures (:mod:`systems.plots`, ``sensitivity plot``): the file formats (the first is the
 #: default) and the resolution of PNGs (dots per inch).
