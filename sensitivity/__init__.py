@@ -49,6 +49,7 @@ _EXPORTS = {
     "LinearSolveWarning": "_solve_failure",
     "CongruenceScaling": "_linear_solve",
     "within_tolerance": "_linear_solve",
+    "default_maxiter": "_linear_solve",
     "factorize_sparse": "_factorization",
     "SparseFactorization": "_factorization",
     # optimality conditions and fixed points (the paper's catalog, table 1), conic included

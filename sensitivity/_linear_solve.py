@@ -100,7 +100,7 @@ from ._solve_failure import (
 )
 
 __all__ = ["LinearSolveError", "LinearSolveInfo", "LinearSolveWarning", "CongruenceScaling",
-           "within_tolerance"]
+           "default_maxiter", "within_tolerance"]
 
 _HIGHEST = lax.Precision.HIGHEST
 
@@ -358,7 +358,7 @@ class _Problem:
         self.tol = tol
         self.bnorm = _norm(b_flat)
         self.tol_abs = _absolute_tolerance(self.bnorm, tol, atol, self.dtype)
-        self.maxiter = 10 * self.n if maxiter is None else maxiter
+        self.maxiter = default_maxiter(self.n) if maxiter is None else maxiter
         tiny = jnp.finfo(self.dtype).tiny
 
         # null space
@@ -528,6 +528,12 @@ def _absolute_tolerance(rhs_norm, tol, atol, dtype=None):
     xp = np if isinstance(rhs_norm, np.ndarray | float) else jnp
     dtype = dtype or getattr(rhs_norm, "dtype", None)
     return xp.maximum(xp.asarray(tol, dtype) * rhs_norm, xp.asarray(atol, dtype))
+
+
+def default_maxiter(n: int) -> int:
+    """The iterative solvers' iteration limit for ``n`` unknowns (``maxiter=None``): ``10 n``.
+    For a caller that runs its own Krylov loop with the solvers' defaults."""
+    return 10 * n
 
 
 def within_tolerance(residual_norm: Any, rhs_norm: Any, tol: Any, atol: Any = 0.0):

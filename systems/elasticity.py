@@ -313,7 +313,7 @@ def _elastic(cfg, pk, base, directions, stress_pairs):
     if _lockstep(cfg):
         xi = jax.vmap(mixed)(jnp.eye(m, dtype=jnp.float64))
         n_dof = pk.y.shape[0] * pk.y.shape[1]
-        maxiter = 10 * n_dof if cfg.maxiter is None else cfg.maxiter
+        maxiter = sensitivity.default_maxiter(n_dof) if cfg.maxiter is None else cfg.maxiter
         dy, iters, res, rhs, res_s, rhs_s, ok = _lockstep_cg(pk, -xi, cfg.tol, maxiter)
         infos = sensitivity.LinearSolveInfo(
             iterations=iters, residual_norm=res, rhs_norm=rhs, converged=ok,
