@@ -87,11 +87,8 @@ class MinimizerSpec:
 def resolve_minimizer(config: Mapping[str, Any] | None, where: str = "config") -> MinimizerSpec:
     """Defaults updated by ``config`` (``None`` values ignored), checked by the rules of
     :data:`systems.settings.MINIMIZER` (the first mistake raises :class:`InputError`)."""
-    values, errors = settings.check_section(settings.MINIMIZER, config, "minimizer")
-    errors = errors or settings.minimizer_errors(values)
-    if errors:
-        raise InputError(f"{where}: {errors[0]}")
-    return MinimizerSpec(**values)
+    return MinimizerSpec(**settings.resolve_section(settings.MINIMIZER, config, "minimizer",
+                                                    settings.minimizer_errors, where))
 
 
 @dataclasses.dataclass

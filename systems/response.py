@@ -93,11 +93,8 @@ SOLVERS = settings.SOLVERS
 def resolve_sensitivity(config: Mapping[str, Any] | None, where: str = "config") -> dict:
     """Defaults updated by the ``sensitivity`` config block, checked by the rules of
     :data:`systems.settings.SENSITIVITY` (the first mistake raises :class:`InputError`)."""
-    values, errors = settings.check_section(settings.SENSITIVITY, config, "sensitivity")
-    errors = errors or settings.sensitivity_errors(values)
-    if errors:
-        raise InputError(f"{where}: {errors[0]}")
-    return values
+    return settings.resolve_section(settings.SENSITIVITY, config, "sensitivity",
+                                    settings.sensitivity_errors, where)
 
 
 def clear_compile_cache() -> None:

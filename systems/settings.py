@@ -27,11 +27,14 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from ._errors import InputError
+
 __all__ = [
     "INT_MAX", "MANY_RHS", "MINIMIZER", "MINIMIZERS", "PARAMETER", "PARAMETER_KINDS", "POTENTIAL",
     "POTENTIALS", "PRECONDITIONERS", "SENSITIVITY", "SOLVERS", "STRAIN_COMPONENTS", "STRAIN_COMPONENTS_BY_DIM", "DEFAULT_PARAMETERS", "Check",
     "Invalid", "Setting", "any_of", "boolean", "check_section", "choice", "defaults", "integer",
-    "matrix", "minimizer_errors", "nullable", "number", "potential_errors", "string",
+    "matrix", "minimizer_errors", "nullable", "number", "potential_errors", "resolve_section",
+    "string",
     "MODES", "NAME", "OBSERVABLES", "PACKING", "observable_list", "sensitivity_errors",
     "FIGURE_DPI", "FIGURE_FORMATS", "LAST_FRAME", "PARTICLES_GROUP", "SUMMARY_TOP",
     "unknown_key",
@@ -413,6 +416,19 @@ def check_section(section: Mapping[str, Setting], given: Mapping[str, Any] | Non
             errors.append(f"{name}.{key} = {show(value)}: must be {bad.allowed}")
             values[key] = None if setting.required else copy.deepcopy(setting.default)
     return values, errors
+
+
+def resolve_section(section: Mapping[str, Setting], given: Mapping[str, Any] | None,
+                    name: str, cross_errors: Callable[[dict[str, Any]], list[str]],
+                    where: str = "config") -> dict[str, Any]:
+    """:func:`check_section`, then ``cross_errors`` (the checks across keys) on its values:
+    the values, or :class:`~systems._errors.InputError` naming ``where`` and the first
+    mistake (how a direct call resolves a section)."""
+    values, errors = check_section(section, given, name)
+    errors = errors or cross_errors(values)
+    if errors:
+        raise InputError(f"{where}: {errors[0]}")
+    return values
 
 
 def potential_errors(values: Mapping[str, Any]) -> list[str]:
