@@ -17,6 +17,7 @@ import numpy as np
 
 from . import _compile
 from .hessian import ELL_STEP, ell_capacity
+from .linear_range import REACH
 from .potentials import INTERACTING_MARGIN, PairModel, Pairs, PotentialParams
 
 __all__ = ["clear_capacities", "contact_analysis", "find_rattlers", "gauge_fix",
@@ -214,9 +215,10 @@ def contact_analysis(model: PairModel, y, params: PotentialParams, *, max_force:
     """
     n, d = model.n, model.dim
     min_contacts = d + 1 if min_contacts is None else int(min_contacts)
-    # one search and one table over the wide list (margin 1.5, for the gaps); the
-    # interacting pairs are those within INTERACTING_MARGIN × the interaction range
-    wide = _pair_table(model, y, params, model.interacting_pairs(y, params, margin=1.5))
+    # one search and one table over the wide list (the near contacts within REACH × the
+    # range, for the gaps, as the linear range follows them); the interacting pairs are
+    # those within INTERACTING_MARGIN × the interaction range
+    wide = _pair_table(model, y, params, model.interacting_pairs(y, params, margin=REACH))
     near = wide[2] < INTERACTING_MARGIN * model.interaction_range(params)
     table = tuple(a[near] for a in wide)
     pairs = Pairs.from_arrays(table[0], table[1])
