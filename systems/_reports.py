@@ -16,6 +16,16 @@ import numpy as np
 __all__ = ["ObservableReport", "RelaxReport", "SolveReport"]
 
 
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, Mapping) or isinstance(b, Mapping):
+        return isinstance(a, Mapping) and isinstance(b, Mapping) and a.keys() == b.keys() \
+            and all(_same(a[k], b[k]) for k in a)
+    try:
+        return bool(np.array_equal(a, b))
+    except (TypeError, ValueError):  # ragged or unlike values
+        return False
+
+
 class _Attributes:
     """``to_attrs`` / ``from_attrs`` / ``replace`` of a frozen dataclass whose last field is
     ``extra``: the recorded fields (``None``: not recorded) in declaration order, then
@@ -39,6 +49,17 @@ class _Attributes:
         return cls(**{k: v for k, v in attrs.items() if k in names},
                    extra={k: v for k, v in attrs.items() if k not in names})
 
+    def __eq__(self, other: object) -> bool:
+        """Equal attributes (arrays compared elementwise, as a file holds them: a θ with
+        several components, a pair)."""
+        if type(other) is not type(self):
+            return NotImplemented
+        mine, theirs = self.to_attrs(), other.to_attrs()
+        return mine.keys() == theirs.keys() and all(
+            _same(mine[key], theirs[key]) for key in mine)
+
+    __hash__ = None  # mutable contents (lists, arrays): not hashable
+
     def replace(self, **changes: Any):
         """A copy with ``changes`` (field names; others go to ``extra``)."""
         names = {field.name for field in dataclasses.fields(self)} - {"extra"}
@@ -47,7 +68,7 @@ class _Attributes:
                                    extra={**self.extra, **extra})
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class RelaxReport(_Attributes):
     """The minimizer's report, as ``/relaxation`` stores it (:attr:`Result.relaxation
     <systems.io.Result.relaxation>`).
@@ -74,7 +95,7 @@ class RelaxReport(_Attributes):
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class SolveReport(_Attributes):
     """One θ's linear-solve report, as the attributes of ``/sensitivity/<name>`` store it
     (:attr:`Response.report <systems.io.Response.report>`; ``responses[name]["report"]`` of
@@ -158,7 +179,7 @@ class SolveReport(_Attributes):
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ObservableReport(_Attributes):
     """How ``dO/dθ`` of a vector θ was computed, as the attributes of
     ``/observable_derivatives/<name>`` store it (:func:`systems.reverse.observable_derivatives`;

@@ -75,6 +75,8 @@ def test_the_attributes_are_those_the_dict_wrote(tmp_path, attrs, same_order):
     back = read_result(path).responses["t"]["report"]
     assert isinstance(back, SolveReport) and back.to_attrs().keys() == report.to_attrs().keys()
     assert back.converged is attrs["converged"] and back.kind == attrs["kind"]
+    # equal as the file holds it: θ's components and the pairs come back as arrays
+    assert back == report and back != report.replace(iterations=-1)
 
 
 def test_an_older_file_still_reads(tmp_path):
