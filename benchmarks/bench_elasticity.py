@@ -40,7 +40,7 @@ from sensitivity.systems.generate import random_packing  # noqa: E402
 from sensitivity.systems.potentials import PairModel, resolve_potential  # noqa: E402
 from sensitivity.systems.relax import make_relaxer, resolve_minimizer  # noqa: E402
 from sensitivity.systems.response import ResponseSolver, resolve_sensitivity  # noqa: E402
-from sensitivity.systems.theta import ParameterSpec
+from sensitivity.systems.theta import ParameterSpec  # noqa: E402
 
 
 def best_of(fn, repeat):
@@ -74,7 +74,15 @@ def jax_md_tensor(system, y, box_edges, cg_tol, tether=1e-10):
     return lambda: fn(fractional, neighbors)
 
 
-def run(n, dim, phi, seed, repeat, dense_max, with_jax_md):
+def tensor_with(solver, strain_solver):
+    def call():
+        el.STRAIN_SOLVER = strain_solver  # part of the compiled tensor's cache key
+        return el.elastic_response(solver)
+
+    return call
+
+
+def run(n, dim, phi, seed, repeat, dense_max, with_jax_md, strain_solvers):
     system = random_packing(n, dim=dim, phi=phi, seed=seed)
     spec = resolve_potential({}, system.n_species)
     model = PairModel.build(system, spec)
@@ -91,8 +99,9 @@ def run(n, dim, phi, seed, repeat, dense_max, with_jax_md):
 
     solver = solver_with()
     theta = [ParameterSpec("xy", "strain", None, "xy", dim)]
-    methods = {"one": lambda: solver.scalar_derivatives(theta),
-               "tensor": lambda: el.elastic_response(solver)}
+    methods = {"one": lambda: solver.scalar_derivatives(theta)}
+    for name in strain_solvers:
+        methods[name] = tensor_with(solver, name)
     if with_jax_md:
         for tol in (1e-7, 1e-10):
             methods[tol] = jax_md_tensor(system, np.asarray(solver.y), model.box, tol)
@@ -106,19 +115,23 @@ def run(n, dim, phi, seed, repeat, dense_max, with_jax_md):
             t, outs[key] = best_of(fn, 1)
             times[key].append(t)
     best = {key: min(value) for key, value in times.items()}
-    t_one, t_tensor = best["one"], best["tensor"]
+    t_one = best["one"]
     iterations_one = outs["one"]["xy"][1]["iterations"]
-    ours = outs["tensor"]
+    ours = outs[strain_solvers[0]]
+    el.STRAIN_SOLVER = strain_solvers[0]
     if n * dim <= dense_max:
         reference = el.elastic_response(solver_with(solver="dense"))["elastic_tensor"]
         ref_name = "dense"
     else:
         reference = el.elastic_response(solver_with(tol=1e-13))["elastic_tensor"]
         ref_name = "ours at tol 1e-13"
-    rows = [("ours, one strain θ", t_one, None, f"{iterations_one} CG iterations"),
-            ("ours, full tensor", t_tensor, error(ours["elastic_tensor"], reference),
-             f"{len(el.STRAIN_COMPONENTS[dim])} solves, max {ours['iterations']} iterations, "
-             f"converged {ours['converged']}")]
+    rows = [("ours, one strain θ", t_one, None, f"{iterations_one} CG iterations")]
+    for name in strain_solvers:
+        out = outs[name]
+        rows.append((f"ours, full tensor ({name} CG)", best[name],
+                     error(out["elastic_tensor"], reference),
+                     f"{len(el.STRAIN_COMPONENTS[dim])} components, {out['iterations']} "
+                     f"iterations, converged {out['converged']}"))
     if with_jax_md:
         for label, tol in (("jax-md defaults (cg_tol 1e-7)", 1e-7),
                            ("jax-md cg_tol 1e-10", 1e-10)):
@@ -145,6 +158,11 @@ def main():
     parser.add_argument("--dense-max", type=int, default=4096,
                         help="dense reference up to this many unknowns")
     parser.add_argument("--no-jax-md", action="store_true")
+    parser.add_argument("--strain-solver", nargs="+", choices=("block", "lockstep"),
+                        default=["block", "lockstep"],
+                        help="elasticity.STRAIN_SOLVER: how the tensor solves its strain "
+                             "components (each is timed; the first is checked against the "
+                             "reference)")
     parser.add_argument("--product", choices=("auto", "joint", "separate"), default="auto",
                         help="elasticity.STRAIN_PRODUCT: how the lockstep CG forms the strain "
                              "components' Hessian products")
@@ -152,7 +170,8 @@ def main():
     el.STRAIN_PRODUCT = args.product
     phi = args.phi or (0.9 if args.dim == 2 else 0.7)
     for n in args.sizes:
-        run(n, args.dim, phi, args.seed, args.repeat, args.dense_max, not args.no_jax_md)
+        run(n, args.dim, phi, args.seed, args.repeat, args.dense_max, not args.no_jax_md,
+            args.strain_solver)
 
 
 if __name__ == "__main__":

@@ -183,8 +183,8 @@ def _tensor_from_components(m: np.ndarray, dim: int) -> np.ndarray:
     for p, (a, b) in enumerate(pairs):
         for q, (e, f) in enumerate(pairs):
             for i, j in ((a, b), (b, a)):
-                for k, l in ((e, f), (f, e)):
-                    c[i, j, k, l] = cv[p, q]
+                for k, h in ((e, f), (f, e)):
+                    c[i, j, k, h] = cv[p, q]
     return c
 
 
@@ -221,6 +221,54 @@ def _block_matvec(hessian, v):
     return jnp.moveaxis(jnp.einsum("nak,nkm->nam", hessian.rows, gathered), -1, 0)
 
 
+#: How the strain components are solved together: ``"block"`` (block CG, one Krylov space
+#: for all m right-hand sides: :func:`systems.block_cg.block_cg`) or ``"lockstep"`` (m CG
+#: recurrences in one loop, :func:`_lockstep_cg`).
+STRAIN_SOLVER = "block"
+
+
+def _projector(pk):
+    """``x -> P x`` for ``(m, N, d)`` blocks, ``P`` the orthogonal projector off the
+    backbone's rigid translations (:func:`systems._linear_system.nullspace`)."""
+    from ._linear_system import nullspace
+
+    basis = nullspace(pk)
+    flat = basis.reshape(basis.shape[0], -1)
+    gram_inv = jnp.linalg.inv(flat @ flat.T)
+
+    def project(x):
+        xf = x.reshape(x.shape[0], -1)
+        return (xf - ((xf @ flat.T) @ gram_inv) @ flat).reshape(x.shape)
+
+    return project
+
+
+def _block_strain_cg(pk, b, tol: float, maxiter: int):
+    """The m solves of :func:`_lockstep_cg` (same system, null space, tolerance test and
+    returns) by block CG (:func:`systems.block_cg.block_cg`) on the block-Jacobi-scaled
+    system ``S H S z = S P b``, the m columns side by side (``(N, d, m)``: every Hessian
+    block is read once per iteration for all m, :func:`~systems.hessian.hessian_matmat`).
+    Every column takes every block iteration: its ``iterations`` are the block's."""
+    from .block_cg import block_cg
+    from .hessian import hessian_matmat
+
+    sc = pk.precond
+    project = _projector(pk)
+    b_proj = project(b)
+    rhs = scale_blocks(sc.scale, b_proj)
+
+    z, k, res_s, ok = block_cg(lambda v: hessian_matmat(sc.hessian, v), rhs, tol, maxiter)
+    x = project(scale_blocks(sc.scale, z))
+    residual = jax.vmap(lambda v: hessian_matvec(pk.hessian, v))(x) - b_proj
+
+    def norms(v):
+        return jnp.sqrt(jnp.sum(v * v, axis=(1, 2)))
+
+    m = b.shape[0]
+    return x, jnp.full(m, k, jnp.int32), norms(residual), norms(b), res_s, \
+        norms(rhs), ok
+
+
 def _lockstep_cg(pk, b, tol: float, maxiter: int):
     """m CG solves of ``H x = b_p`` in lockstep, ``b`` (m, N, d), on the block-Jacobi-scaled
     system ``S H S z = S P b`` (``x = P S z``; ``P`` projects off the backbone's rigid
@@ -233,16 +281,8 @@ def _lockstep_cg(pk, b, tol: float, maxiter: int):
     the iterations, ``‖H x - P b‖``, ``‖b‖``, the scaled residual and rhs norms and the
     converged flags, per column.
     """
-    from ._linear_system import nullspace
-
     sc = pk.precond
-    basis = nullspace(pk)
-    flat = basis.reshape(basis.shape[0], -1)
-    gram_inv = jnp.linalg.inv(flat @ flat.T)
-
-    def project(x):  # (m, N, d)
-        xf = x.reshape(x.shape[0], -1)
-        return (xf - ((xf @ flat.T) @ gram_inv) @ flat).reshape(x.shape)
+    project = _projector(pk)
 
     def norms(x):  # (m,) column norms² of (m, N, d)
         return jnp.sum(x * x, axis=(1, 2))
@@ -314,7 +354,8 @@ def _elastic(cfg, pk, base, directions, stress_pairs):
         xi = jax.vmap(mixed)(jnp.eye(m, dtype=jnp.float64))
         n_dof = pk.y.shape[0] * pk.y.shape[1]
         maxiter = 10 * n_dof if cfg.maxiter is None else cfg.maxiter
-        dy, iters, res, rhs, res_s, rhs_s, ok = _lockstep_cg(pk, -xi, cfg.tol, maxiter)
+        strain_cg = _block_strain_cg if cfg.tags[-1] == "block" else _lockstep_cg
+        dy, iters, res, rhs, res_s, rhs_s, ok = strain_cg(pk, -xi, cfg.tol, maxiter)
         infos = sensitivity.LinearSolveInfo(
             iterations=iters, residual_norm=res, rhs_norm=rhs, converged=ok,
             inconsistency=jnp.zeros(m), tolerance=cfg.tol * rhs, solver_residual_norm=res_s,
@@ -369,7 +410,8 @@ def elastic_response(solver) -> dict:
     stress_pairs = padded_pairs(i, j, n, pair_capacity(len(i), n, "stress"))
     params = solver.params
     volume = box_volume(model, params)
-    cfg = solver._config(tags=("elasticity",))
+    # the strain solver in the config: a compiled tensor is cached per solver
+    cfg = solver._config(tags=("elasticity", STRAIN_SOLVER))
     (grad, affine, relaxation, dy, infos, per_particle), t_run, t_compile = solver._run(
         _elastic, cfg, solver.data, params, directions, stress_pairs)
     report = merge_reports([infos])

@@ -60,6 +60,7 @@ __all__ = [
     "assemble_block_hessian",
     "block_hessian",
     "hessian_matvec",
+    "hessian_matmat",
     "ell_blocks",
     "scale_blocks",
 ]
@@ -216,6 +217,16 @@ def hessian_matvec(H: BlockHessian, v):
     matrix-vector product (gathers only)."""
     n = v.shape[0]
     return jnp.einsum("nak,nk->na", H.rows, v[H.idx].reshape(n, -1))
+
+
+def hessian_matmat(H: BlockHessian, v):
+    """``H v_p`` for m vectors ``v`` ``(m, N, d)``: one row gather of all m and the block
+    products written out term by term, in one fused pass over the outputs (each block entry
+    read once for the m vectors)."""
+    m, n = v.shape[0], v.shape[1]
+    gathered = v[:, H.idx].reshape(m, n, -1)  # (m, N, K d)
+    return sum(H.rows[None, :, :, k] * gathered[:, :, None, k]
+               for k in range(gathered.shape[-1]))
 
 
 def scale_blocks(blocks, v):
