@@ -7,7 +7,8 @@ For each N (bidisperse 50:50, diameters 1 and 1.4, harmonic soft spheres, φ = 0
 * ``one θ``: ∂x*/∂θ for one strain component (``ResponseSolver.scalar_derivatives``, CG at
   tol 1e-10, block-Jacobi scaling): seconds of the compiled call;
 * ``tensor``: :func:`systems.elasticity.elastic_response` (every strain component: 3 in 2D,
-  6 in 3D, the stress and the tensor), same settings, and its ratio to ``one θ``;
+  6 in 3D, in one block CG; the stress and the tensor), same settings, and its ratio to
+  ``one θ``;
 * ``jax-md``: ``athermal_moduli`` on the same packing (``space.periodic_general`` with
   fractional coordinates, a neighbor-list soft-sphere energy), at its defaults
   (tether 1e-10, cg_tol 1e-7) and tight (cg_tol 1e-10), jitted;
@@ -74,15 +75,7 @@ def jax_md_tensor(system, y, box_edges, cg_tol, tether=1e-10):
     return lambda: fn(fractional, neighbors)
 
 
-def tensor_with(solver, strain_solver):
-    def call():
-        el.STRAIN_SOLVER = strain_solver  # part of the compiled tensor's cache key
-        return el.elastic_response(solver)
-
-    return call
-
-
-def run(n, dim, phi, seed, repeat, dense_max, with_jax_md, strain_solvers):
+def run(n, dim, phi, seed, repeat, dense_max, with_jax_md):
     system = random_packing(n, dim=dim, phi=phi, seed=seed)
     spec = resolve_potential({}, system.n_species)
     model = PairModel.build(system, spec)
@@ -99,9 +92,8 @@ def run(n, dim, phi, seed, repeat, dense_max, with_jax_md, strain_solvers):
 
     solver = solver_with()
     theta = [ParameterSpec("xy", "strain", None, "xy", dim)]
-    methods = {"one": lambda: solver.scalar_derivatives(theta)}
-    for name in strain_solvers:
-        methods[name] = tensor_with(solver, name)
+    methods = {"one": lambda: solver.scalar_derivatives(theta),
+               "tensor": lambda: el.elastic_response(solver)}
     if with_jax_md:
         for tol in (1e-7, 1e-10):
             methods[tol] = jax_md_tensor(system, np.asarray(solver.y), model.box, tol)
@@ -115,23 +107,19 @@ def run(n, dim, phi, seed, repeat, dense_max, with_jax_md, strain_solvers):
             t, outs[key] = best_of(fn, 1)
             times[key].append(t)
     best = {key: min(value) for key, value in times.items()}
-    t_one = best["one"]
+    t_one, t_tensor = best["one"], best["tensor"]
     iterations_one = outs["one"]["xy"][1]["iterations"]
-    ours = outs[strain_solvers[0]]
-    el.STRAIN_SOLVER = strain_solvers[0]
+    ours = outs["tensor"]
     if n * dim <= dense_max:
         reference = el.elastic_response(solver_with(solver="dense"))["elastic_tensor"]
         ref_name = "dense"
     else:
         reference = el.elastic_response(solver_with(tol=1e-13))["elastic_tensor"]
         ref_name = "ours at tol 1e-13"
-    rows = [("ours, one strain θ", t_one, None, f"{iterations_one} CG iterations")]
-    for name in strain_solvers:
-        out = outs[name]
-        rows.append((f"ours, full tensor ({name} CG)", best[name],
-                     error(out["elastic_tensor"], reference),
-                     f"{len(el.STRAIN_COMPONENTS[dim])} components, {out['iterations']} "
-                     f"iterations, converged {out['converged']}"))
+    rows = [("ours, one strain θ", t_one, None, f"{iterations_one} CG iterations"),
+            ("ours, full tensor", t_tensor, error(ours["elastic_tensor"], reference),
+             f"{len(el.STRAIN_COMPONENTS[dim])} components, {ours['iterations']} block iterations, "
+             f"converged {ours['converged']}")]
     if with_jax_md:
         for label, tol in (("jax-md defaults (cg_tol 1e-7)", 1e-7),
                            ("jax-md cg_tol 1e-10", 1e-10)):
@@ -158,20 +146,10 @@ def main():
     parser.add_argument("--dense-max", type=int, default=4096,
                         help="dense reference up to this many unknowns")
     parser.add_argument("--no-jax-md", action="store_true")
-    parser.add_argument("--strain-solver", nargs="+", choices=("block", "lockstep"),
-                        default=["block", "lockstep"],
-                        help="elasticity.STRAIN_SOLVER: how the tensor solves its strain "
-                             "components (each is timed; the first is checked against the "
-                             "reference)")
-    parser.add_argument("--product", choices=("auto", "joint", "separate"), default="auto",
-                        help="elasticity.STRAIN_PRODUCT: how the lockstep CG forms the strain "
-                             "components' Hessian products")
     args = parser.parse_args()
-    el.STRAIN_PRODUCT = args.product
     phi = args.phi or (0.9 if args.dim == 2 else 0.7)
     for n in args.sizes:
-        run(n, args.dim, phi, args.seed, args.repeat, args.dense_max, not args.no_jax_md,
-            args.strain_solver)
+        run(n, args.dim, phi, args.seed, args.repeat, args.dense_max, not args.no_jax_md)
 
 
 if __name__ == "__main__":
