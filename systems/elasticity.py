@@ -307,9 +307,11 @@ def elastic_response(solver) -> dict:
     """Stress, pressure, the elastic tensor and the moduli at the solver's packing.
 
     One implicit solve per strain component (3 in 2D, 6 in 3D), with the solver's settings
-    (tolerance, preconditioner, null space). The stress is taken over every interacting
-    pair; the tensor over the backbone's (a rattler's contacts carry no force and it follows
-    any strain freely, so they add nothing to C).
+    (tolerance, preconditioner, null space): with CG and the (block) Jacobi scaling, the
+    default, all of them in one block CG (:func:`_strain_solve`; the reported iterations
+    are then the block's, taken by every component). The stress is taken over every
+    interacting pair; the tensor over the backbone's (a rattler's contacts carry no force
+    and it follows any strain freely, so they add nothing to C).
 
     Returns:
       dict: ``stress`` (d, d), ``per_particle_stress`` (N, d, d) (:func:`per_particle_stress`,
