@@ -7,7 +7,8 @@ For each N (bidisperse 50:50, diameters 1 and 1.4, harmonic soft spheres, φ = 0
 * ``one θ``: ∂x*/∂θ for one strain component (``ResponseSolver.scalar_derivatives``, CG at
   tol 1e-10, block-Jacobi scaling): seconds of the compiled call;
 * ``tensor``: :func:`systems.elasticity.elastic_response` (every strain component: 3 in 2D,
-  6 in 3D, the stress and the tensor), same settings, and its ratio to ``one θ``;
+  6 in 3D, in one block CG; the stress and the tensor), same settings, and its ratio to
+  ``one θ``;
 * ``jax-md``: ``athermal_moduli`` on the same packing (``space.periodic_general`` with
   fractional coordinates, a neighbor-list soft-sphere energy), at its defaults
   (tether 1e-10, cg_tol 1e-7) and tight (cg_tol 1e-10), jitted;
@@ -40,7 +41,7 @@ from sensitivity.systems.generate import random_packing  # noqa: E402
 from sensitivity.systems.potentials import PairModel, resolve_potential  # noqa: E402
 from sensitivity.systems.relax import make_relaxer, resolve_minimizer  # noqa: E402
 from sensitivity.systems.response import ResponseSolver, resolve_sensitivity  # noqa: E402
-from sensitivity.systems.theta import ParameterSpec
+from sensitivity.systems.theta import ParameterSpec  # noqa: E402
 
 
 def best_of(fn, repeat):
@@ -117,7 +118,7 @@ def run(n, dim, phi, seed, repeat, dense_max, with_jax_md):
         ref_name = "ours at tol 1e-13"
     rows = [("ours, one strain θ", t_one, None, f"{iterations_one} CG iterations"),
             ("ours, full tensor", t_tensor, error(ours["elastic_tensor"], reference),
-             f"{len(el.STRAIN_COMPONENTS[dim])} solves, max {ours['iterations']} iterations, "
+             f"{len(el.STRAIN_COMPONENTS[dim])} components, {ours['iterations']} block iterations, "
              f"converged {ours['converged']}")]
     if with_jax_md:
         for label, tol in (("jax-md defaults (cg_tol 1e-7)", 1e-7),
@@ -145,11 +146,7 @@ def main():
     parser.add_argument("--dense-max", type=int, default=4096,
                         help="dense reference up to this many unknowns")
     parser.add_argument("--no-jax-md", action="store_true")
-    parser.add_argument("--product", choices=("auto", "joint", "separate"), default="auto",
-                        help="elasticity.STRAIN_PRODUCT: how the lockstep CG forms the strain "
-                             "components' Hessian products")
     args = parser.parse_args()
-    el.STRAIN_PRODUCT = args.product
     phi = args.phi or (0.9 if args.dim == 2 else 0.7)
     for n in args.sizes:
         run(n, args.dim, phi, args.seed, args.repeat, args.dense_max, not args.no_jax_md)

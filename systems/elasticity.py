@@ -47,7 +47,7 @@ import numpy as np
 from . import settings
 from ._errors import InputError
 from ._system import box_volume as cell_volume
-from .hessian import hessian_matvec, scale_blocks
+from .hessian import hessian_matmat, scale_blocks
 from .potentials import PairModel, Pairs, PotentialParams
 
 __all__ = [
@@ -183,8 +183,8 @@ def _tensor_from_components(m: np.ndarray, dim: int) -> np.ndarray:
     for p, (a, b) in enumerate(pairs):
         for q, (e, f) in enumerate(pairs):
             for i, j in ((a, b), (b, a)):
-                for k, l in ((e, f), (f, e)):
-                    c[i, j, k, l] = cv[p, q]
+                for k, h in ((e, f), (f, e)):
+                    c[i, j, k, h] = cv[p, q]
     return c
 
 
@@ -203,82 +203,48 @@ def nonaffine_part(dx: np.ndarray, component: str, y: np.ndarray, scale: float,
 # The elastic tensor through the ResponseSolver's compiled machinery.
 
 
-#: How :func:`_block_matvec` forms the m strain products: ``"joint"`` (one gather of the m
-#: vectors and one batched product, each block read once), ``"separate"`` (one product per
-#: vector, unrolled in one loop body) or ``"auto"``: joint in 3D (six vectors share each
-#: 3 x 3 block), separate in 2D (three vectors: the batched product costs more than it
-#: saves). The measurement behind it is in benchmarks/README.md, "Elastic tensor".
-STRAIN_PRODUCT = "auto"
-
-
-def _block_matvec(hessian, v):
-    """``H v_p`` for m vectors ``v`` (m, N, d), as :data:`STRAIN_PRODUCT` says."""
-    m, n, d = v.shape
-    joint = STRAIN_PRODUCT == "joint" or (STRAIN_PRODUCT == "auto" and d == 3)
-    if not joint:
-        return jnp.stack([hessian_matvec(hessian, v[p]) for p in range(m)])
-    gathered = jnp.moveaxis(v, 0, -1)[hessian.idx].reshape(n, -1, m)  # (N, K d, m)
-    return jnp.moveaxis(jnp.einsum("nak,nkm->nam", hessian.rows, gathered), -1, 0)
-
-
-def _lockstep_cg(pk, b, tol: float, maxiter: int):
-    """m CG solves of ``H x = b_p`` in lockstep, ``b`` (m, N, d), on the block-Jacobi-scaled
-    system ``S H S z = S P b`` (``x = P S z``; ``P`` projects off the backbone's rigid
-    translations: the minimum-norm solution, as :func:`systems._linear_system._block_scaling`).
-
-    Each column keeps its own CG scalars and stops by the engine's test
-    ``‖S r‖ ≤ tol ‖S P b‖``; a stopped column stays frozen while the others go on. Each
-    iteration is one multi-vector product (:func:`_block_matvec`); one loop instead of m
-    saves the per-solve overheads, not the products. Returns ``x`` (m, N, d),
-    the iterations, ``‖H x - P b‖``, ``‖b‖``, the scaled residual and rhs norms and the
-    converged flags, per column.
-    """
+def _projector(pk):
+    """``x -> P x`` for ``(m, N, d)`` blocks, ``P`` the orthogonal projector off the
+    backbone's rigid translations (:func:`systems._linear_system.nullspace`)."""
     from ._linear_system import nullspace
 
-    sc = pk.precond
     basis = nullspace(pk)
     flat = basis.reshape(basis.shape[0], -1)
     gram_inv = jnp.linalg.inv(flat @ flat.T)
 
-    def project(x):  # (m, N, d)
+    def project(x):
         xf = x.reshape(x.shape[0], -1)
         return (xf - ((xf @ flat.T) @ gram_inv) @ flat).reshape(x.shape)
 
-    def norms(x):  # (m,) column norms² of (m, N, d)
-        return jnp.sum(x * x, axis=(1, 2))
+    return project
 
+
+def _strain_solve(pk, b, tol: float, maxiter: int):
+    """The m solves ``H x_p = b_p`` (``b`` (m, N, d)) by block CG
+    (:func:`systems.block_cg.block_cg`: one Krylov space for all m) on the
+    block-Jacobi-scaled system ``S H S z = S P b``, ``x = P S z`` (``P`` projects off the
+    backbone's rigid translations: the minimum-norm solution, as the engine's solve with
+    :func:`systems._linear_system._block_scaling`), with the engine's convergence test per
+    column, ``‖S r_p‖ ≤ tol ‖S P b_p‖`` on the true residual. Each iteration is one product
+    with the m vectors (:func:`~systems.hessian.hessian_matmat`), and every column takes
+    every block iteration. Returns ``x`` (m, N, d), the iterations, ``‖H x - P b‖``,
+    ``‖b‖``, the scaled residual and rhs norms and the converged flags, per column.
+    """
+    from .block_cg import block_cg
+
+    sc = pk.precond
+    project = _projector(pk)
     b_proj = project(b)
     rhs = scale_blocks(sc.scale, b_proj)
-    rhs_norm = jnp.sqrt(norms(rhs))
-    target = tol * rhs_norm
-
-    def cond(state):
-        _, _, _, rr, k, _ = state
-        return jnp.any(jnp.sqrt(rr) > target) & (k < maxiter)
-
-    def body(state):
-        z, r, p, rr, k, iters = state
-        active = jnp.sqrt(rr) > target
-        ap = _block_matvec(sc.hessian, p)
-        pap = jnp.sum(p * ap, axis=(1, 2))
-        alpha = jnp.where(active, rr / jnp.where(active, pap, 1.0), 0.0)[:, None, None]
-        z = z + alpha * p
-        r = r - alpha * ap
-        rr_new = norms(r)
-        beta = jnp.where(active, rr_new / jnp.where(active, rr, 1.0), 0.0)[:, None, None]
-        p = jnp.where(active[:, None, None], r + beta * p, p)
-        return z, r, p, jnp.where(active, rr_new, rr), k + 1, iters + active
-
-    m = b.shape[0]
-    zero = jnp.zeros_like(rhs)
-    init = (zero, rhs, rhs, norms(rhs), jnp.asarray(0, jnp.int32),
-            jnp.zeros(m, jnp.int32))
-    z, _, _, rr, _, iters = jax.lax.while_loop(cond, body, init)
+    z, k, res_s, ok = block_cg(lambda v: hessian_matmat(sc.hessian, v), rhs, tol, maxiter)
     x = project(scale_blocks(sc.scale, z))
-    residual = jax.vmap(lambda v: hessian_matvec(pk.hessian, v))(x) - b_proj
-    residual_norm = jnp.sqrt(jnp.sum(residual * residual, axis=(1, 2)))
-    return x, iters, residual_norm, jnp.sqrt(jnp.sum(b * b, axis=(1, 2))), jnp.sqrt(rr), \
-        rhs_norm, jnp.sqrt(rr) <= target
+    residual = hessian_matmat(pk.hessian, x) - b_proj
+
+    def norms(v):
+        return jnp.sqrt(jnp.sum(v * v, axis=(1, 2)))
+
+    return x, jnp.full(b.shape[0], k, jnp.int32), norms(residual), norms(b), res_s, \
+        norms(rhs), ok
 
 
 def _elastic(cfg, pk, base, directions, stress_pairs):
@@ -310,11 +276,11 @@ def _elastic(cfg, pk, base, directions, stress_pairs):
     def mixed(tangent):  # Ξ_p = ∂F/∂θ_p
         return jax.jvp(lambda t: forces(pk.y, t), (zeros,), (tangent,))[1]
 
-    if _lockstep(cfg):
+    if _block_solve(cfg):
         xi = jax.vmap(mixed)(jnp.eye(m, dtype=jnp.float64))
         n_dof = pk.y.shape[0] * pk.y.shape[1]
         maxiter = sensitivity.default_maxiter(n_dof) if cfg.maxiter is None else cfg.maxiter
-        dy, iters, res, rhs, res_s, rhs_s, ok = _lockstep_cg(pk, -xi, cfg.tol, maxiter)
+        dy, iters, res, rhs, res_s, rhs_s, ok = _strain_solve(pk, -xi, cfg.tol, maxiter)
         infos = sensitivity.LinearSolveInfo(
             iterations=iters, residual_norm=res, rhs_norm=rhs, converged=ok,
             inconsistency=jnp.zeros(m), tolerance=cfg.tol * rhs, solver_residual_norm=res_s,
@@ -330,8 +296,8 @@ def _elastic(cfg, pk, base, directions, stress_pairs):
     return stress_grad, affine, relaxation, dy, infos, per_particle
 
 
-def _lockstep(cfg) -> bool:
-    """Whether the strain solves run as one lockstep CG (:func:`_lockstep_cg`): CG with the
+def _block_solve(cfg) -> bool:
+    """Whether the strain solves run as one block CG (:func:`_strain_solve`): CG with the
     block-Jacobi (or Jacobi) scaling folded into the operator, the default; other solvers
     and preconditioners solve one component after another through the engine."""
     return cfg.solver == "cg" and cfg.preconditioner in ("jacobi", "block_jacobi")
@@ -341,9 +307,11 @@ def elastic_response(solver) -> dict:
     """Stress, pressure, the elastic tensor and the moduli at the solver's packing.
 
     One implicit solve per strain component (3 in 2D, 6 in 3D), with the solver's settings
-    (tolerance, preconditioner, null space). The stress is taken over every interacting
-    pair; the tensor over the backbone's (a rattler's contacts carry no force and it follows
-    any strain freely, so they add nothing to C).
+    (tolerance, preconditioner, null space): with CG and the (block) Jacobi scaling, the
+    default, all of them in one block CG (:func:`_strain_solve`; the reported iterations
+    are then the block's, taken by every component). The stress is taken over every
+    interacting pair; the tensor over the backbone's (a rattler's contacts carry no force
+    and it follows any strain freely, so they add nothing to C).
 
     Returns:
       dict: ``stress`` (d, d), ``per_particle_stress`` (N, d, d) (:func:`per_particle_stress`,

@@ -60,6 +60,7 @@ __all__ = [
     "assemble_block_hessian",
     "block_hessian",
     "hessian_matvec",
+    "hessian_matmat",
     "ell_blocks",
     "scale_blocks",
 ]
@@ -216,6 +217,22 @@ def hessian_matvec(H: BlockHessian, v):
     matrix-vector product (gathers only)."""
     n = v.shape[0]
     return jnp.einsum("nak,nk->na", H.rows, v[H.idx].reshape(n, -1))
+
+
+def hessian_matmat(H: BlockHessian, v):
+    """``H v_p`` for m vectors ``v`` ``(m, N, d)``: one row gather of all m, so each block
+    entry is read once for the m vectors. In 2D the block products are written out term by
+    term (one fused pass over the outputs); in 3D, where a row holds three times the
+    entries, as one batched matrix product with the m vectors side by side (each measured
+    the faster of the two in its dimension inside block CG: benchmarks/README.md, "Elastic
+    tensor")."""
+    m, n, d = v.shape
+    if d == 3:
+        gathered = jnp.moveaxis(v, 0, -1)[H.idx].reshape(n, -1, m)  # (N, K d, m)
+        return jnp.moveaxis(jnp.einsum("nak,nkm->nam", H.rows, gathered), -1, 0)
+    gathered = v[:, H.idx].reshape(m, n, -1)  # (m, N, K d)
+    return sum(H.rows[None, :, :, k] * gathered[:, :, None, k]
+               for k in range(gathered.shape[-1]))
 
 
 def scale_blocks(blocks, v):

@@ -320,15 +320,15 @@ def test_linear_range_predicts_the_first_contact_change(packing_2d):
 
 @pytest.mark.parametrize("settings", [{"preconditioner": "none"}, {"solver": "dense"}])
 @pytest.mark.slow
-def test_lockstep_cg_tensor_equals_the_engine_solves(packing_2d, settings):
-    """The default (one lockstep CG for every strain component) against one engine solve
+def test_block_cg_tensor_equals_the_engine_solves(packing_2d, settings):
+    """The default (one block CG for every strain component) against one engine solve
     per component (CG without scaling; a dense minimum-norm solve)."""
     from sensitivity.systems.response import ResponseSolver, resolve_sensitivity
 
     system, model, params, relaxer, solver, out = packing_2d
     other = ResponseSolver(model, np.asarray(solver.y) * float(params.scale), params,
                            max_force=solver.max_force, settings=resolve_sensitivity(settings))
-    assert not el._lockstep(other._config())
+    assert not el._block_solve(other._config())
     theirs = el.elastic_response(other)
     assert theirs["converged"]
     c = out["elastic_tensor"]
@@ -360,20 +360,19 @@ def test_cli_marks_a_non_converged_tensor(tmp_path, monkeypatch):
     assert "Elasticity (NOT CONVERGED)" in shown.output
 
 
-@pytest.mark.parametrize("product", ["separate", "joint"])
-def test_block_matvec_of_every_strain_component_against_the_dense_hessian(product, monkeypatch):
-    """The m strain products, one per vector or one joint gather and product, against the
-    dense matrix."""
-    from sensitivity.systems.hessian import BlockHessian
+@pytest.mark.parametrize("d", [2, 3])
+def test_hessian_matmat_of_every_strain_component_against_the_dense_hessian(d):
+    """The m products of one gather (term by term in 2D, a batched product in 3D) against
+    the dense matrix."""
+    from sensitivity.systems.hessian import BlockHessian, hessian_matmat
 
     rng = np.random.default_rng(3)
-    n, k, d, m = 40, 7, 3, 6
+    n, k, m = 40, 7, 3 * (d - 1)
     idx = np.concatenate([np.arange(n)[:, None], rng.integers(0, n, (n, k - 1))], axis=1)
     rows = rng.normal(size=(n, d, k * d))
     hessian = BlockHessian(jnp.asarray(idx, jnp.int32), jnp.asarray(rows))
     v = rng.normal(size=(m, n, d))
-    monkeypatch.setattr(el, "STRAIN_PRODUCT", product)
-    out = np.asarray(el._block_matvec(hessian, jnp.asarray(v)))
+    out = np.asarray(hessian_matmat(hessian, jnp.asarray(v)))
     dense = dense_hessian(hessian)
     expected = (dense @ v.reshape(m, -1).T).T.reshape(m, n, d)
     np.testing.assert_allclose(out, expected, rtol=1e-13, atol=1e-13 * np.abs(expected).max())
