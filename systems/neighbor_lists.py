@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import threading
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -131,6 +132,10 @@ class NeighborLists:
 
     def allocate(self, y, extra_per_particle: int = 0):
         """A fresh list at ``y`` (capacities at least the template's); the new template."""
+        with _LOCK:  # packings relaxed in threads (:mod:`systems.relax_ahead`) share it
+            return self._allocate(y, extra_per_particle)
+
+    def _allocate(self, y, extra_per_particle: int):
         key = self._key(y)
         nbrs = self.fn.allocate(self.model.list_positions(y),
                                 extra_capacity=int(extra_per_particle))
@@ -160,19 +165,21 @@ def _grow(nbrs, max_occupancy: int, cell_list_capacity: int | None):
 
 
 _LISTS: collections.OrderedDict[tuple, NeighborLists] = collections.OrderedDict()
+_LOCK = threading.RLock()
 
 
 def neighbor_lists(model: PairModel, cutoff: float, skin: float) -> NeighborLists:
     """The shared neighbor-list maker for (model static key, cutoff, skin) (an LRU of
     :data:`LISTS_KEPT`)."""
     key = (model.static_key(), float(cutoff), float(skin))
-    lists = _LISTS.get(key)
-    if lists is None:
-        lists = _LISTS[key] = NeighborLists(model, cutoff, skin)
-        if len(_LISTS) > LISTS_KEPT:
-            _LISTS.popitem(last=False)
-    _LISTS.move_to_end(key)
-    return lists
+    with _LOCK:
+        lists = _LISTS.get(key)
+        if lists is None:
+            lists = _LISTS[key] = NeighborLists(model, cutoff, skin)
+            if len(_LISTS) > LISTS_KEPT:
+                _LISTS.popitem(last=False)
+        _LISTS.move_to_end(key)
+        return lists
 
 
 def clear() -> None:
