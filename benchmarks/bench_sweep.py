@@ -97,8 +97,9 @@ def main() -> None:
     per_task = total / args.tasks
     print(f"  {total:.2f} s, {per_task:.3f} s per task", flush=True)
     print(f"sweep of {args.tasks} tasks in one process, one thread ...", flush=True)
+    one_thread = dict(env, SENSITIVITY_RELAX_THREADS="0")
     sequential = sensitivity("-q", "run", "sweep.yaml", "--overwrite", "-o", "sweep-seq",
-                             env=dict(env, SENSITIVITY_RELAX_THREADS="0"), cwd=work)
+                             env=one_thread, cwd=work)
     print(f"  {sequential:.2f} s, {sequential / args.tasks:.3f} s per task", flush=True)
     print("start-up alone (import jax + jax-md) ...", flush=True)
     startup_code = "import time; t=time.perf_counter(); import sensitivity.systems, jax_md; print(time.perf_counter()-t)"

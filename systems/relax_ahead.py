@@ -3,10 +3,11 @@
 A sweep run in one process spends most of each task relaxing (FIRE in a compiled loop that
 releases the GIL) and the rest differentiating, checking and writing. :class:`RelaxAhead`
 reads and relaxes the next tasks in worker threads, one per usable CPU (at most
-:data:`MAX_WORKERS`; ``SENSITIVITY_RELAX_THREADS=N`` sets N, 0 turns them off), while the main thread runs the current task's remaining stages: each
-task is still run, locked and marked complete in order by the caller
-(:func:`systems.tasks.run_in_folder`), and its relaxation's progress reports are replayed
-when its turn comes, so the output reads as before.
+:data:`MAX_WORKERS`; ``SENSITIVITY_RELAX_THREADS=N`` sets N, 0 turns them off), while the
+main thread runs the current task's remaining stages: each task is still run, locked and
+marked complete in order by the caller (:func:`systems.tasks.run_in_folder`), and its
+relaxation's progress reports are replayed when its turn comes, so the output reads as
+before.
 
 Why threads and not one batched (``vmap``) relaxation: on a CPU a FIRE step at N = 256 is
 not dispatch-bound; its cost grows with the number of pairs (the force: 31 µs at N = 256,
