@@ -412,6 +412,8 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
     t_total = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if prepared is not None and not prepared.current():
+        prepared = None  # the input file changed since it was read ahead
     task = (prepared.task if prepared is not None
             else _prepare(config, for_audit=False, output_dir=output_dir))
     relaxed, solver, result, audit_result = _compute(task, progress,

@@ -18,7 +18,8 @@ programs on the same inputs as alone: the same result, bit for bit
 
 Anything a worker raises (a bad input file, a neighbor list that keeps overflowing) is
 dropped: :meth:`RelaxAhead.take` returns None and the task runs on its usual path, which
-raises the same error in its own folder.
+raises the same error in its own folder. A task whose input file changed since a worker
+read it is read and relaxed again (:meth:`Prepared.current`).
 """
 
 from __future__ import annotations
@@ -48,12 +49,23 @@ class Prepared:
     task: Any  # systems.pipeline._Task
     relaxed: Any  # systems.relax.RelaxResult
     reports: list
+    input_sha256: str = ""  # of the input file before it was read
+
+    def current(self) -> bool:
+        """Whether the input file is still the one read (else the task is read again)."""
+        from .tasks import file_sha256
+
+        try:
+            return file_sha256(self.task.input_path) == self.input_sha256
+        except OSError:
+            return False
 
 
 def prepare_and_relax(config: Mapping[str, Any], output_dir=None,
                       stop: threading.Event | None = None) -> Prepared:
     """Read the task of ``config`` and relax it, as :func:`~systems.pipeline.run_task` would."""
     from .pipeline import _prepare
+    from .tasks import file_sha256
 
     reports: list = []
 
@@ -63,9 +75,10 @@ def prepare_and_relax(config: Mapping[str, Any], output_dir=None,
         if event == "relax":
             reports.append(fields)
 
+    digest = file_sha256((config.get("system") or {}).get("path") or "")
     task = _prepare(config, for_audit=False, output_dir=output_dir)
     relaxed = task.relaxer.run(task.system.positions, task.params, progress)
-    return Prepared(task, relaxed, reports)
+    return Prepared(task, relaxed, reports, digest)
 
 
 #: Environment variable: the number of worker threads (0: relax each task in turn, in the

@@ -71,6 +71,22 @@ def test_a_failing_task_runs_on_its_own_path_and_workers_stop(tmp_path):
     # leaving the context stopped the workers: the second job ran or was cancelled
     assert not any(t.name.startswith("relax-ahead") for t in threading.enumerate())
 
+@pytest.mark.slow
+def test_an_input_changed_after_it_was_read_ahead_is_read_again(tmp_path):
+    path = tmp_path / "p.h5"
+    write_packing(path, random_packing(40, dim=2, phi=0.9, seed=0))
+    config = task_config(path)
+    with RelaxAhead([(0, config, tmp_path / "a")], 1) as ahead:
+        prepared = ahead.take(0)
+    assert prepared is not None and prepared.current()
+    write_packing(path, random_packing(40, dim=2, phi=0.9, seed=5))  # another packing
+    assert not prepared.current()
+    got = read_result(run_task(config, tmp_path / "a", prepared=prepared).result_path)
+    fresh = read_result(run_task(config, tmp_path / "b").result_path)
+    assert np.array_equal(got.system.positions, fresh.system.positions)
+    assert not np.allclose(got.system.positions, prepared.relaxed.positions)
+
+
 def test_worker_count_and_its_environment_variable(monkeypatch):
     from sensitivity.systems.config import ConfigError
 
