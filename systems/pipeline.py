@@ -314,12 +314,8 @@ def _compute(task: _Task, progress, *, audit: bool, stream: bool = False, prepar
     if progress is not None:
         progress("start", n=task.system.n, dim=task.system.dim,
                  neighbor_list=task.relaxer.use_nl)
-    if prepared is not None:
-        relaxed = prepared.relaxed
-        for report in prepared.reports if progress is not None else ():
-            progress("relax", **report)
-    else:
-        relaxed = task.relaxer.run(task.system.positions, task.params, progress)
+    relaxed = (prepared.replay(progress) if prepared is not None
+               else task.relaxer.run(task.system.positions, task.params, progress))
     if progress is not None:
         progress("relaxed", steps=relaxed.steps, max_force=relaxed.max_force,
                  converged=relaxed.converged, stop_reason=relaxed.stop_reason)
@@ -412,8 +408,7 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
     t_total = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if prepared is not None and not prepared.current():
-        prepared = None  # the input file changed since it was read ahead
+    prepared = prepared if prepared is None or prepared.current() else None  # file changed
     task = (prepared.task if prepared is not None
             else _prepare(config, for_audit=False, output_dir=output_dir))
     relaxed, solver, result, audit_result = _compute(task, progress,

@@ -51,6 +51,12 @@ class Prepared:
     reports: list
     input_sha256: str = ""  # of the input file before it was read
 
+    def replay(self, progress=None):
+        """The relaxation's result, after calling ``progress`` with its reports."""
+        for report in self.reports if progress is not None else ():
+            progress("relax", **report)
+        return self.relaxed
+
     def current(self) -> bool:
         """Whether the input file is still the one read (else the task is read again)."""
         from .tasks import file_sha256
