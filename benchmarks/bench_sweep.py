@@ -7,7 +7,10 @@ processes (Slurm array tasks) skip compilation. This measures all three:
 
 1. ``single, cold cache``: one ``sensitivity run`` in a fresh process with an empty cache;
 2. ``single, warm cache``: the same again, the cache now filled (what an array task pays);
-3. ``sweep``: ``sensitivity run`` of a sweep of TASKS packings in one process, per task.
+3. ``sweep``: ``sensitivity run`` of a sweep of TASKS packings in one process, per task;
+   the next tasks are relaxed in threads (one per usable CPU, ``systems.relax_ahead``);
+4. ``sweep, one thread``: the same with ``SENSITIVITY_RELAX_THREADS=0`` (each task relaxed in
+   turn), the baseline of the threads' gain.
 
     python benchmarks/bench_sweep.py                 # 32 packings of N = 256 (2D, phi 0.9)
     python benchmarks/bench_sweep.py --n 64 --tasks 8 --json out.json
@@ -93,8 +96,18 @@ def main() -> None:
     total = sensitivity("-q", "run", "sweep.yaml", "--overwrite", env=env, cwd=work)
     per_task = total / args.tasks
     print(f"  {total:.2f} s, {per_task:.3f} s per task", flush=True)
-    print("start-up alone (import jax + jax-md) ...", flush=True)
-    startup_code = "import time; t=time.perf_counter(); import sensitivity.systems, jax_md; print(time.perf_counter()-t)"
+    print(f"sweep of {args.tasks} tasks in one process, one thread ...", flush=True)
+    one_thread = dict(env, SENSITIVITY_RELAX_THREADS="0")
+    sequential = sensitivity("-q", "run", "sweep.yaml", "--overwrite", "-o", "sweep-seq",
+                             env=one_thread, cwd=work)
+    print(f"  {sequential:.2f} s, {sequential / args.tasks:.3f} s per task", flush=True)
+    print("start-up alone (what a run imports: jax, the physics, jax-md's space and "
+          "partition) ...", flush=True)
+    startup_code = (
+        "import time; t = time.perf_counter(); import jax; "
+        "jax.config.update('jax_enable_x64', True); import sensitivity.systems.pipeline; "
+        "from sensitivity.systems._jaxmd import module; module('space'); module('partition'); "
+        "print(time.perf_counter() - t)")
     startup = float(
         subprocess.run([sys.executable, "-c", startup_code], env=env, capture_output=True, text=True,
                        cwd=ROOT, check=True).stdout.strip()
@@ -118,9 +131,13 @@ def main() -> None:
         "single_run_warm_cache_s": warm,
         "sweep_total_s": total,
         "sweep_per_task_s": per_task,
+        "sweep_one_thread_total_s": sequential,
+        "sweep_one_thread_per_task_s": sequential / args.tasks,
+        "speedup_vs_one_thread": sequential / total,
         "speedup_vs_warm_single": warm / per_task,
         "speedup_vs_cold_single": cold / per_task,
-        "import_jax_md_s": startup,
+        "import_s": startup,
+        "import_share_of_sweep": startup / total,
         "mean_time_relax_s": mean("time_relax_s"),
         "mean_time_sensitivity_s": mean("time_sensitivity_s"),
         "mean_time_compile_s": mean("time_compile_s"),
@@ -132,7 +149,9 @@ def main() -> None:
     print(f"  single `run`, cold cache     {cold:8.2f} s")
     print(f"  single `run`, warm cache     {warm:8.2f} s   (a Slurm array task)")
     print(f"  sweep in one process         {per_task:8.3f} s per task  ({total:.1f} s total)")
-    print(f"  import systems + jax_md      {startup:8.2f} s")
+    print(f"  sweep, one thread            {sequential / args.tasks:8.3f} s per task  "
+          f"({sequential:.1f} s total; threads {sequential / total:.2f}x faster)")
+    print(f"  imports of a run             {startup:8.2f} s   ({startup / total:.0%} of the sweep)")
     for key in ("mean_time_relax_s", "mean_time_sensitivity_s", "mean_time_compile_s"):
         if report[key] is not None:
             print(f"  {key:<28} {report[key]:8.3f} s")

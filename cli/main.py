@@ -191,6 +191,9 @@ def run(config: str, overrides: tuple[str, ...], output: str | None, task_index:
                        "tasks": [records[i] for i in sorted(records)]})
         return
 
+    from sensitivity.systems.relax_ahead import RelaxAhead, workers_for
+
+    workers = workers_for(len(todo))  # the next tasks relaxed in threads (0: none)
     started = time.perf_counter()
     setup_jax(state.cache_directory(), reporter)
     from sensitivity.systems.pipeline import run_task
@@ -202,12 +205,17 @@ def run(config: str, overrides: tuple[str, ...], output: str | None, task_index:
     current = None
     ran = 0
     signals = StopSignals()
+    ahead = None
     try:
-        with signals:
+        with signals, contextlib.ExitStack() as stack:
+            if workers:
+                ahead = stack.enter_context(RelaxAhead(
+                    [(t.index, t.config, t.directory) for t in todo], workers))
             for task in todo:
                 signals.check()
                 current = task
-                code, message = _run_one(task, loaded, run_task, reporter, state, signals)
+                code, message = _run_one(task, loaded, run_task, reporter, state, signals,
+                                         ahead)
                 current = None
                 ran += 1
                 if code != EXIT_OK:
@@ -247,7 +255,7 @@ def run(config: str, overrides: tuple[str, ...], output: str | None, task_index:
 
 
 def _run_one(task: Task, loaded: LoadedConfig, run_task, reporter, state: State,
-             signals) -> tuple[int, str]:
+             signals, ahead=None) -> tuple[int, str]:
     """Run one task in its folder (:func:`systems.tasks.run_in_folder`, which keeps the folder
     honest); returns (exit code, message) and never raises for a task's own failure."""
     from sensitivity.systems import ConvergenceError, InputError, StorageError, storage_error
@@ -255,7 +263,9 @@ def _run_one(task: Task, loaded: LoadedConfig, run_task, reporter, state: State,
 
     def run(config, directory):
         reporter.info(f"start: {config['system']['path']} -> {directory}")
-        return run_task(config, directory, progress=reporter.progress, config_text=loaded.text)
+        prepared = ahead.take(task.index) if ahead is not None else None
+        return run_task(config, directory, progress=reporter.progress, config_text=loaded.text,
+                        prepared=prepared)
 
     try:
         with _progress(reporter, loaded, task):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import threading
 import time
 from typing import Any, Callable
 
@@ -26,6 +27,9 @@ CACHE_SIZE = 48
 
 _ENTRIES: collections.OrderedDict[tuple, tuple[str, Any]] = collections.OrderedDict()
 _STATS: dict[str, dict[str, float]] = {}
+# one compilation of a function at a time: a sweep relaxes upcoming packings in threads
+# (:mod:`systems.relax_ahead`), which then wait for the first one's executable
+_LOCK = threading.RLock()
 
 
 def _counts(owner: str) -> dict[str, float]:
@@ -44,6 +48,11 @@ def compiled(owner: str, fn: Callable, static: Any, *args) -> tuple[Any, float]:
     """
     key = (fn, static, jax.tree.structure(args),
            tuple(_aval_key(a) for a in jax.tree.leaves(args)))
+    with _LOCK:
+        return _compiled(owner, key, fn, static, args)
+
+
+def _compiled(owner, key, fn, static, args):
     counts = _counts(owner)
     hit = _ENTRIES.get(key)
     if hit is not None:

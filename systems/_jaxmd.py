@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["box_key", "make_space", "module", "require_x64"]
+__all__ = ["box_key", "make_space", "module", "periodic_difference", "require_x64", "wrap_mod"]
 
 _LOCK = threading.Lock()
 
@@ -86,6 +86,29 @@ def make_space(box: np.ndarray | None, periodic: bool):
     """
     key = None if box is None or not periodic else box_key(box)
     return _space(key, bool(periodic))
+
+
+def wrap_mod(u, side):
+    """``jnp.mod(u, side)`` (``side > 0``), bit for bit, without its floating-point remainder
+    where it can: when every ``u`` lies in ``(-side, 2 side)`` (positions in the box moved
+    by less than a box, or their differences) the remainder is ``u``, ``u - side`` (exact,
+    Sterbenz) or ``u + side`` (what ``jnp.mod`` adds itself); otherwise ``jnp.mod``. One
+    branch for the whole array: XLA's CPU remainder costs ~10 ns an element, as much as the
+    rest of a pair force.
+    """
+
+    def near(u):
+        return jnp.where(u >= side, u - side, jnp.where(u < 0, u + side, u))
+
+    inside = jnp.all((u > -side) & (u < 2 * side))
+    return jax.lax.cond(inside, near, lambda u: jnp.mod(u, side), u)
+
+
+def periodic_difference(dr, side):
+    """jax-md's ``space.periodic`` displacement of raw differences ``dr = Ra - Rb``
+    (``(..., d)``), bit for bit: ``mod(dr + side/2, side) - side/2`` (:func:`wrap_mod`)."""
+    half = side * 0.5
+    return wrap_mod(dr + half, side) - half
 
 
 def box_key(box) -> tuple:

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
+import threading
 from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._jaxmd import module
+from ._jaxmd import module, periodic_difference
 
 if TYPE_CHECKING:
     from .potentials import PairModel
@@ -51,8 +53,29 @@ def sort_pairs(neighbors):
     return dataclasses.replace(neighbors, idx=idx)
 
 
-def update_sorted(model: PairModel, neighbors, y):
-    """jax-md's update, sorted (:func:`sort_pairs`) where it rebuilt the list."""
+#: :func:`update_sorted` calls jax-md's update once a particle moved this fraction of the
+#: distance at which jax-md rebuilds (half the skin): a margin over round-off; jax-md's own
+#: test then decides, so the margin changes no result.
+_MARGIN = 0.9
+
+
+def update_sorted(model: PairModel, neighbors, y, skin: float | None = None):
+    """jax-md's update, sorted (:func:`sort_pairs`) where it rebuilt the list.
+
+    Given the list's ``skin`` in an orthorhombic box, jax-md's update (its displacement
+    test, a branch carrying the whole list) runs only once some particle has moved nearly
+    half the skin; until then the list is returned as jax-md would return it.
+    """
+    if skin is None or not model.periodic or np.ndim(model.box) != 1:
+        return _update_sorted(model, neighbors, y)
+    d = periodic_difference(y - neighbors.reference_position,
+                            jnp.asarray(model.box, jnp.float64))
+    moved = jnp.max(jnp.sum(d * d, axis=-1)) > (_MARGIN * 0.5 * skin) ** 2
+    return jax.lax.cond(moved, functools.partial(_update_sorted, model, y=y),
+                        lambda nbrs: nbrs, neighbors)
+
+
+def _update_sorted(model: PairModel, neighbors, y):
     new = neighbors.update(model.list_positions(y))
     rebuilt = jnp.any(new.reference_position != neighbors.reference_position)
     return jax.lax.cond(rebuilt, sort_pairs, lambda nbrs: nbrs, new)
@@ -109,6 +132,10 @@ class NeighborLists:
 
     def allocate(self, y, extra_per_particle: int = 0):
         """A fresh list at ``y`` (capacities at least the template's); the new template."""
+        with _LOCK:  # packings relaxed in threads (:mod:`systems.relax_ahead`) share it
+            return self._allocate(y, extra_per_particle)
+
+    def _allocate(self, y, extra_per_particle: int):
         key = self._key(y)
         nbrs = self.fn.allocate(self.model.list_positions(y),
                                 extra_capacity=int(extra_per_particle))
@@ -138,19 +165,21 @@ def _grow(nbrs, max_occupancy: int, cell_list_capacity: int | None):
 
 
 _LISTS: collections.OrderedDict[tuple, NeighborLists] = collections.OrderedDict()
+_LOCK = threading.RLock()
 
 
 def neighbor_lists(model: PairModel, cutoff: float, skin: float) -> NeighborLists:
     """The shared neighbor-list maker for (model static key, cutoff, skin) (an LRU of
     :data:`LISTS_KEPT`)."""
     key = (model.static_key(), float(cutoff), float(skin))
-    lists = _LISTS.get(key)
-    if lists is None:
-        lists = _LISTS[key] = NeighborLists(model, cutoff, skin)
-        if len(_LISTS) > LISTS_KEPT:
-            _LISTS.popitem(last=False)
-    _LISTS.move_to_end(key)
-    return lists
+    with _LOCK:
+        lists = _LISTS.get(key)
+        if lists is None:
+            lists = _LISTS[key] = NeighborLists(model, cutoff, skin)
+            if len(_LISTS) > LISTS_KEPT:
+                _LISTS.popitem(last=False)
+        _LISTS.move_to_end(key)
+        return lists
 
 
 def clear() -> None:

@@ -310,13 +310,16 @@ def _audit(task: _Task, solver: ResponseSolver, responses: Mapping[str, Mapping]
 # Entry points.
 
 
-def _compute(task: _Task, progress, *, audit: bool, stream: bool = False):
+def _compute(task: _Task, progress, *, audit: bool, stream: bool = False, prepared=None):
     """Relax, then (if converged) differentiate and optionally audit. ``stream``: leave a
-    large vector θ to be computed as it is written (:meth:`ResponseSolver.run_all`)."""
+    large vector θ to be computed as it is written (:meth:`ResponseSolver.run_all`).
+    ``prepared``: the relaxation done already (:mod:`systems.relax_ahead`), its progress
+    reports replayed."""
     if progress is not None:
         progress("start", n=task.system.n, dim=task.system.dim,
                  neighbor_list=task.relaxer.use_nl)
-    relaxed = task.relaxer.run(task.system.positions, task.params, progress)
+    relaxed = (prepared.replay(progress) if prepared is not None
+               else task.relaxer.run(task.system.positions, task.params, progress))
     if progress is not None:
         progress("relaxed", steps=relaxed.steps, max_force=relaxed.max_force,
                  converged=relaxed.converged, stop_reason=relaxed.stop_reason)
@@ -385,7 +388,7 @@ def _observables(task: _Task, solver, responses, progress) -> dict:
 
 def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
              progress: Callable[..., None] | None = None,
-             config_text: str | None = None) -> TaskSummary:
+             config_text: str | None = None, prepared=None) -> TaskSummary:
     """Relax the configured packing, compute every ∂x*/∂θ, write ``sensitivity.h5``.
 
     Args:
@@ -393,6 +396,8 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
       output_dir: folder for ``sensitivity.h5`` (and ``plots/`` when output.plots).
       progress: optional ``progress(event, **fields)``.
       config_text: the configuration as the user wrote it (stored beside the resolved one).
+      prepared: this config's :class:`~systems.relax_ahead.Prepared` (read and relaxed
+        ahead, in a thread, by a sweep), or None to read and relax it here.
 
     Returns:
       A :class:`TaskSummary` (``converged=False`` for a relaxation or solve that did not
@@ -406,10 +411,12 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
     t_total = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    task = _prepare(config, for_audit=False, output_dir=output_dir)
+    prepared = prepared if prepared is None or prepared.current() else None  # file changed
+    task = (prepared.task if prepared is not None
+            else _prepare(config, for_audit=False, output_dir=output_dir))
     relaxed, solver, result, audit_result = _compute(task, progress,
                                                      audit=bool(task.settings["audit"]),
-                                                     stream=True)
+                                                     stream=True, prepared=prepared)
     system = task.system.replace(positions=relaxed.positions)
     n, d = system.n, system.dim
     timings = {

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import settings
-from ._jaxmd import box_key, make_space
+from ._jaxmd import box_key, make_space, periodic_difference, wrap_mod
 from ._errors import InputError
 from ._system import pairs_within, perpendicular_widths
 from .pair_laws import lennard_jones, morse, smooth_cutoff, soft_sphere
@@ -410,7 +410,11 @@ class PairModel:
         valid = (pairs.weight != 0) & (pairs.i < n) & (pairs.j < n) & (pairs.i != pairs.j)
         i = jnp.minimum(pairs.i, n - 1)
         j = jnp.minimum(pairs.j, n - 1)
-        dr = jax.vmap(self.displacement_fn)(y[i], y[j]) * params.scale
+        if self.periodic and np.ndim(self.box) == 1:  # jax-md's, on the whole array
+            dr = periodic_difference(y[i] - y[j], jnp.asarray(self.box, jnp.float64))
+        else:
+            dr = jax.vmap(self.displacement_fn)(y[i], y[j])
+        dr = dr * params.scale
         if params.strain is not None:  # affine strain of the box and positions
             dr = dr + dr @ jnp.asarray(params.strain).T
         r2 = jnp.sum(dr * dr, axis=-1)
@@ -505,6 +509,13 @@ class PairModel:
             return jax.ops.segment_sum(f, i, n) - jax.ops.segment_sum(f, j, n)
 
         return with_position_jvp(plain, product)
+
+    def shift(self, y, dy):
+        """``shift_fn(y, dy)`` (jax-md's: in a box, ``mod(y + dy, box)``), bit for bit, with
+        :func:`~systems._jaxmd.wrap_mod` in an orthorhombic box."""
+        if self.periodic and np.ndim(self.box) == 1:
+            return wrap_mod(y + dy, jnp.asarray(self.box, jnp.float64))
+        return self.shift_fn(y, dy)
 
     # ---- pair lists -------------------------------------------------------------------
     def use_neighbor_list(self, cutoff: float) -> bool:

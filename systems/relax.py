@@ -191,11 +191,13 @@ class _LoopSettings:
     f_alpha: float
     step_size: float
     use_nl: bool
+    skin: float | None = None  # the neighbor list's (:func:`update_sorted`)
 
     @classmethod
-    def of(cls, spec: MinimizerSpec, use_nl: bool) -> _LoopSettings:
+    def of(cls, spec: MinimizerSpec, use_nl: bool, skin: float | None = None) -> _LoopSettings:
         return cls(spec.kind, spec.etol, spec.dt_start, spec.dt_max, spec.n_min, spec.f_inc,
-                   spec.f_dec, spec.alpha_start, spec.f_alpha, spec.step_size, bool(use_nl))
+                   spec.f_dec, spec.alpha_start, spec.f_alpha, spec.step_size, bool(use_nl),
+                   None if skin is None else float(skin))
 
 
 def _pairs(s: _LoopSettings, neighbors):
@@ -216,19 +218,19 @@ def _energy_and_force(s: _LoopSettings, model: PairModel, y, params, neighbors,
 
 def _step(s: _LoopSettings, model: PairModel, state: _FireState, neighbors, params):
     """One minimizer step; returns the new state, neighbors and the new energy."""
-    shift = model.shift_fn
+    shift = model.shift
     with_energy = s.etol > 0
     if s.kind == "gradient_descent":
         y = shift(state.position, s.step_size * state.force)
         if s.use_nl:
-            neighbors = update_sorted(model, neighbors, y)
+            neighbors = update_sorted(model, neighbors, y, s.skin)
         e, f = _energy_and_force(s, model, y, params, neighbors, with_energy)
         return state._replace(position=y, force=f), neighbors, e
     dt = state.dt
     v_half = state.velocity + 0.5 * dt * state.force
     y = shift(state.position, dt * v_half)
     if s.use_nl:
-        neighbors = update_sorted(model, neighbors, y)
+        neighbors = update_sorted(model, neighbors, y, s.skin)
     e, f = _energy_and_force(s, model, y, params, neighbors, with_energy)
     v = v_half + 0.5 * dt * f
     f_norm = jnp.sqrt(jnp.sum(f * f))
@@ -345,7 +347,8 @@ class Relaxer:
         self.cutoff = float(cutoff)
         self.use_nl = bool(neighbor_list)
         self.skin = SKIN * self.cutoff if skin is None else float(skin)
-        self._settings = _LoopSettings.of(minimizer, self.use_nl)
+        self._settings = _LoopSettings.of(minimizer, self.use_nl,
+                                          self.skin if self.use_nl else None)
         self._lists = (neighbor_lists(model, self.cutoff, self.skin) if self.use_nl
                        else None)
         self._nl_fn = self._lists.fn if self.use_nl else None

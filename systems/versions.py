@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from importlib import metadata
 from pathlib import Path
 
@@ -12,9 +13,15 @@ __all__ = ["package_version", "versions"]
 PROVENANCE_PACKAGES = ("sensitivity", "jax", "jaxlib", "jax-md", "numpy", "scipy", "h5py")
 
 
+@functools.lru_cache(maxsize=None)
 def package_version(name: str) -> str:
     """The installed version of ``name``; for ``sensitivity`` run from a checkout that is not
-    installed, the ``__version__`` in its source; ``"not installed"`` otherwise."""
+    installed, the ``__version__`` in its source; ``"not installed"`` otherwise.
+
+    Read once per process (reading package metadata took ~5 ms a package, paid by every
+    task of a sweep): the code a process runs is what it imported, whatever is installed
+    later.
+    """
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
