@@ -409,6 +409,11 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
     from . import io
 
     t_total = time.perf_counter()
+    output = {**defaults(SCHEMA["output"]), **(config.get("output") or {})}
+    if output["plots"]:
+        from .plots import preload
+
+        preload()  # matplotlib loads in a thread while the physics runs
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     prepared = prepared if prepared is None or prepared.current() else None  # file changed
@@ -526,7 +531,6 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
     if progress is not None:
         progress("written", time_s=timings["time_write_s"])
     plot_paths = []
-    output = {**defaults(SCHEMA["output"]), **(config.get("output") or {})}
     if output["plots"] and result is not None:
         t_plots = time.perf_counter()
         from .plots import plot_result

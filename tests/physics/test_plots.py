@@ -69,12 +69,20 @@ def test_unknown_name_is_an_input_error(tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
-def test_importing_plots_does_not_import_matplotlib_or_jax_md():
+def test_importing_plots_does_not_import_matplotlib_or_jax_md_until_preloaded():
+    """Importing the module costs nothing; :func:`preload` loads matplotlib in a thread and
+    the first figure waits for it."""
     import subprocess
 
     code = (
-        "import sys, systems, systems.plots, systems.io;"
+        "import sys, threading; from sensitivity.systems import plots, io;"
         "assert 'matplotlib' not in sys.modules, 'matplotlib';"
+        "assert 'jax_md' not in sys.modules, 'jax_md';"
+        "plots.preload(); plots.preload();"
+        "assert [t.name for t in threading.enumerate()].count('plots-preload') <= 1;"
+        "f = plots._new_figure((2, 2), 50);"
+        "assert 'matplotlib.backends.backend_agg' in sys.modules;"
+        "assert not any(t.is_alive() for t in plots._preloading), 'figure did not wait';"
         "assert 'jax_md' not in sys.modules, 'jax_md'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=__file__.rsplit("/", 3)[0])
