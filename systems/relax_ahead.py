@@ -30,11 +30,14 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Hashable, Iterable, Mapping
 
-__all__ = ["MAX_WORKERS", "THREADS_ENV", "Prepared", "RelaxAhead", "prepare_and_relax",
-           "workers_for"]
+__all__ = ["MAX_THREADS", "MAX_WORKERS", "THREADS_ENV", "Prepared", "RelaxAhead",
+           "prepare_and_relax", "workers_for"]
 
-#: Worker threads at most (each relaxes one packing at a time).
+#: Worker threads at most by default (each relaxes one packing at a time) ...
 MAX_WORKERS = 4
+#: ... and at most when ``SENSITIVITY_RELAX_THREADS`` asks (each thread holds a packing and
+#: one more waits: a huge value must not allocate a sweep's worth of packings at once).
+MAX_THREADS = 64
 
 
 class _Stopped(Exception):
@@ -98,7 +101,7 @@ def workers_for(tasks: int) -> int:
     :data:`MAX_WORKERS`; never more than ``tasks``.
 
     Raises:
-      ConfigError: the variable is not a whole number >= 0.
+      ConfigError: the variable is not a whole number from 0 to :data:`MAX_THREADS`.
     """
     text = os.environ.get(THREADS_ENV, "").strip()
     if text:
@@ -106,11 +109,11 @@ def workers_for(tasks: int) -> int:
             wanted = int(text)
         except ValueError:
             wanted = -1
-        if wanted < 0:
+        if not 0 <= wanted <= MAX_THREADS:
             from .config import ConfigError
 
-            raise ConfigError(f"{THREADS_ENV} = {text!r}: expected a whole number >= 0 "
-                              "(0 relaxes the tasks one after the other)")
+            raise ConfigError(f"{THREADS_ENV} = {text!r}: expected a whole number from 0 to "
+                              f"{MAX_THREADS} (0 relaxes the tasks one after the other)")
     else:
         try:
             cpus = len(os.sched_getaffinity(0))

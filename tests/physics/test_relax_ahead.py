@@ -96,7 +96,9 @@ def test_worker_count_and_its_environment_variable(monkeypatch):
     assert workers_for(32) == 0
     monkeypatch.setenv("SENSITIVITY_RELAX_THREADS", " 3 ")
     assert workers_for(32) == 3 and workers_for(2) == 2 and workers_for(1) == 0
-    for bad in ("-1", "two", "1.5"):
+    monkeypatch.setenv("SENSITIVITY_RELAX_THREADS", "64")
+    assert workers_for(100) == 64
+    for bad in ("-1", "two", "1.5", "65", "10" * 30):
         monkeypatch.setenv("SENSITIVITY_RELAX_THREADS", bad)
         with pytest.raises(ConfigError, match="SENSITIVITY_RELAX_THREADS = .*whole number"):
             workers_for(32)
