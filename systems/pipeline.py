@@ -411,7 +411,7 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
     t_total = time.perf_counter()
     output = {**defaults(SCHEMA["output"]), **(config.get("output") or {})}
     if output["plots"]:
-        from .plots import preload
+        from ._figure import preload
 
         preload()  # matplotlib loads in a thread while the physics runs
     output_dir = Path(output_dir)

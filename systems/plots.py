@@ -18,19 +18,15 @@
 Output formats: PNG, PDF or SVG (``format``, else the file's suffix), at ``dpi`` for PNG.
 Matplotlib is imported inside the functions and used through its object-oriented API with
 the Agg canvas, so importing this module is instant and no global backend is changed. A run
-that will plot calls :func:`preload` first: matplotlib's import and its font (about a second
-of a small run) then load in a background thread while the physics runs, and the first
-figure waits for that thread.
+that will plot calls :func:`systems._figure.preload` first.
 Files are written atomically (temporary name in the same folder, then renamed).
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 import re
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ._atomic import atomic_path
+from ._figure import new_figure as _new_figure
 from ._plot_geometry import arrow_images, disk_images
 from ._errors import InputError
 from ._h5 import LENGTH_UNIT
@@ -51,7 +48,6 @@ __all__ = [
     "plot_magnitudes",
     "plot_response",
     "plot_result",
-    "preload",
     "response_figure",
 ]
 
@@ -189,45 +185,6 @@ def _format_number(value: float) -> str:
 
 # --------------------------------------------------------------------------------------
 # output
-
-#: What the figures import from matplotlib (:func:`preload` imports them ahead).
-_MATPLOTLIB = ("matplotlib.figure", "matplotlib.backends.backend_agg", "matplotlib.cm",
-               "matplotlib.collections", "matplotlib.colors", "matplotlib.lines",
-               "matplotlib.patches")
-_preloading: list[threading.Thread] = []
-
-
-def _load_matplotlib() -> None:
-    try:
-        for name in _MATPLOTLIB:
-            importlib.import_module(name)
-        from matplotlib import font_manager
-
-        font_manager.get_font(font_manager.findfont(font_manager.FontProperties()))
-    except Exception:  # noqa: BLE001 -- the figures import it again and report what fails
-        pass
-
-
-def preload() -> None:
-    """Start importing matplotlib (and loading its default font) in a background thread,
-    so that figures drawn later in this process do not wait for it; the first figure waits
-    for the thread, so matplotlib is never used from two threads at once."""
-    if not _preloading:
-        thread = threading.Thread(target=_load_matplotlib, name="plots-preload", daemon=True)
-        _preloading.append(thread)
-        thread.start()
-
-
-def _new_figure(size: tuple[float, float], dpi: float):
-    for thread in _preloading:
-        thread.join()
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=size, dpi=dpi, layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
 
 def _output_format(path: Path, fmt: str | None) -> str:
     fmt = (fmt or path.suffix.lstrip(".") or FORMATS[0]).lower()

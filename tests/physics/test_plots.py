@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from sensitivity.systems import InputError, random_packing, read_result, write_result
-from sensitivity.systems.plots import (MEDIAN_ARROW, magnitudes_figure, plot_magnitudes, plot_response,
-                           plot_result, response_figure)
+from sensitivity.systems.plots import (MEDIAN_ARROW, magnitudes_figure, plot_magnitudes,
+                                       plot_response, plot_result, response_figure)
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from test_io import make_result_inputs  # noqa: E402
@@ -75,14 +75,14 @@ def test_importing_plots_does_not_import_matplotlib_or_jax_md_until_preloaded():
     import subprocess
 
     code = (
-        "import sys, threading; from sensitivity.systems import plots, io;"
+        "import sys, threading; from sensitivity.systems import plots, io, _figure;"
         "assert 'matplotlib' not in sys.modules, 'matplotlib';"
         "assert 'jax_md' not in sys.modules, 'jax_md';"
-        "plots.preload(); plots.preload();"
+        "_figure.preload(); _figure.preload();"
         "assert [t.name for t in threading.enumerate()].count('plots-preload') <= 1;"
-        "f = plots._new_figure((2, 2), 50);"
+        "f = _figure.new_figure((2, 2), 50);"
         "assert 'matplotlib.backends.backend_agg' in sys.modules;"
-        "assert not any(t.is_alive() for t in plots._preloading), 'figure did not wait';"
+        "assert not any(t.is_alive() for t in _figure._preloading), 'figure did not wait';"
         "assert 'jax_md' not in sys.modules, 'jax_md'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=__file__.rsplit("/", 3)[0])
