@@ -80,11 +80,10 @@ class TaskSummary:
     audit: dict | None = None
 
 
-def provenance(config: Mapping[str, Any], input_path: Path) -> dict:
-    """Package versions, input file SHA-256, device, x64, seed, command line."""
+def provenance(config: Mapping[str, Any], input_path: Path, input_sha256: str) -> dict:
+    """Package versions, input file SHA-256 (taken when it was read), device, x64, seed,
+    command line."""
     import jax
-
-    from .io import file_sha256
 
     from .versions import versions
     device = jax.devices()[0]
@@ -93,7 +92,7 @@ def provenance(config: Mapping[str, Any], input_path: Path) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "input_path": str(input_path),
-        "input_sha256": file_sha256(input_path),
+        "input_sha256": input_sha256,
         "device": f"{device.platform}:{getattr(device, 'device_kind', '')}",
         "x64": bool(jax.config.jax_enable_x64),
         "seed": int(config.get("seed") or SEED.default),
@@ -120,15 +119,22 @@ class _Task:
     #: vector θs reverse mode takes ({name: reason}: no Jacobian for them)
     observables: Any = None
     reversed: dict = dataclasses.field(default_factory=dict)
+    #: the input file's SHA-256 just before it was read (the provenance's; a task read
+    #: ahead, :mod:`systems.relax_ahead`, compares it with the file when its turn comes)
+    input_sha256: str = ""
 
 
 def _prepare(config: Mapping[str, Any], *, for_audit: bool, output_dir=None) -> _Task:
-    from .io import read_packing
+    from .io import file_sha256, read_packing
 
     system_cfg = {**defaults(SCHEMA["system"]), **(config.get("system") or {})}
     if not system_cfg.get("path"):
         raise InputError("config: system.path is required (the H5MD packing to read)")
     input_path = Path(system_cfg["path"])
+    try:
+        digest = file_sha256(input_path)
+    except OSError:  # read_packing names the problem
+        digest = ""
     system, file_potential = read_packing(input_path, group=system_cfg["group"],
                                           frame=system_cfg["frame"])
     where = str(input_path)
@@ -156,9 +162,9 @@ def _prepare(config: Mapping[str, Any], *, for_audit: bool, output_dir=None) -> 
             for sign in (1.0, -1.0):
                 seen.append(apply(params, theta0 + sign * h))
     relaxer = make_relaxer(model, minimizer, seen, where=f"{where}: /particles/"
-                           f"{system_cfg.get('group', 'all')}/box/edges")
+                           f"{system_cfg['group']}/box/edges")
     return _Task(config, input_path, system, model, params, minimizer, settings, pspecs,
-                 relaxer, observables, reverse)
+                 relaxer, observables, reverse, digest)
 
 
 def _refuse_coincident(system, where: str, group: str) -> None:
@@ -472,7 +478,7 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
     parameters = {
         "config": _jsonable(config),
         "potential": task.model.spec.as_dict(),
-        "provenance": provenance(config, task.input_path),
+        "provenance": provenance(config, task.input_path, task.input_sha256),
     }
     if config_text is not None:
         parameters["config_text"] = config_text

@@ -52,7 +52,6 @@ class Prepared:
     task: Any  # systems.pipeline._Task
     relaxed: Any  # systems.relax.RelaxResult
     reports: list
-    input_sha256: str = ""  # of the input file before it was read
 
     def replay(self, progress=None):
         """The relaxation's result, after calling ``progress`` with its reports."""
@@ -65,7 +64,7 @@ class Prepared:
         from .tasks import file_sha256
 
         try:
-            return file_sha256(self.task.input_path) == self.input_sha256
+            return file_sha256(self.task.input_path) == self.task.input_sha256
         except OSError:
             return False
 
@@ -74,7 +73,6 @@ def prepare_and_relax(config: Mapping[str, Any], output_dir=None,
                       stop: threading.Event | None = None) -> Prepared:
     """Read the task of ``config`` and relax it, as :func:`~systems.pipeline.run_task` would."""
     from .pipeline import _prepare
-    from .tasks import file_sha256
 
     reports: list = []
 
@@ -84,10 +82,9 @@ def prepare_and_relax(config: Mapping[str, Any], output_dir=None,
         if event == "relax":
             reports.append(fields)
 
-    digest = file_sha256((config.get("system") or {}).get("path") or "")
     task = _prepare(config, for_audit=False, output_dir=output_dir)
     relaxed = task.relaxer.run(task.system.positions, task.params, progress)
-    return Prepared(task, relaxed, reports, digest)
+    return Prepared(task, relaxed, reports)
 
 
 #: Environment variable: the number of worker threads (0: relax each task in turn, in the
