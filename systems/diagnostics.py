@@ -19,7 +19,7 @@ import numpy as np
 
 from ._linear_system import PackingData, SolveConfig, compile_seconds
 from .contacts import rigid_motions
-from .hessian import hessian_matvec
+from .hessian import dense_hessian, hessian_matvec
 from .settings import SENSITIVITY
 
 if TYPE_CHECKING:
@@ -48,12 +48,6 @@ def _masked_hvp(pk: PackingData, params):
 def _null_residuals(cfg: SolveConfig, pk: PackingData, params, q):
     """``‖H q_k‖`` for the columns of ``q`` (N d, k)."""
     return jnp.linalg.norm(jax.vmap(_masked_hvp(pk, params))(q.T), axis=1)
-
-
-def _dense_hessian(cfg: SolveConfig, pk: PackingData, params):
-    """The whole Hessian over the backbone's pairs (rattler rows and columns zero)."""
-    grad = pk.model.gradient_fn(pk.pairs)
-    return jax.jacfwd(lambda y: grad(y, params))(pk.y)
 
 
 def _lanczos(cfg: SolveConfig, pk: PackingData, params, v0, q):
@@ -86,18 +80,25 @@ def zero_modes(solver: ResponseSolver, seed: int = 0) -> dict:
                           solver.model.periodic).reshape(rigid, n * d)
     k = basis.shape[0]
     q, _ = np.linalg.qr(basis.T)
-    q = jnp.asarray(q)
-    cfg = solver._config()
-    null_residual, _, _ = solver._run(_null_residuals, cfg, solver.data, params, q)
+    dense = n * d <= DENSE_EIGEN_MAX_DOF
+    if dense:
+        # on the host, from the solver's own Hessian blocks: nothing to trace or compile
+        # (a small run's start-up), the tethers of the rattler rows masked out
+        mask = np.repeat(np.asarray(solver.data.active), d)
+        hess = dense_hessian(solver.data.hessian) * mask[:, None] * mask[None, :]
+        null_residual = np.linalg.norm(hess @ q, axis=0)
+    else:
+        q = jnp.asarray(q)
+        null_residual, _, _ = solver._run(_null_residuals, solver._config(), solver.data,
+                                          params, q)
     out: dict[str, Any] = {
         "expected": rigid + d * n_rattlers,
         "rattlers": n_rattlers,
         "basis_size": k + d * n_rattlers,
         "basis_max_residual": float(np.max(null_residual)),
     }
-    if n * d <= DENSE_EIGEN_MAX_DOF:
-        hess, _, _ = solver._run(_dense_hessian, cfg, solver.data, params)
-        evals = np.linalg.eigvalsh(np.asarray(hess).reshape(n * d, n * d))
+    if dense:
+        evals = np.linalg.eigvalsh(hess)
         top = float(np.max(np.abs(evals)))
         zero = np.abs(evals) <= 1e-8 * top
         nonzero = evals[~zero]

@@ -93,6 +93,16 @@ def ell_blocks(H: BlockHessian) -> np.ndarray:
     return rows.reshape(n, d, kd // d, d).transpose(0, 2, 1, 3)
 
 
+def dense_hessian(H: BlockHessian) -> np.ndarray:
+    """``H`` as a dense ``(N d, N d)`` matrix on the host (small packings: diagnostics)."""
+    blocks = ell_blocks(H)
+    n, k, d, _ = blocks.shape
+    dense = np.zeros((n, n, d, d))
+    np.add.at(dense, (np.repeat(np.arange(n), k), np.asarray(H.idx).reshape(-1)),
+              blocks.reshape(n * k, d, d))  # padding adds a zero block on the diagonal
+    return dense.transpose(0, 2, 1, 3).reshape(n * d, n * d)
+
+
 def ell_capacity(k: int, step: int = ELL_STEP) -> int:
     """The bucketed row capacity for rows of at most ``k`` entries (diagonal included)."""
     return max(step, -(-int(k) // step) * step)

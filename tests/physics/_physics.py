@@ -6,7 +6,6 @@ import numpy as np
 
 from sensitivity import systems  # noqa: F401  (x64 is on: tests/conftest.py)
 from sensitivity.systems.generate import random_packing
-from sensitivity.systems.hessian import ell_blocks
 from sensitivity.systems.pipeline import central_difference as central_difference_at
 from sensitivity.systems.potentials import PairModel, resolve_potential
 from sensitivity.systems.relax import make_relaxer, resolve_minimizer
@@ -53,16 +52,6 @@ def central_difference(system, model, params, relaxer, solver, pspec, h=1e-5,
 
 def relative_error(a, b, mask):
     return np.linalg.norm(a[mask] - b[mask]) / max(np.linalg.norm(b[mask]), 1e-300)
-
-
-def dense_hessian(H) -> np.ndarray:
-    """The ``(N d, N d)`` dense matrix of an ELL Hessian (the reference of these tests)."""
-    idx = np.asarray(H.idx)
-    blocks = ell_blocks(H)
-    n, cap, d, _ = blocks.shape
-    out = np.zeros((n, n, d, d))
-    np.add.at(out, (np.repeat(np.arange(n), cap), idx.ravel()), blocks.reshape(-1, d, d))
-    return out.transpose(0, 2, 1, 3).reshape(n * d, n * d)
 
 
 def task_config(path, **sensitivity):

@@ -5,10 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _physics import dense_hessian, relaxed
+from _physics import relaxed
 
 from sensitivity.systems import elasticity as el
 from sensitivity.systems.block_cg import block_cg
+from sensitivity.systems.hessian import dense_hessian
 
 
 def _singular_operator(n=60, null=2, seed=0):

@@ -6,10 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _physics import dense_hessian, relative_error, relaxed
+from _physics import relative_error, relaxed
 
 from sensitivity.systems import elasticity as el
 from sensitivity.systems._errors import InputError
+from sensitivity.systems.hessian import dense_hessian
 from sensitivity.systems.pipeline import central_difference
 from sensitivity.systems.potentials import resolve_potential
 from sensitivity.systems.theta import ParameterSpec, resolve_parameters, theta_apply

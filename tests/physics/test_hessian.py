@@ -9,12 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _physics import dense_hessian
 
 import sensitivity
 from sensitivity.systems import hessian as hs
 from sensitivity.systems import preconditioners as pc
 from sensitivity.systems.generate import random_packing
+from sensitivity.systems.hessian import dense_hessian
 from sensitivity.systems.potentials import PairModel, Pairs, resolve_potential
 from sensitivity.systems.relax import make_relaxer, resolve_minimizer
 
