@@ -20,8 +20,10 @@ import time
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
-__all__ = ["CACHE_SIZE", "cache_info", "clear", "compile_seconds", "compiled"]
+__all__ = ["CACHE_SIZE", "cache_info", "clear", "compile_seconds", "compiled", "device_array"]
 
 CACHE_SIZE = 48
 
@@ -30,6 +32,21 @@ _STATS: dict[str, dict[str, float]] = {}
 # one compilation of a function at a time: a sweep relaxes upcoming packings in threads
 # (:mod:`systems.relax_ahead`), which then wait for the first one's executable
 _LOCK = threading.RLock()
+
+
+def device_array(value, dtype) -> jax.Array:
+    """``jnp.asarray(value, dtype)`` without a device program for host values.
+
+    ``jnp.asarray`` of a host value runs a small device program (jax 0.10: ``stage``, and
+    ``convert_element_type`` for a Python scalar or another dtype), lowered, looked up in the
+    persistent cache and loaded the first time per shape in every process: 10-30 ms each, a
+    sizeable part of a small run's start-up. Host values are converted by NumPy here and
+    copied by ``jax.device_put``, which runs no program; jax arrays (and tracers) go to
+    ``jnp.asarray`` as before. The result is the same array, strongly typed.
+    """
+    if isinstance(value, jax.Array):
+        return jnp.asarray(value, dtype)
+    return jax.device_put(np.asarray(value, dtype))
 
 
 def _counts(owner: str) -> dict[str, float]:

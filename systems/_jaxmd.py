@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._compile import device_array
+
 __all__ = ["box_key", "make_space", "module", "periodic_difference", "require_x64", "wrap_mod"]
 
 _LOCK = threading.Lock()
@@ -140,8 +142,8 @@ def _space(box: tuple | None, periodic: bool):
     space = module("space")
 
     if periodic and isinstance(box[0], tuple):  # a cell matrix: a sheared cell
-        return space.periodic_general(jnp.asarray(box, jnp.float64),
+        return space.periodic_general(device_array(box, np.float64),
                                       fractional_coordinates=False)
     if periodic:
-        return space.periodic(jnp.asarray(box, jnp.float64))
+        return space.periodic(device_array(box, np.float64))
     return space.free()

@@ -87,12 +87,12 @@ def _pair_geometry(cfg, model: PairModel, y, params: PotentialParams, pairs: Pai
 def _pair_table(model: PairModel, y, params: PotentialParams, pairs: Pairs):
     """Host arrays per pair: i, j, r, σ, |dV/dr| (real units)."""
     n = model.n
-    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+    params = jax.tree.map(lambda a: _compile.device_array(a, np.float64), params)
     i, j = np.asarray(pairs.i), np.asarray(pairs.j)
     keep = (i < n) & (j < n)
     i, j = i[keep], j[keep]
     padded = padded_pairs(i, j, n, pair_capacity(len(i), n, "table"))
-    y = jnp.asarray(y, jnp.float64)
+    y = _compile.device_array(y, np.float64)
     exe, _ = _compile.compiled("response", _pair_geometry, None, model, y, params, padded)
     r, sigma, force, valid = (np.asarray(a)[:len(i)] for a in exe(model, y, params, padded))
     return i[valid], j[valid], r[valid], sigma[valid], force[valid]

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import settings
+from ._compile import device_array
 from ._jaxmd import box_key, make_space, periodic_difference, wrap_mod
 from ._errors import InputError
 from ._system import pairs_within, perpendicular_widths
@@ -226,8 +227,8 @@ class Pairs(NamedTuple):
     @classmethod
     def all_pairs(cls, n: int) -> "Pairs":
         i, j = np.triu_indices(n, 1)
-        return cls(jnp.asarray(i, jnp.int32), jnp.asarray(j, jnp.int32),
-                   jnp.ones(len(i), jnp.float64))
+        return cls(device_array(i, np.int32), device_array(j, np.int32),
+                   device_array(np.ones(len(i)), np.float64))
 
     @classmethod
     def from_sparse_neighbor_list(cls, neighbors) -> "Pairs":
@@ -325,7 +326,7 @@ class PairModel:
         displacement_fn, shift_fn = make_space(system.box, system.periodic)
         return cls(
             spec=spec,
-            species=jnp.asarray(system.species, jnp.int32),
+            species=device_array(system.species, np.int32),
             box=None if system.box is None else np.asarray(system.box, np.float64),
             periodic=bool(system.periodic),
             dim=int(system.positions.shape[1]),
@@ -359,9 +360,9 @@ class PairModel:
     # ---- parameters -------------------------------------------------------------------
     def default_params(self, diameters: np.ndarray) -> PotentialParams:
         return PotentialParams(
-            diameters=jnp.asarray(diameters, jnp.float64),
-            epsilon=jnp.asarray(self.spec.epsilon, jnp.float64),
-            scale=jnp.asarray(1.0, jnp.float64),
+            diameters=device_array(diameters, np.float64),
+            epsilon=device_array(self.spec.epsilon, np.float64),
+            scale=device_array(1.0, np.float64),
         )
 
     def interaction_range(self, params: PotentialParams) -> float:

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _compile, settings
+from ._compile import device_array
 from ._errors import ConvergenceError, InputError
 from ._system import wrap_positions
 from .neighbor_lists import clear as neighbor_lists_clear
@@ -386,10 +387,10 @@ class Relaxer:
         model = self.model
         max_steps = s.max_steps if max_steps is None else int(max_steps)
         ftol = s.ftol if ftol is None else float(ftol)
-        ftol_arg = jnp.asarray(ftol, jnp.float64)
+        ftol_arg = device_array(ftol, np.float64)
         self._run_compile_s = 0.0
-        y = jnp.asarray(positions, jnp.float64)
-        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        y = device_array(positions, np.float64)
+        params = jax.tree.map(lambda a: device_array(a, np.float64), params)
         reallocations = 0
         if self.use_nl:
             # The template list (another packing's, same N) rebuilt at y inside init: no
@@ -415,14 +416,14 @@ class Relaxer:
             carry, _ = init(model, y, params, self._all_pairs, None)
         t_run = 0.0
         chunk_fn = self._compiled_fn(_chunk, model, carry, params,
-                                     jnp.asarray(0, jnp.int64), ftol_arg)
+                                     device_array(0, np.int64), ftol_arg)
         t0 = time.perf_counter()
         if float(carry.max_force) <= ftol:
-            carry = carry._replace(code=jnp.asarray(_FTOL, jnp.int32))
+            carry = carry._replace(code=device_array(_FTOL, np.int32))
         energy = float(carry.energy)
         while int(carry.code) == _RUNNING and int(carry.step) < max_steps:
             end = min(int(carry.step) + s.report_every, max_steps)
-            new, e_final = chunk_fn(model, carry, params, jnp.asarray(end, jnp.int64),
+            new, e_final = chunk_fn(model, carry, params, device_array(end, np.int64),
                                     ftol_arg)
             if int(new.code) == _OVERFLOW:
                 # The list overflowed somewhere in this chunk: reallocate where it happened
@@ -435,7 +436,7 @@ class Relaxer:
                 grown = sort_pairs(grown.update(model.list_positions(carry.state.position)))
                 carry = carry._replace(neighbors=grown)
                 chunk_fn = self._compiled_fn(_chunk, model, carry, params,
-                                             jnp.asarray(0, jnp.int64), ftol_arg)
+                                             device_array(0, np.int64), ftol_arg)
                 t0 = time.perf_counter()
                 continue
             carry = new

@@ -68,6 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _compile, settings
+from ._compile import device_array
 from ._errors import InputError
 from ._reports import SolveReport
 from ._system import wrap_positions
@@ -227,12 +228,12 @@ class ResponseSolver:
         compile0 = compile_seconds()
         self.model = model
         self.settings = dict(settings)
-        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        params = jax.tree.map(lambda a: device_array(a, np.float64), params)
         self.params = params
         y = np.asarray(positions, np.float64) / float(params.scale)
         if model.periodic:
             y = wrap_positions(y, np.asarray(model.box))
-        self.y = jnp.asarray(y)
+        self.y = device_array(y, np.float64)
         self.max_force = float(max_force)
         contacts = contact_analysis(model, self.y, params, max_force=max_force,
                                     min_contacts=settings.get("rattler_contacts"))
@@ -262,7 +263,7 @@ class ResponseSolver:
         row_entries = 1 + np.bincount(np.concatenate([i[keep], j[keep]]), minlength=n).max()
         pattern = ell_pattern(padded.i, padded.j, n,
                               capacity=row_capacity(int(row_entries), n))
-        active = jnp.asarray(~self.rattlers, jnp.float64)
+        active = device_array(~self.rattlers, np.float64)
         args = (model, self.y, params, padded, pattern, active)
         exe, _ = compiled(hessian_data, cfg, *args)
         stiffness, tether, hessian, precond = exe(*args)
@@ -327,14 +328,15 @@ class ResponseSolver:
         species = np.asarray(self.model.species)
         data = [theta_data(p, self.params, species) for p in pspecs]
         cfg = self._config(tags=[tag for tag, _, _ in data])
-        thetas0 = jnp.stack([jnp.asarray(t0, jnp.float64) for _, t0, _ in data])
+        thetas0 = device_array([np.asarray(t0) for _, t0, _ in data], np.float64)
         members = tuple(m for _, _, m in data)
         (dx, infos), t_run, t_compile = self._run(
             _scalar_derivatives, cfg, self.data, self.params, thetas0, members)
         out = {}
+        infos = jax.tree.map(np.asarray, infos)  # indexed on the host: no device programs
         for k, pspec in enumerate(pspecs):
             info = merge_reports([jax.tree.map(lambda a: a[k], infos)])
-            report = self.report(pspec, thetas0[k], s["solver"], "forward mode", info,
+            report = self.report(pspec, np.asarray(thetas0)[k], s["solver"], "forward mode", info,
                                  time_s=t_run, time_compile_s=t_compile,
                                  batched_with=[p.name for p in pspecs])
             out[pspec.name] = (self._gauge(dx[k]), report)

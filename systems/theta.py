@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import settings
+from ._compile import device_array
 from ._errors import InputError
 from .potentials import PotentialParams, PotentialSpec
 
@@ -99,6 +100,11 @@ def resolve_parameters(parameter_cfgs, system, spec: PotentialSpec,
     return out
 
 
+def _no_member():
+    """The ``member`` of a θ that moves no particular entries: a float64 zero."""
+    return device_array(0.0, np.float64)
+
+
 def theta_data(pspec: ParameterSpec, base: PotentialParams, species: np.ndarray):
     """``(tag, theta0, member)``: how θ enters the parameters, as data.
 
@@ -109,11 +115,12 @@ def theta_data(pspec: ParameterSpec, base: PotentialParams, species: np.ndarray)
     species = np.asarray(species)
     kind = pspec.kind
     if kind == "diameter":
-        member = jnp.asarray(species == pspec.species, jnp.float64)
-        theta0 = jnp.asarray(float(np.asarray(base.diameters)[species == pspec.species].mean()))
+        member = device_array(species == pspec.species, np.float64)
+        theta0 = device_array(np.asarray(base.diameters)[species == pspec.species].mean(),
+                              np.float64)
         return "diameter", theta0, member
     if kind == "diameters":
-        return "diameters", jnp.asarray(base.diameters, jnp.float64), jnp.zeros(())
+        return "diameters", device_array(base.diameters, np.float64), _no_member()
     if kind == "epsilon":
         eps0 = np.asarray(base.epsilon)
         if pspec.species is not None:
@@ -121,21 +128,19 @@ def theta_data(pspec: ParameterSpec, base: PotentialParams, species: np.ndarray)
             member = np.zeros_like(eps0)
             member[s, :] = 1.0
             member[:, s] = 1.0
-            return "epsilon_species", jnp.asarray(float(eps0[s, s])), jnp.asarray(member)
-        if np.all(eps0 == eps0.flat[0]):
-            theta0 = jnp.asarray(float(eps0.flat[0]))
-        else:
-            theta0 = jnp.asarray(1.0)
-        return "epsilon_scale", theta0, jnp.zeros(())
+            return ("epsilon_species", device_array(eps0[s, s], np.float64),
+                    device_array(member, np.float64))
+        theta0 = eps0.flat[0] if np.all(eps0 == eps0.flat[0]) else 1.0
+        return "epsilon_scale", device_array(theta0, np.float64), _no_member()
     if kind == "box":
-        return "box", jnp.asarray(base.scale, jnp.float64), jnp.zeros(())
+        return "box", device_array(base.scale, np.float64), _no_member()
     if kind == "strain":
         from .elasticity import strain_direction
 
         direction = strain_direction(pspec.component, pspec.dim)
         theta0 = 0.0 if base.strain is None else float(
             np.sum(np.asarray(base.strain) * direction) / np.sum(direction * direction))
-        return "strain", jnp.asarray(theta0), jnp.asarray(direction)
+        return "strain", device_array(theta0, np.float64), device_array(direction, np.float64)
     raise ValueError(f"unknown parameter kind {kind!r}")
 
 
