@@ -189,19 +189,21 @@ def block_cg(matvec, b, tol: float, maxiter: int, gram: str = "reduce"):
         x, _, _, _, _, k, _ = jax.lax.while_loop(cond, body, init)
         return x, k
 
+    # a cycle runs while a column's true residual misses its target, cycles and iterations
+    # remain, and the previous cycle advanced; it ends with the true residual of its x (no
+    # product for the zero start, none for a last cycle that would take no iteration)
     def cycle_cond(state):
-        return ~state[4]
+        _, r, k, cycles, stalled = state
+        return (jnp.any(_column_norms(r) > target) & (cycles < MAX_CYCLES) & (k < maxiter)
+                & ~stalled)
 
     def cycle(state):
-        x, _, k, cycles, _ = state
-        r = b - matvec(x)
-        unmet = jnp.any(_column_norms(r) > target)
-        budget = jnp.where(unmet & (cycles < MAX_CYCLES), maxiter - k, 0)
-        x_new, steps = inner(x, r, budget)
-        return x_new, r, k + steps, cycles + 1, steps == 0
+        x, r, k, cycles, _ = state
+        x_new, steps = inner(x, r, maxiter - k)
+        return x_new, b - matvec(x_new), k + steps, cycles + 1, steps == 0
 
     init = (jnp.zeros_like(b), b, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
             jnp.array(False))
     x, r, k, _, _ = jax.lax.while_loop(cycle_cond, cycle, init)
-    residual = _column_norms(r)  # of the returned x: its cycle did no iteration
+    residual = _column_norms(r)  # of the returned x
     return x, k, residual, residual <= target
