@@ -236,7 +236,7 @@ def _strain_solve(pk, b, tol: float, maxiter: int):
     project = _projector(pk)
     b_proj = project(b)
     rhs = scale_blocks(sc.scale, b_proj)
-    # the Gram matrices as matrix products in 3D (m = 6; 0.91× the time), as reductions in 2D
+    # the Gram matrices as matrix products in 3D (m = 6: 0.91-0.98× the time), reductions in 2D
     # (m = 3; the products measured 1.3× slower): benchmarks/README.md, "Elastic tensor"
     gram = "dot" if b.shape[-1] == 3 else "reduce"
     z, k, res_s, ok = block_cg(lambda v: hessian_matmat(sc.hessian, v), rhs, tol, maxiter,
