@@ -108,7 +108,7 @@ def run(n, dim, phi, seed, repeat, dense_max, with_jax_md):
             times[key].append(t)
     best = {key: min(value) for key, value in times.items()}
     t_one, t_tensor = best["one"], best["tensor"]
-    iterations_one = outs["one"]["xy"][1]["iterations"]
+    iterations_one = outs["one"]["xy"][1].iterations
     ours = outs["tensor"]
     if n * dim <= dense_max:
         reference = el.elastic_response(solver_with(solver="dense"))["elastic_tensor"]

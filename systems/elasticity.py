@@ -47,7 +47,7 @@ import numpy as np
 from . import settings
 from ._errors import InputError
 from ._system import box_volume as cell_volume
-from .hessian import hessian_matmat, scale_blocks
+from .hessian import hessian_matmat, hessian_matvec, scale_blocks
 from .potentials import PairModel, Pairs, PotentialParams
 
 __all__ = [
@@ -236,9 +236,16 @@ def _strain_solve(pk, b, tol: float, maxiter: int):
     project = _projector(pk)
     b_proj = project(b)
     rhs = scale_blocks(sc.scale, b_proj)
-    z, k, res_s, ok = block_cg(lambda v: hessian_matmat(sc.hessian, v), rhs, tol, maxiter)
+    # the Gram matrices as matrix products in 3D (m = 6: 0.91-0.98× the time), reductions in 2D
+    # (m = 3; the products measured 1.3× slower): benchmarks/README.md, "Elastic tensor"
+    gram = "dot" if b.shape[-1] == 3 else "reduce"
+    z, k, res_s, ok = block_cg(lambda v: hessian_matmat(sc.hessian, v), rhs, tol, maxiter,
+                               gram=gram)
     x = project(scale_blocks(sc.scale, z))
-    residual = hessian_matmat(pk.hessian, x) - b_proj
+    # one matrix-vector product per column (a batched dot each), not hessian_matmat: XLA:CPU
+    # fuses the latter's terms into the norms' reduction below, which then takes 1/3 of this
+    # solve's fixed cost (2D, N = 4,096)
+    residual = jnp.stack([hessian_matvec(pk.hessian, v) for v in x]) - b_proj
 
     def norms(v):
         return jnp.sqrt(jnp.sum(v * v, axis=(1, 2)))

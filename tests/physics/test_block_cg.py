@@ -8,6 +8,7 @@ import pytest
 from _physics import relaxed
 
 from sensitivity.systems import elasticity as el
+from sensitivity.systems import block_cg as block_cg_module
 from sensitivity.systems.block_cg import block_cg
 from sensitivity.systems.hessian import dense_hessian
 
@@ -44,6 +45,27 @@ def test_block_cg_matches_the_pseudo_inverse_with_a_rank_deficient_block():
     np.testing.assert_allclose(np.asarray(res), true, rtol=0,
                                atol=1e-13 * np.linalg.norm(b, axis=0).max())
     assert np.all(true <= 1e-12 * np.linalg.norm(b, axis=0) + 1e-300)
+
+
+@pytest.mark.parametrize("gram", ["reduce", "dot"])
+def test_block_cg_cholesky_and_eigendecomposition_paths_agree(monkeypatch, gram):
+    """The m×m factorizations by Cholesky (the default while the Gram matrices are well
+    conditioned) and by the eigendecomposition (forced: no pivot passes CHOLESKY_MIN) reach
+    the same minimum-norm solutions, with either form of the Gram matrices."""
+    a, p = _singular_operator(seed=4)
+    b = p @ np.random.default_rng(5).normal(size=(60, 4))
+    matvec = jax.jit(lambda v: v @ jnp.asarray(a))
+    expected = (np.linalg.pinv(a) @ b).T
+    solutions = []
+    for cholesky_min in (block_cg_module.CHOLESKY_MIN, np.inf):
+        monkeypatch.setattr(block_cg_module, "CHOLESKY_MIN", cholesky_min)
+        x, k, res, ok = block_cg(matvec, jnp.asarray(b.T), 1e-12, 600, gram=gram)
+        assert np.all(np.asarray(ok)), (cholesky_min, res, k)
+        np.testing.assert_allclose(np.asarray(x), expected, rtol=0,
+                                   atol=1e-9 * np.abs(expected).max())
+        solutions.append(np.asarray(x))
+    np.testing.assert_allclose(solutions[0], solutions[1], rtol=0,
+                               atol=1e-9 * np.abs(expected).max())
 
 
 def test_block_cg_reports_a_solve_that_runs_out_of_iterations():
