@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._compile import device_array
 from ._jaxmd import module, periodic_difference
 
 if TYPE_CHECKING:
@@ -115,9 +116,9 @@ class NeighborLists:
         self.fn = neighbor_list_fn(model, cutoff, skin)
         box = np.asarray(model.box, np.float64)
         # half a box away along every axis (of the coordinates the list is given)
-        self.half_box = jnp.asarray(
+        self.half_box = device_array(
             0.5 * (np.ones(model.dim) if model.fractional_lists
-                   else box.sum(axis=1) if box.ndim == 2 else box))
+                   else box.sum(axis=1) if box.ndim == 2 else box), np.float64)
         self.model = model
         self.cell_list_fn = None
         self.kept: dict[tuple, Any] = {}  # positions shape -> the template list
