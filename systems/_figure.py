@@ -2,8 +2,7 @@
 
 A run that will plot calls :func:`preload` before its physics: matplotlib's import and its
 default font (about a second of a small run) then load in a background thread while the
-physics runs (with a small throwaway figure drawn, which warms the mathtext parser and
-the text layout), and :func:`new_figure` waits for that thread, so matplotlib is never used from
+physics runs, and :func:`new_figure` waits for that thread, so matplotlib is never used from
 two threads at once. Nothing here imports matplotlib at import time.
 """
 
@@ -25,23 +24,11 @@ def _load_matplotlib() -> None:
     try:
         for name in _MATPLOTLIB:
             importlib.import_module(name)
-        _warm_up()
+        from matplotlib import font_manager
+
+        font_manager.get_font(font_manager.findfont(font_manager.FontProperties()))
     except Exception:  # noqa: BLE001 -- the figures import it again and report what fails
         pass
-
-
-def _warm_up() -> None:
-    """Draw and save a small throwaway figure: matplotlib's first figure of a process pays
-    one-time costs (the default font, the mathtext parser's grammar, text layout caches, the
-    PNG writer), about 0.2-0.4 s that the preload thread then takes off the real figures."""
-    import io
-
-    figure = new_figure((2.0, 1.5), 72, wait=False)
-    axes = figure.add_subplot()
-    axes.plot([0.0, 1.0], [0.0, 1.0])
-    axes.set_xlabel(r"$x$ ($\sigma$)")
-    axes.set_title(r"$|\partial x^*_i / \partial\theta|$", fontsize=8)
-    figure.savefig(io.BytesIO(), format="png")
 
 
 def preload() -> None:
@@ -54,10 +41,8 @@ def preload() -> None:
         thread.start()
 
 
-def new_figure(size: tuple[float, float], dpi: float, *, wait: bool = True):
-    """A constrained-layout Agg figure; waits for :func:`preload` first (``wait=False`` only
-    from the preload thread itself)."""
-    for thread in _preloading if wait else ():
+def new_figure(size: tuple[float, float], dpi: float):
+    for thread in _preloading:
         thread.join()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
