@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._jaxmd import module, periodic_difference
+from ._jaxmd import module, nearest_image
 
 if TYPE_CHECKING:
     from .potentials import PairModel
@@ -68,8 +68,8 @@ def update_sorted(model: PairModel, neighbors, y, skin: float | None = None):
     """
     if skin is None or not model.periodic or np.ndim(model.box) != 1:
         return _update_sorted(model, neighbors, y)
-    d = periodic_difference(y - neighbors.reference_position,
-                            jnp.asarray(model.box, jnp.float64))
+    # round-off here moves only the margin, not jax-md's decision
+    d = nearest_image(y - neighbors.reference_position, jnp.asarray(model.box, jnp.float64))
     moved = jnp.max(jnp.sum(d * d, axis=-1)) > (_MARGIN * 0.5 * skin) ** 2
     return jax.lax.cond(moved, functools.partial(_update_sorted, model, y=y),
                         lambda nbrs: nbrs, neighbors)
