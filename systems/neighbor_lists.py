@@ -134,9 +134,11 @@ def _cell_rebuild(neighbors, y, side):
     d = wrapped[:, None, :] - wrapped[jnp.minimum(candidates, n - 1)]
     half = 0.5 * side
     d = jnp.where(d > half, d - side, jnp.where(d < -half, d + side, d))
+    # |d|² written out per component: as a reduction, XLA:CPU hands it to a (slower) YNN
+    # fusion
     own = jnp.arange(n, dtype=jnp.int32)[:, None]
     keep = ((candidates < n) & (candidates > own)
-            & (jnp.sum(d * d, axis=-1) < neighbors.cell_size ** 2))
+            & (sum(d[..., c] * d[..., c] for c in range(dim)) < neighbors.cell_size ** 2))
     row_count = jnp.cumsum(keep, axis=1, dtype=jnp.int32)  # per row, kept so far
     ends = jnp.cumsum(row_count[:, -1])  # where each particle's pairs end in the list
     slots = neighbors.idx.shape[1]
