@@ -114,9 +114,9 @@ def periodic_difference(dr, side):
 
 def nearest_image(dr, side):
     """The minimum image ``dr - side · round(dr / side)`` of raw differences ``dr``
-    (``(..., d)``): jax-md's :func:`periodic_difference` up to round-off (exact where
-    ``|dr| < side``), for any ``dr``, without a branch (no ``cond`` to check the range, none
-    to transpose). For the forces and the neighbor-list check of the FIRE loop."""
+    (``(..., d)``): jax-md's :func:`periodic_difference` up to round-off, for any ``dr``,
+    without a branch (no ``cond`` to check the range, none to transpose). For the forces
+    and the neighbor-list check of the FIRE loop."""
     return dr - side * jnp.round(dr / side)
 
 

@@ -1,14 +1,15 @@
 """Forces of a pair potential from the pair law's derivative, without autodiff of the gathers.
 
-``-jax.grad(PairModel.energy)`` differentiates the gathers ``y[i]``, ``y[j]`` of every pair
-into two scatter-adds of pair-shaped arrays, and transposes every branch on the way (the
-minimum-image ``cond`` among them). Here the force is written out: per pair the scalar
+``-jax.grad(PairModel.energy)`` transposes the pair gathers ``y[i]``, ``y[j]`` into two
+scatter-adds and every branch on the way (the minimum-image ``cond`` among them), with the
+bookkeeping of reverse mode around them. Here the force is written out: per pair the scalar
 derivative ``V'(r)`` of the pair law (forward mode, elementwise), times the displacement over
-``r``, mapped back to reference coordinates, and summed per particle. The same numbers as
+``r``, mapped back to reference coordinates, and summed per particle by two segment sums; the
+minimum image is branch-free (:func:`~systems._jaxmd.nearest_image`). The same numbers as
 ``-jax.grad(model.energy)`` up to round-off (the order of the sums differs), for every pair
 law, box (square, sheared, free), strain, scale and ``active`` mask;
 ``tests/physics/test_pair_forces.py`` checks them against it. The FIRE loop of
-:mod:`systems.relax` takes its forces from here.
+:mod:`systems.relax` takes its forces from here (figures in ``benchmarks/README.md``).
 """
 
 from __future__ import annotations

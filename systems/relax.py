@@ -210,7 +210,7 @@ def _pairs(s: _LoopSettings, neighbors):
 def _energy_and_force(s: _LoopSettings, model: PairModel, y, params, neighbors,
                       with_energy: bool):
     """``(E or NaN, -∇E)`` from the pair law's derivative (:mod:`systems.pair_forces`: the
-    same values as ``-jax.grad(model.energy)`` to round-off, without its scatter-adds)."""
+    same values as ``-jax.grad(model.energy)`` to round-off, in fewer operations)."""
     return energy_and_forces(model, y, params, _pairs(s, neighbors), None, with_energy)
 
 
