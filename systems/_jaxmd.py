@@ -31,7 +31,8 @@ import numpy as np
 
 from ._compile import device_array
 
-__all__ = ["box_key", "make_space", "module", "periodic_difference", "require_x64", "wrap_mod"]
+__all__ = ["box_key", "make_space", "module", "nearest_image", "periodic_difference",
+           "require_x64", "wrap_mod"]
 
 _LOCK = threading.Lock()
 
@@ -115,6 +116,14 @@ def periodic_difference(dr, side):
     (``(..., d)``), bit for bit: ``mod(dr + side/2, side) - side/2`` (:func:`wrap_mod`)."""
     half = side * 0.5
     return wrap_mod(dr + half, side) - half
+
+
+def nearest_image(dr, side):
+    """The minimum image ``dr - side · round(dr / side)`` of raw differences ``dr``
+    (``(..., d)``): jax-md's :func:`periodic_difference` up to round-off, for any ``dr``,
+    without a branch (no ``cond`` to check the range, none to transpose). For the forces
+    and the neighbor-list check of the FIRE loop."""
+    return dr - side * jnp.round(dr / side)
 
 
 def box_key(box) -> tuple:

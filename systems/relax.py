@@ -46,6 +46,7 @@ from ._errors import ConvergenceError, InputError
 from ._system import wrap_positions
 from .neighbor_lists import clear as neighbor_lists_clear
 from .neighbor_lists import neighbor_lists, rebuild, sort_pairs, update_sorted
+from .pair_forces import energy_and_forces
 from .potentials import PairModel, Pairs, PotentialParams
 
 __all__ = [
@@ -209,11 +210,9 @@ def _pairs(s: _LoopSettings, neighbors):
 
 def _energy_and_force(s: _LoopSettings, model: PairModel, y, params, neighbors,
                       with_energy: bool):
-    pairs = _pairs(s, neighbors)
-    if with_energy:
-        e, g = jax.value_and_grad(model.energy)(y, params, pairs)
-        return e, -g
-    return jnp.nan, -jax.grad(model.energy)(y, params, pairs)
+    """``(E or NaN, -∇E)`` from the pair law's derivative (:mod:`systems.pair_forces`: the
+    same values as ``-jax.grad(model.energy)`` to round-off, in fewer operations)."""
+    return energy_and_forces(model, y, params, _pairs(s, neighbors), None, with_energy)
 
 
 
@@ -234,11 +233,10 @@ def _step(s: _LoopSettings, model: PairModel, state: _FireState, neighbors, para
         neighbors = update_sorted(model, neighbors, y, s.skin)
     e, f = _energy_and_force(s, model, y, params, neighbors, with_energy)
     v = v_half + 0.5 * dt * f
-    f_norm = jnp.sqrt(jnp.sum(f * f))
-    v_norm = jnp.sqrt(jnp.sum(v * v))
-    power = jnp.sum(f * v)
-    f_unit = f / jnp.where(f_norm > 0, f_norm, 1.0)
-    v = v + state.alpha * (f_unit * v_norm - v)
+    # |F|², |v|² and F·v in one reduction (one loop over the particles, not three)
+    f2, v2, power = jnp.sum(jnp.stack([f * f, v * v, f * v]), axis=(1, 2))
+    f_norm = jnp.sqrt(f2)
+    v = v + state.alpha * (f * (jnp.sqrt(v2) / jnp.where(f_norm > 0, f_norm, 1.0)) - v)
     n_pos = jnp.where(power >= 0, state.n_pos + 1, 0)
     grow = (power > 0) & (n_pos > s.n_min)
     dt = jnp.where(grow, jnp.minimum(dt * s.f_inc, s.dt_max), dt)
@@ -250,8 +248,8 @@ def _step(s: _LoopSettings, model: PairModel, state: _FireState, neighbors, para
 
 
 def _max_force(force, params):
-    per_particle = jnp.sqrt(jnp.sum(force * force, axis=-1))
-    return jnp.max(per_particle) / params.scale
+    # sqrt is monotonic and correctly rounded: the max of the squares, then one sqrt
+    return jnp.sqrt(jnp.max(jnp.sum(force * force, axis=-1))) / params.scale
 
 
 def _chunk(s: _LoopSettings, model: PairModel, carry: _Carry, params, end_step, ftol):

@@ -9,6 +9,7 @@ the relaxer's cache counters.
 """
 
 import contextlib
+import os
 
 import jax
 import jax.numpy as jnp
@@ -127,9 +128,12 @@ def test_shared_compilation_gives_the_result_of_a_fresh_one(sweep):
     b, fresh = sweep["b"]["result"], sweep["fresh_b"]["result"]
     check_minimum(sweep["b"])
     assert b.steps == fresh.steps
-    if jax.default_backend() == "cpu":
+    if jax.default_backend() == "cpu" and os.environ.get("SENSITIVITY_TEST_XLA_DEFAULTS"):
         assert np.array_equal(b.positions, fresh.positions)
-    else:  # scatter-adds on accelerators are not ordered
+    else:  # scatter-adds on accelerators are not ordered; and compiled without LLVM's
+        # optimisation (the suite's default, tests/conftest.py) the two programs (their list
+        # rebuilds differ in cell capacity) round differently after hundreds of steps, as in
+        # test_fast_periodic.py
         np.testing.assert_allclose(b.positions, fresh.positions, rtol=0, atol=1e-9)
     assert b.energy == pytest.approx(fresh.energy, rel=1e-12, abs=0)
     # the test can fail: A's species or diameters would give B another energy
