@@ -23,6 +23,17 @@ def central_fd_jacobian(fun, theta, h=1e-6):
     return jax.jit(lambda t: fd_jacobian(fun, t, h))(jnp.asarray(theta))
 
 
+def pointwise_fd_jacobian(evaluate, theta, h=1e-6):
+    """:func:`fd_jacobian` by calls of ``evaluate`` (a compiled function, e.g. ``jax.jit(fun)``)
+    at each ``theta +- h e_i``: for a solver, no vmapped copy of its loop to compile when its
+    forward program is compiled anyway. Same shape as :func:`fd_jacobian`."""
+    theta = jnp.asarray(theta)
+    basis = np.eye(theta.size).reshape((theta.size,) + theta.shape).astype(theta.dtype)
+    cols = [np.asarray((evaluate(theta + h * e) - evaluate(theta - h * e)) / (2 * h))
+            for e in basis]
+    return np.moveaxis(np.stack(cols), 0, -1).reshape(cols[0].shape + theta.shape)
+
+
 def jacobians_and_fd(fun, theta, h=1e-6):
     """``(jacfwd, jacrev, central FD)`` of ``fun`` at ``theta``, compiled together once."""
     return jax.jit(lambda t: (jax.jacfwd(fun)(t), jax.jacrev(fun)(t), fd_jacobian(fun, t, h)))(
