@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-from catalog_helpers import assert_close, jacobians, pointwise_fd_jacobian
+from catalog_helpers import assert_close, jacobians, jacobians_and_pointwise_fd
 from sensitivity import (
     block_coordinate_descent,
     gradient_descent,
@@ -42,12 +42,8 @@ def check_implicit_jacobian(solution, theta, expected=None, atol=1e-7, h=1e-6, e
     """jacfwd and jacrev of ``solution`` at ``theta`` (one compiled program) against central
     FD (and a closed form). The FD are calls of one compiled forward program ``evaluate``
     (default ``jax.jit(solution)``, which most tests have compiled for their forward check)
-    at ``theta +- h e_i``: a vmapped copy of the solver traced into the Jacobians' program
-    compiled slower (1.9 s of 4.6 s for the semidefinite program)."""
-    theta = jnp.asarray(theta)
-    jac_fwd, jac_rev = jax.jit(lambda t: (jax.jacfwd(solution)(t), jax.jacrev(solution)(t)))(
-        theta)
-    fd = pointwise_fd_jacobian(jax.jit(solution) if evaluate is None else evaluate, theta, h)
+    at ``theta +- h e_i`` (:func:`jacobians_and_pointwise_fd`)."""
+    jac_fwd, jac_rev, fd = jacobians_and_pointwise_fd(solution, theta, h, evaluate)
     assert np.abs(np.asarray(fd)).max() > 1e-3, "degenerate check: the Jacobian is ~0"
     assert_close(jac_fwd, fd, atol=atol, what="jacfwd vs finite differences")
     assert_close(jac_rev, jac_fwd, atol=1e-9, what="jacrev vs jacfwd")
