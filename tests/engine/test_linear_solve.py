@@ -1,4 +1,12 @@
-"""Linear solvers (sensitivity/_linear_solve.py), each against an independent numpy reference."""
+"""Linear solvers (sensitivity/_linear_solve.py), each against an independent numpy reference.
+
+Checks that solve systems of one shape with one solver many times go through :func:`solve`,
+one jitted program per solver and static options that takes the matrix, rhs and array
+options as arguments, so that they share one compilation (an eager call compiles its loop
+again for every matrix it closes over, while its other operations are shared). A check made
+once per solver and shape stays eager, as do the eager paths (raise and warn policies, the
+warning's location, errors found before the solve).
+"""
 
 import functools
 import re
@@ -23,6 +31,7 @@ from sensitivity import (
     solve_minres,
     solve_normal_cg,
 )
+from sensitivity._linear_solve import default_maxiter
 
 ITERATIVE = ["cg", "normal_cg", "gmres", "bicgstab", "minres"]
 DENSE = ["lu", "cholesky", "lstsq"]
@@ -72,13 +81,36 @@ def rhs(n, seed=4):
     return _rng(seed).normal(size=n)
 
 
+@functools.cache
+def _compiled(name, static):
+    solver = get_solver(name)
+
+    def run(A, b, init, nullspace, maxiter):
+        return solver(lambda x: A @ x, b, None, init, maxiter=maxiter, nullspace=nullspace,
+                      full_output=True, **dict(static))
+
+    return jax.jit(run)
+
+
+def solve(name, A, b, *, init=None, nullspace=None, maxiter=None, **static):
+    """``get_solver(name)(matvec_of(A), b, init=init, ..., full_output=True, **static)`` in a
+    program compiled once per solver, ``static`` options and argument shapes.
+    ``maxiter=None`` is passed as its value, :func:`default_maxiter` of the size, so that it
+    is an argument too."""
+    b = jnp.asarray(b)
+    if maxiter is None:
+        maxiter = default_maxiter(b.size)
+    args = [None if v is None else jnp.asarray(v) for v in (A, b, init, nullspace, maxiter)]
+    return _compiled(name, tuple(sorted(static.items())))(*args)
+
+
 # ------------------------------------------------------------------ accuracy vs numpy
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_spd(name):
     A, b = spd(), rhs(12)
-    x, info = get_solver(name)(matvec_of(A), jnp.asarray(b), full_output=True)
+    x, info = solve(name, A, b)
     np.testing.assert_allclose(x, np.linalg.solve(A, b), rtol=1e-8, atol=1e-9)
     assert isinstance(info, LinearSolveInfo)
     assert bool(info.converged)
@@ -93,7 +125,7 @@ def test_spd(name):
 @pytest.mark.parametrize("name", SYMMETRIC_INDEFINITE)
 def test_symmetric_indefinite(name):
     A, b = symmetric_indefinite(), rhs(12)
-    x, info = get_solver(name)(matvec_of(A), jnp.asarray(b), full_output=True)
+    x, info = solve(name, A, b)  # the program of test_spd
     np.testing.assert_allclose(x, np.linalg.solve(A, b), rtol=1e-7, atol=1e-8)
     assert bool(info.converged)
 
@@ -101,7 +133,7 @@ def test_symmetric_indefinite(name):
 @pytest.mark.parametrize("name", NONSYMMETRIC)
 def test_nonsymmetric(name):
     A, b = nonsymmetric(), rhs(12)
-    x, info = get_solver(name)(matvec_of(A), jnp.asarray(b), full_output=True)
+    x, info = solve(name, A, b)  # the program of test_spd
     np.testing.assert_allclose(x, np.linalg.solve(A, b), rtol=1e-7, atol=1e-8)
     assert bool(info.converged)
 
@@ -155,8 +187,7 @@ def singular_consistent(n=12, k=2, seed=5, indefinite=False):
 @pytest.mark.parametrize("name", ALL)
 def test_singular_consistent_min_norm(name):
     A, basis, b = singular_consistent()
-    x, info = get_solver(name)(matvec_of(A), jnp.asarray(b), nullspace=jnp.asarray(basis),
-                               full_output=True)
+    x, info = solve(name, A, b, nullspace=basis)
     np.testing.assert_allclose(x, np.linalg.pinv(A) @ b, rtol=1e-7, atol=1e-8)
     np.testing.assert_allclose(basis @ np.asarray(x), 0.0, atol=1e-10)  # gauge-fixed
     assert bool(info.converged)
@@ -166,7 +197,7 @@ def test_singular_consistent_min_norm(name):
 @pytest.mark.parametrize("name", SYMMETRIC_INDEFINITE)
 def test_singular_indefinite_min_norm(name):
     A, basis, b = singular_consistent(indefinite=True, seed=6)
-    x = get_solver(name)(matvec_of(A), jnp.asarray(b), nullspace=jnp.asarray(basis))
+    x, _ = solve(name, A, b, nullspace=basis)  # that of test_singular_consistent_min_norm
     np.testing.assert_allclose(x, np.linalg.pinv(A) @ b, rtol=1e-7, atol=1e-8)
 
 
@@ -324,13 +355,12 @@ def test_warm_start_reduces_iterations(name):
     A = laplacian_2d(8)
     b = rhs(64)
     ref = np.linalg.solve(A, b)
-    solver = get_solver(name)
-    _, cold = solver(matvec_of(A), jnp.asarray(b), full_output=True)
+    _, cold = solve(name, A, b)
     near = ref + 1e-6 * rhs(64, seed=9)
-    x, warm = solver(matvec_of(A), jnp.asarray(b), init=jnp.asarray(near), full_output=True)
+    x, warm = solve(name, A, b, init=near)
     np.testing.assert_allclose(x, ref, rtol=1e-7)
     assert int(warm.iterations) < int(cold.iterations)
-    _, exact = solver(matvec_of(A), jnp.asarray(b), init=jnp.asarray(ref), full_output=True)
+    _, exact = solve(name, A, b, init=ref)
     assert int(exact.iterations) == 0
 
 
@@ -383,7 +413,7 @@ def test_atol_and_tol_are_2norm_over_the_whole_pytree():
 def test_zero_rhs():
     A = spd()
     for name in ALL:
-        x, info = get_solver(name)(matvec_of(A), jnp.zeros(12), full_output=True)
+        x, info = solve(name, A, np.zeros(12))  # the programs of test_spd
         np.testing.assert_array_equal(x, 0.0)
         assert bool(info.converged)
         assert int(info.iterations) == 0
@@ -466,12 +496,10 @@ def test_unconverged_raise(name):
 
 @pytest.mark.parametrize("name", ITERATIVE)
 def test_unconverged_raise_under_jit(name):
-    A = jnp.asarray(laplacian_2d(8))
-    f = jax.jit(lambda b: get_solver(name)(lambda v: A @ v, b, maxiter=2))
     # under jit JAX re-raises the callback's LinearSolveError as a RuntimeError whose
-    # message carries it
+    # message carries it (the program of test_warm_start_reduces_iterations' cold start)
     with pytest.raises(RuntimeError, match=f"LinearSolveError: solve_{name} did not converge"):
-        jax.block_until_ready(f(jnp.asarray(rhs(64))))
+        jax.block_until_ready(solve(name, laplacian_2d(8), rhs(64), maxiter=2))
 
 
 @pytest.mark.parametrize("name", ITERATIVE)
@@ -491,10 +519,10 @@ def test_unconverged_warn_under_jit():
 
 @pytest.mark.parametrize("name", ITERATIVE)
 def test_unconverged_nan(name):
-    x = _unconverged(name, on_failure="nan")
+    x, _ = solve(name, laplacian_2d(8), rhs(64), maxiter=2, on_failure="nan")
     assert np.all(np.isnan(x))
     # converged solves are untouched
-    y = get_solver(name)(matvec_of(laplacian_2d(8)), jnp.asarray(rhs(64)), on_failure="nan")
+    y, _ = solve(name, laplacian_2d(8), rhs(64), on_failure="nan")
     assert np.all(np.isfinite(y))
 
 
@@ -587,7 +615,8 @@ def test_vmap_iteration_counts_are_per_element():
     e = jnp.zeros(20).at[3].set(1.0)
     B = jnp.stack([e, jnp.asarray(rhs(20))])
     for name in ["cg", "minres", "gmres", "bicgstab"]:
-        _, info = jax.vmap(lambda b: get_solver(name)(lambda v: d * v, b, full_output=True))(B)
+        _, info = jax.jit(jax.vmap(
+            lambda b: get_solver(name)(lambda v: d * v, b, full_output=True)))(B)
         assert int(info.iterations[0]) == 1, name
         assert int(info.iterations[1]) > 1, name
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-from catalog_helpers import assert_close, jacobians, jacobians_and_fd
+from catalog_helpers import assert_close, jacobians, jacobians_and_pointwise_fd
 from sensitivity import (
     block_coordinate_descent,
     gradient_descent,
@@ -38,9 +38,12 @@ def least_squares(x, y):
     return 0.5 * jnp.sum((X @ x - y) ** 2)
 
 
-def check_implicit_jacobian(solution, theta, expected=None, atol=1e-7, h=1e-6):
-    """jacfwd and jacrev of ``solution`` at ``theta`` against central FD (and a closed form)."""
-    jac_fwd, jac_rev, fd = jacobians_and_fd(solution, theta, h)
+def check_implicit_jacobian(solution, theta, expected=None, atol=1e-7, h=1e-6, evaluate=None):
+    """jacfwd and jacrev of ``solution`` at ``theta`` (one compiled program) against central
+    FD (and a closed form). The FD are calls of one compiled forward program ``evaluate``
+    (default ``jax.jit(solution)``, which most tests have compiled for their forward check)
+    at ``theta +- h e_i`` (:func:`jacobians_and_pointwise_fd`)."""
+    jac_fwd, jac_rev, fd = jacobians_and_pointwise_fd(solution, theta, h, evaluate)
     assert np.abs(np.asarray(fd)).max() > 1e-3, "degenerate check: the Jacobian is ~0"
     assert_close(jac_fwd, fd, atol=atol, what="jacfwd vs finite differences")
     assert_close(jac_rev, jac_fwd, atol=1e-9, what="jacrev vs jacfwd")
@@ -308,7 +311,8 @@ def logistic(w, lam, offsets):
 @pytest.mark.slow
 def test_newton_logistic_regression():
     offsets = jnp.asarray(0.1 * RNG.normal(size=15))
-    result = jax.jit(lambda o: newton(logistic, jnp.zeros(6), 0.3, o))(offsets)
+    forward = jax.jit(lambda o: newton(logistic, jnp.zeros(6), 0.3, o))
+    result = forward(offsets)
     assert bool(result.converged) and int(result.iterations) < 20
     reference = scipy.optimize.minimize(
         lambda w: float(logistic(w, 0.3, offsets)),
@@ -322,11 +326,12 @@ def test_newton_logistic_regression():
     def solution(offsets):
         return newton(logistic, jnp.zeros(6), 0.3, offsets).params
 
-    hess = jax.hessian(logistic)(result.params, 0.3, offsets)
-    expected = -np.linalg.solve(
-        hess, jax.jacobian(jax.grad(logistic), 2)(result.params, 0.3, offsets)
-    )
-    check_implicit_jacobian(solution, offsets, expected=expected)
+    hess, cross = jax.jit(lambda w, o: (jax.hessian(logistic)(w, 0.3, o),
+                                        jax.jacobian(jax.grad(logistic), 2)(w, 0.3, o)))(
+        result.params, offsets)
+    expected = -np.linalg.solve(hess, cross)
+    check_implicit_jacobian(solution, offsets, expected=expected,
+                            evaluate=lambda o: forward(o).params)
 
 
 # --------------------------------------------------------------------------- QP (KKT)
@@ -344,12 +349,14 @@ def test_qp_equality_constrained_closed_form():
 
     kkt = np.block([[np.asarray(Q_QP), np.asarray(A_QP).T], [np.asarray(A_QP), np.zeros((2, 2))]])
     kkt_inv = np.linalg.inv(kkt)
-    result = solve_qp(Q_QP, C_QP, A_QP, B_QP)
+    forward = jax.jit(lambda c: solve_qp(Q_QP, c, A_QP, B_QP))
+    result = forward(C_QP)
     assert bool(result.converged) and result.params.dual_ineq.shape == (0,)
     full = kkt_inv @ np.concatenate([-np.asarray(C_QP), np.asarray(B_QP)])
     assert_close(result.params.primal, full[:6], atol=1e-12)
     assert_close(result.params.dual_eq, full[6:], atol=1e-12)
-    check_implicit_jacobian(solution, C_QP, expected=-kkt_inv[:6, :6])
+    check_implicit_jacobian(solution, C_QP, expected=-kkt_inv[:6, :6],
+                            evaluate=lambda c: forward(c).params.primal)
 
 
 @pytest.mark.slow
@@ -357,7 +364,8 @@ def test_qp_with_inequalities():
     G = jnp.asarray(RNG.normal(size=(5, 6)))
     h = jnp.asarray(0.3 * RNG.uniform(size=5))
 
-    result = jax.jit(lambda c: solve_qp(Q_QP, c, A_QP, B_QP, G, h))(C_QP)
+    forward = jax.jit(lambda c, h: solve_qp(Q_QP, c, A_QP, B_QP, G, h))
+    result = forward(C_QP, h)
     assert bool(result.converged)
     x, nu, lam = (np.asarray(v) for v in result.params)
     slack = np.asarray(h) - np.asarray(G) @ x
@@ -369,17 +377,16 @@ def test_qp_with_inequalities():
     k = Aa.shape[0]
     kkt_inv = np.linalg.inv(np.block([[np.asarray(Q_QP), Aa.T], [Aa, np.zeros((k, k))]]))
 
-    def primal_of_c(c):
-        return solve_qp(Q_QP, c, A_QP, B_QP, G, h).params.primal
-
-    check_implicit_jacobian(primal_of_c, C_QP, expected=-kkt_inv[:6, :6])
-
-    def primal_of_h(h):
-        return solve_qp(Q_QP, C_QP, A_QP, B_QP, G, h).params.primal
+    # the Jacobians in c and in h as the blocks of one in (c, h): one compiled check
+    def primal_of_c_h(c_h):
+        return solve_qp(Q_QP, c_h[:6], A_QP, B_QP, G, c_h[6:]).params.primal
 
     expected_h = np.zeros((6, 5))
     expected_h[:, active] = kkt_inv[:6, 8:]
-    check_implicit_jacobian(primal_of_h, h, expected=expected_h)
+    assert np.abs(expected_h).max() > 1e-3  # the h block is not ~0 either
+    check_implicit_jacobian(primal_of_c_h, jnp.concatenate([C_QP, h]),
+                            expected=np.concatenate([-kkt_inv[:6, :6], expected_h], axis=1),
+                            evaluate=lambda c_h: forward(c_h[:6], c_h[6:]).params.primal)
 
 
 @pytest.mark.slow
@@ -387,7 +394,7 @@ def test_qp_reports_an_infeasible_problem():
     # x >= 1 and x <= -1
     G = jnp.array([[-1.0], [1.0]])
     h = jnp.array([-1.0, -1.0])
-    result = solve_qp(jnp.eye(1), jnp.zeros(1), G=G, h=h, maxiter=30)
+    result = jax.jit(lambda c: solve_qp(jnp.eye(1), c, G=G, h=h, maxiter=30))(jnp.zeros(1))
     assert not bool(result.converged)
 
 
@@ -404,12 +411,14 @@ def test_conic_second_order_cone_closed_form():
     def solution(c):
         return solve_conic(c, A, b, {"q": [n + 1]}, tol=1e-10).params.x
 
-    result = jax.jit(lambda c: solve_conic(c, A, b, {"q": [n + 1]}, tol=1e-10))(c)
+    forward = jax.jit(lambda c: solve_conic(c, A, b, {"q": [n + 1]}, tol=1e-10))
+    result = forward(c)
     assert bool(result.converged)
     x = -c / jnp.linalg.norm(c)
     assert_close(result.params.x, x, atol=1e-10)
     expected = -(np.eye(n) - np.outer(x, x)) / float(jnp.linalg.norm(c))
-    check_implicit_jacobian(solution, c, expected=expected)
+    check_implicit_jacobian(solution, c, expected=expected,
+                            evaluate=lambda c: forward(c).params.x)
 
 
 @pytest.mark.slow
@@ -426,11 +435,13 @@ def test_conic_semidefinite_program():
     def solution(c_vec):
         return solve_conic(c_vec, A, b, cones, tol=1e-10).params.x
 
-    result = solve_conic(svec(C), A, b, cones, tol=1e-10)
+    forward = jax.jit(lambda c_vec: solve_conic(c_vec, A, b, cones, tol=1e-10))
+    result = forward(svec(C))
     assert bool(result.converged)
     w, V = np.linalg.eigh(np.asarray(C))
     assert_close(smat(result.params.x), np.outer(V[:, 0], V[:, 0]), atol=1e-9)
-    check_implicit_jacobian(solution, svec(C), atol=1e-6)
+    check_implicit_jacobian(solution, svec(C), atol=1e-6,
+                            evaluate=lambda c_vec: forward(c_vec).params.x)
 
 
 # --------------------------------------------------------------------------- SciPy via a callback
