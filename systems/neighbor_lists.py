@@ -24,6 +24,7 @@ import numpy as np
 
 from ._compile import device_array
 from ._jaxmd import module, nearest_image, wrap_mod
+from ._system import pairs_within
 
 if TYPE_CHECKING:
     from .potentials import PairModel
@@ -198,6 +199,7 @@ class NeighborLists:
 
     def __init__(self, model: PairModel, cutoff: float, skin: float):
         self.fn = neighbor_list_fn(model, cutoff, skin)
+        self.reach = float(cutoff) + float(skin)  # jax-md's list cutoff and cell size
         box = np.asarray(model.box, np.float64)
         # half a box away along every axis (of the coordinates the list is given)
         self.half_box = device_array(
@@ -222,16 +224,67 @@ class NeighborLists:
 
     def _allocate(self, y, extra_per_particle: int):
         key = self._key(y)
-        nbrs = self.fn.allocate(self.model.list_positions(y),
-                                extra_capacity=int(extra_per_particle))
-        if self.cell_list_fn is None:
-            self.cell_list_fn = nbrs.cell_list_fn
-        nbrs = dataclasses.replace(nbrs, cell_list_fn=self.cell_list_fn)
+        nbrs = self._host_allocate(y, int(extra_per_particle))
+        if nbrs is None:
+            nbrs = self.fn.allocate(self.model.list_positions(y),
+                                    extra_capacity=int(extra_per_particle))
+            if self.cell_list_fn is None:
+                self.cell_list_fn = nbrs.cell_list_fn
+        # the same static functions in every list: compiled functions are shared
+        nbrs = dataclasses.replace(nbrs, cell_list_fn=self.cell_list_fn,
+                                   update_fn=self.fn.update)
         kept = self.kept.get(key)
         if kept is not None:
             nbrs = _grow(nbrs, kept.max_occupancy, kept.cell_list_capacity)
         self.kept[key] = nbrs
         return nbrs
+
+
+    def _host_allocate(self, y, extra: int):
+        """jax-md's allocation of an OrderedSparse list over a cell list in an orthorhombic
+        box, computed on the host: the same capacities (the cell list's from the particles
+        per cell of jax-md's grid, times the capacity multiplier; the list's from the pairs
+        within the cutoff) and the same pairs.
+        jax-md allocates op by op: some 60 small device programs, each lowered, looked up in
+        the persistent cache and loaded at a process's first list (~0.9 s of a warm run at
+        N = 256). The pairs are the host's (:func:`~systems._system.pairs_within`), in the
+        order :func:`sort_pairs` gives a rebuilt list. ``None`` where jax-md would not use a
+        cell list (then it allocates)."""
+        model = self.model
+        if not model.periodic or np.ndim(model.box) != 1 or model.fractional_lists:
+            return None
+        partition = module("partition")
+        box = np.asarray(model.box, np.float64).astype(np.float32)  # jax-md: f32(box)
+        if not np.all(self.reach < box / 3.0):
+            return None
+        y = np.asarray(y, np.float64)
+        n, dim = y.shape
+        multiplier = float(model.spec.capacity_multiplier)
+        # jax-md's count_cell_filling: the cell index truncated toward zero, then periodic;
+        # and of the wrapped positions, which the rebuild files (they differ for unwrapped
+        # positions, where jax-md's estimate could fall short of the rebuild's need)
+        per_side = np.floor(box / self.reach)
+        size, shape = box / per_side, per_side.astype(np.int64)
+        filling = 0
+        for at in (y, np.mod(y, np.asarray(model.box, np.float64))):
+            cell = (at / size).astype(np.int32) % per_side.astype(np.int32)
+            filling = max(filling, np.bincount(np.ravel_multi_index(cell.T, shape)).max())
+        cell_capacity = int(filling * multiplier) + extra
+        pairs = pairs_within(y, self.reach, np.asarray(model.box, np.float64))
+        max_occupancy = min(int(len(pairs) * multiplier + n * extra),
+                            n * 3 ** dim * cell_capacity, n * (n - 1) // 2)
+        if self.cell_list_fn is None:
+            self.cell_list_fn = partition.cell_list(box, self.reach, multiplier)
+        kept = min(len(pairs), max_occupancy)  # fewer with a negative extra, as jax-md
+        idx = np.full((2, max_occupancy), n, np.int32)  # the pairs in (i, j) order, as
+        idx[:, :kept] = pairs[:kept].T                   # sort_pairs leaves a rebuilt list
+        code = ((int(partition.PEC.NEIGHBOR_LIST_OVERFLOW) if len(pairs) > max_occupancy else 0)
+                | (int(partition.PEC.CELL_LIST_OVERFLOW) if filling > cell_capacity else 0))
+        return partition.NeighborList(
+            device_array(idx, np.int32), device_array(y, np.float64),
+            partition.PartitionError(device_array(code, np.uint8)), cell_capacity, max_occupancy,
+            partition.NeighborListFormat.OrderedSparse, self.reach, self.cell_list_fn,
+            self.fn.update)
 
 
 def _grow(nbrs, max_occupancy: int, cell_list_capacity: int | None):
