@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._compile import device_array
 from ._linear_system import PackingData, SolveConfig, compile_seconds
 from .contacts import rigid_motions
 from .hessian import dense_hessian, hessian_matvec
@@ -88,7 +89,7 @@ def zero_modes(solver: ResponseSolver, seed: int = 0) -> dict:
         hess = dense_hessian(solver.data.hessian) * mask[:, None] * mask[None, :]
         null_residual = np.linalg.norm(hess @ q, axis=0)
     else:
-        q = jnp.asarray(q)
+        q = device_array(q, np.float64)
         null_residual, _, _ = solver._run(_null_residuals, solver._config(), solver.data,
                                           params, q)
     out: dict[str, Any] = {
@@ -117,7 +118,8 @@ def zero_modes(solver: ResponseSolver, seed: int = 0) -> dict:
         steps = max(0, int(min(solver.settings.get("lanczos_steps", default), live - k)))
         ritz = np.zeros(0)
         if steps:
-            v0 = jax.random.normal(jax.random.PRNGKey(seed), (n * d,))
+            # drawn on the host: jax.random runs three small device programs at start-up
+            v0 = device_array(np.random.default_rng(seed).standard_normal(n * d), np.float64)
             (alphas, betas), _, _ = solver._run(_lanczos, solver._config(steps=steps),
                                               solver.data, params, v0, q)
             ritz = eigvalsh_tridiagonal(alphas, betas)

@@ -85,6 +85,14 @@ def update_sorted(model: PairModel, neighbors, y, skin: float | None = None):
                         lambda nbrs: nbrs, neighbors)
 
 
+def overflowed(neighbors) -> bool:
+    """``neighbors.did_buffer_overflow`` read on the host (jax-md's property is a device
+    operation: a small program at a process's first list)."""
+    partition = module("partition")
+    mask = int(partition.PEC.NEIGHBOR_LIST_OVERFLOW) | int(partition.PEC.CELL_LIST_OVERFLOW)
+    return bool(int(np.asarray(neighbors.error.code)) & mask)
+
+
 def _cells_apply(model: PairModel, neighbors) -> bool:
     """Whether :func:`_cell_rebuild` serves ``neighbors``: an OrderedSparse list over a cell
     list in an orthorhombic periodic box (Cartesian positions)."""

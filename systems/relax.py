@@ -45,7 +45,7 @@ from ._compile import device_array
 from ._errors import ConvergenceError, InputError
 from ._system import wrap_positions
 from .neighbor_lists import clear as neighbor_lists_clear
-from .neighbor_lists import neighbor_lists, rebuild, sort_pairs, update_sorted
+from .neighbor_lists import neighbor_lists, overflowed, rebuild, sort_pairs, update_sorted
 from .pair_forces import energy_and_forces
 from .potentials import PairModel, Pairs, PotentialParams
 
@@ -401,7 +401,7 @@ class Relaxer:
                 neighbors = self._allocate(y)
             init = self._compiled_fn(_init, model, y, params, neighbors, half_box)
             carry, _ = init(model, y, params, neighbors, half_box)
-            while bool(carry.neighbors.did_buffer_overflow):
+            while overflowed(carry.neighbors):
                 if counted:
                     reallocations += 1
                 counted = True
