@@ -53,12 +53,7 @@ def previous_step(s, model, state, neighbors, params):
     v_norm = jnp.sqrt(jnp.sum(v * v))
     power = jnp.sum(f * v)
     v = v + state.alpha * (f / jnp.where(f_norm > 0, f_norm, 1.0) * v_norm - v)
-    n_pos = jnp.where(power >= 0, state.n_pos + 1, 0)
-    grow = (power > 0) & (n_pos > s.n_min)
-    dt = jnp.where(grow, jnp.minimum(dt * s.f_inc, s.dt_max), dt)
-    dt = jnp.where(power < 0, dt * s.f_dec, dt)
-    alpha = jnp.where(grow, state.alpha * s.f_alpha, state.alpha)
-    alpha = jnp.where(power < 0, s.alpha_start, alpha)
+    n_pos, dt, alpha = relax.fire_schedule(s, state, dt, power)  # unchanged
     v = jnp.where(power >= 0, v, 0.0)
     return relax._FireState(y, v, f, dt, alpha, n_pos), neighbors, e
 

@@ -237,14 +237,21 @@ def _step(s: _LoopSettings, model: PairModel, state: _FireState, neighbors, para
     f2, v2, power = jnp.sum(jnp.stack([f * f, v * v, f * v]), axis=(1, 2))
     f_norm = jnp.sqrt(f2)
     v = v + state.alpha * (f * (jnp.sqrt(v2) / jnp.where(f_norm > 0, f_norm, 1.0)) - v)
+    n_pos, dt, alpha = fire_schedule(s, state, dt, power)
+    v = jnp.where(power >= 0, v, 0.0)
+    return _FireState(y, v, f, dt, alpha, n_pos), neighbors, e
+
+
+def fire_schedule(s: _LoopSettings, state: _FireState, dt, power):
+    """FIRE's bookkeeping after a step whose power is ``F·v``: ``(n_pos, dt, alpha)`` (the
+    step grows after ``n_min`` downhill steps and shrinks, with the mixing reset, uphill)."""
     n_pos = jnp.where(power >= 0, state.n_pos + 1, 0)
     grow = (power > 0) & (n_pos > s.n_min)
     dt = jnp.where(grow, jnp.minimum(dt * s.f_inc, s.dt_max), dt)
     dt = jnp.where(power < 0, dt * s.f_dec, dt)
     alpha = jnp.where(grow, state.alpha * s.f_alpha, state.alpha)
     alpha = jnp.where(power < 0, s.alpha_start, alpha)
-    v = jnp.where(power >= 0, v, 0.0)
-    return _FireState(y, v, f, dt, alpha, n_pos), neighbors, e
+    return n_pos, dt, alpha
 
 
 def _max_force(force, params):
