@@ -275,7 +275,10 @@ class NeighborLists:
         size, shape = box / per_side, per_side.astype(np.int64)
         filling = 0
         for at in (y, np.mod(y, np.asarray(model.box, np.float64))):
-            cell = (at / size).astype(np.int32) % per_side.astype(np.int32)
+            at = at / size
+            if not np.all(np.abs(at) < 2**31):  # jax-md's int32 index would wrap around
+                continue
+            cell = at.astype(np.int32) % per_side.astype(np.int32)
             filling = max(filling, np.bincount(np.ravel_multi_index(cell.T, shape)).max())
         cell_capacity = int(filling * multiplier) + extra
         pairs = pairs_within(y, self.reach, np.asarray(model.box, np.float64))

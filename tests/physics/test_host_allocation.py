@@ -100,3 +100,19 @@ def test_every_list_shares_the_static_functions():
     for field in ("cell_list_fn", "update_fn", "format", "cell_size"):
         assert getattr(first, field) == getattr(second, field), field
     assert dataclasses.replace(second, idx=first.idx) is not None
+
+
+def test_positions_far_outside_the_box_allocate_without_warnings():
+    """Positions a trillion boxes away (an int32 cell index would wrap): the capacities
+    of the wrapped positions, silently."""
+    import warnings
+
+    system = random_packing(200, dim=2, phi=0.9, seed=1)
+    model, params, relaxer = _lists(system)
+    lists = relaxer._lists
+    near = lists._host_allocate(system.positions, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        far = lists._host_allocate(system.positions + 1e12 * system.box, 0)
+    assert (far.cell_list_capacity, far.max_occupancy) == (near.cell_list_capacity,
+                                                           near.max_occupancy)
