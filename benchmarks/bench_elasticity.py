@@ -12,6 +12,11 @@ For each N (bidisperse 50:50, diameters 1 and 1.4, harmonic soft spheres, φ = 0
 * ``jax-md``: ``athermal_moduli`` on the same packing (``space.periodic_general`` with
   fractional coordinates, a neighbor-list soft-sphere energy), at its defaults
   (tether 1e-10, cg_tol 1e-7) and tight (cg_tol 1e-10), jitted;
+* ``--floor``: the Hessian product alone, one vector (``hessian_matvec``, as one θ's CG)
+  and the m strain vectors (``hessian_matmat``, as the block CG), each in a loop of fixed
+  length timed in the same rounds; printed per product and per iteration of each solve,
+  with the lower bound they set: the block iterations times the m-vector product, as a
+  multiple of one θ's whole solve;
 * the error of each tensor, ``max |C - C_ref| / max |C_ref|``, against a reference: our
   tensor with the dense solver (pseudo-inverse on the null space complement) where
   ``N d ≤ --dense-max`` (else ours at tol 1e-13).
@@ -23,6 +28,7 @@ method alike.
     python benchmarks/bench_elasticity.py                     # N = 1024, 2D
     python benchmarks/bench_elasticity.py --sizes 1024 4096 --dim 2
     python benchmarks/bench_elasticity.py --sizes 512 --dim 3
+    python benchmarks/bench_elasticity.py --sizes 4096 --dim 2 --no-jax-md --dense-max 0 --floor
 """
 
 from __future__ import annotations
@@ -75,7 +81,24 @@ def jax_md_tensor(system, y, box_edges, cg_tol, tether=1e-10):
     return lambda: fn(fractional, neighbors)
 
 
-def run(n, dim, phi, seed, repeat, dense_max, with_jax_md):
+def product_loops(solver, m, length):
+    """The block-scaled Hessian's product with one vector and with m, each ``length`` times
+    in one compiled loop (the operator both solves use): {label: callable}."""
+    from sensitivity.systems.hessian import hessian_matmat, hessian_matvec
+
+    hessian = solver.data.precond.hessian
+    n, d = np.asarray(solver.y).shape
+
+    def loop(product):
+        return jax.jit(lambda h, v: jax.lax.fori_loop(
+            0, length, lambda _, v: v - 1e-3 * product(h, v), v))
+
+    one, block = loop(hessian_matvec), loop(hessian_matmat)
+    v1, vm = jnp.ones((n, d)), jnp.ones((m, n, d))
+    return {"product 1": lambda: one(hessian, v1), "product m": lambda: block(hessian, vm)}
+
+
+def run(n, dim, phi, seed, repeat, dense_max, with_jax_md, floor=False, length=200):
     system = random_packing(n, dim=dim, phi=phi, seed=seed)
     spec = resolve_potential({}, system.n_species)
     model = PairModel.build(system, spec)
@@ -97,6 +120,9 @@ def run(n, dim, phi, seed, repeat, dense_max, with_jax_md):
     if with_jax_md:
         for tol in (1e-7, 1e-10):
             methods[tol] = jax_md_tensor(system, np.asarray(solver.y), model.box, tol)
+    m = len(el.STRAIN_COMPONENTS[dim])
+    if floor:
+        methods.update(product_loops(solver, m, length))
     for fn in methods.values():
         fn()  # compile
     # interleaved rounds, best of each: a slow spell of a shared machine hits every method
@@ -134,6 +160,15 @@ def run(n, dim, phi, seed, repeat, dense_max, with_jax_md):
         print(f"  {label:<32} {t:>10.4f} {t / t_one:>8.2f} {err_text:>11}  {notes}")
     print(f"  p = {ours['pressure']:.6g}, B = {ours['bulk_modulus']:.6g}, "
           f"G = {ours['shear_modulus']:.6g}")
+    if floor:
+        block_iterations = int(np.max(ours["iterations"]))
+        p1, pm = best["product 1"] / length, best["product m"] / length
+        print(f"  per iteration: one θ's CG {t_one / iterations_one * 1e6:.1f} µs, the block "
+              f"CG {t_tensor / block_iterations * 1e6:.1f} µs; the product with 1 vector "
+              f"{p1 * 1e6:.1f} µs, with {m} {pm * 1e6:.1f} µs ({pm / p1:.2f}×)")
+        print(f"  floor: {block_iterations} block products alone take "
+              f"{block_iterations * pm / t_one:.2f}× one θ's solve "
+              f"(its {iterations_one} products {iterations_one * p1 / t_one:.2f}×)")
 
 
 def main():
@@ -146,10 +181,13 @@ def main():
     parser.add_argument("--dense-max", type=int, default=4096,
                         help="dense reference up to this many unknowns")
     parser.add_argument("--no-jax-md", action="store_true")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time the Hessian product alone (1 and m vectors)")
     args = parser.parse_args()
     phi = args.phi or (0.9 if args.dim == 2 else 0.7)
     for n in args.sizes:
-        run(n, args.dim, phi, args.seed, args.repeat, args.dense_max, not args.no_jax_md)
+        run(n, args.dim, phi, args.seed, args.repeat, args.dense_max, not args.no_jax_md,
+            args.floor)
 
 
 if __name__ == "__main__":
