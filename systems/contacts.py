@@ -28,6 +28,8 @@ __all__ = ["clear_capacities", "contact_analysis", "find_rattlers", "gauge_fix",
 # same N usually share array shapes, hence compiled functions (issue: a sweep in one process
 # compiles once). The buckets used are remembered per (N, list) and reused when they fit.
 _CAPACITIES: dict[tuple, list[int]] = {}
+#: The spare fraction of a new pair-list capacity (:func:`pair_capacity`).
+HEAD_ROOM = 1 / 16
 
 
 def pair_capacity(count: int, n: int, tag: str = "pairs") -> int:
@@ -35,14 +37,16 @@ def pair_capacity(count: int, n: int, tag: str = "pairs") -> int:
 
     Multiples of ``max(16, n/8)``; a capacity already used for this ``(n, tag)`` is reused
     when it holds ``count`` with less than ~25% padding, so a sweep over packings of one N
-    keeps its shapes.
+    keeps its shapes. A new capacity has :data:`HEAD_ROOM` to spare: the counts of packings
+    with one N spread by a few per cent, and one just above the first packing's bucket would
+    compile anew (``benchmarks/README.md``, the sweep).
     """
     step = max(16, -(-n // 8))
     used = _CAPACITIES.setdefault((n, tag), [])
     for c in sorted(used):
         if count <= c <= 1.25 * count + step:
             return c
-    c = max(step, -(-count // step) * step)
+    c = max(step, -(-(count + int(count * HEAD_ROOM)) // step) * step)
     used.append(c)
     return c
 

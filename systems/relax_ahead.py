@@ -16,6 +16,13 @@ use the other cores instead, and a packing relaxed in a thread runs the same com
 programs on the same inputs as alone: the same result, bit for bit
 (``tests/physics/test_relax_ahead.py``).
 
+The first job relaxes alone: it allocates the process's first neighbor list and compiles
+(or loads from the persistent cache) the relaxation's functions; the others start once it is
+done, from its list as their template and with its compiled functions, as tasks run one after
+the other do. Started together, a second task could allocate a list of its own first (other
+capacities, so other shapes): a compilation that missed the persistent cache, seconds at
+N = 256, taken or not from run to run.
+
 Anything a worker raises (a bad input file, a neighbor list that keeps overflowing) is
 dropped: :meth:`RelaxAhead.take` returns None and the task runs on its usual path, which
 raises the same error in its own folder. A task whose input file changed since a worker
@@ -133,14 +140,25 @@ class RelaxAhead:
         self._futures: dict[Hashable, Future] = {}
         self._ahead = max(1, int(workers)) + 1
         self._stop = threading.Event()
+        self._lead_done = threading.Event()  # the first job finished (or the sweep stopped)
+        self._led = False  # the first job was submitted
         self._pool = ThreadPoolExecutor(max(1, int(workers)), thread_name_prefix="relax-ahead")
         self._fill()
 
     def _fill(self) -> None:
         while self._queue and len(self._futures) < self._ahead:
             key, config, output_dir = self._queue.pop(0)
-            self._futures[key] = self._pool.submit(prepare_and_relax, config, output_dir,
-                                                   self._stop)
+            lead, self._led = not self._led, True
+            self._futures[key] = future = self._pool.submit(
+                prepare_and_relax if lead else self._follow, config, output_dir, self._stop)
+            if lead:
+                future.add_done_callback(lambda _: self._lead_done.set())
+
+    def _follow(self, config, output_dir, stop: threading.Event) -> Prepared:
+        self._lead_done.wait()
+        if stop.is_set():
+            raise _Stopped()
+        return prepare_and_relax(config, output_dir, stop)
 
     def take(self, key: Hashable) -> Prepared | None:
         """The job ``key`` read and relaxed, or None (not submitted, or it raised)."""
@@ -155,6 +173,7 @@ class RelaxAhead:
 
     def close(self) -> None:
         self._stop.set()
+        self._lead_done.set()
         self._queue.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._futures.clear()
