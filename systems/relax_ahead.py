@@ -37,14 +37,20 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Hashable, Iterable, Mapping
 
-__all__ = ["MAX_THREADS", "MAX_WORKERS", "THREADS_ENV", "Prepared", "RelaxAhead",
+__all__ = ["LOOK_AHEAD", "MAX_THREADS", "MAX_WORKERS", "THREADS_ENV", "Prepared", "RelaxAhead",
            "prepare_and_relax", "workers_for"]
 
 #: Worker threads at most by default (each relaxes one packing at a time) ...
 MAX_WORKERS = 4
 #: ... and at most when ``SENSITIVITY_RELAX_THREADS`` asks (each thread holds a packing and
-#: one more waits: a huge value must not allocate a sweep's worth of packings at once).
+#: :data:`LOOK_AHEAD` more wait: a huge value must not allocate a sweep's worth of packings).
 MAX_THREADS = 64
+#: Jobs relaxed ahead beyond those running: the workers go on while the caller is slower
+#: than they are (above all while it compiles the first task's derivatives, a second or
+#: more, when a packing of a few hundred particles relaxes in a tenth of one). A waiting
+#: result holds the task's arrays and its relaxed positions (kilobytes at N = 256, a few MB
+#: at N = 65,536).
+LOOK_AHEAD = 8
 
 
 class _Stopped(Exception):
@@ -129,7 +135,8 @@ def workers_for(tasks: int) -> int:
 
 class RelaxAhead:
     """Relaxes ``jobs`` (``(key, config, output_dir)``, in the order they will be taken)
-    ahead of the caller, ``workers`` at a time plus one waiting; a context manager.
+    ahead of the caller, ``workers`` at a time and up to :data:`LOOK_AHEAD` more waiting; a
+    context manager.
 
     :meth:`take` returns a job's :class:`Prepared` (waiting for it) or None; leaving the
     context stops the workers at their next progress report and waits for them.
@@ -138,7 +145,7 @@ class RelaxAhead:
     def __init__(self, jobs: Iterable[tuple[Hashable, Mapping[str, Any], Any]], workers: int):
         self._queue = list(jobs)
         self._futures: dict[Hashable, Future] = {}
-        self._ahead = max(1, int(workers)) + 1
+        self._ahead = max(1, int(workers)) + LOOK_AHEAD
         self._stop = threading.Event()
         self._lead_done = threading.Event()  # the first job finished (or the sweep stopped)
         self._led = False  # the first job was submitted
