@@ -78,12 +78,21 @@ def test_a_compilation_does_not_hold_up_another_function():
 
 
 def test_the_first_job_relaxes_alone(monkeypatch):
-    spans = {}
+    spans, differentiated, asked = {}, {}, threading.Event()
 
-    def fake(config, output_dir=None, stop=None):
+    def fake(config, output_dir=None, stop=None, differentiate=None, relaxed_event=None):
         start = time.perf_counter()
         time.sleep(0.15 if config == 0 else 0.02)
         spans[config] = (start, time.perf_counter())
+        if relaxed_event is not None:
+            relaxed_event.set()
+            # the first job's derivatives: the others go on meanwhile
+            assert asked.wait(_TIMEOUT)
+        if config == 4:
+            time.sleep(0.3)  # relaxed once the first job has finished
+        differentiated[config] = differentiate is None or differentiate()
+        if config == 1:
+            asked.set()
         return config
 
     monkeypatch.setattr(relax_ahead, "prepare_and_relax", fake)
@@ -93,13 +102,15 @@ def test_the_first_job_relaxes_alone(monkeypatch):
     assert all(spans[k][0] >= first_end for k in range(1, 5))
     # the others do run side by side
     assert spans[1][0] < spans[2][1] and spans[2][0] < spans[1][1]
+    # those relaxed before the first job finished leave their derivatives to the caller
+    assert differentiated[0] and not differentiated[1] and differentiated[4]
 
 
 def test_a_stopped_sweep_does_not_start_the_waiting_jobs(monkeypatch):
     started = []
     release = threading.Event()
 
-    def fake(config, output_dir=None, stop=None):
+    def fake(config, output_dir=None, stop=None, *more):
         started.append(config)
         release.wait(_TIMEOUT)
         return config
