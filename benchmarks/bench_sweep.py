@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -34,13 +35,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+CPU_S: list[float] = []  # the CPU seconds (user + system) of each run, in order
+
+
 def sensitivity(*args: str, env: dict, cwd: Path) -> float:
-    """Run ``python -m sensitivity.cli ARGS`` in a fresh process; its wall-clock seconds."""
+    """Run ``python -m sensitivity.cli ARGS`` in a fresh process; its wall-clock seconds
+    (its CPU seconds are appended to :data:`CPU_S`: on a shared machine, steadier)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     completed = subprocess.run(
         [sys.executable, "-m", "sensitivity.cli", *args], cwd=cwd, env=env, capture_output=True,
         text=True)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU_S.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     if completed.returncode != 0:
         sys.exit(
             f"`sensitivity {' '.join(args)}` failed ({completed.returncode}):\n"
@@ -95,12 +103,15 @@ def main() -> None:
     print(f"sweep of {args.tasks} tasks in one process (warm cache) ...", flush=True)
     total = sensitivity("-q", "run", "sweep.yaml", "--overwrite", env=env, cwd=work)
     per_task = total / args.tasks
-    print(f"  {total:.2f} s, {per_task:.3f} s per task", flush=True)
+    cpu = CPU_S[-1]
+    print(f"  {total:.2f} s, {per_task:.3f} s per task (CPU {cpu:.2f} s)", flush=True)
     print(f"sweep of {args.tasks} tasks in one process, one thread ...", flush=True)
     one_thread = dict(env, SENSITIVITY_RELAX_THREADS="0")
     sequential = sensitivity("-q", "run", "sweep.yaml", "--overwrite", "-o", "sweep-seq",
                              env=one_thread, cwd=work)
-    print(f"  {sequential:.2f} s, {sequential / args.tasks:.3f} s per task", flush=True)
+    cpu_sequential = CPU_S[-1]
+    print(f"  {sequential:.2f} s, {sequential / args.tasks:.3f} s per task "
+          f"(CPU {cpu_sequential:.2f} s)", flush=True)
     print("start-up alone (what a run imports: jax, the physics, jax-md's space and "
           "partition) ...", flush=True)
     startup_code = (
@@ -109,14 +120,15 @@ def main() -> None:
         "from sensitivity.systems._jaxmd import module; module('space'); module('partition'); "
         "print(time.perf_counter() - t)")
     startup = float(
-        subprocess.run([sys.executable, "-c", startup_code], env=env, capture_output=True, text=True,
-                       cwd=ROOT, check=True).stdout.strip()
+        subprocess.run([sys.executable, "-c", startup_code], env=env, capture_output=True,
+                       text=True, cwd=ROOT, check=True).stdout.strip()
     )
 
     # Per-task times recorded by the run itself (relaxation, solves, compilation).
     from sensitivity.systems import read_result
 
-    inner = [read_result(work / "sweep" / f"task-{i:04d}" / "sensitivity.h5").timings for i in range(args.tasks)]
+    inner = [read_result(work / "sweep" / f"task-{i:04d}" / "sensitivity.h5").timings
+             for i in range(args.tasks)]
 
     def mean(key):
         values = [t[key] for t in inner if isinstance(t.get(key), (int, float))]
@@ -131,6 +143,9 @@ def main() -> None:
         "single_run_warm_cache_s": warm,
         "sweep_total_s": total,
         "sweep_per_task_s": per_task,
+        "sweep_cpu_s": cpu,
+        "sweep_one_thread_cpu_s": cpu_sequential,
+        "load_average": os.getloadavg(),
         "sweep_one_thread_total_s": sequential,
         "sweep_one_thread_per_task_s": sequential / args.tasks,
         "speedup_vs_one_thread": sequential / total,
@@ -148,9 +163,12 @@ def main() -> None:
     print(f"Sweep of {args.tasks} packings, N = {args.n} (2D, phi {args.phi}), {report['machine']}")
     print(f"  single `run`, cold cache     {cold:8.2f} s")
     print(f"  single `run`, warm cache     {warm:8.2f} s   (a Slurm array task)")
-    print(f"  sweep in one process         {per_task:8.3f} s per task  ({total:.1f} s total)")
+    print(f"  sweep in one process         {per_task:8.3f} s per task  ({total:.1f} s total, "
+          f"CPU {cpu / args.tasks:.3f} s per task)")
     print(f"  sweep, one thread            {sequential / args.tasks:8.3f} s per task  "
-          f"({sequential:.1f} s total; threads {sequential / total:.2f}x faster)")
+          f"({sequential:.1f} s total; threads {sequential / total:.2f}x faster; CPU "
+          f"{cpu_sequential / args.tasks:.3f} s per task)")
+    print(f"  load average (1, 5, 15 min)  {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"  imports of a run             {startup:8.2f} s   ({startup / total:.0%} of the sweep)")
     for key in ("mean_time_relax_s", "mean_time_sensitivity_s", "mean_time_compile_s"):
         if report[key] is not None:

@@ -29,9 +29,12 @@ CACHE_SIZE = 48
 
 _ENTRIES: collections.OrderedDict[tuple, tuple[str, Any]] = collections.OrderedDict()
 _STATS: dict[str, dict[str, float]] = {}
-# one compilation of a function at a time: a sweep relaxes upcoming packings in threads
-# (:mod:`systems.relax_ahead`), which then wait for the first one's executable
-_LOCK = threading.RLock()
+# A sweep relaxes upcoming packings in threads (:mod:`systems.relax_ahead`) while the main
+# thread differentiates: _LOCK guards the table, and each key being compiled has a lock of its
+# own (_PENDING), so a thread that needs the same function waits for that one executable while
+# a thread that needs another (or a compiled one) goes on.
+_LOCK = threading.Lock()
+_PENDING: dict[tuple, threading.Lock] = {}
 
 
 def device_array(value, dtype) -> jax.Array:
@@ -66,25 +69,40 @@ def compiled(owner: str, fn: Callable, static: Any, *args) -> tuple[Any, float]:
     key = (fn, static, jax.tree.structure(args),
            tuple(_aval_key(a) for a in jax.tree.leaves(args)))
     with _LOCK:
-        return _compiled(owner, key, fn, static, args)
-
-
-def _compiled(owner, key, fn, static, args):
-    counts = _counts(owner)
-    hit = _ENTRIES.get(key)
-    if hit is not None:
-        _ENTRIES.move_to_end(key)
-        counts["hits"] += 1
-        return hit[1], 0.0
-    t0 = time.perf_counter()
-    exe = jax.jit(functools.partial(fn, static)).lower(*args).compile()
-    seconds = time.perf_counter() - t0
-    _ENTRIES[key] = (owner, exe)
-    while len(_ENTRIES) > CACHE_SIZE:
-        _ENTRIES.popitem(last=False)
-    counts["compiles"] += 1
-    counts["compile_s"] += seconds
+        exe = _hit(owner, key)
+        if exe is not None:
+            return exe, 0.0
+        pending = _PENDING.setdefault(key, threading.Lock())
+    with pending:  # one compilation per key: a second thread waits for the first's result
+        with _LOCK:
+            exe = _hit(owner, key)
+        if exe is not None:
+            return exe, 0.0
+        try:
+            t0 = time.perf_counter()
+            exe = jax.jit(functools.partial(fn, static)).lower(*args).compile()
+            seconds = time.perf_counter() - t0
+        finally:
+            with _LOCK:
+                _PENDING.pop(key, None)
+                if exe is not None:
+                    _ENTRIES[key] = (owner, exe)
+                    while len(_ENTRIES) > CACHE_SIZE:
+                        _ENTRIES.popitem(last=False)
+                    counts = _counts(owner)
+                    counts["compiles"] += 1
+                    counts["compile_s"] += seconds
     return exe, seconds
+
+
+def _hit(owner: str, key: tuple):
+    """The cached executable of ``key`` (counted as a hit), or None; under _LOCK."""
+    hit = _ENTRIES.get(key)
+    if hit is None:
+        return None
+    _ENTRIES.move_to_end(key)
+    _counts(owner)["hits"] += 1
+    return hit[1]
 
 
 def compile_seconds(owner: str) -> float:

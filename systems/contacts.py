@@ -10,6 +10,7 @@ contacts, peeled recursively) and the closest gaps and overlaps of the backbone.
 from __future__ import annotations
 
 import math
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +29,9 @@ __all__ = ["clear_capacities", "contact_analysis", "find_rattlers", "gauge_fix",
 # same N usually share array shapes, hence compiled functions (issue: a sweep in one process
 # compiles once). The buckets used are remembered per (N, list) and reused when they fit.
 _CAPACITIES: dict[tuple, list[int]] = {}
+_LOCK = threading.Lock()  # the tasks of a sweep are differentiated in threads too
+#: The spare fraction of a new pair-list capacity (:func:`pair_capacity`).
+HEAD_ROOM = 1 / 16
 
 
 def pair_capacity(count: int, n: int, tag: str = "pairs") -> int:
@@ -35,29 +39,33 @@ def pair_capacity(count: int, n: int, tag: str = "pairs") -> int:
 
     Multiples of ``max(16, n/8)``; a capacity already used for this ``(n, tag)`` is reused
     when it holds ``count`` with less than ~25% padding, so a sweep over packings of one N
-    keeps its shapes.
+    keeps its shapes. A new capacity has :data:`HEAD_ROOM` to spare: the counts of packings
+    with one N spread by a few per cent, and one just above the first packing's bucket would
+    compile anew (``benchmarks/README.md``, the sweep).
     """
     step = max(16, -(-n // 8))
-    used = _CAPACITIES.setdefault((n, tag), [])
-    for c in sorted(used):
-        if count <= c <= 1.25 * count + step:
-            return c
-    c = max(step, -(-count // step) * step)
-    used.append(c)
-    return c
+    with _LOCK:
+        used = _CAPACITIES.setdefault((n, tag), [])
+        for c in sorted(used):
+            if count <= c <= 1.25 * count + step:
+                return c
+        c = max(step, -(-(count + int(count * HEAD_ROOM)) // step) * step)
+        used.append(c)
+        return c
 
 
 def row_capacity(entries: int, n: int) -> int:
     """Entries per block row of the Hessian (:func:`~systems.hessian.block_hessian`),
     bucketed like :func:`pair_capacity`: a capacity already used for ``n`` particles is
     reused when it holds ``entries`` with at most one bucket to spare."""
-    used = _CAPACITIES.setdefault((n, "hessian rows"), [])
-    for c in sorted(used):
-        if entries <= c <= entries + ELL_STEP:
-            return c
-    c = ell_capacity(entries)
-    used.append(c)
-    return c
+    with _LOCK:
+        used = _CAPACITIES.setdefault((n, "hessian rows"), [])
+        for c in sorted(used):
+            if entries <= c <= entries + ELL_STEP:
+                return c
+        c = ell_capacity(entries)
+        used.append(c)
+        return c
 
 
 def padded_pairs(i, j, n: int, capacity: int) -> Pairs:
@@ -252,4 +260,5 @@ def contact_analysis(model: PairModel, y, params: PotentialParams, *, max_force:
 
 def clear_capacities() -> None:
     """Forget the pair-list capacity buckets seen (with the compile cache)."""
-    _CAPACITIES.clear()
+    with _LOCK:
+        _CAPACITIES.clear()

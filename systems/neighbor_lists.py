@@ -206,7 +206,8 @@ class NeighborLists:
     """
 
     def __init__(self, model: PairModel, cutoff: float, skin: float):
-        self.fn = neighbor_list_fn(model, cutoff, skin)
+        self._args = (model, float(cutoff), float(skin))
+        self._fn = None
         self.reach = float(cutoff) + float(skin)  # jax-md's list cutoff and cell size
         box = np.asarray(model.box, np.float64)
         # half a box away along every axis (of the coordinates the list is given)
@@ -216,6 +217,23 @@ class NeighborLists:
         self.model = model
         self.cell_list_fn = None
         self.kept: dict[tuple, Any] = {}  # positions shape -> the template list
+
+    @property
+    def fn(self):
+        """jax-md's :func:`neighbor_list_fn`, made when first asked for. Its constructor runs
+        four small device programs (``f32(box)``, ``cutoff ** 2``, ...) and traces the
+        displacement: a process's first list paid for them, although an orthorhombic box's
+        lists are allocated on the host and rebuilt by :func:`_cell_rebuild` without it."""
+        if self._fn is None:
+            with _LOCK, jax.ensure_compile_time_eval():  # concrete, even inside a trace
+                if self._fn is None:
+                    self._fn = neighbor_list_fn(*self._args)
+        return self._fn
+
+    def _update(self, position, neighbors, **kwargs):
+        """The lists' ``update_fn``: jax-md's update (one object for every list, so compiled
+        functions are shared, whether or not jax-md's functions were made yet)."""
+        return self.fn.update(position, neighbors, **kwargs)
 
     @staticmethod
     def _key(y) -> tuple:
@@ -240,7 +258,7 @@ class NeighborLists:
                 self.cell_list_fn = nbrs.cell_list_fn
         # the same static functions in every list: compiled functions are shared
         nbrs = dataclasses.replace(nbrs, cell_list_fn=self.cell_list_fn,
-                                   update_fn=self.fn.update)
+                                   update_fn=self._update)
         kept = self.kept.get(key)
         if kept is not None:
             nbrs = _grow(nbrs, kept.max_occupancy, kept.cell_list_capacity)
@@ -295,7 +313,7 @@ class NeighborLists:
             device_array(idx, np.int32), device_array(y, np.float64),
             partition.PartitionError(device_array(code, np.uint8)), cell_capacity, max_occupancy,
             partition.NeighborListFormat.OrderedSparse, self.reach, self.cell_list_fn,
-            self.fn.update)
+            self._update)
 
 
 def _grow(nbrs, max_occupancy: int, cell_list_capacity: int | None):

@@ -319,18 +319,33 @@ def _audit(task: _Task, solver: ResponseSolver, responses: Mapping[str, Mapping]
 def _compute(task: _Task, progress, *, audit: bool, stream: bool = False, prepared=None):
     """Relax, then (if converged) differentiate and optionally audit. ``stream``: leave a
     large vector θ to be computed as it is written (:meth:`ResponseSolver.run_all`).
-    ``prepared``: the relaxation done already (:mod:`systems.relax_ahead`), its progress
-    reports replayed."""
+    ``prepared``: the relaxation (and for a small packing all of this) done already
+    (:mod:`systems.relax_ahead`), its progress reports replayed."""
+    if prepared is not None and prepared.computed is not None:
+        prepared.replay(progress)
+        return prepared.computed
+    relaxed = _relax(task, progress, prepared)
+    if not relaxed.converged:
+        return relaxed, None, None, None
+    return (relaxed, *_differentiate(task, relaxed, progress, audit=audit, stream=stream))
+
+
+def _relax(task: _Task, progress, prepared=None):
+    """The relaxation of ``task`` (or ``prepared``'s, replayed) and its progress reports."""
+    if prepared is not None:
+        return prepared.replay(progress)
     if progress is not None:
         progress("start", n=task.system.n, dim=task.system.dim,
                  neighbor_list=task.relaxer.use_nl)
-    relaxed = (prepared.replay(progress) if prepared is not None
-               else task.relaxer.run(task.system.positions, task.params, progress))
+    relaxed = task.relaxer.run(task.system.positions, task.params, progress)
     if progress is not None:
         progress("relaxed", steps=relaxed.steps, max_force=relaxed.max_force,
                  converged=relaxed.converged, stop_reason=relaxed.stop_reason)
-    if not relaxed.converged:
-        return relaxed, None, None, None
+    return relaxed
+
+
+def _differentiate(task: _Task, relaxed, progress, *, audit: bool, stream: bool):
+    """``(solver, result, audit_result)`` of :func:`_compute` for a converged ``relaxed``."""
     solver = ResponseSolver(task.model, relaxed.positions, task.params,
                             max_force=relaxed.max_force, settings=task.settings)
     # the θs differentiated forward (a reversed vector θ has no Jacobian)
@@ -367,7 +382,7 @@ def _compute(task: _Task, progress, *, audit: bool, stream: bool = False, prepar
     audit_result = None
     if audit:
         audit_result = _audit(task, solver, result["responses"], progress)
-    return relaxed, solver, result, audit_result
+    return solver, result, audit_result
 
 
 def _observables(task: _Task, solver, responses, progress) -> dict:

@@ -357,7 +357,6 @@ class Relaxer:
                                           self.skin if self.use_nl else None)
         self._lists = (neighbor_lists(model, self.cutoff, self.skin) if self.use_nl
                        else None)
-        self._nl_fn = self._lists.fn if self.use_nl else None
         self._all_pairs = None if self.use_nl else _all_pairs(model.n)
         self._run_compile_s = 0.0
         #: seconds this Relaxer spent compiling (0 for what another one compiled already)

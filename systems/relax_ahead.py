@@ -5,9 +5,9 @@ releases the GIL) and the rest differentiating, checking and writing. :class:`Re
 reads and relaxes the next tasks in worker threads, one per usable CPU (at most
 :data:`MAX_WORKERS`; ``SENSITIVITY_RELAX_THREADS=N`` sets N, 0 turns them off), while the
 main thread runs the current task's remaining stages: each task is still run, locked and
-marked complete in order by the caller (:func:`systems.tasks.run_in_folder`), and its
-relaxation's progress reports are replayed when its turn comes, so the output reads as
-before.
+marked complete in order by the caller (:func:`systems.tasks.run_in_folder`), and the
+progress reports of what a worker did are replayed when its turn comes, so the output reads
+as before.
 
 Why threads and not one batched (``vmap``) relaxation: on a CPU a FIRE step at N = 256 is
 not dispatch-bound; its cost grows with the number of pairs (the force: 31 µs at N = 256,
@@ -15,6 +15,19 @@ not dispatch-bound; its cost grows with the number of pairs (the force: 31 µs a
 use the other cores instead, and a packing relaxed in a thread runs the same compiled
 programs on the same inputs as alone: the same result, bit for bit
 (``tests/physics/test_relax_ahead.py``).
+
+The first job relaxes alone: it allocates the process's first neighbor list and compiles
+(or loads from the persistent cache) the relaxation's functions; the others start once it has
+relaxed, from its list as their template and with its compiled functions, as tasks run one
+after the other do. Started together, a second task could allocate a list of its own first
+(other capacities, so other shapes): a compilation that missed the persistent cache, seconds
+at N = 256, taken or not from run to run.
+
+A small packing (:data:`COMPUTE_MAX_N`) is differentiated in the worker as well, once the
+first job has loaded the derivatives' functions (a job relaxed before that leaves its
+derivatives to the caller, as before): the caller is then left with writing and marking
+each task, and every core works on the tasks, where the caller's derivatives used to be the
+sweep's bottleneck. The same compiled functions on the same inputs: the same results.
 
 Anything a worker raises (a bad input file, a neighbor list that keeps overflowing) is
 dropped: :meth:`RelaxAhead.take` returns None and the task runs on its usual path, which
@@ -30,14 +43,25 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Hashable, Iterable, Mapping
 
-__all__ = ["MAX_THREADS", "MAX_WORKERS", "THREADS_ENV", "Prepared", "RelaxAhead",
-           "prepare_and_relax", "workers_for"]
+__all__ = ["COMPUTE_MAX_N", "LOOK_AHEAD", "MAX_THREADS", "MAX_WORKERS", "THREADS_ENV",
+           "Prepared", "RelaxAhead", "prepare_and_relax", "workers_for"]
 
 #: Worker threads at most by default (each relaxes one packing at a time) ...
 MAX_WORKERS = 4
 #: ... and at most when ``SENSITIVITY_RELAX_THREADS`` asks (each thread holds a packing and
-#: one more waits: a huge value must not allocate a sweep's worth of packings at once).
+#: :data:`LOOK_AHEAD` more wait: a huge value must not allocate a sweep's worth of packings).
 MAX_THREADS = 64
+#: Jobs relaxed ahead beyond those running: the workers go on while the caller is slower
+#: than they are (above all while it compiles the first task's derivatives, a second or
+#: more, when a packing of a few hundred particles relaxes in a tenth of one). A waiting
+#: result holds the task's arrays and its relaxed positions (kilobytes at N = 256, a few MB
+#: at N = 65,536).
+LOOK_AHEAD = 8
+#: Up to this many particles a worker also differentiates the packing (the derivatives,
+#: the diagnostics, an audit): for small packings they cost about half as much as the
+#: relaxation, and the caller, left with writing, is no longer the sweep's bottleneck. A
+#: waiting result then holds the response solver too (its Hessian and preconditioner).
+COMPUTE_MAX_N = 4096
 
 
 class _Stopped(Exception):
@@ -47,16 +71,20 @@ class _Stopped(Exception):
 @dataclasses.dataclass
 class Prepared:
     """A task read and relaxed ahead: what :func:`systems.pipeline.run_task` takes as
-    ``prepared``. ``reports``: the ``progress("relax", **fields)`` calls its relaxation made."""
+    ``prepared``. ``reports``: the ``progress(event, **fields)`` calls made meanwhile, as
+    ``(event, fields)``. ``computed``: for a packing of at most :data:`COMPUTE_MAX_N`
+    particles, what :func:`systems.pipeline._compute` returned (the derivatives too), else
+    None (the relaxation only)."""
 
     task: Any  # systems.pipeline._Task
     relaxed: Any  # systems.relax.RelaxResult
     reports: list
+    computed: tuple | None = None
 
     def replay(self, progress=None):
         """The relaxation's result, after calling ``progress`` with its reports."""
-        for report in self.reports if progress is not None else ():
-            progress("relax", **report)
+        for event, fields in self.reports if progress is not None else ():
+            progress(event, **fields)
         return self.relaxed
 
     def current(self) -> bool:
@@ -70,21 +98,34 @@ class Prepared:
 
 
 def prepare_and_relax(config: Mapping[str, Any], output_dir=None,
-                      stop: threading.Event | None = None) -> Prepared:
-    """Read the task of ``config`` and relax it, as :func:`~systems.pipeline.run_task` would."""
-    from .pipeline import _prepare
+                      stop: threading.Event | None = None, differentiate=None,
+                      relaxed_event: threading.Event | None = None) -> Prepared:
+    """Read the task of ``config`` and relax it, as :func:`~systems.pipeline.run_task` would;
+    a packing of at most :data:`COMPUTE_MAX_N` particles is differentiated as well where
+    ``differentiate()`` (called once relaxed; None: always) is true. ``relaxed_event`` is
+    set once the relaxation is done."""
+    from .pipeline import _differentiate, _prepare, _relax
 
     reports: list = []
 
     def progress(event, **fields):
         if stop is not None and stop.is_set():
             raise _Stopped()
-        if event == "relax":
-            reports.append(fields)
+        reports.append((event, fields))
 
     task = _prepare(config, for_audit=False, output_dir=output_dir)
-    relaxed = task.relaxer.run(task.system.positions, task.params, progress)
-    return Prepared(task, relaxed, reports)
+    try:
+        relaxed = _relax(task, progress)
+    finally:
+        if relaxed_event is not None:
+            relaxed_event.set()
+    if task.system.n > COMPUTE_MAX_N or not (differentiate is None or differentiate()):
+        return Prepared(task, relaxed, reports)
+    computed = (relaxed, None, None, None)
+    if relaxed.converged:  # with the arguments of run_task's own call
+        computed = (relaxed, *_differentiate(task, relaxed, progress,
+                                             audit=bool(task.settings["audit"]), stream=True))
+    return Prepared(task, relaxed, reports, computed)
 
 
 #: Environment variable: the number of worker threads (0: relax each task in turn, in the
@@ -122,7 +163,8 @@ def workers_for(tasks: int) -> int:
 
 class RelaxAhead:
     """Relaxes ``jobs`` (``(key, config, output_dir)``, in the order they will be taken)
-    ahead of the caller, ``workers`` at a time plus one waiting; a context manager.
+    ahead of the caller, ``workers`` at a time and up to :data:`LOOK_AHEAD` more waiting; a
+    context manager.
 
     :meth:`take` returns a job's :class:`Prepared` (waiting for it) or None; leaving the
     context stops the workers at their next progress report and waits for them.
@@ -131,16 +173,35 @@ class RelaxAhead:
     def __init__(self, jobs: Iterable[tuple[Hashable, Mapping[str, Any], Any]], workers: int):
         self._queue = list(jobs)
         self._futures: dict[Hashable, Future] = {}
-        self._ahead = max(1, int(workers)) + 1
+        self._ahead = max(1, int(workers)) + LOOK_AHEAD
         self._stop = threading.Event()
+        # the first job relaxed; finished (both set when the sweep stops)
+        self._lead_relaxed, self._lead_done = threading.Event(), threading.Event()
+        self._led = False  # the first job was submitted
         self._pool = ThreadPoolExecutor(max(1, int(workers)), thread_name_prefix="relax-ahead")
         self._fill()
 
     def _fill(self) -> None:
         while self._queue and len(self._futures) < self._ahead:
             key, config, output_dir = self._queue.pop(0)
-            self._futures[key] = self._pool.submit(prepare_and_relax, config, output_dir,
-                                                   self._stop)
+            lead, self._led = not self._led, True
+            if lead:
+                future = self._pool.submit(prepare_and_relax, config, output_dir, self._stop,
+                                           None, self._lead_relaxed)
+                # (also where the first job raised before it relaxed)
+                future.add_done_callback(lambda _: (self._lead_relaxed.set(),
+                                                    self._lead_done.set()))
+            else:
+                future = self._pool.submit(self._follow, config, output_dir, self._stop)
+            self._futures[key] = future
+
+    def _follow(self, config, output_dir, stop: threading.Event) -> Prepared:
+        self._lead_relaxed.wait()
+        if stop.is_set():
+            raise _Stopped()
+        # differentiated here once the first job has loaded the derivatives' functions;
+        # relaxed only before that (the caller then differentiates, the functions loaded)
+        return prepare_and_relax(config, output_dir, stop, self._lead_done.is_set)
 
     def take(self, key: Hashable) -> Prepared | None:
         """The job ``key`` read and relaxed, or None (not submitted, or it raised)."""
@@ -155,6 +216,8 @@ class RelaxAhead:
 
     def close(self) -> None:
         self._stop.set()
+        self._lead_relaxed.set()
+        self._lead_done.set()
         self._queue.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._futures.clear()

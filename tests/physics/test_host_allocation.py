@@ -116,3 +116,24 @@ def test_positions_far_outside_the_box_allocate_without_warnings():
         far = lists._host_allocate(system.positions + 1e12 * system.box, 0)
     assert (far.cell_list_capacity, far.max_occupancy) == (near.cell_list_capacity,
                                                            near.max_occupancy)
+
+
+def test_a_relaxation_in_an_orthorhombic_box_never_builds_jax_mds_list_functions():
+    """jax-md's constructor (four small device programs at a process's first list) is made
+    only when asked for: not by a relaxation whose lists are allocated on the host and
+    rebuilt over the cell list, even one that overflows and reallocates; a list's update
+    still works (it makes them then), and gives jax-md's own update."""
+    system = random_packing(256, dim=2, phi=0.9, seed=7)
+    model, params, relaxer = _lists(system)
+    lists = relaxer._lists
+    small = lists._host_allocate(jnp.asarray(system.positions), -2)  # overflows in init
+    lists.kept[lists._key(jnp.asarray(system.positions))] = small
+    result = relaxer.run(system.positions, params)
+    assert result.converged and result.reallocations == 0 and lists._fn is None
+    listed = lists.allocate(jnp.asarray(system.positions))
+    assert lists._fn is None
+    moved = jnp.asarray(system.positions) + 0.3
+    ours = nl.sort_pairs(listed.update(moved))  # makes jax-md's functions
+    assert lists._fn is not None
+    theirs = nl.sort_pairs(lists.fn.update(moved, listed))
+    np.testing.assert_array_equal(np.asarray(ours.idx), np.asarray(theirs.idx))

@@ -102,3 +102,32 @@ def test_worker_count_and_its_environment_variable(monkeypatch):
         monkeypatch.setenv("SENSITIVITY_RELAX_THREADS", bad)
         with pytest.raises(ConfigError, match="SENSITIVITY_RELAX_THREADS = .*whole number"):
             workers_for(32)
+
+
+def test_a_task_differentiated_in_a_worker_equals_the_task_alone(tmp_path):
+    from sensitivity.systems.relax_ahead import prepare_and_relax
+
+    path = tmp_path / "p.h5"
+    write_packing(path, random_packing(40, dim=2, phi=0.9, seed=3))
+    config = task_config(path)
+    worker = {}
+    thread = threading.Thread(target=lambda: worker.setdefault(
+        "prepared", prepare_and_relax(config, tmp_path / "a")))
+    thread.start()
+    thread.join(120)
+    prepared = worker["prepared"]
+    assert prepared.computed is not None  # the derivatives too (N = 40)
+    seen_ahead, progress = _events()
+    ahead = read_result(run_task(config, tmp_path / "a", progress=progress,
+                                 prepared=prepared).result_path)
+    seen, progress = _events()
+    alone = read_result(run_task(config, tmp_path / "b", progress=progress).result_path)
+    assert np.array_equal(ahead.system.positions, alone.system.positions)
+    for name in alone.responses:
+        assert np.array_equal(ahead.responses[name]["dx_dtheta"],
+                              alone.responses[name]["dx_dtheta"], equal_nan=True)
+    assert np.array_equal(ahead.rattlers, alone.rattlers)
+    assert [e for e, _ in seen_ahead] == [e for e, _ in seen]
+    strip = {"time_s", "time_compile_s", "path"}
+    assert ([(e, {k: v for k, v in f.items() if k not in strip}) for e, f in seen_ahead]
+            == [(e, {k: v for k, v in f.items() if k not in strip}) for e, f in seen])
