@@ -455,10 +455,34 @@ def _orthonormal_basis(nullspace, b, dtype, name):
         raise ValueError(f"{name}: nullspace leaves disagree on the number of vectors: {ks}")
     ns = jax.tree_util.tree_unflatten(ns_def, ns_leaves)
     N = jax.vmap(lambda t: ravel_pytree(t)[0])(ns).astype(dtype)  # (k, n)
-    U, s, _ = jnp.linalg.svd(N.T, full_matrices=False)
     eps = jnp.finfo(dtype).eps
+    if N.shape[0] <= _UNROLL_K:
+        return _gram_schmidt(N, max(N.shape) * eps)
+    U, s, _ = jnp.linalg.svd(N.T, full_matrices=False)
     keep = s > max(N.shape) * eps * jnp.max(s)
     return U * keep.astype(dtype)
+
+
+def _gram_schmidt(N, rtol):
+    """``(n, k)`` orthonormal columns spanning the rows of ``N`` (``(k, n)``, k small), by
+    Gram-Schmidt with one reorthogonalization pass ("twice is enough"); a row left with a
+    norm at most ``rtol`` times the largest row's after projection is dependent on the
+    others and gives a zero column, as a zero singular value does in the SVD path.
+
+    For the few vectors of a typical null space (translations, rotations) this is the SVD's
+    projector without a LAPACK call: the first LAPACK lowering of a process loads SciPy's
+    BLAS/LAPACK for jaxlib (a quarter of a second at start-up, ``benchmarks/README.md``).
+    """
+    scale = jnp.max(jnp.sqrt(jnp.sum(N * N, axis=1)))
+    basis = []
+    for v in N:
+        for _ in range(2):
+            for q in basis:
+                v = v - jnp.dot(q, v, precision=_HIGHEST) * q
+        norm = jnp.sqrt(jnp.dot(v, v, precision=_HIGHEST))
+        keep = norm > rtol * scale
+        basis.append(jnp.where(keep, v / jnp.where(keep, norm, 1.0), 0.0))
+    return jnp.stack(basis, axis=1)
 
 
 def _roundoff_tolerance(prob: _Problem, matrix_norm, x_flat):

@@ -124,8 +124,29 @@ def _block_inverse(pk: PackingData):
     diag = pk.hessian.rows[:, :, :d]  # entry 0 of each block row: the diagonal block
     scale = jnp.trace(diag, axis1=1, axis2=2)
     ok = scale > 1e-12 * jnp.max(scale)
-    inv = jnp.linalg.inv(jnp.where(ok[:, None, None], diag, jnp.eye(d)))
+    inv = small_inverse(jnp.where(ok[:, None, None], diag, jnp.eye(d)))
     return jnp.where(ok[:, None, None], inv, jnp.eye(d))
+
+
+def small_inverse(a):
+    """Inverses of a stack of small matrices (``(..., d, d)``, d ≤ 3 here) by Gauss-Jordan
+    elimination with partial pivoting, unrolled: no LAPACK call, whose first lowering in a
+    process makes jaxlib load SciPy's BLAS/LAPACK (a quarter of a second of every run's
+    start-up, ``benchmarks/README.md``). Pivoting keeps the error at LU's level,
+    ``~ eps · cond``, for the nearly singular blocks of a particle with few contacts."""
+    d = a.shape[-1]
+    eye = jnp.eye(d, dtype=a.dtype)
+    m = jnp.concatenate([a, jnp.broadcast_to(eye, a.shape)], axis=-1)  # (..., d, 2d)
+    rows = jnp.arange(d)
+    for k in range(d):
+        size = jnp.where(rows >= k, jnp.abs(m[..., :, k]), -1.0)
+        pivot = (rows == jnp.argmax(size, axis=-1)[..., None]).astype(a.dtype)  # one-hot
+        row_k, row_p = m[..., k, :], jnp.sum(pivot[..., None] * m, axis=-2)
+        m = m + (eye[k] - pivot)[..., :, None] * (row_p - row_k)[..., None, :]  # swap k, p
+        row_k = row_p / row_p[..., k:k + 1]
+        m = m - (m[..., :, k] * (1.0 - eye[k]))[..., :, None] * row_k[..., None, :]
+        m = jnp.where((rows == k)[:, None], row_k[..., None, :], m)
+    return m[..., d:]
 
 
 def _linear_solve(cfg: SolveConfig, pk: PackingData, name: str, report: bool):

@@ -217,6 +217,34 @@ def test_redundant_nullspace_basis_and_ridge():
                                    atol=1e-8)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_null_space_orthonormalization_is_the_svds_projector(dtype):
+    """Small null spaces are orthonormalized by Gram-Schmidt (no LAPACK); larger ones by the
+    SVD. Either way: orthonormal columns whose projector is that of NumPy's SVD of the basis,
+    dependent vectors dropped as zero columns, whatever the vectors' scales."""
+    from sensitivity._linear_solve import _UNROLL_K, _orthonormal_basis
+
+    rng = np.random.default_rng(3)
+    n = 40
+    for k in (1, 3, _UNROLL_K, _UNROLL_K + 1):
+        basis = rng.normal(size=(k, n)) * np.logspace(0, 3, k)[:, None]  # scales 1 to 1e3
+        cases = [(basis, k)]
+        if k > 1:  # one vector a combination of the others: rank k - 1
+            dependent = basis.copy()
+            dependent[k // 2] = 3.0 * basis[0] - 0.5 * basis[-1]
+            cases.append((dependent, k - 1))
+        for vectors, rank in cases:
+            q = np.asarray(_orthonormal_basis(jnp.asarray(vectors, dtype), jnp.zeros(n, dtype),
+                                              dtype, "test"))
+            assert q.shape == (n, k) and q.dtype == dtype
+            kept = np.linalg.norm(q, axis=0) > 0.5
+            assert kept.sum() == rank
+            eps = float(np.finfo(dtype).eps)
+            np.testing.assert_allclose(q[:, kept].T @ q[:, kept], np.eye(rank), atol=50 * eps)
+            u = np.linalg.svd(vectors.T, full_matrices=False)[0][:, :rank]
+            np.testing.assert_allclose(q @ q.T, u @ u.T, atol=1e3 * eps)
+
+
 @pytest.mark.parametrize("name", ITERATIVE)
 def test_reported_residual_is_the_true_one(name):
     # ill-conditioned SPD (cond 1e7; CG and MINRES converge, the others run out of

@@ -209,7 +209,8 @@ def test_pair_laws_match_jax_md_energy(alpha):
 @pytest.mark.slow
 def test_a_run_imports_only_the_jax_md_modules_it_uses(tmp_path):
     """A whole `sensitivity run` loads jax-md's space and partition, never rigid_body, nn or
-    energy (5 s of import for modules the run does not use)."""
+    energy (5 s of import for modules the run does not use), and no LAPACK kernel: the first
+    LAPACK lowering makes jaxlib load scipy.linalg (a quarter of a second)."""
     import pathlib
     import shutil
     import subprocess
@@ -228,6 +229,7 @@ def test_a_run_imports_only_the_jax_md_modules_it_uses(tmp_path):
         "    pass\n"
         "loaded = sorted(m for m in sys.modules if m.startswith('jax_md.'))\n"
         "print('LOADED', loaded)\n"
+        "print('SCIPY_LINALG', 'scipy.linalg' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300, cwd=str(tmp_path))
@@ -237,3 +239,4 @@ def test_a_run_imports_only_the_jax_md_modules_it_uses(tmp_path):
     assert "jax_md.space" in line, line  # 64 disks: every pair, no neighbor list
     for heavy in ("jax_md.rigid_body", "jax_md.nn", "jax_md.energy", "jax_md.simulate"):
         assert heavy not in line, line
+    assert "SCIPY_LINALG False" in out.stdout, out.stdout
