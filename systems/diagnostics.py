@@ -26,7 +26,7 @@ from .settings import SENSITIVITY
 if TYPE_CHECKING:
     from .response import ResponseSolver
 
-__all__ = ["DENSE_EIGEN_MAX_DOF", "zero_modes"]
+__all__ = ["DENSE_EIGEN_MAX_DOF", "DENSE_TRIDIAGONAL_MAX", "tridiagonal_eigenvalues", "zero_modes"]
 
 #: Diagnostics by dense eigendecomposition up to this many degrees of freedom; Lanczos
 #: beyond (the dense path costs a sizeable part of a small packing's FIRE run; Lanczos a
@@ -111,8 +111,6 @@ def zero_modes(solver: ResponseSolver, seed: int = 0) -> dict:
             "negative_eigenvalues": int((nonzero < 0).sum()),
         })
     else:
-        from scipy.linalg import eigvalsh_tridiagonal
-
         live = len(solver.backbone) * d
         default = SENSITIVITY["lanczos_steps"].default
         steps = max(0, int(min(solver.settings.get("lanczos_steps", default), live - k)))
@@ -122,7 +120,7 @@ def zero_modes(solver: ResponseSolver, seed: int = 0) -> dict:
             v0 = device_array(np.random.default_rng(seed).standard_normal(n * d), np.float64)
             (alphas, betas), _, _ = solver._run(_lanczos, solver._config(steps=steps),
                                               solver.data, params, v0, q)
-            ritz = eigvalsh_tridiagonal(alphas, betas)
+            ritz = tridiagonal_eigenvalues(np.asarray(alphas), np.asarray(betas))
         top = float(ritz.max()) if ritz.size else math.nan
         tiny = np.abs(ritz) <= 1e-8 * top
         out.update({
@@ -139,3 +137,23 @@ def zero_modes(solver: ResponseSolver, seed: int = 0) -> dict:
     out["matches"] = bool(out["found"] == out["expected"])
     out["time_s"] = time.perf_counter() - t0 - (compile_seconds() - compile0)
     return out
+
+
+#: Up to this order a tridiagonal matrix's eigenvalues come from NumPy's dense solver (a
+#: few ms at the default 200 Lanczos steps, 32 MB at this size); above it from SciPy's
+#: tridiagonal solver, whose module costs a quarter of a second to import at start-up.
+DENSE_TRIDIAGONAL_MAX = 2000
+
+
+def tridiagonal_eigenvalues(diagonal: np.ndarray, off_diagonal: np.ndarray) -> np.ndarray:
+    """Ascending eigenvalues of the symmetric tridiagonal matrix with this diagonal (k) and
+    off-diagonal (k - 1), as ``scipy.linalg.eigvalsh_tridiagonal``."""
+    k = len(diagonal)
+    if k > DENSE_TRIDIAGONAL_MAX:
+        from scipy.linalg import eigvalsh_tridiagonal
+
+        return eigvalsh_tridiagonal(diagonal, off_diagonal)
+    t = np.diag(diagonal)
+    if k > 1:
+        t += np.diag(off_diagonal, 1) + np.diag(off_diagonal, -1)
+    return np.linalg.eigvalsh(t)

@@ -47,6 +47,26 @@ def test_2d_has_the_rattler_and_zero_modes(packing_2d):
     assert contacts["contact_overlap_min"] > 0 and contacts["contact_gap_min"] > 0
 
 
+@pytest.mark.parametrize("k", [1, 2, 200])
+def test_tridiagonal_eigenvalues_match_scipy(k, monkeypatch):
+    """The Lanczos matrix's eigenvalues by NumPy's dense solver (no scipy.linalg import at
+    start-up) and, above DENSE_TRIDIAGONAL_MAX, by SciPy's tridiagonal solver: SciPy's
+    values either way, for a matrix with clustered and negative eigenvalues."""
+    from scipy.linalg import eigvalsh_tridiagonal
+
+    from sensitivity.systems import diagnostics
+
+    rng = np.random.default_rng(k)
+    alphas = np.concatenate([np.full(k // 2, 1e-9), rng.normal(size=k - k // 2)])
+    betas = 1e-3 * rng.normal(size=k - 1)
+    expect = eigvalsh_tridiagonal(alphas, betas)
+    np.testing.assert_allclose(diagnostics.tridiagonal_eigenvalues(alphas, betas), expect,
+                               rtol=0, atol=1e-14)
+    monkeypatch.setattr(diagnostics, "DENSE_TRIDIAGONAL_MAX", 0)
+    np.testing.assert_allclose(diagnostics.tridiagonal_eigenvalues(alphas, betas), expect,
+                               rtol=0, atol=1e-14)
+
+
 @pytest.mark.slow
 def test_lanczos_diagnostics_against_the_dense_eigendecomposition(packing_2d, monkeypatch):
     """The Lanczos path of zero_modes (forced by a zero dense limit) against the dense one:
