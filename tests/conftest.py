@@ -10,6 +10,9 @@ benchmarks keep XLA's defaults. ``SENSITIVITY_TEST_XLA_DEFAULTS=1`` runs the sui
 ``SENSITIVITY_TEST_TIMES=path`` appends each test's wall time (setup + call + teardown) to
 ``path`` as it finishes, one ``seconds<TAB>node id`` line per phase, so the slow tests of a
 run are known even when it is interrupted (``pytest --durations`` prints only at the end).
+Each line also gives the seconds that phase spent compiling (tracing, lowering and XLA's
+backend compile, from jax.monitoring) and the number of backend compilations:
+``seconds<TAB>phase<TAB>node id<TAB>compile seconds<TAB>compilations``.
 """
 
 import os
@@ -24,9 +27,22 @@ import jax  # noqa: E402
 jax.config.update("jax_enable_x64", True)
 
 _TIMES = os.environ.get("SENSITIVITY_TEST_TIMES")
+_COMPILE = [0.0, 0]  # seconds compiling, backend compilations, in the current phase
+
+if _TIMES:
+    from jax import monitoring
+
+    def _on_duration(event, seconds, **_):
+        if event.startswith("/jax/core/compile/"):
+            _COMPILE[0] += seconds
+            _COMPILE[1] += event.endswith("backend_compile_duration")
+
+    monitoring.register_event_duration_secs_listener(_on_duration)
 
 
 def pytest_runtest_logreport(report):
     if _TIMES:
         with open(_TIMES, "a") as handle:
-            handle.write(f"{report.duration:.3f}\t{report.when}\t{report.nodeid}\n")
+            handle.write(f"{report.duration:.3f}\t{report.when}\t{report.nodeid}"
+                         f"\t{_COMPILE[0]:.3f}\t{_COMPILE[1]}\n")
+        _COMPILE[:] = [0.0, 0]
