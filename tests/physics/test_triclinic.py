@@ -333,6 +333,7 @@ def test_tilted_cell_strain_theta_matches_re_relaxed_strained_packings(tilted):
 
 @pytest.mark.slow  # importing jax-md's energy and compiling its tensor
 def test_tilted_cell_elastic_tensor_matches_jax_md_athermal_moduli(tilted):
+    import jax
     import jax.numpy as jnp
     from jax_md import elasticity, energy, space
 
@@ -342,8 +343,9 @@ def test_tilted_cell_elastic_tensor_matches_jax_md_athermal_moduli(tilted):
     energy_fn = energy.soft_sphere_pair(displacement, sigma=jnp.asarray(system.diameters),
                                         epsilon=jnp.asarray(1.0), alpha=jnp.asarray(2.0))
     fractional = jnp.asarray(np.asarray(solver.y) @ np.linalg.inv(model.box).T)
-    theirs, converged = elasticity.athermal_moduli(
-        energy_fn, tether_strength=1e-12, cg_tol=1e-13, check_convergence=True)(fractional, cell)
+    # jitted: one program instead of jax-md's eager operations, each compiled on its own
+    theirs, converged = jax.jit(elasticity.athermal_moduli(
+        energy_fn, tether_strength=1e-12, cg_tol=1e-13, check_convergence=True))(fractional, cell)
     assert bool(converged)
     ours = el.elastic_response(solver)
     assert ours["converged"]
