@@ -49,3 +49,26 @@ def pytest_runtest_logreport(report):
             handle.write(f"{report.duration:.3f}\t{report.when}\t{report.nodeid}"
                          f"\t{_COMPILE[0]:.3f}\t{_COMPILE[1]}\n")
         _COMPILE[:] = [0.0, 0]
+
+
+def pytest_configure(config):
+    """Under ``-n`` (pytest-xdist), each test module runs whole on one worker (``--dist
+    loadscope``) unless ``--dist`` is given: its module-scoped relaxed packings are built, and
+    its programs compiled, once rather than on both workers. The modules go out heaviest
+    first (:func:`pytest_collection_modifyitems`), so that no long module is left for the
+    end while the other worker idles."""
+    explicit = any(arg.startswith(("--dist", "-d")) for arg in config.invocation_params.args)
+    if getattr(config.option, "dist", "no") == "load" and not explicit:
+        config.option.dist = "loadscope"
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    if getattr(config.option, "dist", "no") != "loadscope":
+        return
+    weight = {}  # a module's tests, a slow one counted as ten
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        weight[module] = weight.get(module, 0) + (10 if item.get_closest_marker("slow") else 1)
+    order = {item.nodeid: k for k, item in enumerate(items)}
+    items.sort(key=lambda item: (-weight[item.nodeid.split("::")[0]], order[item.nodeid]))
