@@ -152,6 +152,11 @@ def test_elastic_tensor_matches_finite_differences_of_the_stress(packing_2d):
     volume = el.box_volume(model, params)
     h = 1e-6
     m = np.zeros((3, 3))
+
+    @jax.jit  # one program for the six evaluations (eagerly, each operation compiles alone)
+    def strain_gradient(y, p, pairs):
+        return jax.grad(lambda s: model.energy(y, p._replace(strain=s), pairs))(p.strain)
+
     for q, spec in enumerate(strain_specs(2)):
         theta0, apply = theta_apply(spec, params, system.species)
         _, runs = central_difference(relaxer, model, params, apply, theta0, solver.y, h,
@@ -159,8 +164,7 @@ def test_elastic_tensor_matches_finite_differences_of_the_stress(packing_2d):
         grads = []
         for _, p, y in runs:
             pairs = model.interacting_pairs(y, p)
-            grads.append(np.asarray(jax.grad(lambda s: model.energy(
-                y, p._replace(strain=s), pairs))(p.strain)))
+            grads.append(np.asarray(strain_gradient(y, p, pairs)))
         for k, e in enumerate(directions):
             m[k, q] = np.sum(e * (grads[0] - grads[1])) / (2 * h) / volume
     fd = m / np.outer(mult, mult)
