@@ -18,7 +18,10 @@ backend compile, from jax.monitoring) and the number of backend compilations:
 ``seconds<TAB>phase<TAB>node id<TAB>compile seconds<TAB>compilations``.
 """
 
+import json
 import os
+
+import pytest
 
 _FAST_COMPILE = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
                  " --xla_cpu_use_fusion_emitters=false --xla_cpu_parallel_codegen_split_count=1")
@@ -54,7 +57,7 @@ def pytest_runtest_logreport(report):
 def pytest_configure(config):
     """Under ``-n`` (pytest-xdist), each test module runs whole on one worker (``--dist
     loadscope``) unless ``--dist`` is given: its module-scoped relaxed packings are built, and
-    its programs compiled, once rather than on both workers. The modules go out heaviest
+    its programs compiled, once rather than on both workers. The modules go out longest
     first (:func:`pytest_collection_modifyitems`), so that no long module is left for the
     end while the other worker idles."""
     explicit = any(arg.startswith(("--dist", "-d")) for arg in config.invocation_params.args)
@@ -63,12 +66,25 @@ def pytest_configure(config):
         config.option.loadscopereorder = False
 
 
+_DURATIONS = os.path.join(os.path.dirname(__file__), "durations.json")
+
+
+@pytest.hookimpl(trylast=True)  # after -m and -k deselected what they deselect
 def pytest_collection_modifyitems(config, items):
+    """Modules in decreasing order of their selected tests' measured seconds
+    (``tests/durations.json``: each test's setup + call + teardown in one run of the suite
+    under load, the tests over 0.5 s; only the order matters; regenerate it from a
+    ``SENSITIVITY_TEST_TIMES`` file with ``python tests/durations.py TIMES``)."""
     if getattr(config.option, "dist", "no") != "loadscope":
         return
-    weight = {}  # a module's tests, a slow one counted as ten
+    try:
+        with open(_DURATIONS) as handle:
+            seconds = json.load(handle)
+    except (OSError, ValueError):
+        return
+    weight = {}
     for item in items:
         module = item.nodeid.split("::")[0]
-        weight[module] = weight.get(module, 0) + (10 if item.get_closest_marker("slow") else 1)
+        weight[module] = weight.get(module, 0.0) + seconds.get(item.nodeid, 0.1)
     order = {item.nodeid: k for k, item in enumerate(items)}
     items.sort(key=lambda item: (-weight[item.nodeid.split("::")[0]], order[item.nodeid]))
