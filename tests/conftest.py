@@ -60,10 +60,13 @@ def pytest_configure(config):
     its programs compiled, once rather than on both workers. The modules go out longest
     first (:func:`pytest_collection_modifyitems`), so that no long module is left for the
     end while the other worker idles."""
-    explicit = any(arg.startswith(("--dist", "-d")) for arg in config.invocation_params.args)
-    if getattr(config.option, "dist", "no") == "load" and not explicit:
+    if getattr(config.option, "dist", "no") == "load" and not _explicit_dist(config):
         config.option.dist = "loadscope"
         config.option.loadscopereorder = False
+
+
+def _explicit_dist(config):
+    return any(arg.startswith(("--dist", "-d")) for arg in config.invocation_params.args)
 
 
 _DURATIONS = os.path.join(os.path.dirname(__file__), "durations.json")
@@ -75,7 +78,8 @@ def pytest_collection_modifyitems(config, items):
     (``tests/durations.json``: each test's setup + call + teardown in one run of the suite
     under load, the tests over 0.5 s; only the order matters; regenerate it from a
     ``SENSITIVITY_TEST_TIMES`` file with ``python tests/durations.py TIMES``)."""
-    if getattr(config.option, "dist", "no") != "loadscope":
+    # the workers collect (the controller only schedules what they collected, in their order)
+    if not hasattr(config, "workerinput") or _explicit_dist(config):
         return
     try:
         with open(_DURATIONS) as handle:
