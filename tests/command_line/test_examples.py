@@ -41,7 +41,8 @@ def _run_with_xla_defaults(name, tmp_path, *extra):
         flag for flag in env.get("XLA_FLAGS", "").split()
         if not flag.startswith(("--xla_backend_optimization_level",
                                 "--xla_llvm_disable_expensive_passes",
-                                "--xla_cpu_use_fusion_emitters"))
+                                "--xla_cpu_use_fusion_emitters",
+                                "--xla_cpu_parallel_codegen_split_count"))
     )
     out = tmp_path / "result.json"
     code = ("import json, runpy, sys; main = runpy.run_path(sys.argv[1])['main']; "

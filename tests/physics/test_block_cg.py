@@ -95,7 +95,7 @@ def packing():
         return optimality(pk, pk.y, base._replace(strain=strain))
 
     zeros = jnp.zeros(len(comps))
-    xi = jax.vmap(lambda t: jax.jvp(forces, (zeros,), (t,))[1])(jnp.eye(len(comps)))
+    xi = jax.jit(jax.vmap(lambda t: jax.jvp(forces, (zeros,), (t,))[1]))(jnp.eye(len(comps)))
     return solver, -xi
 
 

@@ -105,8 +105,9 @@ def test_elastic_tensor_matches_jax_md_athermal_moduli(packing, request):
     energy_fn = energy.soft_sphere_pair(displacement, sigma=jnp.asarray(system.diameters),
                                         epsilon=jnp.asarray(1.0), alpha=jnp.asarray(2.0))
     fractional = jnp.asarray(np.asarray(solver.y) / np.asarray(model.box))
-    theirs, converged = elasticity.athermal_moduli(
-        energy_fn, tether_strength=1e-12, cg_tol=1e-13, check_convergence=True)(fractional, box)
+    # jitted: one program instead of jax-md's eager operations, each compiled on its own
+    theirs, converged = jax.jit(elasticity.athermal_moduli(
+        energy_fn, tether_strength=1e-12, cg_tol=1e-13, check_convergence=True))(fractional, box)
     assert bool(converged)
     ours = out["elastic_tensor"]
     assert np.abs(ours - np.asarray(theirs)).max() <= 1e-6 * np.abs(ours).max()
@@ -151,6 +152,11 @@ def test_elastic_tensor_matches_finite_differences_of_the_stress(packing_2d):
     volume = el.box_volume(model, params)
     h = 1e-6
     m = np.zeros((3, 3))
+
+    @jax.jit  # one program for the six evaluations (eagerly, each operation compiles alone)
+    def strain_gradient(y, p, pairs):
+        return jax.grad(lambda s: model.energy(y, p._replace(strain=s), pairs))(p.strain)
+
     for q, spec in enumerate(strain_specs(2)):
         theta0, apply = theta_apply(spec, params, system.species)
         _, runs = central_difference(relaxer, model, params, apply, theta0, solver.y, h,
@@ -158,8 +164,7 @@ def test_elastic_tensor_matches_finite_differences_of_the_stress(packing_2d):
         grads = []
         for _, p, y in runs:
             pairs = model.interacting_pairs(y, p)
-            grads.append(np.asarray(jax.grad(lambda s: model.energy(
-                y, p._replace(strain=s), pairs))(p.strain)))
+            grads.append(np.asarray(strain_gradient(y, p, pairs)))
         for k, e in enumerate(directions):
             m[k, q] = np.sum(e * (grads[0] - grads[1])) / (2 * h) / volume
     fd = m / np.outer(mult, mult)

@@ -101,7 +101,7 @@ def test_sparse_hessian_is_the_dense_hessian(packing_2d):
     system, model, params, relaxer, result, solver, out = packing_2d
     backbone = ~solver.rattlers
     n, d = system.n, system.dim
-    hessian = jax.hessian(lambda y: model.energy(y, params, solver.pairs))(solver.y)
+    hessian = jax.jit(jax.hessian(lambda y: model.energy(y, params, solver.pairs)))(solver.y)
     coords = np.repeat(backbone, d)
     expected = np.asarray(hessian).reshape(n * d, n * d)[np.ix_(coords, coords)]
     got = sparse_hessian(solver.data.hessian, backbone).toarray()

@@ -327,7 +327,8 @@ def test_scalar_path_equals_custom_root_through_jacfwd(packing_2d):
     theta0, apply = theta_apply(pspec, params, system.species)
     relaxed_fn = solver.relaxed_solver()
     with sensitivity.record_solves() as reports:
-        dx = jax.jacfwd(lambda t: solver.positions_of(relaxed_fn, apply(params, t)))(theta0)
+        dx = jax.jit(jax.jacfwd(lambda t: solver.positions_of(relaxed_fn, apply(params, t))))(
+            theta0)
         jax.effects_barrier()
     dx = gauge_fix(np.asarray(dx), solver.rattlers, np.asarray(solver.y))
     backbone = ~solver.rattlers

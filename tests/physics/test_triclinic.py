@@ -7,6 +7,8 @@ differences of re-relaxed packings."""
 import itertools
 
 import h5py
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from _physics import central_difference, relative_error, relaxed
@@ -123,11 +125,14 @@ def test_equivalent_cell_same_energy_forces_minimum_and_response(equivalent):
     pairs = model.interacting_pairs(y, params)
     pairs2 = sheared[1].interacting_pairs(wrap_positions(y, cell), params)
     assert len(pairs2.i) == len(pairs.i)
-    e1, e2 = model.energy(y, params, pairs), sheared[1].energy(wrap_positions(y, cell), params,
-                                                                pairs2)
+    # jitted: eagerly, each operation of the energy and its gradient compiles on its own
+    e1, f1 = jax.jit(lambda y: (model.energy(y, params, pairs), model.forces(y, params, pairs))
+                     )(jnp.asarray(y))
+    e2, f2 = jax.jit(lambda y: (sheared[1].energy(y, params, pairs2),
+                                sheared[1].forces(y, params, pairs2)))(
+        jnp.asarray(wrap_positions(y, cell)))
     assert float(e2) == pytest.approx(float(e1), rel=1e-12)
-    f1 = np.asarray(model.forces(y, params, pairs))
-    f2 = np.asarray(sheared[1].forces(wrap_positions(y, cell), params, pairs2))
+    f1, f2 = np.asarray(f1), np.asarray(f2)
     np.testing.assert_allclose(f2, f1, atol=1e-12 * np.abs(f1).max())
     assert (sheared[-1].rattlers == square[-1].rattlers).all()
     backbone = ~square[-1].rattlers
@@ -333,7 +338,6 @@ def test_tilted_cell_strain_theta_matches_re_relaxed_strained_packings(tilted):
 
 @pytest.mark.slow  # importing jax-md's energy and compiling its tensor
 def test_tilted_cell_elastic_tensor_matches_jax_md_athermal_moduli(tilted):
-    import jax.numpy as jnp
     from jax_md import elasticity, energy, space
 
     system, model, params, relaxer, result, solver = tilted
@@ -342,8 +346,9 @@ def test_tilted_cell_elastic_tensor_matches_jax_md_athermal_moduli(tilted):
     energy_fn = energy.soft_sphere_pair(displacement, sigma=jnp.asarray(system.diameters),
                                         epsilon=jnp.asarray(1.0), alpha=jnp.asarray(2.0))
     fractional = jnp.asarray(np.asarray(solver.y) @ np.linalg.inv(model.box).T)
-    theirs, converged = elasticity.athermal_moduli(
-        energy_fn, tether_strength=1e-12, cg_tol=1e-13, check_convergence=True)(fractional, cell)
+    # jitted: one program instead of jax-md's eager operations, each compiled on its own
+    theirs, converged = jax.jit(elasticity.athermal_moduli(
+        energy_fn, tether_strength=1e-12, cg_tol=1e-13, check_convergence=True))(fractional, cell)
     assert bool(converged)
     ours = el.elastic_response(solver)
     assert ours["converged"]
