@@ -46,6 +46,26 @@ if _TIMES:
     monitoring.register_event_duration_secs_listener(_on_duration)
 
 
+_CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+                  "jax_persistent_cache_min_entry_size_bytes")
+
+
+@pytest.fixture(autouse=True)
+def _persistent_cache_stays_with_its_test():
+    """A CLI test run in-process turns JAX's persistent compilation cache on
+    (``systems.batch.setup_jax``), for the rest of the worker's process: every later test
+    would then write each of its compilations to disk (about 3% more CPU for the suite).
+    Put the options back after the test, and the cache with them."""
+    before = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
+    yield
+    if any(getattr(jax.config, name) != value for name, value in before.items()):
+        for name, value in before.items():
+            jax.config.update(name, value)
+        from jax._src import compilation_cache  # no public way to forget the open cache
+
+        compilation_cache.reset_cache()
+
+
 def pytest_runtest_logreport(report):
     if _TIMES and getattr(report, "node", None) is None:  # not xdist's copy of a worker's
         with open(_TIMES, "a") as handle:

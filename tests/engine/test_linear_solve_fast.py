@@ -127,7 +127,11 @@ def test_iterations_match_the_explicitly_projected_system(name, precond):
     assert bool(info.converged) and bool(info_ref.converged)
     it, it_ref = int(info.iterations), int(info_ref.iterations)
     assert it_ref > 20, "degenerate check: the reference converged at once"
-    assert abs(it - it_ref) <= 2, (it, it_ref)
+    # round-off moves the counts of ~160 iterations by a few: the reference's by 2 between
+    # XLA's default and the suite's compile flags, MINRES's by 3 between a basis
+    # orthonormalized by Gram-Schmidt or by the SVD; a different Krylov space moves them by
+    # far more (or never converges)
+    assert abs(it - it_ref) <= max(2, 0.02 * it_ref), (it, it_ref)
     np.testing.assert_allclose(x, P @ np.asarray(x_ref), rtol=0,
                                atol=1e-8 * np.linalg.norm(x_ref))
 
