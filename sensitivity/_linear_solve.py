@@ -37,8 +37,9 @@ Common keyword arguments (all solvers):
     a basis of the operator's known zero modes: a pytree like ``b`` whose leaves carry an
     extra leading axis ``k`` (``k`` basis vectors), for an array ``b`` an array of shape
     ``(k, *b.shape)``; a single vector shaped exactly like ``b`` means ``k = 1``. It need
-    not be orthonormal (it is orthonormalized internally by an SVD; directions that are
-    numerically linearly dependent are dropped). The operator is assumed to satisfy
+    not be orthonormal (it is orthonormalized internally: by Gram-Schmidt with
+    reorthogonalization up to 8 vectors, by an SVD above; directions that are numerically
+    linearly dependent are dropped). The operator is assumed to satisfy
     ``null(A) = null(A^T) = span(basis)`` (Hessians with rigid translations, rattlers).
     The solver then
 
