@@ -9,19 +9,25 @@ task of a sweep over N, say); a task needs about 8 (2-3 relaxation, ~6 response)
 
 The time spent compiling is counted per ``owner`` (``"relax"``, ``"response"``) so that a
 stage can report the compile seconds it caused (:func:`compile_seconds`).
+
+Across processes, a function missing here is compiled by :mod:`systems._exports`: where
+JAX's persistent compilation cache is on, its traced and lowered program is kept on disk
+too, so a later process neither traces nor compiles it.
 """
 
 from __future__ import annotations
 
 import collections
-import functools
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from . import _exports
 
 __all__ = ["CACHE_SIZE", "cache_info", "clear", "compile_seconds", "compiled", "device_array"]
 
@@ -80,7 +86,7 @@ def compiled(owner: str, fn: Callable, static: Any, *args) -> tuple[Any, float]:
             return exe, 0.0
         try:
             t0 = time.perf_counter()
-            exe = jax.jit(functools.partial(fn, static)).lower(*args).compile()
+            exe = _exports.compile_function(fn, static, args)
             seconds = time.perf_counter() - t0
         finally:
             with _LOCK:

@@ -230,6 +230,12 @@ class NeighborLists:
                     self._fn = neighbor_list_fn(*self._args)
         return self._fn
 
+    def __stable_key__(self):
+        """What a disk cache of compiled code keys on (:mod:`systems._exports`): the maker's
+        arguments, which determine :attr:`fn` (the model by its static key)."""
+        model, cutoff, skin = self._args
+        return (model.static_key(), cutoff, skin)
+
     def _update(self, position, neighbors, **kwargs):
         """The lists' ``update_fn``: jax-md's update (one object for every list, so compiled
         functions are shared, whether or not jax-md's functions were made yet)."""

@@ -575,6 +575,11 @@ class _ModelStatic:
     def __hash__(self):
         return hash(self.key)
 
+    def __stable_key__(self):
+        """What a disk cache of compiled code keys on (:mod:`systems._exports`): the key
+        (the space functions are made from the box and boundary, which it holds)."""
+        return self.key
+
 
 def _flatten_model(model: PairModel):
     return (model.species,), _ModelStatic(model)

@@ -211,7 +211,10 @@ def test_pair_laws_match_jax_md_energy(alpha):
 def test_a_run_imports_only_the_jax_md_modules_it_uses(tmp_path):
     """A whole `sensitivity run` loads jax-md's space and partition, never rigid_body, nn or
     energy (5 s of import for modules the run does not use), and no LAPACK kernel: the first
-    LAPACK lowering makes jaxlib load scipy.linalg (a quarter of a second)."""
+    LAPACK lowering makes jaxlib load scipy.linalg (a quarter of a second). With the
+    compilation cache off: with it on, the programs come from disk (``systems._exports``),
+    and jax's lowering of an exported program initializes LAPACK whatever it holds."""
+    import os
     import pathlib
     import shutil
     import subprocess
@@ -232,8 +235,9 @@ def test_a_run_imports_only_the_jax_md_modules_it_uses(tmp_path):
         "print('LOADED', loaded)\n"
         "print('SCIPY_LINALG', 'scipy.linalg' in sys.modules)\n"
     )
+    env = dict(os.environ, SENSITIVITY_CACHE_DIR="off")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=300, cwd=str(tmp_path))
+                         timeout=300, cwd=str(tmp_path), env=env)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "out" / "sensitivity.h5").exists(), out.stdout + out.stderr
     line = next(x for x in out.stdout.splitlines() if x.startswith("LOADED"))
