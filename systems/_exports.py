@@ -274,13 +274,15 @@ def _dump(key: str, exported, out_tree, in_tree) -> bytes:
     buffer = io.BytesIO()
     _Pickler(buffer, _statics(in_tree)).dump(out_tree)
     body = pickle.dumps({"key": key, "out_tree": buffer.getvalue(),
-                         "module": bytes(exported.serialize())},
+                         "module": bytes(exported.serialize()),
+                         "custom_calls": "stablehlo.custom_call" in exported.mlir_module()},
                         protocol=pickle.HIGHEST_PROTOCOL)
     return _MAGIC + hashlib.sha256(body).digest() + body
 
 
 def _load(blob: bytes, key: str, in_tree):
-    """``(exported, out_tree)`` from a file's bytes, or None if it is not this key's."""
+    """``(exported, out_tree, custom_calls)`` from a file's bytes, or None if it is not this
+    key's."""
     head = len(_MAGIC)
     if not blob.startswith(_MAGIC) or hashlib.sha256(blob[head + 32:]).digest() != blob[
             head:head + 32]:
@@ -292,7 +294,7 @@ def _load(blob: bytes, key: str, in_tree):
     exported = jax.export.deserialize(bytearray(entry["module"]))
     if out_tree.num_leaves != len(exported.out_avals):
         return None
-    return exported, out_tree
+    return exported, out_tree, entry.get("custom_calls", True) is not False
 
 
 def _write(path: Path, blob: bytes) -> None:
@@ -314,6 +316,33 @@ def _write(path: Path, blob: bytes) -> None:
 
 
 # ---- compiling ----------------------------------------------------------------------------
+# jax 0.10 initializes its LAPACK kernels whenever it lowers a call of an exported program on
+# the CPU, whatever the program holds; that imports scipy.linalg (0.1-0.25 s, a sizeable part
+# of a process that loads its programs from disk). The programs' custom calls (LAPACK's among
+# them) are noted when they are exported, and the lowering of a program with none skips the
+# initialization, in the thread lowering it. Where jax has no such function the gate is not
+# installed and jax does as it does.
+_GATE = threading.local()
+
+
+def _lapack_gate() -> None:
+    try:
+        from jax._src.export import _export
+        original = _export._ensure_backends_initialized
+    except (ImportError, AttributeError):
+        return
+    if getattr(original, "gated", False):
+        return
+
+    def ensure_backends_initialized(platforms):
+        if not getattr(_GATE, "no_custom_calls", False):
+            original(platforms)
+
+    ensure_backends_initialized.gated = True
+    _export._ensure_backends_initialized = ensure_backends_initialized
+
+
+
 class Executable:
     """A compiled flat function called with the original pytree arguments (whose structure,
     node data included, must be the one it was compiled for, as with ``jit``)."""
@@ -387,7 +416,13 @@ def compile_function(fn: Callable, static: Any, args: tuple):
             STATS["refused"] += 1
             return _plain(fn, static, args)
         _write(path, blob)
-    exported, out_tree = entry
+    exported, out_tree, custom_calls = entry
     STATS["loaded" if from_disk else "exported"] += 1
-    compiled = jax.jit(exported.call).lower(*leaves).compile()
+    with _LOCK:
+        _lapack_gate()
+    _GATE.no_custom_calls = not custom_calls
+    try:
+        compiled = jax.jit(exported.call).lower(*leaves).compile()
+    finally:
+        _GATE.no_custom_calls = False
     return Executable(compiled, in_tree, out_tree, from_disk)

@@ -335,3 +335,46 @@ def test_a_second_process_loads_every_program_and_gets_the_same_bits(tmp_path, m
     assert first.keys() == second.keys() and len(first) > 5
     for name in first:
         np.testing.assert_array_equal(second[name], first[name], err_msg=name)
+
+
+_LAPACK_SCRIPT = """
+import sys
+import jax
+import jax.numpy as jnp
+import numpy as np
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_compilation_cache_dir", sys.argv[1])
+from sensitivity.systems import _exports
+
+def affine(scale, a):
+    return a * scale + 1.0
+
+def spectrum(scale, a):
+    return jnp.linalg.eigh(a * scale)[0]
+
+a = np.array([[2.0, 1.0], [1.0, 3.0]])
+plain = _exports.compile_function(affine, 2.0, (a,))
+print("AFFINE", plain.from_disk, "scipy.linalg" in sys.modules, np.asarray(plain(a)).tolist())
+lapack = _exports.compile_function(spectrum, 2.0, (a,))
+got = np.asarray(lapack(a))
+print("EIGH", lapack.from_disk, np.allclose(got, np.linalg.eigvalsh(2.0 * a), rtol=1e-14))
+"""
+
+
+def test_a_loaded_program_initializes_lapack_only_when_it_calls_it(tmp_path):
+    """jax initializes LAPACK (importing scipy.linalg) for every exported program it lowers;
+    here only for one holding custom calls. A fresh process loads a program without one (no
+    scipy.linalg) and then an eigensolver's (LAPACK ready: the right eigenvalues)."""
+    script = tmp_path / "lapack.py"
+    script.write_text(_LAPACK_SCRIPT)
+    env = dict(os.environ,
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    outs = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, str(script), str(tmp_path / "jax")], env=env,
+                              capture_output=True, text=True, check=False, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        outs.append(done.stdout)
+    assert "AFFINE False" in outs[0] and "EIGH False True" in outs[0]  # exported
+    assert "AFFINE True False [[5.0, 3.0], [3.0, 7.0]]" in outs[1], outs[1]  # loaded, no LAPACK
+    assert "EIGH True True" in outs[1], outs[1]  # loaded, LAPACK initialized, right answer
