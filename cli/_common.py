@@ -5,7 +5,9 @@ one-line messages and exit codes.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import gc
 import json
 import math
 import signal
@@ -209,8 +211,27 @@ def translate_error(error: BaseException) -> click.ClickException | None:
     return None
 
 
+_QUICK_EXIT: list[bool] = []
+
+
+def quick_exit() -> None:
+    """Spare the process the interpreter's last garbage collections: at exit Python traverses
+    every object it tracks, jax's heap included, several times (0.25-0.3 s after a run, 5% of
+    a 32-task sweep; 0.04 s with this). ``gc.freeze`` puts them out of the collector's sight;
+    registered before the command imports jax, it runs after every other exit handler (jax's
+    clean-up among them), when the command has written and closed everything. Once per
+    process."""
+    if not _QUICK_EXIT:
+        atexit.register(gc.freeze)
+        _QUICK_EXIT.append(True)
+
+
 class SensitivityGroup(click.Group):
     """Turns library errors into one-line messages and exit codes (unless --debug)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        quick_exit()
+        return super().main(*args, **kwargs)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -117,6 +117,24 @@ def test_version():
     assert "jax " in result.output and "jax-md " in result.output
 
 
+def test_the_command_skips_the_last_garbage_collections_once(monkeypatch):
+    """``gc.freeze`` at exit (cli._common.quick_exit), registered once however many commands
+    a process runs; a subprocess still exits with its command's code and output."""
+    import gc
+
+    from sensitivity.cli import _common
+
+    registered = []
+    monkeypatch.setattr(_common, "_QUICK_EXIT", [])
+    monkeypatch.setattr(_common.atexit, "register", registered.append)
+    for _ in range(2):
+        assert invoke(["--version"]).exit_code == 0
+    assert registered == [gc.freeze]
+    out = subprocess.run([sys.executable, "-m", "sensitivity.cli", "inspect", "missing.h5"],
+                         capture_output=True, text=True, check=False)
+    assert out.returncode == 2 and "missing.h5" in out.stderr
+
+
 def test_python_dash_m_cli_is_the_same_command():
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = subprocess.run([sys.executable, "-m", "sensitivity.cli", "--help"], capture_output=True,
