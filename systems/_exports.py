@@ -19,7 +19,12 @@ program's code. It is built from values only (:func:`stable_key`):
 
 A value that has no such description (an object of an unknown class, a tracer, a closure
 over one) makes the function unkeyable: it is then traced and lowered as before, never
-cached. Unreadable, truncated or mismatched files are ignored and rewritten; files are
+cached. Module-level values the code reads while tracing are taken to be what its source
+files say: a process that reassigns them at run time (as some tests do, to force a code
+path) must run with the compilation cache off, as it would already get the programs this
+process compiled before the change (:mod:`systems._compile` keys the same way). Files are
+never deleted: those of an older version or source are simply not read again (delete the
+``exports`` folder to reclaim the space). Unreadable, truncated or mismatched files are ignored and rewritten; files are
 written to a temporary name and renamed, so concurrent Slurm tasks never see half a file.
 The output's pytree structure is stored with the module; the static objects it shares with
 the inputs (a neighbor list's functions) are stored as references to the current call's
