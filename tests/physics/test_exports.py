@@ -302,6 +302,7 @@ def _datasets(path: Path) -> dict:
     return out
 
 
+@pytest.mark.slow  # subprocesses, several seconds
 def test_a_second_process_loads_every_program_and_gets_the_same_bits(tmp_path, monkeypatch):
     """A subprocess runs the bundled example and exports its programs; this process then
     runs it again with the same cache: every program comes from disk (so the keys are the
@@ -361,6 +362,7 @@ print("EIGH", lapack.from_disk, np.allclose(got, np.linalg.eigvalsh(2.0 * a), rt
 """
 
 
+@pytest.mark.slow  # subprocesses, several seconds
 def test_a_loaded_program_initializes_lapack_only_when_it_calls_it(tmp_path):
     """jax initializes LAPACK (importing scipy.linalg) for every exported program it lowers;
     here only for one holding custom calls. A fresh process loads a program without one (no
