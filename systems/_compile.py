@@ -72,8 +72,7 @@ def compiled(owner: str, fn: Callable, static: Any, *args) -> tuple[Any, float]:
 
     Returns the executable and the seconds spent compiling it now (0.0 on a hit).
     """
-    key = (fn, static, jax.tree.structure(args),
-           tuple(_aval_key(a) for a in jax.tree.leaves(args)))
+    key = _key(fn, static, args)
     with _LOCK:
         exe = _hit(owner, key)
         if exe is not None:
@@ -99,6 +98,21 @@ def compiled(owner: str, fn: Callable, static: Any, *args) -> tuple[Any, float]:
                     counts["compiles"] += 1
                     counts["compile_s"] += seconds
     return exe, seconds
+
+
+def first_compilation(fn: Callable, static: Any, *args) -> bool:
+    """Whether compiling ``fn`` for ``args`` will be a first compilation, not found in this
+    process nor on disk (:func:`systems._exports.missing`): what makes starting the next
+    function's compilation early (in a thread, from abstract arguments) worth it."""
+    with _LOCK:
+        if _key(fn, static, args) in _ENTRIES:
+            return False
+    return _exports.missing(fn, static, args)
+
+
+def _key(fn: Callable, static: Any, args: tuple) -> tuple:
+    return (fn, static, jax.tree.structure(args),
+            tuple(_aval_key(a) for a in jax.tree.leaves(args)))
 
 
 def _hit(owner: str, key: tuple):

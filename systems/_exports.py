@@ -53,7 +53,7 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["Unkeyable", "compile_function", "directory", "stable_key"]
+__all__ = ["Unkeyable", "compile_function", "directory", "missing", "stable_key"]
 
 FORMAT = 1
 _MAGIC = b"sensitivity-export\n"
@@ -166,7 +166,7 @@ def _tree_key(treedef, active: set) -> tuple:
 
 
 def _leaf_key(leaf) -> tuple:
-    aval = jax.typeof(leaf)
+    aval = leaf if isinstance(leaf, jax.ShapeDtypeStruct) else jax.typeof(leaf)
     return (tuple(aval.shape), str(aval.dtype), bool(getattr(aval, "weak_type", False)))
 
 
@@ -216,6 +216,22 @@ def directory() -> Path | None:
     """Where the modules are kept: beside JAX's compilation cache, None where it is off."""
     base = jax.config.jax_compilation_cache_dir
     return None if not base else Path(base) / _SUBDIR
+
+
+def _path(folder: Path, key: str) -> Path:
+    return folder / (hashlib.sha256(key.encode()).hexdigest() + ".export")
+
+
+def missing(fn: Callable, static: Any, args: tuple) -> bool:
+    """Whether this cache is on and has no program for the call: a first run, whose
+    compilations take seconds (the caller may start the next ones early)."""
+    folder = directory()
+    if folder is None or fn in _NOT_EXPORTABLE:
+        return False
+    try:
+        return not _path(folder, stable_key(fn, static, args)).exists()
+    except Unkeyable:
+        return False
 
 
 def _statics(treedef) -> list:
@@ -389,7 +405,7 @@ def compile_function(fn: Callable, static: Any, args: tuple):
         STATS["unkeyable"] += 1
         return _plain(fn, static, args)
     leaves, in_tree = jax.tree.flatten(args)
-    path = folder / (hashlib.sha256(key.encode()).hexdigest() + ".export")
+    path = _path(folder, key)
     entry = None
     try:
         entry = _load(path.read_bytes(), key, in_tree)

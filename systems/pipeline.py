@@ -346,10 +346,11 @@ def _relax(task: _Task, progress, prepared=None):
 
 def _differentiate(task: _Task, relaxed, progress, *, audit: bool, stream: bool):
     """``(solver, result, audit_result)`` of :func:`_compute` for a converged ``relaxed``."""
-    solver = ResponseSolver(task.model, relaxed.positions, task.params,
-                            max_force=relaxed.max_force, settings=task.settings)
     # the θs differentiated forward (a reversed vector θ has no Jacobian)
     pspecs = [p for p in task.pspecs if p.name not in task.reversed]
+    solver = ResponseSolver(task.model, relaxed.positions, task.params,
+                            max_force=relaxed.max_force, settings=task.settings,
+                            ahead=tuple(pspecs))
     # a vector θ nothing else reads here is computed while it is written (run_task)
     observed = bool(task.observables) and any(p.kind == "diameters" for p in pspecs)
     stream = stream and not audit and not task.settings.get("elasticity") and not observed

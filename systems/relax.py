@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import threading
 import time
 from typing import Any, Callable, Mapping, NamedTuple
 
@@ -376,6 +377,35 @@ class Relaxer:
         self.time_compile_s += seconds
         return compiled
 
+    def _chunk_ahead(self, init_args: tuple, ftol_arg) -> None:
+        """On a first compilation of ``_init``, compile ``_chunk`` meanwhile in a thread.
+
+        XLA compiles without Python's lock, so on two cores the two compilations overlap
+        (a first run compiles ``_init`` for about 0.5 s and ``_chunk`` for about 1 s). The
+        chunk's carry is ``_init``'s output, here from ``jax.eval_shape``: strongly typed as
+        a program loaded from :mod:`systems._exports` returns it, and on the device (an
+        output is committed to it, which the lowered program records), so the key is the one
+        the main thread asks for next (it then waits for this compilation or finds it done).
+        Only a head start: on any failure, or another key, the main thread compiles as
+        before.
+        """
+        if not _compile.first_compilation(_init, self._settings, *init_args):
+            return
+        settings, model, params = self._settings, init_args[0], init_args[2]
+        device = jax.sharding.SingleDeviceSharding(next(iter(init_args[1].devices())))
+
+        def compile_chunk():
+            try:
+                carry, _ = jax.eval_shape(functools.partial(_init, settings), *init_args)
+                carry = jax.tree.map(
+                    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), carry)
+                _compile.compiled("relax", _chunk, settings, model, carry, params,
+                                  jax.ShapeDtypeStruct((), np.int64), ftol_arg)
+            except Exception:  # noqa: BLE001  (the main thread compiles it then)
+                pass
+
+        threading.Thread(target=compile_chunk, name="compile-ahead", daemon=True).start()
+
     def _allocate(self, y, extra_per_particle: int = 0):
         return self._lists.allocate(y, int(extra_per_particle))
 
@@ -405,6 +435,7 @@ class Relaxer:
             counted = neighbors is None
             if neighbors is None:
                 neighbors = self._allocate(y)
+            self._chunk_ahead((model, y, params, neighbors, half_box), ftol_arg)
             init = self._compiled_fn(_init, model, y, params, neighbors, half_box)
             carry, _ = init(model, y, params, neighbors, half_box)
             while overflowed(carry.neighbors):
@@ -416,6 +447,7 @@ class Relaxer:
                 init = self._compiled_fn(_init, model, y, params, neighbors, half_box)
                 carry, _ = init(model, y, params, neighbors, half_box)
         else:
+            self._chunk_ahead((model, y, params, self._all_pairs, None), ftol_arg)
             init = self._compiled_fn(_init, model, y, params, self._all_pairs, None)
             carry, _ = init(model, y, params, self._all_pairs, None)
         t_run = 0.0

@@ -60,6 +60,8 @@ a looser tolerance would throw away accuracy that x* has.
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
 from typing import Any, Callable, Mapping
 
@@ -223,7 +225,8 @@ class ResponseSolver:
     """
 
     def __init__(self, model: PairModel, positions, params: PotentialParams, *,
-                 max_force: float, settings: Mapping[str, Any]):
+                 max_force: float, settings: Mapping[str, Any],
+                 ahead: tuple[ParameterSpec, ...] = ()):
         t0 = time.perf_counter()
         compile0 = compile_seconds()
         self.model = model
@@ -265,6 +268,7 @@ class ResponseSolver:
                               capacity=row_capacity(int(row_entries), n))
         active = device_array(~self.rattlers, np.float64)
         args = (model, self.y, params, padded, pattern, active)
+        self._compile_ahead(cfg, args, [p for p in ahead if p.kind != "diameters"])
         exe, _ = compiled(hessian_data, cfg, *args)
         stiffness, tether, hessian, precond = exe(*args)
         if self.settings.get("preconditioner") == "two_level":
@@ -281,6 +285,42 @@ class ResponseSolver:
         self.time_compile_s = compile_seconds() - compile0
         #: setup wall-clock seconds (contacts, rattlers, stiffness), compilation excluded
         self.time_setup_s = time.perf_counter() - t0 - self.time_compile_s
+
+    def _compile_ahead(self, cfg: SolveConfig, args: tuple, scalars: list) -> None:
+        """On a first compilation of ``hessian_data``, compile the forward solve of the
+        scalar θs ``scalars`` (those :meth:`scalar_derivatives` will be given) meanwhile, in a
+        thread: the two compilations overlap (about 1 and 2 s in a first run of the bundled
+        example). The solve's arguments come from ``jax.eval_shape`` of ``hessian_data``,
+        strongly typed and on the device as its loaded program's outputs are (see
+        :meth:`systems.relax.Relaxer._chunk_ahead`), so the key is the one asked for later.
+        Only a head start: any failure leaves the compilation to :meth:`scalar_derivatives`.
+        """
+        if (not scalars or self.settings.get("preconditioner") in ("two_level", "schwarz")
+                or not _compile.first_compilation(hessian_data, cfg, *args)):
+            return
+        model, y, _, padded, _, active = args
+        device = jax.sharding.SingleDeviceSharding(next(iter(y.devices())))
+
+        def compile_solve():
+            try:
+                out = jax.eval_shape(functools.partial(hessian_data, cfg), *args)
+                out = jax.tree.map(
+                    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), out)
+                data = PackingData(model, y, active, padded, *out)
+                solve_cfg, solve_args = self._scalar_call(scalars, data)
+                compiled(_scalar_derivatives, solve_cfg, *solve_args)
+            except Exception:  # noqa: BLE001  (scalar_derivatives compiles it then)
+                pass
+
+        threading.Thread(target=compile_solve, name="compile-ahead", daemon=True).start()
+
+    def _scalar_call(self, pspecs: list[ParameterSpec], data: PackingData) -> tuple:
+        """``(cfg, args)`` of the batched forward solve of the scalar θs ``pspecs``."""
+        species = np.asarray(self.model.species)
+        thetas = [theta_data(p, self.params, species) for p in pspecs]
+        cfg = self._config(tags=[tag for tag, _, _ in thetas])
+        thetas0 = device_array([np.asarray(t0) for _, t0, _ in thetas], np.float64)
+        return cfg, (data, self.params, thetas0, tuple(m for _, _, m in thetas))
 
     def _config(self, solver: str | None = None, *, report: bool = True, tags=(),
                 chunk: int = 0, steps: int = 0) -> SolveConfig:
@@ -325,13 +365,9 @@ class ResponseSolver:
         Returns {name: (dx_dtheta (N, d), SolveReport)}.
         """
         s = self.settings
-        species = np.asarray(self.model.species)
-        data = [theta_data(p, self.params, species) for p in pspecs]
-        cfg = self._config(tags=[tag for tag, _, _ in data])
-        thetas0 = device_array([np.asarray(t0) for _, t0, _ in data], np.float64)
-        members = tuple(m for _, _, m in data)
-        (dx, infos), t_run, t_compile = self._run(
-            _scalar_derivatives, cfg, self.data, self.params, thetas0, members)
+        cfg, args = self._scalar_call(pspecs, self.data)
+        thetas0 = args[2]
+        (dx, infos), t_run, t_compile = self._run(_scalar_derivatives, cfg, *args)
         out = {}
         infos = jax.tree.map(np.asarray, infos)  # indexed on the host: no device programs
         for k, pspec in enumerate(pspecs):

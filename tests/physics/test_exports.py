@@ -18,6 +18,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import h5py
@@ -306,7 +307,8 @@ def _datasets(path: Path) -> dict:
 def test_a_second_process_loads_every_program_and_gets_the_same_bits(tmp_path, monkeypatch):
     """A subprocess runs the bundled example and exports its programs; this process then
     runs it again with the same cache: every program comes from disk (so the keys are the
-    same in another process), and every dataset is bit for bit the subprocess's."""
+    same in another process), every executable from JAX's persistent cache (no miss), and
+    every dataset is bit for bit the subprocess's."""
     from sensitivity.cli.main import main as cli
 
     for name in ("packing.yaml", "packing.h5"):
@@ -327,10 +329,20 @@ def test_a_second_process_loads_every_program_and_gets_the_same_bits(tmp_path, m
     from sensitivity.systems import relax, response
     relax.clear_compile_cache()  # this worker may hold these programs in memory already
     response.clear_compile_cache()
-    with pytest.raises(SystemExit) as stop:
-        cli(["-q", *command, "-o", "second"], prog_name="sensitivity")
+    misses = []
+    listening = [True]
+    jax.monitoring.register_event_listener(
+        lambda event, **_: listening[0] and event.endswith("cache_misses") and misses.append(1))
+    try:
+        with pytest.raises(SystemExit) as stop:
+            cli(["-q", *command, "-o", "second"], prog_name="sensitivity")
+    finally:
+        listening[0] = False
     assert stop.value.code == 0
     assert _exports.STATS["loaded"] == exported and _exports.STATS["exported"] == 0
+    # and every executable from the persistent cache: the programs the first process
+    # compiled ahead from abstract arguments were lowered as the real calls lower them
+    assert not misses
     first = _datasets(tmp_path / "first" / "sensitivity.h5")
     second = _datasets(tmp_path / "second" / "sensitivity.h5")
     assert first.keys() == second.keys() and len(first) > 5
@@ -380,3 +392,36 @@ def test_a_loaded_program_initializes_lapack_only_when_it_calls_it(tmp_path):
     assert "AFFINE False" in outs[0] and "EIGH False True" in outs[0]  # exported
     assert "AFFINE True False [[5.0, 3.0], [3.0, 7.0]]" in outs[1], outs[1]  # loaded, no LAPACK
     assert "EIGH True True" in outs[1], outs[1]  # loaded, LAPACK initialized, right answer
+
+
+@pytest.mark.slow  # a first run: every program compiled
+def test_a_first_run_compiles_ahead_under_the_keys_used_later(tmp_path, monkeypatch):
+    """On a first run the relaxation's chunk and the θs' solve are compiled in a thread while
+    the main thread compiles ``_init`` and ``hessian_data``, from abstract arguments: each
+    must get the key the main thread asks for next (else it compiles the function again
+    under a second key, and a second file appears)."""
+    from sensitivity.cli.main import main as cli
+    from sensitivity.systems import relax, response
+
+    for name in ("packing.yaml", "packing.h5"):
+        (tmp_path / name).write_bytes((ROOT / "examples" / name).read_bytes())
+    threads = []
+    compile_function = _exports.compile_function
+
+    def recording(fn, static, args):
+        threads.append((fn.__name__, threading.current_thread().name))
+        return compile_function(fn, static, args)
+
+    monkeypatch.setattr(_exports, "compile_function", recording)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SENSITIVITY_CACHE_DIR", str(tmp_path / "jax"))
+    relax.clear_compile_cache()
+    response.clear_compile_cache()
+    with pytest.raises(SystemExit) as stop:
+        cli(["-q", "run", "packing.yaml", "--set", "output.plots=false"], prog_name="sensitivity")
+    assert stop.value.code == 0
+    names = [name for name, _ in threads]
+    assert len(names) == len(set(names)), threads  # each function compiled once
+    assert ("_chunk", "compile-ahead") in threads and (
+        "_scalar_derivatives", "compile-ahead") in threads, threads
+    assert len(list((tmp_path / "jax" / "exports").glob("*.export"))) == len(names)
