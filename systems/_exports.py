@@ -363,7 +363,6 @@ def _lapack_gate() -> None:
     _export._ensure_backends_initialized = ensure_backends_initialized
 
 
-
 class Executable:
     """A compiled flat function called with the original pytree arguments (whose structure,
     node data included, must be the one it was compiled for, as with ``jit``)."""
@@ -432,10 +431,11 @@ def compile_function(fn: Callable, static: Any, args: tuple):
         except Exception:  # noqa: BLE001  (effects or custom calls export refuses, an
             entry = None   # output structure with classes a file may not name
         if entry is None:
+            exe = _plain(fn, static, args)  # an error of the function itself is raised here
             with _LOCK:
                 _NOT_EXPORTABLE.add(fn)
             STATS["refused"] += 1
-            return _plain(fn, static, args)
+            return exe
         _write(path, blob)
     exported, out_tree, custom_calls = entry
     STATS["loaded" if from_disk else "exported"] += 1

@@ -425,3 +425,13 @@ def test_a_first_run_compiles_ahead_under_the_keys_used_later(tmp_path, monkeypa
     assert ("_chunk", "compile-ahead") in threads and (
         "_scalar_derivatives", "compile-ahead") in threads, threads
     assert len(list((tmp_path / "jax" / "exports").glob("*.export"))) == len(names)
+
+
+def test_an_error_of_the_function_itself_is_raised_and_not_taken_for_a_refusal(cache):
+    def broken(static, x):
+        raise ValueError("the function's own error")
+
+    for _ in range(2):
+        with pytest.raises(ValueError, match="own error"):
+            _exports.compile_function(broken, 1.0, (jnp.ones(2),))
+    assert broken not in _exports._NOT_EXPORTABLE and _exports.STATS["refused"] == 0
