@@ -18,6 +18,7 @@ too, so a later process neither traces nor compiles it.
 from __future__ import annotations
 
 import collections
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -108,6 +109,19 @@ def first_compilation(fn: Callable, static: Any, *args) -> bool:
         if _key(fn, static, args) in _ENTRIES:
             return False
     return _exports.missing(fn, static, args)
+
+
+def abstract_outputs(fn: Callable, static: Any, *args):
+    """``fn(static, *args)``'s outputs as ``jax.ShapeDtypeStruct`` s, traced, not run: the
+    arguments for compiling what takes them before they exist. As a compiled program returns
+    them: strongly typed (a program loaded by :mod:`systems._exports` drops weak types) and
+    committed to the arguments' device (the lowered program records its inputs' sharding, so
+    the persistent cache's key would differ without it)."""
+    device = next(iter(next(a for a in jax.tree.leaves(args)
+                            if isinstance(a, jax.Array)).devices()))
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    out = jax.eval_shape(functools.partial(fn, static), *args)
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), out)
 
 
 def _key(fn: Callable, static: Any, args: tuple) -> tuple:

@@ -382,23 +382,18 @@ class Relaxer:
 
         XLA compiles without Python's lock, so on two cores the two compilations overlap
         (a first run compiles ``_init`` for about 0.5 s and ``_chunk`` for about 1 s). The
-        chunk's carry is ``_init``'s output, here from ``jax.eval_shape``: strongly typed as
-        a program loaded from :mod:`systems._exports` returns it, and on the device (an
-        output is committed to it, which the lowered program records), so the key is the one
-        the main thread asks for next (it then waits for this compilation or finds it done).
-        Only a head start: on any failure, or another key, the main thread compiles as
-        before.
+        chunk's carry is ``_init``'s output as :func:`systems._compile.abstract_outputs`
+        gives it, so the key is the one the main thread asks for next (it then waits for
+        this compilation or finds it done). Only a head start: on any failure, or another
+        key, the main thread compiles as before.
         """
         if not _compile.first_compilation(_init, self._settings, *init_args):
             return
         settings, model, params = self._settings, init_args[0], init_args[2]
-        device = jax.sharding.SingleDeviceSharding(next(iter(init_args[1].devices())))
 
         def compile_chunk():
             try:
-                carry, _ = jax.eval_shape(functools.partial(_init, settings), *init_args)
-                carry = jax.tree.map(
-                    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), carry)
+                carry, _ = _compile.abstract_outputs(_init, settings, *init_args)
                 _compile.compiled("relax", _chunk, settings, model, carry, params,
                                   jax.ShapeDtypeStruct((), np.int64), ftol_arg)
             except Exception:  # noqa: BLE001  (the main thread compiles it then)

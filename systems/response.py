@@ -60,7 +60,6 @@ a looser tolerance would throw away accuracy that x* has.
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 from typing import Any, Callable, Mapping
@@ -290,22 +289,19 @@ class ResponseSolver:
         """On a first compilation of ``hessian_data``, compile the forward solve of the
         scalar θs ``scalars`` (those :meth:`scalar_derivatives` will be given) meanwhile, in a
         thread: the two compilations overlap (about 1 and 2 s in a first run of the bundled
-        example). The solve's arguments come from ``jax.eval_shape`` of ``hessian_data``,
-        strongly typed and on the device as its loaded program's outputs are (see
-        :meth:`systems.relax.Relaxer._chunk_ahead`), so the key is the one asked for later.
-        Only a head start: any failure leaves the compilation to :meth:`scalar_derivatives`.
+        example). The solve's arguments take ``hessian_data``'s outputs as
+        :func:`systems._compile.abstract_outputs` gives them, so the key is the one asked
+        for later. Only a head start: any failure leaves the compilation to
+        :meth:`scalar_derivatives`.
         """
         if (not scalars or self.settings.get("preconditioner") in ("two_level", "schwarz")
                 or not _compile.first_compilation(hessian_data, cfg, *args)):
             return
         model, y, _, padded, _, active = args
-        device = jax.sharding.SingleDeviceSharding(next(iter(y.devices())))
 
         def compile_solve():
             try:
-                out = jax.eval_shape(functools.partial(hessian_data, cfg), *args)
-                out = jax.tree.map(
-                    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), out)
+                out = _compile.abstract_outputs(hessian_data, cfg, *args)
                 data = PackingData(model, y, active, padded, *out)
                 solve_cfg, solve_args = self._scalar_call(scalars, data)
                 compiled(_scalar_derivatives, solve_cfg, *solve_args)
