@@ -93,9 +93,12 @@ def test_svm_hyperparameters(tmp_path):
     assert r["val_loss_last"] < r["val_loss_first"]
     losses = r["val_losses"]
     assert sum(b <= a + 1e-6 for a, b in zip(losses, losses[1:])) >= 0.8 * (len(losses) - 1)
-    # both fixed points and central differences agree on the hypergradient
-    assert r["hypergradient_projected"] == pytest.approx(r["hypergradient_fd"], rel=1e-3)
-    assert r["hypergradient_mirror"] == pytest.approx(r["hypergradient_fd"], rel=5e-2)
+    # every inner solve reached its tolerance (the example's table says so too) ...
+    assert r["inner_converged"] == {"projected": True, "mirror": True, "outer_path": True}
+    # ... and both fixed points agree with central differences on the hypergradient
+    # (measured: 1e-7 and 4e-4; mirror descent's step test is looser)
+    assert r["hypergradient_projected"] == pytest.approx(r["hypergradient_fd"], rel=1e-5)
+    assert r["hypergradient_mirror"] == pytest.approx(r["hypergradient_fd"], rel=2e-3)
 
 
 @pytest.mark.slow
