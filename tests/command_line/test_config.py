@@ -360,6 +360,31 @@ def test_dump_yaml_round_trips(folder: Path):
     assert again == config
 
 
+def test_dump_yaml_writes_pyyamls_own_text():
+    """libyaml's emitter (where PyYAML has it) writes what PyYAML's Python emitter writes,
+    hostile strings, special floats and non-ASCII text included."""
+    import math
+
+    import yaml
+
+    from sensitivity.systems.config import dump_yaml
+
+    data = {
+        "system": {"path": "run $(touch X) `y` 'q' \"d\" # x\nline\ttab é 中文 \u2028 \x85",
+                   "long": "a" * 250 + " b" * 80},
+        "floats": [1e-12, 0.1, 1e300, math.inf, -math.inf, math.nan, -0.0, 3.0000000000000004],
+        "ints": [0, -1, 2**62], "none": None, "bools": [True, False], "empty": {}, "list": [],
+        "strings": ["yes", "no", "on", "null", "~", "1e5", "0x10", "", " lead", "trail ",
+                    "a: b", "- x", "[x]", "{x}", "%x", "@x", "!x", "*x", "&x", "|", ">", "'"],
+        "nested": [{"a": [1, {"b": None}]}, [[]]], "ké y": 2,
+    }
+    python = yaml.dump(data, Dumper=yaml.SafeDumper, sort_keys=False,
+                       default_flow_style=False, width=100)
+    assert dump_yaml(data) == python
+    back = yaml.safe_load(dump_yaml(data))
+    assert back["system"] == data["system"] and back["strings"] == data["strings"]
+
+
 def test_environment_is_not_consulted(folder: Path, monkeypatch):
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
     loaded = load_config(write(folder, "system: {path: packing.h5}\nsweep: {seed: [1, 2, 3]}\n"))
