@@ -430,7 +430,7 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
     """
     from . import io
 
-    t_total = time.perf_counter()
+    t_total = time.perf_counter()  # (plus the time a sweep's worker spent on it, below)
     output = {**defaults(SCHEMA["output"]), **(config.get("output") or {})}
     if output["plots"]:
         from ._figure import preload
@@ -441,6 +441,8 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
     prepared = prepared if prepared is None or prepared.current() else None  # file changed
     task = (prepared.task if prepared is not None
             else _prepare(config, for_audit=False, output_dir=output_dir))
+    if prepared is not None:  # read, relaxed (and maybe differentiated) in a worker
+        t_total -= prepared.time_s
     relaxed, solver, result, audit_result = _compute(task, progress,
                                                      audit=bool(task.settings["audit"]),
                                                      stream=True, prepared=prepared)

@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Hashable, Iterable, Mapping
 
@@ -74,12 +75,14 @@ class Prepared:
     ``prepared``. ``reports``: the ``progress(event, **fields)`` calls made meanwhile, as
     ``(event, fields)``. ``computed``: for a packing of at most :data:`COMPUTE_MAX_N`
     particles, what :func:`systems.pipeline._compute` returned (the derivatives too), else
-    None (the relaxation only)."""
+    None (the relaxation only). ``time_s``: the seconds the worker spent on it (reading,
+    relaxing, differentiating), part of the task's ``time_total_s``."""
 
     task: Any  # systems.pipeline._Task
     relaxed: Any  # systems.relax.RelaxResult
     reports: list
     computed: tuple | None = None
+    time_s: float = 0.0
 
     def replay(self, progress=None):
         """The relaxation's result, after calling ``progress`` with its reports."""
@@ -106,6 +109,7 @@ def prepare_and_relax(config: Mapping[str, Any], output_dir=None,
     set once the relaxation is done."""
     from .pipeline import _differentiate, _prepare, _relax
 
+    t0 = time.perf_counter()
     reports: list = []
 
     def progress(event, **fields):
@@ -120,12 +124,12 @@ def prepare_and_relax(config: Mapping[str, Any], output_dir=None,
         if relaxed_event is not None:
             relaxed_event.set()
     if task.system.n > COMPUTE_MAX_N or not (differentiate is None or differentiate()):
-        return Prepared(task, relaxed, reports)
+        return Prepared(task, relaxed, reports, time_s=time.perf_counter() - t0)
     computed = (relaxed, None, None, None)
     if relaxed.converged:  # with the arguments of run_task's own call
         computed = (relaxed, *_differentiate(task, relaxed, progress,
                                              audit=bool(task.settings["audit"]), stream=True))
-    return Prepared(task, relaxed, reports, computed)
+    return Prepared(task, relaxed, reports, computed, time_s=time.perf_counter() - t0)
 
 
 #: Environment variable: the number of worker threads (0: relax each task in turn, in the

@@ -127,6 +127,13 @@ def test_a_task_differentiated_in_a_worker_equals_the_task_alone(tmp_path):
         assert np.array_equal(ahead.responses[name]["dx_dtheta"],
                               alone.responses[name]["dx_dtheta"], equal_nan=True)
     assert np.array_equal(ahead.rattlers, alone.rattlers)
+    # the total counts the worker's time too: no less than the stages it holds (it had
+    # read 0.0004 s for a relaxation of 0.1 s, only the caller's writing)
+    for result in (ahead, alone):
+        t = result.timings
+        assert t["time_total_s"] >= (t["time_relax_s"] + t["time_sensitivity_s"]
+                                     + t["time_setup_s"] + t["time_diagnostics_s"]), t
+    assert ahead.timings["time_total_s"] >= prepared.time_s > ahead.timings["time_relax_s"]
     assert [e for e, _ in seen_ahead] == [e for e, _ in seen]
     strip = {"time_s", "time_compile_s", "path"}
     assert ([(e, {k: v for k, v in f.items() if k not in strip}) for e, f in seen_ahead]
