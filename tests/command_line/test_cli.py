@@ -135,6 +135,36 @@ def test_the_command_skips_the_last_garbage_collections_once(monkeypatch):
     assert out.returncode == 2 and "missing.h5" in out.stderr
 
 
+_BLAS_SCRIPT = """
+import sys
+if sys.argv[1] == "command":
+    from sensitivity.cli.main import main
+    main(["--version"], standalone_mode=False)
+import numpy
+from threadpoolctl import threadpool_info
+print(sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}))
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: one BLAS thread anyway")
+def test_the_command_gives_numpys_blas_one_thread_unless_the_user_chose():
+    """(cli._common.single_threaded_host_blas) The command's small host linear algebra must
+    not wait on BLAS threads that share the cores with XLA's."""
+    pytest.importorskip("threadpoolctl")
+    clean = {k: v for k, v in os.environ.items()
+             if not k.endswith(("NUM_THREADS", "MAXIMUM_THREADS"))}
+
+    def threads(how, **env):
+        out = subprocess.run([sys.executable, "-c", _BLAS_SCRIPT, how], env={**clean, **env},
+                             capture_output=True, text=True, timeout=120, check=True)
+        return out.stdout.strip().splitlines()[-1]
+
+    assert threads("plain") != "[1]"  # NumPy alone: OpenBLAS's default, a thread per core
+    assert threads("command") == "[1]"
+    assert threads("command", OPENBLAS_NUM_THREADS="2") == "[2]"  # the user's choice stays
+    assert threads("command", OMP_NUM_THREADS="2") == "[2]"
+
+
 def test_python_dash_m_cli_is_the_same_command():
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = subprocess.run([sys.executable, "-m", "sensitivity.cli", "--help"], capture_output=True,
