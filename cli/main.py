@@ -53,6 +53,8 @@ Environment:
                               $XDG_CACHE_HOME/sensitivity/jax or ~/.cache/...;
                               'off' disables; JAX_COMPILATION_CACHE_DIR also works)
   JAX_PLATFORMS=cpu           force the CPU even where a GPU is visible
+  OPENBLAS_NUM_THREADS, MKL_NUM_THREADS, OMP_NUM_THREADS
+                              NumPy's BLAS threads (default here: 1)
   XLA_PYTHON_CLIENT_PREALLOCATE=false
                               on a shared GPU: do not reserve 75% of its memory
                               (submit's scripts set it)
