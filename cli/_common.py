@@ -226,8 +226,8 @@ def quick_exit() -> None:
         _QUICK_EXIT.append(True)
 
 
-#: The thread-count settings of the BLAS libraries NumPy may use (OpenBLAS, MKL, BLIS,
-#: Apple's Accelerate), and OpenMP's, which OpenBLAS and MKL also read.
+#: The thread counts of the BLAS libraries NumPy may use (OpenBLAS, MKL, BLIS, Apple's
+#: Accelerate); OpenMP's, which OpenBLAS and MKL also read, set, is the user's choice too.
 _BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
                  "VECLIB_MAXIMUM_THREADS")
 _THREAD_SETTINGS = (*_BLAS_THREADS, "OMP_NUM_THREADS")

@@ -534,7 +534,7 @@ def _attribute_to_sweep(error: str, keys: list[str], combo: tuple) -> str:
 
 #: libyaml's emitter where PyYAML was built with it (a task's config in 0.7 ms instead of
 #: 2.8 ms, written once per task of a sweep), PyYAML's own otherwise: the same text
-#: (tests/physics/test_config.py compares them).
+#: (tests/command_line/test_config.py compares them).
 _SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
