@@ -10,6 +10,7 @@ import dataclasses
 import gc
 import json
 import math
+import os
 import signal
 import sys
 from pathlib import Path
@@ -245,8 +246,6 @@ def single_threaded_host_blas() -> None:
     either way on idle cores). Takes effect only before NumPy is imported: called first
     by the command line's entry point, which imports neither NumPy nor jax itself.
     """
-    import os
-
     if not any(os.environ.get(name) for name in _THREAD_SETTINGS):
         for name in _BLAS_THREADS:
             os.environ[name] = "1"
