@@ -290,6 +290,24 @@ COINCIDENT_FRACTION = 1e-6
 BRUTE_FORCE_MAX = 1024
 
 
+def _squared_distances(a: np.ndarray, b: np.ndarray, box: np.ndarray | None) -> np.ndarray:
+    """``(len(a), len(b))`` squared (minimum-image) distances between points wrapped into
+    the cell. With edge lengths, axis by axis: for wrapped coordinates ``|Δ| < L``, so the
+    minimum image's ``|Δ - L round(Δ/L)|`` is ``min(|Δ|, L - |Δ|)``, the same float (0.55
+    against 5.4 ms for N = 256: rounding the ``(n, n, d)`` displacements is the slow part)."""
+    if box is not None and box.ndim == 2:
+        d = minimum_image(a[:, None, :] - b[None, :, :], box)
+        return np.einsum("ijk,ijk->ij", d, d)
+    total = None
+    for k in range(a.shape[1]):
+        dk = np.abs(a[:, None, k] - b[None, :, k])
+        if box is not None:
+            np.minimum(dk, box[k] - dk, out=dk)
+        dk *= dk
+        total = dk if total is None else np.add(total, dk, out=total)
+    return total
+
+
 def pairs_within(positions: np.ndarray, reach: float, box: np.ndarray | None = None
                  ) -> np.ndarray:
     """Every pair ``(i, j)``, ``i < j``, at (minimum-image) distance ``<= reach``, as an

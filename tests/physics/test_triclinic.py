@@ -75,6 +75,32 @@ def test_cell_helpers_against_a_brute_force_image_search(monkeypatch):
     np.testing.assert_array_equal(pairs_within(y, reach, cell), sorted(expected))
 
 
+@pytest.mark.parametrize("dim", [2, 3])
+def test_pairs_within_edge_lengths_and_open_space_against_an_image_search(dim, monkeypatch):
+    """The axis-by-axis minimum image of the brute-force search, and the k-d tree, against
+    every pair's nearest image found by trying them all (points wrapped, some on the faces)."""
+    import sensitivity.systems._system as system_module
+
+    rng = np.random.default_rng(dim)
+    box = np.array([4.0, 3.0, 5.0][:dim])
+    y = rng.uniform(0, 1, size=(120, dim)) * box
+    y[:6, 0] = 0.0  # on a face: their images across it are at the other side
+    y[6:9] = y[9:12] + 1e-7  # nearly coincident pairs
+    images = np.array(list(itertools.product((-1, 0, 1), repeat=dim))) * box
+    for reach in (1e-6, 0.7, 1.4):
+        periodic = {(i, j) for i in range(120) for j in range(i + 1, 120)
+                    if np.min(np.linalg.norm(y[i] - y[j] - images, axis=1)) <= reach}
+        open_space = {(i, j) for i in range(120) for j in range(i + 1, 120)
+                      if np.linalg.norm(y[i] - y[j]) <= reach}
+        assert len(open_space) >= 3 and (reach < 0.1 or len(periodic) > len(open_space))
+        for brute in (True, False):
+            monkeypatch.setattr(system_module, "BRUTE_FORCE_MAX", 1024 if brute else 0)
+            np.testing.assert_array_equal(pairs_within(y, reach, box),
+                                          np.array(sorted(periodic)).reshape(-1, 2))
+            np.testing.assert_array_equal(pairs_within(y, reach),
+                                          np.array(sorted(open_space)).reshape(-1, 2))
+
+
 def test_cell_matrix_round_trip_and_h5md_rows(tmp_path):
     system = random_packing(16, dim=3, phi=0.5, seed=3, tilt={"xy": 0.2, "yz": -0.3})
     cell = system.box
