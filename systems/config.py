@@ -27,6 +27,7 @@ import difflib
 import itertools
 import math
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,9 @@ from typing import Any
 import yaml
 
 from . import settings
-from .schema import (PATH_KEYS, SCHEMA, SEED, SWEEPABLE, TOP_LEVEL, ConfigError,
-                     check_printable, control_errors, show)
+from .schema import (MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, PATH_KEYS, SCHEMA, SEED, SWEEPABLE,
+                     TOP_LEVEL, ConfigError, check_printable, control_errors, show,
+                     structure_error)
 from .settings import Invalid, unknown_key
 
 __all__ = ["ConfigError", "LoadedConfig", "Task", "dump_yaml", "load_config", "parse_override",
@@ -229,6 +231,12 @@ def parse_override(text: str) -> tuple[list[str | int], Any]:
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0]
         raise ConfigError(f"--set {text!r}: the value is not valid YAML ({first})") from None
+    except RecursionError:
+        raise ConfigError(f"--set {text[:60]!r}: the value nests more than "
+                          f"{MAX_CONFIG_DEPTH} levels deep") from None
+    problem = structure_error(value)
+    if problem:
+        raise ConfigError(f"--set {text[:60]!r}: the value {problem}")
     parts: list[str | int]
     if key.startswith("sweep.") and key != "sweep.":
         parts = ["sweep", key[len("sweep.") :]]
@@ -422,6 +430,41 @@ def _example_values() -> dict:
     return {section: settings.defaults(fields) for section, fields in SCHEMA.items()}
 
 
+def _read_config_text(path: Path, label: str) -> str:
+    """The config file's text: a regular file (a pipe or a device such as ``/dev/zero``
+    would block or never end) of at most :data:`MAX_CONFIG_BYTES`, in UTF-8."""
+    try:  # O_NONBLOCK: opening a FIFO does not wait for a writer
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise ConfigError(f"{label}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{label}: is a folder, not a config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read the config file ({exc.strerror})") from None
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_ISDIR(mode):
+            raise ConfigError(f"{label}: is a folder, not a config file")
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"{label}: is not a regular file (a pipe, device or socket); "
+                              "write the config to a file")
+        with os.fdopen(os.dup(descriptor), "rb") as stream:
+            data = stream.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read the config file ({exc.strerror})") from None
+    finally:
+        os.close(descriptor)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{label}: is larger than {MAX_CONFIG_BYTES >> 20} MiB; a config "
+                          "is a short YAML file (list a large sweep's packings in several "
+                          "configs)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{label}: cannot read the config file (not UTF-8 text: "
+                          f"{exc.reason} at byte {exc.start})") from None
+
+
 def load_config(
     path: str | os.PathLike,
     overrides: Sequence[str] = (),
@@ -448,14 +491,7 @@ def load_config(
         check_printable(override, "--set")
     path = Path(path)
     label = str(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{label}: no such config file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{label}: is a folder, not a config file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{label}: cannot read the config file ({exc})") from None
+    text = _read_config_text(path, label)
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -463,6 +499,11 @@ def load_config(
         where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{label}:{where} not valid YAML ({problem})") from None
+    except RecursionError:  # PyYAML's composer recurses once per level of nesting
+        raise ConfigError(f"{label}: nests more than {MAX_CONFIG_DEPTH} levels deep") from None
+    problem = structure_error(raw)
+    if problem:
+        raise ConfigError(f"{label}: {problem}")
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

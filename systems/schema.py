@@ -13,6 +13,7 @@ This module imports only the standard library and PyYAML.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -189,6 +190,62 @@ def show(value: Any) -> str:
         except yaml.YAMLError:
             text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+#: A config file larger than this is refused before it is parsed (a sweep of 100,000 packing
+#: paths is ~5 MB; PyYAML parses about 1 MB a second).
+MAX_CONFIG_BYTES = 16 << 20
+
+#: A config holds at most this many values (keys, items and scalars, counted with YAML's
+#: aliases expanded) and nests at most this deep: an alias repeats a node without copying
+#: it, so eight nested lists of ten aliases are 10^8 values in 300 bytes (a "billion
+#: laughs"), which every check of every string would walk; ``&a [*a]`` is a list that
+#: contains itself.
+MAX_CONFIG_VALUES = 1_000_000
+MAX_CONFIG_DEPTH = 32
+
+
+class _Refused(Exception):
+    """:func:`structure_error`'s way out of its walk."""
+
+
+def structure_error(node: Any) -> str | None:
+    """A phrase when ``node`` (parsed YAML) contains itself, nests deeper than
+    :data:`MAX_CONFIG_DEPTH` or expands to more than :data:`MAX_CONFIG_VALUES` values,
+    else ``None``. Linear in the distinct nodes (a node repeated by aliases is counted once
+    and its size reused); the recursion is bounded by the depth limit."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(item: Any, depth: int) -> int:
+        if not isinstance(item, (Mapping, list)):
+            return 1
+        key = id(item)
+        if key in active:
+            raise _Refused("contains itself (a YAML alias to an enclosing node, such as "
+                           "`&a [*a]`)")
+        if key in sizes:
+            return sizes[key]
+        if depth >= MAX_CONFIG_DEPTH:
+            raise _Refused(f"nests more than {MAX_CONFIG_DEPTH} levels deep")
+        active.add(key)
+        children = (itertools.chain.from_iterable(item.items()) if isinstance(item, Mapping)
+                    else item)
+        total = 1
+        for child in children:
+            total += size(child, depth + 1)
+            if total > MAX_CONFIG_VALUES:
+                raise _Refused(f"holds more than {MAX_CONFIG_VALUES:,} values once its YAML "
+                               "aliases are expanded")
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        size(node, 0)
+    except _Refused as refused:
+        return str(refused)
+    return None
 
 
 def control_errors(node: Any, where: str = "") -> list[str]:

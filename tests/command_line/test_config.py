@@ -246,6 +246,57 @@ def test_missing_and_folder_config_files(folder: Path):
         load_config(folder)
 
 
+#: b: &b [*a, ... ten times], c: &c [*b, ...], ... h: ten lists of ten lists ... of "x"
+_LAUGHS = "".join(f"{chr(97 + k)}: &{chr(97 + k)} [{', '.join([f'*{chr(96 + k)}'] * 10)}]\n"
+                  for k in range(1, 8))
+
+
+@pytest.mark.parametrize("text, expected", [
+    # eight nested lists of ten aliases: 10^8 values in 300 bytes (a "billion laughs")
+    ('a0: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]\n' + _LAUGHS,
+     "more than 1,000,000 values once its YAML aliases are expanded"),
+    ("system: {path: packing.h5}\nparameters: &p [{name: d, kind: diameter}, *p]\n",
+     "contains itself"),
+    ("system: {path: packing.h5, group: " + "[" * 40 + "]" * 40 + "}\n", "more than 32 levels"),
+    ("system: {path: packing.h5, group: " + "[" * 5000 + "]" * 5000 + "}\n",
+     "more than 32 levels"),  # past Python's recursion limit inside PyYAML
+])
+def test_alias_bombs_cycles_and_deep_nesting_are_refused_in_one_line(folder, text, expected):
+    assert expected in one_error(write(folder, text))
+
+
+def test_aliases_that_share_a_block_are_allowed(folder: Path):
+    path = write(folder, "system: {path: packing.h5}\nparameters: [&d {name: d, kind: diameter,"
+                         " species: 0}]\nsweep: {parameters: [[*d], [*d]]}\n")
+    assert len(load_config(path).tasks) == 2
+
+
+def test_structure_counts_each_alias_as_its_expansion():
+    from sensitivity.systems.schema import MAX_CONFIG_VALUES, structure_error
+
+    leaf = list(range(999))  # 1,000 values with its list
+    assert structure_error([leaf] * 999) is None  # 999,001 values, 1,000 distinct
+    assert "more than" in structure_error([leaf] * 1001)
+    assert MAX_CONFIG_VALUES == 1_000_000
+
+
+def test_pipes_devices_and_huge_files_are_refused_before_reading(folder: Path):
+    fifo = folder / "fifo.yaml"
+    os.mkfifo(fifo)  # opening it for reading would wait for a writer
+    assert "not a regular file" in one_error(fifo)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config("/dev/zero")  # would never end
+    from sensitivity.systems.schema import MAX_CONFIG_BYTES
+
+    big = folder / "big.yaml"
+    with open(big, "wb") as stream:
+        stream.truncate(MAX_CONFIG_BYTES + 1)  # sparse: nothing is written
+    assert "larger than 16 MiB" in one_error(big)
+    binary = folder / "binary.yaml"
+    binary.write_bytes(b"seed: \xff\n")
+    assert "not UTF-8" in one_error(binary)
+
+
 def test_empty_config_asks_for_the_input(folder: Path):
     assert "system.path is required" in one_error(write(folder, ""))
 
@@ -270,7 +321,8 @@ def test_parse_override_reads_yaml_scalars():
 @pytest.mark.parametrize(
     "text, expected",
     [("minimizer.ftol", "expected key.path=value"), ("=3", "is empty"), ("a..b=1", "empty part"),
-     ("seed=[1", "not valid YAML")],
+     ("seed=[1", "not valid YAML"), ("sweep.seed=&a [1, *a]", "contains itself"),
+     ("seed=" + "[" * 3000 + "]" * 3000, "more than 32 levels")],
 )
 def test_bad_overrides(text: str, expected: str):
     with pytest.raises(ConfigError, match="--set") as info:

@@ -440,6 +440,22 @@ def test_a_signal_during_check_stops_it_with_one_line(tmp_path, packing, monkeyp
 # --- 6. storage faults ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("command", ["run", "validate", "submit"])
+def test_config_that_never_ends_or_expands_without_bound_is_one_line(tmp_path, packing, command):
+    """A pipe (would wait for a writer), ``/dev/zero`` (would never end) and YAML aliases
+    that expand to 10^8 values or contain themselves: refused before any check walks them."""
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    bomb = config_for(tmp_path, packing, 'l0: &l0 ["x", "x", "x", "x", "x", "x", "x", "x"]\n' + "".join(
+        f"l{k}: &l{k} [{', '.join([f'*l{k - 1}'] * 10)}]\n" for k in range(1, 9)), "bomb.yaml")
+    cycle = config_for(tmp_path, packing, "parameters: &p [{name: d, kind: diameter}, *p]\n",
+                       "cycle.yaml")
+    for path, needle in ((fifo, "not a regular file"), (Path("/dev/zero"), "not a regular file"),
+                         (bomb, "once its YAML aliases are expanded"),
+                         (cycle, "contains itself")):
+        assert_clean_failure(invoke([command, path]), 2, f"{path}: ", needle)
+
+
 def test_output_directory_that_is_a_file(tmp_path, packing):
     (tmp_path / "out").write_text("a file")
     result = invoke(["run", config_for(tmp_path, packing)])
