@@ -121,7 +121,9 @@ def resolve_config(
         if not os.path.isfile(path):
             given = raw["system"]["path"]
             shown = show(given) if given == path else f"{show(given)} ({path})"
-            problem = "is a folder, not a file" if os.path.isdir(path) else "no such file"
+            problem = ("is a folder, not a file" if os.path.isdir(path) else
+                       "is not a regular file (a pipe, device or socket)"
+                       if os.path.exists(path) else "no such file")
             errors.append(
                 f"system.path = {shown}: {problem}; give an H5MD packing, e.g. one written by "
                 "`sensitivity generate`"

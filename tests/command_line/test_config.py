@@ -295,6 +295,9 @@ def test_pipes_devices_and_huge_files_are_refused_before_reading(folder: Path):
     binary = folder / "binary.yaml"
     binary.write_bytes(b"seed: \xff\n")
     assert "not UTF-8" in one_error(binary)
+    # the packing it names: the same
+    assert "system.path = '/dev/zero': is not a regular file" in one_error(
+        write(folder, "system: {path: /dev/zero}\n"))
 
 
 def test_empty_config_asks_for_the_input(folder: Path):
