@@ -377,8 +377,11 @@ def generate(n: int, dim: str, phi: float, seed: int, size_ratio: float, tilt: t
         tilt_matrix(tilts, int(dim))
     except ValueError as error:
         raise UserError(f"--{error}") from None
-    system = random_packing(n, dim=int(dim), phi=phi, seed=seed, size_ratio=size_ratio,
-                            tilt=tilts or None)
+    try:
+        system = random_packing(n, dim=int(dim), phi=phi, seed=seed, size_ratio=size_ratio,
+                                tilt=tilts or None)
+    except ValueError as error:  # the generator's checks (finite φ and sizes, memory)
+        raise UserError(f"generate: {error}") from None
     problem = sheared_cell_problem(system)
     if problem:
         raise UserError(f"--tilt: the sheared box {problem}")

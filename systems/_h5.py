@@ -49,7 +49,7 @@ MAX_ATTRIBUTE_ELEMENTS = 256
 _MAX_OBJECTS = 100_000
 
 
-def _max_read_bytes() -> int:
+def max_read_bytes() -> int:
     """The largest dataset a reader loads: a quarter of the machine's memory."""
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
@@ -114,10 +114,10 @@ def checked_read(dataset: h5py.Dataset, path: str, label: str, index: int | None
     shape = dataset.shape[1:] if index is not None else dataset.shape
     size = int(np.prod(shape, dtype=np.float64)) if shape is not None else 0
     nbytes = size * dataset.dtype.itemsize
-    if nbytes > _max_read_bytes():
+    if nbytes > max_read_bytes():
         raise InputError(
             f"{label}: {path} declares shape {dataset.shape} ({nbytes / 2**30:.1f} GiB), more "
-            f"than this machine can read (limit {_max_read_bytes() / 2**30:.1f} GiB)")
+            f"than this machine can read (limit {max_read_bytes() / 2**30:.1f} GiB)")
     if size and dataset.id.get_storage_size() == 0 and dataset.fillvalue is not None \
             and not dataset.chunks:
         raise InputError(f"{label}: {path} declares shape {dataset.shape} but holds no data "

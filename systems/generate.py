@@ -60,14 +60,26 @@ def random_packing(
         raise ValueError(f"dim must be 2 or 3, got {dim!r}")
     if not (math.isfinite(phi) and phi > 0):
         raise ValueError(f"phi must be a positive packing fraction, got {phi!r}")
-    if not (size_ratio > 0 and small_diameter > 0):
-        raise ValueError("size_ratio and small_diameter must be positive")
+    if not (math.isfinite(size_ratio) and size_ratio > 0):
+        raise ValueError(f"size_ratio must be a finite number > 0, got {size_ratio!r}")
+    if not (math.isfinite(small_diameter) and small_diameter > 0):
+        raise ValueError(f"small_diameter must be a finite number > 0, got {small_diameter!r}")
+    from ._h5 import max_read_bytes
+
+    if n * dim * 8 > max_read_bytes():  # the positions alone: no reader of ours would load them
+        raise ValueError(f"n = {n} particles: their positions alone take "
+                         f"{n * dim * 8 / 2**30:.1f} GiB, more than this machine reads "
+                         f"(limit {max_read_bytes() / 2**30:.1f} GiB, a quarter of its memory)")
     n = int(n)
     n_small = n // 2
     species = np.zeros(n, dtype=np.int32)
     species[n_small:] = 1
     diameters = np.where(species == 0, small_diameter, small_diameter * size_ratio).astype(np.float64)
     edge = (particle_volume(diameters, dim) / phi) ** (1.0 / dim)
+    if not (math.isfinite(edge) and edge > 0):
+        raise ValueError(f"the box edge for diameters {small_diameter!r} and "
+                         f"{small_diameter * size_ratio!r} at phi {phi!r} is {edge!r}, not a "
+                         "finite length > 0; use diameters nearer 1")
     box = np.full(dim, edge, dtype=np.float64)
     rng = np.random.default_rng(seed)
     positions = rng.uniform(0.0, 1.0, size=(n, dim)) * box

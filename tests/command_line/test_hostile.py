@@ -456,6 +456,16 @@ def test_config_that_never_ends_or_expands_without_bound_is_one_line(tmp_path, p
         assert_clean_failure(invoke([command, path]), 2, f"{path}: ", needle)
 
 
+@pytest.mark.parametrize("args, needle", [
+    (["--phi", "nan"], "phi"), (["--size-ratio", "inf"], "size_ratio"),
+    (["--size-ratio", "1e308"], "box edge"), (["--n", "100000000000"], "GiB"),
+])
+def test_generate_refuses_what_would_be_garbage_or_exhaust_memory(tmp_path, args, needle):
+    result = invoke(["generate", "--n", "8", *args, "-o", tmp_path / "p.h5"])
+    assert_clean_failure(result, 2, "generate: ", needle)
+    assert not (tmp_path / "p.h5").exists()
+
+
 def test_output_directory_that_is_a_file(tmp_path, packing):
     (tmp_path / "out").write_text("a file")
     result = invoke(["run", config_for(tmp_path, packing)])

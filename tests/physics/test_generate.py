@@ -57,9 +57,14 @@ def test_positions_roughly_uniform():
     assert counts.min() > 850
 
 
-@pytest.mark.parametrize(
-    "kwargs", [dict(n=0), dict(n=4, dim=1), dict(n=4, phi=0.0), dict(n=4, phi=float("nan"))]
-)
-def test_rejects_bad_arguments(kwargs):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(n=0), "positive integer"), (dict(n=4, dim=1), "dim"), (dict(n=4, phi=0.0), "phi"),
+    (dict(n=4, phi=float("nan")), "phi"), (dict(n=4, size_ratio=float("nan")), "size_ratio"),
+    (dict(n=4, size_ratio=float("inf")), "size_ratio"),
+    (dict(n=4, small_diameter=-1.0), "small_diameter"),
+    (dict(n=4, size_ratio=1e308), "box edge"),  # finite diameters, an infinite box
+    (dict(n=10**11), "more than this machine reads"),  # refused before allocating 1.5 TB
+])
+def test_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
         random_packing(**kwargs)
