@@ -75,7 +75,8 @@ def random_packing(
     species = np.zeros(n, dtype=np.int32)
     species[n_small:] = 1
     diameters = np.where(species == 0, small_diameter, small_diameter * size_ratio).astype(np.float64)
-    edge = (particle_volume(diameters, dim) / phi) ** (1.0 / dim)
+    with np.errstate(over="ignore"):  # an overflow is refused just below, in one line
+        edge = (particle_volume(diameters, dim) / phi) ** (1.0 / dim)
     if not (math.isfinite(edge) and edge > 0):
         raise ValueError(f"the box edge for diameters {small_diameter!r} and "
                          f"{small_diameter * size_ratio!r} at phi {phi!r} is {edge!r}, not a "
