@@ -287,7 +287,9 @@ POTENTIAL: dict[str, Setting] = {
     "morse_alpha": Setting(matrix(gt=0), 5.0, "Morse stiffness"),
     "neighbor_list": Setting(any_of(choice("auto"), boolean()), "auto",
                              "cell-list neighbor list (auto: from 128 particles on)"),
-    "capacity_multiplier": Setting(number(ge=1), 1.25, "neighbor-list head room"),
+    # at most 64: more head room than 64x the measured occupancy is never needed (an
+    # overflowing list is reallocated), and 1e9 overflowed the list's int32 capacity
+    "capacity_multiplier": Setting(number(ge=1, le=64), 1.25, "neighbor-list head room"),
 }
 
 MINIMIZER: dict[str, Setting] = {

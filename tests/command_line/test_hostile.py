@@ -689,7 +689,8 @@ def test_collect_writes_its_summary_despite_a_corrupt_file(tmp_path):
 @FAST
 @given(key=st.sampled_from(["minimizer.max_steps", "minimizer.report_every", "minimizer.n_min",
                             "sensitivity.maxiter", "sensitivity.dense_max_dof", "seed",
-                            "slurm.cpus_per_task", "slurm.gpus", "sensitivity.lanczos_steps"]),
+                            "slurm.cpus_per_task", "slurm.gpus", "sensitivity.lanczos_steps",
+                            "potential.capacity_multiplier"]),
        value=st.one_of(st.floats(min_value=2**32, max_value=1e300), st.just("1e23"),
                        st.floats(allow_nan=True).filter(lambda x: x != x), st.just(".inf"),
                        st.integers(max_value=-1),
