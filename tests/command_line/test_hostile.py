@@ -466,6 +466,19 @@ def test_generate_refuses_what_would_be_garbage_or_exhaust_memory(tmp_path, args
     assert not (tmp_path / "p.h5").exists()
 
 
+def test_paths_longer_than_the_file_system_allows_are_one_line(tmp_path, packing):
+    """ENAMETOOLONG met while looking at a path (before any writing): exit 74, the path
+    shortened, the cause named, no traceback."""
+    config = config_for(tmp_path, packing)
+    for args in (["run", config, "-o", tmp_path / ("a" * 300)],
+                 ["run", config, "-o", "/".join(["b" * 200] * 25)],
+                 ["generate", "--n", "8", "-o", tmp_path / ("c" * 300 + ".h5")],
+                 ["status", tmp_path / ("d" * 300)]):
+        result = invoke(args)
+        assert_clean_failure(result, 74, "characters): cannot use the path (the name is too long)")
+        assert len(result.output) < 300
+
+
 def test_output_directory_that_is_a_file(tmp_path, packing):
     (tmp_path / "out").write_text("a file")
     result = invoke(["run", config_for(tmp_path, packing)])
