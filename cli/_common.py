@@ -204,19 +204,20 @@ def translate_error(error: BaseException) -> click.ClickException | None:
 
     if isinstance(error, StorageError):
         return StorageFailure(str(error))
-    if isinstance(error, OSError) and error.filename is not None:
-        # an OSError on a path before any writing (a name longer than the file system
-        # allows, a part of the path that is a file, ...): the path and the cause, one line
-        from sensitivity.systems import storage_error
-
-        path = os.fspath(error.filename)
-        shown = path if len(path) <= 120 else f"{path[:60]}...{path[-40:]} ({len(path)} characters)"
-        return StorageFailure(str(storage_error(shown, error, "use the path")))
     if isinstance(error, _input_error_types()):
         return UserError(str(error))
     convergence = _convergence_error_types()
     if convergence and isinstance(error, convergence):
         return NumericalFailure(" ".join(str(error).split()))
+    if isinstance(error, OSError) and error.filename is not None:
+        # an OSError on a path before any writing (a name longer than the file system
+        # allows, a part of the path that is a file, ...): the path and the cause, one line
+        from sensitivity.systems import storage_error
+
+        name = error.filename
+        path = os.fsdecode(name) if isinstance(name, (bytes, os.PathLike)) else str(name)
+        shown = path if len(path) <= 120 else f"{path[:60]}...{path[-40:]} ({len(path)} characters)"
+        return StorageFailure(str(storage_error(shown, error, "use the path")))
     return None
 
 
