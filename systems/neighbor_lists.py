@@ -16,6 +16,7 @@ import collections
 import dataclasses
 import functools
 import threading
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -381,6 +382,14 @@ def neighbor_list_fn(model: PairModel, cutoff: float, skin: float):
             fractional_coordinates=True,
             format=partition.NeighborListFormat.OrderedSparse)
     if model.box is not None and np.ndim(model.box) == 2:
+        # jax-md prunes the every-pair candidates by scattering their int64 indices (x64)
+        # into int32 ones; jax 0.10 warns at each trace that a later release will refuse
+        # the cast (FutureWarning from its scatter). The indices are below N: the cast is
+        # exact, and the warning would only puzzle a user. Hidden for that one message.
+        warnings.filterwarnings(
+            "ignore", message="scatter inputs have incompatible types: cannot safely cast "
+            "value from dtype=int64 to dtype=int32", category=FutureWarning,
+            module=r"jax\._src\.ops\.scatter")
         return partition.neighbor_list(
             model.displacement_fn, device_array(model.box, np.float64),
             r_cutoff=float(cutoff), dr_threshold=float(skin),
