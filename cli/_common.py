@@ -156,6 +156,20 @@ class _LineError(click.ClickException):
             click.echo(f"error: {line}", file=file)
 
 
+class FiniteFloat(click.FloatRange):
+    """``click.FloatRange`` that also refuses NaN and ±inf: click lets NaN through its
+    bounds (every comparison with NaN is false), and ``--dpi nan`` ended in an unexpected
+    ValueError, ``--scale nan`` in a figure of NaN arrows."""
+
+    name = "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
 class UserError(_LineError):
     """A usage or input mistake: one line per mistake, exit code 2."""
 

@@ -10,7 +10,8 @@ import click
 
 from sensitivity.systems.settings import FIGURE_DPI, FIGURE_FORMATS, SUMMARY_TOP
 
-from ._common import NumericalFailure, _state, common_options, emit_json, json_option
+from ._common import (FiniteFloat, NumericalFailure, _state, common_options, emit_json,
+                      json_option)
 
 @click.command(short_help="Summarize a result file.")
 @click.argument("result", type=click.Path(dir_okay=False))
@@ -38,7 +39,7 @@ def inspect(result: str, top: int) -> None:
               help="Folder for the figures [default: plots/ beside RESULT].")
 @click.option("--format", "fmt", type=click.Choice(FIGURE_FORMATS), default=FIGURE_FORMATS[0],
               show_default=True, help="Figure format.")
-@click.option("--dpi", type=click.FloatRange(min=10, max=2400), default=FIGURE_DPI,
+@click.option("--dpi", type=FiniteFloat(min=10, max=2400), default=FIGURE_DPI,
               show_default=True, help="Resolution of PNG figures.")
 @click.option("--theta", "names", multiple=True, metavar="NAME",
               help="Draw only this theta (repeatable) [default: every theta].")
@@ -47,9 +48,9 @@ def inspect(result: str, top: int) -> None:
               "[default: the largest response].")
 @click.option("--color-by-magnitude", is_flag=True,
               help="Colour the particles by |dx*_i/dtheta| (colour bar) instead of by species.")
-@click.option("--slice-z", type=float, default=None,
+@click.option("--slice-z", type=FiniteFloat(), default=None,
               help="3D: the height of the slice drawn [default: the middle of the box].")
-@click.option("--scale", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--scale", type=FiniteFloat(min=0, min_open=True), default=None,
               help="Arrow length drawn per unit of dx*/dtheta [default: the median arrow is half "
               "a mean diameter long].")
 @common_options

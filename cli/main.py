@@ -27,9 +27,10 @@ from sensitivity.systems.schema import EXAMPLE_CONFIG
 from sensitivity.systems.settings import PACKING
 
 from . import _results
-from ._common import (_FAILURE_CLASSES, EXIT_NUMERICAL, EXIT_OK, EXIT_STORAGE, NumericalFailure,
-                      SensitivityGroup, State, UserError, _state, cache_options, common_options,
-                      config_options, emit_json, json_option, task_index_option, translate_error)
+from ._common import (_FAILURE_CLASSES, EXIT_NUMERICAL, EXIT_OK, EXIT_STORAGE, FiniteFloat,
+                      NumericalFailure, SensitivityGroup, State, UserError, _state,
+                      cache_options, common_options, config_options, emit_json, json_option,
+                      task_index_option, translate_error)
 
 
 EPILOG = f"""\b
@@ -337,10 +338,10 @@ def validate(config: str, overrides: tuple[str, ...], output: str | None, task_i
 @click.option("--n", "n", type=click.IntRange(min=2), required=True, help="Number of particles.")
 @click.option("--dim", type=click.Choice(["2", "3"]), default=str(PACKING["dim"]),
               show_default=True, help="2: disks, 3: spheres.")
-@click.option("--phi", type=click.FloatRange(min=0, max=2, min_open=True),
+@click.option("--phi", type=FiniteFloat(min=0, max=2, min_open=True),
               default=PACKING["phi"], show_default=True, help="Packing fraction.")
 @click.option("--seed", type=click.IntRange(min=0), default=PACKING["seed"], show_default=True)
-@click.option("--size-ratio", type=click.FloatRange(min=0, min_open=True),
+@click.option("--size-ratio", type=FiniteFloat(min=0, min_open=True),
               default=PACKING["size_ratio"], show_default=True,
               help="Large over small diameter (50:50 mixture).")
 @click.option("--tilt", multiple=True, metavar="NAME=T",
@@ -402,7 +403,7 @@ def generate(n: int, dim: str, phi: float, seed: int, size_ratio: float, tilt: t
 @main.command(short_help="Finite-difference audit of the derivatives.")
 @config_options
 @task_index_option("Audit only this task [default: $SLURM_ARRAY_TASK_ID; unset: every task].")
-@click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--tolerance", type=FiniteFloat(min=0, min_open=True), default=None,
               help="Largest relative error accepted [default: the audit's own].")
 @json_option
 @cache_options

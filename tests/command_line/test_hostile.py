@@ -456,8 +456,26 @@ def test_config_that_never_ends_or_expands_without_bound_is_one_line(tmp_path, p
         assert_clean_failure(invoke([command, path]), 2, f"{path}: ", needle)
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--phi", "nan"], "phi"), (["--size-ratio", "inf"], "size_ratio"),
+@pytest.mark.parametrize("option", ["--dpi", "--scale", "--slice-z"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_float_options_refuse_nan_and_infinity(tmp_path, packing, option, value):
+    """click's FloatRange lets NaN through its bounds (every comparison is false):
+    `--dpi nan` was an unexpected ValueError, `--scale nan` a figure of NaN arrows."""
+    result = invoke(["plot", packing, option, value, "-o", tmp_path / "plots"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert ("is not a finite number" in result.output  # (±inf beyond a bound: out of range)
+            or value != "nan" and "is not in the range" in result.output), result.output
+    assert not (tmp_path / "plots").exists()
+    for command in (["generate", "--n", "8", "-o", tmp_path / "p.h5", "--phi", value],
+                    ["generate", "--n", "8", "-o", tmp_path / "p.h5", "--size-ratio", value],
+                    ["check", packing, "--tolerance", value]):
+        result = invoke(command)
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert ("is not a finite number" in result.output
+                or value != "nan" and "is not in the range" in result.output), result.output
+
+
+@pytest.mark.parametrize("args, needle", [  # (NaN and inf options: the test above)
     (["--size-ratio", "1e308"], "box edge"), (["--n", "100000000000"], "GiB"),
 ])
 def test_generate_refuses_what_would_be_garbage_or_exhaust_memory(tmp_path, args, needle):
