@@ -436,7 +436,8 @@ def _read_config_text(path: Path, label: str) -> str:
     """The config file's text: a regular file (a pipe or a device such as ``/dev/zero``
     would block or never end) of at most :data:`MAX_CONFIG_BYTES`, in UTF-8."""
     try:  # O_NONBLOCK: opening a FIFO does not wait for a writer
-        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+                             | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise ConfigError(f"{label}: no such config file") from None
     except IsADirectoryError:
