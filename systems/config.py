@@ -496,8 +496,15 @@ def load_config(
     label = str(path)
     text = _read_config_text(path, label)
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_SAFE_LOADER)
     except yaml.YAMLError as exc:
+        if _SAFE_LOADER is not yaml.SafeLoader:  # PyYAML's own parser words it better
+            try:  # (libyaml: "found character that cannot start any token", no '\t')
+                yaml.load(text, Loader=yaml.SafeLoader)
+            except yaml.YAMLError as python_error:
+                exc = python_error
+            except RecursionError:
+                pass
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
@@ -575,6 +582,11 @@ def _attribute_to_sweep(error: str, keys: list[str], combo: tuple) -> str:
             return f"sweep.{key}[{which}]" + error[len(key) :]
     return error
 
+
+#: libyaml's parser where PyYAML was built with it (a 100,000-task sweep's 1 MB config in
+#: 0.46 s instead of 4.3 s), PyYAML's own otherwise; the same constructor and resolver (YAML
+#: 1.1's implicit types) either way.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 #: libyaml's emitter where PyYAML was built with it (a task's config in 0.7 ms instead of
 #: 2.8 ms, written once per task of a sweep), PyYAML's own otherwise: the same text

@@ -230,6 +230,9 @@ def test_config_errors_name_key_value_and_what_is_allowed(folder: Path, text: st
 def test_yaml_syntax_error_names_the_line(folder: Path):
     message = one_error(write(folder, "system:\n  path: packing.h5\nminimizer: {ftol: [\n"))
     assert "line " in message and "not valid YAML" in message
+    # a tab where YAML wants spaces: PyYAML's wording, which names the character
+    message = one_error(write(folder, "system:\n\tpath: packing.h5\n"))
+    assert "line 2, column 1" in message and "found character '\\t'" in message, message
 
 
 def test_several_mistakes_are_all_reported(folder: Path):
@@ -438,6 +441,36 @@ def test_dump_yaml_writes_pyyamls_own_text():
     assert dump_yaml(data) == python
     back = yaml.safe_load(dump_yaml(data))
     assert back["system"] == data["system"] and back["strings"] == data["strings"]
+
+
+def test_config_parser_reads_what_pyyamls_own_parser_reads():
+    """libyaml's parser (where PyYAML has it) gives PyYAML's Python parser's values: YAML
+    1.1's implicit types (exponents without a dot stay strings), anchors, special floats,
+    dates, non-ASCII text, every bundled example; and a syntax error at the same line."""
+    import math
+
+    import yaml
+
+    from sensitivity.systems import config
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    texts = [path.read_text() for path in sorted(examples.glob("*.yaml"))]
+    texts.append(
+        "a: [1e-13, 1.0e-13, 1e5, .inf, -.Inf, .nan, 0x10, 0o17, 010, 1_000, +1, -0.0]\n"
+        "b: [yes, no, on, off, ~, null, '', 'yes', 2026-12-07, 2026-12-07 10:00:00]\n"
+        "c: &c {x: [1, {y: ké}], z: \"\\u2028 \\t tab\"}\n"
+        "d: [*c, *c]\n"
+        "e: |\n  two\n  lines\n")
+    assert len(texts) >= 5
+    for text in texts:
+        ours = yaml.load(text, Loader=config._SAFE_LOADER)
+        theirs = yaml.load(text, Loader=yaml.SafeLoader)
+        assert repr(ours) == repr(theirs)  # NaN != NaN: compare the reprs
+    assert math.isnan(ours["a"][5]) and ours["a"][0] == "1e-13" and ours["d"][0] is ours["d"][1]
+    for Loader in (config._SAFE_LOADER, yaml.SafeLoader):
+        with pytest.raises(yaml.YAMLError) as info:
+            yaml.load("a: 1\nb: [2,\nc: 3\n", Loader=Loader)
+        assert info.value.problem_mark.line + 1 == 4  # the end of the stream
 
 
 def test_environment_is_not_consulted(folder: Path, monkeypatch):
