@@ -171,7 +171,7 @@ def run(config: str, overrides: tuple[str, ...], output: str | None, task_index:
     reporter = state.reporter()
     loaded = load_config(config, overrides, output=output)
     tasks = select_tasks(loaded, task_index)
-    write_manifest(loaded)
+    write_manifest(loaded, running=tasks)
 
     todo = []
     records: dict[int, dict] = {}  # --json

@@ -5,6 +5,7 @@ No physics here: the input file only has to exist, so an empty file stands in fo
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -489,3 +490,36 @@ def test_an_empty_sweep_list_is_explained_with_a_readable_example(folder: Path):
     message = str(error.value)
     assert "sweep.system.path = []: must be a non-empty list of values" in message
     assert "object at" not in message
+
+
+def test_an_array_task_leaves_a_manifest_that_describes_its_sweep(folder: Path, monkeypatch):
+    """`run` of one task of a sweep (a Slurm array task) rewrites `sweep.json` only when it
+    does not describe this sweep: writing it costs a config digest per task, for every task
+    of the array."""
+    from sensitivity.systems import tasks as task_module
+    from sensitivity.systems.manifest import MANIFEST_NAME, find_tasks, write_manifest
+
+    text = ("system: {path: a.h5}\noutput: {directory: out}\n"
+            "sweep: {system.path: [a.h5, b.h5], potential.alpha: [2.0, 2.5]}\n")
+    loaded = load_config(write(folder, text))
+    manifest = folder / "out" / MANIFEST_NAME
+    assert write_manifest(loaded, running=[loaded.task(1)]) == manifest  # none yet: written
+    first = manifest.stat().st_ino, manifest.read_text()
+    assert [t["index"] for t in find_tasks(folder / "out")] == [0, 1, 2, 3]
+
+    digests = []
+    real = task_module.config_digest
+    monkeypatch.setattr(task_module, "config_digest",
+                        lambda config: digests.append(1) or real(config))
+    write_manifest(loaded, running=[loaded.task(2)])  # the same sweep: left as it is
+    assert (manifest.stat().st_ino, manifest.read_text()) == first
+    assert len(digests) == 1  # the running task's alone
+    # another config for the same folder (an override): rewritten, with its digests
+    changed = load_config(write(folder, text), ["minimizer.ftol=1e-11"])
+    write_manifest(changed, running=[changed.task(2)])
+    assert manifest.stat().st_ino != first[0]
+    assert json.loads(manifest.read_text())["overrides"] == ["minimizer.ftol=1e-11"]
+    # the whole sweep in one process writes it, as before
+    digests.clear()
+    write_manifest(loaded, running=loaded.tasks)
+    assert len(digests) == 4 and json.loads(manifest.read_text())["overrides"] == []
