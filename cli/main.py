@@ -164,12 +164,13 @@ def run(config: str, overrides: tuple[str, ...], output: str | None, task_index:
     OUTPUT/sweep.json. A task is skipped only when it is complete: converged (or failed, with
     --keep-failed), for this config and these input files (SHA-256), every file in place.
     """
-    from sensitivity.systems.batch import (StopSignals, Terminated, select_tasks, setup_jax,
-                                           task_state)
+    from sensitivity.systems.batch import (StopSignals, Terminated, array_index, select_tasks,
+                                           setup_jax, task_state)
 
     state = _state()
     reporter = state.reporter()
-    loaded = load_config(config, overrides, output=output)
+    task_index = array_index(task_index)  # one task of an array: resolve only that one
+    loaded = load_config(config, overrides, output=output, only=task_index)
     tasks = select_tasks(loaded, task_index)
     write_manifest(loaded, running=tasks)
 
@@ -416,11 +417,12 @@ def check(config: str, overrides: tuple[str, ...], output: str | None, task_inde
     difference with dx*/dtheta on the non-rattlers, after the same gauge fixing. Exit code 1
     when they disagree.
     """
-    from sensitivity.systems.batch import StopSignals, select_tasks, setup_jax
+    from sensitivity.systems.batch import StopSignals, array_index, select_tasks, setup_jax
 
     state = _state()
     reporter = state.reporter()
-    loaded = load_config(config, overrides, output=output)
+    task_index = array_index(task_index)
+    loaded = load_config(config, overrides, output=output, only=task_index)
     tasks = select_tasks(loaded, task_index)
     setup_jax(state.cache_directory(), reporter)
     from sensitivity.systems.pipeline import audit_task

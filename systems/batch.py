@@ -26,18 +26,27 @@ __all__ = ["StopSignals", "Terminated", "cache_directory", "result_record", "sel
 _CACHE_OFF = ("", "off", "none", "0", "false")
 
 
+def array_index(task_index: int | None) -> int | None:
+    """``task_index``, else ``$SLURM_ARRAY_TASK_ID`` as a number, else None (every task);
+    for :func:`~systems.config.load_config`'s ``only``, then :func:`select_tasks`."""
+    if task_index is not None:
+        return task_index
+    env = os.environ.get("SLURM_ARRAY_TASK_ID")
+    if env is None or env == "":
+        return None
+    try:
+        return int(env)
+    except ValueError:
+        raise ConfigError(
+            f"SLURM_ARRAY_TASK_ID = {env!r} is not a task number; pass --task-index N"
+        ) from None
+
+
 def select_tasks(loaded: LoadedConfig, task_index: int | None) -> list[Task]:
     """The task ``task_index``, else ``$SLURM_ARRAY_TASK_ID``'s, else every task."""
+    task_index = array_index(task_index)
     if task_index is None:
-        env = os.environ.get("SLURM_ARRAY_TASK_ID")
-        if env is None or env == "":
-            return list(loaded.tasks)
-        try:
-            task_index = int(env)
-        except ValueError:
-            raise ConfigError(
-                f"SLURM_ARRAY_TASK_ID = {env!r} is not a task number; pass --task-index N"
-            ) from None
+        return list(loaded.tasks)
     return [loaded.task(task_index)]
 
 

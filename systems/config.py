@@ -24,8 +24,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import itertools
 import math
+import operator
 import os
 import stat
 from collections.abc import Mapping, Sequence
@@ -352,7 +352,7 @@ class LoadedConfig:
     text: str
     base: dict
     sweep: dict
-    tasks: list[Task]
+    tasks: Sequence[Task]
     overrides: tuple[str, ...] = ()
 
     @property
@@ -474,6 +474,7 @@ def load_config(
     *,
     output: str | os.PathLike | None = None,
     check_files: bool = True,
+    only: int | None = None,
 ) -> LoadedConfig:
     """Read, override, validate and expand a config file.
 
@@ -482,6 +483,10 @@ def load_config(
         overrides: ``key.path=value`` texts (``--set``), applied in order before validation.
         output: replaces ``output.directory`` (relative to the current directory).
         check_files: check that every input file exists.
+        only: validate and resolve only this task now (a Slurm array task: the whole sweep
+            was validated when it was submitted); the others are resolved when asked for.
+            Each task's resolution costs ~0.1 ms, so resolving every task made each task
+            of an array of N pay O(N): 2.5 s at N = 10,000.
 
     Raises:
         ConfigError: with one line per mistake, each naming the file, key path, value and what
@@ -541,25 +546,19 @@ def load_config(
         raise ConfigError([f"{label}: {e}" for e in errors])
 
     keys = list(sweep)
-    combos = list(itertools.product(*(range(len(sweep[k])) for k in keys))) if keys else [()]
-    count = len(combos)
-    tasks: list[Task] = []
-    seen: list[str] = []
-    first_resolved: dict | None = None
+    sizes = [len(sweep[k]) for k in keys]
+    count = math.prod(sizes)
     resolved_sweep: dict[str, list] = {k: [None] * len(sweep[k]) for k in keys}
-    for index, combo in enumerate(combos):
+
+    def resolve_task(index: int) -> tuple[Task | None, list[str]]:
+        """Task ``index``, or None and its errors."""
+        combo = _combination(index, sizes)
         raw_task = copy.deepcopy(raw)
         for key, which in zip(keys, combo):
             _set(raw_task, key, copy.deepcopy(sweep[key][which]))
         resolved, task_errors = resolve_config(raw_task, base_dir, check_files=check_files)
-        for error in task_errors:
-            error = _attribute_to_sweep(error, keys, combo)
-            if error not in seen:
-                seen.append(error)
         if task_errors:
-            continue
-        if first_resolved is None:
-            first_resolved = copy.deepcopy(resolved)
+            return None, [_attribute_to_sweep(e, keys, combo) for e in task_errors]
         values = {}
         for key, which in zip(keys, combo):
             value = _get(resolved, key) if key != "parameters" else resolved["parameters"]
@@ -568,11 +567,76 @@ def load_config(
         top = Path(resolved["output"]["directory"])
         directory = top / task_directory_name(index, count) if keys else top
         resolved["output"]["directory"] = str(directory)
-        tasks.append(Task(index, count, resolved, directory, values))
+        return Task(index, count, resolved, directory, values), []
+
+    def base_of(task: Task) -> dict:  # a task's config with the sweep's top output folder
+        base = copy.deepcopy(task.config)
+        base["output"]["directory"] = str(task.directory.parent if keys else task.directory)
+        return base
+
+    if only is not None and 0 <= only < count:
+        task, task_errors = resolve_task(only)
+        if task_errors:
+            raise ConfigError([f"{label}: {e}" for e in dict.fromkeys(task_errors)])
+
+        def make(index: int) -> Task:
+            if index == only:
+                return task
+            other, other_errors = resolve_task(index)
+            if other_errors:
+                raise ConfigError([f"{label}: {e}" for e in dict.fromkeys(other_errors)])
+            return other
+
+        lazy = _Tasks(count, make)
+        try:  # the base is the first task's, as when every task is resolved
+            first = lazy[0]
+        except ConfigError:  # (not validated here: a Slurm array's was, when submitted)
+            first = task
+        return LoadedConfig(path, text, base_of(first), resolved_sweep, lazy, tuple(overrides))
+    tasks: list[Task] = []
+    seen: list[str] = []
+    for index in range(count):
+        task, task_errors = resolve_task(index)
+        for error in task_errors:
+            if error not in seen:
+                seen.append(error)
+        if task is not None:
+            tasks.append(task)
     if seen:
         raise ConfigError([f"{label}: {e}" for e in seen])
-    assert first_resolved is not None
-    return LoadedConfig(path, text, first_resolved, resolved_sweep, tasks, tuple(overrides))
+    return LoadedConfig(path, text, base_of(tasks[0]), resolved_sweep, tasks, tuple(overrides))
+
+
+def _combination(index: int, sizes: list[int]) -> tuple[int, ...]:
+    """The ``index``-th combination of ``itertools.product(*map(range, sizes))`` (the first
+    key varies slowest)."""
+    combo = []
+    for size in reversed(sizes):
+        index, which = divmod(index, size)
+        combo.append(which)
+    return tuple(reversed(combo))
+
+
+class _Tasks(Sequence):
+    """A sweep's tasks resolved when first asked for (:func:`load_config`'s ``only``)."""
+
+    def __init__(self, count: int, make):
+        self._count, self._make, self._made = count, make, {}
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._count))]
+        index = operator.index(index)
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError(index)
+        if index not in self._made:
+            self._made[index] = self._make(index)
+        return self._made[index]
 
 
 def _attribute_to_sweep(error: str, keys: list[str], combo: tuple) -> str:

@@ -523,3 +523,67 @@ def test_an_array_task_leaves_a_manifest_that_describes_its_sweep(folder: Path, 
     digests.clear()
     write_manifest(loaded, running=loaded.tasks)
     assert len(digests) == 4 and json.loads(manifest.read_text())["overrides"] == []
+
+
+def test_one_task_of_a_sweep_is_resolved_alone_and_equals_the_full_resolution(
+        folder: Path, monkeypatch):
+    """`load_config(only=i)` (a Slurm array task) resolves task i (and the first, for the
+    base) and the others only when asked for, each equal to the full resolution; the cost
+    no longer grows with the number of tasks."""
+    from sensitivity.systems import config as config_module
+
+    text = ("system: {path: a.h5}\noutput: {directory: out}\n"
+            "sweep: {system.path: [a.h5, b.h5], potential.alpha: [2.0, 2.5, 3.0]}\n")
+    path = write(folder, text)
+    full = load_config(path)
+    for index in range(6):
+        one = load_config(path, only=index)
+        assert len(one.tasks) == 6 and one.base == full.base and list(one.sweep) == list(full.sweep)
+        for k in (index, 5 - index):  # the selected task, then another, resolved on demand
+            a, b = one.task(k), full.task(k)
+            assert (a.index, a.config, a.directory, a.sweep_values) == \
+                (b.index, b.config, b.directory, b.sweep_values)
+    assert [t.index for t in load_config(path, only=3).tasks] == list(range(6))
+    with pytest.raises(ConfigError, match="this config has 6 task"):
+        load_config(path, only=6).task(6)
+
+    calls = []
+    real = config_module.resolve_config
+    monkeypatch.setattr(config_module, "resolve_config",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    many = write(folder, "system: {path: a.h5}\nsweep: {potential.epsilon: "
+                         f"[{', '.join(str(1 + i / 1000) for i in range(1000))}]}}\n", "many.yaml")
+    assert load_config(many, only=777).task(777).sweep_values == {"potential.epsilon": 1 + 777 / 1000}
+    assert len(calls) == 2  # task 777 and task 0 (the base), not 1,000
+
+    # a broken task elsewhere does not stop this one; a broken selected task is reported
+    broken = write(folder, "system: {path: a.h5}\nsweep: {potential.alpha: [2.0, -1.0]}\n",
+                   "broken.yaml")
+    assert load_config(broken, only=0).task(0).config["potential"]["alpha"] == 2.0
+    with pytest.raises(ConfigError, match=r"sweep.potential.alpha\[1\]"):
+        load_config(broken, only=1)
+    with pytest.raises(ConfigError, match=r"sweep.potential.alpha\[1\]"):
+        load_config(broken)
+
+
+@pytest.mark.parametrize("args, env, expected", [
+    (["--task-index", "3"], {}, 3), ([], {"SLURM_ARRAY_TASK_ID": "2"}, 2), ([], {}, None)])
+def test_run_and_check_resolve_only_their_array_task(folder: Path, monkeypatch, args, env,
+                                                     expected):
+    from click.testing import CliRunner
+
+    from sensitivity.cli import main as cli_main
+
+    seen = []
+
+    def stop(*a, **kwargs):
+        seen.append(kwargs.get("only"))
+        raise ConfigError("stopped here")
+
+    monkeypatch.setattr(cli_main, "load_config", stop)
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+    path = write(folder, "system: {path: a.h5}\n")
+    for command in ("run", "check"):
+        result = CliRunner().invoke(cli_main.main, [command, str(path), *args], env=env)
+        assert result.exit_code == 2 and "stopped here" in result.output, result.output
+    assert seen == [expected, expected]
