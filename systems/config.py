@@ -484,7 +484,8 @@ def load_config(
         output: replaces ``output.directory`` (relative to the current directory).
         check_files: check that every input file exists.
         only: validate and resolve only this task now (a Slurm array task: the whole sweep
-            was validated when it was submitted); the others are resolved when asked for.
+            was validated when it was submitted); the others are resolved when asked for
+            (until then their values in ``sweep`` are None).
             Each task's resolution costs ~0.1 ms, so resolving every task made each task
             of an array of N pay O(N): 2.5 s at N = 10,000.
 
