@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from .config import ConfigError, LoadedConfig
@@ -19,7 +20,7 @@ __all__ = ["MANIFEST_NAME", "find_tasks", "write_manifest"]
 MANIFEST_NAME = "sweep.json"
 
 
-def write_manifest(loaded: LoadedConfig, running=None) -> Path | None:
+def write_manifest(loaded: LoadedConfig, running: Sequence | None = None) -> Path | None:
     """``<output.directory>/sweep.json`` for a sweep (None without one).
 
     ``running``: the tasks this process runs. When they are a part of the sweep (a Slurm
@@ -37,15 +38,16 @@ def write_manifest(loaded: LoadedConfig, running=None) -> Path | None:
     if running is not None and len(running) < len(loaded.tasks) \
             and _describes(top / MANIFEST_NAME, loaded, running):
         return top / MANIFEST_NAME
-    manifest = {
-        "format": "sensitivity-sweep",
-        "config": str(loaded.path.resolve()),
-        "overrides": list(loaded.overrides),
-        "keys": list(loaded.sweep),
-        "count": len(loaded.tasks),
-        "tasks": [_entry(task, top, config_digest(task.config)) for task in loaded.tasks],
-    }
+    manifest = {**_header(loaded),
+                "tasks": [_entry(task, top, config_digest(task.config)) for task in loaded.tasks]}
     return atomic_write_text(top / MANIFEST_NAME, json.dumps(manifest, indent=1, default=str) + "\n")
+
+
+def _header(loaded: LoadedConfig) -> dict:
+    """What the manifest says of the whole sweep (JSON values)."""
+    return {"format": "sensitivity-sweep", "config": str(loaded.path.resolve()),
+            "overrides": list(loaded.overrides), "keys": list(loaded.sweep),
+            "count": len(loaded.tasks)}
 
 
 def _entry(task, top: Path, digest: str) -> dict:
@@ -62,10 +64,8 @@ def _describes(path: Path, loaded: LoadedConfig, running) -> bool:
 
     try:
         data = json.loads(path.read_text())
-        same = (data["format"] == "sensitivity-sweep"
-                and data["config"] == str(loaded.path.resolve())
-                and data["overrides"] == list(loaded.overrides)
-                and data["keys"] == list(loaded.sweep) and data["count"] == len(loaded.tasks)
+        header = _header(loaded)
+        same = ({key: data[key] for key in header} == header
                 and len(data["tasks"]) == len(loaded.tasks))
         return same and all(
             data["tasks"][task.index] == _entry(task, path.parent, config_digest(task.config))
