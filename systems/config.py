@@ -501,6 +501,7 @@ def load_config(
     path = Path(path)
     label = str(path)
     text = _read_config_text(path, label)
+    too_deep = ConfigError(f"{label}: nests more than {MAX_CONFIG_DEPTH} levels deep")
     try:
         raw = yaml.load(text, Loader=_SAFE_LOADER)
     except yaml.YAMLError as exc:
@@ -509,14 +510,14 @@ def load_config(
                 yaml.load(text, Loader=yaml.SafeLoader)
             except yaml.YAMLError as python_error:
                 exc = python_error
-            except RecursionError:
-                pass
+            except RecursionError:  # libyaml >= 0.2.5 as PyYAML 6.0.4 bundles it stops at
+                raise too_deep from None  # 1,000 levels ("exceeded maximum nesting depth")
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{label}:{where} not valid YAML ({problem})") from None
     except RecursionError:  # PyYAML's composer recurses once per level of nesting
-        raise ConfigError(f"{label}: nests more than {MAX_CONFIG_DEPTH} levels deep") from None
+        raise too_deep from None
     problem = structure_error(raw)
     if problem:
         raise ConfigError(f"{label}: {problem}")
