@@ -124,7 +124,9 @@ def test_the_log_shows_the_compile_stage():
     messages = [re.sub(r"^\S+ \S+ \[t\] ", "", line) for line in lines]
     assert len(messages) == 4 and messages[0] == "start n=4" and messages[1] == "compiling"
     assert messages[3].startswith("relax step 10")
-    compiled = re.fullmatch(r"compiled (\d+) function\(s\) in (\d+\.\d+) s", messages[2])
+    # (the suite's shared compilation cache may hold the eager arange's program already)
+    compiled = re.fullmatch(r"compiled (\d+) function\(s\) in (\d+\.\d+) s"
+                            r"(, \d+ from the compilation cache)?", messages[2])
     assert compiled and int(compiled.group(1)) >= 1
     # listeners are removed with the task: a compile afterwards is not reported
     jax.jit(lambda x: x + 41.5)(1.0)

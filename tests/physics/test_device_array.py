@@ -74,6 +74,9 @@ def test_a_run_lowers_only_its_own_compiled_functions(tmp_path, monkeypatch):
         return compiled(owner, fn, static, *args)
 
     monkeypatch.setattr(_compile, "compiled", recording)
+    # without the compilation cache: with it, each physics function is lowered as a call of
+    # its exported program (tests/physics/test_exports.py); conftest puts the option back
+    jax.config.update("jax_compilation_cache_dir", None)
     relax.clear_compile_cache()
     response.clear_compile_cache()
     config = config_for(path, **{"sensitivity.audit": False})
