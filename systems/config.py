@@ -90,11 +90,12 @@ def resolve_config(
         given = raw.get(section)
         if given is None:
             given = {}
-        if not isinstance(given, Mapping):
+        if isinstance(given, Mapping):
+            out, section_errors = settings.check_section(fields, given, section, show=show)
+            errors += section_errors
+        else:  # its defaults; a required key's "is required" would only repeat this line
             errors.append(f"{section} = {show(given)}: must be a mapping with keys {', '.join(fields)}")
-            given = {}
-        out, section_errors = settings.check_section(fields, given, section, show=show)
-        errors += section_errors
+            out, _ = settings.check_section(fields, {}, section, show=show)
         for key in fields:
             if (section, key) in PATH_KEYS and isinstance(out[key], str):
                 out[key] = _resolve_path(out[key], base)

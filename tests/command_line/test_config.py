@@ -178,6 +178,7 @@ def test_resolve_config_directly_reports_errors_without_raising(folder: Path):
         ("system: {path: packing.h5}\nslurm: {time: soon}\n", "slurm.time = 'soon': must be a Slurm time limit"),
         ("system: {path: packing.h5}\nslurm: {mem: 4 GB}\n", "slurm.mem = '4 GB': must be a Slurm memory size"),
         ("system: {group: all}\n", "system.path is required"),
+        ("system: 5\n", "system = 5: must be a mapping"),  # one line, not also "is required"
         ("system: {path: missing.h5}\n", "system.path = 'missing.h5' ("),
         ("system: {path: .}\n", "is a folder, not a file"),
         ("system: {path: packing.h5}\nparameters: {}\n", "parameters = {}: must be a non-empty list"),
