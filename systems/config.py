@@ -230,7 +230,7 @@ def parse_override(text: str) -> tuple[list[str | int], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set {text!r}: the key path {key!r} is empty or has an empty part")
     try:
-        value = yaml.safe_load(value_text) if value_text.strip() else None
+        value = _parse_yaml(value_text) if value_text.strip() else None
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0]
         raise ConfigError(f"--set {text!r}: the value is not valid YAML ({first})") from None
@@ -502,23 +502,15 @@ def load_config(
     path = Path(path)
     label = str(path)
     text = _read_config_text(path, label)
-    too_deep = ConfigError(f"{label}: nests more than {MAX_CONFIG_DEPTH} levels deep")
     try:
-        raw = yaml.load(text, Loader=_SAFE_LOADER)
+        raw = _parse_yaml(text)
     except yaml.YAMLError as exc:
-        if _SAFE_LOADER is not yaml.SafeLoader:  # PyYAML's own parser words it better
-            try:  # (libyaml: "found character that cannot start any token", no '\t')
-                yaml.load(text, Loader=yaml.SafeLoader)
-            except yaml.YAMLError as python_error:
-                exc = python_error
-            except RecursionError:  # libyaml >= 0.2.5 as PyYAML 6.0.4 bundles it stops at
-                raise too_deep from None  # 1,000 levels ("exceeded maximum nesting depth")
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{label}:{where} not valid YAML ({problem})") from None
-    except RecursionError:  # PyYAML's composer recurses once per level of nesting
-        raise too_deep from None
+    except RecursionError:
+        raise ConfigError(f"{label}: nests more than {MAX_CONFIG_DEPTH} levels deep") from None
     problem = structure_error(raw)
     if problem:
         raise ConfigError(f"{label}: {problem}")
@@ -654,6 +646,27 @@ def _attribute_to_sweep(error: str, keys: list[str], combo: tuple) -> str:
 #: 0.46 s instead of 4.3 s), PyYAML's own otherwise; the same constructor and resolver (YAML
 #: 1.1's implicit types) either way.
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+def _parse_yaml(text: str) -> Any:
+    """The YAML in ``text`` (safe types only), by libyaml where PyYAML has it.
+
+    Raises:
+        yaml.YAMLError: in PyYAML's own words where libyaml's are poorer (libyaml: "found
+            character that cannot start any token", without naming the tab).
+        RecursionError: the text nests past what either parser follows (PyYAML's composer
+            recurses once per level; libyaml >= 0.2.5, as PyYAML 6.0.4 bundles it, stops at
+            1,000 levels), always far past :data:`MAX_CONFIG_DEPTH`.
+    """
+    try:
+        return yaml.load(text, Loader=_SAFE_LOADER)
+    except yaml.YAMLError as exc:
+        if _SAFE_LOADER is yaml.SafeLoader:
+            raise
+        if "maximum nesting depth" in str(getattr(exc, "problem", "")):
+            raise RecursionError(exc.problem) from None  # PyYAML's parser: 1.5 s to say so
+        yaml.load(text, Loader=yaml.SafeLoader)  # raises in its own words, or RecursionError
+        raise  # (it accepted what libyaml refused: libyaml's words, then)
+
 
 #: libyaml's emitter where PyYAML was built with it (a task's config in 0.7 ms instead of
 #: 2.8 ms, written once per task of a sweep), PyYAML's own otherwise: the same text
