@@ -6,7 +6,7 @@ so a sheared cell reads back as the same cell in ASE), and per atom:
 
 - ``species`` (a chemical symbol, ASE needs one: species s -> element of atomic number
   s + 1, H, He, Li, ...), ``pos`` (x*, float64 written to 17 significant digits, so
-  every number reads back exactly), ``species_id`` (our integer species), ``diameter`` and
+  every number reads back exactly), ``species_id`` (the species as the input file labels it), ``diameter`` and
   ``radius`` (OVITO draws particles with the ``radius`` property), ``rattler`` (logical);
 - per scalar θ ``<name>``: ``dx_dtheta_<name>`` (the response ∂x*_i/∂θ, 3 components) and
   ``abs_dx_dtheta_<name>`` (its magnitude, for a colour map). Rattler rows, NaN in the
@@ -97,11 +97,12 @@ def export_extxyz(result, path: str | os.PathLike) -> tuple[Path, list[str]]:
     header.append("units=" + _quoted("reduced: length sigma, energy epsilon"))
 
     rattlers = np.asarray(result.rattlers, dtype=bool)
+    labels = np.asarray(system.labelled_species).tolist()
     lines = [str(n), " ".join(header)]
     for i in range(n):
         cells = [_SYMBOLS[int(system.species[i])]]
         cells += [_number(v) for v in positions[i]]
-        cells += [str(int(system.species[i])), _number(system.diameters[i]),
+        cells += [str(labels[i]), _number(system.diameters[i]),
                   _number(system.diameters[i] / 2), "T" if rattlers[i] else "F"]
         for field in fields:
             cells += [_number(v) for v in field[i]]

@@ -34,7 +34,7 @@ from .potentials import PairModel, real_positions, resolve_potential
 from .relax import RelaxResult, Relaxer, make_relaxer, resolve_minimizer
 from .contacts import gauge_fix
 from .response import ResponseSolver, resolve_sensitivity
-from .theta import resolve_parameters, theta_apply
+from .theta import resolve_parameters, theta_apply, theta_meaning
 
 __all__ = ["TaskSummary", "run_task", "audit_task", "central_difference", "provenance",
            "AUDIT_TOLERANCE"]
@@ -472,11 +472,13 @@ def run_task(config: Mapping[str, Any], output_dir: str | Path, *,
         converged = False
     else:
         responses = result["responses"]
-        for response in responses.values():  # species as the input file labels them
+        by_name = {pspec.name: pspec for pspec in task.pspecs}
+        for name, response in responses.items():  # species as the input file labels them
             species = response["report"].species
             if isinstance(species, (int, np.integer)) and species >= 0:
+                label = task.system.species_label(species)
                 response["report"] = response["report"].replace(
-                    species=task.system.species_label(species))
+                    species=label, theta_meaning=theta_meaning(by_name[name], label))
         rattlers = result["rattlers"]
         zero_modes = _flat_zero_modes(result)
         t = result["timings"]

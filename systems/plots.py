@@ -382,7 +382,7 @@ def response_figure(
     else:
         for s in np.unique(system.species[index]):
             sizes = np.unique(system.diameters[system.species == s])
-            label = f"species {s}"
+            label = f"species {system.species_label(s)}"  # as the input file names it
             if sizes.size == 1:
                 label += f" (d = {_format_number(sizes[0])})"
             handles.append(Line2D([], [], linestyle="none", marker="o", markersize=8,

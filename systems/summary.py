@@ -222,7 +222,8 @@ def summarize(path: str | Path, *, top: int = SUMMARY_TOP) -> dict:
     """A JSON-friendly summary of a result file."""
     result = read_result(path)
     system = result.system
-    species, counts = np.unique(np.asarray(system.species), return_counts=True)
+    # species as the input file labels them (the codes 0..S-1 are internal)
+    species, counts = np.unique(np.asarray(system.labelled_species), return_counts=True)
     rattlers = np.asarray(result.rattlers, dtype=bool)
     thetas = []
     for name in result.names:
@@ -250,7 +251,7 @@ def summarize(path: str | Path, *, top: int = SUMMARY_TOP) -> dict:
                 "largest": [
                     {
                         "particle": int(i),
-                        "species": int(system.species[i]),
+                        "species": system.species_label(system.species[i]),
                         "magnitude": float(magnitude[i]),
                     }
                     for i in order

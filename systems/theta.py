@@ -173,12 +173,15 @@ def theta_apply(pspec: ParameterSpec, base: PotentialParams, species: np.ndarray
     return theta0, lambda p, theta: apply_theta(tag, p, theta, theta0, member)
 
 
-def theta_meaning(pspec: ParameterSpec) -> str:
+def theta_meaning(pspec: ParameterSpec, species: int | None = None) -> str:
+    """θ's definition in words; ``species``: its species as the input file labels it
+    (default: ``pspec.species``, the code)."""
+    species = pspec.species if species is None else species
     return {
-        "diameter": f"mean diameter of species {pspec.species} (all of them move together)",
+        "diameter": f"mean diameter of species {species} (all of them move together)",
         "diameters": "every particle's diameter (row p: dx*/dd_p)",
         "epsilon": ("energy scale of every pair involving species "
-                    f"{pspec.species}" if pspec.species is not None
+                    f"{species}" if species is not None
                     else "energy scale of every pair (value, or multiplier of the matrix)"),
         "box": "box edge scale λ at fixed fractional positions (1 = input box)",
         "strain": (f"strain component ε_{pspec.component} (symmetric: ε_ab = ε_ba = θ; the "

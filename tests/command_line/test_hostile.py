@@ -660,6 +660,26 @@ def test_species_labels_are_mapped_not_allocated(tmp_path, packing):
     saved = read_result(tmp_path / "out" / "sensitivity.h5")
     assert saved.responses["big"]["report"].species == 100000
     np.testing.assert_array_equal(saved.system.labelled_species, np.where(species == 0, 100000, 7))
+    # every reader names the species as the input file does, never the internal codes 0, 1
+    out = tmp_path / "out" / "sensitivity.h5"
+    with h5py.File(out) as handle:
+        definition = handle["sensitivity/big/dx_dtheta"].attrs["theta_definition"]
+    assert definition == "mean diameter of species 100000 (all of them move together)"
+    shown = invoke(["inspect", out]).output
+    counts = {label: int((np.where(species == 0, 100000, 7) == label).sum()) for label in (7, 100000)}
+    assert f"({counts[7]} of species 7, {counts[100000]} of species 100000)" in shown
+    assert "(species 0)" not in shown and "(species 1)" not in shown
+    assert "(species 100000)" in shown.split("largest:")[1]  # θ moves its own species most
+    from sensitivity.systems.plots import response_figure
+
+    figure = response_figure(saved, "big")
+    legend = [t.get_text() for legend in figure.legends for t in legend.get_texts()]
+    assert [text.split(" (")[0] for text in legend[:2]] == ["species 7", "species 100000"]
+    assert invoke(["export", out, "-o", tmp_path / "p.xyz"]).exit_code == 0
+    import ase.io
+
+    atoms = ase.io.read(tmp_path / "p.xyz")
+    np.testing.assert_array_equal(atoms.arrays["species_id"], np.where(species == 0, 100000, 7))
 
 
 @FAST
