@@ -211,6 +211,13 @@ class PackingReader:
         if np.any(species < 0):
             raise self.error(f"{group_path}/species has negative values, expected integers >= 0")
         labels, codes = np.unique(species, return_inverse=True)  # any labels: S×S matrices
+        if len(labels) > 1 and "diameter" not in self.group:  # 1 each would be silent garbage
+            shown = ", ".join(str(int(x)) for x in labels[:4]) + (", ..." if len(labels) > 4 else "")
+            raise self.error(
+                f"{group_path}/diameter is missing, expected [{n}] diameters for the "
+                f"{len(labels)} species ({shown}): which species is larger is not in the file "
+                "(H5MD leaves diameters to the program; LAMMPS and MDAnalysis write none). "
+                f"Add them, e.g. h5py.File(path, 'a')['{group_path}/diameter'] = d")
 
         if periodic:
             positions = wrap_positions(positions, box)

@@ -16,7 +16,8 @@ files written by other molecular-dynamics tools load::
                     convention; read as the cell matrix H whose columns they are), or a
                     time-dependent element of either
         (species)   [N] int, default all 0          (fixed or time-dependent)
-        (diameter)  [N] float, default 1.0          (fixed or time-dependent)
+        (diameter)  [N] float, default 1.0 for one species, required for several
+                                                 (fixed or time-dependent)
     (/parameters/potential)  attrs: kind, and the potential's parameters
 
 Every missing or malformed item raises :class:`~systems.InputError` with a one-line message

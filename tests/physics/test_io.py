@@ -198,6 +198,18 @@ def test_defaults_for_species_and_diameter(tmp_path):
     assert system.species.dtype == np.int32 and system.n_species == 1
 
 
+def test_several_species_without_diameters_are_refused(tmp_path):
+    """LAMMPS and MDAnalysis write no diameters: unit diameters for a bidisperse packing
+    would relax the wrong system without a word."""
+    path = tmp_path / "p.h5"
+    write_raw(path, np.ones((5, 2)), edges=[4.0, 4.0], species=np.array([1, 2, 1, 2, 2]))
+    assert_input_error(path, "/particles/all/diameter is missing", "expected [5] diameters",
+                       "2 species (1, 2)")
+    with h5py.File(path, "a") as f:
+        f["particles/all/diameter"] = np.array([1.0, 1.4, 1.0, 1.4, 1.4])
+    np.testing.assert_array_equal(read_packing(path)[0].diameters, [1.0, 1.4, 1.0, 1.4, 1.4])
+
+
 def test_frames_of_time_dependent_position(tmp_path):
     path = tmp_path / "traj.h5"
     frames = np.stack([np.full((3, 2), float(t)) for t in range(4)])
@@ -261,7 +273,8 @@ def test_other_particles_group(tmp_path):
 
 def test_integral_float_species_accepted(tmp_path):
     path = tmp_path / "p.h5"
-    write_raw(path, np.zeros((2, 2)), edges=[1.0, 1.0], species=np.array([0.0, 2.0]))
+    write_raw(path, np.zeros((2, 2)), edges=[1.0, 1.0], species=np.array([0.0, 2.0]),
+              diameters=np.ones(2))
     system, _ = read_packing(path)
     np.testing.assert_array_equal(system.labelled_species, [0, 2])
     np.testing.assert_array_equal(system.species, [0, 1])  # codes: the matrices are S x S
