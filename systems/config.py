@@ -647,6 +647,7 @@ def _attribute_to_sweep(error: str, keys: list[str], combo: tuple) -> str:
 #: 1.1's implicit types) either way.
 _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
+
 def _parse_yaml(text: str) -> Any:
     """The YAML in ``text`` (safe types only), by libyaml where PyYAML has it.
 

@@ -4,10 +4,11 @@
 VMD and MDAnalysis). One frame: the relaxed packing, the box as ``Lattice`` (its cell vectors,
 so a sheared cell reads back as the same cell in ASE), and per atom:
 
-- ``species`` (a chemical symbol, ASE needs one: species s -> element of atomic number
-  s + 1, H, He, Li, ...), ``pos`` (x*, float64 written to 17 significant digits, so
-  every number reads back exactly), ``species_id`` (the species as the input file labels it), ``diameter`` and
-  ``radius`` (OVITO draws particles with the ``radius`` property), ``rattler`` (logical);
+- ``species`` (a chemical symbol, ASE needs one: the s-th species, in increasing order of
+  label, -> element of atomic number s + 1, H, He, Li, ...), ``pos`` (x*, float64 written
+  to 17 significant digits, so every number reads back exactly), ``species_id`` (the
+  species as the input file labels it), ``diameter`` and ``radius`` (OVITO draws particles
+  with the ``radius`` property), ``rattler`` (logical);
 - per scalar θ ``<name>``: ``dx_dtheta_<name>`` (the response ∂x*_i/∂θ, 3 components) and
   ``abs_dx_dtheta_<name>`` (its magnitude, for a colour map). Rattler rows, NaN in the
   result file (undefined response), are written as 0 with ``rattler`` = T.
