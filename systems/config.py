@@ -35,9 +35,8 @@ from typing import Any
 import yaml
 
 from . import settings
-from .schema import (MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH, PATH_KEYS, SCHEMA, SEED, SWEEPABLE,
-                     TOP_LEVEL, ConfigError, check_printable, control_errors, show,
-                     structure_error)
+from .schema import (MAX_CONFIG_BYTES, PATH_KEYS, SCHEMA, SEED, SWEEPABLE, TOO_DEEP, TOP_LEVEL,
+                     ConfigError, check_printable, control_errors, show, structure_error)
 from .settings import Invalid, unknown_key
 
 __all__ = ["ConfigError", "LoadedConfig", "Task", "dump_yaml", "load_config", "parse_override",
@@ -235,8 +234,7 @@ def parse_override(text: str) -> tuple[list[str | int], Any]:
         first = str(exc).splitlines()[0]
         raise ConfigError(f"--set {text!r}: the value is not valid YAML ({first})") from None
     except RecursionError:
-        raise ConfigError(f"--set {text[:60]!r}: the value nests more than "
-                          f"{MAX_CONFIG_DEPTH} levels deep") from None
+        raise ConfigError(f"--set {text[:60]!r}: the value {TOO_DEEP}") from None
     problem = structure_error(value)
     if problem:
         raise ConfigError(f"--set {text[:60]!r}: the value {problem}")
@@ -510,7 +508,7 @@ def load_config(
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{label}:{where} not valid YAML ({problem})") from None
     except RecursionError:
-        raise ConfigError(f"{label}: nests more than {MAX_CONFIG_DEPTH} levels deep") from None
+        raise ConfigError(f"{label}: {TOO_DEEP}") from None
     problem = structure_error(raw)
     if problem:
         raise ConfigError(f"{label}: {problem}")
@@ -570,23 +568,19 @@ def load_config(
         return base
 
     if only is not None and 0 <= only < count:
-        task, task_errors = resolve_task(only)
-        if task_errors:
-            raise ConfigError([f"{label}: {e}" for e in dict.fromkeys(task_errors)])
 
         def make(index: int) -> Task:
-            if index == only:
-                return task
-            other, other_errors = resolve_task(index)
-            if other_errors:
-                raise ConfigError([f"{label}: {e}" for e in dict.fromkeys(other_errors)])
-            return other
+            task, task_errors = resolve_task(index)
+            if task_errors:
+                raise ConfigError([f"{label}: {e}" for e in dict.fromkeys(task_errors)])
+            return task
 
         lazy = _Tasks(count, make)
+        chosen = lazy[only]  # its errors are this run's
         try:  # the base is the first task's, as when every task is resolved
             first = lazy[0]
         except ConfigError:  # (not validated here: a Slurm array's was, when submitted)
-            first = task
+            first = chosen
         return LoadedConfig(path, text, base_of(first), resolved_sweep, lazy, tuple(overrides))
     tasks: list[Task] = []
     seen: list[str] = []

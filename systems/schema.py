@@ -203,6 +203,9 @@ MAX_CONFIG_BYTES = 16 << 20
 #: contains itself.
 MAX_CONFIG_VALUES = 1_000_000
 MAX_CONFIG_DEPTH = 32
+#: What a config (or a ``--set`` value) nested deeper than that is told, whichever parser or
+#: check found it.
+TOO_DEEP = f"nests more than {MAX_CONFIG_DEPTH} levels deep"
 
 
 class _Refused(Exception):
@@ -227,7 +230,7 @@ def structure_error(node: Any) -> str | None:
         if key in sizes:
             return sizes[key]
         if depth >= MAX_CONFIG_DEPTH:
-            raise _Refused(f"nests more than {MAX_CONFIG_DEPTH} levels deep")
+            raise _Refused(TOO_DEEP)
         active.add(key)
         children = (itertools.chain.from_iterable(item.items()) if isinstance(item, Mapping)
                     else item)
